@@ -1,0 +1,117 @@
+//! Command-line interface. Flags mean the same in every command that takes them.
+
+use clap::{Args, Parser, Subcommand};
+use layerstream_runtime::DeviceChoice;
+use std::path::PathBuf;
+
+/// Analyse the activations of language models larger than your GPU, one layer at a time.
+#[derive(Debug, Parser)]
+#[command(name = "layerstream", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a workload through the model layer by layer and report activation statistics
+    /// (max |x|, values at or above the threshold, top dimensions) per layer and capture point.
+    Analyze(AnalyzeArgs),
+    /// Mean negative log-likelihood and perplexity of the workload, per sequence and overall.
+    Score(ScoreArgs),
+    /// Describe a model from its config.json and safetensors headers, without reading weights.
+    Inspect(InspectArgs),
+}
+
+/// `--model`.
+#[derive(Debug, Args)]
+pub struct ModelArgs {
+    /// Model folder saved by transformers: config.json, tokenizer.json and model.safetensors
+    /// (or model.safetensors.index.json with its shards). Default: the small model embedded in
+    /// layerstream.
+    #[arg(long, value_name = "DIR")]
+    pub model: Option<PathBuf>,
+}
+
+/// The workload: data file and how it is packed.
+#[derive(Debug, Args)]
+pub struct WorkloadArgs {
+    /// Text to run: .txt (one document), .jsonl (one JSON object per line) or .parquet
+    /// (e.g. fineweb-edu shards). Default: the text embedded in layerstream.
+    #[arg(long, value_name = "FILE")]
+    pub data: Option<PathBuf>,
+    /// Field (.jsonl) or column (.parquet) that holds the text.
+    #[arg(long, value_name = "NAME", default_value = "text")]
+    pub text_field: String,
+    /// Number of sequences to pack from the data.
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    pub num_samples: usize,
+    /// Tokens per sequence (at most the model's max_position_embeddings). Every sequence
+    /// starts with the tokens the tokenizer puts before a text (BOS for Llama-style ones).
+    #[arg(long, value_name = "T", default_value_t = 2048)]
+    pub seq_len: usize,
+}
+
+/// Where and how the forward pass runs.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Backend: auto (CUDA when usable, else CPU), cpu, or cuda.
+    #[arg(long, value_name = "DEVICE", default_value = "auto", value_parser = parse_device)]
+    pub device: DeviceChoice,
+    /// CPU threads (default: LAYERSTREAM_THREADS, else all cores).
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+    /// Tokens per micro-batch: sequences go through a layer in groups of about this many tokens.
+    #[arg(long, value_name = "TOKENS", default_value_t = 8192)]
+    pub micro_batch_tokens: usize,
+    /// Output folder; created if missing.
+    #[arg(long, value_name = "DIR", default_value = "layerstream-out")]
+    pub out: PathBuf,
+}
+
+fn parse_device(text: &str) -> Result<DeviceChoice, String> {
+    text.parse()
+}
+
+/// `layerstream analyze`.
+#[derive(Debug, Args)]
+pub struct AnalyzeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub workload: WorkloadArgs,
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// Layers to analyse: all, a list (0,6,11), a range (0-11) or a mix (0-3,8).
+    #[arg(long, value_name = "LAYERS", default_value = "all")]
+    pub layers: String,
+    /// Capture points: all, or a list of ln1, ln2, attn_in_o, attn_out, mlp_out, resid_post.
+    #[arg(long, value_name = "POINTS", default_value = "all")]
+    pub points: String,
+    /// Magnitude counted as an outlier value (|x| >= threshold; LLM.int8() uses 6).
+    #[arg(long, value_name = "X", default_value_t = 6.0)]
+    pub threshold: f32,
+}
+
+/// `layerstream score`.
+#[derive(Debug, Args)]
+pub struct ScoreArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub workload: WorkloadArgs,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// `layerstream inspect`.
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}

@@ -1,0 +1,97 @@
+//! The commands, and the setup they share: opening the model, packing the workload,
+//! choosing the backend, preparing the output folder.
+
+pub mod analyze;
+pub mod inspect;
+pub mod score;
+
+use crate::args::{ModelArgs, RunArgs, WorkloadArgs};
+use crate::embedded;
+use anyhow::{Context, Result};
+use layerstream_runtime::data::{PackedTokens, TextTokenizer, pack_documents};
+use layerstream_runtime::{Backend, Model, select_backend};
+use std::path::{Path, PathBuf};
+
+/// An opened model and the name reports give it.
+pub struct NamedModel {
+    /// The model.
+    pub model: Model,
+    /// `--model` as given, or the embedded model's description.
+    pub name: String,
+}
+
+/// Opens `--model`, or the embedded default.
+pub fn open_model(args: &ModelArgs) -> Result<NamedModel> {
+    let (dir, name) = match &args.model {
+        Some(dir) => (dir.clone(), dir.display().to_string()),
+        None => (
+            embedded::default_model_dir()?,
+            embedded::DEFAULT_MODEL_NAME.to_string(),
+        ),
+    };
+    let model = Model::open(&dir)?;
+    Ok(NamedModel { model, name })
+}
+
+/// The packed workload and where it came from.
+pub struct Workload {
+    /// Token ids and shape.
+    pub packed: PackedTokens,
+    /// `--data` as given, or the embedded text's description.
+    pub data_name: String,
+}
+
+/// Tokenizes and packs `--data` (or the embedded text) with the model's tokenizer.
+pub fn pack_workload(model: &Model, args: &WorkloadArgs) -> Result<Workload> {
+    model.check_seq_len(args.seq_len)?;
+    let (path, data_name): (PathBuf, String) = match &args.data {
+        Some(path) => (path.clone(), path.display().to_string()),
+        None => (
+            embedded::default_data_file()?,
+            embedded::DEFAULT_DATA_NAME.to_string(),
+        ),
+    };
+    let tokenizer = TextTokenizer::load(&model.dir, &model.config)?;
+    let packed = pack_documents(
+        &path,
+        &args.text_field,
+        &tokenizer,
+        args.num_samples,
+        args.seq_len,
+    )?;
+    Ok(Workload { packed, data_name })
+}
+
+/// The backend for `--device`, printing one line when `auto` fell back to the CPU.
+pub fn choose_backend(args: &RunArgs) -> Result<Backend> {
+    let selection = select_backend(args.device, args.threads)?;
+    if let Some(reason) = selection.fallback_reason {
+        eprintln!("{reason}");
+    }
+    Ok(selection.backend)
+}
+
+/// Creates the output folder and proves it can be written, before any work starts.
+pub fn prepare_out_dir(dir: &Path) -> Result<()> {
+    let hint = "choose a writable folder with --out";
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create the output folder {}; {hint}", dir.display()))?;
+    let probe = dir.join(format!(".layerstream-write-check-{}", std::process::id()));
+    std::fs::write(&probe, b"ok").with_context(|| {
+        format!(
+            "cannot write into the output folder {}; {hint}",
+            dir.display()
+        )
+    })?;
+    std::fs::remove_file(&probe).ok();
+    Ok(())
+}
+
+/// Sequences per micro-batch for `--micro-batch-tokens`.
+pub fn micro_batch_sequences(args: &RunArgs, workload: &Workload) -> usize {
+    layerstream_planner::micro_batch_sequences(
+        workload.packed.num_sequences,
+        workload.packed.seq_len,
+        args.micro_batch_tokens,
+    )
+}

@@ -1,0 +1,66 @@
+//! A progress bar (layers done, tokens per second, ETA) around any run observer. Hidden
+//! when stderr is not a terminal.
+
+use indicatif::{ProgressBar, ProgressStyle};
+use layerstream_runtime::{CapturePoint, RunObserver};
+use std::time::Instant;
+
+/// Forwards everything to `inner` and advances a bar per finished layer.
+pub struct WithProgress<'a> {
+    inner: &'a mut dyn RunObserver,
+    bar: ProgressBar,
+    started: Instant,
+}
+
+impl<'a> WithProgress<'a> {
+    /// A bar over `layers` layers.
+    pub fn new(inner: &'a mut dyn RunObserver, layers: usize) -> Self {
+        let bar = ProgressBar::new(layers as u64);
+        bar.set_style(
+            ProgressStyle::with_template("{bar:30} {pos}/{len} layers  {msg}  ETA {eta}")
+                .expect("valid template"),
+        );
+        WithProgress {
+            inner,
+            bar,
+            started: Instant::now(),
+        }
+    }
+
+    /// Removes the bar.
+    pub fn finish(self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+impl RunObserver for WithProgress<'_> {
+    fn on_capture(
+        &mut self,
+        layer: usize,
+        point: CapturePoint,
+        first: usize,
+        values: &[f32],
+        width: usize,
+    ) {
+        self.inner.on_capture(layer, point, first, values, width);
+    }
+
+    fn on_next_token_nll(&mut self, first: usize, nll: &[f32]) {
+        self.inner.on_next_token_nll(first, nll);
+    }
+
+    fn on_logits(&mut self, first: usize, logits: &[f32]) {
+        self.inner.on_logits(first, logits);
+    }
+
+    fn on_layer_done(&mut self, layer: usize, layers: usize, tokens: usize) {
+        self.inner.on_layer_done(layer, layers, tokens);
+        self.bar.set_length(layers as u64);
+        self.bar.set_position(layer as u64 + 1);
+        let seconds = self.started.elapsed().as_secs_f64().max(1e-9);
+        // Whole-model throughput: tokens through every layer per second.
+        let tokens_per_second = tokens as f64 * (layer + 1) as f64 / layers as f64 / seconds;
+        self.bar
+            .set_message(format!("{tokens_per_second:.0} tokens/s"));
+    }
+}

@@ -1,0 +1,13 @@
+//! The planner sees a model only as an inventory of tensors (names, shapes, dtypes, byte
+//! ranges, which layer they belong to) and decides how a run uses memory. It never imports
+//! the runtime and holds no per-architecture formulas: sizes come from safetensors headers.
+
+pub mod atomic;
+pub mod budget;
+pub mod inventory;
+pub mod micro_batch;
+
+pub use atomic::write_atomically;
+pub use budget::{ByteSize, ParseByteSizeError};
+pub use inventory::{Inventory, TensorClass, TensorDtype, TensorEntry};
+pub use micro_batch::micro_batch_sequences;

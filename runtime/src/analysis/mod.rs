@@ -1,0 +1,9 @@
+//! Analysis of captured activations. For now: per layer and capture point, the largest
+//! magnitude, the count of values at or above the outlier threshold, and the dimensions
+//! with the largest magnitudes.
+
+pub mod point_summary;
+pub mod report;
+
+pub use point_summary::{DimMax, PointAccumulator, PointSummary};
+pub use report::{ActivationReport, ActivationReportBuilder};

@@ -1,0 +1,121 @@
+//! `report.json`: per analysed layer and capture point, a [`PointSummary`]. It holds no
+//! timestamps or durations, so two runs of the same command give the same bytes.
+
+use super::point_summary::{PointAccumulator, PointSummary};
+use crate::capture::CapturePoint;
+use crate::executor::RunObserver;
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// Version of the report layout; raised whenever a field changes meaning or goes away.
+pub const REPORT_SCHEMA_VERSION: u32 = 1;
+
+/// The model, as the report names it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReportModel {
+    /// Folder given with --model (or the embedded default's name).
+    pub name: String,
+    /// config.json's model_type.
+    pub model_type: String,
+    /// Decoder layers.
+    pub num_layers: usize,
+    /// Residual width.
+    pub hidden_size: usize,
+}
+
+/// The workload, as the report names it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReportData {
+    /// Data file given with --data (or the embedded default's name).
+    pub name: String,
+    /// Sequences analysed.
+    pub num_sequences: usize,
+    /// Tokens per sequence.
+    pub seq_len: usize,
+    /// Documents the sequences were packed from.
+    pub documents: usize,
+}
+
+/// One layer's summaries, keyed by capture point name.
+#[derive(Debug, Clone, Serialize)]
+pub struct LayerReport {
+    /// Layer index.
+    pub layer: usize,
+    /// `ln1`, `ln2`, ... -> summary.
+    pub points: BTreeMap<&'static str, PointSummary>,
+}
+
+/// The whole report.
+#[derive(Debug, Clone, Serialize)]
+pub struct ActivationReport {
+    /// [`REPORT_SCHEMA_VERSION`].
+    pub schema_version: u32,
+    /// `layerstream <version>`.
+    pub tool: String,
+    /// The model.
+    pub model: ReportModel,
+    /// The workload.
+    pub data: ReportData,
+    /// Magnitude counted as an outlier (`|x| >= threshold`).
+    pub threshold: f32,
+    /// Analysed layers, in order.
+    pub layers: Vec<LayerReport>,
+}
+
+/// Collects summaries while the executor runs (it is a [`RunObserver`]).
+pub struct ActivationReportBuilder {
+    threshold: f32,
+    top_dims: usize,
+    points: BTreeMap<(usize, CapturePoint), PointAccumulator>,
+}
+
+impl ActivationReportBuilder {
+    /// A builder counting `|x| >= threshold` and keeping the `top_dims` largest dimensions.
+    pub fn new(threshold: f32, top_dims: usize) -> Self {
+        ActivationReportBuilder {
+            threshold,
+            top_dims,
+            points: BTreeMap::new(),
+        }
+    }
+
+    /// The finished report.
+    pub fn finish(&self, model: ReportModel, data: ReportData) -> ActivationReport {
+        let mut layers: BTreeMap<usize, LayerReport> = BTreeMap::new();
+        for (&(layer, point), accumulator) in &self.points {
+            layers
+                .entry(layer)
+                .or_insert_with(|| LayerReport {
+                    layer,
+                    points: BTreeMap::new(),
+                })
+                .points
+                .insert(point.name(), accumulator.finish(self.top_dims));
+        }
+        ActivationReport {
+            schema_version: REPORT_SCHEMA_VERSION,
+            tool: format!("layerstream {}", env!("CARGO_PKG_VERSION")),
+            model,
+            data,
+            threshold: self.threshold,
+            layers: layers.into_values().collect(),
+        }
+    }
+}
+
+impl RunObserver for ActivationReportBuilder {
+    fn on_capture(
+        &mut self,
+        layer: usize,
+        point: CapturePoint,
+        _first: usize,
+        values: &[f32],
+        width: usize,
+    ) {
+        let threshold = self.threshold;
+        self.points
+            .entry((layer, point))
+            .or_insert_with(|| PointAccumulator::new(width, threshold))
+            .add(values);
+    }
+}

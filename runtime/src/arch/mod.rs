@@ -1,0 +1,143 @@
+//! Architectures: one file per family turns config.json into a [`ModelSpec`] over shared
+//! blocks (RMSNorm, RoPE, grouped-query attention, gated MLP).
+
+mod llama;
+mod mistral;
+mod olmo2;
+mod qwen2;
+mod qwen3;
+pub mod rope;
+pub mod spec;
+
+use crate::config::ModelConfig;
+use crate::error::{Result, RuntimeError};
+use rope::RopeSpec;
+pub use spec::{
+    AttentionBias, BlockSpec, Family, LayerTensor, ModelSpec, NormLayout, QkNorm, WeightRole,
+};
+
+/// `model_type` values this build implements.
+pub const SUPPORTED_MODEL_TYPES: &[&str] = &["llama", "mistral", "qwen2", "qwen3", "olmo2"];
+
+/// Reads the family-specific options of config.json into a spec.
+pub fn model_spec(config: &ModelConfig) -> Result<ModelSpec> {
+    match config.model_type.as_str() {
+        "llama" => llama::spec(config),
+        "mistral" => mistral::spec(config),
+        "qwen2" => qwen2::spec(config),
+        "qwen3" => qwen3::spec(config),
+        "olmo2" => olmo2::spec(config),
+        other => Err(RuntimeError::UnsupportedModelType {
+            path: config.path.clone(),
+            model_type: other.to_string(),
+            supported: SUPPORTED_MODEL_TYPES.to_vec(),
+        }),
+    }
+}
+
+/// The parts of a spec every family reads the same way; the family supplies the block
+/// options and the per-layer sliding windows.
+fn shared_spec(
+    config: &ModelConfig,
+    family: Family,
+    block: BlockSpec,
+    sliding_windows: Vec<Option<usize>>,
+) -> Result<ModelSpec> {
+    let positive = |key: &str, value: usize| {
+        if value == 0 {
+            Err(config.error(format!("`{key}` is 0; it must be positive")))
+        } else {
+            Ok(())
+        }
+    };
+    positive("hidden_size", config.hidden_size)?;
+    positive("num_hidden_layers", config.num_hidden_layers)?;
+    positive("num_attention_heads", config.num_attention_heads)?;
+    positive("num_key_value_heads", config.kv_heads())?;
+    positive("intermediate_size", config.intermediate_size)?;
+    positive("vocab_size", config.vocab_size)?;
+    if !config.num_attention_heads.is_multiple_of(config.kv_heads()) {
+        return Err(config.error(format!(
+            "num_attention_heads {} is not a multiple of num_key_value_heads {}",
+            config.num_attention_heads,
+            config.kv_heads()
+        )));
+    }
+    let activation = config.hidden_act.as_deref().unwrap_or("silu");
+    if !matches!(activation, "silu" | "swish") {
+        return Err(config.unsupported(
+            format!("hidden_act {activation:?}"),
+            format!("{} models here use silu (SwiGLU)", family.model_type()),
+        ));
+    }
+    let head_dim = config.resolved_head_dim()?;
+    if !head_dim.is_multiple_of(2) {
+        return Err(config.error(format!("head_dim {head_dim} is odd; RoPE needs pairs")));
+    }
+    Ok(ModelSpec {
+        family,
+        hidden_size: config.hidden_size,
+        num_layers: config.num_hidden_layers,
+        num_heads: config.num_attention_heads,
+        num_kv_heads: config.kv_heads(),
+        head_dim,
+        intermediate_size: config.intermediate_size,
+        vocab_size: config.vocab_size,
+        max_position_embeddings: config.max_position_embeddings,
+        block,
+        rope: RopeSpec::from_config(config, head_dim)?,
+        sliding_windows,
+        tied_embeddings: config.tie_word_embeddings.unwrap_or(false),
+    })
+}
+
+/// RMSNorm epsilon with the family's default.
+fn norm_eps(config: &ModelConfig, default: f64) -> f32 {
+    config.rms_norm_eps.unwrap_or(default) as f32
+}
+
+/// Sliding windows of families that read `layer_types` (transformers 5) or derive them from
+/// `use_sliding_window` / `max_window_layers` (qwen2, qwen3): a layer slides when its type is
+/// `sliding_attention` and the window is switched on.
+fn windows_from_layer_types(config: &ModelConfig) -> Result<Vec<Option<usize>>> {
+    let window = if config.use_sliding_window.unwrap_or(false) {
+        config.sliding_window
+    } else {
+        None
+    };
+    let layers = config.num_hidden_layers;
+    let types: Vec<String> = match &config.layer_types {
+        Some(types) => {
+            if types.len() != layers {
+                return Err(config.error(format!(
+                    "`layer_types` has {} entries but num_hidden_layers is {layers}",
+                    types.len()
+                )));
+            }
+            types.clone()
+        }
+        None => (0..layers)
+            .map(|i| {
+                let sliding = window.is_some() && i >= config.max_window_layers.unwrap_or(28);
+                if sliding {
+                    "sliding_attention"
+                } else {
+                    "full_attention"
+                }
+                .to_string()
+            })
+            .collect(),
+    };
+    types
+        .iter()
+        .enumerate()
+        .map(|(layer, kind)| match kind.as_str() {
+            "full_attention" => Ok(None),
+            "sliding_attention" => Ok(window),
+            other => Err(config.unsupported(
+                format!("layer_types[{layer}] = {other:?}"),
+                "supported layer types: full_attention, sliding_attention",
+            )),
+        })
+        .collect()
+}

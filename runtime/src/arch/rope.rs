@@ -1,0 +1,176 @@
+//! Rotary position embedding parameters from config.json, computed the way transformers
+//! computes them (f32 arithmetic, `rotate_half` pairing of dimension i with i + head_dim/2).
+
+use crate::config::ModelConfig;
+use crate::error::Result;
+use serde_json::Value;
+
+/// RoPE types this build computes exactly.
+const SUPPORTED_ROPE_TYPES: &[&str] = &["default", "linear", "dynamic", "llama3"];
+
+/// Inverse frequencies of the rotary embedding.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RopeSpec {
+    /// `rope_type` as configured.
+    pub rope_type: String,
+    /// Base wavelength.
+    pub theta: f64,
+    /// One inverse frequency per rotated pair, `(head_dim / 2)`.
+    pub inv_freq: Vec<f32>,
+}
+
+impl RopeSpec {
+    /// Reads RoPE settings from `rope_parameters` (transformers 5) or from `rope_theta` and
+    /// `rope_scaling` (older configs), for heads of width `head_dim`.
+    pub fn from_config(config: &ModelConfig, head_dim: usize) -> Result<Self> {
+        let params = config
+            .rope_parameters
+            .as_ref()
+            .or(config.rope_scaling.as_ref())
+            .filter(|v| !v.is_null());
+        let get = |key: &str| params.and_then(|p| p.get(key)).filter(|v| !v.is_null());
+        let rope_type = get("rope_type")
+            .or_else(|| get("type"))
+            .and_then(Value::as_str)
+            .unwrap_or("default")
+            .to_string();
+        let theta = get("rope_theta")
+            .and_then(Value::as_f64)
+            .or(config.rope_theta)
+            .unwrap_or(10_000.0);
+        let partial = get("partial_rotary_factor")
+            .and_then(Value::as_f64)
+            .or(config.partial_rotary_factor)
+            .unwrap_or(1.0);
+        if partial != 1.0 {
+            return Err(config.unsupported(
+                format!("partial_rotary_factor {partial}"),
+                format!("{} rotates whole heads in transformers; this config would not load there either", config.model_type),
+            ));
+        }
+        if !SUPPORTED_ROPE_TYPES.contains(&rope_type.as_str()) {
+            return Err(config.unsupported(
+                format!("rope_type {rope_type:?}"),
+                format!("supported rope types: {}", SUPPORTED_ROPE_TYPES.join(", ")),
+            ));
+        }
+        let number = |key: &str| -> Result<f64> {
+            get(key).and_then(Value::as_f64).ok_or_else(|| {
+                config.error(format!(
+                    "rope_type {rope_type:?} needs the key `{key}` in rope_parameters / rope_scaling"
+                ))
+            })
+        };
+        let mut inv_freq = default_inv_freq(theta, head_dim);
+        match rope_type.as_str() {
+            // "dynamic" rescales only past max_position_embeddings, which runs never reach
+            // (sequence lengths are checked against it).
+            "default" | "dynamic" => {}
+            "linear" => {
+                let factor = number("factor")? as f32;
+                inv_freq.iter_mut().for_each(|f| *f /= factor);
+            }
+            "llama3" => {
+                let original = get("original_max_position_embeddings")
+                    .and_then(Value::as_f64)
+                    .unwrap_or(config.max_position_embeddings as f64);
+                inv_freq = llama3_inv_freq(
+                    &inv_freq,
+                    number("factor")? as f32,
+                    number("low_freq_factor")? as f32,
+                    number("high_freq_factor")? as f32,
+                    original as f32,
+                );
+            }
+            _ => unreachable!("checked against SUPPORTED_ROPE_TYPES"),
+        }
+        Ok(RopeSpec {
+            rope_type,
+            theta,
+            inv_freq,
+        })
+    }
+}
+
+/// `1 / theta^(2i / dim)` in f32, as transformers' default RoPE.
+fn default_inv_freq(theta: f64, dim: usize) -> Vec<f32> {
+    (0..dim)
+        .step_by(2)
+        .map(|i| 1.0f32 / (theta as f32).powf(i as f32 / dim as f32))
+        .collect()
+}
+
+/// Llama 3.1 frequency scaling: long wavelengths divided by `factor`, short ones kept, the
+/// band between interpolated smoothly.
+fn llama3_inv_freq(
+    inv_freq: &[f32],
+    factor: f32,
+    low_freq_factor: f32,
+    high_freq_factor: f32,
+    original_max_positions: f32,
+) -> Vec<f32> {
+    let low_freq_wavelen = original_max_positions / low_freq_factor;
+    let high_freq_wavelen = original_max_positions / high_freq_factor;
+    inv_freq
+        .iter()
+        .map(|&freq| {
+            let wavelen = 2.0 * std::f32::consts::PI / freq;
+            if wavelen < high_freq_wavelen {
+                freq
+            } else if wavelen > low_freq_wavelen {
+                freq / factor
+            } else {
+                let smooth = (original_max_positions / wavelen - low_freq_factor)
+                    / (high_freq_factor - low_freq_factor);
+                (1.0 - smooth) * freq / factor + smooth * freq
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &str) -> ModelConfig {
+        let text = format!(
+            r#"{{"model_type":"llama","hidden_size":64,"num_hidden_layers":2,"num_attention_heads":4,
+            "intermediate_size":128,"vocab_size":100,"max_position_embeddings":256{extra}}}"#
+        );
+        ModelConfig::parse(&text, "config.json".into()).unwrap()
+    }
+
+    #[test]
+    fn default_frequencies_follow_theta() {
+        let rope = RopeSpec::from_config(&config(r#","rope_theta":10000.0"#), 16).unwrap();
+        assert_eq!(rope.inv_freq.len(), 8);
+        assert_eq!(rope.inv_freq[0], 1.0);
+        assert!((rope.inv_freq[1] - 10000f32.powf(-2.0 / 16.0)).abs() < 1e-7);
+    }
+
+    #[test]
+    fn legacy_and_v5_llama3_configs_agree() {
+        let legacy = config(
+            r#","rope_theta":500000.0,"rope_scaling":{"rope_type":"llama3","factor":8.0,
+            "low_freq_factor":1.0,"high_freq_factor":4.0,"original_max_position_embeddings":64}"#,
+        );
+        let v5 = config(
+            r#","rope_parameters":{"rope_type":"llama3","rope_theta":500000.0,"factor":8.0,
+            "low_freq_factor":1.0,"high_freq_factor":4.0,"original_max_position_embeddings":64}"#,
+        );
+        let a = RopeSpec::from_config(&legacy, 16).unwrap();
+        let b = RopeSpec::from_config(&v5, 16).unwrap();
+        assert_eq!(a, b);
+        let plain = default_inv_freq(500000.0, 16);
+        // Short wavelengths kept, long ones divided by the factor.
+        assert_eq!(a.inv_freq[0], plain[0]);
+        assert_eq!(a.inv_freq[7], plain[7] / 8.0);
+    }
+
+    #[test]
+    fn unknown_rope_type_is_refused_with_the_list() {
+        let c = config(r#","rope_scaling":{"type":"yarn","factor":4.0}"#);
+        let err = RopeSpec::from_config(&c, 16).unwrap_err().to_string();
+        assert!(err.contains("yarn") && err.contains("llama3"), "{err}");
+    }
+}

@@ -1,0 +1,342 @@
+//! What a model is, independent of where it runs: block options read from config.json by
+//! the family files, and the table of tensors each layer needs with the shapes config.json
+//! implies. Backends interpret a [`ModelSpec`]; no backend code knows family names.
+
+use super::rope::RopeSpec;
+
+/// Architecture families this build implements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// Llama 2 and 3 (`llama`).
+    Llama,
+    /// Mistral (`mistral`).
+    Mistral,
+    /// Qwen2 and Qwen2.5 (`qwen2`).
+    Qwen2,
+    /// Qwen3 dense (`qwen3`).
+    Qwen3,
+    /// OLMo 2 (`olmo2`).
+    Olmo2,
+}
+
+impl Family {
+    /// The `model_type` string of config.json.
+    pub fn model_type(self) -> &'static str {
+        match self {
+            Family::Llama => "llama",
+            Family::Mistral => "mistral",
+            Family::Qwen2 => "qwen2",
+            Family::Qwen3 => "qwen3",
+            Family::Olmo2 => "olmo2",
+        }
+    }
+}
+
+/// Where the RMSNorms of a decoder layer sit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NormLayout {
+    /// `h + attn(norm(h))`, then `h + mlp(norm(h))` (llama, mistral, qwen).
+    PreNorm,
+    /// `h + norm(attn(h))`, then `h + norm(mlp(h))` (olmo2).
+    PostSublayerNorm,
+}
+
+/// RMSNorm on queries and keys before RoPE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QkNorm {
+    /// None (llama, mistral, qwen2).
+    None,
+    /// One norm of width head_dim applied to every head (qwen3).
+    PerHead,
+    /// One norm over all heads together, width heads * head_dim (olmo2).
+    AcrossHeads,
+}
+
+/// Which attention projections carry a bias.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AttentionBias {
+    /// q_proj, k_proj and v_proj.
+    pub qkv: bool,
+    /// o_proj.
+    pub output: bool,
+}
+
+/// Decoder block options.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BlockSpec {
+    /// Placement of the norms.
+    pub norm_layout: NormLayout,
+    /// Query/key norms.
+    pub qk_norm: QkNorm,
+    /// Attention biases.
+    pub attention_bias: AttentionBias,
+    /// Bias on gate/up/down projections.
+    pub mlp_bias: bool,
+    /// RMSNorm epsilon.
+    pub norm_eps: f32,
+}
+
+/// A role a tensor plays in a decoder layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum WeightRole {
+    /// RMSNorm before attention (pre-norm layouts).
+    AttnInputNorm,
+    /// Query projection `(heads * head_dim, hidden)`.
+    QProj,
+    /// Query bias.
+    QBias,
+    /// Key projection `(kv_heads * head_dim, hidden)`.
+    KProj,
+    /// Key bias.
+    KBias,
+    /// Value projection `(kv_heads * head_dim, hidden)`.
+    VProj,
+    /// Value bias.
+    VBias,
+    /// Query norm.
+    QNorm,
+    /// Key norm.
+    KNorm,
+    /// Output projection `(hidden, heads * head_dim)`.
+    OProj,
+    /// Output bias.
+    OBias,
+    /// RMSNorm on the attention output (post-sublayer layouts).
+    AttnOutputNorm,
+    /// RMSNorm before the MLP (pre-norm layouts).
+    MlpInputNorm,
+    /// Gate projection `(intermediate, hidden)`.
+    GateProj,
+    /// Gate bias.
+    GateBias,
+    /// Up projection `(intermediate, hidden)`.
+    UpProj,
+    /// Up bias.
+    UpBias,
+    /// Down projection `(hidden, intermediate)`.
+    DownProj,
+    /// Down bias.
+    DownBias,
+    /// RMSNorm on the MLP output (post-sublayer layouts).
+    MlpOutputNorm,
+}
+
+/// One tensor a layer needs: its role, full name and the shape config.json implies.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerTensor {
+    /// What it is for.
+    pub role: WeightRole,
+    /// Full safetensors name.
+    pub name: String,
+    /// Shape config.json implies.
+    pub shape: Vec<usize>,
+    /// The config.json keys the shape comes from, for error messages.
+    pub shape_reason: &'static str,
+}
+
+/// Everything the backends need to run a model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelSpec {
+    /// Family.
+    pub family: Family,
+    /// Residual stream width.
+    pub hidden_size: usize,
+    /// Decoder layers.
+    pub num_layers: usize,
+    /// Query heads.
+    pub num_heads: usize,
+    /// Key/value heads.
+    pub num_kv_heads: usize,
+    /// Per-head width.
+    pub head_dim: usize,
+    /// MLP width.
+    pub intermediate_size: usize,
+    /// Embedding rows.
+    pub vocab_size: usize,
+    /// Longest sequence supported.
+    pub max_position_embeddings: usize,
+    /// Block options.
+    pub block: BlockSpec,
+    /// Rotary embedding.
+    pub rope: RopeSpec,
+    /// Per layer: `Some(w)` when the layer attends to the last `w` positions only.
+    pub sliding_windows: Vec<Option<usize>>,
+    /// Whether the LM head is the embedding matrix.
+    pub tied_embeddings: bool,
+}
+
+/// Tensor names outside the layers.
+pub const EMBED_TOKENS: &str = "model.embed_tokens.weight";
+/// Final RMSNorm.
+pub const FINAL_NORM: &str = "model.norm.weight";
+/// Untied LM head.
+pub const LM_HEAD: &str = "lm_head.weight";
+
+impl ModelSpec {
+    /// Width of all query heads together.
+    pub fn q_width(&self) -> usize {
+        self.num_heads * self.head_dim
+    }
+
+    /// Width of all key (or value) heads together.
+    pub fn kv_width(&self) -> usize {
+        self.num_kv_heads * self.head_dim
+    }
+
+    /// Name of the tensor the logits are computed with.
+    pub fn lm_head_name(&self) -> &'static str {
+        if self.tied_embeddings {
+            EMBED_TOKENS
+        } else {
+            LM_HEAD
+        }
+    }
+
+    /// The tensors of decoder layer `layer`, with the shapes config.json implies
+    /// (transformers' `model.layers.{l}.*` naming, shared by every supported family).
+    pub fn layer_tensors(&self, layer: usize) -> Vec<LayerTensor> {
+        use WeightRole::*;
+        let (hidden, q, kv, inter) = (
+            self.hidden_size,
+            self.q_width(),
+            self.kv_width(),
+            self.intermediate_size,
+        );
+        let prefix = format!("model.layers.{layer}");
+        let mut tensors = Vec::new();
+        let mut add = |role, suffix: &str, shape: Vec<usize>, shape_reason| {
+            tensors.push(LayerTensor {
+                role,
+                name: format!("{prefix}.{suffix}"),
+                shape,
+                shape_reason,
+            })
+        };
+        let heads_reason = "num_attention_heads x head_dim, hidden_size";
+        let kv_reason = "num_key_value_heads x head_dim, hidden_size";
+        let mlp_reason = "intermediate_size, hidden_size";
+        let hidden_reason = "hidden_size";
+        match self.block.norm_layout {
+            NormLayout::PreNorm => {
+                add(
+                    AttnInputNorm,
+                    "input_layernorm.weight",
+                    vec![hidden],
+                    hidden_reason,
+                );
+                add(
+                    MlpInputNorm,
+                    "post_attention_layernorm.weight",
+                    vec![hidden],
+                    hidden_reason,
+                );
+            }
+            NormLayout::PostSublayerNorm => {
+                add(
+                    AttnOutputNorm,
+                    "post_attention_layernorm.weight",
+                    vec![hidden],
+                    hidden_reason,
+                );
+                add(
+                    MlpOutputNorm,
+                    "post_feedforward_layernorm.weight",
+                    vec![hidden],
+                    hidden_reason,
+                );
+            }
+        }
+        add(
+            QProj,
+            "self_attn.q_proj.weight",
+            vec![q, hidden],
+            heads_reason,
+        );
+        add(
+            KProj,
+            "self_attn.k_proj.weight",
+            vec![kv, hidden],
+            kv_reason,
+        );
+        add(
+            VProj,
+            "self_attn.v_proj.weight",
+            vec![kv, hidden],
+            kv_reason,
+        );
+        add(
+            OProj,
+            "self_attn.o_proj.weight",
+            vec![hidden, q],
+            heads_reason,
+        );
+        if self.block.attention_bias.qkv {
+            add(QBias, "self_attn.q_proj.bias", vec![q], heads_reason);
+            add(KBias, "self_attn.k_proj.bias", vec![kv], kv_reason);
+            add(VBias, "self_attn.v_proj.bias", vec![kv], kv_reason);
+        }
+        if self.block.attention_bias.output {
+            add(OBias, "self_attn.o_proj.bias", vec![hidden], hidden_reason);
+        }
+        match self.block.qk_norm {
+            QkNorm::None => {}
+            QkNorm::PerHead => {
+                add(
+                    QNorm,
+                    "self_attn.q_norm.weight",
+                    vec![self.head_dim],
+                    "head_dim",
+                );
+                add(
+                    KNorm,
+                    "self_attn.k_norm.weight",
+                    vec![self.head_dim],
+                    "head_dim",
+                );
+            }
+            QkNorm::AcrossHeads => {
+                add(
+                    QNorm,
+                    "self_attn.q_norm.weight",
+                    vec![q],
+                    "num_attention_heads x head_dim",
+                );
+                add(
+                    KNorm,
+                    "self_attn.k_norm.weight",
+                    vec![kv],
+                    "num_key_value_heads x head_dim",
+                );
+            }
+        }
+        add(
+            GateProj,
+            "mlp.gate_proj.weight",
+            vec![inter, hidden],
+            mlp_reason,
+        );
+        add(
+            UpProj,
+            "mlp.up_proj.weight",
+            vec![inter, hidden],
+            mlp_reason,
+        );
+        add(
+            DownProj,
+            "mlp.down_proj.weight",
+            vec![hidden, inter],
+            "hidden_size, intermediate_size",
+        );
+        if self.block.mlp_bias {
+            add(
+                GateBias,
+                "mlp.gate_proj.bias",
+                vec![inter],
+                "intermediate_size",
+            );
+            add(UpBias, "mlp.up_proj.bias", vec![inter], "intermediate_size");
+            add(DownBias, "mlp.down_proj.bias", vec![hidden], hidden_reason);
+        }
+        tensors
+    }
+}

@@ -1,0 +1,73 @@
+//! Capture points, named as TransformerLens names them so users recognise them.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// A place in a decoder layer whose activations can be observed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum CapturePoint {
+    /// Input of q/k/v: the pre-attention norm's output (olmo2, which has none: the residual).
+    Ln1,
+    /// Input of the MLP: the pre-MLP norm's output (olmo2: the residual after attention).
+    Ln2,
+    /// Input of o_proj: the attention heads' output, `(heads * head_dim)` wide.
+    AttnInO,
+    /// Attention sublayer output before the residual add (after olmo2's output norm).
+    AttnOut,
+    /// MLP sublayer output before the residual add (after olmo2's output norm).
+    MlpOut,
+    /// The layer's output: the residual stream.
+    ResidPost,
+}
+
+impl CapturePoint {
+    /// Every point, in forward order.
+    pub const ALL: [CapturePoint; 6] = [
+        CapturePoint::Ln1,
+        CapturePoint::AttnInO,
+        CapturePoint::AttnOut,
+        CapturePoint::Ln2,
+        CapturePoint::MlpOut,
+        CapturePoint::ResidPost,
+    ];
+
+    /// Short name, e.g. `ln1`.
+    pub fn name(self) -> &'static str {
+        match self {
+            CapturePoint::Ln1 => "ln1",
+            CapturePoint::Ln2 => "ln2",
+            CapturePoint::AttnInO => "attn_in_o",
+            CapturePoint::AttnOut => "attn_out",
+            CapturePoint::MlpOut => "mlp_out",
+            CapturePoint::ResidPost => "resid_post",
+        }
+    }
+
+    /// Full name for layer `layer`, e.g. `blocks.3.ln1`.
+    pub fn full_name(self, layer: usize) -> String {
+        format!("blocks.{layer}.{}", self.name())
+    }
+}
+
+impl fmt::Display for CapturePoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for CapturePoint {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        CapturePoint::ALL
+            .into_iter()
+            .find(|p| p.name() == s.trim())
+            .ok_or_else(|| {
+                let names: Vec<_> = CapturePoint::ALL.iter().map(|p| p.name()).collect();
+                format!(
+                    "unknown capture point {s:?}; choose from {}",
+                    names.join(", ")
+                )
+            })
+    }
+}

@@ -1,0 +1,210 @@
+//! One decoder layer on the CPU, top to bottom, for one micro-batch. Every supported family
+//! runs through this function; the [`ModelSpec`] says which norms, biases and windows apply.
+
+use super::attention::{AttentionShape, causal_attention};
+use super::linear::linear;
+use super::mlp::{GatedMlpWeights, gated_mlp};
+use super::norm::{rms_norm, rms_norm_rows_in_place};
+use super::rope::RopeTable;
+use crate::arch::{ModelSpec, QkNorm, WeightRole};
+use crate::capture::CapturePoint;
+use crate::error::Result;
+use crate::weights::WeightStore;
+use std::collections::BTreeMap;
+
+/// A layer's weights converted to f32, alive only while the layer runs.
+pub struct LayerWeights {
+    tensors: BTreeMap<WeightRole, Vec<f32>>,
+}
+
+impl LayerWeights {
+    /// Reads and converts every tensor of `layer` (shapes were checked when the model opened).
+    pub fn load(store: &WeightStore, spec: &ModelSpec, layer: usize) -> Result<Self> {
+        let mut tensors = BTreeMap::new();
+        for tensor in spec.layer_tensors(layer) {
+            tensors.insert(tensor.role, store.read_f32(&tensor.name)?);
+        }
+        Ok(LayerWeights { tensors })
+    }
+
+    fn get(&self, role: WeightRole) -> &[f32] {
+        self.maybe(role)
+            .unwrap_or_else(|| panic!("{role:?} is in the spec's tensor table"))
+    }
+
+    fn maybe(&self, role: WeightRole) -> Option<&[f32]> {
+        self.tensors.get(&role).map(Vec::as_slice)
+    }
+}
+
+/// Work buffers of one micro-batch, reused across micro-batches of a layer.
+pub struct LayerScratch {
+    normed: Vec<f32>,       // (rows, hidden)
+    q: Vec<f32>,            // (rows, heads * head_dim)
+    k: Vec<f32>,            // (rows, kv_heads * head_dim)
+    v: Vec<f32>,            // (rows, kv_heads * head_dim)
+    attn: Vec<f32>,         // (rows, heads * head_dim)
+    sublayer_out: Vec<f32>, // (rows, hidden)
+    gate: Vec<f32>,         // (rows, intermediate)
+    up: Vec<f32>,           // (rows, intermediate)
+}
+
+impl LayerScratch {
+    /// Buffers for micro-batches of up to `rows` tokens.
+    pub fn new(spec: &ModelSpec, rows: usize) -> Self {
+        let zeros = |width: usize| vec![0f32; rows * width];
+        LayerScratch {
+            normed: zeros(spec.hidden_size),
+            q: zeros(spec.q_width()),
+            k: zeros(spec.kv_width()),
+            v: zeros(spec.kv_width()),
+            attn: zeros(spec.q_width()),
+            sublayer_out: zeros(spec.hidden_size),
+            gate: zeros(spec.intermediate_size),
+            up: zeros(spec.intermediate_size),
+        }
+    }
+}
+
+/// Receives `(point, values (rows, width), width)` at every capture point.
+pub type CaptureFn<'a> = dyn FnMut(CapturePoint, &[f32], usize) + 'a;
+
+/// Runs decoder layer `layer` on `hidden (sequences * seq_len, hidden)` in place.
+#[allow(clippy::too_many_arguments)]
+pub fn decoder_layer(
+    spec: &ModelSpec,
+    layer: usize,
+    weights: &LayerWeights,
+    rope: &RopeTable,
+    hidden: &mut [f32], // (sequences * seq_len, hidden)
+    sequences: usize,
+    seq_len: usize,
+    scratch: &mut LayerScratch,
+    threads: usize,
+    capture: &mut CaptureFn,
+) {
+    use WeightRole::*;
+    let d = spec.hidden_size;
+    let rows = sequences * seq_len;
+    let (q_width, kv_width) = (spec.q_width(), spec.kv_width());
+    let eps = spec.block.norm_eps;
+    let normed = &mut scratch.normed[..rows * d];
+    let q = &mut scratch.q[..rows * q_width];
+    let k = &mut scratch.k[..rows * kv_width];
+    let v = &mut scratch.v[..rows * kv_width];
+    let attn = &mut scratch.attn[..rows * q_width];
+    let sublayer_out = &mut scratch.sublayer_out[..rows * d];
+
+    // Attention input: normed residual (pre-norm) or the residual itself (olmo2).
+    let attn_input: &[f32] = match weights.maybe(AttnInputNorm) {
+        Some(norm) => {
+            rms_norm(hidden, norm, eps, normed, threads);
+            normed
+        }
+        None => hidden,
+    };
+    capture(CapturePoint::Ln1, attn_input, d);
+    linear(
+        attn_input,
+        weights.get(QProj),
+        weights.maybe(QBias),
+        q,
+        d,
+        q_width,
+        threads,
+    );
+    linear(
+        attn_input,
+        weights.get(KProj),
+        weights.maybe(KBias),
+        k,
+        d,
+        kv_width,
+        threads,
+    );
+    linear(
+        attn_input,
+        weights.get(VProj),
+        weights.maybe(VBias),
+        v,
+        d,
+        kv_width,
+        threads,
+    );
+    match spec.block.qk_norm {
+        QkNorm::None => {}
+        // Width head_dim (qwen3) or all heads (olmo2): the norm weight's length says which.
+        QkNorm::PerHead | QkNorm::AcrossHeads => {
+            rms_norm_rows_in_place(q, weights.get(QNorm), eps);
+            rms_norm_rows_in_place(k, weights.get(KNorm), eps);
+        }
+    }
+    rope.apply(q, spec.num_heads, seq_len);
+    rope.apply(k, spec.num_kv_heads, seq_len);
+    let shape = AttentionShape {
+        sequences,
+        seq_len,
+        heads: spec.num_heads,
+        kv_heads: spec.num_kv_heads,
+        head_dim: spec.head_dim,
+        sliding_window: spec.sliding_windows[layer],
+        scale: (spec.head_dim as f32).powf(-0.5),
+    };
+    causal_attention(q, k, v, attn, shape, threads);
+    capture(CapturePoint::AttnInO, attn, q_width);
+    linear(
+        attn,
+        weights.get(OProj),
+        weights.maybe(OBias),
+        sublayer_out,
+        q_width,
+        d,
+        threads,
+    );
+    if let Some(norm) = weights.maybe(AttnOutputNorm) {
+        rms_norm_rows_in_place(sublayer_out, norm, eps);
+    }
+    capture(CapturePoint::AttnOut, sublayer_out, d);
+    add_in_place(hidden, sublayer_out);
+
+    let mlp_input: &[f32] = match weights.maybe(MlpInputNorm) {
+        Some(norm) => {
+            rms_norm(hidden, norm, eps, normed, threads);
+            normed
+        }
+        None => hidden,
+    };
+    capture(CapturePoint::Ln2, mlp_input, d);
+    let mlp = GatedMlpWeights {
+        gate: weights.get(GateProj),
+        gate_bias: weights.maybe(GateBias),
+        up: weights.get(UpProj),
+        up_bias: weights.maybe(UpBias),
+        down: weights.get(DownProj),
+        down_bias: weights.maybe(DownBias),
+    };
+    let inter = spec.intermediate_size;
+    gated_mlp(
+        mlp_input,
+        &mlp,
+        &mut scratch.gate[..rows * inter],
+        &mut scratch.up[..rows * inter],
+        sublayer_out,
+        d,
+        inter,
+        threads,
+    );
+    if let Some(norm) = weights.maybe(MlpOutputNorm) {
+        rms_norm_rows_in_place(sublayer_out, norm, eps);
+    }
+    capture(CapturePoint::MlpOut, sublayer_out, d);
+    add_in_place(hidden, sublayer_out);
+    capture(CapturePoint::ResidPost, hidden, d);
+}
+
+fn add_in_place(accumulator: &mut [f32], addend: &[f32]) {
+    accumulator
+        .iter_mut()
+        .zip(addend)
+        .for_each(|(a, b)| *a += b);
+}

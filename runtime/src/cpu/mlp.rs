@@ -1,0 +1,89 @@
+//! The gated MLP: `down(silu(gate(x)) * up(x))`.
+
+use super::linear::linear;
+
+/// `silu(gate) * up`, elementwise, into `gate`.
+pub fn silu_mul_in_place(gate: &mut [f32], up: &[f32]) {
+    for (g, &u) in gate.iter_mut().zip(up) {
+        *g = *g / (1.0 + (-*g).exp()) * u;
+    }
+}
+
+/// Weights of one gated MLP.
+pub struct GatedMlpWeights<'a> {
+    /// `(intermediate, hidden)`.
+    pub gate: &'a [f32],
+    /// `(intermediate)`, if the model has MLP biases.
+    pub gate_bias: Option<&'a [f32]>,
+    /// `(intermediate, hidden)`.
+    pub up: &'a [f32],
+    /// `(intermediate)`.
+    pub up_bias: Option<&'a [f32]>,
+    /// `(hidden, intermediate)`.
+    pub down: &'a [f32],
+    /// `(hidden)`.
+    pub down_bias: Option<&'a [f32]>,
+}
+
+/// Runs the MLP on `input (rows, hidden)` into `output (rows, hidden)`, using the two
+/// `(rows, intermediate)` scratch buffers.
+#[allow(clippy::too_many_arguments)]
+pub fn gated_mlp(
+    input: &[f32], // (rows, hidden)
+    weights: &GatedMlpWeights,
+    gate_scratch: &mut [f32], // (rows, intermediate)
+    up_scratch: &mut [f32],   // (rows, intermediate)
+    output: &mut [f32],       // (rows, hidden)
+    hidden: usize,
+    intermediate: usize,
+    threads: usize,
+) {
+    linear(
+        input,
+        weights.gate,
+        weights.gate_bias,
+        gate_scratch,
+        hidden,
+        intermediate,
+        threads,
+    );
+    linear(
+        input,
+        weights.up,
+        weights.up_bias,
+        up_scratch,
+        hidden,
+        intermediate,
+        threads,
+    );
+    silu_mul_in_place(gate_scratch, up_scratch);
+    linear(
+        gate_scratch,
+        weights.down,
+        weights.down_bias,
+        output,
+        intermediate,
+        hidden,
+        threads,
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn silu_matches_definition() {
+        let mut gate = vec![-3.0f32, 0.0, 0.5, 4.0];
+        let up = vec![2.0f32, 1.0, -1.0, 0.25];
+        let expect: Vec<f32> = gate
+            .iter()
+            .zip(&up)
+            .map(|(&g, &u)| (g as f64 / (1.0 + (-(g as f64)).exp()) * u as f64) as f32)
+            .collect();
+        silu_mul_in_place(&mut gate, &up);
+        for (g, e) in gate.iter().zip(expect) {
+            assert!((g - e).abs() < 1e-6);
+        }
+    }
+}

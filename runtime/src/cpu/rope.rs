@@ -1,0 +1,74 @@
+//! Rotary position embedding, `rotate_half` convention: dimension `i` of a head is rotated
+//! with dimension `i + head_dim / 2` by the angle `position * inv_freq[i]`.
+
+/// cos and sin for every position of a sequence and every rotated pair.
+pub struct RopeTable {
+    half_dim: usize,
+    cos: Vec<f32>, // (seq_len, half_dim)
+    sin: Vec<f32>, // (seq_len, half_dim)
+}
+
+impl RopeTable {
+    /// Angles in f32 (`position as f32 * inv_freq`), as transformers computes them.
+    pub fn new(inv_freq: &[f32], seq_len: usize) -> Self {
+        let half_dim = inv_freq.len();
+        let mut cos = Vec::with_capacity(seq_len * half_dim);
+        let mut sin = Vec::with_capacity(seq_len * half_dim);
+        for position in 0..seq_len {
+            for &freq in inv_freq {
+                let angle = position as f32 * freq;
+                cos.push(angle.cos());
+                sin.push(angle.sin());
+            }
+        }
+        RopeTable { half_dim, cos, sin }
+    }
+
+    /// Rotates every head of every row; row `r` is at position `r % seq_len`.
+    pub fn apply(
+        &self,
+        values: &mut [f32], /* (rows, heads * head_dim) */
+        heads: usize,
+        seq_len: usize,
+    ) {
+        let head_dim = 2 * self.half_dim;
+        let row_width = heads * head_dim;
+        for (row_index, row) in values.chunks_exact_mut(row_width).enumerate() {
+            let position = row_index % seq_len;
+            let cos = &self.cos[position * self.half_dim..(position + 1) * self.half_dim];
+            let sin = &self.sin[position * self.half_dim..(position + 1) * self.half_dim];
+            for head in row.chunks_exact_mut(head_dim) {
+                let (first, second) = head.split_at_mut(self.half_dim);
+                for i in 0..self.half_dim {
+                    let (x1, x2) = (first[i], second[i]);
+                    first[i] = x1 * cos[i] - x2 * sin[i];
+                    second[i] = x2 * cos[i] + x1 * sin[i];
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotation_keeps_pair_norms_and_position_zero_is_identity() {
+        let table = RopeTable::new(&[1.0, 0.1], 3);
+        let original: Vec<f32> = (0..12).map(|i| i as f32 - 5.5).collect(); // 3 rows, 1 head of 4
+        let mut rotated = original.clone();
+        table.apply(&mut rotated, 1, 3);
+        assert_eq!(&rotated[..4], &original[..4]);
+        for row in 0..3 {
+            for i in 0..2 {
+                let n0 = original[row * 4 + i].hypot(original[row * 4 + i + 2]);
+                let n1 = rotated[row * 4 + i].hypot(rotated[row * 4 + i + 2]);
+                assert!((n0 - n1).abs() < 1e-5);
+            }
+        }
+        // Position 1, pair 0: angle 1 rad.
+        let (x1, x2) = (original[4], original[6]);
+        assert!((rotated[4] - (x1 * 1f32.cos() - x2 * 1f32.sin())).abs() < 1e-6);
+    }
+}

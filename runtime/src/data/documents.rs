@@ -1,0 +1,182 @@
+//! Documents from a data file: `.txt` (the whole file is one document), `.jsonl` (one JSON
+//! object per line, text in `text_field`) and `.parquet` (column `text_field`, e.g. the
+//! fineweb-edu shards). Empty and whitespace-only documents are skipped.
+
+use crate::error::{Result, RuntimeError};
+use parquet::file::reader::{FileReader, SerializedFileReader};
+use parquet::record::RowAccessor;
+use parquet::schema::types::Type as ParquetType;
+use std::io::{BufRead, BufReader};
+use std::ops::ControlFlow;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Data file formats, by extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataFormat {
+    /// Plain text, one document.
+    Txt,
+    /// JSON lines.
+    Jsonl,
+    /// Apache Parquet.
+    Parquet,
+}
+
+impl DataFormat {
+    /// The format of `path` from its extension.
+    pub fn of(path: &Path) -> Result<Self> {
+        match path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            Some("txt") | Some("text") => Ok(DataFormat::Txt),
+            Some("jsonl") | Some("ndjson") => Ok(DataFormat::Jsonl),
+            Some("parquet") => Ok(DataFormat::Parquet),
+            _ => Err(RuntimeError::Data {
+                path: path.to_path_buf(),
+                message: "unknown data format; --data takes .txt, .jsonl or .parquet files".into(),
+            }),
+        }
+    }
+}
+
+/// Calls `visit` with each non-empty document until it breaks or the file ends; returns
+/// the number of documents visited.
+pub fn for_each_document(
+    path: &Path,
+    text_field: &str,
+    mut visit: impl FnMut(&str) -> Result<ControlFlow<()>>,
+) -> Result<usize> {
+    let format = DataFormat::of(path)?;
+    if !path.is_file() {
+        return Err(RuntimeError::Data {
+            path: path.to_path_buf(),
+            message: "not found (or not a file)".into(),
+        });
+    }
+    let mut count = 0;
+    let mut counted = |text: &str| -> Result<ControlFlow<()>> {
+        if text.trim().is_empty() {
+            return Ok(ControlFlow::Continue(()));
+        }
+        count += 1;
+        visit(text)
+    };
+    match format {
+        DataFormat::Txt => {
+            let text = std::fs::read_to_string(path).map_err(|e| RuntimeError::Data {
+                path: path.to_path_buf(),
+                message: format!("cannot be read as UTF-8 text: {e}"),
+            })?;
+            // One document: whether the visitor wants more does not matter.
+            let _ = counted(&text)?;
+        }
+        DataFormat::Jsonl => read_jsonl(path, text_field, &mut counted)?,
+        DataFormat::Parquet => read_parquet(path, text_field, &mut counted)?,
+    }
+    Ok(count)
+}
+
+fn read_jsonl(
+    path: &Path,
+    text_field: &str,
+    visit: &mut dyn FnMut(&str) -> Result<ControlFlow<()>>,
+) -> Result<()> {
+    let error = |line: usize, message: String| RuntimeError::Data {
+        path: path.to_path_buf(),
+        message: format!("line {line}: {message}"),
+    };
+    let file = std::fs::File::open(path).map_err(|e| RuntimeError::io("cannot open", path, e))?;
+    for (index, line) in BufReader::new(file).lines().enumerate() {
+        let number = index + 1;
+        let line = line.map_err(|e| error(number, format!("cannot be read: {e}")))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let record: serde_json::Value = serde_json::from_str(&line)
+            .map_err(|e| error(number, format!("not valid JSON: {e}")))?;
+        let text = match record.get(text_field) {
+            Some(serde_json::Value::String(text)) => text,
+            Some(other) => {
+                return Err(error(
+                    number,
+                    format!("field {text_field:?} is {other}, not a string"),
+                ));
+            }
+            None => {
+                let fields: Vec<String> = record
+                    .as_object()
+                    .map(|o| o.keys().cloned().collect())
+                    .unwrap_or_default();
+                return Err(error(
+                    number,
+                    format!(
+                        "no field {text_field:?} (fields: {}); choose the text field with --text-field",
+                        fields.join(", ")
+                    ),
+                ));
+            }
+        };
+        if visit(text)?.is_break() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+fn read_parquet(
+    path: &Path,
+    text_field: &str,
+    visit: &mut dyn FnMut(&str) -> Result<ControlFlow<()>>,
+) -> Result<()> {
+    let error = |message: String| RuntimeError::Data {
+        path: path.to_path_buf(),
+        message,
+    };
+    let file = std::fs::File::open(path).map_err(|e| RuntimeError::io("cannot open", path, e))?;
+    let reader = SerializedFileReader::new(file)
+        .map_err(|e| error(format!("not a readable parquet file: {e}")))?;
+    let schema = reader.metadata().file_metadata().schema();
+    let field = schema
+        .get_fields()
+        .iter()
+        .find(|f| f.name() == text_field)
+        .ok_or_else(|| {
+            let names: Vec<&str> = schema.get_fields().iter().map(|f| f.name()).collect();
+            error(format!(
+                "no column {text_field:?} (columns: {}); choose the text column with --text-field",
+                names.join(", ")
+            ))
+        })?;
+    let projection = ParquetType::group_type_builder(schema.name())
+        .with_fields(vec![Arc::clone(field)])
+        .build()
+        .map_err(|e| error(format!("cannot select column {text_field:?}: {e}")))?;
+    let rows = reader
+        .get_row_iter(Some(projection))
+        .map_err(|e| error(format!("cannot read column {text_field:?}: {e}")))?;
+    for (index, row) in rows.enumerate() {
+        let row = row.map_err(|e| error(format!("row {index}: {e}")))?;
+        let text = match row.get_string(0) {
+            Ok(text) => text.clone(),
+            Err(_) => match row.get_bytes(0) {
+                Ok(bytes) => String::from_utf8(bytes.data().to_vec()).map_err(|_| {
+                    error(format!(
+                        "row {index}: column {text_field:?} is not UTF-8 text"
+                    ))
+                })?,
+                Err(_) => {
+                    return Err(error(format!(
+                        "row {index}: column {text_field:?} is not a string column (or is null)"
+                    )));
+                }
+            },
+        };
+        if visit(&text)?.is_break() {
+            break;
+        }
+    }
+    Ok(())
+}

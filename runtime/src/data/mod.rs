@@ -1,0 +1,10 @@
+//! Data: documents from txt / jsonl / parquet, the model's tokenizer, and packing into
+//! fixed-length sequences.
+
+pub mod documents;
+pub mod packing;
+pub mod tokenizer;
+
+pub use documents::{DataFormat, for_each_document};
+pub use packing::{PackedTokens, pack_documents};
+pub use tokenizer::TextTokenizer;

@@ -1,0 +1,127 @@
+//! Errors of the runtime. Every variant names the file, tensor or layer it is about and,
+//! where there is one, what the user can do.
+
+use std::path::PathBuf;
+
+/// Result with [`RuntimeError`].
+pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;
+
+/// Everything that can go wrong between a model folder and a finished forward pass.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// A file could not be opened, read or written.
+    #[error("{action} {path}: {source}")]
+    Io {
+        /// What was being done ("cannot read", "cannot create").
+        action: &'static str,
+        /// The file or folder.
+        path: PathBuf,
+        /// The operating system's reason.
+        source: std::io::Error,
+    },
+    /// config.json is not valid JSON or lacks a key the architecture needs.
+    #[error("{path}: {message}")]
+    Config {
+        /// Path of config.json.
+        path: PathBuf,
+        /// What is wrong, naming the key.
+        message: String,
+    },
+    /// `model_type` names an architecture this build does not implement.
+    #[error(
+        "{path}: model_type {model_type:?} is not supported; supported model types: {}",
+        supported.join(", ")
+    )]
+    UnsupportedModelType {
+        /// Path of config.json.
+        path: PathBuf,
+        /// The model_type found.
+        model_type: String,
+        /// What is supported.
+        supported: Vec<&'static str>,
+    },
+    /// The configuration asks for something the implementation would compute differently.
+    #[error("{path}: {what} is not supported: {hint}")]
+    UnsupportedFeature {
+        /// Path of config.json.
+        path: PathBuf,
+        /// The setting and its value.
+        what: String,
+        /// What the user can do.
+        hint: String,
+    },
+    /// A safetensors file or index is malformed.
+    #[error("{path}: {message}")]
+    Safetensors {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// A tensor the architecture needs is not in the checkpoint.
+    #[error("tensor {name} is missing from {model_dir}: {hint}")]
+    MissingTensor {
+        /// Full tensor name.
+        name: String,
+        /// The model folder.
+        model_dir: PathBuf,
+        /// Why it is needed / what to check.
+        hint: String,
+    },
+    /// A tensor's stored shape disagrees with what config.json implies.
+    #[error(
+        "tensor {name} in {path} has shape {found:?}, but config.json implies {expected:?} ({reason}); the checkpoint and config.json do not belong together"
+    )]
+    ShapeMismatch {
+        /// Full tensor name.
+        name: String,
+        /// The safetensors file holding it.
+        path: PathBuf,
+        /// Shape from config.json.
+        expected: Vec<usize>,
+        /// Shape in the file header.
+        found: Vec<usize>,
+        /// Which config keys give the expected shape.
+        reason: String,
+    },
+    /// A weight is stored in a dtype the runtime cannot convert.
+    #[error("tensor {name} in {path} is stored as {dtype}; weights must be F32, F16 or BF16")]
+    UnsupportedDtype {
+        /// Full tensor name.
+        name: String,
+        /// The file.
+        path: PathBuf,
+        /// The stored dtype.
+        dtype: String,
+    },
+    /// tokenizer.json or tokenizer_config.json cannot be used.
+    #[error("{path}: {message}")]
+    Tokenizer {
+        /// The tokenizer file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The data file is malformed or unsuitable.
+    #[error("{path}: {message}")]
+    Data {
+        /// The data file.
+        path: PathBuf,
+        /// What is wrong, with line or row where known.
+        message: String,
+    },
+    /// The request (sequence length, layers, sample count) does not fit the model or data.
+    #[error("{0}")]
+    InvalidRequest(String),
+}
+
+impl RuntimeError {
+    /// An I/O error with the path it happened on.
+    pub fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        RuntimeError::Io {
+            action,
+            path: path.into(),
+            source,
+        }
+    }
+}

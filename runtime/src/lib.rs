@@ -1,0 +1,27 @@
+//! layerstream's runtime: opens a model folder (config.json, safetensors, tokenizer.json),
+//! packs data into a workload, and runs it layer by layer (layer-major) on a backend,
+//! reporting activations at the capture points.
+//!
+//! Data flow (docs/ARCHITECTURE.md): data file -> tokenizer -> packed token ids;
+//! model folder -> config + headers -> [`model::Model`] (spec + inventory);
+//! [`executor::run`] embeds, then for each layer loads its weights once and runs every
+//! micro-batch through it, handing capture points to a [`executor::RunObserver`].
+
+pub mod analysis;
+pub mod arch;
+pub mod backend;
+pub mod capture;
+pub mod config;
+pub mod cpu;
+pub mod data;
+pub mod error;
+pub mod executor;
+pub mod model;
+pub mod selection;
+pub mod weights;
+
+pub use backend::{Backend, BackendSelection, DeviceChoice, select_backend};
+pub use capture::CapturePoint;
+pub use error::{Result, RuntimeError};
+pub use executor::{FinalStage, RunObserver, RunRequest, run};
+pub use model::Model;

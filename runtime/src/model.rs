@@ -1,0 +1,127 @@
+//! A model folder opened and checked: config.json read into a spec, safetensors mapped, and
+//! every tensor the forward pass will need verified against the shapes config.json implies,
+//! before any work starts.
+
+use crate::arch::{self, ModelSpec, spec};
+use crate::config::ModelConfig;
+use crate::error::{Result, RuntimeError};
+use crate::weights::WeightStore;
+use layerstream_planner::{TensorClass, TensorEntry};
+use std::path::{Path, PathBuf};
+
+/// An opened, validated model.
+pub struct Model {
+    /// The folder.
+    pub dir: PathBuf,
+    /// config.json.
+    pub config: ModelConfig,
+    /// What the backends run.
+    pub spec: ModelSpec,
+    /// The mapped weights and their inventory.
+    pub weights: WeightStore,
+}
+
+impl Model {
+    /// Opens `dir`, reading config.json and the safetensors headers (no tensor data).
+    pub fn open(dir: &Path) -> Result<Self> {
+        let config = ModelConfig::load(dir)?;
+        let spec = arch::model_spec(&config)?;
+        let weights = WeightStore::open(dir)?;
+        let model = Model {
+            dir: dir.to_path_buf(),
+            config,
+            spec,
+            weights,
+        };
+        model.validate()?;
+        Ok(model)
+    }
+
+    /// The token embedding `(vocab, hidden)`.
+    pub fn embedding(&self) -> &TensorEntry {
+        self.weights
+            .entry(spec::EMBED_TOKENS, "")
+            .expect("validated when the model was opened")
+    }
+
+    /// The LM head `(vocab, hidden)`: the embedding when tied.
+    pub fn lm_head(&self) -> &TensorEntry {
+        self.weights
+            .entry(self.spec.lm_head_name(), "")
+            .expect("validated when the model was opened")
+    }
+
+    /// Refuses sequences longer than the model supports.
+    pub fn check_seq_len(&self, seq_len: usize) -> Result<()> {
+        let max = self.spec.max_position_embeddings;
+        if seq_len > max {
+            return Err(RuntimeError::InvalidRequest(format!(
+                "--seq-len {seq_len} is above the model's max_position_embeddings {max} ({}); use --seq-len {max} or less",
+                self.config.path.display()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Checks every tensor the forward pass reads, so a bad checkpoint fails before work starts.
+    fn validate(&self) -> Result<()> {
+        let s = &self.spec;
+        self.weights.check(
+            spec::EMBED_TOKENS,
+            &[s.vocab_size, s.hidden_size],
+            "vocab_size, hidden_size",
+        )?;
+        self.weights
+            .check(spec::FINAL_NORM, &[s.hidden_size], "hidden_size")?;
+        if !s.tied_embeddings {
+            if !self.weights.contains(spec::LM_HEAD) {
+                return Err(RuntimeError::MissingTensor {
+                    name: spec::LM_HEAD.into(),
+                    model_dir: self.dir.clone(),
+                    hint: "config.json has tie_word_embeddings false (or unset), so the model needs its own LM head; if it shares the embedding, set \"tie_word_embeddings\": true".into(),
+                });
+            }
+            self.weights.check(
+                spec::LM_HEAD,
+                &[s.vocab_size, s.hidden_size],
+                "vocab_size, hidden_size",
+            )?;
+        }
+        for layer in 0..s.num_layers {
+            for tensor in s.layer_tensors(layer) {
+                self.weights
+                    .check(&tensor.name, &tensor.shape, tensor.shape_reason)
+                    .map_err(|e| match e {
+                        RuntimeError::MissingTensor { name, model_dir, .. } => RuntimeError::MissingTensor {
+                            name,
+                            model_dir,
+                            hint: format!(
+                                "layer {layer} of a {} model needs it; the checkpoint is incomplete or was saved by another architecture",
+                                s.family.model_type()
+                            ),
+                        },
+                        other => other,
+                    })?;
+            }
+        }
+        if let Some(extra) = self
+            .weights
+            .inventory()
+            .tensors
+            .iter()
+            .find(|t| matches!(t.class, TensorClass::Layer(l) if l >= s.num_layers))
+        {
+            return Err(RuntimeError::ShapeMismatch {
+                name: extra.name.clone(),
+                path: self.weights.file_of(extra).to_path_buf(),
+                expected: vec![],
+                found: extra.shape.clone(),
+                reason: format!(
+                    "config.json has num_hidden_layers {}, so there is no such layer",
+                    s.num_layers
+                ),
+            });
+        }
+        Ok(())
+    }
+}

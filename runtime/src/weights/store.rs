@@ -1,0 +1,281 @@
+//! Memory-mapped safetensors: one `model.safetensors` or shards listed by
+//! `model.safetensors.index.json`. Only headers are read when opening; tensor bytes are
+//! touched when a layer asks for them.
+
+use super::dtype::{convert_to_f32, is_float_weight};
+use crate::error::{Result, RuntimeError};
+use layerstream_planner::inventory::classify_tensor_name;
+use layerstream_planner::{Inventory, TensorDtype, TensorEntry};
+use memmap2::Mmap;
+use safetensors::{Dtype, SafeTensors};
+use std::collections::{BTreeSet, HashMap};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+const SINGLE_FILE: &str = "model.safetensors";
+const INDEX_FILE: &str = "model.safetensors.index.json";
+
+/// The weights of a model folder, mapped but not read.
+pub struct WeightStore {
+    model_dir: PathBuf,
+    inventory: Inventory,
+    maps: Vec<Mmap>,
+    index_by_name: HashMap<String, usize>,
+}
+
+impl WeightStore {
+    /// Maps the safetensors files of `model_dir` and builds the inventory from their headers.
+    pub fn open(model_dir: &Path) -> Result<Self> {
+        let files = weight_files(model_dir)?;
+        let mut maps = Vec::with_capacity(files.len());
+        let mut tensors = Vec::new();
+        for (file_index, path) in files.iter().enumerate() {
+            let file = File::open(path).map_err(|e| RuntimeError::io("cannot open", path, e))?;
+            // SAFETY: the file is opened read-only; a checkpoint changed underneath a running
+            // analysis is outside what any loader can defend against.
+            let map =
+                unsafe { Mmap::map(&file) }.map_err(|e| RuntimeError::io("cannot map", path, e))?;
+            tensors.extend(read_header(path, &map, file_index)?);
+            maps.push(map);
+        }
+        let mut seen = HashMap::new();
+        for tensor in &tensors {
+            if let Some(other) = seen.insert(tensor.name.clone(), tensor.file_index) {
+                return Err(RuntimeError::Safetensors {
+                    path: files[tensor.file_index].clone(),
+                    message: format!(
+                        "tensor {} is also stored in {}; a checkpoint must store each tensor once",
+                        tensor.name,
+                        files[other].display()
+                    ),
+                });
+            }
+        }
+        let inventory = Inventory::new(files, tensors);
+        let index_by_name = inventory
+            .tensors
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.clone(), i))
+            .collect();
+        Ok(WeightStore {
+            model_dir: model_dir.to_path_buf(),
+            inventory,
+            maps,
+            index_by_name,
+        })
+    }
+
+    /// The folder the weights came from.
+    pub fn model_dir(&self) -> &Path {
+        &self.model_dir
+    }
+
+    /// Every tensor, from the headers.
+    pub fn inventory(&self) -> &Inventory {
+        &self.inventory
+    }
+
+    /// Whether a tensor exists.
+    pub fn contains(&self, name: &str) -> bool {
+        self.index_by_name.contains_key(name)
+    }
+
+    /// The inventory entry of a tensor, or a MissingTensor error with `hint`.
+    pub fn entry(&self, name: &str, hint: &str) -> Result<&TensorEntry> {
+        self.index_by_name
+            .get(name)
+            .map(|&i| &self.inventory.tensors[i])
+            .ok_or_else(|| RuntimeError::MissingTensor {
+                name: name.to_string(),
+                model_dir: self.model_dir.clone(),
+                hint: hint.to_string(),
+            })
+    }
+
+    /// Path of the file holding a tensor.
+    pub fn file_of(&self, entry: &TensorEntry) -> &Path {
+        &self.inventory.files[entry.file_index]
+    }
+
+    /// Checks that a tensor exists with the shape config.json implies and a float dtype.
+    pub fn check(&self, name: &str, expected: &[usize], reason: &str) -> Result<&TensorEntry> {
+        let entry = self.entry(name, reason)?;
+        if entry.shape != expected {
+            return Err(RuntimeError::ShapeMismatch {
+                name: name.to_string(),
+                path: self.file_of(entry).to_path_buf(),
+                expected: expected.to_vec(),
+                found: entry.shape.clone(),
+                reason: reason.to_string(),
+            });
+        }
+        if !is_float_weight(entry.dtype) {
+            return Err(RuntimeError::UnsupportedDtype {
+                name: name.to_string(),
+                path: self.file_of(entry).to_path_buf(),
+                dtype: entry.dtype.name().to_string(),
+            });
+        }
+        Ok(entry)
+    }
+
+    /// The stored bytes of a tensor (pages are read from disk as they are touched).
+    pub fn bytes(&self, entry: &TensorEntry) -> &[u8] {
+        let start = entry.byte_offset as usize;
+        &self.maps[entry.file_index][start..start + entry.byte_len as usize]
+    }
+
+    /// A whole tensor converted to f32, laid out as stored (row-major).
+    pub fn read_f32(&self, name: &str) -> Result<Vec<f32>> {
+        let entry = self.entry(name, "needed by the forward pass")?;
+        let mut out = vec![0f32; entry.numel()];
+        convert_to_f32(entry.dtype, self.bytes(entry), &mut out);
+        Ok(out)
+    }
+
+    /// Rows `first_row..first_row + out.len() / row_len` of a 2-D tensor, as f32.
+    pub fn read_rows_f32(&self, entry: &TensorEntry, first_row: usize, out: &mut [f32]) {
+        let row_len = entry.shape[1];
+        let element_bytes = entry.dtype.size_bytes().expect("float dtype");
+        let start = first_row * row_len * element_bytes;
+        let bytes = &self.bytes(entry)[start..start + out.len() * element_bytes];
+        convert_to_f32(entry.dtype, bytes, out);
+    }
+}
+
+/// The safetensors files of a model folder, from the index if there is one.
+fn weight_files(model_dir: &Path) -> Result<Vec<PathBuf>> {
+    let index_path = model_dir.join(INDEX_FILE);
+    if index_path.exists() {
+        let text = std::fs::read_to_string(&index_path)
+            .map_err(|e| RuntimeError::io("cannot read", &index_path, e))?;
+        let index: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| RuntimeError::Safetensors {
+                path: index_path.clone(),
+                message: format!("not valid JSON: {e}"),
+            })?;
+        let weight_map = index
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| RuntimeError::Safetensors {
+                path: index_path.clone(),
+                message: "has no `weight_map` object mapping tensor names to shard files".into(),
+            })?;
+        let mut shards = BTreeSet::new();
+        for (tensor, file) in weight_map {
+            let file = file.as_str().ok_or_else(|| RuntimeError::Safetensors {
+                path: index_path.clone(),
+                message: format!("weight_map entry for {tensor} is not a file name"),
+            })?;
+            shards.insert(file.to_string());
+        }
+        let files: Vec<PathBuf> = shards.into_iter().map(|f| model_dir.join(f)).collect();
+        for file in &files {
+            if !file.exists() {
+                return Err(RuntimeError::Safetensors {
+                    path: index_path.clone(),
+                    message: format!(
+                        "lists shard {} which does not exist; copy the missing shard into the folder",
+                        file.display()
+                    ),
+                });
+            }
+        }
+        return Ok(files);
+    }
+    let single = model_dir.join(SINGLE_FILE);
+    if single.exists() {
+        return Ok(vec![single]);
+    }
+    Err(RuntimeError::Safetensors {
+        path: model_dir.to_path_buf(),
+        message: format!(
+            "no {SINGLE_FILE} and no {INDEX_FILE}; --model must be a folder saved by transformers with safetensors weights"
+        ),
+    })
+}
+
+/// Reads one file's header into inventory entries with absolute byte offsets.
+fn read_header(path: &Path, map: &[u8], file_index: usize) -> Result<Vec<TensorEntry>> {
+    let (header_len, metadata) = match SafeTensors::read_metadata(map) {
+        Ok(parsed) => parsed,
+        Err(error) => return Err(describe_header_error(path, map, error)),
+    };
+    let data_start = 8 + header_len as u64;
+    let mut entries = Vec::new();
+    for (name, info) in metadata.tensors() {
+        let (start, end) = info.data_offsets;
+        entries.push(TensorEntry {
+            class: classify_tensor_name(&name),
+            name,
+            shape: info.shape.clone(),
+            dtype: tensor_dtype(info.dtype),
+            file_index,
+            byte_offset: data_start + start as u64,
+            byte_len: (end - start) as u64,
+        });
+    }
+    Ok(entries)
+}
+
+fn tensor_dtype(dtype: Dtype) -> TensorDtype {
+    match dtype {
+        Dtype::F32 => TensorDtype::F32,
+        Dtype::F16 => TensorDtype::F16,
+        Dtype::BF16 => TensorDtype::Bf16,
+        Dtype::I64 => TensorDtype::I64,
+        Dtype::F64 => TensorDtype::Other("F64"),
+        Dtype::I32 => TensorDtype::Other("I32"),
+        Dtype::U8 => TensorDtype::Other("U8"),
+        Dtype::I8 => TensorDtype::Other("I8"),
+        Dtype::F8_E4M3 => TensorDtype::Other("F8_E4M3"),
+        Dtype::F8_E5M2 => TensorDtype::Other("F8_E5M2"),
+        _ => TensorDtype::Other("an unsupported dtype"),
+    }
+}
+
+/// Turns a safetensors parse error into a message that says what is wrong with the file.
+fn describe_header_error(
+    path: &Path,
+    map: &[u8],
+    error: safetensors::SafeTensorError,
+) -> RuntimeError {
+    let message = match error {
+        safetensors::SafeTensorError::MetadataIncompleteBuffer => match expected_file_len(map) {
+            Some(expected) if expected > map.len() as u64 => format!(
+                "truncated: the header describes {expected} bytes but the file has {}; the download or copy did not finish, fetch the file again",
+                map.len()
+            ),
+            Some(expected) => format!(
+                "the header describes {expected} bytes but the file has {}; the file is damaged, fetch it again",
+                map.len()
+            ),
+            None => "header and data disagree; the file is damaged, fetch it again".into(),
+        },
+        safetensors::SafeTensorError::HeaderTooSmall
+        | safetensors::SafeTensorError::InvalidHeaderLength => format!(
+            "truncated or not a safetensors file ({} bytes; the header does not fit)",
+            map.len()
+        ),
+        other => format!("not a valid safetensors file: {other}"),
+    };
+    RuntimeError::Safetensors {
+        path: path.to_path_buf(),
+        message,
+    }
+}
+
+/// File length the header implies: 8 + header + the end of the last tensor's data.
+fn expected_file_len(map: &[u8]) -> Option<u64> {
+    let header_len = u64::from_le_bytes(map.get(..8)?.try_into().ok()?);
+    let header = map.get(8..8 + header_len as usize)?;
+    let header: serde_json::Value = serde_json::from_slice(header).ok()?;
+    let data_end = header
+        .as_object()?
+        .values()
+        .filter_map(|t| t.get("data_offsets")?.get(1)?.as_u64())
+        .max()
+        .unwrap_or(0);
+    Some(8 + header_len + data_end)
+}

@@ -1,0 +1,146 @@
+//! Every fixture family against PyTorch transformers: the packed workload, every capture
+//! point of every layer, the logits, and the next-token NLL / loss that `score` reports.
+
+use layerstream_runtime::backend::Backend;
+use layerstream_runtime::cpu::CpuBackend;
+use layerstream_runtime::data::{TextTokenizer, pack_documents};
+use layerstream_runtime::{CapturePoint, FinalStage, Model, RunRequest, run};
+use layerstream_tests::{
+    FIXTURES, KeepEverything, Reference, assert_all_close, assert_matches_reference, fixture_docs,
+    fixture_model,
+};
+
+fn run_fixture(
+    name: &str,
+    final_stage: FinalStage,
+    micro_batch_sequences: usize,
+) -> (Reference, KeepEverything) {
+    let reference = Reference::load(name);
+    let model = Model::open(&fixture_model(name)).unwrap();
+    let request = RunRequest {
+        token_ids: reference.input_ids.clone(),
+        num_sequences: reference.num_sequences,
+        seq_len: reference.seq_len,
+        capture_layers: (0..model.spec.num_layers).collect(),
+        capture_points: CapturePoint::ALL.to_vec(),
+        final_stage,
+        micro_batch_sequences,
+    };
+    let mut kept = KeepEverything::default();
+    run(
+        &model,
+        &request,
+        &Backend::Cpu(CpuBackend::new(Some(2))),
+        &mut kept,
+    )
+    .unwrap();
+    (reference, kept)
+}
+
+#[test]
+fn packing_matches_the_python_reference_for_every_tokenizer() {
+    for name in FIXTURES {
+        let reference = Reference::load(name);
+        let model = Model::open(&fixture_model(name)).unwrap();
+        let tokenizer = TextTokenizer::load(&model.dir, &model.config).unwrap();
+        let packed = pack_documents(
+            &fixture_docs(),
+            "text",
+            &tokenizer,
+            reference.num_sequences,
+            reference.seq_len,
+        )
+        .unwrap();
+        assert_eq!(
+            packed.token_ids, reference.input_ids,
+            "{name}: packed token ids"
+        );
+    }
+}
+
+#[test]
+fn every_family_matches_pytorch_at_every_capture_point_and_the_logits() {
+    for name in FIXTURES {
+        let (reference, kept) = run_fixture(name, FinalStage::Logits, 1);
+        let layers = Model::open(&fixture_model(name)).unwrap().spec.num_layers;
+        for layer in 0..layers {
+            for point in CapturePoint::ALL {
+                let key = point.full_name(layer);
+                let expected = reference.get(&key);
+                let got = kept
+                    .captures
+                    .get(&key)
+                    .unwrap_or_else(|| panic!("{name}: {key} not captured"));
+                assert_matches_reference(&format!("{name} {key}"), got, &expected.values);
+            }
+        }
+        assert_matches_reference(
+            &format!("{name} logits"),
+            &kept.logits,
+            &reference.get("logits").values,
+        );
+        assert_eq!(
+            kept.layers_done,
+            (0..layers).collect::<Vec<_>>(),
+            "{name}: layers run in order, once"
+        );
+    }
+}
+
+#[test]
+fn next_token_nll_and_loss_match_pytorch() {
+    for name in FIXTURES {
+        let (reference, kept) = run_fixture(name, FinalStage::NextTokenNll, 2);
+        assert_matches_reference(
+            &format!("{name} nll"),
+            &kept.nll,
+            &reference.get("nll").values,
+        );
+        let loss = kept.nll.iter().map(|&x| x as f64).sum::<f64>() / kept.nll.len() as f64;
+        let expected = reference.get("loss").values[0] as f64;
+        assert!(
+            (loss - expected).abs() <= 1e-5 * expected.abs(),
+            "{name}: loss {loss} vs PyTorch {expected}"
+        );
+    }
+}
+
+#[test]
+fn results_do_not_depend_on_the_micro_batch_size() {
+    let (_, one) = run_fixture("qwen3", FinalStage::Logits, 1);
+    let (_, all) = run_fixture("qwen3", FinalStage::Logits, 2);
+    for (key, values) in &one.captures {
+        assert_all_close(key, &all.captures[key], values, 1e-6, 1e-6);
+    }
+    assert_all_close("logits", &all.logits, &one.logits, 1e-6, 1e-6);
+}
+
+#[test]
+fn only_layers_up_to_the_last_captured_one_run() {
+    let reference = Reference::load("llama3");
+    let model = Model::open(&fixture_model("llama3")).unwrap();
+    let request = RunRequest {
+        token_ids: reference.input_ids.clone(),
+        num_sequences: reference.num_sequences,
+        seq_len: reference.seq_len,
+        capture_layers: [0, 1].into_iter().collect(),
+        capture_points: vec![CapturePoint::ResidPost],
+        final_stage: FinalStage::None,
+        micro_batch_sequences: 1,
+    };
+    let mut kept = KeepEverything::default();
+    run(
+        &model,
+        &request,
+        &Backend::Cpu(CpuBackend::new(Some(1))),
+        &mut kept,
+    )
+    .unwrap();
+    assert_eq!(kept.layers_done, vec![0, 1]);
+    assert_eq!(kept.captures.len(), 2);
+    assert_matches_reference(
+        "resid_post 1",
+        &kept.captures["blocks.1.resid_post"],
+        &reference.get("blocks.1.resid_post").values,
+    );
+}
