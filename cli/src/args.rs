@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 /// Analyse the activations of language models larger than your GPU, one layer at a time.
 #[derive(Debug, Parser)]
-#[command(name = "layerstream", version, about, long_about = None)]
+#[command(name = "layerstream", version, about, long_about = None, args_override_self = true)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
