@@ -6,8 +6,8 @@ use layerstream_runtime::cpu::CpuBackend;
 use layerstream_runtime::data::{TextTokenizer, pack_documents};
 use layerstream_runtime::{CapturePoint, FinalStage, Model, RunRequest, run};
 use layerstream_tests::{
-    FIXTURES, KeepEverything, Reference, assert_all_close, assert_matches_reference, fixture_docs,
-    fixture_model,
+    FIXTURES, KeepEverything, MOE_FIXTURES, Reference, assert_all_close, assert_matches_reference,
+    fixture_docs, fixture_model,
 };
 
 fn run_fixture(
@@ -64,7 +64,7 @@ fn every_family_matches_pytorch_at_every_capture_point_and_the_logits() {
         let (reference, kept) = run_fixture(name, FinalStage::Logits, 1);
         let layers = Model::open(&fixture_model(name)).unwrap().spec.num_layers;
         for layer in 0..layers {
-            for point in CapturePoint::ALL {
+            for point in CapturePoint::ACTIVATIONS {
                 let key = point.full_name(layer);
                 let expected = reference.get(&key);
                 let got = kept
@@ -84,6 +84,7 @@ fn every_family_matches_pytorch_at_every_capture_point_and_the_logits() {
             (0..layers).collect::<Vec<_>>(),
             "{name}: layers run in order, once"
         );
+        check_routing(name, &reference, &kept, layers);
     }
 }
 
@@ -143,4 +144,54 @@ fn only_layers_up_to_the_last_captured_one_run() {
         &kept.captures["blocks.1.resid_post"],
         &reference.get("blocks.1.resid_post").values,
     );
+}
+
+/// Router logits, chosen experts (exactly) and their weights against PyTorch, for every
+/// layer that has a router in the reference and only for those.
+fn check_routing(name: &str, reference: &Reference, kept: &KeepEverything, layers: usize) {
+    for layer in 0..layers {
+        let key = format!("blocks.{layer}.router");
+        let Some(experts) = reference.int_tensors.get(&format!("{key}.experts")) else {
+            assert!(
+                !kept.routing.contains_key(&layer),
+                "{name}: layer {layer} is dense in PyTorch but routed here"
+            );
+            continue;
+        };
+        let routing = kept
+            .routing
+            .get(&layer)
+            .unwrap_or_else(|| panic!("{name}: no routing captured for MoE layer {layer}"));
+        let expected = |part: &str| &reference.get(&format!("{key}.{part}")).values;
+        assert_matches_reference(
+            &format!("{name} {key}.logits"),
+            &routing.logits,
+            expected("logits"),
+        );
+        assert_eq!(&routing.experts, experts, "{name} {key}: chosen experts");
+        assert_matches_reference(
+            &format!("{name} {key}.weights"),
+            &routing.weights,
+            expected("weights"),
+        );
+    }
+}
+
+#[test]
+fn moe_layers_are_sparse_or_dense_as_configured() {
+    // qwen3_moe: mlp_only_layers [1]; qwen2_moe: decoder_sparse_step 2.
+    let expected = [
+        ("olmoe", vec![true, true]),
+        ("qwen3_moe", vec![true, false, true]),
+        ("qwen2_moe", vec![false, true]),
+        ("mixtral", vec![true, true]),
+    ];
+    for (name, sparse) in &expected {
+        let model = Model::open(&fixture_model(name)).unwrap();
+        let got: Vec<bool> = (0..model.spec.num_layers)
+            .map(|l| model.spec.moe(l).is_some())
+            .collect();
+        assert_eq!(&got, sparse, "{name}");
+    }
+    assert_eq!(MOE_FIXTURES.len(), expected.len());
 }

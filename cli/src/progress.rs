@@ -2,6 +2,7 @@
 //! when stderr is not a terminal.
 
 use indicatif::{ProgressBar, ProgressStyle};
+use layerstream_runtime::capture::Routing;
 use layerstream_runtime::{CapturePoint, RunObserver};
 use std::time::Instant;
 
@@ -43,6 +44,10 @@ impl RunObserver for WithProgress<'_> {
         width: usize,
     ) {
         self.inner.on_capture(layer, point, first, values, width);
+    }
+
+    fn on_router(&mut self, layer: usize, first: usize, routing: &Routing) {
+        self.inner.on_router(layer, first, routing);
     }
 
     fn on_next_token_nll(&mut self, first: usize, nll: &[f32]) {

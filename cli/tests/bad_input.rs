@@ -300,3 +300,41 @@ fn unsupported_rope_type_is_refused_not_computed_differently() {
         &["rope_type \"yarn\" is not supported", "llama3"],
     );
 }
+
+#[test]
+fn moe_config_without_top_k_names_the_key() {
+    let home = tempfile::tempdir().unwrap();
+    let model = copy_fixture_model("olmoe", home.path());
+    edit_config(&model, |c| {
+        c.remove("num_experts_per_tok");
+    });
+    assert_fails_with(
+        &analyze(&model, &[], home.path()),
+        &["num_experts_per_tok", "config.json", "olmoe"],
+    );
+}
+
+#[test]
+fn fused_expert_checkpoints_are_refused_with_what_to_do() {
+    let home = tempfile::tempdir().unwrap();
+    let model = copy_fixture_model("olmoe", home.path());
+    let path = model.join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut kept: Vec<(String, TensorView)> = file
+        .tensors()
+        .into_iter()
+        .filter(|(name, _)| !name.starts_with("model.layers.0.mlp.experts."))
+        .collect();
+    // A fused tensor in its place (contents do not matter: the layout is refused).
+    let fused = vec![0u8; 4 * 8 * 64 * 64];
+    kept.push((
+        "model.layers.0.mlp.experts.gate_up_proj".into(),
+        TensorView::new(safetensors::Dtype::F32, vec![8, 64, 64], &fused).unwrap(),
+    ));
+    std::fs::write(&path, safetensors::serialize(kept, None).unwrap()).unwrap();
+    assert_fails_with(
+        &analyze(&model, &[], home.path()),
+        &["model.layers.0.mlp.experts.0.", "fused", "save_pretrained"],
+    );
+}

@@ -257,3 +257,109 @@ fn help_of_every_command_lists_its_flags() {
         }
     }
 }
+
+#[test]
+fn inspect_reports_experts_top_k_active_parameters_and_bytes_per_expert() {
+    let home = tempfile::tempdir().unwrap();
+    let model_dir = fixture_model("qwen2_moe");
+    let model = model_dir.display().to_string();
+    let out = assert_succeeds(&layerstream(
+        &["inspect", "--model", &model, "--json"],
+        home.path(),
+    ));
+    let moe = &serde_json::from_str::<Value>(&out).unwrap()["moe"];
+    // From the headers, independently: all parameters, and those of routed experts.
+    let data = std::fs::read(model_dir.join("model.safetensors")).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&data).unwrap();
+    let (mut all, mut routed, mut expert0_bytes, mut shared_bytes) = (0u64, 0u64, 0u64, 0u64);
+    for (name, view) in file.tensors() {
+        let numel = view.shape().iter().product::<usize>() as u64;
+        all += numel;
+        if name.contains(".mlp.experts.") {
+            routed += numel;
+        }
+        if name.starts_with("model.layers.1.mlp.experts.0.") {
+            expert0_bytes += view.data().len() as u64;
+        }
+        if name.starts_with("model.layers.1.mlp.shared_expert.") {
+            shared_bytes += view.data().len() as u64;
+        }
+    }
+    // One MoE layer of 4 experts, top-2.
+    assert_eq!(moe["experts"], 4);
+    assert_eq!(moe["experts_per_token"], 2);
+    assert_eq!(moe["moe_layers"], serde_json::json!([1]));
+    assert_eq!(moe["dense_layers"], serde_json::json!([0]));
+    assert_eq!(moe["bytes_per_expert"], expert0_bytes);
+    assert_eq!(moe["shared_expert_bytes"], shared_bytes);
+    assert_eq!(
+        moe["active_parameters_per_token"],
+        all - routed + routed / 2
+    );
+    let dense = assert_succeeds(&layerstream(
+        &[
+            "inspect",
+            "--model",
+            &fixture_model("llama2").display().to_string(),
+            "--json",
+        ],
+        home.path(),
+    ));
+    assert_eq!(
+        serde_json::from_str::<Value>(&dense).unwrap()["moe"],
+        Value::Null
+    );
+}
+
+#[test]
+fn analyze_reports_expert_load_that_matches_pytorch_routing() {
+    for name in layerstream_tests::MOE_FIXTURES {
+        let home = tempfile::tempdir().unwrap();
+        let model = fixture_model(name).display().to_string();
+        let docs = docs();
+        assert_succeeds(&layerstream(
+            &[
+                "analyze",
+                "--model",
+                &model,
+                "--data",
+                &docs,
+                "--num-samples",
+                "2",
+                "--seq-len",
+                "32",
+                "--device",
+                "cpu",
+                "--micro-batch-tokens",
+                "32",
+            ],
+            home.path(),
+        ));
+        let report = read_json(&home.path().join("layerstream-out/report.json"));
+        let reference = Reference::load(name);
+        for layer in report["layers"].as_array().unwrap() {
+            let l = layer["layer"].as_u64().unwrap();
+            let Some(chosen) = reference
+                .int_tensors
+                .get(&format!("blocks.{l}.router.experts"))
+            else {
+                assert!(layer.get("router").is_none(), "{name} layer {l} is dense");
+                continue;
+            };
+            let router = &layer["router"];
+            let experts = router["num_experts"].as_u64().unwrap() as usize;
+            let mut expected = vec![0u64; experts];
+            for &e in chosen {
+                expected[e as usize] += 1;
+            }
+            let got: Vec<u64> = router["tokens_per_expert"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap())
+                .collect();
+            assert_eq!(got, expected, "{name} layer {l}: tokens per expert");
+            assert_eq!(router["tokens"], 64);
+        }
+    }
+}

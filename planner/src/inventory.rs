@@ -61,6 +61,16 @@ pub enum TensorClass {
     Unclassified,
 }
 
+/// Which expert of a mixture-of-experts layer a tensor belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExpertSlot {
+    /// Routed expert `e` (`...experts.{e}....`).
+    Routed(usize),
+    /// A shared expert every token goes through (`...shared_expert(s)....`).
+    Shared,
+}
+
 /// One tensor of the checkpoint.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TensorEntry {
@@ -78,6 +88,8 @@ pub struct TensorEntry {
     pub byte_len: u64,
     /// Layer or input/output class.
     pub class: TensorClass,
+    /// The expert it belongs to, in MoE layers.
+    pub expert: Option<ExpertSlot>,
 }
 
 impl TensorEntry {
@@ -113,6 +125,23 @@ const OUTPUT_PATTERNS: &[&str] = &[
     "final_layernorm.",
     "norm_f.",
 ];
+
+/// Places a tensor in an expert by name: `.experts.{e}.` is routed expert `e`,
+/// `.shared_expert.` / `.shared_experts.` is the shared expert (its gate is not part of it).
+pub fn classify_expert(name: &str) -> Option<ExpertSlot> {
+    if name.contains(".shared_expert.") || name.contains(".shared_experts.") {
+        return Some(ExpertSlot::Shared);
+    }
+    let start = name.find(".experts.")? + ".experts.".len();
+    let digits: String = name[start..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    if digits.is_empty() || !name[start + digits.len()..].starts_with('.') {
+        return None;
+    }
+    digits.parse().ok().map(ExpertSlot::Routed)
+}
 
 /// Places a tensor name in the forward pass by the pattern table above.
 pub fn classify_tensor_name(name: &str) -> TensorClass {
@@ -189,6 +218,44 @@ impl Inventory {
         bytes
     }
 
+    /// Bytes of each routed expert of `layer`, keyed by expert index (empty for dense layers).
+    pub fn routed_expert_bytes(&self, layer: usize) -> BTreeMap<usize, u64> {
+        let mut bytes = BTreeMap::new();
+        for tensor in self.of_class(TensorClass::Layer(layer)) {
+            if let Some(ExpertSlot::Routed(e)) = tensor.expert {
+                *bytes.entry(e).or_insert(0) += tensor.byte_len;
+            }
+        }
+        bytes
+    }
+
+    /// Bytes of the shared expert(s) of `layer`.
+    pub fn shared_expert_bytes(&self, layer: usize) -> u64 {
+        self.of_class(TensorClass::Layer(layer))
+            .filter(|t| t.expert == Some(ExpertSlot::Shared))
+            .map(|t| t.byte_len)
+            .sum()
+    }
+
+    /// Bytes of `layer` outside its routed experts (attention, norms, router, shared expert).
+    pub fn layer_bytes_outside_routed_experts(&self, layer: usize) -> u64 {
+        self.of_class(TensorClass::Layer(layer))
+            .filter(|t| !matches!(t.expert, Some(ExpertSlot::Routed(_))))
+            .map(|t| t.byte_len)
+            .sum()
+    }
+
+    /// Parameters of routed experts in `layer`, keyed by expert index.
+    pub fn routed_expert_parameters(&self, layer: usize) -> BTreeMap<usize, u64> {
+        let mut count = BTreeMap::new();
+        for tensor in self.of_class(TensorClass::Layer(layer)) {
+            if let Some(ExpertSlot::Routed(e)) = tensor.expert {
+                *count.entry(e).or_insert(0) += tensor.numel() as u64;
+            }
+        }
+        count
+    }
+
     /// The dtypes that occur, with their total bytes.
     pub fn dtype_bytes(&self) -> BTreeMap<&'static str, u64> {
         let mut bytes = BTreeMap::new();
@@ -243,6 +310,7 @@ mod tests {
             byte_offset: 0,
             byte_len: bytes,
             class: classify_tensor_name(name),
+            expert: classify_expert(name),
         };
         let inventory = Inventory::new(
             vec![PathBuf::from("model.safetensors")],
@@ -261,5 +329,61 @@ mod tests {
         assert_eq!(inventory.total_bytes(), 208);
         assert_eq!(inventory.parameter_count(), 104);
         assert_eq!(inventory.tensors[0].class, TensorClass::Input);
+    }
+
+    #[test]
+    fn knows_routed_and_shared_experts() {
+        assert_eq!(
+            classify_expert("model.layers.3.mlp.experts.17.down_proj.weight"),
+            Some(ExpertSlot::Routed(17))
+        );
+        assert_eq!(
+            classify_expert("model.layers.0.block_sparse_moe.experts.2.w1.weight"),
+            Some(ExpertSlot::Routed(2))
+        );
+        assert_eq!(
+            classify_expert("model.layers.0.mlp.shared_expert.up_proj.weight"),
+            Some(ExpertSlot::Shared)
+        );
+        assert_eq!(
+            classify_expert("model.layers.0.mlp.shared_expert_gate.weight"),
+            None
+        );
+        assert_eq!(classify_expert("model.layers.0.mlp.gate.weight"), None);
+        assert_eq!(
+            classify_expert("model.layers.0.mlp.experts.gate_up_proj"),
+            None
+        );
+        let entry = |name: &str, bytes: u64| TensorEntry {
+            name: name.into(),
+            shape: vec![bytes as usize / 2],
+            dtype: TensorDtype::Bf16,
+            file_index: 0,
+            byte_offset: 0,
+            byte_len: bytes,
+            class: classify_tensor_name(name),
+            expert: classify_expert(name),
+        };
+        let inventory = Inventory::new(
+            vec![PathBuf::from("model.safetensors")],
+            vec![
+                entry("model.layers.0.mlp.experts.0.up_proj.weight", 10),
+                entry("model.layers.0.mlp.experts.0.down_proj.weight", 10),
+                entry("model.layers.0.mlp.experts.1.up_proj.weight", 10),
+                entry("model.layers.0.mlp.experts.1.down_proj.weight", 10),
+                entry("model.layers.0.mlp.shared_expert.up_proj.weight", 6),
+                entry("model.layers.0.mlp.gate.weight", 4),
+            ],
+        );
+        assert_eq!(
+            inventory.routed_expert_bytes(0),
+            BTreeMap::from([(0, 20), (1, 20)])
+        );
+        assert_eq!(inventory.shared_expert_bytes(0), 6);
+        assert_eq!(inventory.layer_bytes_outside_routed_experts(0), 10);
+        assert_eq!(
+            inventory.routed_expert_parameters(0),
+            BTreeMap::from([(0, 10), (1, 10)])
+        );
     }
 }

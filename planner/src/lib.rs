@@ -9,5 +9,5 @@ pub mod micro_batch;
 
 pub use atomic::write_atomically;
 pub use budget::{ByteSize, ParseByteSizeError};
-pub use inventory::{Inventory, TensorClass, TensorDtype, TensorEntry};
+pub use inventory::{ExpertSlot, Inventory, TensorClass, TensorDtype, TensorEntry};
 pub use micro_batch::micro_batch_sequences;

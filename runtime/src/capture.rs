@@ -18,17 +18,30 @@ pub enum CapturePoint {
     MlpOut,
     /// The layer's output: the residual stream.
     ResidPost,
+    /// Router logits and the chosen experts with their weights (MoE layers only).
+    Router,
 }
 
 impl CapturePoint {
-    /// Every point, in forward order.
-    pub const ALL: [CapturePoint; 6] = [
+    /// Every activation point (one `(tokens, width)` tensor each), in forward order.
+    pub const ACTIVATIONS: [CapturePoint; 6] = [
         CapturePoint::Ln1,
         CapturePoint::AttnInO,
         CapturePoint::AttnOut,
         CapturePoint::Ln2,
         CapturePoint::MlpOut,
         CapturePoint::ResidPost,
+    ];
+
+    /// Every point: the activations and the router.
+    pub const ALL: [CapturePoint; 7] = [
+        CapturePoint::Ln1,
+        CapturePoint::AttnInO,
+        CapturePoint::AttnOut,
+        CapturePoint::Ln2,
+        CapturePoint::MlpOut,
+        CapturePoint::ResidPost,
+        CapturePoint::Router,
     ];
 
     /// Short name, e.g. `ln1`.
@@ -40,6 +53,7 @@ impl CapturePoint {
             CapturePoint::AttnOut => "attn_out",
             CapturePoint::MlpOut => "mlp_out",
             CapturePoint::ResidPost => "resid_post",
+            CapturePoint::Router => "router",
         }
     }
 
@@ -70,4 +84,27 @@ impl FromStr for CapturePoint {
                 )
             })
     }
+}
+
+/// What a MoE layer's router decided for a micro-batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Routing {
+    /// Routed experts.
+    pub num_experts: usize,
+    /// Experts chosen per token.
+    pub top_k: usize,
+    /// Router logits, `(tokens, num_experts)`.
+    pub logits: Vec<f32>,
+    /// Chosen experts, best first, `(tokens, top_k)`.
+    pub experts: Vec<u32>,
+    /// Their weights in the block output, `(tokens, top_k)`.
+    pub weights: Vec<f32>,
+}
+
+/// Receives what one layer produces for one micro-batch.
+pub trait LayerCaptureSink {
+    /// Activations at `point`, `(tokens, width)`.
+    fn activation(&mut self, point: CapturePoint, values: &[f32], width: usize);
+    /// The router's decisions (MoE layers).
+    fn routing(&mut self, routing: &Routing);
 }

@@ -69,6 +69,36 @@ pub struct ModelConfig {
     /// Per-layer attention kind, `full_attention` or `sliding_attention` (transformers 5).
     #[serde(default)]
     pub layer_types: Option<Vec<String>>,
+    /// Routed experts (OLMoE, Qwen-MoE spelling).
+    #[serde(default)]
+    pub num_experts: Option<usize>,
+    /// Routed experts (Mixtral spelling; transformers 5 writes it for Qwen3-MoE too).
+    #[serde(default)]
+    pub num_local_experts: Option<usize>,
+    /// Experts chosen per token.
+    #[serde(default)]
+    pub num_experts_per_tok: Option<usize>,
+    /// Whether the top-k routing weights are renormalised to sum to 1.
+    #[serde(default)]
+    pub norm_topk_prob: Option<bool>,
+    /// Width of each routed expert (Qwen-MoE).
+    #[serde(default)]
+    pub moe_intermediate_size: Option<usize>,
+    /// Width of the shared expert (Qwen2-MoE).
+    #[serde(default)]
+    pub shared_expert_intermediate_size: Option<usize>,
+    /// Every n-th layer is sparse (Qwen-MoE).
+    #[serde(default)]
+    pub decoder_sparse_step: Option<usize>,
+    /// Layers with a dense MLP instead of experts (Qwen-MoE).
+    #[serde(default)]
+    pub mlp_only_layers: Option<Vec<usize>>,
+    /// Clamp of q, k, v (OLMoE).
+    #[serde(default)]
+    pub clip_qkv: Option<f64>,
+    /// Bias on q, k, v (Qwen2-MoE).
+    #[serde(default)]
+    pub qkv_bias: Option<bool>,
     /// Token ids from config.json, used when tokenizer_config.json does not name them.
     #[serde(default)]
     pub bos_token_id: Option<Value>,
@@ -163,6 +193,11 @@ impl ModelConfig {
             what: what.into(),
             hint: hint.into(),
         }
+    }
+
+    /// Routed experts from `num_experts` or `num_local_experts`.
+    pub fn routed_experts(&self) -> Option<usize> {
+        self.num_experts.or(self.num_local_experts)
     }
 
     /// The first id of `eos_token_id`, which may be a number or a list.

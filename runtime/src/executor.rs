@@ -4,7 +4,7 @@
 
 use crate::arch::spec::FINAL_NORM;
 use crate::backend::Backend;
-use crate::capture::CapturePoint;
+use crate::capture::{CapturePoint, LayerCaptureSink, Routing};
 use crate::cpu::head::{OutputHead, embed_tokens};
 use crate::cpu::layer::{LayerScratch, LayerWeights, decoder_layer};
 use crate::cpu::rope::RopeTable;
@@ -55,6 +55,8 @@ pub trait RunObserver {
         _width: usize,
     ) {
     }
+    /// Router decisions of MoE layer `layer` for sequences `first_sequence..`.
+    fn on_router(&mut self, _layer: usize, _first_sequence: usize, _routing: &Routing) {}
     /// Next-token NLL of sequences `first_sequence..`: `(sequences, seq_len - 1)`.
     fn on_next_token_nll(&mut self, _first_sequence: usize, _nll: &[f32]) {}
     /// Logits of sequences `first_sequence..`: `(sequences * seq_len, vocab)`.
@@ -143,10 +145,12 @@ pub fn run(
         {
             let first_sequence = batch_index * micro_batch;
             let sequences = batch.len() / (seq_len * d);
-            let mut capture = |point: CapturePoint, values: &[f32], width: usize| {
-                if capturing && request.capture_points.contains(&point) {
-                    observer.on_capture(layer, point, first_sequence, values, width);
-                }
+            let mut sink = ExecutorSink {
+                observer: &mut *observer,
+                request,
+                layer,
+                first_sequence,
+                capturing,
             };
             decoder_layer(
                 spec,
@@ -158,7 +162,7 @@ pub fn run(
                 seq_len,
                 &mut scratch,
                 threads,
-                &mut capture,
+                &mut sink,
             );
         }
         drop(weights);
@@ -187,4 +191,29 @@ pub fn run(
         }
     }
     Ok(())
+}
+
+/// Hands one layer's captures for one micro-batch to the observer, if they were asked for.
+struct ExecutorSink<'a> {
+    observer: &'a mut dyn RunObserver,
+    request: &'a RunRequest,
+    layer: usize,
+    first_sequence: usize,
+    capturing: bool,
+}
+
+impl LayerCaptureSink for ExecutorSink<'_> {
+    fn activation(&mut self, point: CapturePoint, values: &[f32], width: usize) {
+        if self.capturing && self.request.capture_points.contains(&point) {
+            self.observer
+                .on_capture(self.layer, point, self.first_sequence, values, width);
+        }
+    }
+
+    fn routing(&mut self, routing: &Routing) {
+        if self.capturing && self.request.capture_points.contains(&CapturePoint::Router) {
+            self.observer
+                .on_router(self.layer, self.first_sequence, routing);
+        }
+    }
 }

@@ -63,6 +63,21 @@ impl Model {
         Ok(())
     }
 
+    /// Why a layer tensor may be missing, and what to do.
+    fn missing_tensor_hint(&self, layer: usize, name: &str) -> String {
+        let fused = self.weights.inventory().tensors.iter().any(|t| {
+            t.name.starts_with(&format!("model.layers.{layer}."))
+                && t.name.contains(".experts.gate_up_proj")
+        });
+        if fused && name.contains(".experts.") {
+            return "the checkpoint stores its experts fused (experts.gate_up_proj / experts.down_proj); this build reads the per-expert layout transformers saves (experts.{e}.gate_proj ...): re-save the model with transformers' save_pretrained".into();
+        }
+        format!(
+            "layer {layer} of a {} model needs it; the checkpoint is incomplete or was saved by another architecture",
+            self.spec.family.model_type()
+        )
+    }
+
     /// Checks every tensor the forward pass reads, so a bad checkpoint fails before work starts.
     fn validate(&self) -> Result<()> {
         let s = &self.spec;
@@ -92,13 +107,12 @@ impl Model {
                 self.weights
                     .check(&tensor.name, &tensor.shape, tensor.shape_reason)
                     .map_err(|e| match e {
-                        RuntimeError::MissingTensor { name, model_dir, .. } => RuntimeError::MissingTensor {
+                        RuntimeError::MissingTensor {
+                            name, model_dir, ..
+                        } => RuntimeError::MissingTensor {
+                            hint: self.missing_tensor_hint(layer, &name),
                             name,
                             model_dir,
-                            hint: format!(
-                                "layer {layer} of a {} model needs it; the checkpoint is incomplete or was saved by another architecture",
-                                s.family.model_type()
-                            ),
                         },
                         other => other,
                     })?;

@@ -5,6 +5,7 @@ use super::open_model;
 use crate::args::InspectArgs;
 use anyhow::Result;
 use layerstream_planner::{ByteSize, TensorClass};
+use layerstream_runtime::Model;
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -20,7 +21,7 @@ struct ModelSummary {
     num_kv_heads: usize,
     head_dim: usize,
     intermediate_size: usize,
-    experts: Option<usize>,
+    moe: Option<MoeSummary>,
     vocab_size: usize,
     max_position_embeddings: usize,
     rope_type: String,
@@ -34,6 +35,72 @@ struct ModelSummary {
     layer_bytes: BTreeMap<usize, u64>,
     dtype_bytes: BTreeMap<&'static str, u64>,
     files: Vec<String>,
+}
+
+/// The mixture-of-experts part of `inspect`.
+#[derive(Debug, Serialize)]
+struct MoeSummary {
+    /// Routed experts per MoE layer.
+    experts: usize,
+    /// Experts chosen per token.
+    experts_per_token: usize,
+    /// Whether the chosen experts' weights are renormalised to sum to 1.
+    normalize_top_k: bool,
+    /// Width of each routed expert's MLP.
+    expert_intermediate_size: usize,
+    /// Layers with experts.
+    moe_layers: Vec<usize>,
+    /// Layers with a dense MLP.
+    dense_layers: Vec<usize>,
+    /// Bytes of one routed expert (from the headers; the largest, if they differ).
+    bytes_per_expert: u64,
+    /// Bytes of the shared expert per MoE layer (0 without one).
+    shared_expert_bytes: u64,
+    /// Bytes of a MoE layer outside its routed experts (attention, norms, router, shared expert).
+    bytes_per_layer_outside_routed_experts: u64,
+    /// Parameters one token passes through: everything but the routed experts, plus
+    /// top-k routed experts per MoE layer (embeddings and LM head included).
+    active_parameters_per_token: u64,
+}
+
+fn moe_summary(model: &Model) -> Option<MoeSummary> {
+    let spec = &model.spec;
+    let inventory = model.weights.inventory();
+    let moe_layers: Vec<usize> = (0..spec.num_layers)
+        .filter(|&l| spec.moe(l).is_some())
+        .collect();
+    let first = spec.moe(*moe_layers.first()?)?;
+    let mut active = inventory.parameter_count();
+    let mut bytes_per_expert = 0;
+    for &layer in &moe_layers {
+        let per_expert = inventory.routed_expert_parameters(layer);
+        let routed: u64 = per_expert.values().sum();
+        let top_k = spec.moe(layer).map_or(0, |m| m.top_k) as u64;
+        active = active - routed + routed * top_k / per_expert.len().max(1) as u64;
+        bytes_per_expert = bytes_per_expert.max(
+            inventory
+                .routed_expert_bytes(layer)
+                .values()
+                .copied()
+                .max()
+                .unwrap_or(0),
+        );
+    }
+    Some(MoeSummary {
+        experts: first.num_experts,
+        experts_per_token: first.top_k,
+        normalize_top_k: first.normalize_top_k,
+        expert_intermediate_size: first.expert_intermediate,
+        dense_layers: (0..spec.num_layers)
+            .filter(|l| !moe_layers.contains(l))
+            .collect(),
+        bytes_per_expert,
+        shared_expert_bytes: inventory.shared_expert_bytes(moe_layers[0]),
+        bytes_per_layer_outside_routed_experts: inventory
+            .layer_bytes_outside_routed_experts(moe_layers[0]),
+        moe_layers,
+        active_parameters_per_token: active,
+    })
 }
 
 /// Runs `inspect`.
@@ -57,7 +124,7 @@ pub fn inspect(args: &InspectArgs) -> Result<()> {
         num_kv_heads: spec.num_kv_heads,
         head_dim: spec.head_dim,
         intermediate_size: spec.intermediate_size,
-        experts: None,
+        moe: moe_summary(model),
         vocab_size: spec.vocab_size,
         max_position_embeddings: spec.max_position_embeddings,
         rope_type: spec.rope.rope_type.clone(),
@@ -89,8 +156,13 @@ pub fn inspect(args: &InspectArgs) -> Result<()> {
     Ok(())
 }
 
+fn format_layers(layers: &[usize]) -> String {
+    let names: Vec<String> = layers.iter().map(usize::to_string).collect();
+    names.join(", ")
+}
+
 fn print_table(s: &ModelSummary) {
-    let row = |key: &str, value: String| println!("{key:<16} {value}");
+    let row = |key: &str, value: String| println!("{key:<18} {value}");
     row("model", s.model.clone());
     row(
         "architecture",
@@ -121,13 +193,59 @@ fn print_table(s: &ModelSummary) {
     );
     row(
         "mlp",
-        format!("gated SiLU, intermediate {}", s.intermediate_size),
+        format!(
+            "gated SiLU, intermediate {} (dense layers)",
+            s.intermediate_size
+        ),
     );
-    row(
-        "experts",
-        s.experts
-            .map_or("none (dense model)".into(), |e| e.to_string()),
-    );
+    match &s.moe {
+        None => row("experts", "none (dense model)".into()),
+        Some(moe) => {
+            row(
+                "experts",
+                format!(
+                    "{} routed, top-{} per token ({}), expert width {}",
+                    moe.experts,
+                    moe.experts_per_token,
+                    if moe.normalize_top_k {
+                        "weights renormalised"
+                    } else {
+                        "softmax weights as they are"
+                    },
+                    moe.expert_intermediate_size
+                ),
+            );
+            row("moe layers", format_layers(&moe.moe_layers));
+            if !moe.dense_layers.is_empty() {
+                row("dense layers", format_layers(&moe.dense_layers));
+            }
+            row(
+                "bytes per expert",
+                ByteSize(moe.bytes_per_expert).to_string(),
+            );
+            if moe.shared_expert_bytes > 0 {
+                row(
+                    "shared expert",
+                    format!("{} per MoE layer", ByteSize(moe.shared_expert_bytes)),
+                );
+            }
+            row(
+                "layer w/o experts",
+                format!(
+                    "{} (attention, norms, router, shared expert)",
+                    ByteSize(moe.bytes_per_layer_outside_routed_experts)
+                ),
+            );
+            row(
+                "active params",
+                format!(
+                    "{} per token ({:.3} B)",
+                    moe.active_parameters_per_token,
+                    moe.active_parameters_per_token as f64 / 1e9
+                ),
+            );
+        }
+    }
     row("vocabulary", s.vocab_size.to_string());
     row("max positions", s.max_position_embeddings.to_string());
     row("rope", format!("{}, theta {}", s.rope_type, s.rope_theta));

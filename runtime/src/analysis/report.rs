@@ -2,7 +2,7 @@
 //! timestamps or durations, so two runs of the same command give the same bytes.
 
 use super::point_summary::{PointAccumulator, PointSummary};
-use crate::capture::CapturePoint;
+use crate::capture::{CapturePoint, Routing};
 use crate::executor::RunObserver;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -36,6 +36,19 @@ pub struct ReportData {
     pub documents: usize,
 }
 
+/// How a MoE layer's router spread the workload over its experts.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RouterSummary {
+    /// Routed experts.
+    pub num_experts: usize,
+    /// Experts chosen per token.
+    pub top_k: usize,
+    /// Tokens routed.
+    pub tokens: u64,
+    /// Per expert: how many tokens chose it (top-k assignments; they sum to tokens x top_k).
+    pub tokens_per_expert: Vec<u64>,
+}
+
 /// One layer's summaries, keyed by capture point name.
 #[derive(Debug, Clone, Serialize)]
 pub struct LayerReport {
@@ -43,6 +56,9 @@ pub struct LayerReport {
     pub layer: usize,
     /// `ln1`, `ln2`, ... -> summary.
     pub points: BTreeMap<&'static str, PointSummary>,
+    /// Expert load, for MoE layers when `router` is captured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub router: Option<RouterSummary>,
 }
 
 /// The whole report.
@@ -67,6 +83,7 @@ pub struct ActivationReportBuilder {
     threshold: f32,
     top_dims: usize,
     points: BTreeMap<(usize, CapturePoint), PointAccumulator>,
+    routers: BTreeMap<usize, RouterSummary>,
 }
 
 impl ActivationReportBuilder {
@@ -76,21 +93,27 @@ impl ActivationReportBuilder {
             threshold,
             top_dims,
             points: BTreeMap::new(),
+            routers: BTreeMap::new(),
         }
     }
 
     /// The finished report.
     pub fn finish(&self, model: ReportModel, data: ReportData) -> ActivationReport {
         let mut layers: BTreeMap<usize, LayerReport> = BTreeMap::new();
+        let empty = |layer| LayerReport {
+            layer,
+            points: BTreeMap::new(),
+            router: None,
+        };
         for (&(layer, point), accumulator) in &self.points {
             layers
                 .entry(layer)
-                .or_insert_with(|| LayerReport {
-                    layer,
-                    points: BTreeMap::new(),
-                })
+                .or_insert_with(|| empty(layer))
                 .points
                 .insert(point.name(), accumulator.finish(self.top_dims));
+        }
+        for (&layer, router) in &self.routers {
+            layers.entry(layer).or_insert_with(|| empty(layer)).router = Some(router.clone());
         }
         ActivationReport {
             schema_version: REPORT_SCHEMA_VERSION,
@@ -117,5 +140,18 @@ impl RunObserver for ActivationReportBuilder {
             .entry((layer, point))
             .or_insert_with(|| PointAccumulator::new(width, threshold))
             .add(values);
+    }
+
+    fn on_router(&mut self, layer: usize, _first: usize, routing: &Routing) {
+        let summary = self.routers.entry(layer).or_insert_with(|| RouterSummary {
+            num_experts: routing.num_experts,
+            top_k: routing.top_k,
+            tokens: 0,
+            tokens_per_expert: vec![0; routing.num_experts],
+        });
+        summary.tokens += (routing.experts.len() / routing.top_k) as u64;
+        for &expert in &routing.experts {
+            summary.tokens_per_expert[expert as usize] += 1;
+        }
     }
 }

@@ -2,7 +2,8 @@
 //! biases, RoPE with optional `llama3` / `linear` scaling.
 
 use super::{
-    AttentionBias, BlockSpec, Family, ModelSpec, NormLayout, QkNorm, norm_eps, shared_spec,
+    AttentionBias, BlockSpec, Family, ModelSpec, NormLayout, QkNorm, dense_layers, norm_eps,
+    shared_spec,
 };
 use crate::config::ModelConfig;
 use crate::error::Result;
@@ -18,11 +19,13 @@ pub(super) fn spec(config: &ModelConfig) -> Result<ModelSpec> {
         },
         mlp_bias: config.mlp_bias.unwrap_or(false),
         norm_eps: norm_eps(config, 1e-6),
+        clip_qkv: None,
     };
     shared_spec(
         config,
         Family::Llama,
         block,
         vec![None; config.num_hidden_layers],
+        dense_layers(config),
     )
 }

@@ -2,7 +2,8 @@
 //! set, limits every layer's attention to the last `sliding_window` positions.
 
 use super::{
-    AttentionBias, BlockSpec, Family, ModelSpec, NormLayout, QkNorm, norm_eps, shared_spec,
+    AttentionBias, BlockSpec, Family, ModelSpec, NormLayout, QkNorm, dense_layers, norm_eps,
+    shared_spec,
 };
 use crate::config::ModelConfig;
 use crate::error::Result;
@@ -14,7 +15,14 @@ pub(super) fn spec(config: &ModelConfig) -> Result<ModelSpec> {
         attention_bias: AttentionBias::default(),
         mlp_bias: false,
         norm_eps: norm_eps(config, 1e-6),
+        clip_qkv: None,
     };
     let windows = vec![config.sliding_window; config.num_hidden_layers];
-    shared_spec(config, Family::Mistral, block, windows)
+    shared_spec(
+        config,
+        Family::Mistral,
+        block,
+        windows,
+        dense_layers(config),
+    )
 }

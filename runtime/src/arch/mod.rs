@@ -3,9 +3,14 @@
 
 mod llama;
 mod mistral;
+mod mixtral;
+mod moe;
 mod olmo2;
+mod olmoe;
 mod qwen2;
+mod qwen2_moe;
 mod qwen3;
+mod qwen3_moe;
 pub mod rope;
 pub mod spec;
 
@@ -13,11 +18,22 @@ use crate::config::ModelConfig;
 use crate::error::{Result, RuntimeError};
 use rope::RopeSpec;
 pub use spec::{
-    AttentionBias, BlockSpec, Family, LayerTensor, ModelSpec, NormLayout, QkNorm, WeightRole,
+    AttentionBias, BlockSpec, ExpertNaming, Family, FeedForward, LayerTensor, ModelSpec, MoeSpec,
+    NormLayout, QkNorm, RouterScoring, SharedExpertSpec, WeightRole,
 };
 
 /// `model_type` values this build implements.
-pub const SUPPORTED_MODEL_TYPES: &[&str] = &["llama", "mistral", "qwen2", "qwen3", "olmo2"];
+pub const SUPPORTED_MODEL_TYPES: &[&str] = &[
+    "llama",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "olmo2",
+    "olmoe",
+    "qwen3_moe",
+    "qwen2_moe",
+    "mixtral",
+];
 
 /// Reads the family-specific options of config.json into a spec.
 pub fn model_spec(config: &ModelConfig) -> Result<ModelSpec> {
@@ -27,6 +43,10 @@ pub fn model_spec(config: &ModelConfig) -> Result<ModelSpec> {
         "qwen2" => qwen2::spec(config),
         "qwen3" => qwen3::spec(config),
         "olmo2" => olmo2::spec(config),
+        "olmoe" => olmoe::spec(config),
+        "qwen3_moe" => qwen3_moe::spec(config),
+        "qwen2_moe" => qwen2_moe::spec(config),
+        "mixtral" => mixtral::spec(config),
         other => Err(RuntimeError::UnsupportedModelType {
             path: config.path.clone(),
             model_type: other.to_string(),
@@ -36,12 +56,13 @@ pub fn model_spec(config: &ModelConfig) -> Result<ModelSpec> {
 }
 
 /// The parts of a spec every family reads the same way; the family supplies the block
-/// options and the per-layer sliding windows.
+/// options, the per-layer sliding windows and the per-layer feed-forward blocks.
 fn shared_spec(
     config: &ModelConfig,
     family: Family,
     block: BlockSpec,
     sliding_windows: Vec<Option<usize>>,
+    feed_forward: Vec<FeedForward>,
 ) -> Result<ModelSpec> {
     let positive = |key: &str, value: usize| {
         if value == 0 {
@@ -82,6 +103,7 @@ fn shared_spec(
         num_kv_heads: config.kv_heads(),
         head_dim,
         intermediate_size: config.intermediate_size,
+        feed_forward,
         vocab_size: config.vocab_size,
         max_position_embeddings: config.max_position_embeddings,
         block,
@@ -89,6 +111,14 @@ fn shared_spec(
         sliding_windows,
         tied_embeddings: config.tie_word_embeddings.unwrap_or(false),
     })
+}
+
+/// Every layer a dense MLP of width `intermediate_size`.
+fn dense_layers(config: &ModelConfig) -> Vec<FeedForward> {
+    let dense = FeedForward::Dense {
+        intermediate: config.intermediate_size,
+    };
+    vec![dense; config.num_hidden_layers]
 }
 
 /// RMSNorm epsilon with the family's default.

@@ -3,7 +3,8 @@
 //! before RoPE.
 
 use super::{
-    AttentionBias, BlockSpec, Family, ModelSpec, NormLayout, QkNorm, norm_eps, shared_spec,
+    AttentionBias, BlockSpec, Family, ModelSpec, NormLayout, QkNorm, dense_layers, norm_eps,
+    shared_spec,
 };
 use crate::config::ModelConfig;
 use crate::error::Result;
@@ -19,11 +20,13 @@ pub(super) fn spec(config: &ModelConfig) -> Result<ModelSpec> {
         },
         mlp_bias: false,
         norm_eps: norm_eps(config, 1e-5),
+        clip_qkv: None,
     };
     shared_spec(
         config,
         Family::Olmo2,
         block,
         vec![None; config.num_hidden_layers],
+        dense_layers(config),
     )
 }

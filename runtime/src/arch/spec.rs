@@ -17,6 +17,14 @@ pub enum Family {
     Qwen3,
     /// OLMo 2 (`olmo2`).
     Olmo2,
+    /// OLMoE (`olmoe`).
+    Olmoe,
+    /// Qwen3-MoE (`qwen3_moe`).
+    Qwen3Moe,
+    /// Qwen2-MoE / Qwen1.5-MoE (`qwen2_moe`).
+    Qwen2Moe,
+    /// Mixtral (`mixtral`).
+    Mixtral,
 }
 
 impl Family {
@@ -28,6 +36,10 @@ impl Family {
             Family::Qwen2 => "qwen2",
             Family::Qwen3 => "qwen3",
             Family::Olmo2 => "olmo2",
+            Family::Olmoe => "olmoe",
+            Family::Qwen3Moe => "qwen3_moe",
+            Family::Qwen2Moe => "qwen2_moe",
+            Family::Mixtral => "mixtral",
         }
     }
 }
@@ -74,6 +86,65 @@ pub struct BlockSpec {
     pub mlp_bias: bool,
     /// RMSNorm epsilon.
     pub norm_eps: f32,
+    /// Clamp q, k and v to `[-c, c]` after their norms (OLMoE's `clip_qkv`).
+    pub clip_qkv: Option<f32>,
+}
+
+/// The feed-forward block of one layer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FeedForward {
+    /// One gated MLP of width `intermediate`.
+    Dense {
+        /// MLP width.
+        intermediate: usize,
+    },
+    /// A router choosing `top_k` of `num_experts` gated MLPs per token, optionally plus a
+    /// shared expert every token goes through.
+    Moe(MoeSpec),
+}
+
+/// How router logits become expert weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouterScoring {
+    /// Softmax over all experts (in f32), then the top k probabilities.
+    Softmax,
+}
+
+/// How expert tensors are named in the checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpertNaming {
+    /// `mlp.gate`, `mlp.experts.{e}.{gate,up,down}_proj` (OLMoE, Qwen-MoE).
+    MlpExperts,
+    /// `block_sparse_moe.gate`, `block_sparse_moe.experts.{e}.{w1,w3,w2}` (Mixtral).
+    BlockSparseMoe,
+}
+
+/// A shared expert: a gated MLP applied to every token next to the routed ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SharedExpertSpec {
+    /// Its MLP width.
+    pub intermediate: usize,
+    /// Whether its output is scaled by `sigmoid(x . w)` (Qwen2-MoE's `shared_expert_gate`).
+    pub sigmoid_gate: bool,
+}
+
+/// A mixture-of-experts feed-forward block.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MoeSpec {
+    /// Routed experts.
+    pub num_experts: usize,
+    /// Experts chosen per token.
+    pub top_k: usize,
+    /// Width of each routed expert's MLP.
+    pub expert_intermediate: usize,
+    /// Router function.
+    pub scoring: RouterScoring,
+    /// Whether the top-k weights are divided by their sum (`norm_topk_prob`; Mixtral always).
+    pub normalize_top_k: bool,
+    /// Optional shared expert.
+    pub shared_expert: Option<SharedExpertSpec>,
+    /// Tensor names.
+    pub naming: ExpertNaming,
 }
 
 /// A role a tensor plays in a decoder layer.
@@ -119,6 +190,22 @@ pub enum WeightRole {
     DownBias,
     /// RMSNorm on the MLP output (post-sublayer layouts).
     MlpOutputNorm,
+    /// Router `(num_experts, hidden)`.
+    Router,
+    /// Gate projection of routed expert `e`, `(expert_intermediate, hidden)`.
+    ExpertGate(usize),
+    /// Up projection of routed expert `e`.
+    ExpertUp(usize),
+    /// Down projection of routed expert `e`, `(hidden, expert_intermediate)`.
+    ExpertDown(usize),
+    /// Shared expert's gate projection.
+    SharedGate,
+    /// Shared expert's up projection.
+    SharedUp,
+    /// Shared expert's down projection.
+    SharedDown,
+    /// The sigmoid gate of the shared expert, `(1, hidden)`.
+    SharedExpertGate,
 }
 
 /// One tensor a layer needs: its role, full name and the shape config.json implies.
@@ -149,8 +236,10 @@ pub struct ModelSpec {
     pub num_kv_heads: usize,
     /// Per-head width.
     pub head_dim: usize,
-    /// MLP width.
+    /// MLP width of dense layers (config.json's `intermediate_size`).
     pub intermediate_size: usize,
+    /// Per layer: dense MLP or mixture of experts.
+    pub feed_forward: Vec<FeedForward>,
     /// Embedding rows.
     pub vocab_size: usize,
     /// Longest sequence supported.
@@ -183,6 +272,14 @@ impl ModelSpec {
         self.num_kv_heads * self.head_dim
     }
 
+    /// The MoE block of `layer`, if it has one.
+    pub fn moe(&self, layer: usize) -> Option<&MoeSpec> {
+        match &self.feed_forward[layer] {
+            FeedForward::Moe(moe) => Some(moe),
+            FeedForward::Dense { .. } => None,
+        }
+    }
+
     /// Name of the tensor the logits are computed with.
     pub fn lm_head_name(&self) -> &'static str {
         if self.tied_embeddings {
@@ -196,12 +293,7 @@ impl ModelSpec {
     /// (transformers' `model.layers.{l}.*` naming, shared by every supported family).
     pub fn layer_tensors(&self, layer: usize) -> Vec<LayerTensor> {
         use WeightRole::*;
-        let (hidden, q, kv, inter) = (
-            self.hidden_size,
-            self.q_width(),
-            self.kv_width(),
-            self.intermediate_size,
-        );
+        let (hidden, q, kv) = (self.hidden_size, self.q_width(), self.kv_width());
         let prefix = format!("model.layers.{layer}");
         let mut tensors = Vec::new();
         let mut add = |role, suffix: &str, shape: Vec<usize>, shape_reason| {
@@ -309,33 +401,93 @@ impl ModelSpec {
                 );
             }
         }
-        add(
-            GateProj,
-            "mlp.gate_proj.weight",
-            vec![inter, hidden],
-            mlp_reason,
-        );
-        add(
-            UpProj,
-            "mlp.up_proj.weight",
-            vec![inter, hidden],
-            mlp_reason,
-        );
-        add(
-            DownProj,
-            "mlp.down_proj.weight",
-            vec![hidden, inter],
-            "hidden_size, intermediate_size",
-        );
-        if self.block.mlp_bias {
-            add(
-                GateBias,
-                "mlp.gate_proj.bias",
-                vec![inter],
-                "intermediate_size",
-            );
-            add(UpBias, "mlp.up_proj.bias", vec![inter], "intermediate_size");
-            add(DownBias, "mlp.down_proj.bias", vec![hidden], hidden_reason);
+        match &self.feed_forward[layer] {
+            FeedForward::Dense { intermediate } => {
+                let inter = *intermediate;
+                let down_reason = "hidden_size, intermediate_size";
+                add(
+                    GateProj,
+                    "mlp.gate_proj.weight",
+                    vec![inter, hidden],
+                    mlp_reason,
+                );
+                add(
+                    UpProj,
+                    "mlp.up_proj.weight",
+                    vec![inter, hidden],
+                    mlp_reason,
+                );
+                add(
+                    DownProj,
+                    "mlp.down_proj.weight",
+                    vec![hidden, inter],
+                    down_reason,
+                );
+                if self.block.mlp_bias {
+                    add(
+                        GateBias,
+                        "mlp.gate_proj.bias",
+                        vec![inter],
+                        "intermediate_size",
+                    );
+                    add(UpBias, "mlp.up_proj.bias", vec![inter], "intermediate_size");
+                    add(DownBias, "mlp.down_proj.bias", vec![hidden], hidden_reason);
+                }
+            }
+            FeedForward::Moe(moe) => {
+                let (block, [gate, up, down]) = match moe.naming {
+                    ExpertNaming::MlpExperts => ("mlp", ["gate_proj", "up_proj", "down_proj"]),
+                    ExpertNaming::BlockSparseMoe => ("block_sparse_moe", ["w1", "w3", "w2"]),
+                };
+                let e_inter = moe.expert_intermediate;
+                let expert_reason = "expert MLP width, hidden_size";
+                let router_reason = "number of experts, hidden_size";
+                let router_name = format!("{block}.gate.weight");
+                add(
+                    Router,
+                    &router_name,
+                    vec![moe.num_experts, hidden],
+                    router_reason,
+                );
+                for e in 0..moe.num_experts {
+                    let name = |proj: &str| format!("{block}.experts.{e}.{proj}.weight");
+                    add(
+                        ExpertGate(e),
+                        &name(gate),
+                        vec![e_inter, hidden],
+                        expert_reason,
+                    );
+                    add(ExpertUp(e), &name(up), vec![e_inter, hidden], expert_reason);
+                    add(
+                        ExpertDown(e),
+                        &name(down),
+                        vec![hidden, e_inter],
+                        expert_reason,
+                    );
+                }
+                if let Some(shared) = moe.shared_expert {
+                    let s_inter = shared.intermediate;
+                    let reason = "shared_expert_intermediate_size, hidden_size";
+                    let name = |proj: &str| format!("{block}.shared_expert.{proj}.weight");
+                    add(
+                        SharedGate,
+                        &name("gate_proj"),
+                        vec![s_inter, hidden],
+                        reason,
+                    );
+                    add(SharedUp, &name("up_proj"), vec![s_inter, hidden], reason);
+                    add(
+                        SharedDown,
+                        &name("down_proj"),
+                        vec![hidden, s_inter],
+                        reason,
+                    );
+                    if shared.sigmoid_gate {
+                        let gate_name = format!("{block}.shared_expert_gate.weight");
+                        add(SharedExpertGate, &gate_name, vec![1, hidden], hidden_reason);
+                    }
+                }
+            }
         }
         tensors
     }

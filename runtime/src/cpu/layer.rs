@@ -4,10 +4,11 @@
 use super::attention::{AttentionShape, causal_attention};
 use super::linear::linear;
 use super::mlp::{GatedMlpWeights, gated_mlp};
+use super::moe::moe_block;
 use super::norm::{rms_norm, rms_norm_rows_in_place};
 use super::rope::RopeTable;
-use crate::arch::{ModelSpec, QkNorm, WeightRole};
-use crate::capture::CapturePoint;
+use crate::arch::{FeedForward, ModelSpec, QkNorm, WeightRole};
+use crate::capture::{CapturePoint, LayerCaptureSink};
 use crate::error::Result;
 use crate::weights::WeightStore;
 use std::collections::BTreeMap;
@@ -27,12 +28,14 @@ impl LayerWeights {
         Ok(LayerWeights { tensors })
     }
 
-    fn get(&self, role: WeightRole) -> &[f32] {
+    /// A tensor the spec's table lists for this layer.
+    pub(crate) fn get(&self, role: WeightRole) -> &[f32] {
         self.maybe(role)
             .unwrap_or_else(|| panic!("{role:?} is in the spec's tensor table"))
     }
 
-    fn maybe(&self, role: WeightRole) -> Option<&[f32]> {
+    /// A tensor that only some configurations have (biases, norms).
+    pub(crate) fn maybe(&self, role: WeightRole) -> Option<&[f32]> {
         self.tensors.get(&role).map(Vec::as_slice)
     }
 }
@@ -45,14 +48,24 @@ pub struct LayerScratch {
     v: Vec<f32>,            // (rows, kv_heads * head_dim)
     attn: Vec<f32>,         // (rows, heads * head_dim)
     sublayer_out: Vec<f32>, // (rows, hidden)
-    gate: Vec<f32>,         // (rows, intermediate)
-    up: Vec<f32>,           // (rows, intermediate)
+    gate: Vec<f32>,         // (rows, dense intermediate)
+    up: Vec<f32>,           // (rows, dense intermediate)
 }
 
 impl LayerScratch {
     /// Buffers for micro-batches of up to `rows` tokens.
     pub fn new(spec: &ModelSpec, rows: usize) -> Self {
         let zeros = |width: usize| vec![0f32; rows * width];
+        // MoE blocks keep their own buffers, sized by their expert token counts.
+        let dense_width = spec
+            .feed_forward
+            .iter()
+            .map(|f| match f {
+                FeedForward::Dense { intermediate } => *intermediate,
+                FeedForward::Moe(_) => 0,
+            })
+            .max()
+            .unwrap_or(0);
         LayerScratch {
             normed: zeros(spec.hidden_size),
             q: zeros(spec.q_width()),
@@ -60,14 +73,11 @@ impl LayerScratch {
             v: zeros(spec.kv_width()),
             attn: zeros(spec.q_width()),
             sublayer_out: zeros(spec.hidden_size),
-            gate: zeros(spec.intermediate_size),
-            up: zeros(spec.intermediate_size),
+            gate: zeros(dense_width),
+            up: zeros(dense_width),
         }
     }
 }
-
-/// Receives `(point, values (rows, width), width)` at every capture point.
-pub type CaptureFn<'a> = dyn FnMut(CapturePoint, &[f32], usize) + 'a;
 
 /// Runs decoder layer `layer` on `hidden (sequences * seq_len, hidden)` in place.
 #[allow(clippy::too_many_arguments)]
@@ -81,7 +91,7 @@ pub fn decoder_layer(
     seq_len: usize,
     scratch: &mut LayerScratch,
     threads: usize,
-    capture: &mut CaptureFn,
+    capture: &mut dyn LayerCaptureSink,
 ) {
     use WeightRole::*;
     let d = spec.hidden_size;
@@ -103,7 +113,7 @@ pub fn decoder_layer(
         }
         None => hidden,
     };
-    capture(CapturePoint::Ln1, attn_input, d);
+    capture.activation(CapturePoint::Ln1, attn_input, d);
     linear(
         attn_input,
         weights.get(QProj),
@@ -139,6 +149,11 @@ pub fn decoder_layer(
             rms_norm_rows_in_place(k, weights.get(KNorm), eps);
         }
     }
+    if let Some(limit) = spec.block.clip_qkv {
+        for values in [&mut *q, &mut *k, &mut *v] {
+            values.iter_mut().for_each(|x| *x = x.clamp(-limit, limit));
+        }
+    }
     rope.apply(q, spec.num_heads, seq_len);
     rope.apply(k, spec.num_kv_heads, seq_len);
     let shape = AttentionShape {
@@ -151,7 +166,7 @@ pub fn decoder_layer(
         scale: (spec.head_dim as f32).powf(-0.5),
     };
     causal_attention(q, k, v, attn, shape, threads);
-    capture(CapturePoint::AttnInO, attn, q_width);
+    capture.activation(CapturePoint::AttnInO, attn, q_width);
     linear(
         attn,
         weights.get(OProj),
@@ -164,7 +179,7 @@ pub fn decoder_layer(
     if let Some(norm) = weights.maybe(AttnOutputNorm) {
         rms_norm_rows_in_place(sublayer_out, norm, eps);
     }
-    capture(CapturePoint::AttnOut, sublayer_out, d);
+    capture.activation(CapturePoint::AttnOut, sublayer_out, d);
     add_in_place(hidden, sublayer_out);
 
     let mlp_input: &[f32] = match weights.maybe(MlpInputNorm) {
@@ -174,32 +189,40 @@ pub fn decoder_layer(
         }
         None => hidden,
     };
-    capture(CapturePoint::Ln2, mlp_input, d);
-    let mlp = GatedMlpWeights {
-        gate: weights.get(GateProj),
-        gate_bias: weights.maybe(GateBias),
-        up: weights.get(UpProj),
-        up_bias: weights.maybe(UpBias),
-        down: weights.get(DownProj),
-        down_bias: weights.maybe(DownBias),
-    };
-    let inter = spec.intermediate_size;
-    gated_mlp(
-        mlp_input,
-        &mlp,
-        &mut scratch.gate[..rows * inter],
-        &mut scratch.up[..rows * inter],
-        sublayer_out,
-        d,
-        inter,
-        threads,
-    );
+    capture.activation(CapturePoint::Ln2, mlp_input, d);
+    match &spec.feed_forward[layer] {
+        FeedForward::Dense { intermediate } => {
+            let inter = *intermediate;
+            let mlp = GatedMlpWeights {
+                gate: weights.get(GateProj),
+                gate_bias: weights.maybe(GateBias),
+                up: weights.get(UpProj),
+                up_bias: weights.maybe(UpBias),
+                down: weights.get(DownProj),
+                down_bias: weights.maybe(DownBias),
+            };
+            gated_mlp(
+                mlp_input,
+                &mlp,
+                &mut scratch.gate[..rows * inter],
+                &mut scratch.up[..rows * inter],
+                sublayer_out,
+                d,
+                inter,
+                threads,
+            );
+        }
+        FeedForward::Moe(moe) => {
+            let routing = moe_block(mlp_input, weights, moe, d, sublayer_out, threads);
+            capture.routing(&routing);
+        }
+    }
     if let Some(norm) = weights.maybe(MlpOutputNorm) {
         rms_norm_rows_in_place(sublayer_out, norm, eps);
     }
-    capture(CapturePoint::MlpOut, sublayer_out, d);
+    capture.activation(CapturePoint::MlpOut, sublayer_out, d);
     add_in_place(hidden, sublayer_out);
-    capture(CapturePoint::ResidPost, hidden, d);
+    capture.activation(CapturePoint::ResidPost, hidden, d);
 }
 
 fn add_in_place(accumulator: &mut [f32], addend: &[f32]) {

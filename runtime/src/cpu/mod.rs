@@ -6,6 +6,7 @@ pub mod head;
 pub mod layer;
 pub mod linear;
 pub mod mlp;
+pub mod moe;
 pub mod norm;
 pub mod rope;
 pub mod threads;

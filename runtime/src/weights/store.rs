@@ -4,7 +4,7 @@
 
 use super::dtype::{convert_to_f32, is_float_weight};
 use crate::error::{Result, RuntimeError};
-use layerstream_planner::inventory::classify_tensor_name;
+use layerstream_planner::inventory::{classify_expert, classify_tensor_name};
 use layerstream_planner::{Inventory, TensorDtype, TensorEntry};
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
@@ -208,6 +208,7 @@ fn read_header(path: &Path, map: &[u8], file_index: usize) -> Result<Vec<TensorE
         let (start, end) = info.data_offsets;
         entries.push(TensorEntry {
             class: classify_tensor_name(&name),
+            expert: classify_expert(&name),
             name,
             shape: info.shape.clone(),
             dtype: tensor_dtype(info.dtype),

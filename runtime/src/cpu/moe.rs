@@ -1,0 +1,235 @@
+//! A mixture-of-experts block on the CPU: route, group tokens by expert (permute), run each
+//! chosen expert once on its tokens, and add the weighted outputs back (unpermute) in
+//! ascending expert order, the order transformers sums them in. No per-token loop runs an
+//! expert; this is the shape the GPU path takes.
+
+use super::layer::LayerWeights;
+use super::linear::linear;
+use super::mlp::{GatedMlpWeights, gated_mlp};
+use crate::arch::{MoeSpec, RouterScoring, WeightRole};
+use crate::capture::Routing;
+
+/// Router logits -> top-k experts and weights, per token.
+pub fn route(logits: Vec<f32> /* (tokens, num_experts) */, moe: &MoeSpec) -> Routing {
+    let (num_experts, top_k) = (moe.num_experts, moe.top_k);
+    let tokens = logits.len() / num_experts;
+    let mut experts = Vec::with_capacity(tokens * top_k);
+    let mut weights = Vec::with_capacity(tokens * top_k);
+    let mut probabilities = vec![0f32; num_experts];
+    let mut order: Vec<usize> = Vec::with_capacity(num_experts);
+    for row in logits.chunks_exact(num_experts) {
+        match moe.scoring {
+            RouterScoring::Softmax => softmax(row, &mut probabilities),
+        }
+        order.clear();
+        order.extend(0..num_experts);
+        // Largest probability first; equal ones by lower expert index.
+        order.sort_by(|&a, &b| {
+            probabilities[b]
+                .total_cmp(&probabilities[a])
+                .then(a.cmp(&b))
+        });
+        let chosen = &order[..top_k];
+        let sum: f32 = chosen.iter().map(|&e| probabilities[e]).sum();
+        for &e in chosen {
+            experts.push(e as u32);
+            let weight = probabilities[e];
+            weights.push(if moe.normalize_top_k {
+                weight / sum
+            } else {
+                weight
+            });
+        }
+    }
+    Routing {
+        num_experts,
+        top_k,
+        logits,
+        experts,
+        weights,
+    }
+}
+
+fn softmax(logits: &[f32], out: &mut [f32]) {
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    let mut sum = 0f32;
+    for (p, &x) in out.iter_mut().zip(logits) {
+        *p = (x - max).exp();
+        sum += *p;
+    }
+    out.iter_mut().for_each(|p| *p /= sum);
+}
+
+/// Runs the MoE block on `input (tokens, hidden)` into `output (tokens, hidden)` and returns
+/// the routing it used.
+pub fn moe_block(
+    input: &[f32], // (tokens, hidden)
+    weights: &LayerWeights,
+    moe: &MoeSpec,
+    hidden: usize,
+    output: &mut [f32], // (tokens, hidden)
+    threads: usize,
+) -> Routing {
+    use WeightRole::*;
+    let tokens = input.len() / hidden;
+    let mut logits = vec![0f32; tokens * moe.num_experts]; // (tokens, num_experts)
+    linear(
+        input,
+        weights.get(Router),
+        None,
+        &mut logits,
+        hidden,
+        moe.num_experts,
+        threads,
+    );
+    let routing = route(logits, moe);
+
+    // Permute: assignments grouped by expert, tokens ascending within an expert.
+    let mut per_expert: Vec<Vec<(usize, f32)>> = vec![Vec::new(); moe.num_experts];
+    for token in 0..tokens {
+        for slot in 0..moe.top_k {
+            let i = token * moe.top_k + slot;
+            per_expert[routing.experts[i] as usize].push((token, routing.weights[i]));
+        }
+    }
+    let busiest = per_expert.iter().map(Vec::len).max().unwrap_or(0);
+    let inter = moe.expert_intermediate;
+    let mut gathered = vec![0f32; busiest * hidden]; // (expert tokens, hidden)
+    let mut expert_out = vec![0f32; busiest * hidden]; // (expert tokens, hidden)
+    let mut gate = vec![0f32; busiest * inter]; // (expert tokens, expert_intermediate)
+    let mut up = vec![0f32; busiest * inter]; // (expert tokens, expert_intermediate)
+    output.fill(0.0);
+    for (expert, assigned) in per_expert.iter().enumerate() {
+        let n = assigned.len();
+        if n == 0 {
+            continue;
+        }
+        for (row, &(token, _)) in gathered.chunks_exact_mut(hidden).zip(assigned) {
+            row.copy_from_slice(&input[token * hidden..(token + 1) * hidden]);
+        }
+        let mlp = GatedMlpWeights {
+            gate: weights.get(ExpertGate(expert)),
+            gate_bias: None,
+            up: weights.get(ExpertUp(expert)),
+            up_bias: None,
+            down: weights.get(ExpertDown(expert)),
+            down_bias: None,
+        };
+        gated_mlp(
+            &gathered[..n * hidden],
+            &mlp,
+            &mut gate[..n * inter],
+            &mut up[..n * inter],
+            &mut expert_out[..n * hidden],
+            hidden,
+            inter,
+            threads,
+        );
+        // Unpermute: weighted add into each token's row.
+        for (y, &(token, weight)) in expert_out.chunks_exact(hidden).zip(assigned) {
+            let out = &mut output[token * hidden..(token + 1) * hidden];
+            out.iter_mut().zip(y).for_each(|(o, &v)| *o += v * weight);
+        }
+    }
+    if let Some(shared) = moe.shared_expert {
+        add_shared_expert(
+            input,
+            weights,
+            shared.intermediate,
+            shared.sigmoid_gate,
+            hidden,
+            output,
+            threads,
+        );
+    }
+    routing
+}
+
+/// `output += [sigmoid(x . w_gate)] * shared_mlp(x)`.
+fn add_shared_expert(
+    input: &[f32],
+    weights: &LayerWeights,
+    intermediate: usize,
+    sigmoid_gate: bool,
+    hidden: usize,
+    output: &mut [f32],
+    threads: usize,
+) {
+    use WeightRole::*;
+    let tokens = input.len() / hidden;
+    let mlp = GatedMlpWeights {
+        gate: weights.get(SharedGate),
+        gate_bias: None,
+        up: weights.get(SharedUp),
+        up_bias: None,
+        down: weights.get(SharedDown),
+        down_bias: None,
+    };
+    let mut gate = vec![0f32; tokens * intermediate]; // (tokens, intermediate)
+    let mut up = vec![0f32; tokens * intermediate]; // (tokens, intermediate)
+    let mut shared = vec![0f32; tokens * hidden]; // (tokens, hidden)
+    gated_mlp(
+        input,
+        &mlp,
+        &mut gate,
+        &mut up,
+        &mut shared,
+        hidden,
+        intermediate,
+        threads,
+    );
+    let mut scale = vec![1f32; tokens]; // (tokens)
+    if sigmoid_gate {
+        linear(
+            input,
+            weights.get(SharedExpertGate),
+            None,
+            &mut scale,
+            hidden,
+            1,
+            threads,
+        );
+        scale
+            .iter_mut()
+            .for_each(|g| *g = 1.0 / (1.0 + (-*g).exp()));
+    }
+    for ((out, y), g) in output
+        .chunks_exact_mut(hidden)
+        .zip(shared.chunks_exact(hidden))
+        .zip(&scale)
+    {
+        out.iter_mut().zip(y).for_each(|(o, &v)| *o += g * v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arch::ExpertNaming;
+
+    fn spec(normalize_top_k: bool) -> MoeSpec {
+        MoeSpec {
+            num_experts: 4,
+            top_k: 2,
+            expert_intermediate: 8,
+            scoring: RouterScoring::Softmax,
+            normalize_top_k,
+            shared_expert: None,
+            naming: ExpertNaming::MlpExperts,
+        }
+    }
+
+    #[test]
+    fn top_k_is_ordered_and_optionally_renormalised() {
+        let logits = vec![0.0, 2.0, 1.0, -1.0, 3.0, 3.0, 0.0, 0.0];
+        let plain = route(logits.clone(), &spec(false));
+        assert_eq!(plain.experts, vec![1, 2, 0, 1]); // tie 3.0/3.0: lower index first
+        let e: Vec<f64> = [0.0f64, 2.0, 1.0, -1.0].iter().map(|x| x.exp()).collect();
+        let total: f64 = e.iter().sum();
+        assert!((plain.weights[0] as f64 - e[1] / total).abs() < 1e-6);
+        assert!((plain.weights[1] as f64 - e[2] / total).abs() < 1e-6);
+        let normalised = route(logits, &spec(true));
+        assert!((normalised.weights[0] + normalised.weights[1] - 1.0).abs() < 1e-6);
+        assert!((normalised.weights[2] - 0.5).abs() < 1e-6);
+    }
+}
