@@ -282,7 +282,7 @@ fn cuda_without_a_cuda_backend_is_a_clear_error() {
         ],
         home.path(),
     );
-    assert_fails_with(&out, &["--device cuda", "no CUDA backend"]);
+    assert_fails_with(&out, &["--device cuda", "no CUDA executor"]);
 }
 
 #[test]

@@ -64,12 +64,13 @@ pub fn select_backend(
         DeviceChoice::Cpu => Ok(BackendSelection { backend: cpu, fallback_reason: None }),
         DeviceChoice::Auto => Ok(BackendSelection {
             backend: cpu,
-            fallback_reason: (!layerstream_kernels::CUDA_KERNELS_BUILT).then(|| {
-                "running on the CPU: this build of layerstream has no CUDA backend".to_string()
-            }),
+            fallback_reason: Some(
+                "running on the CPU: the CUDA executor of this build is not finished (its kernels are)"
+                    .to_string(),
+            ),
         }),
         DeviceChoice::Cuda => Err(RuntimeError::InvalidRequest(
-            "--device cuda: this build of layerstream has no CUDA backend; use --device cpu (or auto)".into(),
+            "--device cuda: this build of layerstream has no CUDA executor yet; use --device cpu (or auto)".into(),
         )),
     }
 }

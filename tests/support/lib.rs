@@ -25,9 +25,13 @@ pub const FIXTURES: &[&str] = &[
 /// The mixture-of-experts fixtures.
 pub const MOE_FIXTURES: &[&str] = &["olmoe", "qwen3_moe", "qwen2_moe", "mixtral"];
 
-/// `tests/fixtures`.
+/// `tests/fixtures`, or `LAYERSTREAM_FIXTURES` when set (test binaries built on one machine
+/// and run on another).
 pub fn fixtures_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+    match std::env::var_os("LAYERSTREAM_FIXTURES") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures"),
+    }
 }
 
 /// The model folder of a fixture.
@@ -223,4 +227,42 @@ impl RunObserver for KeepEverything {
     fn on_layer_done(&mut self, layer: usize, _layers: usize, _tokens: usize) {
         self.layers_done.push(layer);
     }
+}
+
+/// The GPU to test on, or `None` with a line saying why it was skipped; with
+/// `LAYERSTREAM_REQUIRE_GPU=1` a missing GPU fails the test instead.
+pub fn gpu_or_skip(test: &str) -> Option<layerstream_kernels::Gpu> {
+    let required = std::env::var("LAYERSTREAM_REQUIRE_GPU").as_deref() == Ok("1");
+    match layerstream_kernels::Gpu::open(0) {
+        Ok(gpu) => Some(gpu),
+        Err(why) if required => panic!("{test}: LAYERSTREAM_REQUIRE_GPU=1 but no GPU: {why}"),
+        Err(why) => {
+            eprintln!("{test}: skipped, no GPU ({why})");
+            None
+        }
+    }
+}
+
+/// Deterministic pseudo-random values in `[-scale, scale)`; a different `seed` per input.
+pub fn random_values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..n)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            ((state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+        })
+        .collect()
+}
+
+/// Normalised mean squared error `sum (got - expected)^2 / sum expected^2`.
+pub fn nmse(got: &[f32], expected: &[f32]) -> f64 {
+    let error: f64 = got
+        .iter()
+        .zip(expected)
+        .map(|(&g, &e)| ((g - e) as f64).powi(2))
+        .sum();
+    let energy: f64 = expected.iter().map(|&e| (e as f64).powi(2)).sum();
+    error / energy.max(f64::MIN_POSITIVE)
 }

@@ -19,6 +19,11 @@ pub struct LayerWeights {
 }
 
 impl LayerWeights {
+    /// Weights given directly (tests, other backends' checks).
+    pub fn from_tensors(tensors: BTreeMap<WeightRole, Vec<f32>>) -> Self {
+        LayerWeights { tensors }
+    }
+
     /// Reads and converts every tensor of `layer` (shapes were checked when the model opened).
     pub fn load(store: &WeightStore, spec: &ModelSpec, layer: usize) -> Result<Self> {
         let mut tensors = BTreeMap::new();
@@ -154,8 +159,8 @@ pub fn decoder_layer(
             values.iter_mut().for_each(|x| *x = x.clamp(-limit, limit));
         }
     }
-    rope.apply(q, spec.num_heads, seq_len);
-    rope.apply(k, spec.num_kv_heads, seq_len);
+    rope.apply(q, spec.num_heads, spec.head_dim, seq_len);
+    rope.apply(k, spec.num_kv_heads, spec.head_dim, seq_len);
     let shape = AttentionShape {
         sequences,
         seq_len,

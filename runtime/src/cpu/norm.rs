@@ -51,6 +51,29 @@ fn rms_norm_row(x: &[f32], weight: &[f32], eps: f32, y: &mut [f32]) {
     }
 }
 
+/// LayerNorm of every row: `(x - mean) / sqrt(var + eps) * weight (+ bias)`, in f64 sums.
+pub fn layer_norm(
+    input: &[f32],        // (rows, width)
+    weight: &[f32],       // (width)
+    bias: Option<&[f32]>, // (width)
+    eps: f32,
+    output: &mut [f32], // (rows, width)
+) {
+    let width = weight.len();
+    for (x, y) in input
+        .chunks_exact(width)
+        .zip(output.chunks_exact_mut(width))
+    {
+        let mean = (x.iter().map(|&v| v as f64).sum::<f64>() / width as f64) as f32;
+        let variance =
+            (x.iter().map(|&v| ((v - mean) as f64).powi(2)).sum::<f64>() / width as f64) as f32;
+        let inv_std = 1.0 / (variance + eps).sqrt();
+        for (d, out) in y.iter_mut().enumerate() {
+            *out = (x[d] - mean) * inv_std * weight[d] + bias.map_or(0.0, |b| b[d]);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -24,21 +24,22 @@ impl RopeTable {
         RopeTable { half_dim, cos, sin }
     }
 
-    /// Rotates every head of every row; row `r` is at position `r % seq_len`.
+    /// Rotates the first `2 * inv_freq.len()` dimensions of every head of every row (the
+    /// rest of a head, under partial rotary, is left alone); row `r` is at position `r % seq_len`.
     pub fn apply(
         &self,
-        values: &mut [f32], /* (rows, heads * head_dim) */
+        values: &mut [f32], // (rows, heads * head_dim)
         heads: usize,
+        head_dim: usize,
         seq_len: usize,
     ) {
-        let head_dim = 2 * self.half_dim;
         let row_width = heads * head_dim;
         for (row_index, row) in values.chunks_exact_mut(row_width).enumerate() {
             let position = row_index % seq_len;
             let cos = &self.cos[position * self.half_dim..(position + 1) * self.half_dim];
             let sin = &self.sin[position * self.half_dim..(position + 1) * self.half_dim];
             for head in row.chunks_exact_mut(head_dim) {
-                let (first, second) = head.split_at_mut(self.half_dim);
+                let (first, second) = head[..2 * self.half_dim].split_at_mut(self.half_dim);
                 for i in 0..self.half_dim {
                     let (x1, x2) = (first[i], second[i]);
                     first[i] = x1 * cos[i] - x2 * sin[i];
@@ -58,7 +59,7 @@ mod tests {
         let table = RopeTable::new(&[1.0, 0.1], 3);
         let original: Vec<f32> = (0..12).map(|i| i as f32 - 5.5).collect(); // 3 rows, 1 head of 4
         let mut rotated = original.clone();
-        table.apply(&mut rotated, 1, 3);
+        table.apply(&mut rotated, 1, 4, 3);
         assert_eq!(&rotated[..4], &original[..4]);
         for row in 0..3 {
             for i in 0..2 {

@@ -1,0 +1,91 @@
+// Causal grouped-query attention, f32, flash-style: a block of ATTN_WARPS warps takes
+// ATTN_WARPS consecutive query rows of one head of one sequence (one warp per row) and walks
+// the keys in tiles of `key_tile` (<= 32) staged in shared memory, with an online softmax.
+// Memory grows with the tile, never with T^2. `window` > 0 limits position p to keys
+// p - window + 1 ..= p (transformers' sliding window).
+//
+// Shared memory (floats): k_tile[key_tile][head_dim + 1] (padded: lanes read different keys),
+// v_tile[key_tile][head_dim], q_rows[ATTN_WARPS][head_dim].
+#define ATTN_WARPS 8
+#define ATTN_MAX_DIMS_PER_LANE 8  // head_dim <= 256
+
+extern "C" __global__ void attention_kernel(
+    const float* q, const float* k, const float* v, float* out,
+    int seq_len, int heads, int kv_heads, int head_dim, int key_tile, int window, float scale) {
+    extern __shared__ float shared[];
+    const int k_stride = head_dim + 1;
+    float* k_tile = shared;
+    float* v_tile = k_tile + key_tile * k_stride;
+    float* q_rows = v_tile + key_tile * head_dim;
+
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int head = blockIdx.y, sequence = blockIdx.z;
+    const int kv_head = head / (heads / kv_heads);
+    const int first_query = blockIdx.x * ATTN_WARPS;
+    const int query = first_query + warp;
+    const bool active = query < seq_len;
+    const unsigned long long q_width = (unsigned long long)heads * head_dim;
+    const unsigned long long kv_width = (unsigned long long)kv_heads * head_dim;
+    const unsigned long long base_row = (unsigned long long)sequence * seq_len;
+
+    float* q_row = q_rows + warp * head_dim;
+    if (active) {
+        for (int d = lane; d < head_dim; d += 32) {
+            q_row[d] = q[(base_row + query) * q_width + (unsigned long long)head * head_dim + d];
+        }
+    }
+    float acc[ATTN_MAX_DIMS_PER_LANE];
+#pragma unroll
+    for (int i = 0; i < ATTN_MAX_DIMS_PER_LANE; i++) acc[i] = 0.0f;
+    float running_max = -INFINITY, running_sum = 0.0f;
+
+    const int last_query = min(first_query + ATTN_WARPS, seq_len) - 1;
+    const int key_begin = window > 0 ? max(0, first_query - window + 1) : 0;
+    const int key_end = last_query + 1;
+    for (int tile = key_begin; tile < key_end; tile += key_tile) {
+        __syncthreads();  // the previous tile is consumed
+        const int n_keys = min(key_tile, key_end - tile);
+        for (int idx = threadIdx.x; idx < n_keys * head_dim; idx += blockDim.x) {
+            int j = idx / head_dim, d = idx - j * head_dim;
+            unsigned long long src = (base_row + tile + j) * kv_width + (unsigned long long)kv_head * head_dim + d;
+            k_tile[j * k_stride + d] = k[src];
+            v_tile[j * head_dim + d] = v[src];
+        }
+        __syncthreads();
+        if (!active) continue;
+        const int key = tile + lane;
+        const bool visible = lane < n_keys && key <= query && (window <= 0 || key > query - window);
+        float score = -INFINITY;
+        if (visible) {
+            float dot = 0.0f;
+            for (int d = 0; d < head_dim; d++) dot += q_row[d] * k_tile[lane * k_stride + d];
+            score = dot * scale;
+        }
+        const float tile_max = warp_max(score);
+        if (tile_max == -INFINITY) continue;  // no visible key for this row in this tile
+        const float new_max = fmaxf(running_max, tile_max);
+        const float correction = expf(running_max - new_max);
+        const float p = visible ? expf(score - new_max) : 0.0f;
+        running_sum = running_sum * correction + warp_sum(p);
+#pragma unroll
+        for (int i = 0; i < ATTN_MAX_DIMS_PER_LANE; i++) acc[i] *= correction;
+        for (int j = 0; j < n_keys; j++) {
+            const float pj = __shfl_sync(0xffffffffu, p, j);
+#pragma unroll
+            for (int i = 0; i < ATTN_MAX_DIMS_PER_LANE; i++) {
+                int d = lane + 32 * i;
+                if (d < head_dim) acc[i] += pj * v_tile[j * head_dim + d];
+            }
+        }
+        running_max = new_max;
+    }
+    if (active) {
+        const float inv_sum = 1.0f / running_sum;
+        float* out_row = out + (base_row + query) * q_width + (unsigned long long)head * head_dim;
+#pragma unroll
+        for (int i = 0; i < ATTN_MAX_DIMS_PER_LANE; i++) {
+            int d = lane + 32 * i;
+            if (d < head_dim) out_row[d] = acc[i] * inv_sum;
+        }
+    }
+}

@@ -1,0 +1,98 @@
+// Mixture-of-experts routing on the GPU: softmax + top-k per token, expert counts,
+// deterministic grouping of token rows by expert (permute), and the weighted sum back into
+// token order (unpermute) in ascending expert order, the order transformers adds them in.
+
+// One thread per token. chosen/weights: (tokens, top_k), best first; ties: lower index.
+extern "C" __global__ void router_topk_kernel(
+    const float* logits, int tokens, int experts, int top_k, int normalize, u32* chosen, float* weights) {
+    int t = blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= tokens) return;
+    const float* row = logits + (unsigned long long)t * experts;
+    float max_logit = -INFINITY;
+    for (int e = 0; e < experts; e++) max_logit = fmaxf(max_logit, row[e]);
+    float total = 0.0f;
+    for (int e = 0; e < experts; e++) total += expf(row[e] - max_logit);
+    u32* my_chosen = chosen + (unsigned long long)t * top_k;
+    float* my_weights = weights + (unsigned long long)t * top_k;
+    float chosen_sum = 0.0f;
+    for (int slot = 0; slot < top_k; slot++) {
+        int best = -1;
+        float best_probability = -1.0f;
+        for (int e = 0; e < experts; e++) {
+            bool taken = false;
+            for (int s = 0; s < slot; s++) taken |= (my_chosen[s] == (u32)e);
+            if (taken) continue;
+            float probability = expf(row[e] - max_logit) / total;
+            if (probability > best_probability) {
+                best = e;
+                best_probability = probability;
+            }
+        }
+        my_chosen[slot] = (u32)best;
+        my_weights[slot] = best_probability;
+        chosen_sum += best_probability;
+    }
+    if (normalize) {
+        for (int slot = 0; slot < top_k; slot++) my_weights[slot] /= chosen_sum;
+    }
+}
+
+// counts[e] += number of assignments to e (counts zeroed by the caller).
+extern "C" __global__ void expert_count_kernel(const u32* chosen, int assignments, u32* counts) {
+    int a = blockIdx.x * blockDim.x + threadIdx.x;
+    if (a < assignments) atomicAdd(&counts[chosen[a]], 1u);
+}
+
+// positions[a] = offsets[chosen[a]] + rank of a among the assignments to the same expert,
+// in assignment order. One thread per expert, so the grouping is deterministic.
+extern "C" __global__ void expert_positions_kernel(
+    const u32* chosen, int assignments, int experts, const u32* offsets, u32* positions) {
+    int e = blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= experts) return;
+    u32 cursor = offsets[e];
+    for (int a = 0; a < assignments; a++) {
+        if (chosen[a] == (u32)e) positions[a] = cursor++;
+    }
+}
+
+// gathered[positions[a]] = x[a / top_k], one block per assignment.
+extern "C" __global__ void expert_gather_kernel(
+    const float* x, const u32* positions, int assignments, int top_k, int width, float* gathered) {
+    int a = blockIdx.x;
+    if (a >= assignments) return;
+    const float* src = x + (unsigned long long)(a / top_k) * width;
+    float* dst = gathered + (unsigned long long)positions[a] * width;
+    for (int d = threadIdx.x; d < width; d += blockDim.x) dst[d] = src[d];
+}
+
+// out[t] = sum over t's experts in ascending order of weight * expert_out[position].
+extern "C" __global__ void expert_unpermute_kernel(
+    const float* expert_out, const u32* positions, const u32* chosen, const float* weights,
+    int tokens, int top_k, int width, float* out) {
+    unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x;
+    if (i >= (unsigned long long)tokens * width) return;
+    int t = (int)(i / width), d = (int)(i % width);
+    const u32* my_chosen = chosen + (unsigned long long)t * top_k;
+    float sum = 0.0f;
+    long long previous = -1;
+    for (int n = 0; n < top_k; n++) {
+        int slot = -1;
+        for (int s = 0; s < top_k; s++) {
+            long long e = my_chosen[s];
+            if (e > previous && (slot < 0 || e < (long long)my_chosen[slot])) slot = s;
+        }
+        previous = my_chosen[slot];
+        unsigned long long a = (unsigned long long)t * top_k + slot;
+        sum += expert_out[(unsigned long long)positions[a] * width + d] * weights[a];
+    }
+    out[i] = sum;
+}
+
+// out[t] += sigmoid(gate_logit[t]) * shared[t]  (Qwen2-MoE's gated shared expert).
+extern "C" __global__ void sigmoid_gated_add_kernel(
+    float* out, const float* shared_out, const float* gate_logits, int tokens, int width) {
+    unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x;
+    if (i >= (unsigned long long)tokens * width) return;
+    float g = gate_logits[i / width];
+    out[i] += (1.0f / (1.0f + expf(-g))) * shared_out[i];
+}

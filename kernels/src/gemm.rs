@@ -1,0 +1,113 @@
+//! GEMMs through cuBLAS: `y (rows, out) = x (rows, in) @ w^T` with `w (out, in)` row-major,
+//! as transformers stores linear weights. In cuBLAS's column-major terms this is
+//! `y^T (out, rows) = op_T(w as (in, out)) * x^T as (in, rows)`.
+
+use crate::error::{KernelError, Result};
+use crate::gpu::Gpu;
+use cudarc::cublas::{result, sys};
+use cudarc::driver::{CudaView, CudaViewMut, DevicePtr, DevicePtrMut};
+use std::ffi::c_void;
+
+fn check(
+    rows: usize,
+    in_features: usize,
+    out_features: usize,
+    x: usize,
+    w: usize,
+    y: usize,
+) -> Result<()> {
+    if x < rows * in_features || w < out_features * in_features || y < rows * out_features {
+        return Err(KernelError::Unsupported(format!(
+            "linear ({rows} x {in_features}) @ ({out_features} x {in_features})^T: buffers of {x}, {w}, {y} elements"
+        )));
+    }
+    Ok(())
+}
+
+/// f32 GEMM (full f32 arithmetic: cuBLAS's default math mode uses no TF32).
+pub fn linear_f32(
+    gpu: &Gpu,
+    x: &CudaView<f32>,
+    w: &CudaView<f32>,
+    y: &mut CudaViewMut<f32>,
+    rows: usize,
+    in_features: usize,
+    out_features: usize,
+) -> Result<()> {
+    check(rows, in_features, out_features, x.len(), w.len(), y.len())?;
+    let (alpha, beta) = (1.0f32, 0.0f32);
+    let stream = &gpu.stream;
+    let (x_ptr, _x) = x.device_ptr(stream);
+    let (w_ptr, _w) = w.device_ptr(stream);
+    let (y_ptr, _y) = y.device_ptr_mut(stream);
+    // SAFETY: dimensions checked against the buffers above; the handle is bound to `stream`.
+    unsafe {
+        result::sgemm(
+            *gpu.blas.handle(),
+            sys::cublasOperation_t::CUBLAS_OP_T,
+            sys::cublasOperation_t::CUBLAS_OP_N,
+            out_features as i32,
+            rows as i32,
+            in_features as i32,
+            &alpha,
+            w_ptr as *const f32,
+            in_features as i32,
+            x_ptr as *const f32,
+            in_features as i32,
+            &beta,
+            y_ptr as *mut f32,
+            out_features as i32,
+        )?;
+    }
+    Ok(())
+}
+
+/// bf16 x bf16 -> f32 GEMM with f32 accumulation; `x_bf16` and `w_bf16` are bf16 bit patterns.
+pub fn linear_bf16(
+    gpu: &Gpu,
+    x_bf16: &CudaView<u16>,
+    w_bf16: &CudaView<u16>,
+    y: &mut CudaViewMut<f32>,
+    rows: usize,
+    in_features: usize,
+    out_features: usize,
+) -> Result<()> {
+    check(
+        rows,
+        in_features,
+        out_features,
+        x_bf16.len(),
+        w_bf16.len(),
+        y.len(),
+    )?;
+    let (alpha, beta) = (1.0f32, 0.0f32);
+    let stream = &gpu.stream;
+    let (x_ptr, _x) = x_bf16.device_ptr(stream);
+    let (w_ptr, _w) = w_bf16.device_ptr(stream);
+    let (y_ptr, _y) = y.device_ptr_mut(stream);
+    // SAFETY: as in linear_f32; the dtypes given match the buffers.
+    unsafe {
+        result::gemm_ex(
+            *gpu.blas.handle(),
+            sys::cublasOperation_t::CUBLAS_OP_T,
+            sys::cublasOperation_t::CUBLAS_OP_N,
+            out_features as i32,
+            rows as i32,
+            in_features as i32,
+            (&alpha as *const f32).cast::<c_void>(),
+            w_ptr as *const c_void,
+            sys::cudaDataType::CUDA_R_16BF,
+            in_features as i32,
+            x_ptr as *const c_void,
+            sys::cudaDataType::CUDA_R_16BF,
+            in_features as i32,
+            (&beta as *const f32).cast::<c_void>(),
+            y_ptr as *mut c_void,
+            sys::cudaDataType::CUDA_R_32F,
+            out_features as i32,
+            sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+        )?;
+    }
+    Ok(())
+}

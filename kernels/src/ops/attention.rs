@@ -1,0 +1,100 @@
+//! Flash-style causal attention (`attention.cu`).
+
+use super::{check_len, launch};
+use crate::error::{KernelError, Result};
+use crate::gpu::Gpu;
+use crate::sources::ATTENTION;
+use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig};
+
+/// Query rows per block (one warp each); must match `ATTN_WARPS` in attention.cu.
+const QUERY_ROWS_PER_BLOCK: usize = 8;
+/// Largest head the kernel holds in registers (`ATTN_MAX_DIMS_PER_LANE * 32`).
+pub const MAX_HEAD_DIM: usize = 256;
+
+/// Shape of one attention call.
+#[derive(Debug, Clone, Copy)]
+pub struct AttentionDims {
+    /// Sequences in the micro-batch.
+    pub sequences: usize,
+    /// Tokens per sequence.
+    pub seq_len: usize,
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads.
+    pub kv_heads: usize,
+    /// Per-head width.
+    pub head_dim: usize,
+    /// `Some(w)`: each position sees the last `w` positions only.
+    pub sliding_window: Option<usize>,
+    /// Score scale.
+    pub scale: f32,
+}
+
+/// `out = softmax(q k^T * scale + causal mask) v` per sequence and head;
+/// q, out `(sequences * seq_len, heads * head_dim)`, k, v `(.., kv_heads * head_dim)`.
+pub fn causal_attention(
+    gpu: &Gpu,
+    q: &CudaView<f32>,
+    k: &CudaView<f32>,
+    v: &CudaView<f32>,
+    out: &mut CudaViewMut<f32>,
+    dims: AttentionDims,
+) -> Result<()> {
+    let AttentionDims {
+        sequences,
+        seq_len,
+        heads,
+        kv_heads,
+        head_dim,
+        sliding_window,
+        scale,
+    } = dims;
+    if head_dim > MAX_HEAD_DIM || kv_heads == 0 || heads % kv_heads != 0 {
+        return Err(KernelError::Unsupported(format!(
+            "attention: head_dim {head_dim} (max {MAX_HEAD_DIM}), {heads} heads over {kv_heads} kv heads"
+        )));
+    }
+    let rows = sequences * seq_len;
+    check_len("attention q", q, rows * heads * head_dim)?;
+    check_len("attention k", k, rows * kv_heads * head_dim)?;
+    check_len("attention v", v, rows * kv_heads * head_dim)?;
+    check_len("attention out", out, rows * heads * head_dim)?;
+    // 32 keys per tile while the tiles fit in 48 KiB of shared memory, 16 beyond.
+    let key_tile: usize = if head_dim <= 128 { 32 } else { 16 };
+    let shared_floats =
+        key_tile * (head_dim + 1) + key_tile * head_dim + QUERY_ROWS_PER_BLOCK * head_dim;
+    let config = LaunchConfig {
+        grid_dim: (
+            seq_len.div_ceil(QUERY_ROWS_PER_BLOCK) as u32,
+            heads as u32,
+            sequences as u32,
+        ),
+        block_dim: (32 * QUERY_ROWS_PER_BLOCK as u32, 1, 1),
+        shared_mem_bytes: (shared_floats * 4) as u32,
+    };
+    let (seq_i, heads_i, kv_i, dim_i, tile_i) = (
+        seq_len as i32,
+        heads as i32,
+        kv_heads as i32,
+        head_dim as i32,
+        key_tile as i32,
+    );
+    let window = sliding_window.map_or(0, |w| w as i32);
+    launch!(
+        gpu,
+        ATTENTION,
+        "attention_kernel",
+        config,
+        q,
+        k,
+        v,
+        out,
+        &seq_i,
+        &heads_i,
+        &kv_i,
+        &dim_i,
+        &tile_i,
+        &window,
+        &scale
+    )
+}

@@ -1,0 +1,167 @@
+//! MoE routing, permutation and unpermutation (`moe.cu`).
+
+use super::{block_per_row, check_len, grid_for, launch};
+use crate::error::Result;
+use crate::gpu::Gpu;
+use crate::sources::MOE;
+use cudarc::driver::{CudaView, CudaViewMut};
+
+/// Softmax over `experts` logits per token, top-k (best first, ties to the lower index),
+/// renormalised when `normalize`. `chosen`, `weights`: `(tokens, top_k)`.
+pub fn router_top_k(
+    gpu: &Gpu,
+    logits: &CudaView<f32>,
+    experts: usize,
+    top_k: usize,
+    normalize: bool,
+    chosen: &mut CudaViewMut<u32>,
+    weights: &mut CudaViewMut<f32>,
+) -> Result<()> {
+    let tokens = logits.len() / experts;
+    check_len("router chosen", chosen, tokens * top_k)?;
+    check_len("router weights", weights, tokens * top_k)?;
+    let (tokens_i, experts_i, k_i, norm_i) = (
+        tokens as i32,
+        experts as i32,
+        top_k as i32,
+        normalize as i32,
+    );
+    launch!(
+        gpu,
+        MOE,
+        "router_topk_kernel",
+        grid_for(tokens),
+        logits,
+        &tokens_i,
+        &experts_i,
+        &k_i,
+        &norm_i,
+        chosen,
+        weights
+    )
+}
+
+/// `counts[e] += assignments to e`; `counts` must be zeroed first.
+pub fn count_per_expert(
+    gpu: &Gpu,
+    chosen: &CudaView<u32>,
+    counts: &mut CudaViewMut<u32>,
+) -> Result<()> {
+    let n = chosen.len();
+    let n_i = n as i32;
+    launch!(
+        gpu,
+        MOE,
+        "expert_count_kernel",
+        grid_for(n),
+        chosen,
+        &n_i,
+        counts
+    )
+}
+
+/// Where each assignment goes in the expert-grouped buffer: `offsets[e]` plus its rank
+/// among assignments to `e` (deterministic).
+pub fn expert_positions(
+    gpu: &Gpu,
+    chosen: &CudaView<u32>,
+    offsets: &CudaView<u32>,
+    positions: &mut CudaViewMut<u32>,
+) -> Result<()> {
+    let (n, experts) = (chosen.len(), offsets.len());
+    check_len("positions", positions, n)?;
+    let (n_i, experts_i) = (n as i32, experts as i32);
+    launch!(
+        gpu,
+        MOE,
+        "expert_positions_kernel",
+        grid_for(experts),
+        chosen,
+        &n_i,
+        &experts_i,
+        offsets,
+        positions
+    )
+}
+
+/// `gathered[positions[a]] = x[a / top_k]`: token rows grouped by expert.
+pub fn gather_by_expert(
+    gpu: &Gpu,
+    x: &CudaView<f32>,
+    positions: &CudaView<u32>,
+    top_k: usize,
+    width: usize,
+    gathered: &mut CudaViewMut<f32>,
+) -> Result<()> {
+    let n = positions.len();
+    check_len("gathered", gathered, n * width)?;
+    check_len("gather x", x, n / top_k * width)?;
+    let (n_i, k_i, w_i) = (n as i32, top_k as i32, width as i32);
+    launch!(
+        gpu,
+        MOE,
+        "expert_gather_kernel",
+        block_per_row(n, 128),
+        x,
+        positions,
+        &n_i,
+        &k_i,
+        &w_i,
+        gathered
+    )
+}
+
+/// `out[t] = sum over t's experts (ascending) of weight * expert_out[position]`.
+#[allow(clippy::too_many_arguments)]
+pub fn unpermute(
+    gpu: &Gpu,
+    expert_out: &CudaView<f32>,
+    positions: &CudaView<u32>,
+    chosen: &CudaView<u32>,
+    weights: &CudaView<f32>,
+    top_k: usize,
+    width: usize,
+    out: &mut CudaViewMut<f32>,
+) -> Result<()> {
+    let tokens = chosen.len() / top_k;
+    check_len("unpermute out", out, tokens * width)?;
+    let (t_i, k_i, w_i) = (tokens as i32, top_k as i32, width as i32);
+    launch!(
+        gpu,
+        MOE,
+        "expert_unpermute_kernel",
+        grid_for(tokens * width),
+        expert_out,
+        positions,
+        chosen,
+        weights,
+        &t_i,
+        &k_i,
+        &w_i,
+        out
+    )
+}
+
+/// `out[t] += sigmoid(gate_logits[t]) * shared_out[t]`.
+pub fn sigmoid_gated_add(
+    gpu: &Gpu,
+    out: &mut CudaViewMut<f32>,
+    shared_out: &CudaView<f32>,
+    gate_logits: &CudaView<f32>,
+    width: usize,
+) -> Result<()> {
+    let tokens = gate_logits.len();
+    check_len("shared out", shared_out, tokens * width)?;
+    let (t_i, w_i) = (tokens as i32, width as i32);
+    launch!(
+        gpu,
+        MOE,
+        "sigmoid_gated_add_kernel",
+        grid_for(tokens * width),
+        out,
+        shared_out,
+        gate_logits,
+        &t_i,
+        &w_i
+    )
+}

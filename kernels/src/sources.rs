@@ -1,0 +1,49 @@
+//! The CUDA sources, embedded in the binary: one `.cu` per op group, each prefixed with
+//! `common.cuh` before compilation.
+
+/// Helpers every module includes.
+const COMMON: &str = include_str!("../cu/common.cuh");
+
+/// A module: its name (the `.cu` file) and its source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ModuleSource {
+    /// File stem, e.g. `norm`.
+    pub name: &'static str,
+    /// Source without the common header.
+    pub code: &'static str,
+}
+
+impl ModuleSource {
+    /// The text handed to NVRTC.
+    pub fn full_source(&self) -> String {
+        format!("{COMMON}\n// ---- {}.cu ----\n{}", self.name, self.code)
+    }
+}
+
+macro_rules! module {
+    ($name:literal) => {
+        ModuleSource {
+            name: $name,
+            code: include_str!(concat!("../cu/", $name, ".cu")),
+        }
+    };
+}
+
+/// Dtype conversion, embedding gather.
+pub const CONVERT: ModuleSource = module!("convert");
+/// RMSNorm, LayerNorm.
+pub const NORM: ModuleSource = module!("norm");
+/// Rotary embedding.
+pub const ROPE: ModuleSource = module!("rope");
+/// SiLU-gate, residual add, clamp, bias.
+pub const ELEMENTWISE: ModuleSource = module!("elementwise");
+/// Flash-style causal attention.
+pub const ATTENTION: ModuleSource = module!("attention");
+/// MoE routing, permutation, unpermutation.
+pub const MOE: ModuleSource = module!("moe");
+/// Statistics accumulators.
+pub const STATS: ModuleSource = module!("stats");
+
+/// Every module.
+pub const ALL_MODULES: [ModuleSource; 7] =
+    [CONVERT, NORM, ROPE, ELEMENTWISE, ATTENTION, MOE, STATS];

@@ -1,0 +1,640 @@
+//! Every CUDA kernel against the CPU reference, per element (`|ref - out| <= atol + rtol *
+//! |ref|`), plus NMSE for GEMMs. Shapes are chosen off the kernels' tile sizes. Without a GPU
+//! each test says it skipped; with LAYERSTREAM_REQUIRE_GPU=1 it fails instead.
+
+use half::{bf16, f16};
+use layerstream_kernels::cudarc::driver::CudaSlice;
+use layerstream_kernels::ops::attention::{AttentionDims, causal_attention};
+use layerstream_kernels::ops::convert::{StoredDtype, embedding_gather, f32_to_bf16, half_to_f32};
+use layerstream_kernels::ops::{elementwise, moe, norm, rope, stats};
+use layerstream_kernels::{Gpu, gemm};
+use layerstream_runtime::arch::{
+    ExpertNaming, MoeSpec, RouterScoring, SharedExpertSpec, WeightRole,
+};
+use layerstream_runtime::cpu;
+use layerstream_tests::{
+    assert_all_close, assert_matches_reference, gpu_or_skip, nmse, random_values,
+};
+use std::collections::BTreeMap;
+
+fn upload<T: layerstream_kernels::cudarc::driver::DeviceRepr>(
+    gpu: &Gpu,
+    values: &[T],
+) -> CudaSlice<T> {
+    gpu.stream.clone_htod(values).unwrap()
+}
+
+fn download<T: layerstream_kernels::cudarc::driver::DeviceRepr + Default + Clone>(
+    gpu: &Gpu,
+    buffer: &CudaSlice<T>,
+) -> Vec<T> {
+    gpu.stream.clone_dtoh(buffer).unwrap()
+}
+
+fn zeros(gpu: &Gpu, n: usize) -> CudaSlice<f32> {
+    gpu.stream.alloc_zeros(n).unwrap()
+}
+
+#[test]
+fn norms_match_cpu() {
+    let Some(gpu) = gpu_or_skip("norms_match_cpu") else {
+        return;
+    };
+    for (rows, width) in [(1, 64), (37, 200), (5, 4099)] {
+        let x = random_values(rows * width, 1, 8.0);
+        let w = random_values(width, 2, 1.5);
+        let b = random_values(width, 3, 0.5);
+        let mut expect = vec![0f32; rows * width];
+        cpu::norm::rms_norm(&x, &w, 1e-6, &mut expect, 1);
+        let (xd, wd, bd) = (upload(&gpu, &x), upload(&gpu, &w), upload(&gpu, &b));
+        let mut y = zeros(&gpu, rows * width);
+        norm::rms_norm(
+            &gpu,
+            &xd.as_view(),
+            &wd.as_view(),
+            &mut y.as_view_mut(),
+            rows,
+            1e-6,
+        )
+        .unwrap();
+        assert_matches_reference(
+            &format!("rms_norm {rows}x{width}"),
+            &download(&gpu, &y),
+            &expect,
+        );
+        let mut in_place = upload(&gpu, &x);
+        norm::rms_norm_in_place(&gpu, &mut in_place.as_view_mut(), &wd.as_view(), rows, 1e-6)
+            .unwrap();
+        assert_matches_reference("rms_norm in place", &download(&gpu, &in_place), &expect);
+        cpu::norm::layer_norm(&x, &w, Some(&b), 1e-5, &mut expect);
+        norm::layer_norm(
+            &gpu,
+            &xd.as_view(),
+            &wd.as_view(),
+            Some(&bd.as_view()),
+            &mut y.as_view_mut(),
+            rows,
+            1e-5,
+        )
+        .unwrap();
+        assert_matches_reference(
+            &format!("layer_norm {rows}x{width}"),
+            &download(&gpu, &y),
+            &expect,
+        );
+    }
+}
+
+#[test]
+fn rope_matches_cpu_including_partial_rotary() {
+    let Some(gpu) = gpu_or_skip("rope") else {
+        return;
+    };
+    let (sequences, seq_len, heads) = (2, 37, 3);
+    for (head_dim, rotary_pairs) in [(16, 8), (64, 32), (80, 16)] {
+        let inv_freq: Vec<f32> = (0..rotary_pairs)
+            .map(|i| 10000f32.powf(-(i as f32) / rotary_pairs as f32))
+            .collect();
+        let rows = sequences * seq_len;
+        let x = random_values(rows * heads * head_dim, 4, 3.0);
+        let mut expect = x.clone();
+        cpu::rope::RopeTable::new(&inv_freq, seq_len).apply(&mut expect, heads, head_dim, seq_len);
+        let mut xd = upload(&gpu, &x);
+        rope::rope(
+            &gpu,
+            &mut xd.as_view_mut(),
+            &upload(&gpu, &inv_freq).as_view(),
+            rows,
+            heads,
+            head_dim,
+            seq_len,
+        )
+        .unwrap();
+        assert_matches_reference(
+            &format!("rope head_dim {head_dim}"),
+            &download(&gpu, &xd),
+            &expect,
+        );
+    }
+}
+
+#[test]
+fn elementwise_ops_match_cpu() {
+    let Some(gpu) = gpu_or_skip("elementwise") else {
+        return;
+    };
+    let n = 3 * 1000 + 7;
+    let (gate, up) = (random_values(n, 5, 6.0), random_values(n, 6, 2.0));
+    let mut expect = gate.clone();
+    cpu::mlp::silu_mul_in_place(&mut expect, &up);
+    let mut gd = upload(&gpu, &gate);
+    elementwise::silu_mul(&gpu, &mut gd.as_view_mut(), &upload(&gpu, &up).as_view()).unwrap();
+    assert_matches_reference("silu_mul", &download(&gpu, &gd), &expect);
+
+    let mut acc = upload(&gpu, &gate);
+    elementwise::add(&gpu, &mut acc.as_view_mut(), &upload(&gpu, &up).as_view()).unwrap();
+    let sum: Vec<f32> = gate.iter().zip(&up).map(|(a, b)| a + b).collect();
+    assert_all_close("add", &download(&gpu, &acc), &sum, 0.0, 0.0);
+
+    let mut clamped = upload(&gpu, &gate);
+    elementwise::clamp(&gpu, &mut clamped.as_view_mut(), 2.5).unwrap();
+    let expect_clamp: Vec<f32> = gate.iter().map(|x| x.clamp(-2.5, 2.5)).collect();
+    assert_all_close("clamp", &download(&gpu, &clamped), &expect_clamp, 0.0, 0.0);
+
+    let width = 7;
+    let bias = random_values(width, 7, 1.0);
+    let mut biased = upload(&gpu, &gate[..429 * width]);
+    elementwise::add_bias(
+        &gpu,
+        &mut biased.as_view_mut(),
+        &upload(&gpu, &bias).as_view(),
+    )
+    .unwrap();
+    let expect_bias: Vec<f32> = gate[..429 * width]
+        .iter()
+        .enumerate()
+        .map(|(i, x)| x + bias[i % width])
+        .collect();
+    assert_all_close("add_bias", &download(&gpu, &biased), &expect_bias, 0.0, 0.0);
+}
+
+#[test]
+fn conversions_and_embedding_gather_are_exact() {
+    let Some(gpu) = gpu_or_skip("conversions") else {
+        return;
+    };
+    let values = random_values(10_001, 8, 300.0);
+    let bf: Vec<u16> = values
+        .iter()
+        .map(|&v| bf16::from_f32(v).to_bits())
+        .collect();
+    let hf: Vec<u16> = values
+        .iter()
+        .map(|&v| f16::from_f32(v / 10.0).to_bits())
+        .collect();
+    let mut out = zeros(&gpu, values.len());
+    half_to_f32(
+        &gpu,
+        StoredDtype::Bf16,
+        &upload(&gpu, &bf).as_view(),
+        &mut out.as_view_mut(),
+    )
+    .unwrap();
+    let expect: Vec<f32> = bf.iter().map(|&b| bf16::from_bits(b).to_f32()).collect();
+    assert_all_close("bf16 -> f32", &download(&gpu, &out), &expect, 0.0, 0.0);
+    half_to_f32(
+        &gpu,
+        StoredDtype::F16,
+        &upload(&gpu, &hf).as_view(),
+        &mut out.as_view_mut(),
+    )
+    .unwrap();
+    let expect: Vec<f32> = hf.iter().map(|&b| f16::from_bits(b).to_f32()).collect();
+    assert_all_close("f16 -> f32", &download(&gpu, &out), &expect, 0.0, 0.0);
+    let mut rounded: CudaSlice<u16> = gpu.stream.alloc_zeros(values.len()).unwrap();
+    f32_to_bf16(
+        &gpu,
+        &upload(&gpu, &values).as_view(),
+        &mut rounded.as_view_mut(),
+    )
+    .unwrap();
+    assert_eq!(
+        download(&gpu, &rounded),
+        bf,
+        "f32 -> bf16 rounds to nearest even like half::bf16"
+    );
+
+    let (vocab, width) = (50, 33);
+    let table = random_values(vocab * width, 9, 1.0);
+    let table_bf: Vec<u16> = table.iter().map(|&v| bf16::from_f32(v).to_bits()).collect();
+    let ids: Vec<u32> = (0..77u32).map(|i| (i * 7) % vocab as u32).collect();
+    let bytes: Vec<u8> = table_bf.iter().flat_map(|b| b.to_le_bytes()).collect();
+    let mut gathered = zeros(&gpu, ids.len() * width);
+    embedding_gather(
+        &gpu,
+        &upload(&gpu, &bytes).as_view(),
+        StoredDtype::Bf16,
+        &upload(&gpu, &ids).as_view(),
+        &mut gathered.as_view_mut(),
+        width,
+    )
+    .unwrap();
+    let expect: Vec<f32> = ids
+        .iter()
+        .flat_map(|&id| {
+            table_bf[id as usize * width..(id as usize + 1) * width]
+                .iter()
+                .map(|&b| bf16::from_bits(b).to_f32())
+        })
+        .collect();
+    assert_all_close(
+        "embedding gather",
+        &download(&gpu, &gathered),
+        &expect,
+        0.0,
+        0.0,
+    );
+}
+
+#[test]
+fn gemms_match_cpu() {
+    let Some(gpu) = gpu_or_skip("gemm") else {
+        return;
+    };
+    for (rows, inf, outf) in [(1, 64, 96), (37, 200, 129), (300, 1024, 513)] {
+        let x = random_values(rows * inf, 10, 2.0);
+        let w = random_values(outf * inf, 11, 0.1);
+        let mut expect = vec![0f32; rows * outf];
+        cpu::linear::linear(&x, &w, None, &mut expect, inf, outf, 2);
+        let mut y = zeros(&gpu, rows * outf);
+        gemm::linear_f32(
+            &gpu,
+            &upload(&gpu, &x).as_view(),
+            &upload(&gpu, &w).as_view(),
+            &mut y.as_view_mut(),
+            rows,
+            inf,
+            outf,
+        )
+        .unwrap();
+        let got = download(&gpu, &y);
+        assert_matches_reference(&format!("sgemm {rows}x{inf}x{outf}"), &got, &expect);
+        assert!(
+            nmse(&got, &expect) < 1e-11,
+            "sgemm NMSE {}",
+            nmse(&got, &expect)
+        );
+
+        // bf16 inputs, f32 accumulation: against the CPU product of the same rounded values.
+        let round = |v: &[f32]| -> (Vec<u16>, Vec<f32>) {
+            let bits: Vec<u16> = v.iter().map(|&x| bf16::from_f32(x).to_bits()).collect();
+            let back = bits.iter().map(|&b| bf16::from_bits(b).to_f32()).collect();
+            (bits, back)
+        };
+        let ((xb, xr), (wb, wr)) = (round(&x), round(&w));
+        cpu::linear::linear(&xr, &wr, None, &mut expect, inf, outf, 2);
+        gemm::linear_bf16(
+            &gpu,
+            &upload(&gpu, &xb).as_view(),
+            &upload(&gpu, &wb).as_view(),
+            &mut y.as_view_mut(),
+            rows,
+            inf,
+            outf,
+        )
+        .unwrap();
+        let got = download(&gpu, &y);
+        assert_matches_reference(&format!("bf16 gemm {rows}x{inf}x{outf}"), &got, &expect);
+        assert!(
+            nmse(&got, &expect) < 1e-10,
+            "bf16 gemm NMSE {}",
+            nmse(&got, &expect)
+        );
+    }
+}
+
+#[test]
+fn attention_matches_cpu_for_every_shape_and_window() {
+    let Some(gpu) = gpu_or_skip("attention") else {
+        return;
+    };
+    for (seq_len, head_dim, window) in [
+        (1, 16, None),
+        (7, 64, None),
+        (100, 128, None),
+        (100, 128, Some(5)),
+        (70, 256, Some(40)),
+        (33, 80, None),
+    ] {
+        let dims = AttentionDims {
+            sequences: 2,
+            seq_len,
+            heads: 4,
+            kv_heads: 2,
+            head_dim,
+            sliding_window: window,
+            scale: (head_dim as f32).powf(-0.5),
+        };
+        let rows = 2 * seq_len;
+        let q = random_values(rows * 4 * head_dim, 12, 2.0);
+        let k = random_values(rows * 2 * head_dim, 13, 2.0);
+        let v = random_values(rows * 2 * head_dim, 14, 2.0);
+        let mut expect = vec![0f32; q.len()];
+        let shape = cpu::attention::AttentionShape {
+            sequences: 2,
+            seq_len,
+            heads: 4,
+            kv_heads: 2,
+            head_dim,
+            sliding_window: window,
+            scale: dims.scale,
+        };
+        cpu::attention::causal_attention(&q, &k, &v, &mut expect, shape, 2);
+        let mut out = zeros(&gpu, q.len());
+        causal_attention(
+            &gpu,
+            &upload(&gpu, &q).as_view(),
+            &upload(&gpu, &k).as_view(),
+            &upload(&gpu, &v).as_view(),
+            &mut out.as_view_mut(),
+            dims,
+        )
+        .unwrap();
+        assert_matches_reference(
+            &format!("attention T={seq_len} d={head_dim} w={window:?}"),
+            &download(&gpu, &out),
+            &expect,
+        );
+    }
+}
+
+/// The GPU MoE path (route, count, positions, gather, per-expert GEMMs, unpermute, gated
+/// shared expert) against `cpu::moe::moe_block`.
+#[test]
+fn moe_block_matches_cpu() {
+    let Some(gpu) = gpu_or_skip("moe") else {
+        return;
+    };
+    let (tokens, hidden, experts, top_k, inter, shared_inter) = (53, 64, 6, 2, 40, 24);
+    for normalize in [false, true] {
+        let spec = MoeSpec {
+            num_experts: experts,
+            top_k,
+            expert_intermediate: inter,
+            scoring: RouterScoring::Softmax,
+            normalize_top_k: normalize,
+            shared_expert: Some(SharedExpertSpec {
+                intermediate: shared_inter,
+                sigmoid_gate: true,
+            }),
+            naming: ExpertNaming::MlpExperts,
+        };
+        let mut tensors = BTreeMap::new();
+        let mut seed = 100;
+        let mut tensor = |shape: usize, scale: f32| {
+            seed += 1;
+            random_values(shape, seed, scale)
+        };
+        tensors.insert(WeightRole::Router, tensor(experts * hidden, 0.3));
+        for e in 0..experts {
+            tensors.insert(WeightRole::ExpertGate(e), tensor(inter * hidden, 0.2));
+            tensors.insert(WeightRole::ExpertUp(e), tensor(inter * hidden, 0.2));
+            tensors.insert(WeightRole::ExpertDown(e), tensor(hidden * inter, 0.2));
+        }
+        tensors.insert(WeightRole::SharedGate, tensor(shared_inter * hidden, 0.2));
+        tensors.insert(WeightRole::SharedUp, tensor(shared_inter * hidden, 0.2));
+        tensors.insert(WeightRole::SharedDown, tensor(hidden * shared_inter, 0.2));
+        tensors.insert(WeightRole::SharedExpertGate, tensor(hidden, 0.3));
+        let x = random_values(tokens * hidden, 7, 2.0);
+        let weights = cpu::layer::LayerWeights::from_tensors(tensors.clone());
+        let mut expect = vec![0f32; tokens * hidden];
+        let routing = cpu::moe::moe_block(&x, &weights, &spec, hidden, &mut expect, 2);
+
+        // GPU: router logits, top-k.
+        let w = |role| upload(&gpu, &tensors[&role]);
+        let xd = upload(&gpu, &x);
+        let mut logits = zeros(&gpu, tokens * experts);
+        gemm::linear_f32(
+            &gpu,
+            &xd.as_view(),
+            &w(WeightRole::Router).as_view(),
+            &mut logits.as_view_mut(),
+            tokens,
+            hidden,
+            experts,
+        )
+        .unwrap();
+        let mut chosen: CudaSlice<u32> = gpu.stream.alloc_zeros(tokens * top_k).unwrap();
+        let mut chosen_weights = zeros(&gpu, tokens * top_k);
+        moe::router_top_k(
+            &gpu,
+            &logits.as_view(),
+            experts,
+            top_k,
+            normalize,
+            &mut chosen.as_view_mut(),
+            &mut chosen_weights.as_view_mut(),
+        )
+        .unwrap();
+        assert_matches_reference("router logits", &download(&gpu, &logits), &routing.logits);
+        assert_eq!(download(&gpu, &chosen), routing.experts, "chosen experts");
+        assert_matches_reference(
+            "router weights",
+            &download(&gpu, &chosen_weights),
+            &routing.weights,
+        );
+
+        // Counts (one small copy), offsets, positions, gather.
+        let mut counts: CudaSlice<u32> = gpu.stream.alloc_zeros(experts).unwrap();
+        moe::count_per_expert(&gpu, &chosen.as_view(), &mut counts.as_view_mut()).unwrap();
+        let counts_host = download(&gpu, &counts);
+        let offsets: Vec<u32> = counts_host
+            .iter()
+            .scan(0, |acc, &c| {
+                let o = *acc;
+                *acc += c;
+                Some(o)
+            })
+            .collect();
+        let offsets_d = upload(&gpu, &offsets);
+        let mut positions: CudaSlice<u32> = gpu.stream.alloc_zeros(tokens * top_k).unwrap();
+        moe::expert_positions(
+            &gpu,
+            &chosen.as_view(),
+            &offsets_d.as_view(),
+            &mut positions.as_view_mut(),
+        )
+        .unwrap();
+        let mut gathered = zeros(&gpu, tokens * top_k * hidden);
+        moe::gather_by_expert(
+            &gpu,
+            &xd.as_view(),
+            &positions.as_view(),
+            top_k,
+            hidden,
+            &mut gathered.as_view_mut(),
+        )
+        .unwrap();
+        // Per expert: gated MLP on its rows.
+        let mut expert_out = zeros(&gpu, tokens * top_k * hidden);
+        let mut gate = zeros(&gpu, tokens * top_k * inter);
+        let mut up = zeros(&gpu, tokens * top_k * inter);
+        for e in 0..experts {
+            let (start, n) = (offsets[e] as usize, counts_host[e] as usize);
+            if n == 0 {
+                continue;
+            }
+            let rows_in = gathered.slice(start * hidden..(start + n) * hidden);
+            let mut g = gate.slice_mut(..n * inter);
+            gemm::linear_f32(
+                &gpu,
+                &rows_in,
+                &w(WeightRole::ExpertGate(e)).as_view(),
+                &mut g,
+                n,
+                hidden,
+                inter,
+            )
+            .unwrap();
+            let mut u = up.slice_mut(..n * inter);
+            gemm::linear_f32(
+                &gpu,
+                &rows_in,
+                &w(WeightRole::ExpertUp(e)).as_view(),
+                &mut u,
+                n,
+                hidden,
+                inter,
+            )
+            .unwrap();
+            elementwise::silu_mul(
+                &gpu,
+                &mut gate.slice_mut(..n * inter),
+                &up.slice(..n * inter),
+            )
+            .unwrap();
+            let mut out_rows = expert_out.slice_mut(start * hidden..(start + n) * hidden);
+            gemm::linear_f32(
+                &gpu,
+                &gate.slice(..n * inter),
+                &w(WeightRole::ExpertDown(e)).as_view(),
+                &mut out_rows,
+                n,
+                inter,
+                hidden,
+            )
+            .unwrap();
+        }
+        let mut out = zeros(&gpu, tokens * hidden);
+        moe::unpermute(
+            &gpu,
+            &expert_out.as_view(),
+            &positions.as_view(),
+            &chosen.as_view(),
+            &chosen_weights.as_view(),
+            top_k,
+            hidden,
+            &mut out.as_view_mut(),
+        )
+        .unwrap();
+        // Shared expert with its sigmoid gate.
+        let mut sg = zeros(&gpu, tokens * shared_inter);
+        let mut su = zeros(&gpu, tokens * shared_inter);
+        gemm::linear_f32(
+            &gpu,
+            &xd.as_view(),
+            &w(WeightRole::SharedGate).as_view(),
+            &mut sg.as_view_mut(),
+            tokens,
+            hidden,
+            shared_inter,
+        )
+        .unwrap();
+        gemm::linear_f32(
+            &gpu,
+            &xd.as_view(),
+            &w(WeightRole::SharedUp).as_view(),
+            &mut su.as_view_mut(),
+            tokens,
+            hidden,
+            shared_inter,
+        )
+        .unwrap();
+        elementwise::silu_mul(&gpu, &mut sg.as_view_mut(), &su.as_view()).unwrap();
+        let mut shared = zeros(&gpu, tokens * hidden);
+        gemm::linear_f32(
+            &gpu,
+            &sg.as_view(),
+            &w(WeightRole::SharedDown).as_view(),
+            &mut shared.as_view_mut(),
+            tokens,
+            shared_inter,
+            hidden,
+        )
+        .unwrap();
+        let mut gate_logits = zeros(&gpu, tokens);
+        gemm::linear_f32(
+            &gpu,
+            &xd.as_view(),
+            &w(WeightRole::SharedExpertGate).as_view(),
+            &mut gate_logits.as_view_mut(),
+            tokens,
+            hidden,
+            1,
+        )
+        .unwrap();
+        moe::sigmoid_gated_add(
+            &gpu,
+            &mut out.as_view_mut(),
+            &shared.as_view(),
+            &gate_logits.as_view(),
+            hidden,
+        )
+        .unwrap();
+        assert_matches_reference(
+            &format!("moe block (normalize {normalize})"),
+            &download(&gpu, &out),
+            &expect,
+        );
+    }
+}
+
+#[test]
+fn statistics_accumulate_like_the_cpu_summary() {
+    let Some(gpu) = gpu_or_skip("stats") else {
+        return;
+    };
+    let (sequences, seq_len, width) = (5, 129, 70);
+    let mut x = random_values(sequences * seq_len * width, 15, 9.0);
+    x[3 * width + 4] = f32::NAN;
+    let mut acc = stats::StatsAccumulators::new(&gpu, sequences, width).unwrap();
+    // Two micro-batches: sequences 0-2, then 3-4.
+    for (first, count) in [(0, 3), (3, 2)] {
+        let part = upload(
+            &gpu,
+            &x[first * seq_len * width..(first + count) * seq_len * width],
+        );
+        acc.accumulate(&gpu, &part.as_view(), count, seq_len, first, 6.0)
+            .unwrap();
+    }
+    let host = acc.download(&gpu).unwrap();
+    let mut cpu_summary = layerstream_runtime::analysis::PointAccumulator::new(width, 6.0);
+    cpu_summary.add(&x);
+    let summary = cpu_summary.finish(width);
+    let mut max_per_dim = vec![0f32; width];
+    for per_sequence in host.max_abs.chunks_exact(width) {
+        for (max, &value) in max_per_dim.iter_mut().zip(per_sequence) {
+            *max = max.max(value);
+        }
+    }
+    for top in &summary.top_dims {
+        assert_eq!(
+            max_per_dim[top.dim], top.max_abs,
+            "max |x| of dim {}",
+            top.dim
+        );
+    }
+    assert_eq!(
+        host.count_ge.iter().sum::<u64>(),
+        summary.count_ge_threshold
+    );
+    assert_eq!(host.non_finite.iter().sum::<u64>(), 1);
+    // Sums of powers per (sequence, dim), against f64 on the CPU.
+    let plane = sequences * width;
+    for s in 0..sequences {
+        for d in 0..width {
+            let column: Vec<f64> = (0..seq_len)
+                .map(|t| x[(s * seq_len + t) * width + d] as f64)
+                .filter(|v| v.is_finite())
+                .collect();
+            for power in 1..=4 {
+                let expect: f64 = column.iter().map(|v| v.powi(power as i32)).sum();
+                let got = host.sums[(power - 1) * plane + s * width + d];
+                assert!(
+                    (got - expect).abs() <= 1e-9 * expect.abs().max(1.0),
+                    "sum x^{power} ({s},{d}): {got} vs {expect}"
+                );
+            }
+        }
+    }
+}
