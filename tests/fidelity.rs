@@ -1,6 +1,7 @@
 //! Every fixture family against PyTorch transformers: the packed workload, every capture
 //! point of every layer, the logits, and the next-token NLL / loss that `score` reports.
 
+use layerstream_runtime::CaptureMode;
 use layerstream_runtime::backend::Backend;
 use layerstream_runtime::cpu::CpuBackend;
 use layerstream_runtime::data::{TextTokenizer, pack_documents};
@@ -23,6 +24,7 @@ fn run_fixture(
         seq_len: reference.seq_len,
         capture_layers: (0..model.spec.num_layers).collect(),
         capture_points: CapturePoint::ALL.to_vec(),
+        capture_mode: CaptureMode::Activations,
         final_stage,
         micro_batch_sequences,
     };
@@ -126,6 +128,7 @@ fn only_layers_up_to_the_last_captured_one_run() {
         seq_len: reference.seq_len,
         capture_layers: [0, 1].into_iter().collect(),
         capture_points: vec![CapturePoint::ResidPost],
+        capture_mode: CaptureMode::Activations,
         final_stage: FinalStage::None,
         micro_batch_sequences: 1,
     };

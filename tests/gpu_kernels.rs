@@ -598,25 +598,20 @@ fn statistics_accumulate_like_the_cpu_summary() {
             .unwrap();
     }
     let host = acc.download(&gpu).unwrap();
-    let mut cpu_summary = layerstream_runtime::analysis::PointAccumulator::new(width, 6.0);
-    cpu_summary.add(&x);
-    let summary = cpu_summary.finish(width);
-    let mut max_per_dim = vec![0f32; width];
-    for per_sequence in host.max_abs.chunks_exact(width) {
-        for (max, &value) in max_per_dim.iter_mut().zip(per_sequence) {
-            *max = max.max(value);
-        }
-    }
-    for top in &summary.top_dims {
-        assert_eq!(
-            max_per_dim[top.dim], top.max_abs,
-            "max |x| of dim {}",
-            top.dim
-        );
-    }
+    let mut reference =
+        layerstream_runtime::analysis::PointStatistics::new(sequences, seq_len, width, 6.0);
+    reference.accumulate(&x, 0);
     assert_eq!(
-        host.count_ge.iter().sum::<u64>(),
-        summary.count_ge_threshold
+        host.max_abs, reference.max_abs,
+        "max |x| per (sequence, dim)"
+    );
+    assert_eq!(
+        host.count_ge, reference.count_ge,
+        "count >= threshold per (sequence, dim)"
+    );
+    assert_eq!(
+        host.non_finite, reference.non_finite,
+        "non-finite per (sequence, dim)"
     );
     assert_eq!(host.non_finite.iter().sum::<u64>(), 1);
     // Sums of powers per (sequence, dim), against f64 on the CPU.

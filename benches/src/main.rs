@@ -4,6 +4,7 @@
 //!
 //! `cargo run --release -p layerstream-benches -- MODEL_DIR DATA_FILE [NUM_SAMPLES] [SEQ_LEN]`
 
+use layerstream_runtime::CaptureMode;
 use layerstream_runtime::data::{TextTokenizer, pack_documents};
 use layerstream_runtime::{
     CapturePoint, DeviceChoice, FinalStage, Model, RunObserver, RunRequest, run, select_backend,
@@ -31,7 +32,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         num_samples,
         seq_len,
     )?;
-    let backend = select_backend(DeviceChoice::Cpu, None)?.backend;
+    let backend = select_backend(DeviceChoice::Cpu, Default::default(), None)?.backend;
     println!(
         "{:>20}  {:>10}  {:>12}",
         "micro-batch (seqs)", "seconds", "tokens/s"
@@ -43,6 +44,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             seq_len,
             capture_layers: (0..model.spec.num_layers).collect(),
             capture_points: CapturePoint::ALL.to_vec(),
+            capture_mode: CaptureMode::Statistics { threshold: 6.0 },
             final_stage: FinalStage::None,
             micro_batch_sequences: micro_batch,
         };

@@ -2,6 +2,7 @@
 
 use clap::{Args, Parser, Subcommand};
 use layerstream_runtime::DeviceChoice;
+use layerstream_runtime::cuda::ComputeChoice;
 use std::path::PathBuf;
 
 /// Analyse the activations of language models larger than your GPU, one layer at a time.
@@ -60,6 +61,10 @@ pub struct RunArgs {
     /// Backend: auto (CUDA when usable, else CPU), cpu, or cuda.
     #[arg(long, value_name = "DEVICE", default_value = "auto", value_parser = parse_device)]
     pub device: DeviceChoice,
+    /// GEMM arithmetic on a GPU: auto (bf16 for bf16 checkpoints on GPUs with bf16
+    /// arithmetic, else f32), bf16, or f32 (the path a T4 takes; works on any GPU).
+    #[arg(long, value_name = "DTYPE", default_value = "auto", value_parser = parse_compute)]
+    pub compute_dtype: ComputeChoice,
     /// CPU threads (default: LAYERSTREAM_THREADS, else all cores).
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
@@ -72,6 +77,10 @@ pub struct RunArgs {
 }
 
 fn parse_device(text: &str) -> Result<DeviceChoice, String> {
+    text.parse()
+}
+
+fn parse_compute(text: &str) -> Result<ComputeChoice, String> {
     text.parse()
 }
 

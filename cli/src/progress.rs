@@ -2,6 +2,7 @@
 //! when stderr is not a terminal.
 
 use indicatif::{ProgressBar, ProgressStyle};
+use layerstream_runtime::analysis::PointStatistics;
 use layerstream_runtime::capture::Routing;
 use layerstream_runtime::{CapturePoint, RunObserver};
 use std::time::Instant;
@@ -44,6 +45,10 @@ impl RunObserver for WithProgress<'_> {
         width: usize,
     ) {
         self.inner.on_capture(layer, point, first, values, width);
+    }
+
+    fn on_statistics(&mut self, layer: usize, point: CapturePoint, statistics: &PointStatistics) {
+        self.inner.on_statistics(layer, point, statistics);
     }
 
     fn on_router(&mut self, layer: usize, first: usize, routing: &Routing) {

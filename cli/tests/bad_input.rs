@@ -282,7 +282,10 @@ fn cuda_without_a_cuda_backend_is_a_clear_error() {
         ],
         home.path(),
     );
-    assert_fails_with(&out, &["--device cuda", "no CUDA executor"]);
+    assert_fails_with(
+        &out,
+        &["--device cuda", "no NVIDIA driver library", "--device cpu"],
+    );
 }
 
 #[test]

@@ -44,6 +44,17 @@ pub const MOE: ModuleSource = module!("moe");
 /// Statistics accumulators.
 pub const STATS: ModuleSource = module!("stats");
 
+/// Online log-sum-exp for next-token NLL.
+pub const LOSS: ModuleSource = module!("loss");
+
 /// Every module.
-pub const ALL_MODULES: [ModuleSource; 7] =
-    [CONVERT, NORM, ROPE, ELEMENTWISE, ATTENTION, MOE, STATS];
+pub const ALL_MODULES: [ModuleSource; 8] = [
+    CONVERT,
+    NORM,
+    ROPE,
+    ELEMENTWISE,
+    ATTENTION,
+    MOE,
+    STATS,
+    LOSS,
+];

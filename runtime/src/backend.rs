@@ -1,6 +1,7 @@
 //! Which backend runs the forward pass.
 
 use crate::cpu::CpuBackend;
+use crate::cuda::{ComputeChoice, CudaBackend};
 use crate::error::{Result, RuntimeError};
 use std::fmt;
 use std::str::FromStr;
@@ -32,16 +33,19 @@ impl FromStr for DeviceChoice {
 }
 
 /// A backend ready to run.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub enum Backend {
     /// The f32 CPU reference.
     Cpu(CpuBackend),
+    /// One NVIDIA GPU.
+    Cuda(CudaBackend),
 }
 
 impl fmt::Display for Backend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Backend::Cpu(cpu) => write!(f, "cpu ({} threads)", cpu.threads),
+            Backend::Cuda(cuda) => write!(f, "{cuda}"),
         }
     }
 }
@@ -54,23 +58,33 @@ pub struct BackendSelection {
     pub fallback_reason: Option<String>,
 }
 
-/// Picks the backend for `choice`.
+/// Picks the backend for `choice`. `auto` takes GPU 0 when the driver, a device, NVRTC and
+/// cuBLAS are all present (checked before any call that could panic) and otherwise the CPU.
 pub fn select_backend(
     choice: DeviceChoice,
+    compute: ComputeChoice,
     cpu_threads: Option<usize>,
 ) -> Result<BackendSelection> {
-    let cpu = Backend::Cpu(CpuBackend::new(cpu_threads));
+    let cpu = || Backend::Cpu(CpuBackend::new(cpu_threads));
     match choice {
-        DeviceChoice::Cpu => Ok(BackendSelection { backend: cpu, fallback_reason: None }),
-        DeviceChoice::Auto => Ok(BackendSelection {
-            backend: cpu,
-            fallback_reason: Some(
-                "running on the CPU: the CUDA executor of this build is not finished (its kernels are)"
-                    .to_string(),
-            ),
+        DeviceChoice::Cpu => Ok(BackendSelection {
+            backend: cpu(),
+            fallback_reason: None,
         }),
-        DeviceChoice::Cuda => Err(RuntimeError::InvalidRequest(
-            "--device cuda: this build of layerstream has no CUDA executor yet; use --device cpu (or auto)".into(),
-        )),
+        DeviceChoice::Cuda => Ok(BackendSelection {
+            backend: Backend::Cuda(CudaBackend::open(0, compute)?),
+            fallback_reason: None,
+        }),
+        DeviceChoice::Auto => match CudaBackend::open(0, compute) {
+            Ok(cuda) => Ok(BackendSelection {
+                backend: Backend::Cuda(cuda),
+                fallback_reason: None,
+            }),
+            Err(RuntimeError::Gpu(why)) => Ok(BackendSelection {
+                backend: cpu(),
+                fallback_reason: Some(format!("running on the CPU: {why}")),
+            }),
+            Err(other) => Err(other),
+        },
     }
 }

@@ -113,6 +113,9 @@ pub enum RuntimeError {
     /// The request (sequence length, layers, sample count) does not fit the model or data.
     #[error("{0}")]
     InvalidRequest(String),
+    /// The GPU, its driver or its libraries failed (or are missing).
+    #[error(transparent)]
+    Gpu(#[from] layerstream_kernels::KernelError),
 }
 
 impl RuntimeError {

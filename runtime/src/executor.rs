@@ -1,16 +1,15 @@
-//! The layer-major executor: embed every sequence, then for each layer bring its weights in
-//! once and push every micro-batch through it before moving on. A layer's weights are read
-//! only while that layer runs.
+//! The layer-major executor, backend-independent part: the request, its validation, the
+//! observer interface and the dispatch to a backend's loop (`cpu::executor`,
+//! `cuda::executor`). Every backend runs the same shape: embed every sequence, then for
+//! each layer bring its weights in once and push every micro-batch through it before moving
+//! on. A layer's weights are read only while that layer runs.
 
-use crate::arch::spec::FINAL_NORM;
+use crate::analysis::PointStatistics;
 use crate::backend::Backend;
-use crate::capture::{CapturePoint, LayerCaptureSink, Routing};
-use crate::cpu::head::{OutputHead, embed_tokens};
-use crate::cpu::layer::{LayerScratch, LayerWeights, decoder_layer};
-use crate::cpu::rope::RopeTable;
+use crate::capture::{CapturePoint, Routing};
 use crate::error::{Result, RuntimeError};
 use crate::model::Model;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// What happens after the last layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,6 +20,20 @@ pub enum FinalStage {
     NextTokenNll,
     /// Full logits per micro-batch (small vocabularies, tests).
     Logits,
+}
+
+/// How captured activations reach the observer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum CaptureMode {
+    /// Every captured tensor is handed over whole (`on_capture`); on a GPU that is a copy
+    /// to the host per point and micro-batch, so use it for small workloads and tests.
+    Activations,
+    /// Statistics accumulate where the backend computes (on the device for CUDA) and arrive
+    /// once per layer and point (`on_statistics`).
+    Statistics {
+        /// Magnitude counted as an outlier value.
+        threshold: f32,
+    },
 }
 
 /// A workload and what to observe of it.
@@ -36,6 +49,8 @@ pub struct RunRequest {
     pub capture_layers: BTreeSet<usize>,
     /// Which points of those layers.
     pub capture_points: Vec<CapturePoint>,
+    /// How captures are delivered.
+    pub capture_mode: CaptureMode,
     /// After the last layer.
     pub final_stage: FinalStage,
     /// Sequences per micro-batch.
@@ -45,7 +60,7 @@ pub struct RunRequest {
 /// Receives what the run produces. Every method has a default that ignores it.
 pub trait RunObserver {
     /// Activations at `point` of `layer` for sequences `first_sequence..`:
-    /// `values` is `(sequences * seq_len, width)`.
+    /// `values` is `(sequences * seq_len, width)` ([`CaptureMode::Activations`]).
     fn on_capture(
         &mut self,
         _layer: usize,
@@ -53,6 +68,14 @@ pub trait RunObserver {
         _first_sequence: usize,
         _values: &[f32],
         _width: usize,
+    ) {
+    }
+    /// Statistics of `point` of `layer` over the whole workload ([`CaptureMode::Statistics`]).
+    fn on_statistics(
+        &mut self,
+        _layer: usize,
+        _point: CapturePoint,
+        _statistics: &PointStatistics,
     ) {
     }
     /// Router decisions of MoE layer `layer` for sequences `first_sequence..`.
@@ -105,9 +128,19 @@ impl RunRequest {
             FinalStage::NextTokenNll | FinalStage::Logits => num_layers,
         }
     }
+
+    /// Sequences per micro-batch, at least 1 and at most all of them.
+    pub fn micro_batch(&self) -> usize {
+        self.micro_batch_sequences.clamp(1, self.num_sequences)
+    }
+
+    /// Whether `point` of `layer` is to be captured.
+    pub fn captures(&self, layer: usize, point: CapturePoint) -> bool {
+        self.capture_layers.contains(&layer) && self.capture_points.contains(&point)
+    }
 }
 
-/// Runs `request` on `model` layer by layer, reporting to `observer`.
+/// Runs `request` on `model` layer by layer on `backend`, reporting to `observer`.
 pub fn run(
     model: &Model,
     request: &RunRequest,
@@ -115,105 +148,19 @@ pub fn run(
     observer: &mut dyn RunObserver,
 ) -> Result<()> {
     request.validate(model)?;
-    let Backend::Cpu(cpu) = backend;
-    let threads = cpu.threads;
-    let spec = &model.spec;
-    let (seq_len, d) = (request.seq_len, spec.hidden_size);
-    let micro_batch = request
-        .micro_batch_sequences
-        .clamp(1, request.num_sequences);
-    let tokens = request.num_sequences * seq_len;
-
-    // The hidden states of the whole workload stay in memory across layers.
-    let mut hidden_states = vec![0f32; tokens * d]; // (num_sequences * seq_len, hidden)
-    embed_tokens(
-        &model.weights,
-        model.embedding(),
-        &request.token_ids,
-        &mut hidden_states,
-    )?;
-
-    let rope = RopeTable::new(&spec.rope.inv_freq, seq_len);
-    let layers_to_run = request.layers_to_run(spec.num_layers);
-    let mut scratch = LayerScratch::new(spec, micro_batch * seq_len);
-    for layer in 0..layers_to_run {
-        let weights = LayerWeights::load(&model.weights, spec, layer)?;
-        let capturing = request.capture_layers.contains(&layer);
-        for (batch_index, batch) in hidden_states
-            .chunks_mut(micro_batch * seq_len * d)
-            .enumerate()
-        {
-            let first_sequence = batch_index * micro_batch;
-            let sequences = batch.len() / (seq_len * d);
-            let mut sink = ExecutorSink {
-                observer: &mut *observer,
-                request,
-                layer,
-                first_sequence,
-                capturing,
-            };
-            decoder_layer(
-                spec,
-                layer,
-                &weights,
-                &rope,
-                batch,
-                sequences,
-                seq_len,
-                &mut scratch,
-                threads,
-                &mut sink,
-            );
-        }
-        drop(weights);
-        observer.on_layer_done(layer, layers_to_run, tokens);
+    match backend {
+        Backend::Cpu(cpu) => crate::cpu::executor::run(model, request, cpu, observer),
+        Backend::Cuda(cuda) => crate::cuda::executor::run(model, request, cuda, observer),
     }
-
-    if request.final_stage != FinalStage::None {
-        let final_norm = model.weights.read_f32(FINAL_NORM)?;
-        let head = OutputHead {
-            store: &model.weights,
-            final_norm: &final_norm,
-            norm_eps: spec.block.norm_eps,
-            lm_head: model.lm_head(),
-            threads,
-        };
-        for (batch_index, batch) in hidden_states.chunks(micro_batch * seq_len * d).enumerate() {
-            let first_sequence = batch_index * micro_batch;
-            let rows = batch.len() / d;
-            let ids = &request.token_ids[first_sequence * seq_len..first_sequence * seq_len + rows];
-            match request.final_stage {
-                FinalStage::NextTokenNll => observer
-                    .on_next_token_nll(first_sequence, &head.next_token_nll(batch, ids, seq_len)),
-                FinalStage::Logits => observer.on_logits(first_sequence, &head.logits(batch)),
-                FinalStage::None => unreachable!(),
-            }
-        }
-    }
-    Ok(())
 }
 
-/// Hands one layer's captures for one micro-batch to the observer, if they were asked for.
-struct ExecutorSink<'a> {
-    observer: &'a mut dyn RunObserver,
-    request: &'a RunRequest,
+/// Hands a finished layer's statistics to the observer, in capture-point order.
+pub(crate) fn deliver_statistics(
+    observer: &mut dyn RunObserver,
     layer: usize,
-    first_sequence: usize,
-    capturing: bool,
-}
-
-impl LayerCaptureSink for ExecutorSink<'_> {
-    fn activation(&mut self, point: CapturePoint, values: &[f32], width: usize) {
-        if self.capturing && self.request.capture_points.contains(&point) {
-            self.observer
-                .on_capture(self.layer, point, self.first_sequence, values, width);
-        }
-    }
-
-    fn routing(&mut self, routing: &Routing) {
-        if self.capturing && self.request.capture_points.contains(&CapturePoint::Router) {
-            self.observer
-                .on_router(self.layer, self.first_sequence, routing);
-        }
+    statistics: &BTreeMap<CapturePoint, PointStatistics>,
+) {
+    for (&point, stats) in statistics {
+        observer.on_statistics(layer, point, stats);
     }
 }

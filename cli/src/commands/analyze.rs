@@ -6,6 +6,7 @@ use crate::args::AnalyzeArgs;
 use crate::progress::WithProgress;
 use anyhow::{Context, Result};
 use layerstream_planner::write_atomically;
+use layerstream_runtime::CaptureMode;
 use layerstream_runtime::analysis::ActivationReportBuilder;
 use layerstream_runtime::analysis::report::{ActivationReport, ReportData, ReportModel};
 use layerstream_runtime::selection::{parse_layers, parse_points};
@@ -34,6 +35,9 @@ pub fn analyze(args: &AnalyzeArgs) -> Result<()> {
         seq_len: workload.packed.seq_len,
         capture_layers: layers,
         capture_points: points,
+        capture_mode: CaptureMode::Statistics {
+            threshold: args.threshold,
+        },
         final_stage: FinalStage::None,
         micro_batch_sequences: micro_batch_sequences(&args.run, &workload),
     };

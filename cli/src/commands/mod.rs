@@ -9,7 +9,7 @@ use crate::args::{ModelArgs, RunArgs, WorkloadArgs};
 use crate::embedded;
 use anyhow::{Context, Result};
 use layerstream_runtime::data::{PackedTokens, TextTokenizer, pack_documents};
-use layerstream_runtime::{Backend, Model, select_backend};
+use layerstream_runtime::{Backend, DeviceChoice, Model, select_backend};
 use std::path::{Path, PathBuf};
 
 /// An opened model and the name reports give it.
@@ -64,11 +64,20 @@ pub fn pack_workload(model: &Model, args: &WorkloadArgs) -> Result<Workload> {
 
 /// The backend for `--device`, printing one line when `auto` fell back to the CPU.
 pub fn choose_backend(args: &RunArgs) -> Result<Backend> {
-    let selection = select_backend(args.device, args.threads)?;
+    let selection = select_backend(args.device, args.compute_dtype, args.threads)
+        .with_context(|| format!("--device {}", device_name(args.device)))?;
     if let Some(reason) = selection.fallback_reason {
         eprintln!("{reason}");
     }
     Ok(selection.backend)
+}
+
+fn device_name(device: DeviceChoice) -> &'static str {
+    match device {
+        DeviceChoice::Auto => "auto",
+        DeviceChoice::Cpu => "cpu",
+        DeviceChoice::Cuda => "cuda",
+    }
 }
 
 /// Creates the output folder and proves it can be written, before any work starts.

@@ -6,6 +6,7 @@ use crate::args::ScoreArgs;
 use crate::progress::WithProgress;
 use anyhow::{Context, Result};
 use layerstream_planner::write_atomically;
+use layerstream_runtime::CaptureMode;
 use layerstream_runtime::{FinalStage, RunObserver, RunRequest, run};
 use serde::Serialize;
 use std::collections::BTreeSet;
@@ -70,6 +71,7 @@ pub fn score(args: &ScoreArgs) -> Result<()> {
         seq_len: workload.packed.seq_len,
         capture_layers: BTreeSet::new(),
         capture_points: Vec::new(),
+        capture_mode: CaptureMode::Activations,
         final_stage: FinalStage::NextTokenNll,
         micro_batch_sequences: micro_batch_sequences(&args.run, &workload),
     };

@@ -4,6 +4,7 @@
 pub mod attention;
 pub mod convert;
 pub mod elementwise;
+pub mod loss;
 pub mod moe;
 pub mod norm;
 pub mod rope;

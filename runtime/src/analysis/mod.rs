@@ -4,6 +4,8 @@
 
 pub mod point_summary;
 pub mod report;
+pub mod statistics;
 
-pub use point_summary::{DimMax, PointAccumulator, PointSummary};
+pub use point_summary::{DimMax, PointSummary};
 pub use report::{ActivationReport, ActivationReportBuilder};
+pub use statistics::PointStatistics;

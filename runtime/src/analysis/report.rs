@@ -1,7 +1,8 @@
 //! `report.json`: per analysed layer and capture point, a [`PointSummary`]. It holds no
 //! timestamps or durations, so two runs of the same command give the same bytes.
 
-use super::point_summary::{PointAccumulator, PointSummary};
+use super::point_summary::PointSummary;
+use super::statistics::PointStatistics;
 use crate::capture::{CapturePoint, Routing};
 use crate::executor::RunObserver;
 use serde::Serialize;
@@ -82,12 +83,12 @@ pub struct ActivationReport {
 pub struct ActivationReportBuilder {
     threshold: f32,
     top_dims: usize,
-    points: BTreeMap<(usize, CapturePoint), PointAccumulator>,
+    points: BTreeMap<(usize, CapturePoint), PointSummary>,
     routers: BTreeMap<usize, RouterSummary>,
 }
 
 impl ActivationReportBuilder {
-    /// A builder counting `|x| >= threshold` and keeping the `top_dims` largest dimensions.
+    /// A builder for statistics counted at `threshold`, keeping the `top_dims` largest dimensions.
     pub fn new(threshold: f32, top_dims: usize) -> Self {
         ActivationReportBuilder {
             threshold,
@@ -110,7 +111,7 @@ impl ActivationReportBuilder {
                 .entry(layer)
                 .or_insert_with(|| empty(layer))
                 .points
-                .insert(point.name(), accumulator.finish(self.top_dims));
+                .insert(point.name(), accumulator.clone());
         }
         for (&layer, router) in &self.routers {
             layers.entry(layer).or_insert_with(|| empty(layer)).router = Some(router.clone());
@@ -127,19 +128,9 @@ impl ActivationReportBuilder {
 }
 
 impl RunObserver for ActivationReportBuilder {
-    fn on_capture(
-        &mut self,
-        layer: usize,
-        point: CapturePoint,
-        _first: usize,
-        values: &[f32],
-        width: usize,
-    ) {
-        let threshold = self.threshold;
+    fn on_statistics(&mut self, layer: usize, point: CapturePoint, statistics: &PointStatistics) {
         self.points
-            .entry((layer, point))
-            .or_insert_with(|| PointAccumulator::new(width, threshold))
-            .add(values);
+            .insert((layer, point), statistics.summary(self.top_dims));
     }
 
     fn on_router(&mut self, layer: usize, _first: usize, routing: &Routing) {

@@ -1,0 +1,137 @@
+//! The layer-major loop on the CPU.
+
+use super::CpuBackend;
+use super::head::{OutputHead, embed_tokens};
+use super::layer::{LayerScratch, LayerWeights, decoder_layer};
+use super::rope::RopeTable;
+use crate::analysis::PointStatistics;
+use crate::arch::spec::FINAL_NORM;
+use crate::capture::{CapturePoint, LayerCaptureSink, Routing};
+use crate::error::Result;
+use crate::executor::{CaptureMode, FinalStage, RunObserver, RunRequest, deliver_statistics};
+use crate::model::Model;
+use std::collections::BTreeMap;
+
+/// Runs a validated request on the CPU.
+pub fn run(
+    model: &Model,
+    request: &RunRequest,
+    cpu: &CpuBackend,
+    observer: &mut dyn RunObserver,
+) -> Result<()> {
+    let threads = cpu.threads;
+    let spec = &model.spec;
+    let (seq_len, d) = (request.seq_len, spec.hidden_size);
+    let micro_batch = request.micro_batch();
+    let tokens = request.num_sequences * seq_len;
+
+    // The hidden states of the whole workload stay in memory across layers.
+    let mut hidden_states = vec![0f32; tokens * d]; // (num_sequences * seq_len, hidden)
+    embed_tokens(
+        &model.weights,
+        model.embedding(),
+        &request.token_ids,
+        &mut hidden_states,
+    )?;
+
+    let rope = RopeTable::new(&spec.rope.inv_freq, seq_len);
+    let layers_to_run = request.layers_to_run(spec.num_layers);
+    let mut scratch = LayerScratch::new(spec, micro_batch * seq_len);
+    for layer in 0..layers_to_run {
+        let weights = LayerWeights::load(&model.weights, spec, layer)?;
+        let mut statistics = BTreeMap::new();
+        for (batch_index, batch) in hidden_states
+            .chunks_mut(micro_batch * seq_len * d)
+            .enumerate()
+        {
+            let sequences = batch.len() / (seq_len * d);
+            let mut sink = CpuSink {
+                observer: &mut *observer,
+                request,
+                layer,
+                first_sequence: batch_index * micro_batch,
+                statistics: &mut statistics,
+            };
+            decoder_layer(
+                spec,
+                layer,
+                &weights,
+                &rope,
+                batch,
+                sequences,
+                seq_len,
+                &mut scratch,
+                threads,
+                &mut sink,
+            );
+        }
+        drop(weights);
+        deliver_statistics(observer, layer, &statistics);
+        observer.on_layer_done(layer, layers_to_run, tokens);
+    }
+
+    if request.final_stage != FinalStage::None {
+        let final_norm = model.weights.read_f32(FINAL_NORM)?;
+        let head = OutputHead {
+            store: &model.weights,
+            final_norm: &final_norm,
+            norm_eps: spec.block.norm_eps,
+            lm_head: model.lm_head(),
+            threads,
+        };
+        for (batch_index, batch) in hidden_states.chunks(micro_batch * seq_len * d).enumerate() {
+            let first_sequence = batch_index * micro_batch;
+            let rows = batch.len() / d;
+            let ids = &request.token_ids[first_sequence * seq_len..first_sequence * seq_len + rows];
+            match request.final_stage {
+                FinalStage::NextTokenNll => observer
+                    .on_next_token_nll(first_sequence, &head.next_token_nll(batch, ids, seq_len)),
+                FinalStage::Logits => observer.on_logits(first_sequence, &head.logits(batch)),
+                FinalStage::None => unreachable!(),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Delivers one layer's captures of one micro-batch, as the request asks.
+struct CpuSink<'a> {
+    observer: &'a mut dyn RunObserver,
+    request: &'a RunRequest,
+    layer: usize,
+    first_sequence: usize,
+    statistics: &'a mut BTreeMap<CapturePoint, PointStatistics>,
+}
+
+impl LayerCaptureSink for CpuSink<'_> {
+    fn activation(&mut self, point: CapturePoint, values: &[f32], width: usize) {
+        if !self.request.captures(self.layer, point) {
+            return;
+        }
+        match self.request.capture_mode {
+            CaptureMode::Activations => {
+                self.observer
+                    .on_capture(self.layer, point, self.first_sequence, values, width)
+            }
+            CaptureMode::Statistics { threshold } => self
+                .statistics
+                .entry(point)
+                .or_insert_with(|| {
+                    PointStatistics::new(
+                        self.request.num_sequences,
+                        self.request.seq_len,
+                        width,
+                        threshold,
+                    )
+                })
+                .accumulate(values, self.first_sequence),
+        }
+    }
+
+    fn routing(&mut self, routing: &Routing) {
+        if self.request.captures(self.layer, CapturePoint::Router) {
+            self.observer
+                .on_router(self.layer, self.first_sequence, routing);
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! The layer-major loop on a GPU. The workload's hidden states live on the device; each
+//! layer's weights are uploaded once and every micro-batch runs through them; statistics
+//! accumulate on the device and cross to the host once per layer and capture point.
+
+use super::CudaBackend;
+use super::head::DeviceHead;
+use super::layer::{DeviceCaptureSink, DeviceScratch, decoder_layer};
+use super::moe::DeviceRouting;
+use super::weights::DeviceLayer;
+use crate::analysis::PointStatistics;
+use crate::capture::CapturePoint;
+use crate::cpu::head::embed_tokens;
+use crate::error::Result;
+use crate::executor::{CaptureMode, FinalStage, RunObserver, RunRequest, deliver_statistics};
+use crate::model::Model;
+use layerstream_kernels::cudarc::driver::CudaView;
+use layerstream_kernels::ops::stats::StatsAccumulators;
+use layerstream_kernels::{Gpu, KernelError};
+use layerstream_planner::TensorDtype;
+use std::collections::BTreeMap;
+
+/// Runs a validated request on the GPU.
+pub fn run(
+    model: &Model,
+    request: &RunRequest,
+    backend: &CudaBackend,
+    observer: &mut dyn RunObserver,
+) -> Result<()> {
+    let gpu = &*backend.gpu;
+    let spec = &model.spec;
+    let compute = backend.compute_dtype(dominant_matrix_dtype(model));
+    let (seq_len, d) = (request.seq_len, spec.hidden_size);
+    let micro_batch = request.micro_batch();
+    let tokens = request.num_sequences * seq_len;
+
+    // Embedding rows are gathered on the host from the mapped file: only the rows the
+    // workload uses are read, instead of sending the whole table to the device.
+    let mut embedded = vec![0f32; tokens * d]; // (num_sequences * seq_len, hidden)
+    embed_tokens(
+        &model.weights,
+        model.embedding(),
+        &request.token_ids,
+        &mut embedded,
+    )?;
+    let mut hidden_states = gpu
+        .stream
+        .clone_htod(&embedded)
+        .map_err(KernelError::from)?;
+    drop(embedded);
+    let inv_freq = gpu
+        .stream
+        .clone_htod(&spec.rope.inv_freq)
+        .map_err(KernelError::from)?;
+    let mut scratch = DeviceScratch::new(gpu, spec, micro_batch * seq_len)?;
+
+    let layers_to_run = request.layers_to_run(spec.num_layers);
+    for layer in 0..layers_to_run {
+        let weights = DeviceLayer::upload(gpu, &model.weights, spec, layer, compute)?;
+        let mut accumulators = BTreeMap::new();
+        let batch_len = micro_batch * seq_len * d;
+        for (batch_index, start) in (0..tokens * d).step_by(batch_len).enumerate() {
+            let end = (start + batch_len).min(tokens * d);
+            let sequences = (end - start) / (seq_len * d);
+            let mut batch = hidden_states.slice_mut(start..end);
+            let mut sink = CudaSink {
+                gpu,
+                observer: &mut *observer,
+                request,
+                layer,
+                first_sequence: batch_index * micro_batch,
+                sequences,
+                accumulators: &mut accumulators,
+            };
+            decoder_layer(
+                gpu,
+                spec,
+                layer,
+                &weights,
+                &inv_freq,
+                &mut batch,
+                sequences,
+                seq_len,
+                &mut scratch,
+                &mut sink,
+            )?;
+        }
+        drop(weights);
+        let statistics = download_statistics(gpu, request, &accumulators)?;
+        deliver_statistics(observer, layer, &statistics);
+        observer.on_layer_done(layer, layers_to_run, tokens);
+    }
+
+    if request.final_stage != FinalStage::None {
+        let head = DeviceHead::upload(gpu, model, compute)?;
+        let batch_len = micro_batch * seq_len * d;
+        for (batch_index, start) in (0..tokens * d).step_by(batch_len).enumerate() {
+            let end = (start + batch_len).min(tokens * d);
+            let rows = (end - start) / d;
+            let first_sequence = batch_index * micro_batch;
+            let batch = hidden_states.slice(start..end);
+            let ids = &request.token_ids[first_sequence * seq_len..first_sequence * seq_len + rows];
+            match request.final_stage {
+                FinalStage::NextTokenNll => {
+                    let nll = head.next_token_nll(gpu, &batch, ids, seq_len, &mut scratch.bf16)?;
+                    observer.on_next_token_nll(first_sequence, &nll);
+                }
+                FinalStage::Logits => {
+                    let logits = head.logits(gpu, &batch, rows, &mut scratch.bf16)?;
+                    observer.on_logits(first_sequence, &logits);
+                }
+                FinalStage::None => unreachable!(),
+            }
+        }
+    }
+    gpu.stream.synchronize().map_err(KernelError::from)?;
+    Ok(())
+}
+
+/// The dtype most layer weight bytes are stored in (decides `--compute-dtype auto`).
+fn dominant_matrix_dtype(model: &Model) -> TensorDtype {
+    let mut bytes: BTreeMap<&'static str, (u64, TensorDtype)> = BTreeMap::new();
+    for tensor in &model.weights.inventory().tensors {
+        let entry = bytes
+            .entry(tensor.dtype.name())
+            .or_insert((0, tensor.dtype));
+        entry.0 += tensor.byte_len;
+    }
+    bytes
+        .into_values()
+        .max_by_key(|(b, _)| *b)
+        .map_or(TensorDtype::F32, |(_, dtype)| dtype)
+}
+
+/// The device accumulators of a finished layer, as host statistics.
+fn download_statistics(
+    gpu: &Gpu,
+    request: &RunRequest,
+    accumulators: &BTreeMap<CapturePoint, (StatsAccumulators, f32)>,
+) -> Result<BTreeMap<CapturePoint, PointStatistics>> {
+    let mut statistics = BTreeMap::new();
+    for (&point, (accumulator, threshold)) in accumulators {
+        let host = accumulator.download(gpu)?;
+        statistics.insert(
+            point,
+            PointStatistics {
+                sequences: accumulator.total_sequences,
+                seq_len: request.seq_len,
+                width: accumulator.width,
+                threshold: *threshold,
+                max_abs: host.max_abs,
+                count_ge: host.count_ge,
+                non_finite: host.non_finite,
+                sums: host.sums,
+            },
+        );
+    }
+    Ok(statistics)
+}
+
+/// Delivers one layer's captures of one micro-batch, as the request asks.
+struct CudaSink<'a> {
+    gpu: &'a Gpu,
+    observer: &'a mut dyn RunObserver,
+    request: &'a RunRequest,
+    layer: usize,
+    first_sequence: usize,
+    sequences: usize,
+    accumulators: &'a mut BTreeMap<CapturePoint, (StatsAccumulators, f32)>,
+}
+
+impl DeviceCaptureSink for CudaSink<'_> {
+    fn activation(
+        &mut self,
+        point: CapturePoint,
+        values: &CudaView<f32>,
+        width: usize,
+    ) -> Result<()> {
+        if !self.request.captures(self.layer, point) {
+            return Ok(());
+        }
+        match self.request.capture_mode {
+            CaptureMode::Activations => {
+                let host = self
+                    .gpu
+                    .stream
+                    .clone_dtoh(values)
+                    .map_err(KernelError::from)?;
+                self.observer
+                    .on_capture(self.layer, point, self.first_sequence, &host, width);
+            }
+            CaptureMode::Statistics { threshold } => {
+                if !self.accumulators.contains_key(&point) {
+                    let fresh =
+                        StatsAccumulators::new(self.gpu, self.request.num_sequences, width)?;
+                    self.accumulators.insert(point, (fresh, threshold));
+                }
+                let (accumulator, _) = self.accumulators.get_mut(&point).expect("inserted above");
+                accumulator.accumulate(
+                    self.gpu,
+                    values,
+                    self.sequences,
+                    self.request.seq_len,
+                    self.first_sequence,
+                    threshold,
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    fn routing(&mut self, routing: &DeviceRouting) -> Result<()> {
+        if self.request.captures(self.layer, CapturePoint::Router) {
+            let host = routing.to_host(self.gpu)?;
+            self.observer
+                .on_router(self.layer, self.first_sequence, &host);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,108 @@
+//! The CUDA backend: the same layer-major loop as the CPU reference, with weights uploaded
+//! per layer, activations and hidden states on the device, kernels from
+//! `layerstream-kernels`, GEMMs through cuBLAS and statistics accumulated on the device.
+
+pub mod executor;
+mod head;
+mod layer;
+mod linear;
+mod moe;
+mod weights;
+
+use crate::error::Result;
+use layerstream_kernels::Gpu;
+use layerstream_planner::TensorDtype;
+use std::fmt;
+use std::sync::Arc;
+
+/// Arithmetic of the GEMMs (everything else is f32).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ComputeDtype {
+    /// bf16 weights and bf16-rounded inputs, f32 accumulation and output.
+    Bf16,
+    /// f32 throughout (bf16 / f16 weights converted to f32).
+    F32,
+}
+
+/// `--compute-dtype`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ComputeChoice {
+    /// bf16 when the checkpoint's weights are bf16 and the GPU does bf16 arithmetic
+    /// (compute capability 8.0+); f32 otherwise (f32 / f16 checkpoints, a T4).
+    #[default]
+    Auto,
+    /// bf16 GEMMs (refused on GPUs without bf16 arithmetic).
+    Bf16,
+    /// f32 GEMMs on any GPU: the path a T4 takes, testable on newer cards.
+    F32,
+}
+
+impl std::str::FromStr for ComputeChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(ComputeChoice::Auto),
+            "bf16" => Ok(ComputeChoice::Bf16),
+            "f32" => Ok(ComputeChoice::F32),
+            other => Err(format!(
+                "unknown compute dtype {other:?}; choose auto, bf16 or f32"
+            )),
+        }
+    }
+}
+
+/// An opened GPU and how to compute on it.
+#[derive(Clone)]
+pub struct CudaBackend {
+    /// The device.
+    pub gpu: Arc<Gpu>,
+    /// What the user asked for.
+    pub compute: ComputeChoice,
+}
+
+impl fmt::Debug for CudaBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CudaBackend({}, {:?})", self.gpu.name, self.compute)
+    }
+}
+
+impl fmt::Display for CudaBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "cuda ({}, {}, NVRTC {}.{})",
+            self.gpu.name, self.gpu.arch, self.gpu.nvrtc.0, self.gpu.nvrtc.1
+        )
+    }
+}
+
+impl CudaBackend {
+    /// Opens GPU `ordinal`.
+    pub fn open(ordinal: usize, compute: ComputeChoice) -> Result<Self> {
+        let gpu = Gpu::open(ordinal)?;
+        if compute == ComputeChoice::Bf16 && !gpu.has_bf16_math() {
+            return Err(crate::error::RuntimeError::InvalidRequest(format!(
+                "--compute-dtype bf16: {} ({}) has no bf16 arithmetic; use --compute-dtype f32 (or auto)",
+                gpu.name, gpu.arch
+            )));
+        }
+        Ok(CudaBackend {
+            gpu: Arc::new(gpu),
+            compute,
+        })
+    }
+
+    /// The GEMM arithmetic for a checkpoint whose matrices are mostly `weight_dtype`.
+    pub fn compute_dtype(&self, weight_dtype: TensorDtype) -> ComputeDtype {
+        match self.compute {
+            ComputeChoice::F32 => ComputeDtype::F32,
+            ComputeChoice::Bf16 => ComputeDtype::Bf16,
+            ComputeChoice::Auto
+                if weight_dtype == TensorDtype::Bf16 && self.gpu.has_bf16_math() =>
+            {
+                ComputeDtype::Bf16
+            }
+            ComputeChoice::Auto => ComputeDtype::F32,
+        }
+    }
+}

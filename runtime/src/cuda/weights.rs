@@ -1,0 +1,134 @@
+//! Layer weights on the device: matrices in the GEMM dtype, vectors (norms, biases) in f32.
+
+use super::ComputeDtype;
+use crate::arch::{ModelSpec, WeightRole};
+use crate::error::Result;
+use crate::weights::WeightStore;
+use crate::weights::dtype::convert_to_f32;
+use half::bf16;
+use layerstream_kernels::cudarc::driver::{CudaSlice, CudaView};
+use layerstream_kernels::{Gpu, KernelError};
+use layerstream_planner::{TensorDtype, TensorEntry};
+use std::collections::BTreeMap;
+
+/// A weight matrix `(out, in)` in the GEMM dtype.
+pub enum DeviceMatrix {
+    /// f32 values.
+    F32(CudaSlice<f32>),
+    /// bf16 bit patterns.
+    Bf16(CudaSlice<u16>),
+}
+
+/// Rows `first..first + n` of a matrix with rows of `width`.
+pub enum MatrixRows<'a> {
+    /// f32 rows.
+    F32(CudaView<'a, f32>),
+    /// bf16 rows.
+    Bf16(CudaView<'a, u16>),
+}
+
+impl DeviceMatrix {
+    /// A view of `n` rows from `first`.
+    pub fn rows(&self, first: usize, n: usize, width: usize) -> MatrixRows<'_> {
+        let range = first * width..(first + n) * width;
+        match self {
+            DeviceMatrix::F32(m) => MatrixRows::F32(m.slice(range)),
+            DeviceMatrix::Bf16(m) => MatrixRows::Bf16(m.slice(range)),
+        }
+    }
+
+    /// The whole matrix.
+    pub fn all(&self) -> MatrixRows<'_> {
+        match self {
+            DeviceMatrix::F32(m) => MatrixRows::F32(m.as_view()),
+            DeviceMatrix::Bf16(m) => MatrixRows::Bf16(m.as_view()),
+        }
+    }
+}
+
+/// One layer's weights on the device.
+pub struct DeviceLayer {
+    matrices: BTreeMap<WeightRole, DeviceMatrix>,
+    vectors: BTreeMap<WeightRole, CudaSlice<f32>>,
+}
+
+impl DeviceLayer {
+    /// Uploads every tensor of `layer`: 1-D tensors as f32 vectors, others as matrices.
+    pub fn upload(
+        gpu: &Gpu,
+        store: &WeightStore,
+        spec: &ModelSpec,
+        layer: usize,
+        compute: ComputeDtype,
+    ) -> Result<Self> {
+        let mut matrices = BTreeMap::new();
+        let mut vectors = BTreeMap::new();
+        for tensor in spec.layer_tensors(layer) {
+            let entry = store.entry(&tensor.name, "checked when the model opened")?;
+            if entry.shape.len() == 1 {
+                vectors.insert(tensor.role, upload_vector(gpu, store, entry)?);
+            } else {
+                matrices.insert(tensor.role, upload_matrix(gpu, store, entry, compute)?);
+            }
+        }
+        Ok(DeviceLayer { matrices, vectors })
+    }
+
+    /// A matrix the spec's table lists.
+    pub fn matrix(&self, role: WeightRole) -> &DeviceMatrix {
+        self.matrices
+            .get(&role)
+            .unwrap_or_else(|| panic!("{role:?} is in the spec's table"))
+    }
+
+    /// A vector the spec's table lists.
+    pub fn vector(&self, role: WeightRole) -> &CudaSlice<f32> {
+        self.maybe_vector(role)
+            .unwrap_or_else(|| panic!("{role:?} is in the spec's table"))
+    }
+
+    /// A vector only some configurations have.
+    pub fn maybe_vector(&self, role: WeightRole) -> Option<&CudaSlice<f32>> {
+        self.vectors.get(&role)
+    }
+}
+
+/// Uploads a tensor as f32.
+pub fn upload_vector(
+    gpu: &Gpu,
+    store: &WeightStore,
+    entry: &TensorEntry,
+) -> Result<CudaSlice<f32>> {
+    let mut values = vec![0f32; entry.numel()];
+    convert_to_f32(entry.dtype, store.bytes(entry), &mut values);
+    Ok(gpu.stream.clone_htod(&values).map_err(KernelError::from)?)
+}
+
+/// Uploads a matrix in the GEMM dtype (bf16 checkpoints go up as they are stored).
+pub fn upload_matrix(
+    gpu: &Gpu,
+    store: &WeightStore,
+    entry: &TensorEntry,
+    compute: ComputeDtype,
+) -> Result<DeviceMatrix> {
+    let bytes = store.bytes(entry);
+    Ok(match (compute, entry.dtype) {
+        (ComputeDtype::Bf16, TensorDtype::Bf16) => {
+            let bits: Vec<u16> = bytes
+                .chunks_exact(2)
+                .map(|b| u16::from_le_bytes([b[0], b[1]]))
+                .collect();
+            DeviceMatrix::Bf16(gpu.stream.clone_htod(&bits).map_err(KernelError::from)?)
+        }
+        (ComputeDtype::Bf16, _) => {
+            let mut values = vec![0f32; entry.numel()];
+            convert_to_f32(entry.dtype, bytes, &mut values);
+            let bits: Vec<u16> = values
+                .iter()
+                .map(|&v| bf16::from_f32(v).to_bits())
+                .collect();
+            DeviceMatrix::Bf16(gpu.stream.clone_htod(&bits).map_err(KernelError::from)?)
+        }
+        (ComputeDtype::F32, _) => DeviceMatrix::F32(upload_vector(gpu, store, entry)?),
+    })
+}

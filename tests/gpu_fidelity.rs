@@ -1,0 +1,233 @@
+//! Every fixture end to end on the CUDA backend against the PyTorch references, and the
+//! analysis statistics of `--device cuda` against `--device cpu`. Without a GPU each test
+//! says it skipped; with LAYERSTREAM_REQUIRE_GPU=1 it fails instead.
+
+use layerstream_runtime::analysis::PointStatistics;
+use layerstream_runtime::backend::Backend;
+use layerstream_runtime::cpu::CpuBackend;
+use layerstream_runtime::cuda::{ComputeChoice, CudaBackend};
+use layerstream_runtime::{
+    CaptureMode, CapturePoint, FinalStage, Model, RunObserver, RunRequest, run,
+};
+use layerstream_tests::{
+    FIXTURES, KeepEverything, Reference, assert_all_close, assert_matches_reference, fixture_model,
+    gpu_or_skip, nmse,
+};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+fn cuda(compute: ComputeChoice, test: &str) -> Option<Backend> {
+    let gpu = gpu_or_skip(test)?;
+    Some(Backend::Cuda(CudaBackend {
+        gpu: Arc::new(gpu),
+        compute,
+    }))
+}
+
+fn request(
+    reference: &Reference,
+    layers: usize,
+    mode: CaptureMode,
+    final_stage: FinalStage,
+    micro_batch: usize,
+) -> RunRequest {
+    RunRequest {
+        token_ids: reference.input_ids.clone(),
+        num_sequences: reference.num_sequences,
+        seq_len: reference.seq_len,
+        capture_layers: (0..layers).collect(),
+        capture_points: CapturePoint::ALL.to_vec(),
+        capture_mode: mode,
+        final_stage,
+        micro_batch_sequences: micro_batch,
+    }
+}
+
+#[test]
+fn every_family_matches_pytorch_on_cuda_in_f32() {
+    let Some(backend) = cuda(ComputeChoice::F32, "cuda f32 fidelity") else {
+        return;
+    };
+    for name in FIXTURES {
+        let reference = Reference::load(name);
+        let model = Model::open(&fixture_model(name)).unwrap();
+        let layers = model.spec.num_layers;
+        let mut kept = KeepEverything::default();
+        run(
+            &model,
+            &request(
+                &reference,
+                layers,
+                CaptureMode::Activations,
+                FinalStage::Logits,
+                1,
+            ),
+            &backend,
+            &mut kept,
+        )
+        .unwrap();
+        for layer in 0..layers {
+            for point in CapturePoint::ACTIVATIONS {
+                let key = point.full_name(layer);
+                assert_matches_reference(
+                    &format!("cuda {name} {key}"),
+                    &kept.captures[&key],
+                    &reference.get(&key).values,
+                );
+            }
+            if let Some(experts) = reference
+                .int_tensors
+                .get(&format!("blocks.{layer}.router.experts"))
+            {
+                let routing = &kept.routing[&layer];
+                assert_eq!(
+                    &routing.experts, experts,
+                    "cuda {name} layer {layer}: chosen experts"
+                );
+                let weights = &reference
+                    .get(&format!("blocks.{layer}.router.weights"))
+                    .values;
+                assert_matches_reference(
+                    &format!("cuda {name} router weights {layer}"),
+                    &routing.weights,
+                    weights,
+                );
+            }
+        }
+        assert_matches_reference(
+            &format!("cuda {name} logits"),
+            &kept.logits,
+            &reference.get("logits").values,
+        );
+
+        let mut scored = KeepEverything::default();
+        run(
+            &model,
+            &request(
+                &reference,
+                0,
+                CaptureMode::Activations,
+                FinalStage::NextTokenNll,
+                2,
+            ),
+            &backend,
+            &mut scored,
+        )
+        .unwrap();
+        assert_matches_reference(
+            &format!("cuda {name} nll"),
+            &scored.nll,
+            &reference.get("nll").values,
+        );
+    }
+}
+
+/// bf16 GEMMs (bf16-rounded inputs, f32 accumulation) on the bf16 checkpoints, against the
+/// f32 PyTorch computation on the same weights: bf16 rounding of every GEMM input makes
+/// errors of about 2^-8 relative per product, so the bound is relative to each tensor's
+/// scale, plus NMSE.
+#[test]
+fn bf16_fixtures_match_pytorch_within_bf16_tolerance() {
+    let Some(backend) = cuda(ComputeChoice::Bf16, "cuda bf16 fidelity") else {
+        return;
+    };
+    for name in ["llama3", "mixtral"] {
+        let reference = Reference::load(name);
+        let model = Model::open(&fixture_model(name)).unwrap();
+        let layers = model.spec.num_layers;
+        let mut kept = KeepEverything::default();
+        run(
+            &model,
+            &request(
+                &reference,
+                layers,
+                CaptureMode::Activations,
+                FinalStage::Logits,
+                2,
+            ),
+            &backend,
+            &mut kept,
+        )
+        .unwrap();
+        let mut worst = 0f64;
+        for (key, got) in &kept.captures {
+            let expected = &reference.get(key).values;
+            let scale = expected.iter().fold(0f32, |m, x| m.max(x.abs()));
+            assert_all_close(
+                &format!("bf16 {name} {key}"),
+                got,
+                expected,
+                0.03 * scale,
+                0.05,
+            );
+            worst = worst.max(nmse(got, expected));
+        }
+        let logits = &reference.get("logits").values;
+        let scale = logits.iter().fold(0f32, |m, x| m.max(x.abs()));
+        assert_all_close(
+            &format!("bf16 {name} logits"),
+            &kept.logits,
+            logits,
+            0.03 * scale,
+            0.05,
+        );
+        worst = worst.max(nmse(&kept.logits, logits));
+        eprintln!("bf16 {name}: worst NMSE {worst:.2e}");
+        assert!(worst < 1e-3, "bf16 {name}: NMSE {worst}");
+    }
+}
+
+#[derive(Default)]
+struct KeepStatistics(BTreeMap<(usize, CapturePoint), PointStatistics>);
+
+impl RunObserver for KeepStatistics {
+    fn on_statistics(&mut self, layer: usize, point: CapturePoint, statistics: &PointStatistics) {
+        self.0.insert((layer, point), statistics.clone());
+    }
+}
+
+/// The analysis report's statistics are the same on both backends (within f32 tolerance;
+/// counts may differ only for values within rounding of the threshold).
+#[test]
+fn cuda_statistics_match_cpu_statistics() {
+    let Some(backend) = cuda(ComputeChoice::F32, "cuda statistics") else {
+        return;
+    };
+    let cpu = Backend::Cpu(CpuBackend::new(Some(2)));
+    for name in FIXTURES {
+        let reference = Reference::load(name);
+        let model = Model::open(&fixture_model(name)).unwrap();
+        let req = request(
+            &reference,
+            model.spec.num_layers,
+            CaptureMode::Statistics { threshold: 6.0 },
+            FinalStage::None,
+            1,
+        );
+        let (mut on_cpu, mut on_gpu) = (KeepStatistics::default(), KeepStatistics::default());
+        run(&model, &req, &cpu, &mut on_cpu).unwrap();
+        run(&model, &req, &backend, &mut on_gpu).unwrap();
+        assert_eq!(
+            on_cpu.0.len(),
+            on_gpu.0.len(),
+            "{name}: same points reported"
+        );
+        for (key, c) in &on_cpu.0 {
+            let g = &on_gpu.0[key];
+            let what = format!("{name} layer {} {}", key.0, key.1);
+            assert_matches_reference(&format!("{what} max |x|"), &g.max_abs, &c.max_abs);
+            let sums_c: Vec<f32> = c.sums.iter().map(|&v| v as f32).collect();
+            let sums_g: Vec<f32> = g.sums.iter().map(|&v| v as f32).collect();
+            assert!(
+                nmse(&sums_g, &sums_c) < 1e-9,
+                "{what}: sums NMSE {}",
+                nmse(&sums_g, &sums_c)
+            );
+            let (cs, gs) = (c.summary(5), g.summary(5));
+            let diff = cs.count_ge_threshold.abs_diff(gs.count_ge_threshold);
+            assert!(diff <= 2, "{what}: count >= 6 differs by {diff}");
+            assert_eq!(cs.non_finite, gs.non_finite, "{what}");
+            assert_eq!(cs.numel, gs.numel, "{what}");
+        }
+    }
+}
