@@ -140,16 +140,45 @@ impl RunRequest {
     }
 }
 
+/// How the weights reached the device (CUDA backend).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TransferSummary {
+    /// Bytes uploaded.
+    pub bytes: u64,
+    /// Seconds the copy engine spent on them, from events around each upload.
+    pub copy_seconds: f64,
+    /// Seconds the executor waited for the reader thread to fill a staging buffer.
+    pub reader_wait_seconds: f64,
+    /// Layers uploaded.
+    pub layers: usize,
+}
+
+impl TransferSummary {
+    /// Achieved host-to-device bandwidth in GB/s (10^9 bytes).
+    pub fn gigabytes_per_second(&self) -> f64 {
+        self.bytes as f64 / self.copy_seconds.max(1e-12) / 1e9
+    }
+}
+
+/// What a finished run measured.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunSummary {
+    /// Weight uploads, on a GPU.
+    pub transfer: Option<TransferSummary>,
+}
+
 /// Runs `request` on `model` layer by layer on `backend`, reporting to `observer`.
 pub fn run(
     model: &Model,
     request: &RunRequest,
     backend: &Backend,
     observer: &mut dyn RunObserver,
-) -> Result<()> {
+) -> Result<RunSummary> {
     request.validate(model)?;
     match backend {
-        Backend::Cpu(cpu) => crate::cpu::executor::run(model, request, cpu, observer),
+        Backend::Cpu(cpu) => {
+            crate::cpu::executor::run(model, request, cpu, observer).map(|()| RunSummary::default())
+        }
         Backend::Cuda(cuda) => crate::cuda::executor::run(model, request, cuda, observer),
     }
 }

@@ -50,8 +50,9 @@ pub fn analyze(args: &AnalyzeArgs) -> Result<()> {
     {
         let mut progress =
             WithProgress::new(&mut builder, request.layers_to_run(model.spec.num_layers));
-        run(model, &request, &backend, &mut progress)?;
+        let summary = run(model, &request, &backend, &mut progress)?;
         progress.finish();
+        super::print_transfer(&summary);
     }
     let run_seconds = run_started.elapsed().as_secs_f64();
     let report = builder.finish(

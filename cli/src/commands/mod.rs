@@ -9,6 +9,7 @@ use crate::args::{ModelArgs, RunArgs, WorkloadArgs};
 use crate::embedded;
 use anyhow::{Context, Result};
 use layerstream_runtime::data::{PackedTokens, TextTokenizer, pack_documents};
+use layerstream_runtime::executor::RunSummary;
 use layerstream_runtime::{Backend, DeviceChoice, Model, select_backend};
 use std::path::{Path, PathBuf};
 
@@ -77,6 +78,20 @@ fn device_name(device: DeviceChoice) -> &'static str {
         DeviceChoice::Auto => "auto",
         DeviceChoice::Cpu => "cpu",
         DeviceChoice::Cuda => "cuda",
+    }
+}
+
+/// One line about the weight uploads of a GPU run (on stderr, with the other progress lines).
+pub fn print_transfer(summary: &RunSummary) {
+    if let Some(t) = &summary.transfer {
+        eprintln!(
+            "weights: {:.2} GB over {} layers; copy engine busy {:.3} s ({:.1} GB/s host to device); waited {:.3} s for the reader",
+            t.bytes as f64 / 1e9,
+            t.layers,
+            t.copy_seconds,
+            t.gigabytes_per_second(),
+            t.reader_wait_seconds
+        );
     }
 }
 

@@ -85,8 +85,9 @@ pub fn score(args: &ScoreArgs) -> Result<()> {
     };
     {
         let mut progress = WithProgress::new(&mut sums, model.spec.num_layers);
-        run(model, &request, &backend, &mut progress)?;
+        let summary = run(model, &request, &backend, &mut progress)?;
         progress.finish();
+        super::print_transfer(&summary);
     }
     let line = |sequence: Option<usize>, sum: f64, tokens: usize| {
         let mean_nll = sum / tokens as f64;

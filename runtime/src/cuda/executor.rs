@@ -6,18 +6,30 @@ use super::CudaBackend;
 use super::head::DeviceHead;
 use super::layer::{DeviceCaptureSink, DeviceScratch, decoder_layer};
 use super::moe::DeviceRouting;
+use super::staging::{
+    LayerLayout, StagedLayer, StagingBuffer, layer_layout, read_layers, staging_buffers,
+};
 use super::weights::DeviceLayer;
 use crate::analysis::PointStatistics;
 use crate::capture::CapturePoint;
 use crate::cpu::head::embed_tokens;
-use crate::error::Result;
-use crate::executor::{CaptureMode, FinalStage, RunObserver, RunRequest, deliver_statistics};
+use crate::error::{Result, RuntimeError};
+use crate::executor::{
+    CaptureMode, FinalStage, RunObserver, RunRequest, RunSummary, TransferSummary,
+    deliver_statistics,
+};
 use crate::model::Model;
+use crossbeam::channel::{Receiver, Sender, bounded};
 use layerstream_kernels::cudarc::driver::CudaView;
+use layerstream_kernels::cudarc::driver::result::memcpy_htod_async;
+use layerstream_kernels::cudarc::driver::sys::CUevent_flags;
+use layerstream_kernels::cudarc::driver::{CudaEvent, CudaSlice, CudaStream, DevicePtrMut};
 use layerstream_kernels::ops::stats::StatsAccumulators;
 use layerstream_kernels::{Gpu, KernelError};
 use layerstream_planner::TensorDtype;
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Runs a validated request on the GPU.
 pub fn run(
@@ -25,7 +37,8 @@ pub fn run(
     request: &RunRequest,
     backend: &CudaBackend,
     observer: &mut dyn RunObserver,
-) -> Result<()> {
+) -> Result<RunSummary> {
+    let mut summary = RunSummary::default();
     let gpu = &*backend.gpu;
     let spec = &model.spec;
     let compute = backend.compute_dtype(dominant_matrix_dtype(model));
@@ -54,41 +67,84 @@ pub fn run(
     let mut scratch = DeviceScratch::new(gpu, spec, micro_batch * seq_len)?;
 
     let layers_to_run = request.layers_to_run(spec.num_layers);
-    for layer in 0..layers_to_run {
-        let weights = DeviceLayer::upload(gpu, &model.weights, spec, layer, compute)?;
-        let mut accumulators = BTreeMap::new();
-        let batch_len = micro_batch * seq_len * d;
-        for (batch_index, start) in (0..tokens * d).step_by(batch_len).enumerate() {
-            let end = (start + batch_len).min(tokens * d);
-            let sequences = (end - start) / (seq_len * d);
-            let mut batch = hidden_states.slice_mut(start..end);
-            let mut sink = CudaSink {
-                gpu,
-                observer: &mut *observer,
-                request,
-                layer,
-                first_sequence: batch_index * micro_batch,
-                sequences,
-                accumulators: &mut accumulators,
-            };
-            decoder_layer(
-                gpu,
-                spec,
-                layer,
-                &weights,
-                &inv_freq,
-                &mut batch,
-                sequences,
-                seq_len,
-                &mut scratch,
-                &mut sink,
-            )?;
-        }
-        drop(weights);
-        let statistics = download_statistics(gpu, request, &accumulators)?;
-        deliver_statistics(observer, layer, &statistics);
-        observer.on_layer_done(layer, layers_to_run, tokens);
+    let layouts = (0..layers_to_run)
+        .map(|layer| layer_layout(&model.weights, spec, layer))
+        .collect::<Result<Vec<_>>>()?;
+    let staging_bytes = layouts.iter().map(|l| l.bytes).max().unwrap_or(0);
+    let copy_stream = gpu.context.new_stream().map_err(KernelError::from)?;
+    let mut transfers = TransferLog::default();
+    let (free_tx, free_rx) = bounded::<StagingBuffer>(2);
+    let (ready_tx, ready_rx) = bounded::<Result<StagedLayer>>(2);
+    for buffer in staging_buffers(&gpu.context, staging_bytes)? {
+        free_tx.send(buffer).expect("receiver alive");
     }
+    let copy_threads = std::thread::available_parallelism()
+        .map_or(4, |n| n.get())
+        .min(8);
+    std::thread::scope(|scope| -> Result<()> {
+        scope.spawn(|| read_layers(&model.weights, &layouts, free_rx, ready_tx, copy_threads));
+        let mut next = if layers_to_run > 0 {
+            Some(upload_next(
+                0,
+                &ready_rx,
+                &free_tx,
+                &copy_stream,
+                &mut transfers,
+            )?)
+        } else {
+            None
+        };
+        for layer in 0..layers_to_run {
+            let (raw, layout) = next.take().expect("layer uploaded ahead");
+            let weights = DeviceLayer::from_staged(gpu, &raw, &layout, compute)?;
+            // Layer l+1 goes up on the copy stream while layer l computes.
+            if layer + 1 < layers_to_run {
+                next = Some(upload_next(
+                    layer + 1,
+                    &ready_rx,
+                    &free_tx,
+                    &copy_stream,
+                    &mut transfers,
+                )?);
+            }
+            let mut accumulators = BTreeMap::new();
+            let batch_len = micro_batch * seq_len * d;
+            for (batch_index, start) in (0..tokens * d).step_by(batch_len).enumerate() {
+                let end = (start + batch_len).min(tokens * d);
+                let sequences = (end - start) / (seq_len * d);
+                let mut batch = hidden_states.slice_mut(start..end);
+                let mut sink = CudaSink {
+                    gpu,
+                    observer: &mut *observer,
+                    request,
+                    layer,
+                    first_sequence: batch_index * micro_batch,
+                    sequences,
+                    accumulators: &mut accumulators,
+                };
+                decoder_layer(
+                    gpu,
+                    spec,
+                    layer,
+                    &weights,
+                    &inv_freq,
+                    &mut batch,
+                    sequences,
+                    seq_len,
+                    &mut scratch,
+                    &mut sink,
+                )?;
+            }
+            drop((weights, raw));
+            let statistics = download_statistics(gpu, request, &accumulators)?;
+            deliver_statistics(observer, layer, &statistics);
+            observer.on_layer_done(layer, layers_to_run, tokens);
+        }
+        drop(free_tx);
+        drop(ready_rx);
+        Ok(())
+    })?;
+    summary.transfer = Some(transfers.finish()?);
 
     if request.final_stage != FinalStage::None {
         let head = DeviceHead::upload(gpu, model, compute)?;
@@ -113,7 +169,77 @@ pub fn run(
         }
     }
     gpu.stream.synchronize().map_err(KernelError::from)?;
-    Ok(())
+    Ok(summary)
+}
+
+/// Takes the next staged layer from the reader, starts its upload on the copy stream and
+/// hands the staging buffer back (the reader waits on the upload's event before refilling).
+fn upload_next(
+    layer: usize,
+    ready: &Receiver<Result<StagedLayer>>,
+    free: &Sender<StagingBuffer>,
+    copy_stream: &Arc<CudaStream>,
+    transfers: &mut TransferLog,
+) -> Result<(CudaSlice<u8>, LayerLayout)> {
+    let waiting = Instant::now();
+    let staged = ready
+        .recv()
+        .map_err(|_| RuntimeError::InvalidRequest("the weight reader thread stopped".into()))??;
+    transfers.reader_wait += waiting.elapsed();
+    if staged.layer != layer {
+        return Err(RuntimeError::InvalidRequest(format!(
+            "the weight reader delivered layer {} where layer {layer} was due",
+            staged.layer
+        )));
+    }
+    let bytes = staged.layout.bytes;
+    // SAFETY: the upload below writes every byte the layout uses before any kernel reads.
+    let mut raw = unsafe { copy_stream.alloc::<u8>(bytes.max(1)) }.map_err(KernelError::from)?;
+    let timing = Some(CUevent_flags::CU_EVENT_DEFAULT);
+    let start = copy_stream
+        .record_event(timing)
+        .map_err(KernelError::from)?;
+    {
+        let source = &staged.buffer.pinned.as_slice().map_err(KernelError::from)?[..bytes];
+        let (destination, _recorded) = raw.device_ptr_mut(copy_stream);
+        // SAFETY: `raw` holds `bytes` bytes; the pinned source stays alive and untouched
+        // until the reader has waited on `upload_done` below.
+        unsafe { memcpy_htod_async(destination, source, copy_stream.cu_stream()) }
+            .map_err(KernelError::from)?;
+    }
+    let end = copy_stream
+        .record_event(timing)
+        .map_err(KernelError::from)?;
+    transfers.copies.push((start, end, bytes));
+    let mut buffer = staged.buffer;
+    buffer.upload_done = Some(copy_stream.record_event(None).map_err(KernelError::from)?);
+    // The reader may have finished already; then the buffer is simply dropped.
+    let _ = free.send(buffer);
+    Ok((raw, staged.layout))
+}
+
+/// Measurements of the weight uploads.
+#[derive(Default)]
+struct TransferLog {
+    copies: Vec<(CudaEvent, CudaEvent, usize)>,
+    reader_wait: Duration,
+}
+
+impl TransferLog {
+    fn finish(self) -> Result<TransferSummary> {
+        let mut copy_seconds = 0.0;
+        let mut bytes = 0;
+        for (start, end, n) in &self.copies {
+            copy_seconds += start.elapsed_ms(end).map_err(KernelError::from)? as f64 / 1e3;
+            bytes += *n as u64;
+        }
+        Ok(TransferSummary {
+            bytes,
+            copy_seconds,
+            reader_wait_seconds: self.reader_wait.as_secs_f64(),
+            layers: self.copies.len(),
+        })
+    }
 }
 
 /// The dtype most layer weight bytes are stored in (decides `--compute-dtype auto`).

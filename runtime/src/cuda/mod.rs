@@ -7,6 +7,7 @@ mod head;
 mod layer;
 mod linear;
 mod moe;
+mod staging;
 mod weights;
 
 use crate::error::Result;

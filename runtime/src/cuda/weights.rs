@@ -1,12 +1,14 @@
 //! Layer weights on the device: matrices in the GEMM dtype, vectors (norms, biases) in f32.
 
 use super::ComputeDtype;
-use crate::arch::{ModelSpec, WeightRole};
+use super::staging::LayerLayout;
+use crate::arch::WeightRole;
 use crate::error::Result;
 use crate::weights::WeightStore;
 use crate::weights::dtype::convert_to_f32;
 use half::bf16;
 use layerstream_kernels::cudarc::driver::{CudaSlice, CudaView};
+use layerstream_kernels::ops::convert::{StoredDtype, f32_to_bf16, half_to_f32};
 use layerstream_kernels::{Gpu, KernelError};
 use layerstream_planner::{TensorDtype, TensorEntry};
 use std::collections::BTreeMap;
@@ -53,22 +55,32 @@ pub struct DeviceLayer {
 }
 
 impl DeviceLayer {
-    /// Uploads every tensor of `layer`: 1-D tensors as f32 vectors, others as matrices.
-    pub fn upload(
+    /// Builds the layer from its raw bytes on the device (`raw`, laid out as `layout`),
+    /// converting to the GEMM dtype (matrices) and f32 (vectors) with kernels on the
+    /// compute stream; cudarc's event tracking orders them after the upload.
+    pub fn from_staged(
         gpu: &Gpu,
-        store: &WeightStore,
-        spec: &ModelSpec,
-        layer: usize,
+        raw: &CudaSlice<u8>,
+        layout: &LayerLayout,
         compute: ComputeDtype,
     ) -> Result<Self> {
         let mut matrices = BTreeMap::new();
         let mut vectors = BTreeMap::new();
-        for tensor in spec.layer_tensors(layer) {
-            let entry = store.entry(&tensor.name, "checked when the model opened")?;
-            if entry.shape.len() == 1 {
-                vectors.insert(tensor.role, upload_vector(gpu, store, entry)?);
+        for tensor in &layout.tensors {
+            let bytes = raw.slice(tensor.offset..tensor.offset + tensor.len);
+            let n: usize = tensor.shape.iter().product();
+            if tensor.shape.len() == 1 {
+                vectors.insert(tensor.role, device_to_f32(gpu, &bytes, tensor.dtype, n)?);
             } else {
-                matrices.insert(tensor.role, upload_matrix(gpu, store, entry, compute)?);
+                let matrix = match compute {
+                    ComputeDtype::F32 => {
+                        DeviceMatrix::F32(device_to_f32(gpu, &bytes, tensor.dtype, n)?)
+                    }
+                    ComputeDtype::Bf16 => {
+                        DeviceMatrix::Bf16(device_to_bf16(gpu, &bytes, tensor.dtype, n)?)
+                    }
+                };
+                matrices.insert(tensor.role, matrix);
             }
         }
         Ok(DeviceLayer { matrices, vectors })
@@ -91,6 +103,64 @@ impl DeviceLayer {
     pub fn maybe_vector(&self, role: WeightRole) -> Option<&CudaSlice<f32>> {
         self.vectors.get(&role)
     }
+}
+
+fn reinterpret<'a, T>(bytes: &CudaView<'a, u8>, n: usize) -> CudaView<'a, T> {
+    // SAFETY: staged tensors start at 256-byte offsets and hold n elements of T.
+    unsafe { bytes.transmute::<T>(n) }.expect("staged tensor holds n elements")
+}
+
+fn device_to_f32(
+    gpu: &Gpu,
+    bytes: &CudaView<u8>,
+    dtype: TensorDtype,
+    n: usize,
+) -> Result<CudaSlice<f32>> {
+    let mut out = gpu
+        .stream
+        .alloc_zeros::<f32>(n)
+        .map_err(KernelError::from)?;
+    match dtype {
+        TensorDtype::F32 => gpu
+            .stream
+            .memcpy_dtod(&reinterpret::<f32>(bytes, n), &mut out)
+            .map_err(KernelError::from)?,
+        TensorDtype::Bf16 => half_to_f32(
+            gpu,
+            StoredDtype::Bf16,
+            &reinterpret(bytes, n),
+            &mut out.as_view_mut(),
+        )?,
+        TensorDtype::F16 => half_to_f32(
+            gpu,
+            StoredDtype::F16,
+            &reinterpret(bytes, n),
+            &mut out.as_view_mut(),
+        )?,
+        other => unreachable!("{} weights are refused when the model opens", other.name()),
+    }
+    Ok(out)
+}
+
+fn device_to_bf16(
+    gpu: &Gpu,
+    bytes: &CudaView<u8>,
+    dtype: TensorDtype,
+    n: usize,
+) -> Result<CudaSlice<u16>> {
+    let mut out = gpu
+        .stream
+        .alloc_zeros::<u16>(n)
+        .map_err(KernelError::from)?;
+    if dtype == TensorDtype::Bf16 {
+        gpu.stream
+            .memcpy_dtod(&reinterpret::<u16>(bytes, n), &mut out)
+            .map_err(KernelError::from)?;
+    } else {
+        let wide = device_to_f32(gpu, bytes, dtype, n)?;
+        f32_to_bf16(gpu, &wide.as_view(), &mut out.as_view_mut())?;
+    }
+    Ok(out)
 }
 
 /// Uploads a tensor as f32.

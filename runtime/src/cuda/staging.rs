@@ -1,0 +1,161 @@
+//! The weight-streaming pipeline's host side: a reader thread copies each layer's tensors
+//! from the memory-mapped safetensors into one of two pinned staging buffers (the copy is
+//! split over several threads: one core's memcpy is slower than PCIe); the executor uploads
+//! a filled buffer on the copy stream and hands it back with an event the reader waits on
+//! before refilling it. While layer l computes, layer l+1 is read and uploaded.
+
+use crate::arch::{ModelSpec, WeightRole};
+use crate::error::Result;
+use crate::weights::WeightStore;
+use crossbeam::channel::{Receiver, Sender};
+use layerstream_kernels::KernelError;
+use layerstream_kernels::cudarc::driver::{CudaContext, CudaEvent, PinnedHostSlice};
+use layerstream_planner::TensorDtype;
+use std::sync::Arc;
+
+/// Tensors start at multiples of this in a staging buffer (aligned device reads).
+const TENSOR_ALIGN: usize = 256;
+/// Bytes one copy task moves at most.
+const COPY_CHUNK: usize = 16 << 20;
+
+/// Where one tensor sits in a staged layer.
+#[derive(Debug, Clone)]
+pub struct StagedTensor {
+    /// Full tensor name.
+    pub name: String,
+    /// Its role in the layer.
+    pub role: WeightRole,
+    /// Stored shape.
+    pub shape: Vec<usize>,
+    /// Stored dtype.
+    pub dtype: TensorDtype,
+    /// Offset in the staging buffer.
+    pub offset: usize,
+    /// Length in bytes.
+    pub len: usize,
+}
+
+/// The layout of one layer in a staging buffer.
+#[derive(Debug, Clone)]
+pub struct LayerLayout {
+    /// Tensors in buffer order.
+    pub tensors: Vec<StagedTensor>,
+    /// Bytes used.
+    pub bytes: usize,
+}
+
+/// Lays out the tensors of `layer` (aligned, in the spec's table order).
+pub fn layer_layout(store: &WeightStore, spec: &ModelSpec, layer: usize) -> Result<LayerLayout> {
+    let mut offset = 0;
+    let mut tensors = Vec::new();
+    for tensor in spec.layer_tensors(layer) {
+        let entry = store.entry(&tensor.name, "checked when the model opened")?;
+        tensors.push(StagedTensor {
+            name: tensor.name.clone(),
+            role: tensor.role,
+            shape: entry.shape.clone(),
+            dtype: entry.dtype,
+            offset,
+            len: entry.byte_len as usize,
+        });
+        offset = (offset + entry.byte_len as usize).div_ceil(TENSOR_ALIGN) * TENSOR_ALIGN;
+    }
+    Ok(LayerLayout {
+        tensors,
+        bytes: offset,
+    })
+}
+
+/// A pinned staging buffer and the event of the last upload out of it.
+pub struct StagingBuffer {
+    /// Page-locked host memory.
+    pub pinned: PinnedHostSlice<u8>,
+    /// Recorded after the upload that last read `pinned`.
+    pub upload_done: Option<CudaEvent>,
+}
+
+/// A filled staging buffer.
+pub struct StagedLayer {
+    /// Which layer.
+    pub layer: usize,
+    /// Its layout.
+    pub layout: LayerLayout,
+    /// The buffer holding its bytes.
+    pub buffer: StagingBuffer,
+}
+
+/// Two pinned buffers large enough for the largest layer.
+pub fn staging_buffers(context: &Arc<CudaContext>, bytes: usize) -> Result<[StagingBuffer; 2]> {
+    let alloc = || -> Result<StagingBuffer> {
+        // SAFETY: the buffer is written in full (for the bytes a layer uses) before any read.
+        let pinned =
+            unsafe { context.alloc_pinned::<u8>(bytes.max(1)) }.map_err(KernelError::from)?;
+        Ok(StagingBuffer {
+            pinned,
+            upload_done: None,
+        })
+    };
+    Ok([alloc()?, alloc()?])
+}
+
+/// The reader thread: fills buffers from `free` with layers `0..layers` in order and sends
+/// them on `ready`. Stops early when the executor hangs up.
+pub fn read_layers(
+    store: &WeightStore,
+    layouts: &[LayerLayout],
+    free: Receiver<StagingBuffer>,
+    ready: Sender<Result<StagedLayer>>,
+    copy_threads: usize,
+) {
+    for (layer, layout) in layouts.iter().enumerate() {
+        let Ok(mut buffer) = free.recv() else { return };
+        let filled = fill(store, layout, &mut buffer, copy_threads);
+        let message = filled.map(|()| StagedLayer {
+            layer,
+            layout: layout.clone(),
+            buffer,
+        });
+        if ready.send(message).is_err() {
+            return;
+        }
+    }
+}
+
+fn fill(
+    store: &WeightStore,
+    layout: &LayerLayout,
+    buffer: &mut StagingBuffer,
+    copy_threads: usize,
+) -> Result<()> {
+    if let Some(done) = buffer.upload_done.take() {
+        done.synchronize().map_err(KernelError::from)?;
+    }
+    let destination = buffer.pinned.as_mut_slice().map_err(KernelError::from)?;
+    let mut tasks: Vec<(&mut [u8], &[u8])> = Vec::new();
+    let mut rest = &mut destination[..layout.bytes];
+    let mut consumed = 0;
+    for tensor in &layout.tensors {
+        let (_, tail) = rest.split_at_mut(tensor.offset - consumed);
+        let (mine, tail) = tail.split_at_mut(tensor.len);
+        rest = tail;
+        consumed = tensor.offset + tensor.len;
+        let entry = store.entry(&tensor.name, "checked when the model opened")?;
+        let source = store.bytes(entry);
+        for (d, s) in mine.chunks_mut(COPY_CHUNK).zip(source.chunks(COPY_CHUNK)) {
+            tasks.push((d, s));
+        }
+    }
+    let per_thread = tasks.len().div_ceil(copy_threads.max(1)).max(1);
+    std::thread::scope(|scope| {
+        let mut tasks = tasks;
+        while !tasks.is_empty() {
+            let batch: Vec<_> = tasks.drain(..per_thread.min(tasks.len())).collect();
+            scope.spawn(move || {
+                for (d, s) in batch {
+                    d.copy_from_slice(s);
+                }
+            });
+        }
+    });
+    Ok(())
+}
