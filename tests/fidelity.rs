@@ -27,6 +27,8 @@ fn run_fixture(
         capture_mode: CaptureMode::Activations,
         final_stage,
         micro_batch_sequences,
+        start: None,
+        checkpoint_hidden_states: false,
     };
     let mut kept = KeepEverything::default();
     run(
@@ -131,6 +133,8 @@ fn only_layers_up_to_the_last_captured_one_run() {
         capture_mode: CaptureMode::Activations,
         final_stage: FinalStage::None,
         micro_batch_sequences: 1,
+        start: None,
+        checkpoint_hidden_states: false,
     };
     let mut kept = KeepEverything::default();
     run(

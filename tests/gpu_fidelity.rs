@@ -40,6 +40,8 @@ fn request(
         capture_mode: mode,
         final_stage,
         micro_batch_sequences: micro_batch,
+        start: None,
+        checkpoint_hidden_states: false,
     }
 }
 

@@ -47,6 +47,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             capture_mode: CaptureMode::Statistics { threshold: 6.0 },
             final_stage: FinalStage::None,
             micro_batch_sequences: micro_batch,
+            start: None,
+            checkpoint_hidden_states: false,
         };
         let started = Instant::now();
         run(&model, &request, &backend, &mut Discard)?;

@@ -24,6 +24,9 @@ pub enum Command {
     Score(ScoreArgs),
     /// Describe a model from its config.json and safetensors headers, without reading weights.
     Inspect(InspectArgs),
+    /// Where an analysis output folder stands: layers done and remaining, settings, whether
+    /// its files are intact and the run can continue.
+    Status(StatusArgs),
 }
 
 /// `--model`.
@@ -102,6 +105,21 @@ pub struct AnalyzeArgs {
     /// Magnitude counted as an outlier value (|x| >= threshold; LLM.int8() uses 6).
     #[arg(long, value_name = "X", default_value_t = 6.0)]
     pub threshold: f32,
+    /// Delete what an earlier run left in --out and start over (otherwise the same command
+    /// continues an interrupted run, and a different one is refused).
+    #[arg(long)]
+    pub restart: bool,
+    /// Keep the hidden states after every layer in OUT/hidden/, not only the latest.
+    #[arg(long)]
+    pub keep_hidden: bool,
+}
+
+/// `layerstream status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// An output folder of `layerstream analyze`.
+    #[arg(value_name = "OUT")]
+    pub out: PathBuf,
 }
 
 /// `layerstream score`.

@@ -15,6 +15,7 @@ fn main() -> ExitCode {
         Command::Analyze(args) => commands::analyze::analyze(args),
         Command::Score(args) => commands::score::score(args),
         Command::Inspect(args) => commands::inspect::inspect(args),
+        Command::Status(args) => commands::status::status(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

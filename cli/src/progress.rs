@@ -4,7 +4,7 @@
 use indicatif::{ProgressBar, ProgressStyle};
 use layerstream_runtime::analysis::PointStatistics;
 use layerstream_runtime::capture::Routing;
-use layerstream_runtime::{CapturePoint, RunObserver};
+use layerstream_runtime::{CapturePoint, RunObserver, RuntimeError};
 use std::time::Instant;
 
 /// Forwards everything to `inner` and advances a bar per finished layer.
@@ -61,6 +61,14 @@ impl RunObserver for WithProgress<'_> {
 
     fn on_logits(&mut self, first: usize, logits: &[f32]) {
         self.inner.on_logits(first, logits);
+    }
+
+    fn on_hidden_states(&mut self, layer: usize, hidden_states: &[f32]) {
+        self.inner.on_hidden_states(layer, hidden_states);
+    }
+
+    fn take_failure(&mut self) -> Option<RuntimeError> {
+        self.inner.take_failure()
     }
 
     fn on_layer_done(&mut self, layer: usize, layers: usize, tokens: usize) {

@@ -6,6 +6,7 @@ pub mod atomic;
 pub mod budget;
 pub mod inventory;
 pub mod micro_batch;
+pub mod progress;
 
 pub use atomic::write_atomically;
 pub use budget::{ByteSize, ParseByteSizeError};

@@ -55,6 +55,19 @@ pub struct RunRequest {
     pub final_stage: FinalStage,
     /// Sequences per micro-batch.
     pub micro_batch_sequences: usize,
+    /// Continue from saved hidden states instead of embedding the tokens.
+    pub start: Option<StartPoint>,
+    /// Hand the hidden states to the observer after every layer (checkpoints).
+    pub checkpoint_hidden_states: bool,
+}
+
+/// Where a resumed run starts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StartPoint {
+    /// The first layer to run.
+    pub first_layer: usize,
+    /// The hidden states entering it, `(num_sequences * seq_len, hidden)`.
+    pub hidden_states: Vec<f32>,
 }
 
 /// Receives what the run produces. Every method has a default that ignores it.
@@ -84,8 +97,16 @@ pub trait RunObserver {
     fn on_next_token_nll(&mut self, _first_sequence: usize, _nll: &[f32]) {}
     /// Logits of sequences `first_sequence..`: `(sequences * seq_len, vocab)`.
     fn on_logits(&mut self, _first_sequence: usize, _logits: &[f32]) {}
+    /// The hidden states after `layer`, `(num_sequences * seq_len, hidden)`, when the request
+    /// asks for checkpoints; called before `on_layer_done`.
+    fn on_hidden_states(&mut self, _layer: usize, _hidden_states: &[f32]) {}
     /// Layer `layer` finished for the whole workload (`layers_to_run` in all).
     fn on_layer_done(&mut self, _layer: usize, _layers_to_run: usize, _tokens: usize) {}
+    /// A failure the observer met (a checkpoint that could not be written); the executor
+    /// asks after every layer and stops with it, leaving finished layers as they are.
+    fn take_failure(&mut self) -> Option<RuntimeError> {
+        None
+    }
 }
 
 impl RunRequest {
@@ -111,6 +132,16 @@ impl RunRequest {
                 "scoring needs --seq-len of at least 2 (each token is predicted from the ones before it)".into(),
             ));
         }
+        if let Some(start) = &self.start {
+            let expected = self.num_sequences * self.seq_len * spec.hidden_size;
+            if start.hidden_states.len() != expected || start.first_layer > spec.num_layers {
+                return Err(RuntimeError::InvalidRequest(format!(
+                    "saved hidden states of {} values cannot enter layer {} (expected {expected})",
+                    start.hidden_states.len(),
+                    start.first_layer
+                )));
+            }
+        }
         if let Some(&layer) = self.capture_layers.iter().find(|&&l| l >= spec.num_layers) {
             return Err(RuntimeError::InvalidRequest(format!(
                 "layer {layer} is out of range: the model has {} layers (0-{})",
@@ -132,6 +163,11 @@ impl RunRequest {
     /// Sequences per micro-batch, at least 1 and at most all of them.
     pub fn micro_batch(&self) -> usize {
         self.micro_batch_sequences.clamp(1, self.num_sequences)
+    }
+
+    /// The first layer to run.
+    pub fn first_layer(&self) -> usize {
+        self.start.as_ref().map_or(0, |s| s.first_layer)
     }
 
     /// Whether `point` of `layer` is to be captured.
@@ -180,6 +216,30 @@ pub fn run(
             crate::cpu::executor::run(model, request, cpu, observer).map(|()| RunSummary::default())
         }
         Backend::Cuda(cuda) => crate::cuda::executor::run(model, request, cuda, observer),
+    }
+}
+
+/// Everything the observer is told once a layer is done; stops the run on its failure.
+pub(crate) fn finish_layer(
+    observer: &mut dyn RunObserver,
+    request: &RunRequest,
+    layer: usize,
+    layers_to_run: usize,
+    statistics: &BTreeMap<CapturePoint, PointStatistics>,
+    hidden_states: impl FnOnce() -> Result<Vec<f32>>,
+) -> Result<()> {
+    deliver_statistics(observer, layer, statistics);
+    if request.checkpoint_hidden_states {
+        observer.on_hidden_states(layer, &hidden_states()?);
+    }
+    observer.on_layer_done(
+        layer,
+        layers_to_run,
+        request.num_sequences * request.seq_len,
+    );
+    match observer.take_failure() {
+        Some(failure) => Err(failure),
+        None => Ok(()),
     }
 }
 

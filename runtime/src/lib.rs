@@ -11,6 +11,7 @@ pub mod analysis;
 pub mod arch;
 pub mod backend;
 pub mod capture;
+pub mod checkpoint;
 pub mod config;
 pub mod cpu;
 pub mod cuda;

@@ -1,20 +1,20 @@
-//! `layerstream analyze`: the main job. Runs the workload layer by layer, writes
-//! `OUT/report.json` and prints a short summary.
+//! `layerstream analyze`: the main job. Runs the workload layer by layer into an output
+//! folder that records every finished layer (progress.json), so running the same command
+//! again after a crash continues where it stopped; writes `OUT/report.json` and prints a
+//! short summary.
 
 use super::{choose_backend, micro_batch_sequences, open_model, pack_workload, prepare_out_dir};
 use crate::args::AnalyzeArgs;
 use crate::progress::WithProgress;
-use anyhow::{Context, Result};
-use layerstream_planner::write_atomically;
-use layerstream_runtime::CaptureMode;
-use layerstream_runtime::analysis::ActivationReportBuilder;
+use anyhow::Result;
 use layerstream_runtime::analysis::report::{ActivationReport, ReportData, ReportModel};
+use layerstream_runtime::checkpoint::{
+    AnalysisFolder, FolderOptions, RunIdentity, data_fingerprint, model_fingerprint,
+};
 use layerstream_runtime::selection::{parse_layers, parse_points};
-use layerstream_runtime::{CapturePoint, FinalStage, RunRequest, run};
+use layerstream_runtime::{Backend, CaptureMode, CapturePoint, FinalStage, RunRequest, run};
+use std::collections::BTreeMap;
 use std::time::Instant;
-
-/// Dimensions listed per capture point.
-const TOP_DIMS: usize = 5;
 
 /// Runs `analyze`.
 pub fn analyze(args: &AnalyzeArgs) -> Result<()> {
@@ -29,33 +29,92 @@ pub fn analyze(args: &AnalyzeArgs) -> Result<()> {
     }
     let workload = pack_workload(model, &args.workload)?;
     let backend = choose_backend(&args.run)?;
+    let packed = &workload.packed;
+    let micro_batch = micro_batch_sequences(&args.run, &workload);
+    let point_names: Vec<&str> = points.iter().map(|p| p.name()).collect();
+    let identity = RunIdentity {
+        model_fingerprint: model_fingerprint(model),
+        model_name: named.name.clone(),
+        data_fingerprint: data_fingerprint(&packed.token_ids, packed.num_sequences, packed.seq_len),
+        data_name: workload.data_name.clone(),
+        settings: BTreeMap::from([
+            ("num_samples".to_string(), packed.num_sequences.to_string()),
+            ("seq_len".to_string(), packed.seq_len.to_string()),
+            ("threshold".to_string(), args.threshold.to_string()),
+            ("points".to_string(), point_names.join(",")),
+            (
+                "arithmetic".to_string(),
+                arithmetic(&backend, &args.run.compute_dtype),
+            ),
+        ]),
+        plan: BTreeMap::from([
+            ("micro_batch_sequences".to_string(), micro_batch.to_string()),
+            ("backend".to_string(), backend.to_string()),
+        ]),
+    };
+    let options = FolderOptions {
+        restart: args.restart,
+        keep_hidden: args.keep_hidden,
+    };
+    let mut folder = AnalysisFolder::open(
+        &args.run.out,
+        identity,
+        &layers,
+        model.spec.num_layers,
+        options,
+    )?;
+    for note in &folder.notes {
+        eprintln!("{note}");
+    }
+    let to_compute = folder.layers_to_compute(&layers);
+    let tokens = packed.num_sequences * packed.seq_len;
+    let start = folder.start_point(&to_compute, tokens, model.spec.hidden_size)?;
     let request = RunRequest {
-        token_ids: workload.packed.token_ids.clone(),
-        num_sequences: workload.packed.num_sequences,
-        seq_len: workload.packed.seq_len,
-        capture_layers: layers,
+        token_ids: packed.token_ids.clone(),
+        num_sequences: packed.num_sequences,
+        seq_len: packed.seq_len,
+        capture_layers: to_compute.clone(),
         capture_points: points,
         capture_mode: CaptureMode::Statistics {
             threshold: args.threshold,
         },
         final_stage: FinalStage::None,
-        micro_batch_sequences: micro_batch_sequences(&args.run, &workload),
+        micro_batch_sequences: micro_batch,
+        start,
+        checkpoint_hidden_states: true,
     };
-    eprintln!(
-        "analyzing {} ({} layers) on {} sequences x {} tokens, {backend}",
-        named.name, model.spec.num_layers, request.num_sequences, request.seq_len
-    );
-    let mut builder = ActivationReportBuilder::new(args.threshold, TOP_DIMS);
     let run_started = Instant::now();
-    {
+    let layers_run = request.layers_to_run(model.spec.num_layers) - request.first_layer();
+    if to_compute.is_empty() {
+        eprintln!(
+            "every requested layer is finished in {}; writing the report",
+            args.run.out.display()
+        );
+    } else {
+        eprintln!(
+            "analyzing {} ({} layers) on {} sequences x {} tokens, {backend}; running layers {}-{}",
+            named.name,
+            model.spec.num_layers,
+            request.num_sequences,
+            request.seq_len,
+            request.first_layer(),
+            request.layers_to_run(model.spec.num_layers) - 1
+        );
+        let mut observer = folder.observer(model.spec.hidden_size);
         let mut progress =
-            WithProgress::new(&mut builder, request.layers_to_run(model.spec.num_layers));
-        let summary = run(model, &request, &backend, &mut progress)?;
+            WithProgress::new(&mut observer, request.layers_to_run(model.spec.num_layers));
+        let outcome = run(model, &request, &backend, &mut progress);
         progress.finish();
+        let summary = outcome.map_err(|e| {
+            anyhow::anyhow!(
+                "{e:#}\nfinished layers are kept in {}: fix the cause and run the same command again to continue",
+                args.run.out.display()
+            )
+        })?;
         super::print_transfer(&summary);
     }
     let run_seconds = run_started.elapsed().as_secs_f64();
-    let report = builder.finish(
+    let path = folder.write_report(
         ReportModel {
             name: named.name.clone(),
             model_type: model.config.model_type.clone(),
@@ -64,29 +123,31 @@ pub fn analyze(args: &AnalyzeArgs) -> Result<()> {
         },
         ReportData {
             name: workload.data_name.clone(),
-            num_sequences: request.num_sequences,
-            seq_len: request.seq_len,
-            documents: workload.packed.documents_used,
+            num_sequences: packed.num_sequences,
+            seq_len: packed.seq_len,
+            documents: packed.documents_used,
         },
-    );
-    let path = args.run.out.join("report.json");
-    let json = serde_json::to_vec_pretty(&report).context("cannot serialise the report")?;
-    write_atomically(&path, &json).with_context(|| {
-        format!(
-            "cannot write {}; choose a writable folder with --out",
-            path.display()
-        )
-    })?;
+        args.threshold,
+    )?;
+    let report: ActivationReport = serde_json::from_slice(&std::fs::read(&path)?)?;
     print_summary(&report, args.threshold);
-    let tokens = request.num_sequences * request.seq_len;
     println!(
-        "\n{tokens} tokens through {} layers in {run_seconds:.2} s ({:.0} tokens/s); {:.2} s in all",
-        request.layers_to_run(model.spec.num_layers),
-        tokens as f64 / run_seconds.max(1e-9),
+        "\n{tokens} tokens through {layers_run} layers in {run_seconds:.2} s ({:.0} tokens/s); {:.2} s in all",
+        tokens as f64 * layers_run.max(1) as f64
+            / model.spec.num_layers as f64
+            / run_seconds.max(1e-9),
         started.elapsed().as_secs_f64()
     );
     println!("report: {}", path.display());
     Ok(())
+}
+
+/// What decides the arithmetic, as progress.json records it.
+fn arithmetic(backend: &Backend, compute: &layerstream_runtime::cuda::ComputeChoice) -> String {
+    match backend {
+        Backend::Cpu(_) => "cpu f32".to_string(),
+        Backend::Cuda(cuda) => format!("cuda {} compute {compute:?}", cuda.gpu.arch).to_lowercase(),
+    }
 }
 
 /// One line per layer: max |x| and the count at or above the threshold, per capture point.
@@ -103,7 +164,7 @@ fn print_summary(report: &ActivationReport, threshold: f32) {
     let names: Vec<&str> = CapturePoint::ALL
         .iter()
         .map(|p| p.name())
-        .filter(|name| first.points.contains_key(name))
+        .filter(|name| first.points.contains_key(*name))
         .collect();
     println!("\nmax |x| per capture point (values with |x| >= {threshold} in brackets)");
     print!("{:>5}", "layer");
@@ -116,7 +177,7 @@ fn print_summary(report: &ActivationReport, threshold: f32) {
         for name in &names {
             let cell = layer
                 .points
-                .get(name)
+                .get(*name)
                 .map(|p| format!("{:.2} ({})", p.max_abs, p.count_ge_threshold))
                 .unwrap_or_default();
             print!("  {cell:>18}");
@@ -126,7 +187,11 @@ fn print_summary(report: &ActivationReport, threshold: f32) {
     let largest = report
         .layers
         .iter()
-        .flat_map(|l| l.points.iter().map(move |(name, p)| (l.layer, *name, p)))
+        .flat_map(|l| {
+            l.points
+                .iter()
+                .map(move |(name, p)| (l.layer, name.as_str(), p))
+        })
         .max_by(|a, b| a.2.max_abs.total_cmp(&b.2.max_abs));
     if let Some((layer, name, point)) = largest {
         let dims: Vec<String> = point.top_dims.iter().map(|d| d.dim.to_string()).collect();

@@ -4,6 +4,7 @@
 pub mod analyze;
 pub mod inspect;
 pub mod score;
+pub mod status;
 
 use crate::args::{ModelArgs, RunArgs, WorkloadArgs};
 use crate::embedded;

@@ -74,6 +74,8 @@ pub fn score(args: &ScoreArgs) -> Result<()> {
         capture_mode: CaptureMode::Activations,
         final_stage: FinalStage::NextTokenNll,
         micro_batch_sequences: micro_batch_sequences(&args.run, &workload),
+        start: None,
+        checkpoint_hidden_states: false,
     };
     eprintln!(
         "scoring {} sequences x {} tokens with {}, {backend}",

@@ -71,3 +71,42 @@ pub fn edit_config(dir: &Path, edit: impl FnOnce(&mut serde_json::Map<String, se
 pub fn docs() -> String {
     layerstream_tests::fixture_docs().display().to_string()
 }
+
+/// A 12-layer model built from the embedded default model by repeating its 4 trained
+/// layers (layer i has the weights of layer i % 4): real weights, more layers to stop in.
+pub fn deep_model(into: &Path) -> PathBuf {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("assets")
+        .join("default-model");
+    let dest = into.join("deep-model");
+    std::fs::create_dir_all(&dest).unwrap();
+    for name in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(source.join(name), dest.join(name)).unwrap();
+    }
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(source.join("config.json")).unwrap())
+            .unwrap();
+    config["num_hidden_layers"] = 12.into();
+    std::fs::write(dest.join("config.json"), config.to_string()).unwrap();
+    let bytes = std::fs::read(source.join("model.safetensors")).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors = Vec::new();
+    for (name, view) in file.tensors() {
+        match name.strip_prefix("model.layers.") {
+            Some(rest) => {
+                let (index, suffix) = rest.split_once('.').unwrap();
+                let index: usize = index.parse().unwrap();
+                for layer in (index..12).step_by(4) {
+                    tensors.push((format!("model.layers.{layer}.{suffix}"), view.clone()));
+                }
+            }
+            None => tensors.push((name, view)),
+        }
+    }
+    std::fs::write(
+        dest.join("model.safetensors"),
+        safetensors::serialize(tensors, None).unwrap(),
+    )
+    .unwrap();
+    dest
+}

@@ -7,5 +7,5 @@ pub mod report;
 pub mod statistics;
 
 pub use point_summary::{DimMax, PointSummary};
-pub use report::{ActivationReport, ActivationReportBuilder};
+pub use report::{ActivationReport, LayerReport, RouterSummary};
 pub use statistics::PointStatistics;

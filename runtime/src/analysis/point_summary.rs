@@ -2,10 +2,10 @@
 //! many values reach the outlier threshold, and the dimensions with the largest magnitudes.
 //! Computed from [`super::statistics::PointStatistics`].
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A dimension and its largest magnitude.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DimMax {
     /// Hidden dimension index.
     pub dim: usize,
@@ -14,7 +14,7 @@ pub struct DimMax {
 }
 
 /// What the report says about one capture point.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PointSummary {
     /// Largest |x| over all tokens and dimensions.
     pub max_abs: f32,

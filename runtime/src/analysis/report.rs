@@ -1,18 +1,23 @@
-//! `report.json`: per analysed layer and capture point, a [`PointSummary`]. It holds no
-//! timestamps or durations, so two runs of the same command give the same bytes.
+//! `report.json`: per analysed layer and capture point, a [`PointSummary`], and for MoE
+//! layers the expert load. It holds no timestamps or durations, so two runs of the same
+//! command (interrupted and resumed, or not) give the same bytes. Each layer's part is
+//! written as `layers/layer_{l}.json` when the layer finishes; the report is assembled from
+//! those files.
 
 use super::point_summary::PointSummary;
 use super::statistics::PointStatistics;
 use crate::capture::{CapturePoint, Routing};
-use crate::executor::RunObserver;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// Version of the report layout; raised whenever a field changes meaning or goes away.
 pub const REPORT_SCHEMA_VERSION: u32 = 1;
 
+/// Dimensions listed per capture point.
+pub const TOP_DIMS: usize = 5;
+
 /// The model, as the report names it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReportModel {
     /// Folder given with --model (or the embedded default's name).
     pub name: String,
@@ -25,7 +30,7 @@ pub struct ReportModel {
 }
 
 /// The workload, as the report names it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReportData {
     /// Data file given with --data (or the embedded default's name).
     pub name: String,
@@ -38,7 +43,7 @@ pub struct ReportData {
 }
 
 /// How a MoE layer's router spread the workload over its experts.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RouterSummary {
     /// Routed experts.
     pub num_experts: usize,
@@ -50,20 +55,58 @@ pub struct RouterSummary {
     pub tokens_per_expert: Vec<u64>,
 }
 
+impl RouterSummary {
+    /// An empty summary for a router like `routing`'s.
+    pub fn empty_like(routing: &Routing) -> Self {
+        RouterSummary {
+            num_experts: routing.num_experts,
+            top_k: routing.top_k,
+            tokens: 0,
+            tokens_per_expert: vec![0; routing.num_experts],
+        }
+    }
+
+    /// Adds a micro-batch of routing decisions.
+    pub fn add(&mut self, routing: &Routing) {
+        self.tokens += (routing.experts.len() / routing.top_k) as u64;
+        for &expert in &routing.experts {
+            self.tokens_per_expert[expert as usize] += 1;
+        }
+    }
+}
+
 /// One layer's summaries, keyed by capture point name.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LayerReport {
     /// Layer index.
     pub layer: usize,
     /// `ln1`, `ln2`, ... -> summary.
-    pub points: BTreeMap<&'static str, PointSummary>,
+    pub points: BTreeMap<String, PointSummary>,
     /// Expert load, for MoE layers when `router` is captured.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub router: Option<RouterSummary>,
 }
 
+impl LayerReport {
+    /// The report part of a finished layer.
+    pub fn from_statistics(
+        layer: usize,
+        statistics: &BTreeMap<CapturePoint, PointStatistics>,
+        router: Option<RouterSummary>,
+    ) -> Self {
+        LayerReport {
+            layer,
+            points: statistics
+                .iter()
+                .map(|(point, stats)| (point.name().to_string(), stats.summary(TOP_DIMS)))
+                .collect(),
+            router,
+        }
+    }
+}
+
 /// The whole report.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ActivationReport {
     /// [`REPORT_SCHEMA_VERSION`].
     pub schema_version: u32,
@@ -79,70 +122,21 @@ pub struct ActivationReport {
     pub layers: Vec<LayerReport>,
 }
 
-/// Collects summaries while the executor runs (it is a [`RunObserver`]).
-pub struct ActivationReportBuilder {
-    threshold: f32,
-    top_dims: usize,
-    points: BTreeMap<(usize, CapturePoint), PointSummary>,
-    routers: BTreeMap<usize, RouterSummary>,
-}
-
-impl ActivationReportBuilder {
-    /// A builder for statistics counted at `threshold`, keeping the `top_dims` largest dimensions.
-    pub fn new(threshold: f32, top_dims: usize) -> Self {
-        ActivationReportBuilder {
-            threshold,
-            top_dims,
-            points: BTreeMap::new(),
-            routers: BTreeMap::new(),
-        }
-    }
-
-    /// The finished report.
-    pub fn finish(&self, model: ReportModel, data: ReportData) -> ActivationReport {
-        let mut layers: BTreeMap<usize, LayerReport> = BTreeMap::new();
-        let empty = |layer| LayerReport {
-            layer,
-            points: BTreeMap::new(),
-            router: None,
-        };
-        for (&(layer, point), accumulator) in &self.points {
-            layers
-                .entry(layer)
-                .or_insert_with(|| empty(layer))
-                .points
-                .insert(point.name(), accumulator.clone());
-        }
-        for (&layer, router) in &self.routers {
-            layers.entry(layer).or_insert_with(|| empty(layer)).router = Some(router.clone());
-        }
+impl ActivationReport {
+    /// A report of the given layers.
+    pub fn new(
+        model: ReportModel,
+        data: ReportData,
+        threshold: f32,
+        layers: Vec<LayerReport>,
+    ) -> Self {
         ActivationReport {
             schema_version: REPORT_SCHEMA_VERSION,
             tool: format!("layerstream {}", env!("CARGO_PKG_VERSION")),
             model,
             data,
-            threshold: self.threshold,
-            layers: layers.into_values().collect(),
-        }
-    }
-}
-
-impl RunObserver for ActivationReportBuilder {
-    fn on_statistics(&mut self, layer: usize, point: CapturePoint, statistics: &PointStatistics) {
-        self.points
-            .insert((layer, point), statistics.summary(self.top_dims));
-    }
-
-    fn on_router(&mut self, layer: usize, _first: usize, routing: &Routing) {
-        let summary = self.routers.entry(layer).or_insert_with(|| RouterSummary {
-            num_experts: routing.num_experts,
-            top_k: routing.top_k,
-            tokens: 0,
-            tokens_per_expert: vec![0; routing.num_experts],
-        });
-        summary.tokens += (routing.experts.len() / routing.top_k) as u64;
-        for &expert in &routing.experts {
-            summary.tokens_per_expert[expert as usize] += 1;
+            threshold,
+            layers,
         }
     }
 }

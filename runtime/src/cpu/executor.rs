@@ -8,7 +8,7 @@ use crate::analysis::PointStatistics;
 use crate::arch::spec::FINAL_NORM;
 use crate::capture::{CapturePoint, LayerCaptureSink, Routing};
 use crate::error::Result;
-use crate::executor::{CaptureMode, FinalStage, RunObserver, RunRequest, deliver_statistics};
+use crate::executor::{CaptureMode, FinalStage, RunObserver, RunRequest, finish_layer};
 use crate::model::Model;
 use std::collections::BTreeMap;
 
@@ -26,18 +26,24 @@ pub fn run(
     let tokens = request.num_sequences * seq_len;
 
     // The hidden states of the whole workload stay in memory across layers.
-    let mut hidden_states = vec![0f32; tokens * d]; // (num_sequences * seq_len, hidden)
-    embed_tokens(
-        &model.weights,
-        model.embedding(),
-        &request.token_ids,
-        &mut hidden_states,
-    )?;
+    let mut hidden_states = match &request.start {
+        Some(start) => start.hidden_states.clone(), // (num_sequences * seq_len, hidden)
+        None => {
+            let mut embedded = vec![0f32; tokens * d]; // (num_sequences * seq_len, hidden)
+            embed_tokens(
+                &model.weights,
+                model.embedding(),
+                &request.token_ids,
+                &mut embedded,
+            )?;
+            embedded
+        }
+    };
 
     let rope = RopeTable::new(&spec.rope.inv_freq, seq_len);
     let layers_to_run = request.layers_to_run(spec.num_layers);
     let mut scratch = LayerScratch::new(spec, micro_batch * seq_len);
-    for layer in 0..layers_to_run {
+    for layer in request.first_layer()..layers_to_run {
         let weights = LayerWeights::load(&model.weights, spec, layer)?;
         let mut statistics = BTreeMap::new();
         for (batch_index, batch) in hidden_states
@@ -66,8 +72,15 @@ pub fn run(
             );
         }
         drop(weights);
-        deliver_statistics(observer, layer, &statistics);
-        observer.on_layer_done(layer, layers_to_run, tokens);
+        let snapshot = || Ok(hidden_states.clone());
+        finish_layer(
+            observer,
+            request,
+            layer,
+            layers_to_run,
+            &statistics,
+            snapshot,
+        )?;
     }
 
     if request.final_stage != FinalStage::None {

@@ -15,8 +15,7 @@ use crate::capture::CapturePoint;
 use crate::cpu::head::embed_tokens;
 use crate::error::{Result, RuntimeError};
 use crate::executor::{
-    CaptureMode, FinalStage, RunObserver, RunRequest, RunSummary, TransferSummary,
-    deliver_statistics,
+    CaptureMode, FinalStage, RunObserver, RunRequest, RunSummary, TransferSummary, finish_layer,
 };
 use crate::model::Model;
 use crossbeam::channel::{Receiver, Sender, bounded};
@@ -48,13 +47,19 @@ pub fn run(
 
     // Embedding rows are gathered on the host from the mapped file: only the rows the
     // workload uses are read, instead of sending the whole table to the device.
-    let mut embedded = vec![0f32; tokens * d]; // (num_sequences * seq_len, hidden)
-    embed_tokens(
-        &model.weights,
-        model.embedding(),
-        &request.token_ids,
-        &mut embedded,
-    )?;
+    let embedded = match &request.start {
+        Some(start) => start.hidden_states.clone(), // (num_sequences * seq_len, hidden)
+        None => {
+            let mut embedded = vec![0f32; tokens * d]; // (num_sequences * seq_len, hidden)
+            embed_tokens(
+                &model.weights,
+                model.embedding(),
+                &request.token_ids,
+                &mut embedded,
+            )?;
+            embedded
+        }
+    };
     let mut hidden_states = gpu
         .stream
         .clone_htod(&embedded)
@@ -67,7 +72,8 @@ pub fn run(
     let mut scratch = DeviceScratch::new(gpu, spec, micro_batch * seq_len)?;
 
     let layers_to_run = request.layers_to_run(spec.num_layers);
-    let layouts = (0..layers_to_run)
+    let first_layer = request.first_layer();
+    let layouts = (first_layer..layers_to_run)
         .map(|layer| layer_layout(&model.weights, spec, layer))
         .collect::<Result<Vec<_>>>()?;
     let staging_bytes = layouts.iter().map(|l| l.bytes).max().unwrap_or(0);
@@ -82,10 +88,19 @@ pub fn run(
         .map_or(4, |n| n.get())
         .min(8);
     std::thread::scope(|scope| -> Result<()> {
-        scope.spawn(|| read_layers(&model.weights, &layouts, free_rx, ready_tx, copy_threads));
-        let mut next = if layers_to_run > 0 {
+        scope.spawn(|| {
+            read_layers(
+                &model.weights,
+                first_layer,
+                &layouts,
+                free_rx,
+                ready_tx,
+                copy_threads,
+            )
+        });
+        let mut next = if first_layer < layers_to_run {
             Some(upload_next(
-                0,
+                first_layer,
                 &ready_rx,
                 &free_tx,
                 &copy_stream,
@@ -94,7 +109,7 @@ pub fn run(
         } else {
             None
         };
-        for layer in 0..layers_to_run {
+        for layer in first_layer..layers_to_run {
             let (raw, layout) = next.take().expect("layer uploaded ahead");
             let weights = DeviceLayer::from_staged(gpu, &raw, &layout, compute)?;
             // Layer l+1 goes up on the copy stream while layer l computes.
@@ -137,8 +152,20 @@ pub fn run(
             }
             drop((weights, raw));
             let statistics = download_statistics(gpu, request, &accumulators)?;
-            deliver_statistics(observer, layer, &statistics);
-            observer.on_layer_done(layer, layers_to_run, tokens);
+            let snapshot = || -> Result<Vec<f32>> {
+                Ok(gpu
+                    .stream
+                    .clone_dtoh(&hidden_states)
+                    .map_err(KernelError::from)?)
+            };
+            finish_layer(
+                observer,
+                request,
+                layer,
+                layers_to_run,
+                &statistics,
+                snapshot,
+            )?;
         }
         drop(free_tx);
         drop(ready_rx);

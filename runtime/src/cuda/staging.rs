@@ -98,16 +98,19 @@ pub fn staging_buffers(context: &Arc<CudaContext>, bytes: usize) -> Result<[Stag
     Ok([alloc()?, alloc()?])
 }
 
-/// The reader thread: fills buffers from `free` with layers `0..layers` in order and sends
+/// The reader thread: fills buffers from `free` with the layers of `layouts` (the first is
+/// `first_layer`) in order and sends
 /// them on `ready`. Stops early when the executor hangs up.
 pub fn read_layers(
     store: &WeightStore,
+    first_layer: usize,
     layouts: &[LayerLayout],
     free: Receiver<StagingBuffer>,
     ready: Sender<Result<StagedLayer>>,
     copy_threads: usize,
 ) {
-    for (layer, layout) in layouts.iter().enumerate() {
+    for (offset, layout) in layouts.iter().enumerate() {
+        let layer = first_layer + offset;
         let Ok(mut buffer) = free.recv() else { return };
         let filled = fill(store, layout, &mut buffer, copy_threads);
         let message = filled.map(|()| StagedLayer {

@@ -1,0 +1,413 @@
+//! An analysis output folder (DESIGN §6): what is finished, what to do next, and the
+//! observer that writes each layer's files as it finishes.
+//!
+//! Order of writes per finished layer, each atomic: the layer's summary and statistics, the
+//! hidden states after it, then `progress.json` (the only file that says what is done), then
+//! the previous hidden-state file is deleted. A kill between any two leaves a folder whose
+//! progress.json names only complete, checksummed files.
+
+use super::files::{
+    hidden_bytes, hidden_path, layer_json_path, layer_statistics_path, read_hidden,
+    read_layer_report, statistics_bytes, write_file,
+};
+use crate::analysis::PointStatistics;
+use crate::analysis::report::{
+    ActivationReport, LayerReport, ReportData, ReportModel, RouterSummary,
+};
+use crate::capture::{CapturePoint, Routing};
+use crate::error::{Result, RuntimeError};
+use crate::executor::{RunObserver, StartPoint};
+use layerstream_planner::progress::{
+    FileProblem, FileRecord, HiddenRecord, LayerRecord, PROGRESS_SCHEMA_VERSION, Progress,
+    identity_differences, unix_now,
+};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+/// The progress file's name.
+pub const PROGRESS_FILE: &str = "progress.json";
+
+/// What identifies a run: everything that changes results.
+#[derive(Debug, Clone)]
+pub struct RunIdentity {
+    /// See [`super::model_fingerprint`].
+    pub model_fingerprint: String,
+    /// For messages.
+    pub model_name: String,
+    /// See [`super::data_fingerprint`].
+    pub data_fingerprint: String,
+    /// For messages.
+    pub data_name: String,
+    /// Result-changing settings as text (threshold, points, shape, arithmetic...).
+    pub settings: BTreeMap<String, String>,
+    /// How it runs (micro-batch, backend details): recorded, never compared.
+    pub plan: BTreeMap<String, String>,
+}
+
+/// Choices about an existing folder.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FolderOptions {
+    /// Delete what a previous run left and start over.
+    pub restart: bool,
+    /// Keep every hidden-state checkpoint, not only the latest.
+    pub keep_hidden: bool,
+}
+
+/// An opened output folder.
+pub struct AnalysisFolder {
+    dir: PathBuf,
+    progress: Progress,
+    keep_hidden: bool,
+    /// Lines for the user: what was found, what will be recomputed.
+    pub notes: Vec<String>,
+}
+
+fn read_progress(dir: &Path) -> Result<Option<Progress>> {
+    let path = dir.join(PROGRESS_FILE);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text =
+        std::fs::read_to_string(&path).map_err(|e| RuntimeError::io("cannot read", &path, e))?;
+    serde_json::from_str(&text).map(Some).map_err(|e| RuntimeError::Data {
+        path,
+        message: format!("cannot be read ({e}); it was not written by this version of layerstream or was edited: use --restart to start over"),
+    })
+}
+
+impl AnalysisFolder {
+    /// Opens `dir` for the run `identity` asks for, resuming what a previous run of the same
+    /// identity finished, or refusing with what differs.
+    pub fn open(
+        dir: &Path,
+        identity: RunIdentity,
+        requested_layers: &BTreeSet<usize>,
+        num_layers: usize,
+        options: FolderOptions,
+    ) -> Result<Self> {
+        let now = unix_now();
+        let fresh = Progress {
+            schema_version: PROGRESS_SCHEMA_VERSION,
+            model_fingerprint: identity.model_fingerprint,
+            model_name: identity.model_name,
+            data_fingerprint: identity.data_fingerprint,
+            data_name: identity.data_name,
+            settings: identity.settings,
+            plan: identity.plan,
+            requested_layers: requested_layers.iter().copied().collect(),
+            num_layers,
+            layers: BTreeMap::new(),
+            times_computed: BTreeMap::new(),
+            hidden: Vec::new(),
+            runs: 1,
+            started_unix: now,
+            updated_unix: now,
+        };
+        let mut notes = Vec::new();
+        let previous = if options.restart {
+            remove_run_files(dir)?;
+            None
+        } else {
+            read_progress(dir)?
+        };
+        let progress = match previous {
+            None => fresh,
+            Some(old) => {
+                if old.schema_version != PROGRESS_SCHEMA_VERSION {
+                    return Err(RuntimeError::InvalidRequest(format!(
+                        "{} has progress schema {}, this layerstream writes {}; use --restart to start over or another --out",
+                        dir.join(PROGRESS_FILE).display(),
+                        old.schema_version,
+                        PROGRESS_SCHEMA_VERSION
+                    )));
+                }
+                let differences = identity_differences(&old, &fresh);
+                if !differences.is_empty() {
+                    return Err(RuntimeError::InvalidRequest(format!(
+                        "{} holds a run that differs from this one:\n  - {}\nuse --restart to start over (deletes its finished layers) or choose another --out",
+                        dir.display(),
+                        differences.join("\n  - ")
+                    )));
+                }
+                resume(dir, old, fresh, &mut notes)
+            }
+        };
+        let folder = AnalysisFolder {
+            dir: dir.to_path_buf(),
+            progress,
+            keep_hidden: options.keep_hidden,
+            notes,
+        };
+        folder.remove_stray_files();
+        folder.save_progress()?;
+        Ok(folder)
+    }
+
+    /// The folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The progress record.
+    pub fn progress(&self) -> &Progress {
+        &self.progress
+    }
+
+    /// Requested layers whose results are not finished.
+    pub fn layers_to_compute(&self, requested: &BTreeSet<usize>) -> BTreeSet<usize> {
+        requested
+            .iter()
+            .copied()
+            .filter(|l| !self.progress.layers.contains_key(l))
+            .collect()
+    }
+
+    /// Where to start so that `to_compute` can be computed: after the latest kept hidden
+    /// states that come before its first layer, or from the embeddings.
+    pub fn start_point(
+        &self,
+        to_compute: &BTreeSet<usize>,
+        tokens: usize,
+        width: usize,
+    ) -> Result<Option<StartPoint>> {
+        let Some(&first) = to_compute.first() else {
+            return Ok(None);
+        };
+        let best = self
+            .progress
+            .hidden
+            .iter()
+            .filter(|h| h.after_layer < first)
+            .max_by_key(|h| h.after_layer);
+        match best {
+            None => Ok(None),
+            Some(record) => Ok(Some(StartPoint {
+                first_layer: record.after_layer + 1,
+                hidden_states: read_hidden(&self.dir, &record.file.path, tokens, width)?,
+            })),
+        }
+    }
+
+    /// The observer that writes each finished layer's files.
+    pub fn observer(&mut self, hidden_width: usize) -> CheckpointObserver<'_> {
+        CheckpointObserver {
+            folder: self,
+            hidden_width,
+            statistics: BTreeMap::new(),
+            routers: BTreeMap::new(),
+            pending_hidden: None,
+            failure: None,
+        }
+    }
+
+    /// Assembles report.json from the finished layers' files (so a resumed run and an
+    /// uninterrupted one produce the same bytes) and writes it.
+    pub fn write_report(
+        &self,
+        model: ReportModel,
+        data: ReportData,
+        threshold: f32,
+    ) -> Result<PathBuf> {
+        let mut layers = Vec::new();
+        for layer in &self.progress.requested_layers {
+            layers.push(read_layer_report(&self.dir, &layer_json_path(*layer))?);
+        }
+        let report = ActivationReport::new(model, data, threshold, layers);
+        let json = serde_json::to_vec_pretty(&report).expect("report serialises");
+        write_file(&self.dir, "report.json", &json)?;
+        Ok(self.dir.join("report.json"))
+    }
+
+    fn save_progress(&self) -> Result<()> {
+        let json = serde_json::to_vec_pretty(&self.progress).expect("progress serialises");
+        write_file(&self.dir, PROGRESS_FILE, &json).map(|_| ())
+    }
+
+    /// Deletes temp files of killed writes and hidden states progress.json does not name.
+    fn remove_stray_files(&self) {
+        let named: BTreeSet<String> = self
+            .progress
+            .hidden
+            .iter()
+            .map(|h| h.file.path.clone())
+            .collect();
+        for sub in ["hidden", "layers", "."] {
+            let Ok(entries) = std::fs::read_dir(self.dir.join(sub)) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let relative = if sub == "." {
+                    name.clone()
+                } else {
+                    format!("{sub}/{name}")
+                };
+                let temp = name.starts_with('.') && name.contains(".tmp-");
+                let stale_hidden = sub == "hidden" && !named.contains(&relative);
+                if temp || stale_hidden {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
+    }
+}
+
+/// Keeps what a previous run finished and can still be trusted.
+fn resume(dir: &Path, old: Progress, fresh: Progress, notes: &mut Vec<String>) -> Progress {
+    let mut progress = fresh;
+    progress.runs = old.runs + 1;
+    progress.times_computed = old.times_computed;
+    progress.started_unix = old.started_unix;
+    let describe = |problem: FileProblem| match problem {
+        FileProblem::Missing => "is missing",
+        FileProblem::Damaged => "is damaged (checksum differs)",
+    };
+    for (layer, record) in old.layers {
+        match record
+            .files
+            .iter()
+            .find_map(|f| f.verify(dir).err().map(|p| (f, p)))
+        {
+            None => {
+                progress.layers.insert(layer, record);
+            }
+            Some((file, problem)) => notes.push(format!(
+                "layer {layer}: {} {}; computing the layer again",
+                file.path,
+                describe(problem)
+            )),
+        }
+    }
+    for hidden in old.hidden {
+        match hidden.file.verify(dir) {
+            Ok(()) => progress.hidden.push(hidden),
+            Err(problem) => notes.push(format!(
+                "{} {}; not resuming from it",
+                hidden.file.path,
+                describe(problem)
+            )),
+        }
+    }
+    let done: Vec<String> = progress.layers.keys().map(usize::to_string).collect();
+    notes.push(format!(
+        "resuming {}: {} layer(s) already finished{}",
+        dir.display(),
+        done.len(),
+        if done.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", done.join(", "))
+        }
+    ));
+    progress
+}
+
+/// Deletes the files a run writes (never anything else in the folder).
+fn remove_run_files(dir: &Path) -> Result<()> {
+    for sub in ["hidden", "layers"] {
+        let path = dir.join(sub);
+        if path.exists() {
+            std::fs::remove_dir_all(&path)
+                .map_err(|e| RuntimeError::io("cannot remove", &path, e))?;
+        }
+    }
+    for file in [PROGRESS_FILE, "report.json"] {
+        let _ = std::fs::remove_file(dir.join(file));
+    }
+    Ok(())
+}
+
+/// Writes each layer's files as the executor finishes it.
+pub struct CheckpointObserver<'a> {
+    folder: &'a mut AnalysisFolder,
+    hidden_width: usize,
+    statistics: BTreeMap<CapturePoint, PointStatistics>,
+    routers: BTreeMap<usize, RouterSummary>,
+    pending_hidden: Option<HiddenRecord>,
+    failure: Option<RuntimeError>,
+}
+
+impl CheckpointObserver<'_> {
+    fn finish_layer(&mut self, layer: usize) -> Result<()> {
+        let statistics = std::mem::take(&mut self.statistics);
+        let folder = &mut *self.folder;
+        let computed = !statistics.is_empty() || self.routers.contains_key(&layer);
+        if computed {
+            let report =
+                LayerReport::from_statistics(layer, &statistics, self.routers.remove(&layer));
+            let json = serde_json::to_vec_pretty(&report).expect("layer report serialises");
+            let files = vec![
+                write_file(&folder.dir, &layer_json_path(layer), &json)?,
+                write_file(
+                    &folder.dir,
+                    &layer_statistics_path(layer),
+                    &statistics_bytes(&statistics)?,
+                )?,
+            ];
+            *folder.progress.times_computed.entry(layer).or_insert(0) += 1;
+            let previous = folder.progress.layers.insert(
+                layer,
+                LayerRecord {
+                    files,
+                    finished_unix: unix_now(),
+                },
+            );
+            debug_assert!(previous.is_none(), "finished layers are not computed again");
+        }
+        let mut obsolete: Vec<FileRecord> = Vec::new();
+        if let Some(hidden) = self.pending_hidden.take() {
+            if !folder.keep_hidden {
+                obsolete = folder.progress.hidden.drain(..).map(|h| h.file).collect();
+            }
+            folder.progress.hidden.push(hidden);
+        }
+        folder.progress.updated_unix = unix_now();
+        folder.save_progress()?;
+        for file in obsolete {
+            let _ = std::fs::remove_file(folder.dir.join(&file.path));
+        }
+        Ok(())
+    }
+}
+
+impl RunObserver for CheckpointObserver<'_> {
+    fn on_statistics(&mut self, _layer: usize, point: CapturePoint, statistics: &PointStatistics) {
+        self.statistics.insert(point, statistics.clone());
+    }
+
+    fn on_router(&mut self, layer: usize, _first: usize, routing: &Routing) {
+        self.routers
+            .entry(layer)
+            .or_insert_with(|| RouterSummary::empty_like(routing))
+            .add(routing);
+    }
+
+    fn on_hidden_states(&mut self, layer: usize, hidden_states: &[f32]) {
+        if self.failure.is_some() {
+            return;
+        }
+        let written = hidden_bytes(hidden_states, self.hidden_width, layer)
+            .and_then(|bytes| write_file(&self.folder.dir, &hidden_path(layer), &bytes));
+        match written {
+            Ok(file) => {
+                self.pending_hidden = Some(HiddenRecord {
+                    after_layer: layer,
+                    file,
+                })
+            }
+            Err(e) => self.failure = Some(e),
+        }
+    }
+
+    fn on_layer_done(&mut self, layer: usize, _layers: usize, _tokens: usize) {
+        if self.failure.is_none()
+            && let Err(e) = self.finish_layer(layer)
+        {
+            self.failure = Some(e);
+        }
+    }
+
+    fn take_failure(&mut self) -> Option<RuntimeError> {
+        self.failure.take()
+    }
+}

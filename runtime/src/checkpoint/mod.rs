@@ -1,0 +1,12 @@
+//! Per-layer checkpoints and resume (DESIGN §6): an output folder records, in
+//! `progress.json`, every finished layer with the checksums of the files it wrote, and keeps
+//! the hidden states entering the next layer. Running the same command again continues where
+//! the last run stopped.
+
+mod files;
+mod fingerprint;
+mod folder;
+
+pub use files::write_file;
+pub use fingerprint::{data_fingerprint, model_fingerprint};
+pub use folder::{AnalysisFolder, CheckpointObserver, FolderOptions, PROGRESS_FILE, RunIdentity};
