@@ -109,9 +109,14 @@ pub struct AnalyzeArgs {
     /// continues an interrupted run, and a different one is refused).
     #[arg(long)]
     pub restart: bool,
-    /// Keep the hidden states after every layer in OUT/hidden/, not only the latest.
+    /// Keep every hidden-state checkpoint in OUT/hidden/, not only the latest.
     #[arg(long)]
     pub keep_hidden: bool,
+    /// Seconds between hidden-state checkpoints (0: after every layer). Layer results are
+    /// recorded after every layer; a resumed run starts from the latest hidden states and
+    /// runs the layers after them forward again without recomputing their results.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
+    pub checkpoint_every: f64,
 }
 
 /// `layerstream status`.

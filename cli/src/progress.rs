@@ -63,6 +63,10 @@ impl RunObserver for WithProgress<'_> {
         self.inner.on_logits(first, logits);
     }
 
+    fn wants_hidden_states(&mut self, layer: usize) -> bool {
+        self.inner.wants_hidden_states(layer)
+    }
+
     fn on_hidden_states(&mut self, layer: usize, hidden_states: &[f32]) {
         self.inner.on_hidden_states(layer, hidden_states);
     }

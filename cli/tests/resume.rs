@@ -12,13 +12,19 @@ use std::time::{Duration, Instant};
 struct Setup {
     home: tempfile::TempDir,
     model: PathBuf,
+    /// `--checkpoint-every`: "0" writes hidden states after every layer.
+    checkpoint_every: &'static str,
 }
 
 impl Setup {
     fn new() -> Self {
         let home = tempfile::tempdir().unwrap();
         let model = deep_model(home.path());
-        Setup { home, model }
+        Setup {
+            home,
+            model,
+            checkpoint_every: "0",
+        }
     }
 
     fn args(&self, out: &Path, extra: &[&str]) -> Vec<String> {
@@ -30,6 +36,8 @@ impl Setup {
             "8",
             "--seq-len",
             "512",
+            "--checkpoint-every",
+            self.checkpoint_every,
         ]
         .iter()
         .map(|s| s.to_string())
@@ -152,6 +160,42 @@ fn resume_after_kill_gives_identical_report_and_recomputes_nothing_finished() {
         kills_during_writes >= 3,
         "only {kills_during_writes} kills landed during a write"
     );
+}
+
+/// With the default 30 s between hidden-state checkpoints a short run keeps none: a killed
+/// run starts from the embeddings again, runs finished layers forward without recomputing
+/// their results, and gives the same report.
+#[test]
+fn resume_without_hidden_checkpoints_recomputes_no_finished_results() {
+    let mut setup = Setup::new();
+    setup.checkpoint_every = "30";
+    let reference_out = setup.home.path().join("reference");
+    assert_succeeds(&setup.run(&reference_out, &[]));
+    assert!(
+        !reference_out.join("hidden").exists()
+            || std::fs::read_dir(reference_out.join("hidden"))
+                .unwrap()
+                .next()
+                .is_none()
+    );
+    let out = setup.home.path().join("out");
+    let mut child = setup.spawn(&out);
+    while times_computed(&out).len() < 5 && child.try_wait().unwrap().is_none() {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let finished = times_computed(&out);
+    assert!(finished.len() >= 5, "{finished:?}");
+    let resumed = setup.run(&out, &[]);
+    assert_succeeds(&resumed);
+    assert!(
+        stderr(&resumed).contains("running layers 0-11"),
+        "{}",
+        stderr(&resumed)
+    );
+    assert_eq!(report(&out), report(&reference_out));
+    assert!(times_computed(&out).iter().all(|&(_, n)| n == 1));
 }
 
 #[test]

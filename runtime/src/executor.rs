@@ -97,8 +97,13 @@ pub trait RunObserver {
     fn on_next_token_nll(&mut self, _first_sequence: usize, _nll: &[f32]) {}
     /// Logits of sequences `first_sequence..`: `(sequences * seq_len, vocab)`.
     fn on_logits(&mut self, _first_sequence: usize, _logits: &[f32]) {}
-    /// The hidden states after `layer`, `(num_sequences * seq_len, hidden)`, when the request
-    /// asks for checkpoints; called before `on_layer_done`.
+    /// Whether the observer wants the hidden states after `layer` (a checkpoint is due);
+    /// asked only when the request has `checkpoint_hidden_states`.
+    fn wants_hidden_states(&mut self, _layer: usize) -> bool {
+        false
+    }
+    /// The hidden states after `layer`, `(num_sequences * seq_len, hidden)`, when wanted;
+    /// called before `on_layer_done`.
     fn on_hidden_states(&mut self, _layer: usize, _hidden_states: &[f32]) {}
     /// Layer `layer` finished for the whole workload (`layers_to_run` in all).
     fn on_layer_done(&mut self, _layer: usize, _layers_to_run: usize, _tokens: usize) {}
@@ -229,7 +234,7 @@ pub(crate) fn finish_layer(
     hidden_states: impl FnOnce() -> Result<Vec<f32>>,
 ) -> Result<()> {
     deliver_statistics(observer, layer, statistics);
-    if request.checkpoint_hidden_states {
+    if request.checkpoint_hidden_states && observer.wants_hidden_states(layer) {
         observer.on_hidden_states(layer, &hidden_states()?);
     }
     observer.on_layer_done(

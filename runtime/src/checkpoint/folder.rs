@@ -23,6 +23,7 @@ use layerstream_planner::progress::{
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 /// The progress file's name.
 pub const PROGRESS_FILE: &str = "progress.json";
@@ -189,10 +190,18 @@ impl AnalysisFolder {
     }
 
     /// The observer that writes each finished layer's files.
-    pub fn observer(&mut self, hidden_width: usize) -> CheckpointObserver<'_> {
+    /// Hidden states are written when `hidden_interval` has passed since the last ones
+    /// (zero: after every layer); layer results are recorded after every layer.
+    pub fn observer(
+        &mut self,
+        hidden_width: usize,
+        hidden_interval: Duration,
+    ) -> CheckpointObserver<'_> {
         CheckpointObserver {
             folder: self,
             hidden_width,
+            hidden_interval,
+            last_hidden: Instant::now(),
             statistics: BTreeMap::new(),
             routers: BTreeMap::new(),
             pending_hidden: None,
@@ -325,6 +334,8 @@ pub struct CheckpointObserver<'a> {
     routers: BTreeMap<usize, RouterSummary>,
     pending_hidden: Option<HiddenRecord>,
     failure: Option<RuntimeError>,
+    hidden_interval: Duration,
+    last_hidden: Instant,
 }
 
 impl CheckpointObserver<'_> {
@@ -382,7 +393,12 @@ impl RunObserver for CheckpointObserver<'_> {
             .add(routing);
     }
 
+    fn wants_hidden_states(&mut self, _layer: usize) -> bool {
+        self.failure.is_none() && self.last_hidden.elapsed() >= self.hidden_interval
+    }
+
     fn on_hidden_states(&mut self, layer: usize, hidden_states: &[f32]) {
+        self.last_hidden = Instant::now();
         if self.failure.is_some() {
             return;
         }
