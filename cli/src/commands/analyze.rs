@@ -106,7 +106,9 @@ pub fn analyze(args: &AnalyzeArgs) -> Result<()> {
             WithProgress::new(&mut observer, request.layers_to_run(model.spec.num_layers));
         let outcome = run(model, &request, &backend, &mut progress);
         progress.finish();
-        let summary = outcome.map_err(|e| {
+        // Every finished layer is written before the outcome is reported.
+        let written = observer.finish();
+        let summary = outcome.and_then(|summary| written.map(|()| summary)).map_err(|e| {
             anyhow::anyhow!(
                 "{e:#}\nfinished layers are kept in {}: fix the cause and run the same command again to continue",
                 args.run.out.display()

@@ -6,24 +6,17 @@
 //! the previous hidden-state file is deleted. A kill between any two leaves a folder whose
 //! progress.json names only complete, checksummed files.
 
-use super::files::{
-    hidden_bytes, hidden_path, layer_json_path, layer_statistics_path, read_hidden,
-    read_layer_report, statistics_bytes, write_file,
-};
-use crate::analysis::PointStatistics;
-use crate::analysis::report::{
-    ActivationReport, LayerReport, ReportData, ReportModel, RouterSummary,
-};
-use crate::capture::{CapturePoint, Routing};
+use super::files::{layer_json_path, read_hidden, read_layer_report, write_file};
+use super::writer::CheckpointObserver;
+use crate::analysis::report::{ActivationReport, ReportData, ReportModel};
 use crate::error::{Result, RuntimeError};
-use crate::executor::{RunObserver, StartPoint};
+use crate::executor::StartPoint;
 use layerstream_planner::progress::{
-    FileProblem, FileRecord, HiddenRecord, LayerRecord, PROGRESS_SCHEMA_VERSION, Progress,
-    identity_differences, unix_now,
+    FileProblem, PROGRESS_SCHEMA_VERSION, Progress, identity_differences, unix_now,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The progress file's name.
 pub const PROGRESS_FILE: &str = "progress.json";
@@ -190,23 +183,15 @@ impl AnalysisFolder {
     }
 
     /// The observer that writes each finished layer's files.
-    /// Hidden states are written when `hidden_interval` has passed since the last ones
-    /// (zero: after every layer); layer results are recorded after every layer.
+    /// The observer that records each finished layer (on a writer thread). Hidden states
+    /// are written when `hidden_interval` has passed since the last ones (zero: after every
+    /// layer); layer results after every layer.
     pub fn observer(
         &mut self,
         hidden_width: usize,
         hidden_interval: Duration,
     ) -> CheckpointObserver<'_> {
-        CheckpointObserver {
-            folder: self,
-            hidden_width,
-            hidden_interval,
-            last_hidden: Instant::now(),
-            statistics: BTreeMap::new(),
-            routers: BTreeMap::new(),
-            pending_hidden: None,
-            failure: None,
-        }
+        CheckpointObserver::new(self, hidden_width, hidden_interval)
     }
 
     /// Assembles report.json from the finished layers' files (so a resumed run and an
@@ -228,8 +213,15 @@ impl AnalysisFolder {
     }
 
     fn save_progress(&self) -> Result<()> {
-        let json = serde_json::to_vec_pretty(&self.progress).expect("progress serialises");
-        write_file(&self.dir, PROGRESS_FILE, &json).map(|_| ())
+        save_progress(&self.dir, &self.progress)
+    }
+
+    pub(super) fn keep_hidden(&self) -> bool {
+        self.keep_hidden
+    }
+
+    pub(super) fn set_progress(&mut self, progress: Progress) {
+        self.progress = progress;
     }
 
     /// Deletes temp files of killed writes and hidden states progress.json does not name.
@@ -259,6 +251,12 @@ impl AnalysisFolder {
             }
         }
     }
+}
+
+/// Writes progress.json atomically.
+pub(super) fn save_progress(dir: &Path, progress: &Progress) -> Result<()> {
+    let json = serde_json::to_vec_pretty(progress).expect("progress serialises");
+    write_file(dir, PROGRESS_FILE, &json).map(|_| ())
 }
 
 /// Keeps what a previous run finished and can still be trusted.
@@ -324,106 +322,4 @@ fn remove_run_files(dir: &Path) -> Result<()> {
         let _ = std::fs::remove_file(dir.join(file));
     }
     Ok(())
-}
-
-/// Writes each layer's files as the executor finishes it.
-pub struct CheckpointObserver<'a> {
-    folder: &'a mut AnalysisFolder,
-    hidden_width: usize,
-    statistics: BTreeMap<CapturePoint, PointStatistics>,
-    routers: BTreeMap<usize, RouterSummary>,
-    pending_hidden: Option<HiddenRecord>,
-    failure: Option<RuntimeError>,
-    hidden_interval: Duration,
-    last_hidden: Instant,
-}
-
-impl CheckpointObserver<'_> {
-    fn finish_layer(&mut self, layer: usize) -> Result<()> {
-        let statistics = std::mem::take(&mut self.statistics);
-        let folder = &mut *self.folder;
-        let computed = !statistics.is_empty() || self.routers.contains_key(&layer);
-        if computed {
-            let report =
-                LayerReport::from_statistics(layer, &statistics, self.routers.remove(&layer));
-            let json = serde_json::to_vec_pretty(&report).expect("layer report serialises");
-            let files = vec![
-                write_file(&folder.dir, &layer_json_path(layer), &json)?,
-                write_file(
-                    &folder.dir,
-                    &layer_statistics_path(layer),
-                    &statistics_bytes(&statistics)?,
-                )?,
-            ];
-            *folder.progress.times_computed.entry(layer).or_insert(0) += 1;
-            let previous = folder.progress.layers.insert(
-                layer,
-                LayerRecord {
-                    files,
-                    finished_unix: unix_now(),
-                },
-            );
-            debug_assert!(previous.is_none(), "finished layers are not computed again");
-        }
-        let mut obsolete: Vec<FileRecord> = Vec::new();
-        if let Some(hidden) = self.pending_hidden.take() {
-            if !folder.keep_hidden {
-                obsolete = folder.progress.hidden.drain(..).map(|h| h.file).collect();
-            }
-            folder.progress.hidden.push(hidden);
-        }
-        folder.progress.updated_unix = unix_now();
-        folder.save_progress()?;
-        for file in obsolete {
-            let _ = std::fs::remove_file(folder.dir.join(&file.path));
-        }
-        Ok(())
-    }
-}
-
-impl RunObserver for CheckpointObserver<'_> {
-    fn on_statistics(&mut self, _layer: usize, point: CapturePoint, statistics: &PointStatistics) {
-        self.statistics.insert(point, statistics.clone());
-    }
-
-    fn on_router(&mut self, layer: usize, _first: usize, routing: &Routing) {
-        self.routers
-            .entry(layer)
-            .or_insert_with(|| RouterSummary::empty_like(routing))
-            .add(routing);
-    }
-
-    fn wants_hidden_states(&mut self, _layer: usize) -> bool {
-        self.failure.is_none() && self.last_hidden.elapsed() >= self.hidden_interval
-    }
-
-    fn on_hidden_states(&mut self, layer: usize, hidden_states: &[f32]) {
-        self.last_hidden = Instant::now();
-        if self.failure.is_some() {
-            return;
-        }
-        let written = hidden_bytes(hidden_states, self.hidden_width, layer)
-            .and_then(|bytes| write_file(&self.folder.dir, &hidden_path(layer), &bytes));
-        match written {
-            Ok(file) => {
-                self.pending_hidden = Some(HiddenRecord {
-                    after_layer: layer,
-                    file,
-                })
-            }
-            Err(e) => self.failure = Some(e),
-        }
-    }
-
-    fn on_layer_done(&mut self, layer: usize, _layers: usize, _tokens: usize) {
-        if self.failure.is_none()
-            && let Err(e) = self.finish_layer(layer)
-        {
-            self.failure = Some(e);
-        }
-    }
-
-    fn take_failure(&mut self) -> Option<RuntimeError> {
-        self.failure.take()
-    }
 }

@@ -6,7 +6,9 @@
 mod files;
 mod fingerprint;
 mod folder;
+mod writer;
 
 pub use files::write_file;
 pub use fingerprint::{data_fingerprint, model_fingerprint};
-pub use folder::{AnalysisFolder, CheckpointObserver, FolderOptions, PROGRESS_FILE, RunIdentity};
+pub use folder::{AnalysisFolder, FolderOptions, PROGRESS_FILE, RunIdentity};
+pub use writer::CheckpointObserver;

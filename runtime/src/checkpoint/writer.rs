@@ -1,0 +1,204 @@
+//! The observer that records finished layers, and the writer thread that does the writing so
+//! the GPU does not wait on the disk. Per layer, in order, each write atomic: the layer's
+//! summary and statistics, the hidden states (when due), progress.json, then the previous
+//! hidden file is deleted. A write failure (full disk) stops the run after the next layer;
+//! what progress.json names stays valid.
+
+use super::files::{
+    hidden_bytes, hidden_path, layer_json_path, layer_statistics_path, statistics_bytes, write_file,
+};
+use super::folder::{AnalysisFolder, save_progress};
+use crate::analysis::PointStatistics;
+use crate::analysis::report::{LayerReport, RouterSummary};
+use crate::capture::{CapturePoint, Routing};
+use crate::error::{Result, RuntimeError};
+use crate::executor::RunObserver;
+use crossbeam::channel::{Sender, bounded};
+use layerstream_planner::progress::{FileRecord, HiddenRecord, LayerRecord, Progress, unix_now};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// One finished layer, for the writer thread.
+struct LayerJob {
+    layer: usize,
+    statistics: BTreeMap<CapturePoint, PointStatistics>,
+    router: Option<RouterSummary>,
+    hidden_states: Option<Vec<f32>>, // (tokens, hidden), when a checkpoint is due
+}
+
+/// Records each layer as the executor finishes it (see the module docs).
+pub struct CheckpointObserver<'a> {
+    folder: &'a mut AnalysisFolder,
+    statistics: BTreeMap<CapturePoint, PointStatistics>,
+    routers: BTreeMap<usize, RouterSummary>,
+    hidden_states: Option<Vec<f32>>,
+    hidden_interval: Duration,
+    last_hidden: Instant,
+    jobs: Option<Sender<LayerJob>>,
+    writer: Option<JoinHandle<Progress>>,
+    failure: Arc<Mutex<Option<RuntimeError>>>,
+}
+
+struct Writer {
+    dir: PathBuf,
+    progress: Progress,
+    keep_hidden: bool,
+    hidden_width: usize,
+}
+
+impl Writer {
+    fn write(&mut self, job: LayerJob) -> Result<()> {
+        let LayerJob {
+            layer,
+            statistics,
+            router,
+            hidden_states,
+        } = job;
+        if !statistics.is_empty() || router.is_some() {
+            let report = LayerReport::from_statistics(layer, &statistics, router);
+            let json = serde_json::to_vec_pretty(&report).expect("layer report serialises");
+            let files = vec![
+                write_file(&self.dir, &layer_json_path(layer), &json)?,
+                write_file(
+                    &self.dir,
+                    &layer_statistics_path(layer),
+                    &statistics_bytes(&statistics)?,
+                )?,
+            ];
+            *self.progress.times_computed.entry(layer).or_insert(0) += 1;
+            self.progress.layers.insert(
+                layer,
+                LayerRecord {
+                    files,
+                    finished_unix: unix_now(),
+                },
+            );
+        }
+        let mut obsolete: Vec<FileRecord> = Vec::new();
+        if let Some(hidden) = hidden_states {
+            let bytes = hidden_bytes(&hidden, self.hidden_width, layer)?;
+            let file = write_file(&self.dir, &hidden_path(layer), &bytes)?;
+            if !self.keep_hidden {
+                obsolete = self.progress.hidden.drain(..).map(|h| h.file).collect();
+            }
+            self.progress.hidden.push(HiddenRecord {
+                after_layer: layer,
+                file,
+            });
+        }
+        self.progress.updated_unix = unix_now();
+        save_progress(&self.dir, &self.progress)?;
+        for file in obsolete {
+            let _ = std::fs::remove_file(self.dir.join(&file.path));
+        }
+        Ok(())
+    }
+}
+
+impl<'a> CheckpointObserver<'a> {
+    pub(super) fn new(
+        folder: &'a mut AnalysisFolder,
+        hidden_width: usize,
+        hidden_interval: Duration,
+    ) -> Self {
+        // Two layers may wait: enough to overlap writing with computing, bounded in memory.
+        let (jobs, queue) = bounded::<LayerJob>(1);
+        let failure = Arc::new(Mutex::new(None));
+        let mut writer = Writer {
+            dir: folder.dir().to_path_buf(),
+            progress: folder.progress().clone(),
+            keep_hidden: folder.keep_hidden(),
+            hidden_width,
+        };
+        let failure_slot = Arc::clone(&failure);
+        let handle = std::thread::spawn(move || {
+            for job in queue {
+                let already_failed = failure_slot.lock().expect("not poisoned").is_some();
+                if already_failed {
+                    continue;
+                }
+                if let Err(error) = writer.write(job) {
+                    *failure_slot.lock().expect("not poisoned") = Some(error);
+                }
+            }
+            writer.progress
+        });
+        CheckpointObserver {
+            folder,
+            statistics: BTreeMap::new(),
+            routers: BTreeMap::new(),
+            hidden_states: None,
+            hidden_interval,
+            last_hidden: Instant::now(),
+            jobs: Some(jobs),
+            writer: Some(handle),
+            failure,
+        }
+    }
+
+    /// Waits for every write, updates the folder's progress, and reports a write that failed.
+    pub fn finish(mut self) -> Result<()> {
+        self.close()
+    }
+
+    fn close(&mut self) -> Result<()> {
+        drop(self.jobs.take());
+        if let Some(handle) = self.writer.take() {
+            let progress = handle.join().expect("the checkpoint writer does not panic");
+            self.folder.set_progress(progress);
+        }
+        match self.failure.lock().expect("not poisoned").take() {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for CheckpointObserver<'_> {
+    fn drop(&mut self) {
+        // Finished layers are written even when the run stopped with an error.
+        let _ = self.close();
+    }
+}
+
+impl RunObserver for CheckpointObserver<'_> {
+    fn on_statistics(&mut self, _layer: usize, point: CapturePoint, statistics: &PointStatistics) {
+        self.statistics.insert(point, statistics.clone());
+    }
+
+    fn on_router(&mut self, layer: usize, _first: usize, routing: &Routing) {
+        self.routers
+            .entry(layer)
+            .or_insert_with(|| RouterSummary::empty_like(routing))
+            .add(routing);
+    }
+
+    fn wants_hidden_states(&mut self, _layer: usize) -> bool {
+        self.last_hidden.elapsed() >= self.hidden_interval
+    }
+
+    fn on_hidden_states(&mut self, _layer: usize, hidden_states: &[f32]) {
+        self.last_hidden = Instant::now();
+        self.hidden_states = Some(hidden_states.to_vec());
+    }
+
+    fn on_layer_done(&mut self, layer: usize, _layers: usize, _tokens: usize) {
+        let job = LayerJob {
+            layer,
+            statistics: std::mem::take(&mut self.statistics),
+            router: self.routers.remove(&layer),
+            hidden_states: self.hidden_states.take(),
+        };
+        if let Some(jobs) = &self.jobs {
+            // The writer only stops when this observer closes the channel.
+            let _ = jobs.send(job);
+        }
+    }
+
+    fn take_failure(&mut self) -> Option<RuntimeError> {
+        self.failure.lock().expect("not poisoned").take()
+    }
+}
