@@ -1,6 +1,7 @@
 //! Command-line interface. Flags mean the same in every command that takes them.
 
 use clap::{Args, Parser, Subcommand};
+use layerstream_planner::ByteSize;
 use layerstream_runtime::DeviceChoice;
 use layerstream_runtime::cuda::ComputeChoice;
 use std::path::PathBuf;
@@ -24,6 +25,9 @@ pub enum Command {
     Score(ScoreArgs),
     /// Describe a model from its config.json and safetensors headers, without reading weights.
     Inspect(InspectArgs),
+    /// Estimate a run's device memory and time from the model's headers, before renting a
+    /// GPU: per-layer table, micro-batch, where hidden states live, peak against --vram.
+    Estimate(EstimateArgs),
     /// Where an analysis output folder stands: layers done and remaining, settings, whether
     /// its files are intact and the run can continue.
     Status(StatusArgs),
@@ -105,6 +109,11 @@ pub struct AnalyzeArgs {
     /// Magnitude counted as an outlier value (|x| >= threshold; LLM.int8() uses 6).
     #[arg(long, value_name = "X", default_value_t = 6.0)]
     pub threshold: f32,
+    #[command(flatten)]
+    pub plan: PlanArgs,
+    /// Print the plan (as `layerstream estimate` does) and stop.
+    #[arg(long)]
+    pub dry_run: bool,
     /// Delete what an earlier run left in --out and start over (otherwise the same command
     /// continues an interrupted run, and a different one is refused).
     #[arg(long)]
@@ -117,6 +126,62 @@ pub struct AnalyzeArgs {
     /// runs the layers after them forward again without recomputing their results.
     #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
     pub checkpoint_every: f64,
+}
+
+/// What the planner needs besides the model (shared by `estimate` and `analyze`).
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// Device memory budget, e.g. 8GiB, 8GB, 8192MiB, 0.5TiB. The run is planned to stay
+    /// inside it (micro-batch size, where hidden states live) and refused if it cannot.
+    #[arg(long, value_name = "SIZE")]
+    pub vram: Option<ByteSize>,
+    /// CUDA context, cuBLAS and kernel modules, counted in the budget.
+    #[arg(long, value_name = "SIZE", default_value = "600MiB")]
+    pub overhead: ByteSize,
+    /// Pinned host-to-device bandwidth the time estimate assumes, GB/s (H200: 55, T4: 12).
+    #[arg(long, value_name = "GBPS", default_value_t = 55.0)]
+    pub h2d_gbps: f64,
+    /// Disk read bandwidth for a cold page cache, GB/s.
+    #[arg(long, value_name = "GBPS", default_value_t = 1.6)]
+    pub disk_gbps: f64,
+    /// Arithmetic throughput layerstream sustains, TFLOP/s (27 measured on the H200 for the
+    /// OLMoE-1B-7B shape).
+    #[arg(long, value_name = "TFLOPS", default_value_t = 25.0)]
+    pub tflops: f64,
+}
+
+/// `layerstream estimate`.
+#[derive(Debug, Args)]
+pub struct EstimateArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Number of sequences.
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    pub num_samples: usize,
+    /// Tokens per sequence.
+    #[arg(long, value_name = "T", default_value_t = 2048)]
+    pub seq_len: usize,
+    /// Layers to analyse: all, a list (0,6,11), a range (0-11) or a mix (0-3,8).
+    #[arg(long, value_name = "LAYERS", default_value = "all")]
+    pub layers: String,
+    /// Capture points: all, or a list of ln1, ln2, attn_in_o, attn_out, mlp_out, resid_post.
+    #[arg(long, value_name = "POINTS", default_value = "all")]
+    pub points: String,
+    /// Plan `score` (final norm and LM head) instead of `analyze`.
+    #[arg(long)]
+    pub score: bool,
+    /// GEMM arithmetic: auto (bf16 for bf16 checkpoints, as on a GPU with bf16 arithmetic),
+    /// bf16, or f32 (a T4).
+    #[arg(long, value_name = "DTYPE", default_value = "auto", value_parser = parse_compute)]
+    pub compute_dtype: ComputeChoice,
+    /// Tokens per micro-batch to aim for; the plan takes the largest that fits, up to this.
+    #[arg(long, value_name = "TOKENS", default_value_t = 8192)]
+    pub micro_batch_tokens: usize,
+    #[command(flatten)]
+    pub plan: PlanArgs,
+    /// Print JSON (schema: docs/estimate-json.md).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `layerstream status`.

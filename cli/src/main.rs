@@ -16,6 +16,7 @@ fn main() -> ExitCode {
         Command::Score(args) => commands::score::score(args),
         Command::Inspect(args) => commands::inspect::inspect(args),
         Command::Status(args) => commands::status::status(args),
+        Command::Estimate(args) => commands::estimate::estimate(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -5,6 +5,7 @@
 pub mod atomic;
 pub mod budget;
 pub mod inventory;
+pub mod memory;
 pub mod micro_batch;
 pub mod progress;
 

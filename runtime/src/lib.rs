@@ -19,6 +19,7 @@ pub mod data;
 pub mod error;
 pub mod executor;
 pub mod model;
+pub mod plan;
 pub mod selection;
 pub mod weights;
 

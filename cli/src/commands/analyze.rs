@@ -3,10 +3,12 @@
 //! again after a crash continues where it stopped; writes `OUT/report.json` and prints a
 //! short summary.
 
+use super::estimate::{make_estimate, print_estimate};
 use super::{choose_backend, micro_batch_sequences, open_model, pack_workload, prepare_out_dir};
 use crate::args::AnalyzeArgs;
 use crate::progress::WithProgress;
 use anyhow::Result;
+use layerstream_planner::memory::HiddenPlacement;
 use layerstream_runtime::analysis::report::{ActivationReport, ReportData, ReportModel};
 use layerstream_runtime::checkpoint::{
     AnalysisFolder, FolderOptions, RunIdentity, data_fingerprint, model_fingerprint,
@@ -19,8 +21,36 @@ use std::time::Instant;
 /// Runs `analyze`.
 pub fn analyze(args: &AnalyzeArgs) -> Result<()> {
     let started = Instant::now();
-    prepare_out_dir(&args.run.out)?;
     let named = open_model(&args.model)?;
+    let plan = match (args.dry_run, args.plan.vram) {
+        (false, None) => None,
+        _ => Some(make_estimate(
+            &named,
+            args.workload.num_samples,
+            args.workload.seq_len,
+            &args.layers,
+            &args.points,
+            false,
+            args.run.compute_dtype,
+            args.run.micro_batch_tokens,
+            &args.plan,
+        )?),
+    };
+    if args.dry_run {
+        print_estimate(plan.as_ref().expect("planned above"));
+        return Ok(());
+    }
+    if let Some(estimate) = &plan
+        && estimate.plan.hidden_placement == HiddenPlacement::PinnedHost
+    {
+        anyhow::bail!(
+            "with --vram {} the workload's hidden states ({} sequences x {} tokens) do not fit on the device next to a layer, and keeping them in host memory is not implemented yet; raise --vram or lower --num-samples",
+            args.plan.vram.expect("planned for a budget"),
+            args.workload.num_samples,
+            args.workload.seq_len
+        );
+    }
+    prepare_out_dir(&args.run.out)?;
     let model = &named.model;
     let layers = parse_layers(&args.layers, model.spec.num_layers)?;
     let points = parse_points(&args.points)?;
@@ -30,7 +60,10 @@ pub fn analyze(args: &AnalyzeArgs) -> Result<()> {
     let workload = pack_workload(model, &args.workload)?;
     let backend = choose_backend(&args.run)?;
     let packed = &workload.packed;
-    let micro_batch = micro_batch_sequences(&args.run, &workload);
+    let micro_batch = match &plan {
+        Some(estimate) => estimate.plan.micro_batch_sequences,
+        None => micro_batch_sequences(&args.run, &workload),
+    };
     let point_names: Vec<&str> = points.iter().map(|p| p.name()).collect();
     let identity = RunIdentity {
         model_fingerprint: model_fingerprint(model),

@@ -2,6 +2,7 @@
 //! choosing the backend, preparing the output folder.
 
 pub mod analyze;
+pub mod estimate;
 pub mod inspect;
 pub mod score;
 pub mod status;

@@ -67,6 +67,11 @@ pub fn edit_config(dir: &Path, edit: impl FnOnce(&mut serde_json::Map<String, se
     std::fs::write(&path, serde_json::to_string_pretty(&config).unwrap()).unwrap();
 }
 
+/// A fixture's model folder, as a path string.
+pub fn fixture_model_path(name: &str) -> String {
+    layerstream_tests::fixture_model(name).display().to_string()
+}
+
 /// The fixture documents, as a path string.
 pub fn docs() -> String {
     layerstream_tests::fixture_docs().display().to_string()
@@ -109,4 +114,59 @@ pub fn deep_model(into: &Path) -> PathBuf {
     )
     .unwrap();
     dest
+}
+
+/// A Llama-shaped model whose weights take `layers x ~1.7 GB` but no disk: real config and
+/// safetensors header, data left as a sparse hole (`set_len`). Only headers can be read.
+pub fn sparse_llama(into: &Path, layers: usize) -> (PathBuf, u64) {
+    let dir = into.join("sparse-llama");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (hidden, inter, vocab, heads, kv_heads) =
+        (8192usize, 28672usize, 128256usize, 64usize, 8usize);
+    let config = serde_json::json!({
+        "model_type": "llama", "hidden_size": hidden, "intermediate_size": inter,
+        "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": kv_heads,
+        "vocab_size": vocab, "max_position_embeddings": 8192, "rms_norm_eps": 1e-5,
+        "rope_theta": 500000.0, "tie_word_embeddings": false
+    });
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let kv = kv_heads * hidden / heads;
+    let mut shapes: Vec<(String, Vec<usize>)> = vec![
+        ("model.embed_tokens.weight".into(), vec![vocab, hidden]),
+        ("model.norm.weight".into(), vec![hidden]),
+        ("lm_head.weight".into(), vec![vocab, hidden]),
+    ];
+    for l in 0..layers {
+        for (name, shape) in [
+            ("input_layernorm.weight", vec![hidden]),
+            ("post_attention_layernorm.weight", vec![hidden]),
+            ("self_attn.q_proj.weight", vec![hidden, hidden]),
+            ("self_attn.k_proj.weight", vec![kv, hidden]),
+            ("self_attn.v_proj.weight", vec![kv, hidden]),
+            ("self_attn.o_proj.weight", vec![hidden, hidden]),
+            ("mlp.gate_proj.weight", vec![inter, hidden]),
+            ("mlp.up_proj.weight", vec![inter, hidden]),
+            ("mlp.down_proj.weight", vec![hidden, inter]),
+        ] {
+            shapes.push((format!("model.layers.{l}.{name}"), shape));
+        }
+    }
+    let mut header = serde_json::Map::new();
+    let mut offset = 0u64;
+    for (name, shape) in &shapes {
+        let bytes = 2 * shape.iter().product::<usize>() as u64;
+        header.insert(name.clone(), serde_json::json!({"dtype": "BF16", "shape": shape, "data_offsets": [offset, offset + bytes]}));
+        offset += bytes;
+    }
+    let mut text = serde_json::Value::Object(header).to_string();
+    while !text.len().is_multiple_of(8) {
+        text.push(' ');
+    }
+    let path = dir.join("model.safetensors");
+    let mut file = std::fs::File::create(&path).unwrap();
+    use std::io::Write;
+    file.write_all(&(text.len() as u64).to_le_bytes()).unwrap();
+    file.write_all(text.as_bytes()).unwrap();
+    file.set_len(8 + text.len() as u64 + offset).unwrap();
+    (dir, offset)
 }

@@ -18,6 +18,7 @@ use crate::executor::{
     CaptureMode, FinalStage, RunObserver, RunRequest, RunSummary, TransferSummary, finish_layer,
 };
 use crate::model::Model;
+use crate::plan::dominant_weight_dtype;
 use crossbeam::channel::{Receiver, Sender, bounded};
 use layerstream_kernels::cudarc::driver::CudaView;
 use layerstream_kernels::cudarc::driver::result::memcpy_htod_async;
@@ -25,7 +26,6 @@ use layerstream_kernels::cudarc::driver::sys::CUevent_flags;
 use layerstream_kernels::cudarc::driver::{CudaEvent, CudaSlice, CudaStream, DevicePtrMut};
 use layerstream_kernels::ops::stats::StatsAccumulators;
 use layerstream_kernels::{Gpu, KernelError};
-use layerstream_planner::TensorDtype;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,7 +40,7 @@ pub fn run(
     let mut summary = RunSummary::default();
     let gpu = &*backend.gpu;
     let spec = &model.spec;
-    let compute = backend.compute_dtype(dominant_matrix_dtype(model));
+    let compute = backend.compute_dtype(dominant_weight_dtype(model));
     let (seq_len, d) = (request.seq_len, spec.hidden_size);
     let micro_batch = request.micro_batch();
     let tokens = request.num_sequences * seq_len;
@@ -267,21 +267,6 @@ impl TransferLog {
             layers: self.copies.len(),
         })
     }
-}
-
-/// The dtype most layer weight bytes are stored in (decides `--compute-dtype auto`).
-fn dominant_matrix_dtype(model: &Model) -> TensorDtype {
-    let mut bytes: BTreeMap<&'static str, (u64, TensorDtype)> = BTreeMap::new();
-    for tensor in &model.weights.inventory().tensors {
-        let entry = bytes
-            .entry(tensor.dtype.name())
-            .or_insert((0, tensor.dtype));
-        entry.0 += tensor.byte_len;
-    }
-    bytes
-        .into_values()
-        .max_by_key(|(b, _)| *b)
-        .map_or(TensorDtype::F32, |(_, dtype)| dtype)
 }
 
 /// The device accumulators of a finished layer, as host statistics.

@@ -1,0 +1,255 @@
+//! `layerstream estimate` (and `analyze --dry-run`): the memory plan and time estimate of a
+//! run, from config.json and the safetensors headers only.
+
+use super::{NamedModel, open_model};
+use crate::args::{EstimateArgs, PlanArgs};
+use anyhow::Result;
+use layerstream_planner::memory::{GemmDtype, HiddenPlacement, MemoryPlan, Workload};
+use layerstream_planner::{ByteSize, TensorDtype};
+use layerstream_runtime::cuda::ComputeChoice;
+use layerstream_runtime::plan::{
+    Rates, TimeEstimate, dominant_weight_dtype, estimate_time, plan_model, point_width,
+};
+use layerstream_runtime::selection::{parse_layers, parse_points};
+use serde::Serialize;
+
+/// Version of the `estimate --json` layout (docs/estimate-json.md).
+pub const ESTIMATE_SCHEMA_VERSION: u32 = 1;
+
+/// What `estimate --json` prints.
+#[derive(Debug, Serialize)]
+pub struct Estimate {
+    schema_version: u32,
+    model: String,
+    model_type: String,
+    num_layers: usize,
+    parameters: u64,
+    weight_bytes: u64,
+    sequences: usize,
+    seq_len: usize,
+    layers_run: usize,
+    points: Vec<&'static str>,
+    lm_head: bool,
+    gemm_dtype: GemmDtype,
+    budget_bytes: Option<u64>,
+    /// Peak as a fraction of the budget.
+    budget_fraction: Option<f64>,
+    warnings: Vec<String>,
+    /// The memory plan.
+    pub plan: MemoryPlan,
+    time: TimeEstimate,
+}
+
+/// The estimate for a run.
+#[allow(clippy::too_many_arguments)]
+pub fn make_estimate(
+    named: &NamedModel,
+    sequences: usize,
+    seq_len: usize,
+    layers: &str,
+    points: &str,
+    lm_head: bool,
+    compute: ComputeChoice,
+    micro_batch_tokens: usize,
+    plan_args: &PlanArgs,
+) -> Result<Estimate> {
+    let model = &named.model;
+    let spec = &model.spec;
+    model.check_seq_len(seq_len)?;
+    let layers = parse_layers(layers, spec.num_layers)?;
+    let points = parse_points(points)?;
+    let layers_run = if lm_head {
+        spec.num_layers
+    } else {
+        layers.last().map_or(0, |&l| l + 1)
+    };
+    let gemm = match compute {
+        ComputeChoice::F32 => GemmDtype::F32,
+        ComputeChoice::Bf16 => GemmDtype::Bf16,
+        ComputeChoice::Auto if dominant_weight_dtype(model) == TensorDtype::Bf16 => GemmDtype::Bf16,
+        ComputeChoice::Auto => GemmDtype::F32,
+    };
+    let widths: Vec<usize> = points
+        .iter()
+        .map(|&p| point_width(spec, p))
+        .filter(|&w| w > 0)
+        .collect();
+    let workload = Workload {
+        sequences,
+        seq_len,
+        captured_point_widths: if lm_head { Vec::new() } else { widths },
+        lm_head,
+        target_micro_batch_tokens: micro_batch_tokens,
+    };
+    let budget = plan_args.vram.map(|b| b.0);
+    let plan = plan_model(model, &workload, gemm, budget, plan_args.overhead.0)?;
+    let budget_fraction = plan_args.vram.map(|b| plan.peak_bytes as f64 / b.0 as f64);
+    let mut warnings = Vec::new();
+    if let Some(fraction) = budget_fraction.filter(|&f| f > 0.9) {
+        warnings.push(format!(
+            "the plan uses {:.0}% of the budget: little room for what the driver or other processes take",
+            fraction * 100.0
+        ));
+    }
+    if plan.hidden_placement == HiddenPlacement::PinnedHost {
+        warnings.push("the workload's hidden states do not fit on the device: they stay in pinned host memory and cross PCIe twice per layer".into());
+    }
+    let rates = Rates {
+        host_to_device_gbps: plan_args.h2d_gbps,
+        disk_gbps: plan_args.disk_gbps,
+        tflops: plan_args.tflops,
+    };
+    let inventory = model.weights.inventory();
+    Ok(Estimate {
+        schema_version: ESTIMATE_SCHEMA_VERSION,
+        model: named.name.clone(),
+        model_type: model.config.model_type.clone(),
+        num_layers: spec.num_layers,
+        parameters: inventory.parameter_count(),
+        weight_bytes: inventory.total_bytes(),
+        sequences,
+        seq_len,
+        layers_run,
+        points: points.iter().map(|p| p.name()).collect(),
+        lm_head,
+        gemm_dtype: gemm,
+        budget_bytes: plan_args.vram.map(|b| b.0),
+        budget_fraction,
+        warnings,
+        time: estimate_time(model, layers_run, sequences * seq_len, seq_len, rates),
+        plan,
+    })
+}
+
+/// Prints an estimate as a person reads it.
+pub fn print_estimate(e: &Estimate) {
+    let row = |key: &str, value: String| println!("{key:<16} {value}");
+    let size = |b: u64| ByteSize(b).to_string();
+    row(
+        "model",
+        format!(
+            "{} ({}, {} layers, {})",
+            e.model,
+            e.model_type,
+            e.num_layers,
+            size(e.weight_bytes)
+        ),
+    );
+    row(
+        "workload",
+        format!(
+            "{} sequences x {} tokens, {} layers run, {}",
+            e.sequences,
+            e.seq_len,
+            e.layers_run,
+            if e.lm_head {
+                "LM head (score)".to_string()
+            } else {
+                format!("points {}", e.points.join(","))
+            }
+        ),
+    );
+    row(
+        "budget",
+        match e.budget_bytes {
+            Some(b) => format!("{} (--vram)", size(b)),
+            None => "none given (--vram): showing what the run needs".into(),
+        },
+    );
+    row("gemm dtype", format!("{:?}", e.gemm_dtype).to_lowercase());
+    let p = &e.plan;
+    row(
+        "micro-batch",
+        format!(
+            "{} sequences ({} tokens)",
+            p.micro_batch_sequences,
+            p.micro_batch_sequences * e.seq_len
+        ),
+    );
+    row(
+        "hidden states",
+        match p.hidden_placement {
+            HiddenPlacement::Device => format!("on the device ({})", size(p.regions.hidden)),
+            HiddenPlacement::PinnedHost => format!(
+                "pinned host memory, {} on the device",
+                size(p.regions.hidden)
+            ),
+        },
+    );
+    let r = &p.regions;
+    row(
+        "regions",
+        format!(
+            "staging {} (2 buffers), converted {}, hidden {}, activations {}, moe {}, statistics {}, head {}, overhead {}",
+            size(r.staging),
+            size(r.converted),
+            size(r.hidden),
+            size(r.activations),
+            size(r.moe),
+            size(r.statistics),
+            size(r.head),
+            size(r.overhead)
+        ),
+    );
+    row(
+        "peak",
+        match e.budget_fraction {
+            Some(f) => format!("{} ({:.0}% of the budget)", size(p.peak_bytes), f * 100.0),
+            None => size(p.peak_bytes),
+        },
+    );
+    let t = &e.time;
+    row(
+        "time",
+        format!(
+            "about {:.3} s with a warm page cache, {:.3} s cold (weights over PCIe {:.3} s at {} GB/s, arithmetic {:.3} s at {} TFLOP/s, disk {:.3} s at {} GB/s)",
+            t.warm_seconds,
+            t.cold_seconds,
+            t.transfer_seconds,
+            t.rates.host_to_device_gbps,
+            t.compute_seconds,
+            t.rates.tflops,
+            t.disk_seconds,
+            t.rates.disk_gbps
+        ),
+    );
+    for warning in &e.warnings {
+        println!("warning: {warning}");
+    }
+    println!(
+        "\n{:>5}  {:>12}  {:>12}  {:>12}  {:>12}",
+        "layer", "weights", "converted", "activations", "needs"
+    );
+    for l in &p.layers {
+        println!(
+            "{:>5}  {:>12}  {:>12}  {:>12}  {:>12}",
+            l.layer,
+            size(l.weight_bytes),
+            size(l.converted_bytes),
+            size(l.activation_bytes),
+            size(l.needs_bytes)
+        );
+    }
+}
+
+/// Runs `estimate`.
+pub fn estimate(args: &EstimateArgs) -> Result<()> {
+    let named = open_model(&args.model)?;
+    let estimate = make_estimate(
+        &named,
+        args.num_samples,
+        args.seq_len,
+        &args.layers,
+        &args.points,
+        args.score,
+        args.compute_dtype,
+        args.micro_batch_tokens,
+        &args.plan,
+    )?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&estimate)?);
+    } else {
+        print_estimate(&estimate);
+    }
+    Ok(())
+}

@@ -1,0 +1,194 @@
+//! `layerstream estimate`: the plan from headers only, its JSON schema, refusals.
+
+mod common;
+use common::*;
+use serde_json::Value;
+use std::time::Instant;
+
+#[test]
+fn estimate_json_matches_its_schema() {
+    let home = tempfile::tempdir().unwrap();
+    let model = fixture_model_path("olmoe");
+    let out = assert_succeeds(&layerstream(
+        &[
+            "estimate",
+            "--model",
+            &model,
+            "--num-samples",
+            "4",
+            "--seq-len",
+            "64",
+            "--vram",
+            "2GiB",
+            "--json",
+        ],
+        home.path(),
+    ));
+    let e: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(e["schema_version"], 1);
+    for key in ["model", "model_type", "gemm_dtype"] {
+        assert!(e[key].is_string(), "{key}");
+    }
+    for key in [
+        "num_layers",
+        "parameters",
+        "weight_bytes",
+        "sequences",
+        "seq_len",
+        "layers_run",
+        "budget_bytes",
+    ] {
+        assert!(e[key].is_u64(), "{key}");
+    }
+    assert!(e["points"].is_array() && e["warnings"].is_array() && e["lm_head"].is_boolean());
+    assert_eq!(e["gemm_dtype"], "f32", "an f32 checkpoint");
+    let plan = &e["plan"];
+    let regions = plan["regions"].as_object().unwrap();
+    let keys: Vec<&str> = regions.keys().map(String::as_str).collect();
+    assert_eq!(
+        keys,
+        [
+            "activations",
+            "converted",
+            "head",
+            "hidden",
+            "moe",
+            "overhead",
+            "staging",
+            "statistics"
+        ]
+    );
+    let sum: u64 = regions.values().map(|v| v.as_u64().unwrap()).sum();
+    assert_eq!(
+        plan["peak_bytes"].as_u64().unwrap(),
+        sum,
+        "the peak is the regions"
+    );
+    assert!(
+        regions["moe"].as_u64().unwrap() > 0,
+        "an MoE model plans MoE buffers"
+    );
+    assert!(["device", "pinned_host"].contains(&plan["hidden_placement"].as_str().unwrap()));
+    assert!(plan["micro_batch_sequences"].as_u64().unwrap() >= 1);
+    assert_eq!(plan["layers"].as_array().unwrap().len(), 2);
+    for layer in plan["layers"].as_array().unwrap() {
+        for key in [
+            "layer",
+            "weight_bytes",
+            "converted_bytes",
+            "activation_bytes",
+            "needs_bytes",
+        ] {
+            assert!(layer[key].is_u64(), "{key}");
+        }
+    }
+    let fraction = e["budget_fraction"].as_f64().unwrap();
+    assert!((fraction - sum as f64 / (2u64 << 30) as f64).abs() < 1e-12);
+    for key in [
+        "transfer_seconds",
+        "disk_seconds",
+        "compute_seconds",
+        "warm_seconds",
+        "cold_seconds",
+    ] {
+        assert!(e["time"][key].is_f64(), "{key}");
+    }
+    assert_eq!(e["time"]["rates"]["host_to_device_gbps"], 55.0);
+}
+
+#[test]
+fn a_budget_too_small_for_one_layer_is_refused_with_what_it_needs() {
+    let home = tempfile::tempdir().unwrap();
+    let model = fixture_model_path("llama3");
+    let args = [
+        "estimate",
+        "--model",
+        &model,
+        "--num-samples",
+        "2",
+        "--seq-len",
+        "64",
+        "--vram",
+        "300MiB",
+    ];
+    assert_fails_with(
+        &layerstream(&args, home.path()),
+        &[
+            "layer 0 needs at least",
+            "x2 buffers",
+            "overhead 600.00 MiB",
+            "the budget is 300.00 MiB",
+            "try --vram 1GiB",
+        ],
+    );
+    // analyze refuses the same way before reading any data or writing any file.
+    let out = home.path().join("out");
+    let args = [
+        "analyze",
+        "--model",
+        &model,
+        "--num-samples",
+        "2",
+        "--seq-len",
+        "64",
+        "--vram",
+        "300MiB",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    assert_fails_with(
+        &layerstream(&args, home.path()),
+        &["layer 0 needs at least", "try --vram 1GiB"],
+    );
+    assert!(!out.exists());
+}
+
+#[test]
+fn analyze_dry_run_prints_the_estimate() {
+    let home = tempfile::tempdir().unwrap();
+    let model = fixture_model_path("qwen3_moe");
+    let shared = [
+        "--model",
+        &model,
+        "--num-samples",
+        "4",
+        "--seq-len",
+        "64",
+        "--vram",
+        "4GiB",
+    ];
+    let estimate = assert_succeeds(&layerstream(
+        &[&["estimate"][..], &shared].concat(),
+        home.path(),
+    ));
+    let dry = assert_succeeds(&layerstream(
+        &[&["analyze", "--dry-run"][..], &shared].concat(),
+        home.path(),
+    ));
+    assert_eq!(estimate, dry);
+    assert!(dry.contains("peak") && dry.contains("micro-batch"), "{dry}");
+}
+
+#[test]
+fn a_100_gb_model_is_estimated_from_its_headers_in_under_a_second() {
+    let home = tempfile::tempdir().unwrap();
+    let (dir, data_bytes) = sparse_llama(home.path(), 56);
+    assert!(data_bytes > 100_000_000_000, "{data_bytes}");
+    let model = dir.display().to_string();
+    let started = Instant::now();
+    let out = assert_succeeds(&layerstream(
+        &["estimate", "--model", &model, "--vram", "24GiB", "--json"],
+        home.path(),
+    ));
+    let elapsed = started.elapsed();
+    assert!(elapsed.as_secs_f64() < 1.0, "took {elapsed:?}");
+    let e: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(e["num_layers"], 56);
+    assert_eq!(e["weight_bytes"].as_u64().unwrap(), data_bytes);
+    let layer_bytes = e["plan"]["layers"][0]["weight_bytes"].as_u64().unwrap();
+    assert!(
+        layer_bytes > 1_700_000_000 && layer_bytes < 1_800_000_000,
+        "{layer_bytes}"
+    );
+    assert!(e["plan"]["peak_bytes"].as_u64().unwrap() <= 24 << 30);
+}

@@ -1,0 +1,595 @@
+//! The memory model: what a run holds on the device, region by region, and the largest
+//! micro-batch that fits a budget. Weight sizes come from the inventory (safetensors
+//! headers); activation sizes from the block shapes and the micro-batch. The CUDA backend
+//! allocates exactly these regions once per run, so the plan's peak is the run's peak.
+//!
+//! Regions (bytes):
+//! - staging: 2 x the largest layer as stored (tensors 256-byte aligned): layer l computes
+//!   from one while layer l+1 uploads into the other; matrices already in the GEMM dtype are
+//!   used in place;
+//! - converted: the largest layer's tensors that need another dtype (1-D tensors to f32;
+//!   matrices to the GEMM dtype);
+//! - hidden: the workload's hidden states (f32) on the device, or one micro-batch of them
+//!   when they live in pinned host memory;
+//! - activations: the decoder block's buffers for one micro-batch;
+//! - moe: router, grouping and expert buffers for one micro-batch;
+//! - statistics: accumulators of one layer's captured points;
+//! - head: final norm and LM head (score only);
+//! - overhead: CUDA context, cuBLAS and kernel modules.
+
+use crate::budget::ByteSize;
+use crate::inventory::{Inventory, TensorClass, TensorDtype};
+use serde::Serialize;
+
+/// Alignment of tensors in a staging region.
+pub const TENSOR_ALIGN: u64 = 256;
+
+/// Context + cuBLAS + modules when nothing was measured (on the H200: see benches/results).
+pub const DEFAULT_OVERHEAD_BYTES: u64 = 600 << 20;
+
+/// Bytes per f32 accumulator entry of the statistics: max (4) + two counts (16) + four sums (32).
+const STATISTICS_BYTES_PER_VALUE: u64 = 52;
+
+/// What the GEMMs compute in (decides which weights are converted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GemmDtype {
+    /// bf16 matrices.
+    Bf16,
+    /// f32 matrices.
+    F32,
+}
+
+/// The shapes of one layer's blocks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerShapes {
+    /// Residual width.
+    pub hidden: usize,
+    /// Query heads x head_dim.
+    pub q_width: usize,
+    /// Key/value heads x head_dim.
+    pub kv_width: usize,
+    /// Dense MLP width (0 for a MoE layer).
+    pub dense_intermediate: usize,
+    /// Experts, if the layer is MoE.
+    pub moe: Option<MoeShapes>,
+}
+
+/// The shapes of a MoE block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MoeShapes {
+    /// Routed experts.
+    pub experts: usize,
+    /// Experts per token.
+    pub top_k: usize,
+    /// Expert MLP width.
+    pub expert_intermediate: usize,
+    /// Shared expert MLP width (0: none).
+    pub shared_intermediate: usize,
+}
+
+/// What the run does.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Workload {
+    /// Sequences.
+    pub sequences: usize,
+    /// Tokens per sequence.
+    pub seq_len: usize,
+    /// Widths of the points captured per analysed layer (statistics accumulators).
+    pub captured_point_widths: Vec<usize>,
+    /// Whether the LM head runs (score).
+    pub lm_head: bool,
+    /// Micro-batch the user aims for, in tokens (the plan takes the largest that fits, up to this).
+    pub target_micro_batch_tokens: usize,
+}
+
+/// Where the workload's hidden states live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HiddenPlacement {
+    /// On the device for the whole run.
+    Device,
+    /// In pinned host memory, one micro-batch on the device at a time.
+    PinnedHost,
+}
+
+/// Bytes of each region.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct Regions {
+    /// Two staging buffers together.
+    pub staging: u64,
+    /// Converted weights.
+    pub converted: u64,
+    /// Hidden states (whole workload or one micro-batch).
+    pub hidden: u64,
+    /// Decoder block buffers.
+    pub activations: u64,
+    /// MoE buffers.
+    pub moe: u64,
+    /// Statistics accumulators.
+    pub statistics: u64,
+    /// Output head.
+    pub head: u64,
+    /// Context, cuBLAS, modules.
+    pub overhead: u64,
+}
+
+impl Regions {
+    /// Their sum: the run's device peak.
+    pub fn total(&self) -> u64 {
+        self.staging
+            + self.converted
+            + self.hidden
+            + self.activations
+            + self.moe
+            + self.statistics
+            + self.head
+            + self.overhead
+    }
+}
+
+/// One row of the per-layer table.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LayerPlan {
+    /// Layer index.
+    pub layer: usize,
+    /// Bytes stored (staging one buffer).
+    pub weight_bytes: u64,
+    /// Bytes converted for it.
+    pub converted_bytes: u64,
+    /// Activation + MoE bytes at the chosen micro-batch.
+    pub activation_bytes: u64,
+    /// What this layer alone needs: overhead, two staging buffers of its size, its
+    /// conversions, hidden states, activations, statistics.
+    pub needs_bytes: u64,
+}
+
+/// The plan.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MemoryPlan {
+    /// The budget (`None`: none given; the plan shows what the run needs).
+    pub budget_bytes: Option<u64>,
+    /// Sequences per micro-batch.
+    pub micro_batch_sequences: usize,
+    /// Where hidden states live.
+    pub hidden_placement: HiddenPlacement,
+    /// Region sizes; their total is the peak.
+    pub regions: Regions,
+    /// Peak device bytes (= regions.total()).
+    pub peak_bytes: u64,
+    /// Per layer.
+    pub layers: Vec<LayerPlan>,
+}
+
+/// Why no plan fits.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    /// Even one sequence per micro-batch with hidden states on the host does not fit.
+    #[error(
+        "layer {layer} needs at least {needed} (weights {weights} x2 buffers, {converted} converted, one sequence of activations {activations}, overhead {overhead}); the budget is {budget}; try --vram {suggest} or a shorter --seq-len"
+    )]
+    TooSmall {
+        /// The largest layer.
+        layer: usize,
+        /// What it needs.
+        needed: ByteSize,
+        /// Its stored bytes.
+        weights: ByteSize,
+        /// Its converted bytes.
+        converted: ByteSize,
+        /// Activations of one sequence.
+        activations: ByteSize,
+        /// Context overhead.
+        overhead: ByteSize,
+        /// The budget.
+        budget: ByteSize,
+        /// A budget that fits, rounded up to a whole GiB.
+        suggest: String,
+    },
+}
+
+fn align(bytes: u64) -> u64 {
+    bytes.div_ceil(TENSOR_ALIGN) * TENSOR_ALIGN
+}
+
+/// Stored bytes (staging layout) and converted bytes of one layer.
+pub fn layer_weight_bytes(inventory: &Inventory, layer: usize, gemm: GemmDtype) -> (u64, u64) {
+    let mut stored = 0;
+    let mut converted = 0;
+    for tensor in inventory.of_class(TensorClass::Layer(layer)) {
+        stored += align(tensor.byte_len);
+        let numel = tensor.numel() as u64;
+        converted += if tensor.shape.len() == 1 {
+            align(numel * 4)
+        } else {
+            match (gemm, tensor.dtype) {
+                (GemmDtype::Bf16, TensorDtype::Bf16) | (GemmDtype::F32, TensorDtype::F32) => 0,
+                (GemmDtype::Bf16, _) => align(numel * 2),
+                (GemmDtype::F32, _) => align(numel * 4),
+            }
+        };
+    }
+    (stored, converted)
+}
+
+/// Activation bytes of one micro-batch of `rows` tokens: the decoder block's buffers, and
+/// the MoE buffers (router, grouping, expert and shared-expert buffers).
+pub fn activation_bytes(shapes: &LayerShapes, rows: usize) -> (u64, u64) {
+    let r = rows as u64;
+    let (d, q, kv, dense) = (
+        shapes.hidden as u64,
+        shapes.q_width as u64,
+        shapes.kv_width as u64,
+        shapes.dense_intermediate as u64,
+    );
+    let mut widest_input = d.max(q).max(dense);
+    let mut moe = 0;
+    if let Some(m) = shapes.moe {
+        let (e, k, ie, is) = (
+            m.experts as u64,
+            m.top_k as u64,
+            m.expert_intermediate as u64,
+            m.shared_intermediate as u64,
+        );
+        widest_input = widest_input.max(ie).max(is);
+        // logits, chosen + weights, positions, counts + offsets, gathered + expert outputs,
+        // expert gate + up (an expert sees at most every token once), shared expert.
+        moe = 4 * (r * e + 2 * r * k + r * k + 2 * e + 2 * r * k * d + 2 * r * ie);
+        if is > 0 {
+            moe += 4 * (2 * r * is + r * d + r);
+        }
+    }
+    // normed, q, k, v, attention output, sublayer output, dense gate + up (f32), bf16 inputs.
+    let block = 4 * (r * d + 2 * r * q + 2 * r * kv + r * d + 2 * r * dense) + 2 * r * widest_input;
+    (block, moe)
+}
+
+/// The output head on the device: the LM head matrix in the GEMM dtype (the embedding when
+/// no output-class matrix exists: tied), the final norm, normed rows and one logits chunk.
+pub fn head_bytes(inventory: &Inventory, gemm: GemmDtype, rows: usize) -> u64 {
+    let matrices: Vec<_> = inventory
+        .of_class(TensorClass::Output)
+        .filter(|t| t.shape.len() == 2)
+        .collect();
+    let head = if matrices.is_empty() {
+        inventory
+            .of_class(TensorClass::Input)
+            .filter(|t| t.shape.len() == 2)
+            .collect()
+    } else {
+        matrices
+    };
+    let element = match gemm {
+        GemmDtype::Bf16 => 2,
+        GemmDtype::F32 => 4,
+    };
+    let (vocab, width) = head
+        .first()
+        .map_or((0, 0), |t| (t.shape[0] as u64, t.shape[1] as u64));
+    let rows = rows as u64;
+    let chunk = ((64u64 << 20) / rows.max(1))
+        .clamp(256, vocab.max(1))
+        .min(vocab);
+    align(vocab * width * element)
+        + align(width * 4)
+        + 4 * rows * width
+        + 4 * rows * chunk
+        + 2 * rows * width
+}
+
+/// Plans a run: the largest micro-batch (up to the target) whose regions fit `budget_bytes`,
+/// hidden states on the device when they fit, otherwise in pinned host memory.
+pub fn plan(
+    inventory: &Inventory,
+    layers: &[LayerShapes],
+    workload: &Workload,
+    gemm: GemmDtype,
+    budget: Option<u64>,
+    overhead_bytes: u64,
+) -> Result<MemoryPlan, PlanError> {
+    let budget_bytes = budget.unwrap_or(u64::MAX);
+    let weights: Vec<(u64, u64)> = (0..layers.len())
+        .map(|l| layer_weight_bytes(inventory, l, gemm))
+        .collect();
+    let staging = 2 * weights.iter().map(|w| w.0).max().unwrap_or(0);
+    let converted = weights.iter().map(|w| w.1).max().unwrap_or(0);
+    let width = layers.first().map_or(0, |l| l.hidden) as u64;
+    let statistics = workload
+        .captured_point_widths
+        .iter()
+        .map(|&w| w as u64)
+        .sum::<u64>()
+        * workload.sequences as u64
+        * STATISTICS_BYTES_PER_VALUE;
+    let tokens = (workload.sequences * workload.seq_len) as u64;
+    let regions_for = |sequences: usize, placement: HiddenPlacement| -> Regions {
+        let rows = sequences * workload.seq_len;
+        let (block, moe) = layers
+            .iter()
+            .map(|s| activation_bytes(s, rows))
+            .fold((0, 0), |(b, m), (b2, m2)| (b.max(b2), m.max(m2)));
+        let head = if workload.lm_head {
+            head_bytes(inventory, gemm, rows)
+        } else {
+            0
+        };
+        let hidden = match placement {
+            HiddenPlacement::Device => tokens * width * 4,
+            HiddenPlacement::PinnedHost => rows as u64 * width * 4,
+        };
+        Regions {
+            staging,
+            converted,
+            hidden,
+            activations: block,
+            moe,
+            statistics,
+            head,
+            overhead: overhead_bytes,
+        }
+    };
+    let target = (workload.target_micro_batch_tokens / workload.seq_len.max(1))
+        .clamp(1, workload.sequences.max(1));
+    for placement in [HiddenPlacement::Device, HiddenPlacement::PinnedHost] {
+        if let Some(sequences) = (1..=target)
+            .rev()
+            .find(|&m| regions_for(m, placement).total() <= budget_bytes)
+        {
+            let regions = regions_for(sequences, placement);
+            let rows = sequences * workload.seq_len;
+            let head = regions.head;
+            let layer_plans = layers
+                .iter()
+                .enumerate()
+                .map(|(layer, shapes)| {
+                    let (block, moe) = activation_bytes(shapes, rows);
+                    let (stored, conv) = weights[layer];
+                    LayerPlan {
+                        layer,
+                        weight_bytes: stored,
+                        converted_bytes: conv,
+                        activation_bytes: block + moe,
+                        needs_bytes: overhead_bytes
+                            + 2 * stored
+                            + conv
+                            + regions.hidden
+                            + block
+                            + moe
+                            + statistics
+                            + head,
+                    }
+                })
+                .collect();
+            return Ok(MemoryPlan {
+                budget_bytes: budget,
+                micro_batch_sequences: sequences,
+                hidden_placement: placement,
+                peak_bytes: regions.total(),
+                regions,
+                layers: layer_plans,
+            });
+        }
+    }
+    let smallest = regions_for(1, HiddenPlacement::PinnedHost);
+    let (layer, (stored, conv)) = weights
+        .iter()
+        .copied()
+        .enumerate()
+        // The largest layer; the first of equals.
+        .max_by(|(la, (sa, ca)), (lb, (sb, cb))| (2 * sa + ca).cmp(&(2 * sb + cb)).then(lb.cmp(la)))
+        .unwrap_or((0, (0, 0)));
+    let needed = smallest.total();
+    Err(PlanError::TooSmall {
+        layer,
+        needed: ByteSize(needed),
+        weights: ByteSize(stored),
+        converted: ByteSize(conv),
+        activations: ByteSize(smallest.activations + smallest.moe),
+        overhead: ByteSize(overhead_bytes),
+        budget: ByteSize(budget_bytes),
+        suggest: format!("{}GiB", needed.div_ceil(1 << 30)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inventory::{TensorEntry, classify_expert, classify_tensor_name};
+    use std::path::PathBuf;
+
+    /// A dense 4-layer model: hidden 1024, MLP 4096, bf16, vocabulary 32000.
+    fn dense() -> (Inventory, Vec<LayerShapes>) {
+        let mut tensors = Vec::new();
+        let mut add = |name: String, shape: Vec<usize>| {
+            let numel: usize = shape.iter().product();
+            tensors.push(TensorEntry {
+                class: classify_tensor_name(&name),
+                expert: classify_expert(&name),
+                name,
+                shape,
+                dtype: TensorDtype::Bf16,
+                file_index: 0,
+                byte_offset: 0,
+                byte_len: 2 * numel as u64,
+            });
+        };
+        add("model.embed_tokens.weight".into(), vec![32000, 1024]);
+        add("model.norm.weight".into(), vec![1024]);
+        add("lm_head.weight".into(), vec![32000, 1024]);
+        for l in 0..4 {
+            for (n, s) in [
+                ("self_attn.q_proj.weight", vec![1024, 1024]),
+                ("self_attn.k_proj.weight", vec![256, 1024]),
+                ("self_attn.v_proj.weight", vec![256, 1024]),
+                ("self_attn.o_proj.weight", vec![1024, 1024]),
+                ("mlp.gate_proj.weight", vec![4096, 1024]),
+                ("mlp.up_proj.weight", vec![4096, 1024]),
+                ("mlp.down_proj.weight", vec![1024, 4096]),
+                ("input_layernorm.weight", vec![1024]),
+                ("post_attention_layernorm.weight", vec![1024]),
+            ] {
+                add(format!("model.layers.{l}.{n}"), s);
+            }
+        }
+        let shapes = vec![
+            LayerShapes {
+                hidden: 1024,
+                q_width: 1024,
+                kv_width: 256,
+                dense_intermediate: 4096,
+                moe: None
+            };
+            4
+        ];
+        (
+            Inventory::new(vec![PathBuf::from("m.safetensors")], tensors),
+            shapes,
+        )
+    }
+
+    fn workload() -> Workload {
+        Workload {
+            sequences: 16,
+            seq_len: 2048,
+            captured_point_widths: vec![1024; 6],
+            lm_head: false,
+            target_micro_batch_tokens: 8192,
+        }
+    }
+
+    #[test]
+    fn weights_from_headers_and_conversions_by_gemm_dtype() {
+        let (inventory, _) = dense();
+        let (stored, converted) = layer_weight_bytes(&inventory, 0, GemmDtype::Bf16);
+        let matrices = 2 * (2 * 1024 * 1024 + 2 * 256 * 1024 + 3 * 4096 * 1024) as u64;
+        assert_eq!(stored, matrices + 2 * 2048);
+        assert_eq!(converted, 2 * 4096, "only the two norms, to f32");
+        let (_, converted_f32) = layer_weight_bytes(&inventory, 0, GemmDtype::F32);
+        assert_eq!(
+            converted_f32,
+            2 * matrices + 2 * 4096,
+            "bf16 matrices become f32"
+        );
+    }
+
+    #[test]
+    fn the_largest_micro_batch_that_fits_is_chosen_and_the_peak_is_the_regions() {
+        let (inventory, shapes) = dense();
+        let roomy = plan(
+            &inventory,
+            &shapes,
+            &workload(),
+            GemmDtype::Bf16,
+            Some(80 << 30),
+            DEFAULT_OVERHEAD_BYTES,
+        )
+        .unwrap();
+        assert_eq!(roomy.micro_batch_sequences, 4, "the 8192-token target");
+        assert_eq!(roomy.hidden_placement, HiddenPlacement::Device);
+        assert_eq!(roomy.peak_bytes, roomy.regions.total());
+        // Just enough for 2 sequences per micro-batch.
+        let two = plan(
+            &inventory,
+            &shapes,
+            &Workload {
+                target_micro_batch_tokens: 2 * 2048,
+                ..workload()
+            },
+            GemmDtype::Bf16,
+            Some(80 << 30),
+            DEFAULT_OVERHEAD_BYTES,
+        )
+        .unwrap();
+        let tight = plan(
+            &inventory,
+            &shapes,
+            &workload(),
+            GemmDtype::Bf16,
+            Some(two.peak_bytes),
+            DEFAULT_OVERHEAD_BYTES,
+        )
+        .unwrap();
+        assert_eq!(tight.micro_batch_sequences, 2);
+        assert!(tight.peak_bytes <= two.peak_bytes);
+        for layer in &tight.layers {
+            assert!(layer.needs_bytes <= tight.peak_bytes);
+        }
+    }
+
+    #[test]
+    fn hidden_states_move_to_the_host_when_they_do_not_fit() {
+        let (inventory, shapes) = dense();
+        let device = plan(
+            &inventory,
+            &shapes,
+            &Workload {
+                target_micro_batch_tokens: 2048,
+                ..workload()
+            },
+            GemmDtype::Bf16,
+            Some(80 << 30),
+            DEFAULT_OVERHEAD_BYTES,
+        )
+        .unwrap();
+        let whole_hidden = 16 * 2048 * 1024 * 4;
+        let budget = device.peak_bytes - whole_hidden / 2;
+        let host = plan(
+            &inventory,
+            &shapes,
+            &workload(),
+            GemmDtype::Bf16,
+            Some(budget),
+            DEFAULT_OVERHEAD_BYTES,
+        )
+        .unwrap();
+        assert_eq!(host.hidden_placement, HiddenPlacement::PinnedHost);
+        assert!(host.peak_bytes <= budget);
+    }
+
+    #[test]
+    fn a_budget_too_small_for_one_layer_says_what_it_needs() {
+        let (inventory, shapes) = dense();
+        let error = plan(
+            &inventory,
+            &shapes,
+            &workload(),
+            GemmDtype::Bf16,
+            Some(512 << 20),
+            DEFAULT_OVERHEAD_BYTES,
+        )
+        .unwrap_err();
+        let message = error.to_string();
+        assert!(message.starts_with("layer 0 needs at least"), "{message}");
+        assert!(
+            message.contains("x2 buffers")
+                && message.contains("the budget is 512.00 MiB")
+                && message.contains("try --vram 1GiB"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn moe_buffers_grow_with_top_k_and_tokens() {
+        let shapes = LayerShapes {
+            hidden: 2048,
+            q_width: 2048,
+            kv_width: 2048,
+            dense_intermediate: 0,
+            moe: Some(MoeShapes {
+                experts: 64,
+                top_k: 8,
+                expert_intermediate: 1024,
+                shared_intermediate: 0,
+            }),
+        };
+        let (_, one) = activation_bytes(&shapes, 2048);
+        let (_, two) = activation_bytes(&shapes, 4096);
+        assert_eq!(
+            two,
+            2 * one - 4 * 2 * 64,
+            "linear in tokens except the per-expert counts"
+        );
+        // gathered + expert outputs dominate: 2 x tokens x top_k x hidden x 4 bytes.
+        assert!(one > 2 * 2048 * 8 * 2048 * 4);
+    }
+}

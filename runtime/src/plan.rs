@@ -1,0 +1,154 @@
+//! From a model and a request to the planner's inputs, and the run's time estimate.
+
+use crate::arch::{FeedForward, ModelSpec};
+use crate::capture::CapturePoint;
+use crate::model::Model;
+use layerstream_planner::memory::{
+    self, GemmDtype, LayerShapes, MemoryPlan, MoeShapes, PlanError, Workload,
+};
+use layerstream_planner::{TensorClass, TensorDtype};
+use serde::Serialize;
+
+/// The block shapes of every layer.
+pub fn layer_shapes(spec: &ModelSpec) -> Vec<LayerShapes> {
+    spec.feed_forward
+        .iter()
+        .map(|ff| {
+            let (dense_intermediate, moe) = match ff {
+                FeedForward::Dense { intermediate } => (*intermediate, None),
+                FeedForward::Moe(m) => (
+                    0,
+                    Some(MoeShapes {
+                        experts: m.num_experts,
+                        top_k: m.top_k,
+                        expert_intermediate: m.expert_intermediate,
+                        shared_intermediate: m.shared_expert.map_or(0, |s| s.intermediate),
+                    }),
+                ),
+            };
+            LayerShapes {
+                hidden: spec.hidden_size,
+                q_width: spec.q_width(),
+                kv_width: spec.kv_width(),
+                dense_intermediate,
+                moe,
+            }
+        })
+        .collect()
+}
+
+/// Width of a capture point's activations (0 for the router, which keeps no accumulators).
+pub fn point_width(spec: &ModelSpec, point: CapturePoint) -> usize {
+    match point {
+        CapturePoint::AttnInO => spec.q_width(),
+        CapturePoint::Router => 0,
+        _ => spec.hidden_size,
+    }
+}
+
+/// The dtype most layer weight bytes are stored in.
+pub fn dominant_weight_dtype(model: &Model) -> TensorDtype {
+    let mut bytes: Vec<(TensorDtype, u64)> = Vec::new();
+    for tensor in model
+        .weights
+        .inventory()
+        .tensors
+        .iter()
+        .filter(|t| matches!(t.class, TensorClass::Layer(_)))
+    {
+        match bytes.iter_mut().find(|(d, _)| *d == tensor.dtype) {
+            Some((_, b)) => *b += tensor.byte_len,
+            None => bytes.push((tensor.dtype, tensor.byte_len)),
+        }
+    }
+    bytes
+        .into_iter()
+        .max_by_key(|(_, b)| *b)
+        .map_or(TensorDtype::F32, |(d, _)| d)
+}
+
+/// Plans `model` for a workload on a device of `budget_bytes`.
+pub fn plan_model(
+    model: &Model,
+    workload: &Workload,
+    gemm: GemmDtype,
+    budget_bytes: Option<u64>,
+    overhead_bytes: u64,
+) -> Result<MemoryPlan, PlanError> {
+    memory::plan(
+        model.weights.inventory(),
+        &layer_shapes(&model.spec),
+        workload,
+        gemm,
+        budget_bytes,
+        overhead_bytes,
+    )
+}
+
+/// Rates the time estimate assumes.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Rates {
+    /// Pinned host-to-device copy, GB/s.
+    pub host_to_device_gbps: f64,
+    /// Reading weights from disk when not in the page cache, GB/s.
+    pub disk_gbps: f64,
+    /// Arithmetic layerstream sustains, TFLOP/s.
+    pub tflops: f64,
+}
+
+/// How long the run should take.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct TimeEstimate {
+    /// Weights over PCIe, once.
+    pub transfer_seconds: f64,
+    /// Weights from disk, when the page cache is cold.
+    pub disk_seconds: f64,
+    /// Arithmetic: 2 FLOP per active weight per token plus attention.
+    pub compute_seconds: f64,
+    /// Warm page cache: transfer overlaps compute.
+    pub warm_seconds: f64,
+    /// Cold page cache: the disk read overlaps too, whichever is slowest wins.
+    pub cold_seconds: f64,
+    /// The rates assumed.
+    pub rates: Rates,
+}
+
+/// Estimates the run time from the layers' weight bytes and an active-parameter count.
+pub fn estimate_time(
+    model: &Model,
+    layers_run: usize,
+    tokens: usize,
+    seq_len: usize,
+    rates: Rates,
+) -> TimeEstimate {
+    let inventory = model.weights.inventory();
+    let spec = &model.spec;
+    let weight_bytes: u64 = (0..layers_run)
+        .map(|l| inventory.class_bytes(TensorClass::Layer(l)))
+        .sum();
+    let mut active_parameters = 0f64;
+    for layer in 0..layers_run {
+        let total: u64 = inventory
+            .of_class(TensorClass::Layer(layer))
+            .map(|t| t.numel() as u64)
+            .sum();
+        let routed = inventory.routed_expert_parameters(layer);
+        let routed_total: u64 = routed.values().sum();
+        let top_k = spec.moe(layer).map_or(0, |m| m.top_k) as u64;
+        active_parameters += (total - routed_total) as f64
+            + (routed_total * top_k) as f64 / routed.len().max(1) as f64;
+    }
+    let attention = 2.0 * seq_len as f64 * spec.q_width() as f64 * layers_run as f64; // per token, causal
+    let flops = tokens as f64 * (2.0 * active_parameters + attention);
+    let transfer = weight_bytes as f64 / (rates.host_to_device_gbps * 1e9);
+    let disk = weight_bytes as f64 / (rates.disk_gbps * 1e9);
+    let compute = flops / (rates.tflops * 1e12);
+    TimeEstimate {
+        transfer_seconds: transfer,
+        disk_seconds: disk,
+        compute_seconds: compute,
+        warm_seconds: transfer.max(compute),
+        cold_seconds: disk.max(transfer).max(compute),
+        rates,
+    }
+}
