@@ -42,6 +42,7 @@ fn request(
         micro_batch_sequences: micro_batch,
         start: None,
         checkpoint_hidden_states: false,
+        memory_budget: None,
     }
 }
 

@@ -49,6 +49,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             micro_batch_sequences: micro_batch,
             start: None,
             checkpoint_hidden_states: false,
+            memory_budget: None,
         };
         let started = Instant::now();
         run(&model, &request, &backend, &mut Discard)?;

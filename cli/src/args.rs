@@ -135,6 +135,10 @@ pub struct PlanArgs {
     /// inside it (micro-batch size, where hidden states live) and refused if it cannot.
     #[arg(long, value_name = "SIZE")]
     pub vram: Option<ByteSize>,
+    /// Host memory budget of the CPU backend's regions (hidden states, a layer's weights in
+    /// f32, micro-batch buffers); an allocation past it halves the micro-batch.
+    #[arg(long, value_name = "SIZE")]
+    pub ram: Option<ByteSize>,
     /// CUDA context, cuBLAS and kernel modules, counted in the budget.
     #[arg(long, value_name = "SIZE", default_value = "600MiB")]
     pub overhead: ByteSize,

@@ -75,6 +75,16 @@ impl RunObserver for WithProgress<'_> {
         self.inner.take_failure()
     }
 
+    fn on_micro_batch_halved(&mut self, layer: usize, from: usize, to: usize, reason: &str) {
+        self.bar.suspend(|| {
+            eprintln!(
+                "layer {layer}: {reason}; micro-batch {from} -> {to} sequence{} for the rest of the run",
+                if to == 1 { "" } else { "s" }
+            )
+        });
+        self.inner.on_micro_batch_halved(layer, from, to, reason);
+    }
+
     fn on_layer_done(&mut self, layer: usize, layers: usize, tokens: usize) {
         self.inner.on_layer_done(layer, layers, tokens);
         self.bar.set_length(layers as u64);

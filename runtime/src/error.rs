@@ -113,6 +113,9 @@ pub enum RuntimeError {
     /// The request (sequence length, layers, sample count) does not fit the model or data.
     #[error("{0}")]
     InvalidRequest(String),
+    /// Memory ran out: a reservation past the run's budget, or an injected fault.
+    #[error("out of memory: {0}")]
+    OutOfMemory(String),
     /// The GPU, its driver or its libraries failed (or are missing).
     #[error(transparent)]
     Gpu(#[from] layerstream_kernels::KernelError),

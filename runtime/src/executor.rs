@@ -59,6 +59,9 @@ pub struct RunRequest {
     pub start: Option<StartPoint>,
     /// Hand the hidden states to the observer after every layer (checkpoints).
     pub checkpoint_hidden_states: bool,
+    /// Bytes the backend's regions may take (GPU: --vram less the context overhead; CPU:
+    /// --ram); `None`: only the machine limits.
+    pub memory_budget: Option<u64>,
 }
 
 /// Where a resumed run starts.
@@ -107,6 +110,9 @@ pub trait RunObserver {
     fn on_hidden_states(&mut self, _layer: usize, _hidden_states: &[f32]) {}
     /// Layer `layer` finished for the whole workload (`layers_to_run` in all).
     fn on_layer_done(&mut self, _layer: usize, _layers_to_run: usize, _tokens: usize) {}
+    /// The micro-batch was halved after an out-of-memory at `layer` (`reason`); the run goes on
+    /// with `to` sequences per micro-batch.
+    fn on_micro_batch_halved(&mut self, _layer: usize, _from: usize, _to: usize, _reason: &str) {}
     /// A failure the observer met (a checkpoint that could not be written); the executor
     /// asks after every layer and stops with it, leaving finished layers as they are.
     fn take_failure(&mut self) -> Option<RuntimeError> {
@@ -206,6 +212,9 @@ impl TransferSummary {
 pub struct RunSummary {
     /// Weight uploads, on a GPU.
     pub transfer: Option<TransferSummary>,
+    /// Most device bytes reserved at once for the run's regions (without the context
+    /// overhead), on a GPU.
+    pub peak_reserved_bytes: Option<u64>,
 }
 
 /// Runs `request` on `model` layer by layer on `backend`, reporting to `observer`.

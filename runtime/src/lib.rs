@@ -7,6 +7,7 @@
 //! [`executor::run`] embeds, then for each layer loads its weights once and runs every
 //! micro-batch through it, handing capture points to a [`executor::RunObserver`].
 
+pub mod allocation;
 pub mod analysis;
 pub mod arch;
 pub mod backend;

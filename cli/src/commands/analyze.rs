@@ -115,6 +115,13 @@ pub fn analyze(args: &AnalyzeArgs) -> Result<()> {
         micro_batch_sequences: micro_batch,
         start,
         checkpoint_hidden_states: true,
+        memory_budget: match &backend {
+            Backend::Cuda(_) => args
+                .plan
+                .vram
+                .map(|v| v.0.saturating_sub(args.plan.overhead.0)),
+            Backend::Cpu(_) => args.plan.ram.map(|r| r.0),
+        },
     };
     let run_started = Instant::now();
     let layers_run = request.layers_to_run(model.spec.num_layers) - request.first_layer();

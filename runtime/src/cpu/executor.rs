@@ -4,12 +4,15 @@ use super::CpuBackend;
 use super::head::{OutputHead, embed_tokens};
 use super::layer::{LayerScratch, LayerWeights, decoder_layer};
 use super::rope::RopeTable;
+use crate::allocation::{Budget, halve_micro_batch, is_out_of_memory};
 use crate::analysis::PointStatistics;
 use crate::arch::spec::FINAL_NORM;
 use crate::capture::{CapturePoint, LayerCaptureSink, Routing};
 use crate::error::Result;
 use crate::executor::{CaptureMode, FinalStage, RunObserver, RunRequest, finish_layer};
 use crate::model::Model;
+use crate::plan::layer_shapes;
+use layerstream_planner::memory::activation_bytes;
 use std::collections::BTreeMap;
 
 /// Runs a validated request on the CPU.
@@ -22,8 +25,11 @@ pub fn run(
     let threads = cpu.threads;
     let spec = &model.spec;
     let (seq_len, d) = (request.seq_len, spec.hidden_size);
-    let micro_batch = request.micro_batch();
+    let mut micro_batch = request.micro_batch();
     let tokens = request.num_sequences * seq_len;
+    let budget = Budget::new(request.memory_budget);
+    let _hidden_reservation =
+        budget.reserve("the workload's hidden states", (tokens * d * 4) as u64)?;
 
     // The hidden states of the whole workload stay in memory across layers.
     let mut hidden_states = match &request.start {
@@ -42,34 +48,66 @@ pub fn run(
 
     let rope = RopeTable::new(&spec.rope.inv_freq, seq_len);
     let layers_to_run = request.layers_to_run(spec.num_layers);
-    let mut scratch = LayerScratch::new(spec, micro_batch * seq_len);
-    for layer in request.first_layer()..layers_to_run {
+    let shapes = layer_shapes(spec);
+    let first_layer = request.first_layer();
+    for (layer, layer_shape) in shapes
+        .iter()
+        .enumerate()
+        .take(layers_to_run)
+        .skip(first_layer)
+    {
+        let weight_bytes: u64 = spec
+            .layer_tensors(layer)
+            .iter()
+            .map(|t| 4 * t.shape.iter().product::<usize>() as u64)
+            .sum();
+        let _weights_reservation =
+            budget.reserve(&format!("layer {layer}'s weights in f32"), weight_bytes)?;
         let weights = LayerWeights::load(&model.weights, spec, layer)?;
         let mut statistics = BTreeMap::new();
-        for (batch_index, batch) in hidden_states
-            .chunks_mut(micro_batch * seq_len * d)
-            .enumerate()
-        {
-            let sequences = batch.len() / (seq_len * d);
-            let mut sink = CpuSink {
-                observer: &mut *observer,
-                request,
-                layer,
-                first_sequence: batch_index * micro_batch,
-                statistics: &mut statistics,
+        let mut next_sequence = 0;
+        while next_sequence < request.num_sequences {
+            // Every buffer of a micro-batch is taken before its hidden states change, so an
+            // out-of-memory here is retried with half the micro-batch, from this sequence on.
+            let (block, moe) = activation_bytes(layer_shape, micro_batch * seq_len);
+            let reservation =
+                budget.reserve(&format!("layer {layer}'s micro-batch buffers"), block + moe);
+            let _buffers_reservation = match reservation {
+                Ok(r) => r,
+                Err(error) if is_out_of_memory(&error) => {
+                    let halved = halve_micro_batch(layer, micro_batch, &error, seq_len)?;
+                    observer.on_micro_batch_halved(layer, micro_batch, halved, &error.to_string());
+                    micro_batch = halved;
+                    continue;
+                }
+                Err(error) => return Err(error),
             };
-            decoder_layer(
-                spec,
-                layer,
-                &weights,
-                &rope,
-                batch,
-                sequences,
-                seq_len,
-                &mut scratch,
-                threads,
-                &mut sink,
-            );
+            let mut scratch = LayerScratch::new(spec, micro_batch * seq_len);
+            while next_sequence < request.num_sequences {
+                let sequences = micro_batch.min(request.num_sequences - next_sequence);
+                let batch = &mut hidden_states
+                    [next_sequence * seq_len * d..(next_sequence + sequences) * seq_len * d];
+                let mut sink = CpuSink {
+                    observer: &mut *observer,
+                    request,
+                    layer,
+                    first_sequence: next_sequence,
+                    statistics: &mut statistics,
+                };
+                decoder_layer(
+                    spec,
+                    layer,
+                    &weights,
+                    &rope,
+                    batch,
+                    sequences,
+                    seq_len,
+                    &mut scratch,
+                    threads,
+                    &mut sink,
+                );
+                next_sequence += sequences;
+            }
         }
         drop(weights);
         let snapshot = || Ok(hidden_states.clone());

@@ -2,14 +2,17 @@
 //! layer's weights are uploaded once and every micro-batch runs through them; statistics
 //! accumulate on the device and cross to the host once per layer and capture point.
 
+use super::ComputeDtype;
 use super::CudaBackend;
 use super::head::DeviceHead;
 use super::layer::{DeviceCaptureSink, DeviceScratch, decoder_layer};
+use super::linear::Bf16Scratch;
 use super::moe::DeviceRouting;
 use super::staging::{
     LayerLayout, StagedLayer, StagingBuffer, layer_layout, read_layers, staging_buffers,
 };
 use super::weights::DeviceLayer;
+use crate::allocation::{Budget, Reservation, halve_micro_batch, is_out_of_memory};
 use crate::analysis::PointStatistics;
 use crate::capture::CapturePoint;
 use crate::cpu::head::embed_tokens;
@@ -18,7 +21,7 @@ use crate::executor::{
     CaptureMode, FinalStage, RunObserver, RunRequest, RunSummary, TransferSummary, finish_layer,
 };
 use crate::model::Model;
-use crate::plan::dominant_weight_dtype;
+use crate::plan::{dominant_weight_dtype, point_width};
 use crossbeam::channel::{Receiver, Sender, bounded};
 use layerstream_kernels::cudarc::driver::CudaView;
 use layerstream_kernels::cudarc::driver::result::memcpy_htod_async;
@@ -26,6 +29,7 @@ use layerstream_kernels::cudarc::driver::sys::CUevent_flags;
 use layerstream_kernels::cudarc::driver::{CudaEvent, CudaSlice, CudaStream, DevicePtrMut};
 use layerstream_kernels::ops::stats::StatsAccumulators;
 use layerstream_kernels::{Gpu, KernelError};
+use layerstream_planner::memory::{self, GemmDtype};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,8 +46,11 @@ pub fn run(
     let spec = &model.spec;
     let compute = backend.compute_dtype(dominant_weight_dtype(model));
     let (seq_len, d) = (request.seq_len, spec.hidden_size);
-    let micro_batch = request.micro_batch();
+    let mut micro_batch = request.micro_batch();
     let tokens = request.num_sequences * seq_len;
+    let budget = Budget::new(request.memory_budget);
+    let _hidden_reservation =
+        budget.reserve("the workload's hidden states", (tokens * d * 4) as u64)?;
 
     // Embedding rows are gathered on the host from the mapped file: only the rows the
     // workload uses are read, instead of sending the whole table to the device.
@@ -69,7 +76,6 @@ pub fn run(
         .stream
         .clone_htod(&spec.rope.inv_freq)
         .map_err(KernelError::from)?;
-    let mut scratch = DeviceScratch::new(gpu, spec, micro_batch * seq_len)?;
 
     let layers_to_run = request.layers_to_run(spec.num_layers);
     let first_layer = request.first_layer();
@@ -87,6 +93,12 @@ pub fn run(
     let copy_threads = std::thread::available_parallelism()
         .map_or(4, |n| n.get())
         .min(8);
+    let uploads = Uploads {
+        ready: ready_rx,
+        free: free_tx,
+        copy_stream: &copy_stream,
+        budget: &budget,
+    };
     std::thread::scope(|scope| -> Result<()> {
         scope.spawn(|| {
             read_layers(
@@ -99,59 +111,79 @@ pub fn run(
             )
         });
         let mut next = if first_layer < layers_to_run {
-            Some(upload_next(
-                first_layer,
-                &ready_rx,
-                &free_tx,
-                &copy_stream,
-                &mut transfers,
-            )?)
+            Some(uploads.next(first_layer, &mut transfers)?)
         } else {
             None
         };
         for layer in first_layer..layers_to_run {
             let (raw, layout) = next.take().expect("layer uploaded ahead");
-            let weights = DeviceLayer::from_staged(gpu, &raw, &layout, compute)?;
+            let weights = DeviceLayer::from_staged(
+                gpu,
+                &model.weights,
+                layer,
+                raw,
+                &layout,
+                compute,
+                &budget,
+            )?;
             // Layer l+1 goes up on the copy stream while layer l computes.
             if layer + 1 < layers_to_run {
-                next = Some(upload_next(
-                    layer + 1,
-                    &ready_rx,
-                    &free_tx,
-                    &copy_stream,
-                    &mut transfers,
-                )?);
+                next = Some(uploads.next(layer + 1, &mut transfers)?);
             }
-            let mut accumulators = BTreeMap::new();
-            let batch_len = micro_batch * seq_len * d;
-            for (batch_index, start) in (0..tokens * d).step_by(batch_len).enumerate() {
-                let end = (start + batch_len).min(tokens * d);
-                let sequences = (end - start) / (seq_len * d);
-                let mut batch = hidden_states.slice_mut(start..end);
-                let mut sink = CudaSink {
-                    gpu,
-                    observer: &mut *observer,
-                    request,
-                    layer,
-                    first_sequence: batch_index * micro_batch,
-                    sequences,
-                    accumulators: &mut accumulators,
-                };
-                decoder_layer(
-                    gpu,
-                    spec,
-                    layer,
-                    &weights,
-                    &inv_freq,
-                    &mut batch,
-                    sequences,
-                    seq_len,
-                    &mut scratch,
-                    &mut sink,
-                )?;
+            let mut accumulators = statistics_accumulators(gpu, spec, request, layer, &budget)?;
+            let mut next_sequence = 0;
+            while next_sequence < request.num_sequences {
+                // Every buffer of a micro-batch is taken before its hidden states change, so
+                // an out-of-memory here is retried with half the micro-batch, from this
+                // sequence on.
+                let mut scratch =
+                    match DeviceScratch::new(gpu, spec, micro_batch * seq_len, &budget, layer) {
+                        Ok(scratch) => scratch,
+                        Err(error) if is_out_of_memory(&error) => {
+                            let halved = halve_micro_batch(layer, micro_batch, &error, seq_len)?;
+                            observer.on_micro_batch_halved(
+                                layer,
+                                micro_batch,
+                                halved,
+                                &error.to_string(),
+                            );
+                            micro_batch = halved;
+                            continue;
+                        }
+                        Err(error) => return Err(error),
+                    };
+                while next_sequence < request.num_sequences {
+                    let sequences = micro_batch.min(request.num_sequences - next_sequence);
+                    let range =
+                        next_sequence * seq_len * d..(next_sequence + sequences) * seq_len * d;
+                    let mut batch = hidden_states.slice_mut(range);
+                    let mut sink = CudaSink {
+                        gpu,
+                        observer: &mut *observer,
+                        request,
+                        layer,
+                        first_sequence: next_sequence,
+                        sequences,
+                        accumulators: &mut accumulators,
+                    };
+                    decoder_layer(
+                        gpu,
+                        spec,
+                        layer,
+                        &weights,
+                        &inv_freq,
+                        &mut batch,
+                        sequences,
+                        seq_len,
+                        &mut scratch,
+                        &mut sink,
+                    )?;
+                    next_sequence += sequences;
+                }
             }
-            drop((weights, raw));
+            drop(weights);
             let statistics = download_statistics(gpu, request, &accumulators)?;
+            drop(accumulators);
             let snapshot = || -> Result<Vec<f32>> {
                 Ok(gpu
                     .stream
@@ -167,14 +199,21 @@ pub fn run(
                 snapshot,
             )?;
         }
-        drop(free_tx);
-        drop(ready_rx);
         Ok(())
     })?;
+    drop(uploads);
     summary.transfer = Some(transfers.finish()?);
 
     if request.final_stage != FinalStage::None {
+        let rows = micro_batch * seq_len;
+        let head_bytes = memory::head_bytes(model.weights.inventory(), gemm_dtype(compute), rows);
+        let _head_reservation = budget.reserve("the output head", head_bytes)?;
         let head = DeviceHead::upload(gpu, model, compute)?;
+        let mut scratch = Bf16Scratch::new(
+            gpu.stream
+                .alloc_zeros::<u16>(rows * d)
+                .map_err(KernelError::from)?,
+        );
         let batch_len = micro_batch * seq_len * d;
         for (batch_index, start) in (0..tokens * d).step_by(batch_len).enumerate() {
             let end = (start + batch_len).min(tokens * d);
@@ -184,11 +223,11 @@ pub fn run(
             let ids = &request.token_ids[first_sequence * seq_len..first_sequence * seq_len + rows];
             match request.final_stage {
                 FinalStage::NextTokenNll => {
-                    let nll = head.next_token_nll(gpu, &batch, ids, seq_len, &mut scratch.bf16)?;
+                    let nll = head.next_token_nll(gpu, &batch, ids, seq_len, &mut scratch)?;
                     observer.on_next_token_nll(first_sequence, &nll);
                 }
                 FinalStage::Logits => {
-                    let logits = head.logits(gpu, &batch, rows, &mut scratch.bf16)?;
+                    let logits = head.logits(gpu, &batch, rows, &mut scratch)?;
                     observer.on_logits(first_sequence, &logits);
                 }
                 FinalStage::None => unreachable!(),
@@ -196,7 +235,80 @@ pub fn run(
         }
     }
     gpu.stream.synchronize().map_err(KernelError::from)?;
+    summary.peak_reserved_bytes = Some(budget.peak());
     Ok(summary)
+}
+
+fn gemm_dtype(compute: ComputeDtype) -> GemmDtype {
+    match compute {
+        ComputeDtype::Bf16 => GemmDtype::Bf16,
+        ComputeDtype::F32 => GemmDtype::F32,
+    }
+}
+
+/// Device accumulators for the points of `layer` the request captures as statistics,
+/// created before the layer's first micro-batch (with their reservation).
+fn statistics_accumulators(
+    gpu: &Gpu,
+    spec: &crate::arch::ModelSpec,
+    request: &RunRequest,
+    layer: usize,
+    budget: &Arc<Budget>,
+) -> Result<BTreeMap<CapturePoint, Accumulator>> {
+    let CaptureMode::Statistics { threshold } = request.capture_mode else {
+        return Ok(BTreeMap::new());
+    };
+    let mut accumulators = BTreeMap::new();
+    for &point in &request.capture_points {
+        let width = point_width(spec, point);
+        if width == 0 || !request.captures(layer, point) {
+            continue;
+        }
+        let bytes = 52 * (request.num_sequences * width) as u64;
+        let reservation = budget.reserve(&format!("layer {layer}'s {point} statistics"), bytes)?;
+        let stats = StatsAccumulators::new(gpu, request.num_sequences, width)?;
+        accumulators.insert(
+            point,
+            Accumulator {
+                stats,
+                threshold,
+                _reservation: reservation,
+            },
+        );
+    }
+    Ok(accumulators)
+}
+
+/// One point's device accumulators.
+struct Accumulator {
+    stats: StatsAccumulators,
+    threshold: f32,
+    _reservation: Reservation,
+}
+
+/// The upload side of the pipeline.
+struct Uploads<'a> {
+    ready: Receiver<Result<StagedLayer>>,
+    free: Sender<StagingBuffer>,
+    copy_stream: &'a Arc<CudaStream>,
+    budget: &'a Arc<Budget>,
+}
+
+impl Uploads<'_> {
+    fn next(
+        &self,
+        layer: usize,
+        transfers: &mut TransferLog,
+    ) -> Result<((CudaSlice<u8>, Reservation), LayerLayout)> {
+        upload_next(
+            layer,
+            &self.ready,
+            &self.free,
+            self.copy_stream,
+            self.budget,
+            transfers,
+        )
+    }
 }
 
 /// Takes the next staged layer from the reader, starts its upload on the copy stream and
@@ -206,8 +318,9 @@ fn upload_next(
     ready: &Receiver<Result<StagedLayer>>,
     free: &Sender<StagingBuffer>,
     copy_stream: &Arc<CudaStream>,
+    budget: &Arc<Budget>,
     transfers: &mut TransferLog,
-) -> Result<(CudaSlice<u8>, LayerLayout)> {
+) -> Result<((CudaSlice<u8>, Reservation), LayerLayout)> {
     let waiting = Instant::now();
     let staged = ready
         .recv()
@@ -220,6 +333,7 @@ fn upload_next(
         )));
     }
     let bytes = staged.layout.bytes;
+    let reservation = budget.reserve(&format!("layer {layer}'s staging buffer"), bytes as u64)?;
     // SAFETY: the upload below writes every byte the layout uses before any kernel reads.
     let mut raw = unsafe { copy_stream.alloc::<u8>(bytes.max(1)) }.map_err(KernelError::from)?;
     let timing = Some(CUevent_flags::CU_EVENT_DEFAULT);
@@ -242,7 +356,7 @@ fn upload_next(
     buffer.upload_done = Some(copy_stream.record_event(None).map_err(KernelError::from)?);
     // The reader may have finished already; then the buffer is simply dropped.
     let _ = free.send(buffer);
-    Ok((raw, staged.layout))
+    Ok(((raw, reservation), staged.layout))
 }
 
 /// Measurements of the weight uploads.
@@ -273,10 +387,18 @@ impl TransferLog {
 fn download_statistics(
     gpu: &Gpu,
     request: &RunRequest,
-    accumulators: &BTreeMap<CapturePoint, (StatsAccumulators, f32)>,
+    accumulators: &BTreeMap<CapturePoint, Accumulator>,
 ) -> Result<BTreeMap<CapturePoint, PointStatistics>> {
     let mut statistics = BTreeMap::new();
-    for (&point, (accumulator, threshold)) in accumulators {
+    for (
+        &point,
+        Accumulator {
+            stats: accumulator,
+            threshold,
+            ..
+        },
+    ) in accumulators
+    {
         let host = accumulator.download(gpu)?;
         statistics.insert(
             point,
@@ -303,7 +425,7 @@ struct CudaSink<'a> {
     layer: usize,
     first_sequence: usize,
     sequences: usize,
-    accumulators: &'a mut BTreeMap<CapturePoint, (StatsAccumulators, f32)>,
+    accumulators: &'a mut BTreeMap<CapturePoint, Accumulator>,
 }
 
 impl DeviceCaptureSink for CudaSink<'_> {
@@ -327,12 +449,12 @@ impl DeviceCaptureSink for CudaSink<'_> {
                     .on_capture(self.layer, point, self.first_sequence, &host, width);
             }
             CaptureMode::Statistics { threshold } => {
-                if !self.accumulators.contains_key(&point) {
-                    let fresh =
-                        StatsAccumulators::new(self.gpu, self.request.num_sequences, width)?;
-                    self.accumulators.insert(point, (fresh, threshold));
-                }
-                let (accumulator, _) = self.accumulators.get_mut(&point).expect("inserted above");
+                let accumulator = &mut self
+                    .accumulators
+                    .get_mut(&point)
+                    .expect("created before the layer's first micro-batch")
+                    .stats;
+                debug_assert_eq!(accumulator.width, width);
                 accumulator.accumulate(
                     self.gpu,
                     values,

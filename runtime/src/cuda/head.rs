@@ -3,7 +3,7 @@
 //! per token come back to the host.
 
 use super::ComputeDtype;
-use super::linear::{Bf16Scratch, linear_rows};
+use super::linear::{Bf16Scratch, linear};
 use super::weights::{DeviceMatrix, upload_matrix, upload_vector};
 use crate::arch::spec::FINAL_NORM;
 use crate::error::Result;
@@ -69,10 +69,11 @@ impl DeviceHead {
             let n = chunk.min(self.vocab - first);
             let mut out = logits.slice_mut(..rows * n);
             let rows_of_w = self.lm_head.rows(first, n, self.width);
-            linear_rows(
+            linear(
                 gpu,
                 &normed.as_view(),
                 &rows_of_w,
+                None,
                 &mut out,
                 rows,
                 self.width,

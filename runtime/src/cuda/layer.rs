@@ -1,15 +1,19 @@
 //! One decoder layer on the device for one micro-batch, the same steps as `cpu/layer.rs`.
 
 use super::linear::{Bf16Scratch, linear};
-use super::moe::{DeviceRouting, moe_block};
+use super::moe::{DeviceRouting, MoeBuffers, moe_block};
 use super::weights::DeviceLayer;
+use crate::allocation::{Budget, Reservation};
 use crate::arch::{FeedForward, ModelSpec, QkNorm, WeightRole};
 use crate::capture::CapturePoint;
 use crate::error::Result;
+use crate::plan::layer_shapes;
 use layerstream_kernels::cudarc::driver::{CudaSlice, CudaView, CudaViewMut};
 use layerstream_kernels::ops::attention::{AttentionDims, causal_attention};
 use layerstream_kernels::ops::{elementwise, norm, rope};
 use layerstream_kernels::{Gpu, KernelError};
+use layerstream_planner::memory::activation_bytes;
+use std::sync::Arc;
 
 /// Receives one layer's captures of one micro-batch as device views.
 pub trait DeviceCaptureSink {
@@ -24,7 +28,9 @@ pub trait DeviceCaptureSink {
     fn routing(&mut self, routing: &DeviceRouting) -> Result<()>;
 }
 
-/// Work buffers of one micro-batch on the device, reused across micro-batches and layers.
+/// Every buffer one micro-batch of `rows` tokens needs, taken before its hidden states
+/// change (so an out-of-memory can be retried with a smaller micro-batch): the planner's
+/// `activations` and `moe` regions.
 pub struct DeviceScratch {
     normed: CudaSlice<f32>,       // (rows, hidden)
     q: CudaSlice<f32>,            // (rows, heads * head_dim)
@@ -34,19 +40,42 @@ pub struct DeviceScratch {
     sublayer_out: CudaSlice<f32>, // (rows, hidden)
     gate: CudaSlice<f32>,         // (rows, dense intermediate)
     up: CudaSlice<f32>,           // (rows, dense intermediate)
-    /// bf16 copies of GEMM inputs.
+    /// bf16 copies of GEMM inputs, `(rows, widest input)`.
     pub bf16: Bf16Scratch,
+    moe: Option<MoeBuffers>,
+    _reservation: Reservation,
 }
 
 impl DeviceScratch {
-    /// Buffers for micro-batches of up to `rows` tokens.
-    pub fn new(gpu: &Gpu, spec: &ModelSpec, rows: usize) -> Result<Self> {
-        let dense_width = spec
-            .feed_forward
+    /// Reserves and allocates the buffers of micro-batches of up to `rows` tokens.
+    pub fn new(
+        gpu: &Gpu,
+        spec: &ModelSpec,
+        rows: usize,
+        budget: &Arc<Budget>,
+        layer: usize,
+    ) -> Result<Self> {
+        let shapes = layer_shapes(spec);
+        let (block, moe) = shapes
             .iter()
-            .map(|f| match f {
-                FeedForward::Dense { intermediate } => *intermediate,
-                FeedForward::Moe(_) => 0,
+            .map(|s| activation_bytes(s, rows))
+            .fold((0, 0), |(b, m), (b2, m2)| (b.max(b2), m.max(m2)));
+        let reservation = budget.reserve(
+            &format!("layer {layer}'s micro-batch buffers ({rows} tokens)"),
+            block + moe,
+        )?;
+        let dense_width = shapes
+            .iter()
+            .map(|s| s.dense_intermediate)
+            .max()
+            .unwrap_or(0);
+        let widest = shapes
+            .iter()
+            .map(|s| {
+                let moe = s
+                    .moe
+                    .map_or(0, |m| m.expert_intermediate.max(m.shared_intermediate));
+                s.hidden.max(s.q_width).max(s.dense_intermediate).max(moe)
             })
             .max()
             .unwrap_or(0);
@@ -55,6 +84,10 @@ impl DeviceScratch {
                 .alloc_zeros::<f32>((rows * width).max(1))
                 .map_err(KernelError::from)
         };
+        let moe_spec = spec.feed_forward.iter().find_map(|f| match f {
+            FeedForward::Moe(m) => Some(m),
+            FeedForward::Dense { .. } => None,
+        });
         Ok(DeviceScratch {
             normed: zeros(spec.hidden_size)?,
             q: zeros(spec.q_width())?,
@@ -64,7 +97,15 @@ impl DeviceScratch {
             sublayer_out: zeros(spec.hidden_size)?,
             gate: zeros(dense_width)?,
             up: zeros(dense_width)?,
-            bf16: Bf16Scratch::default(),
+            bf16: Bf16Scratch::new(
+                gpu.stream
+                    .alloc_zeros::<u16>((rows * widest).max(1))
+                    .map_err(KernelError::from)?,
+            ),
+            moe: moe_spec
+                .map(|m| MoeBuffers::new(gpu, m, spec.hidden_size, rows))
+                .transpose()?,
+            _reservation: reservation,
         })
     }
 }
@@ -98,6 +139,8 @@ pub fn decoder_layer(
         gate,
         up,
         bf16,
+        moe,
+        ..
     } = scratch;
     let mut q = q.slice_mut(..rows * q_width);
     let mut k = k.slice_mut(..rows * kv_width);
@@ -125,7 +168,7 @@ pub fn decoder_layer(
         linear(
             gpu,
             &attn_input,
-            weights.matrix(QProj),
+            &weights.matrix(QProj),
             weights.maybe_vector(QBias),
             &mut q,
             rows,
@@ -136,7 +179,7 @@ pub fn decoder_layer(
         linear(
             gpu,
             &attn_input,
-            weights.matrix(KProj),
+            &weights.matrix(KProj),
             weights.maybe_vector(KBias),
             &mut k,
             rows,
@@ -147,7 +190,7 @@ pub fn decoder_layer(
         linear(
             gpu,
             &attn_input,
-            weights.matrix(VProj),
+            &weights.matrix(VProj),
             weights.maybe_vector(VBias),
             &mut v,
             rows,
@@ -209,7 +252,7 @@ pub fn decoder_layer(
     linear(
         gpu,
         &attn.as_view(),
-        weights.matrix(OProj),
+        &weights.matrix(OProj),
         weights.maybe_vector(OBias),
         &mut sublayer_out,
         rows,
@@ -247,7 +290,7 @@ pub fn decoder_layer(
                 linear(
                     gpu,
                     &mlp_input,
-                    weights.matrix(GateProj),
+                    &weights.matrix(GateProj),
                     weights.maybe_vector(GateBias),
                     &mut gate,
                     rows,
@@ -258,7 +301,7 @@ pub fn decoder_layer(
                 linear(
                     gpu,
                     &mlp_input,
-                    weights.matrix(UpProj),
+                    &weights.matrix(UpProj),
                     weights.maybe_vector(UpBias),
                     &mut up,
                     rows,
@@ -270,7 +313,7 @@ pub fn decoder_layer(
                 linear(
                     gpu,
                     &gate.as_view(),
-                    weights.matrix(DownProj),
+                    &weights.matrix(DownProj),
                     weights.maybe_vector(DownBias),
                     &mut sublayer_out,
                     rows,
@@ -279,8 +322,20 @@ pub fn decoder_layer(
                     bf16,
                 )?;
             }
-            FeedForward::Moe(moe) => {
-                let routing = moe_block(gpu, &mlp_input, weights, moe, d, &mut sublayer_out, bf16)?;
+            FeedForward::Moe(spec_moe) => {
+                let buffers = moe
+                    .as_mut()
+                    .expect("MoE buffers exist for a model with MoE layers");
+                let routing = moe_block(
+                    gpu,
+                    &mlp_input,
+                    weights,
+                    spec_moe,
+                    d,
+                    &mut sublayer_out,
+                    buffers,
+                    bf16,
+                )?;
                 capture.routing(&routing)?;
             }
         }

@@ -1,61 +1,31 @@
 //! `y = x W^T (+ b)` on the device, in the GEMM dtype of the weights.
 
-use super::weights::{DeviceMatrix, MatrixRows};
-use crate::error::Result;
+use super::weights::MatrixRows;
+use crate::error::{Result, RuntimeError};
 use layerstream_kernels::cudarc::driver::{CudaSlice, CudaView, CudaViewMut};
 use layerstream_kernels::ops::{convert, elementwise};
-use layerstream_kernels::{Gpu, KernelError, gemm};
+use layerstream_kernels::{Gpu, gemm};
 
-/// Space for bf16 copies of GEMM inputs, grown on demand.
-#[derive(Default)]
+/// Space for bf16 copies of GEMM inputs, `(rows, widest input)`, taken with the
+/// micro-batch's other buffers.
 pub struct Bf16Scratch {
-    buffer: Option<CudaSlice<u16>>,
+    buffer: CudaSlice<u16>,
 }
 
 impl Bf16Scratch {
-    fn get(&mut self, gpu: &Gpu, n: usize) -> Result<&mut CudaSlice<u16>> {
-        if self.buffer.as_ref().is_none_or(|b| b.len() < n) {
-            self.buffer = Some(gpu.stream.alloc_zeros(n).map_err(KernelError::from)?);
-        }
-        Ok(self.buffer.as_mut().expect("just allocated"))
+    /// Wraps a buffer.
+    pub fn new(buffer: CudaSlice<u16>) -> Self {
+        Bf16Scratch { buffer }
     }
 }
 
-/// `y (rows, out) = x (rows, in) @ w^T (+ bias)`.
+/// `y (rows, out) = x (rows, in) @ w^T (+ bias)`; `w` may be a block of rows (vocabulary chunks).
 #[allow(clippy::too_many_arguments)]
 pub fn linear(
     gpu: &Gpu,
     x: &CudaView<f32>,
-    w: &DeviceMatrix,
-    bias: Option<&CudaSlice<f32>>,
-    y: &mut CudaViewMut<f32>,
-    rows: usize,
-    in_features: usize,
-    out_features: usize,
-    scratch: &mut Bf16Scratch,
-) -> Result<()> {
-    linear_rows(
-        gpu,
-        x,
-        &w.all(),
-        y,
-        rows,
-        in_features,
-        out_features,
-        scratch,
-    )?;
-    if let Some(bias) = bias {
-        elementwise::add_bias(gpu, y, &bias.as_view())?;
-    }
-    Ok(())
-}
-
-/// `y (rows, n) = x (rows, in) @ w_rows^T` for a block of weight rows (vocabulary chunks).
-#[allow(clippy::too_many_arguments)]
-pub fn linear_rows(
-    gpu: &Gpu,
-    x: &CudaView<f32>,
     w: &MatrixRows,
+    bias: Option<&CudaSlice<f32>>,
     y: &mut CudaViewMut<f32>,
     rows: usize,
     in_features: usize,
@@ -65,9 +35,15 @@ pub fn linear_rows(
     match w {
         MatrixRows::F32(w) => gemm::linear_f32(gpu, x, w, y, rows, in_features, out_features)?,
         MatrixRows::Bf16(w) => {
-            let x_bf16 = scratch.get(gpu, rows * in_features)?;
-            let mut x_bf16 = x_bf16.slice_mut(..rows * in_features);
-            convert::f32_to_bf16(gpu, &x.slice(..rows * in_features), &mut x_bf16)?;
+            let n = rows * in_features;
+            if scratch.buffer.len() < n {
+                return Err(RuntimeError::InvalidRequest(format!(
+                    "bf16 scratch of {} elements for a ({rows} x {in_features}) GEMM input (a sizing bug)",
+                    scratch.buffer.len()
+                )));
+            }
+            let mut x_bf16 = scratch.buffer.slice_mut(..n);
+            convert::f32_to_bf16(gpu, &x.slice(..n), &mut x_bf16)?;
             gemm::linear_bf16(
                 gpu,
                 &x_bf16.as_view(),
@@ -78,6 +54,9 @@ pub fn linear_rows(
                 out_features,
             )?;
         }
+    }
+    if let Some(bias) = bias {
+        elementwise::add_bias(gpu, y, &bias.as_view())?;
     }
     Ok(())
 }

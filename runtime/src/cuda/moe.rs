@@ -1,100 +1,164 @@
 //! A mixture-of-experts block on the device: router GEMM, top-k kernel, expert counts (the
 //! one small device-to-host copy per micro-batch: GEMM sizes must be known), deterministic
 //! grouping by expert, one gated MLP per chosen expert on its rows, unpermute in ascending
-//! expert order, optional sigmoid-gated shared expert.
+//! expert order, optional sigmoid-gated shared expert. Buffers are taken with the
+//! micro-batch's other buffers, sized as the planner's `moe` region.
 
 use super::linear::{Bf16Scratch, linear};
 use super::weights::DeviceLayer;
 use crate::arch::{MoeSpec, WeightRole};
 use crate::capture::Routing;
 use crate::error::Result;
-use layerstream_kernels::cudarc::driver::{CudaSlice, CudaView, CudaViewMut};
+use layerstream_kernels::cudarc::driver::{
+    CudaSlice, CudaView, CudaViewMut, DeviceRepr, ValidAsZeroBits,
+};
 use layerstream_kernels::ops::{elementwise, moe};
 use layerstream_kernels::{Gpu, KernelError};
 
-/// The router's decisions for one micro-batch, on the device.
-pub struct DeviceRouting {
-    /// Routed experts.
-    pub num_experts: usize,
-    /// Experts per token.
-    pub top_k: usize,
-    /// `(tokens, num_experts)`.
-    pub logits: CudaSlice<f32>,
-    /// `(tokens, top_k)`, best first.
-    pub chosen: CudaSlice<u32>,
-    /// `(tokens, top_k)`.
-    pub weights: CudaSlice<f32>,
+/// The MoE buffers of micro-batches of up to `rows` tokens.
+pub struct MoeBuffers {
+    logits: CudaSlice<f32>,     // (rows, experts)
+    chosen: CudaSlice<u32>,     // (rows, top_k)
+    weights: CudaSlice<f32>,    // (rows, top_k)
+    counts: CudaSlice<u32>,     // (experts)
+    offsets: CudaSlice<u32>,    // (experts)
+    positions: CudaSlice<u32>,  // (rows, top_k)
+    gathered: CudaSlice<f32>,   // (rows * top_k, hidden), grouped by expert
+    expert_out: CudaSlice<f32>, // (rows * top_k, hidden), grouped by expert
+    gate: CudaSlice<f32>,       // (rows, expert_intermediate): an expert sees a token at most once
+    up: CudaSlice<f32>,         // (rows, expert_intermediate)
+    shared: Option<SharedBuffers>,
 }
 
-impl DeviceRouting {
-    /// Copies the decisions to the host.
-    pub fn to_host(&self, gpu: &Gpu) -> Result<Routing> {
-        let copy = |e| KernelError::from(e);
-        Ok(Routing {
-            num_experts: self.num_experts,
-            top_k: self.top_k,
-            logits: gpu.stream.clone_dtoh(&self.logits).map_err(copy)?,
-            experts: gpu.stream.clone_dtoh(&self.chosen).map_err(copy)?,
-            weights: gpu.stream.clone_dtoh(&self.weights).map_err(copy)?,
-        })
-    }
+struct SharedBuffers {
+    gate: CudaSlice<f32>,        // (rows, shared_intermediate)
+    up: CudaSlice<f32>,          // (rows, shared_intermediate)
+    out: CudaSlice<f32>,         // (rows, hidden)
+    gate_logits: CudaSlice<f32>, // (rows)
 }
 
-fn zeros<
-    T: layerstream_kernels::cudarc::driver::DeviceRepr
-        + layerstream_kernels::cudarc::driver::ValidAsZeroBits,
->(
-    gpu: &Gpu,
-    n: usize,
-) -> Result<CudaSlice<T>> {
+fn zeros<T: DeviceRepr + ValidAsZeroBits>(gpu: &Gpu, n: usize) -> Result<CudaSlice<T>> {
     Ok(gpu
         .stream
         .alloc_zeros(n.max(1))
         .map_err(KernelError::from)?)
 }
 
+impl MoeBuffers {
+    /// Allocates the buffers for `spec`'s blocks.
+    pub fn new(gpu: &Gpu, spec: &MoeSpec, hidden: usize, rows: usize) -> Result<Self> {
+        let (e, k, ie) = (spec.num_experts, spec.top_k, spec.expert_intermediate);
+        let shared = match spec.shared_expert {
+            Some(s) => Some(SharedBuffers {
+                gate: zeros(gpu, rows * s.intermediate)?,
+                up: zeros(gpu, rows * s.intermediate)?,
+                out: zeros(gpu, rows * hidden)?,
+                gate_logits: zeros(gpu, rows)?,
+            }),
+            None => None,
+        };
+        Ok(MoeBuffers {
+            logits: zeros(gpu, rows * e)?,
+            chosen: zeros(gpu, rows * k)?,
+            weights: zeros(gpu, rows * k)?,
+            counts: zeros(gpu, e)?,
+            offsets: zeros(gpu, e)?,
+            positions: zeros(gpu, rows * k)?,
+            gathered: zeros(gpu, rows * k * hidden)?,
+            expert_out: zeros(gpu, rows * k * hidden)?,
+            gate: zeros(gpu, rows * ie)?,
+            up: zeros(gpu, rows * ie)?,
+            shared,
+        })
+    }
+}
+
+/// The router's decisions for one micro-batch, on the device.
+pub struct DeviceRouting<'a> {
+    /// Routed experts.
+    pub num_experts: usize,
+    /// Experts per token.
+    pub top_k: usize,
+    /// `(tokens, num_experts)`.
+    pub logits: CudaView<'a, f32>,
+    /// `(tokens, top_k)`, best first.
+    pub chosen: CudaView<'a, u32>,
+    /// `(tokens, top_k)`.
+    pub weights: CudaView<'a, f32>,
+}
+
+impl DeviceRouting<'_> {
+    /// Copies the decisions to the host.
+    pub fn to_host(&self, gpu: &Gpu) -> Result<Routing> {
+        Ok(Routing {
+            num_experts: self.num_experts,
+            top_k: self.top_k,
+            logits: gpu
+                .stream
+                .clone_dtoh(&self.logits)
+                .map_err(KernelError::from)?,
+            experts: gpu
+                .stream
+                .clone_dtoh(&self.chosen)
+                .map_err(KernelError::from)?,
+            weights: gpu
+                .stream
+                .clone_dtoh(&self.weights)
+                .map_err(KernelError::from)?,
+        })
+    }
+}
+
 /// Runs the MoE block on `x (tokens, hidden)` into `out (tokens, hidden)`.
-pub fn moe_block(
+#[allow(clippy::too_many_arguments)]
+pub fn moe_block<'b>(
     gpu: &Gpu,
     x: &CudaView<f32>,
     weights: &DeviceLayer,
     spec: &MoeSpec,
     hidden: usize,
     out: &mut CudaViewMut<f32>,
+    buffers: &'b mut MoeBuffers,
     bf16: &mut Bf16Scratch,
-) -> Result<DeviceRouting> {
+) -> Result<DeviceRouting<'b>> {
     use WeightRole::*;
     let tokens = x.len() / hidden;
     let (experts, top_k, inter) = (spec.num_experts, spec.top_k, spec.expert_intermediate);
     let assignments = tokens * top_k;
+    let b = buffers;
 
-    let mut logits = zeros::<f32>(gpu, tokens * experts)?;
+    let mut logits = b.logits.slice_mut(..tokens * experts);
     linear(
         gpu,
         x,
-        weights.matrix(Router),
+        &weights.matrix(Router),
         None,
-        &mut logits.as_view_mut(),
+        &mut logits,
         tokens,
         hidden,
         experts,
         bf16,
     )?;
-    let mut chosen = zeros::<u32>(gpu, assignments)?;
-    let mut chosen_weights = zeros::<f32>(gpu, assignments)?;
+    let mut chosen = b.chosen.slice_mut(..assignments);
+    let mut chosen_weights = b.weights.slice_mut(..assignments);
     moe::router_top_k(
         gpu,
         &logits.as_view(),
         experts,
         top_k,
         spec.normalize_top_k,
-        &mut chosen.as_view_mut(),
-        &mut chosen_weights.as_view_mut(),
+        &mut chosen,
+        &mut chosen_weights,
     )?;
 
-    let mut counts = zeros::<u32>(gpu, experts)?;
-    moe::count_per_expert(gpu, &chosen.as_view(), &mut counts.as_view_mut())?;
-    let counts = gpu.stream.clone_dtoh(&counts).map_err(KernelError::from)?;
+    gpu.stream
+        .memset_zeros(&mut b.counts)
+        .map_err(KernelError::from)?;
+    moe::count_per_expert(gpu, &chosen.as_view(), &mut b.counts.as_view_mut())?;
+    let counts = gpu
+        .stream
+        .clone_dtoh(&b.counts)
+        .map_err(KernelError::from)?;
     let offsets: Vec<u32> = counts
         .iter()
         .scan(0u32, |next, &c| {
@@ -103,40 +167,32 @@ pub fn moe_block(
             Some(offset)
         })
         .collect();
-    let offsets_device = gpu.stream.clone_htod(&offsets).map_err(KernelError::from)?;
-    let mut positions = zeros::<u32>(gpu, assignments)?;
-    moe::expert_positions(
-        gpu,
-        &chosen.as_view(),
-        &offsets_device.as_view(),
-        &mut positions.as_view_mut(),
-    )?;
-    let mut gathered = zeros::<f32>(gpu, assignments * hidden)?; // (assignments, hidden), by expert
+    gpu.stream
+        .memcpy_htod(&offsets, &mut b.offsets)
+        .map_err(KernelError::from)?;
+    let mut positions = b.positions.slice_mut(..assignments);
+    moe::expert_positions(gpu, &chosen.as_view(), &b.offsets.as_view(), &mut positions)?;
     moe::gather_by_expert(
         gpu,
         x,
         &positions.as_view(),
         top_k,
         hidden,
-        &mut gathered.as_view_mut(),
+        &mut b.gathered.slice_mut(..assignments * hidden),
     )?;
 
-    let busiest = counts.iter().copied().max().unwrap_or(0) as usize;
-    let mut gate = zeros::<f32>(gpu, busiest * inter)?; // (expert rows, expert_intermediate)
-    let mut up = zeros::<f32>(gpu, busiest * inter)?;
-    let mut expert_out = zeros::<f32>(gpu, assignments * hidden)?; // (assignments, hidden), by expert
     for (expert, (&count, &offset)) in counts.iter().zip(&offsets).enumerate() {
         let (n, start) = (count as usize, offset as usize);
         if n == 0 {
             continue;
         }
-        let rows_in = gathered.slice(start * hidden..(start + n) * hidden);
-        let mut g = gate.slice_mut(..n * inter);
-        let mut u = up.slice_mut(..n * inter);
+        let rows_in = b.gathered.slice(start * hidden..(start + n) * hidden);
+        let mut g = b.gate.slice_mut(..n * inter);
+        let mut u = b.up.slice_mut(..n * inter);
         linear(
             gpu,
             &rows_in,
-            weights.matrix(ExpertGate(expert)),
+            &weights.matrix(ExpertGate(expert)),
             None,
             &mut g,
             n,
@@ -147,7 +203,7 @@ pub fn moe_block(
         linear(
             gpu,
             &rows_in,
-            weights.matrix(ExpertUp(expert)),
+            &weights.matrix(ExpertUp(expert)),
             None,
             &mut u,
             n,
@@ -156,11 +212,11 @@ pub fn moe_block(
             bf16,
         )?;
         elementwise::silu_mul(gpu, &mut g, &u.as_view())?;
-        let mut y = expert_out.slice_mut(start * hidden..(start + n) * hidden);
+        let mut y = b.expert_out.slice_mut(start * hidden..(start + n) * hidden);
         linear(
             gpu,
             &g.as_view(),
-            weights.matrix(ExpertDown(expert)),
+            &weights.matrix(ExpertDown(expert)),
             None,
             &mut y,
             n,
@@ -171,7 +227,7 @@ pub fn moe_block(
     }
     moe::unpermute(
         gpu,
-        &expert_out.as_view(),
+        &b.expert_out.slice(..assignments * hidden),
         &positions.as_view(),
         &chosen.as_view(),
         &chosen_weights.as_view(),
@@ -180,17 +236,17 @@ pub fn moe_block(
         out,
     )?;
 
-    if let Some(shared) = spec.shared_expert {
+    if let (Some(shared), Some(s)) = (spec.shared_expert, b.shared.as_mut()) {
         let s_inter = shared.intermediate;
-        let mut sg = zeros::<f32>(gpu, tokens * s_inter)?;
-        let mut su = zeros::<f32>(gpu, tokens * s_inter)?;
-        let mut shared_out = zeros::<f32>(gpu, tokens * hidden)?;
+        let mut sg = s.gate.slice_mut(..tokens * s_inter);
+        let mut su = s.up.slice_mut(..tokens * s_inter);
+        let mut shared_out = s.out.slice_mut(..tokens * hidden);
         linear(
             gpu,
             x,
-            weights.matrix(SharedGate),
+            &weights.matrix(SharedGate),
             None,
-            &mut sg.as_view_mut(),
+            &mut sg,
             tokens,
             hidden,
             s_inter,
@@ -199,34 +255,34 @@ pub fn moe_block(
         linear(
             gpu,
             x,
-            weights.matrix(SharedUp),
+            &weights.matrix(SharedUp),
             None,
-            &mut su.as_view_mut(),
+            &mut su,
             tokens,
             hidden,
             s_inter,
             bf16,
         )?;
-        elementwise::silu_mul(gpu, &mut sg.as_view_mut(), &su.as_view())?;
+        elementwise::silu_mul(gpu, &mut sg, &su.as_view())?;
         linear(
             gpu,
             &sg.as_view(),
-            weights.matrix(SharedDown),
+            &weights.matrix(SharedDown),
             None,
-            &mut shared_out.as_view_mut(),
+            &mut shared_out,
             tokens,
             s_inter,
             hidden,
             bf16,
         )?;
         if shared.sigmoid_gate {
-            let mut gate_logits = zeros::<f32>(gpu, tokens)?;
+            let mut gate_logits = s.gate_logits.slice_mut(..tokens);
             linear(
                 gpu,
                 x,
-                weights.matrix(SharedExpertGate),
+                &weights.matrix(SharedExpertGate),
                 None,
-                &mut gate_logits.as_view_mut(),
+                &mut gate_logits,
                 tokens,
                 hidden,
                 1,
@@ -246,8 +302,8 @@ pub fn moe_block(
     Ok(DeviceRouting {
         num_experts: experts,
         top_k,
-        logits,
-        chosen,
-        weights: chosen_weights,
+        logits: b.logits.slice(..tokens * experts),
+        chosen: b.chosen.slice(..assignments),
+        weights: b.weights.slice(..assignments),
     })
 }

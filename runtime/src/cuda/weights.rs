@@ -1,7 +1,10 @@
-//! Layer weights on the device: matrices in the GEMM dtype, vectors (norms, biases) in f32.
+//! Layer weights on the device. A layer owns the staging buffer its bytes were uploaded
+//! into: matrices already stored in the GEMM dtype are used there in place; other matrices
+//! are converted to the GEMM dtype and 1-D tensors to f32 (the planner's `converted` region).
 
 use super::ComputeDtype;
 use super::staging::LayerLayout;
+use crate::allocation::{Budget, Reservation};
 use crate::arch::WeightRole;
 use crate::error::Result;
 use crate::weights::WeightStore;
@@ -10,10 +13,12 @@ use half::bf16;
 use layerstream_kernels::cudarc::driver::{CudaSlice, CudaView};
 use layerstream_kernels::ops::convert::{StoredDtype, f32_to_bf16, half_to_f32};
 use layerstream_kernels::{Gpu, KernelError};
+use layerstream_planner::memory::{GemmDtype, layer_weight_bytes};
 use layerstream_planner::{TensorDtype, TensorEntry};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
-/// A weight matrix `(out, in)` in the GEMM dtype.
+/// A weight matrix `(out, in)` in the GEMM dtype, owned.
 pub enum DeviceMatrix {
     /// f32 values.
     F32(CudaSlice<f32>),
@@ -21,7 +26,7 @@ pub enum DeviceMatrix {
     Bf16(CudaSlice<u16>),
 }
 
-/// Rows `first..first + n` of a matrix with rows of `width`.
+/// A view of matrix rows in the GEMM dtype.
 pub enum MatrixRows<'a> {
     /// f32 rows.
     F32(CudaView<'a, f32>),
@@ -48,22 +53,48 @@ impl DeviceMatrix {
     }
 }
 
+/// Where a layer's matrix lives.
+enum Placed {
+    /// In the staging bytes: offset, elements, dtype (the GEMM dtype).
+    InPlace(usize, usize, TensorDtype),
+    /// Converted.
+    Converted(DeviceMatrix),
+}
+
 /// One layer's weights on the device.
 pub struct DeviceLayer {
-    matrices: BTreeMap<WeightRole, DeviceMatrix>,
+    raw: CudaSlice<u8>,
+    matrices: BTreeMap<WeightRole, Placed>,
     vectors: BTreeMap<WeightRole, CudaSlice<f32>>,
+    _reservations: Vec<Reservation>,
+}
+
+fn gemm_dtype(compute: ComputeDtype) -> GemmDtype {
+    match compute {
+        ComputeDtype::Bf16 => GemmDtype::Bf16,
+        ComputeDtype::F32 => GemmDtype::F32,
+    }
 }
 
 impl DeviceLayer {
-    /// Builds the layer from its raw bytes on the device (`raw`, laid out as `layout`),
-    /// converting to the GEMM dtype (matrices) and f32 (vectors) with kernels on the
-    /// compute stream; cudarc's event tracking orders them after the upload.
+    /// Builds layer `layer` from its uploaded bytes (`raw`, laid out as `layout`), converting
+    /// with kernels on the compute stream; cudarc's event tracking orders them after the upload.
     pub fn from_staged(
         gpu: &Gpu,
-        raw: &CudaSlice<u8>,
+        store: &WeightStore,
+        layer: usize,
+        raw: (CudaSlice<u8>, Reservation),
         layout: &LayerLayout,
         compute: ComputeDtype,
+        budget: &Arc<Budget>,
     ) -> Result<Self> {
+        let (raw, raw_reservation) = raw;
+        let (_, converted_bytes) =
+            layer_weight_bytes(store.inventory(), layer, gemm_dtype(compute));
+        let converted_reservation = budget.reserve(
+            &format!("layer {layer}'s converted weights"),
+            converted_bytes,
+        )?;
         let mut matrices = BTreeMap::new();
         let mut vectors = BTreeMap::new();
         for tensor in &layout.tensors {
@@ -71,26 +102,50 @@ impl DeviceLayer {
             let n: usize = tensor.shape.iter().product();
             if tensor.shape.len() == 1 {
                 vectors.insert(tensor.role, device_to_f32(gpu, &bytes, tensor.dtype, n)?);
-            } else {
-                let matrix = match compute {
-                    ComputeDtype::F32 => {
-                        DeviceMatrix::F32(device_to_f32(gpu, &bytes, tensor.dtype, n)?)
-                    }
-                    ComputeDtype::Bf16 => {
-                        DeviceMatrix::Bf16(device_to_bf16(gpu, &bytes, tensor.dtype, n)?)
-                    }
-                };
-                matrices.insert(tensor.role, matrix);
+                continue;
             }
+            let placed =
+                match (compute, tensor.dtype) {
+                    (ComputeDtype::Bf16, TensorDtype::Bf16)
+                    | (ComputeDtype::F32, TensorDtype::F32) => {
+                        Placed::InPlace(tensor.offset, n, tensor.dtype)
+                    }
+                    (ComputeDtype::F32, _) => Placed::Converted(DeviceMatrix::F32(device_to_f32(
+                        gpu,
+                        &bytes,
+                        tensor.dtype,
+                        n,
+                    )?)),
+                    (ComputeDtype::Bf16, _) => Placed::Converted(DeviceMatrix::Bf16(
+                        device_to_bf16(gpu, &bytes, tensor.dtype, n)?,
+                    )),
+                };
+            matrices.insert(tensor.role, placed);
         }
-        Ok(DeviceLayer { matrices, vectors })
+        Ok(DeviceLayer {
+            raw,
+            matrices,
+            vectors,
+            _reservations: vec![raw_reservation, converted_reservation],
+        })
     }
 
-    /// A matrix the spec's table lists.
-    pub fn matrix(&self, role: WeightRole) -> &DeviceMatrix {
-        self.matrices
+    /// A matrix the spec's table lists, in the GEMM dtype.
+    pub fn matrix(&self, role: WeightRole) -> MatrixRows<'_> {
+        match self
+            .matrices
             .get(&role)
             .unwrap_or_else(|| panic!("{role:?} is in the spec's table"))
+        {
+            Placed::Converted(m) => m.all(),
+            Placed::InPlace(offset, n, dtype) => {
+                let bytes = self.raw.slice(*offset..);
+                match dtype {
+                    TensorDtype::Bf16 => MatrixRows::Bf16(reinterpret(&bytes, *n)),
+                    _ => MatrixRows::F32(reinterpret(&bytes, *n)),
+                }
+            }
+        }
     }
 
     /// A vector the spec's table lists.
@@ -152,18 +207,17 @@ fn device_to_bf16(
         .stream
         .alloc_zeros::<u16>(n)
         .map_err(KernelError::from)?;
-    if dtype == TensorDtype::Bf16 {
-        gpu.stream
-            .memcpy_dtod(&reinterpret::<u16>(bytes, n), &mut out)
-            .map_err(KernelError::from)?;
+    if dtype == TensorDtype::F32 {
+        f32_to_bf16(gpu, &reinterpret(bytes, n), &mut out.as_view_mut())?;
     } else {
+        // f16: through f32 (transient, one tensor at a time).
         let wide = device_to_f32(gpu, bytes, dtype, n)?;
         f32_to_bf16(gpu, &wide.as_view(), &mut out.as_view_mut())?;
     }
     Ok(out)
 }
 
-/// Uploads a tensor as f32.
+/// Uploads a tensor as f32 (output head).
 pub fn upload_vector(
     gpu: &Gpu,
     store: &WeightStore,
@@ -174,7 +228,7 @@ pub fn upload_vector(
     Ok(gpu.stream.clone_htod(&values).map_err(KernelError::from)?)
 }
 
-/// Uploads a matrix in the GEMM dtype (bf16 checkpoints go up as they are stored).
+/// Uploads a matrix in the GEMM dtype (output head).
 pub fn upload_matrix(
     gpu: &Gpu,
     store: &WeightStore,
