@@ -116,7 +116,7 @@ fn a_budget_too_small_for_one_layer_is_refused_with_what_it_needs() {
         &[
             "layer 0 needs at least",
             "x2 buffers",
-            "overhead 600.00 MiB",
+            "overhead 640.00 MiB",
             "the budget is 300.00 MiB",
             "try --vram 1GiB",
         ],

@@ -24,8 +24,9 @@ use serde::Serialize;
 /// Alignment of tensors in a staging region.
 pub const TENSOR_ALIGN: u64 = 256;
 
-/// Context + cuBLAS + modules when nothing was measured (on the H200: see benches/results).
-pub const DEFAULT_OVERHEAD_BYTES: u64 = 600 << 20;
+/// Context + cuBLAS + modules: 0.61 GiB measured on an H200 with driver 580 and CUDA 13.0
+/// (benches/results/2026-11-22-h200-memory.md), rounded up.
+pub const DEFAULT_OVERHEAD_BYTES: u64 = 640 << 20;
 
 /// Bytes per f32 accumulator entry of the statistics: max (4) + two counts (16) + four sums (32).
 const STATISTICS_BYTES_PER_VALUE: u64 = 52;
