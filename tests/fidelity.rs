@@ -29,6 +29,7 @@ fn run_fixture(
         micro_batch_sequences,
         start: None,
         checkpoint_hidden_states: false,
+        hidden_states_on_host: false,
         memory_budget: None,
     };
     let mut kept = KeepEverything::default();
@@ -136,6 +137,7 @@ fn only_layers_up_to_the_last_captured_one_run() {
         micro_batch_sequences: 1,
         start: None,
         checkpoint_hidden_states: false,
+        hidden_states_on_host: false,
         memory_budget: None,
     };
     let mut kept = KeepEverything::default();

@@ -42,6 +42,7 @@ fn request(
         micro_batch_sequences: micro_batch,
         start: None,
         checkpoint_hidden_states: false,
+        hidden_states_on_host: false,
         memory_budget: None,
     }
 }
@@ -232,5 +233,42 @@ fn cuda_statistics_match_cpu_statistics() {
             assert_eq!(cs.non_finite, gs.non_finite, "{what}");
             assert_eq!(cs.numel, gs.numel, "{what}");
         }
+    }
+}
+
+/// Hidden states in pinned host memory, one micro-batch on the device at a time (the
+/// planner's `pinned_host` placement), give the PyTorch results too.
+#[test]
+fn hidden_states_in_host_memory_give_the_same_results() {
+    let Some(backend) = cuda(ComputeChoice::F32, "cuda hidden states on the host") else {
+        return;
+    };
+    for name in FIXTURES {
+        let reference = Reference::load(name);
+        let model = Model::open(&fixture_model(name)).unwrap();
+        let layers = model.spec.num_layers;
+        let mut req = request(
+            &reference,
+            layers,
+            CaptureMode::Activations,
+            FinalStage::Logits,
+            1,
+        );
+        req.hidden_states_on_host = true;
+        let mut kept = KeepEverything::default();
+        run(&model, &req, &backend, &mut kept).unwrap();
+        for layer in 0..layers {
+            let key = CapturePoint::ResidPost.full_name(layer);
+            assert_matches_reference(
+                &format!("host {name} {key}"),
+                &kept.captures[&key],
+                &reference.get(&key).values,
+            );
+        }
+        assert_matches_reference(
+            &format!("host {name} logits"),
+            &kept.logits,
+            &reference.get("logits").values,
+        );
     }
 }

@@ -59,6 +59,11 @@ def binding_budgets(layerstream, model, overhead):
     for sequences in (1, 2, 4):
         e = estimate(layerstream, model, "1TiB", overhead, ["--micro-batch-tokens", str(sequences * 2048)])
         budgets.append(str(int(e["plan"]["peak_bytes"] * 1.02)))
+    # Just below one sequence with the hidden states on the device: they go to the host.
+    one = int(budgets[0]) / 1.02
+    e = estimate(layerstream, model, str(int(one) - 1), overhead, ["--micro-batch-tokens", "2048"])
+    if e["plan"]["hidden_placement"] == "pinned_host":
+        budgets.insert(0, str(int(e["plan"]["peak_bytes"] * 1.02)))
     return budgets
 
 

@@ -49,6 +49,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             micro_batch_sequences: micro_batch,
             start: None,
             checkpoint_hidden_states: false,
+            hidden_states_on_host: false,
             memory_budget: None,
         };
         let started = Instant::now();

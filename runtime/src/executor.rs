@@ -59,6 +59,9 @@ pub struct RunRequest {
     pub start: Option<StartPoint>,
     /// Hand the hidden states to the observer after every layer (checkpoints).
     pub checkpoint_hidden_states: bool,
+    /// Keep the workload's hidden states in pinned host memory, one micro-batch on the
+    /// device at a time (GPU; the planner's `pinned_host` placement).
+    pub hidden_states_on_host: bool,
     /// Bytes the backend's regions may take (GPU: --vram less the context overhead; CPU:
     /// --ram); `None`: only the machine limits.
     pub memory_budget: Option<u64>,

@@ -40,16 +40,6 @@ pub fn analyze(args: &AnalyzeArgs) -> Result<()> {
         print_estimate(plan.as_ref().expect("planned above"));
         return Ok(());
     }
-    if let Some(estimate) = &plan
-        && estimate.plan.hidden_placement == HiddenPlacement::PinnedHost
-    {
-        anyhow::bail!(
-            "with --vram {} the workload's hidden states ({} sequences x {} tokens) do not fit on the device next to a layer, and keeping them in host memory is not implemented yet; raise --vram or lower --num-samples",
-            args.plan.vram.expect("planned for a budget"),
-            args.workload.num_samples,
-            args.workload.seq_len
-        );
-    }
     prepare_out_dir(&args.run.out)?;
     let model = &named.model;
     let layers = parse_layers(&args.layers, model.spec.num_layers)?;
@@ -115,6 +105,9 @@ pub fn analyze(args: &AnalyzeArgs) -> Result<()> {
         micro_batch_sequences: micro_batch,
         start,
         checkpoint_hidden_states: true,
+        hidden_states_on_host: plan
+            .as_ref()
+            .is_some_and(|e| e.plan.hidden_placement == HiddenPlacement::PinnedHost),
         memory_budget: match &backend {
             Backend::Cuda(_) => args
                 .plan

@@ -76,6 +76,7 @@ pub fn score(args: &ScoreArgs) -> Result<()> {
         micro_batch_sequences: micro_batch_sequences(&args.run, &workload),
         start: None,
         checkpoint_hidden_states: false,
+        hidden_states_on_host: false,
         memory_budget: None,
     };
     eprintln!(

@@ -5,6 +5,7 @@
 use super::ComputeDtype;
 use super::CudaBackend;
 use super::head::DeviceHead;
+use super::hidden::HiddenStates;
 use super::layer::{DeviceCaptureSink, DeviceScratch, decoder_layer};
 use super::linear::Bf16Scratch;
 use super::moe::DeviceRouting;
@@ -49,8 +50,14 @@ pub fn run(
     let mut micro_batch = request.micro_batch();
     let tokens = request.num_sequences * seq_len;
     let budget = Budget::new(request.memory_budget);
+    let on_host = request.hidden_states_on_host;
+    let hidden_bytes = if on_host {
+        micro_batch * seq_len * d * 4
+    } else {
+        tokens * d * 4
+    };
     let _hidden_reservation =
-        budget.reserve("the workload's hidden states", (tokens * d * 4) as u64)?;
+        budget.reserve("the workload's hidden states", hidden_bytes as u64)?;
 
     // Embedding rows are gathered on the host from the mapped file: only the rows the
     // workload uses are read, instead of sending the whole table to the device.
@@ -67,11 +74,7 @@ pub fn run(
             embedded
         }
     };
-    let mut hidden_states = gpu
-        .stream
-        .clone_htod(&embedded)
-        .map_err(KernelError::from)?;
-    drop(embedded);
+    let mut hidden_states = HiddenStates::new(gpu, embedded, on_host, micro_batch * seq_len * d)?;
     let inv_freq = gpu
         .stream
         .clone_htod(&spec.rope.inv_freq)
@@ -156,7 +159,7 @@ pub fn run(
                     let sequences = micro_batch.min(request.num_sequences - next_sequence);
                     let range =
                         next_sequence * seq_len * d..(next_sequence + sequences) * seq_len * d;
-                    let mut batch = hidden_states.slice_mut(range);
+                    let mut batch = hidden_states.begin(gpu, range.clone())?;
                     let mut sink = CudaSink {
                         gpu,
                         observer: &mut *observer,
@@ -178,18 +181,14 @@ pub fn run(
                         &mut scratch,
                         &mut sink,
                     )?;
+                    hidden_states.end(gpu, range)?;
                     next_sequence += sequences;
                 }
             }
             drop(weights);
             let statistics = download_statistics(gpu, request, &accumulators)?;
             drop(accumulators);
-            let snapshot = || -> Result<Vec<f32>> {
-                Ok(gpu
-                    .stream
-                    .clone_dtoh(&hidden_states)
-                    .map_err(KernelError::from)?)
-            };
+            let snapshot = || hidden_states.snapshot(gpu);
             finish_layer(
                 observer,
                 request,
@@ -219,7 +218,8 @@ pub fn run(
             let end = (start + batch_len).min(tokens * d);
             let rows = (end - start) / d;
             let first_sequence = batch_index * micro_batch;
-            let batch = hidden_states.slice(start..end);
+            let batch = hidden_states.begin(gpu, start..end)?;
+            let batch = batch.as_view();
             let ids = &request.token_ids[first_sequence * seq_len..first_sequence * seq_len + rows];
             match request.final_stage {
                 FinalStage::NextTokenNll => {

@@ -4,6 +4,7 @@
 
 pub mod executor;
 mod head;
+mod hidden;
 mod layer;
 mod linear;
 mod moe;
