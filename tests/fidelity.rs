@@ -8,13 +8,23 @@ use layerstream_runtime::data::{TextTokenizer, pack_documents};
 use layerstream_runtime::{CapturePoint, FinalStage, Model, RunRequest, run};
 use layerstream_tests::{
     FIXTURES, KeepEverything, MOE_FIXTURES, Reference, assert_all_close, assert_matches_reference,
-    fixture_docs, fixture_model,
+    fixture_docs, fixture_model, split_every_layer,
 };
 
 fn run_fixture(
     name: &str,
     final_stage: FinalStage,
     micro_batch_sequences: usize,
+) -> (Reference, KeepEverything) {
+    run_fixture_split(name, final_stage, micro_batch_sequences, None)
+}
+
+/// As [`run_fixture`], every layer split with at most `experts_per_part` experts per part.
+fn run_fixture_split(
+    name: &str,
+    final_stage: FinalStage,
+    micro_batch_sequences: usize,
+    experts_per_part: Option<usize>,
 ) -> (Reference, KeepEverything) {
     let reference = Reference::load(name);
     let model = Model::open(&fixture_model(name)).unwrap();
@@ -31,6 +41,9 @@ fn run_fixture(
         checkpoint_hidden_states: false,
         hidden_states_on_host: false,
         memory_budget: None,
+        split_layers: experts_per_part
+            .map(|n| split_every_layer(&model, n))
+            .unwrap_or_default(),
     };
     let mut kept = KeepEverything::default();
     run(
@@ -122,6 +135,21 @@ fn results_do_not_depend_on_the_micro_batch_size() {
     assert_all_close("logits", &all.logits, &one.logits, 1e-6, 1e-6);
 }
 
+/// A layer split into attention and expert groups (the planner's answer to a layer that does
+/// not fit) computes exactly what the whole layer computes: the groups add their experts in
+/// the unsplit order.
+#[test]
+fn split_layers_give_the_unsplit_results_bit_for_bit() {
+    for name in FIXTURES {
+        let (_, whole) = run_fixture(name, FinalStage::Logits, 2);
+        for experts_per_part in [1, 3] {
+            let (_, split) = run_fixture_split(name, FinalStage::Logits, 2, Some(experts_per_part));
+            split.assert_identical(&whole, &format!("{name} split {experts_per_part}"));
+            assert_eq!(split.split, split.layers_done, "{name}: every layer split");
+        }
+    }
+}
+
 #[test]
 fn only_layers_up_to_the_last_captured_one_run() {
     let reference = Reference::load("llama3");
@@ -139,6 +167,7 @@ fn only_layers_up_to_the_last_captured_one_run() {
         checkpoint_hidden_states: false,
         hidden_states_on_host: false,
         memory_budget: None,
+        split_layers: Default::default(),
     };
     let mut kept = KeepEverything::default();
     run(

@@ -11,7 +11,7 @@ use layerstream_runtime::{
 };
 use layerstream_tests::{
     FIXTURES, KeepEverything, Reference, assert_all_close, assert_matches_reference, fixture_model,
-    gpu_or_skip, nmse,
+    gpu_or_skip, nmse, split_every_layer,
 };
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -44,6 +44,7 @@ fn request(
         checkpoint_hidden_states: false,
         hidden_states_on_host: false,
         memory_budget: None,
+        split_layers: BTreeMap::new(),
     }
 }
 
@@ -270,5 +271,40 @@ fn hidden_states_in_host_memory_give_the_same_results() {
             &kept.logits,
             &reference.get("logits").values,
         );
+    }
+}
+
+/// Layers split into attention and expert groups on the GPU (accumulator on the device, and
+/// in pinned host memory with the hidden states) give the unsplit results bit for bit.
+#[test]
+fn split_layers_give_the_unsplit_results_bit_for_bit_on_cuda() {
+    let Some(backend) = cuda(ComputeChoice::F32, "cuda split layers") else {
+        return;
+    };
+    for name in FIXTURES {
+        let reference = Reference::load(name);
+        let model = Model::open(&fixture_model(name)).unwrap();
+        let layers = model.spec.num_layers;
+        let whole_request = request(
+            &reference,
+            layers,
+            CaptureMode::Activations,
+            FinalStage::Logits,
+            1,
+        );
+        let mut whole = KeepEverything::default();
+        run(&model, &whole_request, &backend, &mut whole).unwrap();
+        for (experts_per_part, on_host) in [(1, false), (3, false), (1, true)] {
+            let mut req = whole_request.clone();
+            req.split_layers = split_every_layer(&model, experts_per_part);
+            req.hidden_states_on_host = on_host;
+            let mut split = KeepEverything::default();
+            run(&model, &req, &backend, &mut split).unwrap();
+            split.assert_identical(
+                &whole,
+                &format!("cuda {name} split {experts_per_part} host {on_host}"),
+            );
+            assert_eq!(split.split, split.layers_done, "{name}: every layer split");
+        }
     }
 }

@@ -388,7 +388,7 @@ fn moe_block_matches_cpu() {
         let x = random_values(tokens * hidden, 7, 2.0);
         let weights = cpu::layer::LayerWeights::from_tensors(tensors.clone());
         let mut expect = vec![0f32; tokens * hidden];
-        let routing = cpu::moe::moe_block(&x, &weights, &spec, hidden, &mut expect, 2);
+        let routing = cpu::moe::moe_block(&x, &weights, &spec, hidden, &mut expect, 0..experts, 2);
 
         // GPU: router logits, top-k.
         let w = |role| upload(&gpu, &tensors[&role]);
@@ -514,9 +514,33 @@ fn moe_block_matches_cpu() {
             &chosen_weights.as_view(),
             top_k,
             hidden,
+            0..experts,
+            false,
             &mut out.as_view_mut(),
         )
         .unwrap();
+        // A split layer adds its expert groups in order: bit for bit the same sum.
+        let mut grouped = zeros(&gpu, tokens * hidden);
+        for (group, accumulate) in [(0..1, false), (1..4, true), (4..experts, true)] {
+            moe::unpermute(
+                &gpu,
+                &expert_out.as_view(),
+                &positions.as_view(),
+                &chosen.as_view(),
+                &chosen_weights.as_view(),
+                top_k,
+                hidden,
+                group,
+                accumulate,
+                &mut grouped.as_view_mut(),
+            )
+            .unwrap();
+        }
+        assert_eq!(
+            download(&gpu, &grouped),
+            download(&gpu, &out),
+            "unpermute in expert groups"
+        );
         // Shared expert with its sigmoid gate.
         let mut sg = zeros(&gpu, tokens * shared_inter);
         let mut su = zeros(&gpu, tokens * shared_inter);

@@ -51,6 +51,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             checkpoint_hidden_states: false,
             hidden_states_on_host: false,
             memory_budget: None,
+            split_layers: Default::default(),
         };
         let started = Instant::now();
         run(&model, &request, &backend, &mut Discard)?;

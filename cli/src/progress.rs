@@ -2,6 +2,7 @@
 //! when stderr is not a terminal.
 
 use indicatif::{ProgressBar, ProgressStyle};
+use layerstream_planner::split::{LayerPart, describe_parts};
 use layerstream_runtime::analysis::PointStatistics;
 use layerstream_runtime::capture::Routing;
 use layerstream_runtime::{CapturePoint, RunObserver, RuntimeError};
@@ -12,6 +13,8 @@ pub struct WithProgress<'a> {
     inner: &'a mut dyn RunObserver,
     bar: ProgressBar,
     started: Instant,
+    /// The parts of the last split layer announced (a line only when they change).
+    announced_split: Option<Vec<LayerPart>>,
 }
 
 impl<'a> WithProgress<'a> {
@@ -26,6 +29,7 @@ impl<'a> WithProgress<'a> {
             inner,
             bar,
             started: Instant::now(),
+            announced_split: None,
         }
     }
 
@@ -83,6 +87,20 @@ impl RunObserver for WithProgress<'_> {
             )
         });
         self.inner.on_micro_batch_halved(layer, from, to, reason);
+    }
+
+    fn on_layer_split(&mut self, layer: usize, parts: &[LayerPart]) {
+        if self.announced_split.as_deref() != Some(parts) {
+            self.bar.suspend(|| {
+                eprintln!(
+                    "layer {layer} runs in {} parts to fit the budget ({}); later layers split the same way are not listed",
+                    parts.len(),
+                    describe_parts(parts)
+                )
+            });
+            self.announced_split = Some(parts.to_vec());
+        }
+        self.inner.on_layer_split(layer, parts);
     }
 
     fn on_layer_done(&mut self, layer: usize, layers: usize, tokens: usize) {

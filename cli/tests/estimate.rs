@@ -25,7 +25,7 @@ fn estimate_json_matches_its_schema() {
         home.path(),
     ));
     let e: Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(e["schema_version"], 1);
+    assert_eq!(e["schema_version"], 2);
     for key in ["model", "model_type", "gemm_dtype"] {
         assert!(e[key].is_string(), "{key}");
     }
@@ -48,6 +48,7 @@ fn estimate_json_matches_its_schema() {
     assert_eq!(
         keys,
         [
+            "accumulator",
             "activations",
             "converted",
             "head",
@@ -71,7 +72,16 @@ fn estimate_json_matches_its_schema() {
     assert!(["device", "pinned_host"].contains(&plan["hidden_placement"].as_str().unwrap()));
     assert!(plan["micro_batch_sequences"].as_u64().unwrap() >= 1);
     assert_eq!(plan["layers"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        plan["split_layers"],
+        serde_json::json!([]),
+        "2 GiB holds a whole layer"
+    );
     for layer in plan["layers"].as_array().unwrap() {
+        let parts = layer["parts"].as_array().unwrap();
+        assert_eq!(parts.len(), 1);
+        assert_eq!(parts[0]["kind"], "whole");
+        assert_eq!(parts[0]["weight_bytes"], layer["weight_bytes"]);
         for key in [
             "layer",
             "weight_bytes",
@@ -191,4 +201,45 @@ fn a_100_gb_model_is_estimated_from_its_headers_in_under_a_second() {
         "{layer_bytes}"
     );
     assert!(e["plan"]["peak_bytes"].as_u64().unwrap() <= 24 << 30);
+}
+
+/// A 470 GB MoE model on an 8 GiB card: its 4.9 GB layers cannot sit next to their prefetch
+/// buffer, so the plan splits them into attention and expert groups; from headers, quickly.
+#[test]
+fn a_470_gb_moe_model_on_8_gib_is_planned_with_split_layers_in_under_a_second() {
+    let home = tempfile::tempdir().unwrap();
+    let (dir, data_bytes) = sparse_qwen3_moe(home.path());
+    assert!(data_bytes > 400_000_000_000, "{data_bytes}");
+    let model = dir.display().to_string();
+    let started = Instant::now();
+    let out = assert_succeeds(&layerstream(
+        &[
+            "estimate",
+            "--model",
+            &model,
+            "--vram",
+            "8GiB",
+            "--num-samples",
+            "64",
+            "--json",
+        ],
+        home.path(),
+    ));
+    let elapsed = started.elapsed();
+    assert!(elapsed.as_secs_f64() < 1.0, "took {elapsed:?}");
+    let e: Value = serde_json::from_str(&out).unwrap();
+    let plan = &e["plan"];
+    assert_eq!(plan["split_layers"].as_array().unwrap().len(), 94);
+    let layer = &plan["layers"][0];
+    assert!(layer["weight_bytes"].as_u64().unwrap() > 4_800_000_000);
+    let parts = layer["parts"].as_array().unwrap();
+    assert_eq!(parts[0]["kind"], "attention");
+    let largest = parts
+        .iter()
+        .map(|p| p["weight_bytes"].as_u64().unwrap())
+        .max()
+        .unwrap();
+    assert!(2 * largest < 8 << 30, "two buffers of the largest part fit");
+    assert!(plan["peak_bytes"].as_u64().unwrap() <= 8 << 30);
+    assert!(plan["regions"]["accumulator"].as_u64().unwrap() > 0);
 }

@@ -65,15 +65,18 @@ extern "C" __global__ void expert_gather_kernel(
     for (int d = threadIdx.x; d < width; d += blockDim.x) dst[d] = src[d];
 }
 
-// out[t] = sum over t's experts in ascending order of weight * expert_out[position].
+// out[t] = sum over t's experts in [first_expert, end_expert), in ascending expert order, of
+// weight * expert_out[position]; with accumulate the sum starts from out[t] instead of 0, so
+// the expert groups of a split layer add up to exactly the unsplit sum.
 extern "C" __global__ void expert_unpermute_kernel(
     const float* expert_out, const u32* positions, const u32* chosen, const float* weights,
-    int tokens, int top_k, int width, float* out) {
+    int tokens, int top_k, int width, int first_expert, int end_expert, int accumulate,
+    float* out) {
     unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x;
     if (i >= (unsigned long long)tokens * width) return;
     int t = (int)(i / width), d = (int)(i % width);
     const u32* my_chosen = chosen + (unsigned long long)t * top_k;
-    float sum = 0.0f;
+    float sum = accumulate ? out[i] : 0.0f;
     long long previous = -1;
     for (int n = 0; n < top_k; n++) {
         int slot = -1;
@@ -82,6 +85,7 @@ extern "C" __global__ void expert_unpermute_kernel(
             if (e > previous && (slot < 0 || e < (long long)my_chosen[slot])) slot = s;
         }
         previous = my_chosen[slot];
+        if (previous < first_expert || previous >= end_expert) continue;
         unsigned long long a = (unsigned long long)t * top_k + slot;
         sum += expert_out[(unsigned long long)positions[a] * width + d] * weights[a];
     }

@@ -8,6 +8,7 @@ pub mod inventory;
 pub mod memory;
 pub mod micro_batch;
 pub mod progress;
+pub mod split;
 
 pub use atomic::write_atomically;
 pub use budget::{ByteSize, ParseByteSizeError};

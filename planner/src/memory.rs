@@ -4,13 +4,15 @@
 //! allocates exactly these regions once per run, so the plan's peak is the run's peak.
 //!
 //! Regions (bytes):
-//! - staging: 2 x the largest layer as stored (tensors 256-byte aligned): layer l computes
-//!   from one while layer l+1 uploads into the other; matrices already in the GEMM dtype are
-//!   used in place;
+//! - staging: 2 x the largest layer (or split part) as stored (tensors 256-byte aligned):
+//!   layer l computes from one while layer l+1 uploads into the other; matrices already in
+//!   the GEMM dtype are used in place;
 //! - converted: the largest layer's tensors that need another dtype (1-D tensors to f32;
 //!   matrices to the GEMM dtype);
 //! - hidden: the workload's hidden states (f32) on the device, or one micro-batch of them
 //!   when they live in pinned host memory;
+//! - accumulator: when a layer's routed experts are split over several parts (see
+//!   `split.rs`), their summed outputs, placed and sized like the hidden states;
 //! - activations: the decoder block's buffers for one micro-batch;
 //! - moe: router, grouping and expert buffers for one micro-batch;
 //! - statistics: accumulators of one layer's captured points;
@@ -18,7 +20,11 @@
 //! - overhead: CUDA context, cuBLAS and kernel modules.
 
 use crate::budget::ByteSize;
-use crate::inventory::{Inventory, TensorClass, TensorDtype};
+use crate::inventory::{Inventory, TensorClass};
+use crate::split::{
+    Bytes, GroupBytes, LayerPart, LayerTensorGroups, experts_per_part_candidates, index_by_name,
+    needs_accumulator, split_parts, tensor_bytes,
+};
 use serde::Serialize;
 
 /// Alignment of tensors in a staging region.
@@ -54,6 +60,8 @@ pub struct LayerShapes {
     pub dense_intermediate: usize,
     /// Experts, if the layer is MoE.
     pub moe: Option<MoeShapes>,
+    /// Its tensors by split part.
+    pub tensors: LayerTensorGroups,
 }
 
 /// The shapes of a MoE block.
@@ -103,6 +111,9 @@ pub struct Regions {
     pub converted: u64,
     /// Hidden states (whole workload or one micro-batch).
     pub hidden: u64,
+    /// Feed-forward outputs of layers whose experts are split over several parts, placed
+    /// like the hidden states (whole workload or one micro-batch); 0 when none is.
+    pub accumulator: u64,
     /// Decoder block buffers.
     pub activations: u64,
     /// MoE buffers.
@@ -121,6 +132,7 @@ impl Regions {
         self.staging
             + self.converted
             + self.hidden
+            + self.accumulator
             + self.activations
             + self.moe
             + self.statistics
@@ -129,19 +141,33 @@ impl Regions {
     }
 }
 
+/// One part of a layer as planned.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PartPlan {
+    /// Which part.
+    #[serde(flatten)]
+    pub part: LayerPart,
+    /// Bytes stored (staging one buffer).
+    pub weight_bytes: u64,
+    /// Bytes converted for it.
+    pub converted_bytes: u64,
+}
+
 /// One row of the per-layer table.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LayerPlan {
     /// Layer index.
     pub layer: usize,
-    /// Bytes stored (staging one buffer).
+    /// Bytes stored (the whole layer).
     pub weight_bytes: u64,
-    /// Bytes converted for it.
+    /// Bytes converted for it (the whole layer).
     pub converted_bytes: u64,
+    /// How it streams: `[whole]`, or attention then feed-forward parts.
+    pub parts: Vec<PartPlan>,
     /// Activation + MoE bytes at the chosen micro-batch.
     pub activation_bytes: u64,
-    /// What this layer alone needs: overhead, two staging buffers of its size, its
-    /// conversions, hidden states, activations, statistics.
+    /// What this layer alone needs: overhead, two staging buffers of its largest part, its
+    /// conversions, hidden states, accumulator, activations, statistics.
     pub needs_bytes: u64,
 }
 
@@ -154,6 +180,8 @@ pub struct MemoryPlan {
     pub micro_batch_sequences: usize,
     /// Where hidden states live.
     pub hidden_placement: HiddenPlacement,
+    /// Layers that stream in parts because they do not fit whole.
+    pub split_layers: Vec<usize>,
     /// Region sizes; their total is the peak.
     pub regions: Regions,
     /// Peak device bytes (= regions.total()).
@@ -162,19 +190,33 @@ pub struct MemoryPlan {
     pub layers: Vec<LayerPlan>,
 }
 
+impl MemoryPlan {
+    /// The parts of every split layer (the executor's `split_layers`).
+    pub fn split_parts(&self) -> std::collections::BTreeMap<usize, Vec<LayerPart>> {
+        self.layers
+            .iter()
+            .filter(|l| l.parts.len() > 1)
+            .map(|l| (l.layer, l.parts.iter().map(|p| p.part.clone()).collect()))
+            .collect()
+    }
+}
+
 /// Why no plan fits.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PlanError {
-    /// Even one sequence per micro-batch with hidden states on the host does not fit.
+    /// Even one sequence per micro-batch, hidden states on the host and every layer split
+    /// into its smallest parts do not fit.
     #[error(
-        "layer {layer} needs at least {needed} (weights {weights} x2 buffers, {converted} converted, one sequence of activations {activations}, overhead {overhead}); the budget is {budget}; try --vram {suggest} or a shorter --seq-len"
+        "layer {layer} needs at least {needed} ({part}weights {weights} x2 buffers, {converted} converted, one sequence of activations {activations}, overhead {overhead}); the budget is {budget}; try --vram {suggest} or a shorter --seq-len"
     )]
     TooSmall {
-        /// The largest layer.
+        /// The layer with the largest part.
         layer: usize,
+        /// `"split, its largest part experts 3-3: "`, or empty when not split.
+        part: String,
         /// What it needs.
         needed: ByteSize,
-        /// Its stored bytes.
+        /// The part's stored bytes.
         weights: ByteSize,
         /// Its converted bytes.
         converted: ByteSize,
@@ -195,22 +237,10 @@ fn align(bytes: u64) -> u64 {
 
 /// Stored bytes (staging layout) and converted bytes of one layer.
 pub fn layer_weight_bytes(inventory: &Inventory, layer: usize, gemm: GemmDtype) -> (u64, u64) {
-    let mut stored = 0;
-    let mut converted = 0;
-    for tensor in inventory.of_class(TensorClass::Layer(layer)) {
-        stored += align(tensor.byte_len);
-        let numel = tensor.numel() as u64;
-        converted += if tensor.shape.len() == 1 {
-            align(numel * 4)
-        } else {
-            match (gemm, tensor.dtype) {
-                (GemmDtype::Bf16, TensorDtype::Bf16) | (GemmDtype::F32, TensorDtype::F32) => 0,
-                (GemmDtype::Bf16, _) => align(numel * 2),
-                (GemmDtype::F32, _) => align(numel * 4),
-            }
-        };
-    }
-    (stored, converted)
+    inventory
+        .of_class(TensorClass::Layer(layer))
+        .map(|t| tensor_bytes(&t.shape, t.dtype, t.byte_len, gemm))
+        .fold((0, 0), |(s, c), (s2, c2)| (s + s2, c + c2))
 }
 
 /// Activation bytes of one micro-batch of `rows` tokens: the decoder block's buffers, and
@@ -278,8 +308,58 @@ pub fn head_bytes(inventory: &Inventory, gemm: GemmDtype, rows: usize) -> u64 {
         + 2 * rows * width
 }
 
-/// Plans a run: the largest micro-batch (up to the target) whose regions fit `budget_bytes`,
-/// hidden states on the device when they fit, otherwise in pinned host memory.
+/// How the layers are cut into streaming units.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cut {
+    /// Every layer whole.
+    Whole,
+    /// Layers larger than their split parts are split, at most this many experts per part.
+    Split(usize),
+}
+
+/// The parts of every layer under a cut, with their bytes.
+fn layer_units(groups: &[GroupBytes], cut: Cut) -> Vec<Vec<(LayerPart, Bytes)>> {
+    let whole = |g: &GroupBytes| vec![(LayerPart::Whole, g.part(&LayerPart::Whole))];
+    let Cut::Split(experts_per_part) = cut else {
+        return groups.iter().map(whole).collect();
+    };
+    let split: Vec<Vec<(LayerPart, Bytes)>> = groups
+        .iter()
+        .map(|g| {
+            split_parts(g.num_experts(), experts_per_part)
+                .into_iter()
+                .map(|p| {
+                    let bytes = g.part(&p);
+                    (p, bytes)
+                })
+                .collect()
+        })
+        .collect();
+    let cost = |b: &Bytes| 2 * b.stored + b.converted;
+    let cap = split
+        .iter()
+        .flatten()
+        .map(|(_, b)| cost(b))
+        .max()
+        .unwrap_or(0);
+    // A layer no larger than the largest part stays whole: fewer, larger uploads.
+    groups
+        .iter()
+        .zip(split)
+        .map(|(g, parts)| {
+            if cost(&g.part(&LayerPart::Whole)) <= cap {
+                whole(g)
+            } else {
+                parts
+            }
+        })
+        .collect()
+}
+
+/// Plans a run: the largest micro-batch (up to the target) whose regions fit `budget_bytes`.
+/// Preference: hidden states on the device, layers whole; on the device, layers split; in
+/// pinned host memory, layers whole; in pinned host memory, layers split. Among splits, the
+/// largest micro-batch, then the fewest parts.
 pub fn plan(
     inventory: &Inventory,
     layers: &[LayerShapes],
@@ -289,11 +369,11 @@ pub fn plan(
     overhead_bytes: u64,
 ) -> Result<MemoryPlan, PlanError> {
     let budget_bytes = budget.unwrap_or(u64::MAX);
-    let weights: Vec<(u64, u64)> = (0..layers.len())
-        .map(|l| layer_weight_bytes(inventory, l, gemm))
+    let index = index_by_name(inventory);
+    let groups: Vec<GroupBytes> = layers
+        .iter()
+        .map(|l| GroupBytes::new(&index, &l.tensors, gemm))
         .collect();
-    let staging = 2 * weights.iter().map(|w| w.0).max().unwrap_or(0);
-    let converted = weights.iter().map(|w| w.1).max().unwrap_or(0);
     let width = layers.first().map_or(0, |l| l.hidden) as u64;
     let statistics = workload
         .captured_point_widths
@@ -303,7 +383,10 @@ pub fn plan(
         * workload.sequences as u64
         * STATISTICS_BYTES_PER_VALUE;
     let tokens = (workload.sequences * workload.seq_len) as u64;
-    let regions_for = |sequences: usize, placement: HiddenPlacement| -> Regions {
+    let regions_for = |units: &[Vec<(LayerPart, Bytes)>],
+                       sequences: usize,
+                       placement: HiddenPlacement|
+     -> Regions {
         let rows = sequences * workload.seq_len;
         let (block, moe) = layers
             .iter()
@@ -314,14 +397,24 @@ pub fn plan(
         } else {
             0
         };
-        let hidden = match placement {
-            HiddenPlacement::Device => tokens * width * 4,
-            HiddenPlacement::PinnedHost => rows as u64 * width * 4,
+        let workload_rows = match placement {
+            HiddenPlacement::Device => tokens,
+            HiddenPlacement::PinnedHost => rows as u64,
         };
+        let accumulates = units
+            .iter()
+            .any(|parts| needs_accumulator(parts.iter().map(|(p, _)| p)));
+        let largest =
+            |f: fn(&Bytes) -> u64| units.iter().flatten().map(|(_, b)| f(b)).max().unwrap_or(0);
         Regions {
-            staging,
-            converted,
-            hidden,
+            staging: 2 * largest(|b| b.stored),
+            converted: largest(|b| b.converted),
+            hidden: workload_rows * width * 4,
+            accumulator: if accumulates {
+                workload_rows * width * 4
+            } else {
+                0
+            },
             activations: block,
             moe,
             statistics,
@@ -331,33 +424,77 @@ pub fn plan(
     };
     let target = (workload.target_micro_batch_tokens / workload.seq_len.max(1))
         .clamp(1, workload.sequences.max(1));
-    for placement in [HiddenPlacement::Device, HiddenPlacement::PinnedHost] {
-        if let Some(sequences) = (1..=target)
+    let largest_fitting = |units: &[Vec<(LayerPart, Bytes)>], placement| {
+        (1..=target)
             .rev()
-            .find(|&m| regions_for(m, placement).total() <= budget_bytes)
-        {
-            let regions = regions_for(sequences, placement);
+            .find(|&m| regions_for(units, m, placement).total() <= budget_bytes)
+    };
+    let candidates = experts_per_part_candidates(
+        groups
+            .iter()
+            .map(GroupBytes::num_experts)
+            .max()
+            .unwrap_or(0),
+    );
+    for placement in [HiddenPlacement::Device, HiddenPlacement::PinnedHost] {
+        let whole = layer_units(&groups, Cut::Whole);
+        let mut chosen = largest_fitting(&whole, placement).map(|m| (whole, m));
+        if chosen.is_none() {
+            for &experts_per_part in &candidates {
+                let units = layer_units(&groups, Cut::Split(experts_per_part));
+                if let Some(m) = largest_fitting(&units, placement) {
+                    if chosen.as_ref().is_none_or(|(_, best)| m > *best) {
+                        chosen = Some((units, m));
+                    }
+                    if m == target {
+                        break;
+                    }
+                }
+            }
+        }
+        if let Some((units, sequences)) = chosen {
+            let regions = regions_for(&units, sequences, placement);
             let rows = sequences * workload.seq_len;
-            let head = regions.head;
             let layer_plans = layers
                 .iter()
+                .zip(&groups)
+                .zip(&units)
                 .enumerate()
-                .map(|(layer, shapes)| {
+                .map(|(layer, ((shapes, group), parts))| {
                     let (block, moe) = activation_bytes(shapes, rows);
-                    let (stored, conv) = weights[layer];
+                    let whole = group.part(&LayerPart::Whole);
+                    let largest = parts
+                        .iter()
+                        .map(|(_, b)| *b)
+                        .max_by_key(|b| 2 * b.stored + b.converted)
+                        .unwrap_or_default();
+                    let accumulator = if needs_accumulator(parts.iter().map(|(p, _)| p)) {
+                        regions.accumulator
+                    } else {
+                        0
+                    };
                     LayerPlan {
                         layer,
-                        weight_bytes: stored,
-                        converted_bytes: conv,
+                        weight_bytes: whole.stored,
+                        converted_bytes: whole.converted,
+                        parts: parts
+                            .iter()
+                            .map(|(part, b)| PartPlan {
+                                part: part.clone(),
+                                weight_bytes: b.stored,
+                                converted_bytes: b.converted,
+                            })
+                            .collect(),
                         activation_bytes: block + moe,
                         needs_bytes: overhead_bytes
-                            + 2 * stored
-                            + conv
+                            + 2 * largest.stored
+                            + largest.converted
                             + regions.hidden
+                            + accumulator
                             + block
                             + moe
                             + statistics
-                            + head,
+                            + regions.head,
                     }
                 })
                 .collect();
@@ -365,27 +502,52 @@ pub fn plan(
                 budget_bytes: budget,
                 micro_batch_sequences: sequences,
                 hidden_placement: placement,
+                split_layers: units
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, parts)| parts.len() > 1)
+                    .map(|(l, _)| l)
+                    .collect(),
                 peak_bytes: regions.total(),
                 regions,
                 layers: layer_plans,
             });
         }
     }
-    let smallest = regions_for(1, HiddenPlacement::PinnedHost);
-    let (layer, (stored, conv)) = weights
+    // Nothing fits: report the smallest arrangement (one sequence, hidden states on the
+    // host, whole or split at one expert per part, whichever needs less).
+    let smallest = [Cut::Whole, Cut::Split(1)]
+        .into_iter()
+        .map(|cut| {
+            let units = layer_units(&groups, cut);
+            let regions = regions_for(&units, 1, HiddenPlacement::PinnedHost);
+            (units, regions)
+        })
+        .min_by_key(|(_, r)| r.total())
+        .expect("two arrangements");
+    let (units, regions) = smallest;
+    let (layer, part, bytes) = units
         .iter()
-        .copied()
         .enumerate()
-        // The largest layer; the first of equals.
-        .max_by(|(la, (sa, ca)), (lb, (sb, cb))| (2 * sa + ca).cmp(&(2 * sb + cb)).then(lb.cmp(la)))
-        .unwrap_or((0, (0, 0)));
-    let needed = smallest.total();
+        .flat_map(|(l, parts)| parts.iter().map(move |(p, b)| (l, p.clone(), *b)))
+        // The largest part; the first of equals.
+        .max_by(|(la, _, a), (lb, _, b)| {
+            (2 * a.stored + a.converted)
+                .cmp(&(2 * b.stored + b.converted))
+                .then(lb.cmp(la))
+        })
+        .unwrap_or((0, LayerPart::Whole, Bytes::default()));
+    let needed = regions.total();
     Err(PlanError::TooSmall {
         layer,
+        part: match part {
+            LayerPart::Whole => String::new(),
+            p => format!("split, its largest part {}: ", p.describe()),
+        },
         needed: ByteSize(needed),
-        weights: ByteSize(stored),
-        converted: ByteSize(conv),
-        activations: ByteSize(smallest.activations + smallest.moe),
+        weights: ByteSize(bytes.stored),
+        converted: ByteSize(bytes.converted),
+        activations: ByteSize(regions.activations + regions.moe),
         overhead: ByteSize(overhead_bytes),
         budget: ByteSize(budget_bytes),
         suggest: format!("{}GiB", needed.div_ceil(1 << 30)),
@@ -395,7 +557,7 @@ pub fn plan(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::inventory::{TensorEntry, classify_expert, classify_tensor_name};
+    use crate::inventory::{TensorDtype, TensorEntry, classify_expert, classify_tensor_name};
     use std::path::PathBuf;
 
     /// A dense 4-layer model: hidden 1024, MLP 4096, bf16, vocabulary 32000.
@@ -432,16 +594,28 @@ mod tests {
                 add(format!("model.layers.{l}.{n}"), s);
             }
         }
-        let shapes = vec![
-            LayerShapes {
+        let shapes = (0..4)
+            .map(|l| LayerShapes {
                 hidden: 1024,
                 q_width: 1024,
                 kv_width: 256,
                 dense_intermediate: 4096,
-                moe: None
-            };
-            4
-        ];
+                moe: None,
+                tensors: LayerTensorGroups {
+                    attention: ["q", "k", "v", "o"]
+                        .iter()
+                        .map(|p| format!("model.layers.{l}.self_attn.{p}_proj.weight"))
+                        .chain([format!("model.layers.{l}.input_layernorm.weight")])
+                        .collect(),
+                    routing: vec![format!("model.layers.{l}.post_attention_layernorm.weight")],
+                    last: ["gate", "up", "down"]
+                        .iter()
+                        .map(|p| format!("model.layers.{l}.mlp.{p}_proj.weight"))
+                        .collect(),
+                    experts: Vec::new(),
+                },
+            })
+            .collect();
         (
             Inventory::new(vec![PathBuf::from("m.safetensors")], tensors),
             shapes,
@@ -569,6 +743,186 @@ mod tests {
         );
     }
 
+    /// A MoE 2-layer model: hidden 1024, 8 experts of width 2048, bf16.
+    fn moe() -> (Inventory, Vec<LayerShapes>) {
+        let mut tensors = Vec::new();
+        let mut add = |name: String, shape: Vec<usize>| {
+            let numel: usize = shape.iter().product();
+            tensors.push(TensorEntry {
+                class: classify_tensor_name(&name),
+                expert: classify_expert(&name),
+                name,
+                shape,
+                dtype: TensorDtype::Bf16,
+                file_index: 0,
+                byte_offset: 0,
+                byte_len: 2 * numel as u64,
+            });
+        };
+        add("model.embed_tokens.weight".into(), vec![32000, 1024]);
+        let mut shapes = Vec::new();
+        for l in 0..2 {
+            let p = format!("model.layers.{l}");
+            let mut groups = LayerTensorGroups::default();
+            for n in ["q", "k", "v", "o"] {
+                groups
+                    .attention
+                    .push(format!("{p}.self_attn.{n}_proj.weight"));
+                add(groups.attention.last().unwrap().clone(), vec![1024, 1024]);
+            }
+            groups.attention.push(format!("{p}.input_layernorm.weight"));
+            add(groups.attention.last().unwrap().clone(), vec![1024]);
+            groups
+                .routing
+                .push(format!("{p}.post_attention_layernorm.weight"));
+            add(groups.routing.last().unwrap().clone(), vec![1024]);
+            groups.routing.push(format!("{p}.mlp.gate.weight"));
+            add(groups.routing.last().unwrap().clone(), vec![8, 1024]);
+            for e in 0..8 {
+                let names: Vec<String> = ["gate", "up", "down"]
+                    .iter()
+                    .map(|n| format!("{p}.mlp.experts.{e}.{n}_proj.weight"))
+                    .collect();
+                add(names[0].clone(), vec![2048, 1024]);
+                add(names[1].clone(), vec![2048, 1024]);
+                add(names[2].clone(), vec![1024, 2048]);
+                groups.experts.push(names);
+            }
+            shapes.push(LayerShapes {
+                hidden: 1024,
+                q_width: 1024,
+                kv_width: 1024,
+                dense_intermediate: 0,
+                moe: Some(MoeShapes {
+                    experts: 8,
+                    top_k: 2,
+                    expert_intermediate: 2048,
+                    shared_intermediate: 0,
+                }),
+                tensors: groups,
+            });
+        }
+        (
+            Inventory::new(vec![PathBuf::from("m.safetensors")], tensors),
+            shapes,
+        )
+    }
+
+    fn small_workload() -> Workload {
+        Workload {
+            sequences: 4,
+            seq_len: 128,
+            captured_point_widths: vec![1024; 6],
+            lm_head: false,
+            target_micro_batch_tokens: 512,
+        }
+    }
+
+    #[test]
+    fn a_layer_that_does_not_fit_whole_is_split_into_attention_and_expert_groups() {
+        let (inventory, shapes) = moe();
+        let overhead = 16 << 20;
+        let plan_for = |budget| {
+            plan(
+                &inventory,
+                &shapes,
+                &small_workload(),
+                GemmDtype::Bf16,
+                Some(budget),
+                overhead,
+            )
+        };
+        let whole = plan(
+            &inventory,
+            &shapes,
+            &small_workload(),
+            GemmDtype::Bf16,
+            None,
+            overhead,
+        )
+        .unwrap();
+        assert!(whole.split_layers.is_empty());
+        assert_eq!(whole.layers[0].parts.len(), 1);
+        let layer_bytes = whole.layers[0].weight_bytes;
+        let expert_bytes = 3 * 2048 * 1024 * 2;
+        assert_eq!(
+            layer_bytes,
+            4 * 1024 * 1024 * 2 + 8 * expert_bytes + 2048 + 16 * 1024 + 2048
+        );
+        assert_eq!(whole.regions.staging, 2 * layer_bytes);
+        assert_eq!(whole.regions.accumulator, 0);
+
+        // Half a layer less than the whole plan: the layers split, the peak fits.
+        let budget = whole.peak_bytes - layer_bytes / 2;
+        let split = plan_for(budget).unwrap();
+        assert_eq!(split.split_layers, vec![0, 1]);
+        assert_eq!(split.hidden_placement, HiddenPlacement::Device);
+        assert!(split.peak_bytes <= budget);
+        let parts = &split.layers[0].parts;
+        assert_eq!(parts[0].part, LayerPart::Attention);
+        assert!(parts.len() >= 3, "attention and at least two expert groups");
+        let largest = parts.iter().map(|p| p.weight_bytes).max().unwrap();
+        assert_eq!(split.regions.staging, 2 * largest);
+        assert_eq!(
+            parts.iter().map(|p| p.weight_bytes).sum::<u64>(),
+            layer_bytes + (parts.len() as u64 - 2) * (2048 + 16 * 1024),
+            "every tensor once; the routing tensors in every feed-forward part"
+        );
+        assert_eq!(
+            split.regions.accumulator,
+            4 * 128 * 1024 * 4,
+            "the workload's width"
+        );
+        assert_eq!(split.micro_batch_sequences, 4);
+
+        // Smaller still: one expert per part at most, then refused with the smallest part named.
+        let tighter = plan_for(split.peak_bytes - 2 * expert_bytes).unwrap();
+        assert!(tighter.layers[0].parts.len() > parts.len());
+        let error = plan_for(overhead + 2 * expert_bytes)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("(split, its largest part "), "{error}");
+    }
+
+    #[test]
+    fn a_dense_layer_splits_into_attention_and_mlp() {
+        let (inventory, shapes) = dense();
+        let one_sequence = Workload {
+            target_micro_batch_tokens: 2048,
+            ..workload()
+        };
+        let roomy = plan(
+            &inventory,
+            &shapes,
+            &one_sequence,
+            GemmDtype::Bf16,
+            None,
+            DEFAULT_OVERHEAD_BYTES,
+        )
+        .unwrap();
+        let mlp_bytes = 3 * 4096 * 1024 * 2;
+        let budget = roomy.peak_bytes - (roomy.regions.staging - 2 * (mlp_bytes + 2048)) / 2;
+        let split = plan(
+            &inventory,
+            &shapes,
+            &one_sequence,
+            GemmDtype::Bf16,
+            Some(budget),
+            DEFAULT_OVERHEAD_BYTES,
+        )
+        .unwrap();
+        assert_eq!(split.split_layers, vec![0, 1, 2, 3]);
+        let parts: Vec<_> = split.layers[0]
+            .parts
+            .iter()
+            .map(|p| p.part.describe())
+            .collect();
+        assert_eq!(parts, vec!["attention", "mlp"]);
+        assert_eq!(split.regions.accumulator, 0, "one feed-forward part");
+        assert_eq!(split.regions.staging, 2 * (mlp_bytes + 2048));
+        assert!(split.peak_bytes <= budget);
+    }
+
     #[test]
     fn moe_buffers_grow_with_top_k_and_tokens() {
         let shapes = LayerShapes {
@@ -582,6 +936,7 @@ mod tests {
                 expert_intermediate: 1024,
                 shared_intermediate: 0,
             }),
+            tensors: LayerTensorGroups::default(),
         };
         let (_, one) = activation_bytes(&shapes, 2048);
         let (_, two) = activation_bytes(&shapes, 4096);

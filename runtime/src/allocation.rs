@@ -69,6 +69,12 @@ impl Budget {
         })
     }
 
+    /// Bytes still free under the limit (`None`: no limit).
+    pub fn available(&self) -> Option<u64> {
+        self.limit
+            .map(|limit| limit.saturating_sub(self.used.load(Ordering::SeqCst)))
+    }
+
     /// Most bytes reserved at once.
     pub fn peak(&self) -> u64 {
         self.peak.load(Ordering::SeqCst)

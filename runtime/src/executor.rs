@@ -8,7 +8,9 @@ use crate::analysis::PointStatistics;
 use crate::backend::Backend;
 use crate::capture::{CapturePoint, Routing};
 use crate::error::{Result, RuntimeError};
+use crate::layer_parts::check_parts;
 use crate::model::Model;
+use layerstream_planner::split::LayerPart;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// What happens after the last layer.
@@ -65,6 +67,9 @@ pub struct RunRequest {
     /// Bytes the backend's regions may take (GPU: --vram less the context overhead; CPU:
     /// --ram); `None`: only the machine limits.
     pub memory_budget: Option<u64>,
+    /// Layers that stream in parts (the plan's `split_layers`); the others run whole. The
+    /// CPU backend also splits a layer on its own when its f32 weights do not fit --ram.
+    pub split_layers: BTreeMap<usize, Vec<LayerPart>>,
 }
 
 /// Where a resumed run starts.
@@ -116,6 +121,8 @@ pub trait RunObserver {
     /// The micro-batch was halved after an out-of-memory at `layer` (`reason`); the run goes on
     /// with `to` sequences per micro-batch.
     fn on_micro_batch_halved(&mut self, _layer: usize, _from: usize, _to: usize, _reason: &str) {}
+    /// `layer` is about to run in `parts` (it does not fit whole).
+    fn on_layer_split(&mut self, _layer: usize, _parts: &[LayerPart]) {}
     /// A failure the observer met (a checkpoint that could not be written); the executor
     /// asks after every layer and stops with it, leaving finished layers as they are.
     fn take_failure(&mut self) -> Option<RuntimeError> {
@@ -156,6 +163,15 @@ impl RunRequest {
                 )));
             }
         }
+        for (&layer, parts) in &self.split_layers {
+            if layer >= spec.num_layers {
+                return Err(RuntimeError::InvalidRequest(format!(
+                    "layer {layer} cannot be split: the model has {} layers",
+                    spec.num_layers
+                )));
+            }
+            check_parts(spec, layer, parts)?;
+        }
         if let Some(&layer) = self.capture_layers.iter().find(|&&l| l >= spec.num_layers) {
             return Err(RuntimeError::InvalidRequest(format!(
                 "layer {layer} is out of range: the model has {} layers (0-{})",
@@ -184,6 +200,14 @@ impl RunRequest {
         self.start.as_ref().map_or(0, |s| s.first_layer)
     }
 
+    /// How `layer` streams: its parts, or `[whole]`.
+    pub fn parts(&self, layer: usize) -> Vec<LayerPart> {
+        self.split_layers
+            .get(&layer)
+            .cloned()
+            .unwrap_or_else(|| vec![LayerPart::Whole])
+    }
+
     /// Whether `point` of `layer` is to be captured.
     pub fn captures(&self, layer: usize, point: CapturePoint) -> bool {
         self.capture_layers.contains(&layer) && self.capture_points.contains(&point)
@@ -199,8 +223,8 @@ pub struct TransferSummary {
     pub copy_seconds: f64,
     /// Seconds the executor waited for the reader thread to fill a staging buffer.
     pub reader_wait_seconds: f64,
-    /// Layers uploaded.
-    pub layers: usize,
+    /// Uploads: one per layer, one per part of a split layer.
+    pub uploads: usize,
 }
 
 impl TransferSummary {

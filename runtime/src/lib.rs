@@ -19,6 +19,7 @@ pub mod cuda;
 pub mod data;
 pub mod error;
 pub mod executor;
+pub mod layer_parts;
 pub mod model;
 pub mod plan;
 pub mod selection;

@@ -2,6 +2,7 @@
 
 use crate::arch::{FeedForward, ModelSpec};
 use crate::capture::CapturePoint;
+use crate::layer_parts::tensor_groups;
 use crate::model::Model;
 use layerstream_planner::memory::{
     self, GemmDtype, LayerShapes, MemoryPlan, MoeShapes, PlanError, Workload,
@@ -13,7 +14,8 @@ use serde::Serialize;
 pub fn layer_shapes(spec: &ModelSpec) -> Vec<LayerShapes> {
     spec.feed_forward
         .iter()
-        .map(|ff| {
+        .enumerate()
+        .map(|(layer, ff)| {
             let (dense_intermediate, moe) = match ff {
                 FeedForward::Dense { intermediate } => (*intermediate, None),
                 FeedForward::Moe(m) => (
@@ -32,6 +34,7 @@ pub fn layer_shapes(spec: &ModelSpec) -> Vec<LayerShapes> {
                 kv_width: spec.kv_width(),
                 dense_intermediate,
                 moe,
+                tensors: tensor_groups(spec, layer),
             }
         })
         .collect()

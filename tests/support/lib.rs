@@ -186,6 +186,61 @@ pub struct KeepEverything {
     pub layers_done: Vec<usize>,
     /// Router decisions per layer, micro-batches concatenated.
     pub routing: HashMap<usize, Routing>,
+    /// Layers reported as running in parts.
+    pub split: Vec<usize>,
+}
+
+impl KeepEverything {
+    /// Asserts `other` kept exactly the same values (bit for bit).
+    pub fn assert_identical(&self, other: &KeepEverything, what: &str) {
+        let mut keys: Vec<_> = self.captures.keys().collect();
+        keys.sort();
+        assert_eq!(
+            self.captures.len(),
+            other.captures.len(),
+            "{what}: capture count"
+        );
+        for key in keys {
+            assert!(
+                self.captures[key] == other.captures[key],
+                "{what}: {key} differs"
+            );
+        }
+        assert!(self.logits == other.logits, "{what}: logits differ");
+        assert!(self.nll == other.nll, "{what}: nll differs");
+        assert_eq!(self.layers_done, other.layers_done, "{what}: layers done");
+        assert_eq!(
+            self.routing.len(),
+            other.routing.len(),
+            "{what}: routed layers"
+        );
+        for (layer, routing) in &self.routing {
+            let theirs = &other.routing[layer];
+            assert!(
+                routing.logits == theirs.logits
+                    && routing.experts == theirs.experts
+                    && routing.weights == theirs.weights,
+                "{what}: routing of layer {layer} differs"
+            );
+        }
+    }
+}
+
+/// Every layer of `model` split into attention and feed-forward parts of at most
+/// `experts_per_part` routed experts.
+pub fn split_every_layer(
+    model: &layerstream_runtime::Model,
+    experts_per_part: usize,
+) -> std::collections::BTreeMap<usize, Vec<layerstream_planner::split::LayerPart>> {
+    (0..model.spec.num_layers)
+        .map(|layer| {
+            let experts = layerstream_runtime::layer_parts::num_experts(&model.spec, layer);
+            (
+                layer,
+                layerstream_planner::split::split_parts(experts, experts_per_part),
+            )
+        })
+        .collect()
 }
 
 impl RunObserver for KeepEverything {
@@ -226,6 +281,10 @@ impl RunObserver for KeepEverything {
 
     fn on_layer_done(&mut self, layer: usize, _layers: usize, _tokens: usize) {
         self.layers_done.push(layer);
+    }
+
+    fn on_layer_split(&mut self, layer: usize, _parts: &[layerstream_planner::split::LayerPart]) {
+        self.split.push(layer);
     }
 }
 

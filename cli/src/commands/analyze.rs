@@ -115,6 +115,11 @@ pub fn analyze(args: &AnalyzeArgs) -> Result<()> {
                 .map(|v| v.0.saturating_sub(args.plan.overhead.0)),
             Backend::Cpu(_) => args.plan.ram.map(|r| r.0),
         },
+        // The GPU plan's split layers; the CPU backend splits by --ram on its own.
+        split_layers: match (&backend, &plan) {
+            (Backend::Cuda(_), Some(estimate)) => estimate.plan.split_parts(),
+            _ => BTreeMap::new(),
+        },
     };
     let run_started = Instant::now();
     let layers_run = request.layers_to_run(model.spec.num_layers) - request.first_layer();

@@ -4,7 +4,8 @@
 use super::{NamedModel, open_model};
 use crate::args::{EstimateArgs, PlanArgs};
 use anyhow::Result;
-use layerstream_planner::memory::{GemmDtype, HiddenPlacement, MemoryPlan, Workload};
+use layerstream_planner::memory::{GemmDtype, HiddenPlacement, LayerPlan, MemoryPlan, Workload};
+use layerstream_planner::split::describe_parts;
 use layerstream_planner::{ByteSize, TensorDtype};
 use layerstream_runtime::cuda::ComputeChoice;
 use layerstream_runtime::plan::{
@@ -14,7 +15,7 @@ use layerstream_runtime::selection::{parse_layers, parse_points};
 use serde::Serialize;
 
 /// Version of the `estimate --json` layout (docs/estimate-json.md).
-pub const ESTIMATE_SCHEMA_VERSION: u32 = 1;
+pub const ESTIMATE_SCHEMA_VERSION: u32 = 2;
 
 /// What `estimate --json` prints.
 #[derive(Debug, Serialize)]
@@ -90,6 +91,9 @@ pub fn make_estimate(
             "the plan uses {:.0}% of the budget: little room for what the driver or other processes take",
             fraction * 100.0
         ));
+    }
+    if !plan.split_layers.is_empty() {
+        warnings.push(format!("{} layers do not fit the budget whole next to their prefetch buffer: they stream in parts (attention, then expert groups), which repeats the MLP input norm (and the router) once per part", plan.split_layers.len()));
     }
     if plan.hidden_placement == HiddenPlacement::PinnedHost {
         warnings.push("the workload's hidden states do not fit on the device: they stay in pinned host memory and cross PCIe twice per layer".into());
@@ -176,14 +180,36 @@ pub fn print_estimate(e: &Estimate) {
             ),
         },
     );
+    row(
+        "split layers",
+        match p.layers.iter().find(|l| l.parts.len() > 1) {
+            None => "none: every layer streams whole".into(),
+            Some(first) => format!(
+                "{} of {} ({}), each as {}: largest part {} of {}",
+                p.split_layers.len(),
+                p.layers.len(),
+                layer_ranges(&p.split_layers),
+                describe_parts(
+                    &first
+                        .parts
+                        .iter()
+                        .map(|x| x.part.clone())
+                        .collect::<Vec<_>>()
+                ),
+                size(largest_part_bytes(first)),
+                size(first.weight_bytes),
+            ),
+        },
+    );
     let r = &p.regions;
     row(
         "regions",
         format!(
-            "staging {} (2 buffers), converted {}, hidden {}, activations {}, moe {}, statistics {}, head {}, overhead {}",
+            "staging {} (2 buffers), converted {}, hidden {}, accumulator {}, activations {}, moe {}, statistics {}, head {}, overhead {}",
             size(r.staging),
             size(r.converted),
             size(r.hidden),
+            size(r.accumulator),
             size(r.activations),
             size(r.moe),
             size(r.statistics),
@@ -217,19 +243,52 @@ pub fn print_estimate(e: &Estimate) {
         println!("warning: {warning}");
     }
     println!(
-        "\n{:>5}  {:>12}  {:>12}  {:>12}  {:>12}",
-        "layer", "weights", "converted", "activations", "needs"
+        "\n{:>5}  {:>12}  {:>12}  {:>12}  {:>12}  {:>5}",
+        "layer", "weights", "converted", "activations", "needs", "parts"
     );
     for l in &p.layers {
         println!(
-            "{:>5}  {:>12}  {:>12}  {:>12}  {:>12}",
+            "{:>5}  {:>12}  {:>12}  {:>12}  {:>12}  {:>5}",
             l.layer,
             size(l.weight_bytes),
             size(l.converted_bytes),
             size(l.activation_bytes),
-            size(l.needs_bytes)
+            size(l.needs_bytes),
+            l.parts.len()
         );
     }
+}
+
+/// Stored bytes of a layer's largest part.
+fn largest_part_bytes(layer: &LayerPlan) -> u64 {
+    layer
+        .parts
+        .iter()
+        .map(|p| p.weight_bytes)
+        .max()
+        .unwrap_or(0)
+}
+
+/// `0-3, 7, 9-12` for sorted layer indices.
+fn layer_ranges(layers: &[usize]) -> String {
+    let mut ranges: Vec<(usize, usize)> = Vec::new();
+    for &l in layers {
+        match ranges.last_mut() {
+            Some((_, end)) if *end + 1 == l => *end = l,
+            _ => ranges.push((l, l)),
+        }
+    }
+    ranges
+        .iter()
+        .map(|&(a, b)| {
+            if a == b {
+                a.to_string()
+            } else {
+                format!("{a}-{b}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Runs `estimate`.

@@ -87,9 +87,9 @@ fn device_name(device: DeviceChoice) -> &'static str {
 pub fn print_transfer(summary: &RunSummary) {
     if let Some(t) = &summary.transfer {
         eprintln!(
-            "weights: {:.2} GB over {} layers; copy engine busy {:.3} s ({:.1} GB/s host to device); waited {:.3} s for the reader",
+            "weights: {:.2} GB in {} uploads; copy engine busy {:.3} s ({:.1} GB/s host to device); waited {:.3} s for the reader",
             t.bytes as f64 / 1e9,
-            t.layers,
+            t.uploads,
             t.copy_seconds,
             t.gigabytes_per_second(),
             t.reader_wait_seconds

@@ -78,6 +78,7 @@ pub fn score(args: &ScoreArgs) -> Result<()> {
         checkpoint_hidden_states: false,
         hidden_states_on_host: false,
         memory_budget: None,
+        split_layers: Default::default(),
     };
     eprintln!(
         "scoring {} sequences x {} tokens with {}, {backend}",

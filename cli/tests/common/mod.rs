@@ -151,9 +151,16 @@ pub fn sparse_llama(into: &Path, layers: usize) -> (PathBuf, u64) {
             shapes.push((format!("model.layers.{l}.{name}"), shape));
         }
     }
+    let bytes = write_sparse_safetensors(&dir, &shapes);
+    (dir, bytes)
+}
+
+/// Writes `model.safetensors` with a real bf16 header for `shapes` and the data left as a
+/// sparse hole; returns the data bytes.
+fn write_sparse_safetensors(dir: &Path, shapes: &[(String, Vec<usize>)]) -> u64 {
     let mut header = serde_json::Map::new();
     let mut offset = 0u64;
-    for (name, shape) in &shapes {
+    for (name, shape) in shapes {
         let bytes = 2 * shape.iter().product::<usize>() as u64;
         header.insert(name.clone(), serde_json::json!({"dtype": "BF16", "shape": shape, "data_offsets": [offset, offset + bytes]}));
         offset += bytes;
@@ -168,5 +175,69 @@ pub fn sparse_llama(into: &Path, layers: usize) -> (PathBuf, u64) {
     file.write_all(&(text.len() as u64).to_le_bytes()).unwrap();
     file.write_all(text.as_bytes()).unwrap();
     file.set_len(8 + text.len() as u64 + offset).unwrap();
-    (dir, offset)
+    offset
+}
+
+/// A Qwen3-235B-A22B-shaped MoE model (94 layers of 128 experts, ~4.9 GB per layer, ~470 GB
+/// in all) over a sparse file: only headers can be read.
+pub fn sparse_qwen3_moe(into: &Path) -> (PathBuf, u64) {
+    let dir = into.join("sparse-qwen3-moe");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (hidden, moe_inter, vocab, heads, kv_heads, head_dim, experts, layers) = (
+        4096usize,
+        1536usize,
+        151936usize,
+        64usize,
+        4usize,
+        128usize,
+        128usize,
+        94usize,
+    );
+    let config = serde_json::json!({
+        "model_type": "qwen3_moe", "hidden_size": hidden, "intermediate_size": 12288,
+        "moe_intermediate_size": moe_inter, "num_experts": experts, "num_experts_per_tok": 8,
+        "norm_topk_prob": true, "decoder_sparse_step": 1, "mlp_only_layers": [],
+        "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": kv_heads,
+        "head_dim": head_dim, "vocab_size": vocab, "max_position_embeddings": 40960,
+        "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "tie_word_embeddings": false
+    });
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let (q, kv) = (heads * head_dim, kv_heads * head_dim);
+    let mut shapes: Vec<(String, Vec<usize>)> = vec![
+        ("model.embed_tokens.weight".into(), vec![vocab, hidden]),
+        ("model.norm.weight".into(), vec![hidden]),
+        ("lm_head.weight".into(), vec![vocab, hidden]),
+    ];
+    for l in 0..layers {
+        let p = format!("model.layers.{l}");
+        for (name, shape) in [
+            ("input_layernorm.weight", vec![hidden]),
+            ("post_attention_layernorm.weight", vec![hidden]),
+            ("self_attn.q_proj.weight", vec![q, hidden]),
+            ("self_attn.k_proj.weight", vec![kv, hidden]),
+            ("self_attn.v_proj.weight", vec![kv, hidden]),
+            ("self_attn.o_proj.weight", vec![hidden, q]),
+            ("self_attn.q_norm.weight", vec![head_dim]),
+            ("self_attn.k_norm.weight", vec![head_dim]),
+            ("mlp.gate.weight", vec![experts, hidden]),
+        ] {
+            shapes.push((format!("{p}.{name}"), shape));
+        }
+        for e in 0..experts {
+            shapes.push((
+                format!("{p}.mlp.experts.{e}.gate_proj.weight"),
+                vec![moe_inter, hidden],
+            ));
+            shapes.push((
+                format!("{p}.mlp.experts.{e}.up_proj.weight"),
+                vec![moe_inter, hidden],
+            ));
+            shapes.push((
+                format!("{p}.mlp.experts.{e}.down_proj.weight"),
+                vec![hidden, moe_inter],
+            ));
+        }
+    }
+    let bytes = write_sparse_safetensors(&dir, &shapes);
+    (dir, bytes)
 }

@@ -111,7 +111,8 @@ pub fn gather_by_expert(
     )
 }
 
-/// `out[t] = sum over t's experts (ascending) of weight * expert_out[position]`.
+/// `out[t] = sum over t's experts in `experts` (ascending) of weight * expert_out[position]`;
+/// with `accumulate` the sum starts from `out[t]` (the expert groups of a split layer).
 #[allow(clippy::too_many_arguments)]
 pub fn unpermute(
     gpu: &Gpu,
@@ -121,11 +122,18 @@ pub fn unpermute(
     weights: &CudaView<f32>,
     top_k: usize,
     width: usize,
+    experts: std::ops::Range<usize>,
+    accumulate: bool,
     out: &mut CudaViewMut<f32>,
 ) -> Result<()> {
     let tokens = chosen.len() / top_k;
     check_len("unpermute out", out, tokens * width)?;
     let (t_i, k_i, w_i) = (tokens as i32, top_k as i32, width as i32);
+    let (first, end, accumulate) = (
+        experts.start as i32,
+        experts.end as i32,
+        i32::from(accumulate),
+    );
     launch!(
         gpu,
         MOE,
@@ -138,6 +146,9 @@ pub fn unpermute(
         &t_i,
         &k_i,
         &w_i,
+        &first,
+        &end,
+        &accumulate,
         out
     )
 }

@@ -2,7 +2,8 @@
 
 use super::CpuBackend;
 use super::head::{OutputHead, embed_tokens};
-use super::layer::{LayerScratch, LayerWeights, decoder_layer};
+use super::layer::{LayerScratch, LayerWeights, MicroBatch, run_part};
+use super::parts::{accumulator_bytes, choose_parts, part_f32_bytes};
 use super::rope::RopeTable;
 use crate::allocation::{Budget, halve_micro_batch, is_out_of_memory};
 use crate::analysis::PointStatistics;
@@ -13,6 +14,7 @@ use crate::executor::{CaptureMode, FinalStage, RunObserver, RunRequest, finish_l
 use crate::model::Model;
 use crate::plan::layer_shapes;
 use layerstream_planner::memory::activation_bytes;
+use layerstream_planner::split::needs_accumulator;
 use std::collections::BTreeMap;
 
 /// Runs a validated request on the CPU.
@@ -56,60 +58,84 @@ pub fn run(
         .take(layers_to_run)
         .skip(first_layer)
     {
-        let weight_bytes: u64 = spec
-            .layer_tensors(layer)
-            .iter()
-            .map(|t| 4 * t.shape.iter().product::<usize>() as u64)
-            .sum();
-        let _weights_reservation =
-            budget.reserve(&format!("layer {layer}'s weights in f32"), weight_bytes)?;
-        let weights = LayerWeights::load(&model.weights, spec, layer)?;
+        let parts = choose_parts(spec, request, &budget, layer, layer_shape);
+        if parts.len() > 1 {
+            observer.on_layer_split(layer, &parts);
+        }
+        // A split layer's feed-forward output across its expert groups, for the workload.
+        let (mut accumulator, _accumulator_reservation) = if needs_accumulator(&parts) {
+            let reservation = budget.reserve(
+                &format!("layer {layer}'s feed-forward accumulator"),
+                accumulator_bytes(spec, request),
+            )?;
+            (vec![0f32; tokens * d], Some(reservation)) // (num_sequences * seq_len, hidden)
+        } else {
+            (Vec::new(), None)
+        };
         let mut statistics = BTreeMap::new();
-        let mut next_sequence = 0;
-        while next_sequence < request.num_sequences {
-            // Every buffer of a micro-batch is taken before its hidden states change, so an
-            // out-of-memory here is retried with half the micro-batch, from this sequence on.
-            let (block, moe) = activation_bytes(layer_shape, micro_batch * seq_len);
-            let reservation =
-                budget.reserve(&format!("layer {layer}'s micro-batch buffers"), block + moe);
-            let _buffers_reservation = match reservation {
-                Ok(r) => r,
-                Err(error) if is_out_of_memory(&error) => {
-                    let halved = halve_micro_batch(layer, micro_batch, &error, seq_len)?;
-                    observer.on_micro_batch_halved(layer, micro_batch, halved, &error.to_string());
-                    micro_batch = halved;
-                    continue;
-                }
-                Err(error) => return Err(error),
-            };
-            let mut scratch = LayerScratch::new(spec, micro_batch * seq_len);
+        for part in &parts {
+            let _weights_reservation = budget.reserve(
+                &format!("{} weights in f32", part.owner(layer)),
+                part_f32_bytes(spec, layer, part),
+            )?;
+            let weights = LayerWeights::load(&model.weights, spec, layer, part)?;
+            let mut next_sequence = 0;
             while next_sequence < request.num_sequences {
-                let sequences = micro_batch.min(request.num_sequences - next_sequence);
-                let batch = &mut hidden_states
-                    [next_sequence * seq_len * d..(next_sequence + sequences) * seq_len * d];
-                let mut sink = CpuSink {
-                    observer: &mut *observer,
-                    request,
-                    layer,
-                    first_sequence: next_sequence,
-                    statistics: &mut statistics,
+                // Every buffer of a micro-batch is taken before its hidden states change, so
+                // an out-of-memory here is retried with half the micro-batch, from this
+                // sequence on.
+                let (block, moe) = activation_bytes(layer_shape, micro_batch * seq_len);
+                let reservation =
+                    budget.reserve(&format!("layer {layer}'s micro-batch buffers"), block + moe);
+                let _buffers_reservation = match reservation {
+                    Ok(r) => r,
+                    Err(error) if is_out_of_memory(&error) => {
+                        let halved = halve_micro_batch(layer, micro_batch, &error, seq_len)?;
+                        observer.on_micro_batch_halved(
+                            layer,
+                            micro_batch,
+                            halved,
+                            &error.to_string(),
+                        );
+                        micro_batch = halved;
+                        continue;
+                    }
+                    Err(error) => return Err(error),
                 };
-                decoder_layer(
-                    spec,
-                    layer,
-                    &weights,
-                    &rope,
-                    batch,
-                    sequences,
-                    seq_len,
-                    &mut scratch,
-                    threads,
-                    &mut sink,
-                );
-                next_sequence += sequences;
+                let mut scratch = LayerScratch::new(spec, micro_batch * seq_len);
+                while next_sequence < request.num_sequences {
+                    let sequences = micro_batch.min(request.num_sequences - next_sequence);
+                    let rows =
+                        next_sequence * seq_len * d..(next_sequence + sequences) * seq_len * d;
+                    let batch = MicroBatch {
+                        hidden: &mut hidden_states[rows.clone()],
+                        sequences,
+                        seq_len,
+                    };
+                    let mut sink = CpuSink {
+                        observer: &mut *observer,
+                        request,
+                        layer,
+                        first_sequence: next_sequence,
+                        statistics: &mut statistics,
+                    };
+                    run_part(
+                        spec,
+                        layer,
+                        part,
+                        &weights,
+                        &rope,
+                        batch,
+                        // Empty (None) unless this layer's experts are split over parts.
+                        accumulator.get_mut(rows),
+                        &mut scratch,
+                        threads,
+                        &mut sink,
+                    );
+                    next_sequence += sequences;
+                }
             }
         }
-        drop(weights);
         let snapshot = || Ok(hidden_states.clone());
         finish_layer(
             observer,

@@ -10,7 +10,9 @@ use super::rope::RopeTable;
 use crate::arch::{FeedForward, ModelSpec, QkNorm, WeightRole};
 use crate::capture::{CapturePoint, LayerCaptureSink};
 use crate::error::Result;
+use crate::layer_parts::part_tensors;
 use crate::weights::WeightStore;
+use layerstream_planner::split::LayerPart;
 use std::collections::BTreeMap;
 
 /// A layer's weights converted to f32, alive only while the layer runs.
@@ -24,10 +26,16 @@ impl LayerWeights {
         LayerWeights { tensors }
     }
 
-    /// Reads and converts every tensor of `layer` (shapes were checked when the model opened).
-    pub fn load(store: &WeightStore, spec: &ModelSpec, layer: usize) -> Result<Self> {
+    /// Reads and converts the tensors `part` of `layer` needs (shapes were checked when the
+    /// model opened).
+    pub fn load(
+        store: &WeightStore,
+        spec: &ModelSpec,
+        layer: usize,
+        part: &LayerPart,
+    ) -> Result<Self> {
         let mut tensors = BTreeMap::new();
-        for tensor in spec.layer_tensors(layer) {
+        for tensor in part_tensors(spec, layer, part) {
             tensors.insert(tensor.role, store.read_f32(&tensor.name)?);
         }
         Ok(LayerWeights { tensors })
@@ -84,9 +92,60 @@ impl LayerScratch {
     }
 }
 
-/// Runs decoder layer `layer` on `hidden (sequences * seq_len, hidden)` in place.
+/// One micro-batch's rows of the workload.
+pub struct MicroBatch<'a> {
+    /// Hidden states `(sequences * seq_len, hidden)`, updated in place.
+    pub hidden: &'a mut [f32],
+    /// Sequences in it.
+    pub sequences: usize,
+    /// Tokens per sequence.
+    pub seq_len: usize,
+}
+
+/// Runs `part` of decoder layer `layer` on one micro-batch. `accumulator (rows, hidden)`
+/// holds the micro-batch's feed-forward output across parts when the layer's experts are
+/// split over several parts (`None`: the part computes the whole feed-forward block).
 #[allow(clippy::too_many_arguments)]
-pub fn decoder_layer(
+pub fn run_part(
+    spec: &ModelSpec,
+    layer: usize,
+    part: &LayerPart,
+    weights: &LayerWeights,
+    rope: &RopeTable,
+    batch: MicroBatch,
+    accumulator: Option<&mut [f32]>,
+    scratch: &mut LayerScratch,
+    threads: usize,
+    capture: &mut dyn LayerCaptureSink,
+) {
+    let MicroBatch {
+        hidden,
+        sequences,
+        seq_len,
+    } = batch;
+    if part.runs_attention() {
+        attention(
+            spec, layer, weights, rope, hidden, sequences, seq_len, scratch, threads, capture,
+        );
+    }
+    if part.runs_feed_forward() {
+        feed_forward(
+            spec,
+            layer,
+            part,
+            weights,
+            hidden,
+            accumulator,
+            scratch,
+            threads,
+            capture,
+        );
+    }
+}
+
+/// The attention sublayer: `hidden += attention(norm(hidden))`.
+#[allow(clippy::too_many_arguments)]
+fn attention(
     spec: &ModelSpec,
     layer: usize,
     weights: &LayerWeights,
@@ -109,7 +168,6 @@ pub fn decoder_layer(
     let v = &mut scratch.v[..rows * kv_width];
     let attn = &mut scratch.attn[..rows * q_width];
     let sublayer_out = &mut scratch.sublayer_out[..rows * d];
-
     // Attention input: normed residual (pre-norm) or the residual itself (olmo2).
     let attn_input: &[f32] = match weights.maybe(AttnInputNorm) {
         Some(norm) => {
@@ -186,7 +244,32 @@ pub fn decoder_layer(
     }
     capture.activation(CapturePoint::AttnOut, sublayer_out, d);
     add_in_place(hidden, sublayer_out);
+}
 
+/// The feed-forward sublayer, or the share of it `part` holds: `hidden += mlp(norm(hidden))`
+/// once the part finishing the block has run.
+#[allow(clippy::too_many_arguments)]
+fn feed_forward(
+    spec: &ModelSpec,
+    layer: usize,
+    part: &LayerPart,
+    weights: &LayerWeights,
+    hidden: &mut [f32], // (rows, hidden)
+    accumulator: Option<&mut [f32]>,
+    scratch: &mut LayerScratch,
+    threads: usize,
+    capture: &mut dyn LayerCaptureSink,
+) {
+    use WeightRole::*;
+    let d = spec.hidden_size;
+    let rows = hidden.len() / d;
+    let eps = spec.block.norm_eps;
+    let normed = &mut scratch.normed[..rows * d];
+    let out: &mut [f32] = match accumulator {
+        Some(accumulator) => accumulator,
+        None => &mut scratch.sublayer_out[..rows * d],
+    };
+    let num_experts = spec.moe(layer).map_or(0, |m| m.num_experts);
     let mlp_input: &[f32] = match weights.maybe(MlpInputNorm) {
         Some(norm) => {
             rms_norm(hidden, norm, eps, normed, threads);
@@ -194,7 +277,9 @@ pub fn decoder_layer(
         }
         None => hidden,
     };
-    capture.activation(CapturePoint::Ln2, mlp_input, d);
+    if part.starts_feed_forward() {
+        capture.activation(CapturePoint::Ln2, mlp_input, d);
+    }
     match &spec.feed_forward[layer] {
         FeedForward::Dense { intermediate } => {
             let inter = *intermediate;
@@ -211,22 +296,28 @@ pub fn decoder_layer(
                 &mlp,
                 &mut scratch.gate[..rows * inter],
                 &mut scratch.up[..rows * inter],
-                sublayer_out,
+                out,
                 d,
                 inter,
                 threads,
             );
         }
         FeedForward::Moe(moe) => {
-            let routing = moe_block(mlp_input, weights, moe, d, sublayer_out, threads);
-            capture.routing(&routing);
+            let experts = part.experts(num_experts);
+            let routing = moe_block(mlp_input, weights, moe, d, out, experts, threads);
+            if part.starts_feed_forward() {
+                capture.routing(&routing);
+            }
         }
     }
-    if let Some(norm) = weights.maybe(MlpOutputNorm) {
-        rms_norm_rows_in_place(sublayer_out, norm, eps);
+    if !part.finishes_feed_forward(num_experts) {
+        return;
     }
-    capture.activation(CapturePoint::MlpOut, sublayer_out, d);
-    add_in_place(hidden, sublayer_out);
+    if let Some(norm) = weights.maybe(MlpOutputNorm) {
+        rms_norm_rows_in_place(out, norm, eps);
+    }
+    capture.activation(CapturePoint::MlpOut, out, d);
+    add_in_place(hidden, out);
     capture.activation(CapturePoint::ResidPost, hidden, d);
 }
 

@@ -8,6 +8,7 @@ use super::linear::linear;
 use super::mlp::{GatedMlpWeights, gated_mlp};
 use crate::arch::{MoeSpec, RouterScoring, WeightRole};
 use crate::capture::Routing;
+use std::ops::Range;
 
 /// Router logits -> top-k experts and weights, per token.
 pub fn route(logits: Vec<f32> /* (tokens, num_experts) */, moe: &MoeSpec) -> Routing {
@@ -61,13 +62,16 @@ fn softmax(logits: &[f32], out: &mut [f32]) {
 }
 
 /// Runs the MoE block on `input (tokens, hidden)` into `output (tokens, hidden)` and returns
-/// the routing it used.
+/// the routing it used. Only routed experts in `experts` run (a split layer's part): the
+/// first part (`experts.start == 0`) overwrites `output`, later ones add to it, and the last
+/// (`experts.end == num_experts`) adds the shared expert, so the sums are the unsplit ones.
 pub fn moe_block(
     input: &[f32], // (tokens, hidden)
     weights: &LayerWeights,
     moe: &MoeSpec,
     hidden: usize,
     output: &mut [f32], // (tokens, hidden)
+    experts: Range<usize>,
     threads: usize,
 ) -> Routing {
     use WeightRole::*;
@@ -98,8 +102,16 @@ pub fn moe_block(
     let mut expert_out = vec![0f32; busiest * hidden]; // (expert tokens, hidden)
     let mut gate = vec![0f32; busiest * inter]; // (expert tokens, expert_intermediate)
     let mut up = vec![0f32; busiest * inter]; // (expert tokens, expert_intermediate)
-    output.fill(0.0);
-    for (expert, assigned) in per_expert.iter().enumerate() {
+    if experts.start == 0 {
+        output.fill(0.0);
+    }
+    let finishes = experts.end == moe.num_experts;
+    for (expert, assigned) in per_expert
+        .iter()
+        .enumerate()
+        .take(experts.end)
+        .skip(experts.start)
+    {
         let n = assigned.len();
         if n == 0 {
             continue;
@@ -131,7 +143,7 @@ pub fn moe_block(
             out.iter_mut().zip(y).for_each(|(o, &v)| *o += v * weight);
         }
     }
-    if let Some(shared) = moe.shared_expert {
+    if let Some(shared) = moe.shared_expert.filter(|_| finishes) {
         add_shared_expert(
             input,
             weights,
@@ -231,5 +243,47 @@ mod tests {
         let normalised = route(logits, &spec(true));
         assert!((normalised.weights[0] + normalised.weights[1] - 1.0).abs() < 1e-6);
         assert!((normalised.weights[2] - 0.5).abs() < 1e-6);
+    }
+
+    #[test]
+    fn expert_groups_add_up_to_the_whole_block_bit_for_bit() {
+        let (hidden, inter, tokens) = (16, 8, 9);
+        let moe = MoeSpec {
+            shared_expert: Some(crate::arch::SharedExpertSpec {
+                intermediate: 12,
+                sigmoid_gate: true,
+            }),
+            ..spec(false)
+        };
+        let mut state = 12345u32;
+        let mut values = |n: usize| -> Vec<f32> {
+            (0..n)
+                .map(|_| {
+                    state = state.wrapping_mul(1664525).wrapping_add(1013904223);
+                    (state >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+                })
+                .collect()
+        };
+        let mut tensors = std::collections::BTreeMap::new();
+        tensors.insert(WeightRole::Router, values(4 * hidden));
+        for e in 0..4 {
+            tensors.insert(WeightRole::ExpertGate(e), values(inter * hidden));
+            tensors.insert(WeightRole::ExpertUp(e), values(inter * hidden));
+            tensors.insert(WeightRole::ExpertDown(e), values(hidden * inter));
+        }
+        tensors.insert(WeightRole::SharedGate, values(12 * hidden));
+        tensors.insert(WeightRole::SharedUp, values(12 * hidden));
+        tensors.insert(WeightRole::SharedDown, values(hidden * 12));
+        tensors.insert(WeightRole::SharedExpertGate, values(hidden));
+        let weights = LayerWeights::from_tensors(tensors);
+        let input = values(tokens * hidden);
+        let mut whole = vec![0f32; tokens * hidden];
+        let routing = moe_block(&input, &weights, &moe, hidden, &mut whole, 0..4, 2);
+        let mut grouped = vec![f32::NAN; tokens * hidden];
+        for group in [0..1, 1..3, 3..4] {
+            let again = moe_block(&input, &weights, &moe, hidden, &mut grouped, group, 2);
+            assert_eq!(again.experts, routing.experts);
+        }
+        assert_eq!(grouped, whole);
     }
 }

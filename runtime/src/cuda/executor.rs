@@ -2,15 +2,14 @@
 //! layer's weights are uploaded once and every micro-batch runs through them; statistics
 //! accumulate on the device and cross to the host once per layer and capture point.
 
-use super::ComputeDtype;
 use super::CudaBackend;
 use super::head::DeviceHead;
 use super::hidden::HiddenStates;
-use super::layer::{DeviceCaptureSink, DeviceScratch, decoder_layer};
+use super::layer::{DeviceCaptureSink, DeviceMicroBatch, DeviceScratch, run_part};
 use super::linear::Bf16Scratch;
 use super::moe::DeviceRouting;
 use super::staging::{
-    LayerLayout, StagedLayer, StagingBuffer, layer_layout, read_layers, staging_buffers,
+    LayerLayout, StagedLayer, StagingBuffer, part_layout, read_layers, staging_buffers,
 };
 use super::weights::DeviceLayer;
 use crate::allocation::{Budget, Reservation, halve_micro_batch, is_out_of_memory};
@@ -22,7 +21,7 @@ use crate::executor::{
     CaptureMode, FinalStage, RunObserver, RunRequest, RunSummary, TransferSummary, finish_layer,
 };
 use crate::model::Model;
-use crate::plan::{dominant_weight_dtype, point_width};
+use crate::plan::{dominant_weight_dtype, layer_shapes, point_width};
 use crossbeam::channel::{Receiver, Sender, bounded};
 use layerstream_kernels::cudarc::driver::CudaView;
 use layerstream_kernels::cudarc::driver::result::memcpy_htod_async;
@@ -30,7 +29,8 @@ use layerstream_kernels::cudarc::driver::sys::CUevent_flags;
 use layerstream_kernels::cudarc::driver::{CudaEvent, CudaSlice, CudaStream, DevicePtrMut};
 use layerstream_kernels::ops::stats::StatsAccumulators;
 use layerstream_kernels::{Gpu, KernelError};
-use layerstream_planner::memory::{self, GemmDtype};
+use layerstream_planner::memory;
+use layerstream_planner::split::needs_accumulator;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -82,10 +82,26 @@ pub fn run(
 
     let layers_to_run = request.layers_to_run(spec.num_layers);
     let first_layer = request.first_layer();
+    let shapes = layer_shapes(spec);
+    // The upload order: every layer whole, or its parts one after the other.
     let layouts = (first_layer..layers_to_run)
-        .map(|layer| layer_layout(&model.weights, spec, layer))
+        .flat_map(|layer| request.parts(layer).into_iter().map(move |p| (layer, p)))
+        .map(|(layer, part)| part_layout(&model.weights, spec, layer, &part))
         .collect::<Result<Vec<_>>>()?;
     let staging_bytes = layouts.iter().map(|l| l.bytes).max().unwrap_or(0);
+    // The feed-forward output of layers whose experts are split over several parts, for the
+    // workload, placed like the hidden states.
+    let accumulates = |layer: usize| needs_accumulator(&request.parts(layer));
+    let mut ff_accumulator = match (first_layer..layers_to_run).any(accumulates) {
+        true => Some((
+            budget.reserve(
+                "the split layers' feed-forward accumulator",
+                hidden_bytes as u64,
+            )?,
+            HiddenStates::zeros(gpu, tokens * d, on_host, micro_batch * seq_len * d)?,
+        )),
+        false => None,
+    };
     let copy_stream = gpu.context.new_stream().map_err(KernelError::from)?;
     let mut transfers = TransferLog::default();
     let (free_tx, free_rx) = bounded::<StagingBuffer>(2);
@@ -103,89 +119,96 @@ pub fn run(
         budget: &budget,
     };
     std::thread::scope(|scope| -> Result<()> {
-        scope.spawn(|| {
-            read_layers(
-                &model.weights,
-                first_layer,
-                &layouts,
-                free_rx,
-                ready_tx,
-                copy_threads,
-            )
-        });
-        let mut next = if first_layer < layers_to_run {
-            Some(uploads.next(first_layer, &mut transfers)?)
-        } else {
+        scope.spawn(|| read_layers(&model.weights, &layouts, free_rx, ready_tx, copy_threads));
+        let mut next = if layouts.is_empty() {
             None
+        } else {
+            Some(uploads.next(0, &mut transfers)?)
         };
+        let mut next_index = 1;
         for layer in first_layer..layers_to_run {
-            let (raw, layout) = next.take().expect("layer uploaded ahead");
-            let weights = DeviceLayer::from_staged(
-                gpu,
-                &model.weights,
-                layer,
-                raw,
-                &layout,
-                compute,
-                &budget,
-            )?;
-            // Layer l+1 goes up on the copy stream while layer l computes.
-            if layer + 1 < layers_to_run {
-                next = Some(uploads.next(layer + 1, &mut transfers)?);
+            let parts = request.parts(layer);
+            if parts.len() > 1 {
+                observer.on_layer_split(layer, &parts);
             }
             let mut accumulators = statistics_accumulators(gpu, spec, request, layer, &budget)?;
-            let mut next_sequence = 0;
-            while next_sequence < request.num_sequences {
-                // Every buffer of a micro-batch is taken before its hidden states change, so
-                // an out-of-memory here is retried with half the micro-batch, from this
-                // sequence on.
-                let mut scratch =
-                    match DeviceScratch::new(gpu, spec, micro_batch * seq_len, &budget, layer) {
-                        Ok(scratch) => scratch,
-                        Err(error) if is_out_of_memory(&error) => {
-                            let halved = halve_micro_batch(layer, micro_batch, &error, seq_len)?;
-                            observer.on_micro_batch_halved(
-                                layer,
-                                micro_batch,
-                                halved,
-                                &error.to_string(),
-                            );
-                            micro_batch = halved;
-                            continue;
-                        }
-                        Err(error) => return Err(error),
-                    };
+            for part in &parts {
+                let (raw, layout) = next.take().expect("uploaded ahead");
+                let weights = DeviceLayer::from_staged(gpu, raw, &layout, compute, &budget)?;
+                // The next layer (or part) goes up on the copy stream while this one computes.
+                if next_index < layouts.len() {
+                    next = Some(uploads.next(next_index, &mut transfers)?);
+                    next_index += 1;
+                }
+                let mut next_sequence = 0;
                 while next_sequence < request.num_sequences {
-                    let sequences = micro_batch.min(request.num_sequences - next_sequence);
-                    let range =
-                        next_sequence * seq_len * d..(next_sequence + sequences) * seq_len * d;
-                    let mut batch = hidden_states.begin(gpu, range.clone())?;
-                    let mut sink = CudaSink {
-                        gpu,
-                        observer: &mut *observer,
-                        request,
-                        layer,
-                        first_sequence: next_sequence,
-                        sequences,
-                        accumulators: &mut accumulators,
-                    };
-                    decoder_layer(
-                        gpu,
-                        spec,
-                        layer,
-                        &weights,
-                        &inv_freq,
-                        &mut batch,
-                        sequences,
-                        seq_len,
-                        &mut scratch,
-                        &mut sink,
-                    )?;
-                    hidden_states.end(gpu, range)?;
-                    next_sequence += sequences;
+                    // Every buffer of a micro-batch is taken before its hidden states change,
+                    // so an out-of-memory here is retried with half the micro-batch, from this
+                    // sequence on.
+                    let rows = micro_batch * seq_len;
+                    let mut scratch =
+                        match DeviceScratch::new(gpu, spec, &shapes, rows, &budget, layer) {
+                            Ok(scratch) => scratch,
+                            Err(error) if is_out_of_memory(&error) => {
+                                let halved =
+                                    halve_micro_batch(layer, micro_batch, &error, seq_len)?;
+                                observer.on_micro_batch_halved(
+                                    layer,
+                                    micro_batch,
+                                    halved,
+                                    &error.to_string(),
+                                );
+                                micro_batch = halved;
+                                continue;
+                            }
+                            Err(error) => return Err(error),
+                        };
+                    while next_sequence < request.num_sequences {
+                        let sequences = micro_batch.min(request.num_sequences - next_sequence);
+                        let range =
+                            next_sequence * seq_len * d..(next_sequence + sequences) * seq_len * d;
+                        let mut hidden = hidden_states.begin(gpu, range.clone())?;
+                        let mut accumulator = match &mut ff_accumulator {
+                            Some((_, states)) if accumulates(layer) => {
+                                Some(states.begin(gpu, range.clone())?)
+                            }
+                            _ => None,
+                        };
+                        let mut sink = CudaSink {
+                            gpu,
+                            observer: &mut *observer,
+                            request,
+                            layer,
+                            first_sequence: next_sequence,
+                            sequences,
+                            accumulators: &mut accumulators,
+                        };
+                        let batch = DeviceMicroBatch {
+                            hidden: &mut hidden,
+                            sequences,
+                            seq_len,
+                        };
+                        run_part(
+                            gpu,
+                            spec,
+                            layer,
+                            part,
+                            &weights,
+                            &inv_freq,
+                            batch,
+                            accumulator.as_mut(),
+                            &mut scratch,
+                            &mut sink,
+                        )?;
+                        if let (Some((_, states)), true) = (&mut ff_accumulator, accumulates(layer))
+                        {
+                            states.end(gpu, range.clone())?;
+                        }
+                        hidden_states.end(gpu, range)?;
+                        next_sequence += sequences;
+                    }
                 }
             }
-            drop(weights);
             let statistics = download_statistics(gpu, request, &accumulators)?;
             drop(accumulators);
             let snapshot = || hidden_states.snapshot(gpu);
@@ -200,12 +223,13 @@ pub fn run(
         }
         Ok(())
     })?;
+    drop(ff_accumulator);
     drop(uploads);
     summary.transfer = Some(transfers.finish()?);
 
     if request.final_stage != FinalStage::None {
         let rows = micro_batch * seq_len;
-        let head_bytes = memory::head_bytes(model.weights.inventory(), gemm_dtype(compute), rows);
+        let head_bytes = memory::head_bytes(model.weights.inventory(), compute.gemm(), rows);
         let _head_reservation = budget.reserve("the output head", head_bytes)?;
         let head = DeviceHead::upload(gpu, model, compute)?;
         let mut scratch = Bf16Scratch::new(
@@ -237,13 +261,6 @@ pub fn run(
     gpu.stream.synchronize().map_err(KernelError::from)?;
     summary.peak_reserved_bytes = Some(budget.peak());
     Ok(summary)
-}
-
-fn gemm_dtype(compute: ComputeDtype) -> GemmDtype {
-    match compute {
-        ComputeDtype::Bf16 => GemmDtype::Bf16,
-        ComputeDtype::F32 => GemmDtype::F32,
-    }
 }
 
 /// Device accumulators for the points of `layer` the request captures as statistics,
@@ -297,11 +314,11 @@ struct Uploads<'a> {
 impl Uploads<'_> {
     fn next(
         &self,
-        layer: usize,
+        index: usize,
         transfers: &mut TransferLog,
     ) -> Result<((CudaSlice<u8>, Reservation), LayerLayout)> {
         upload_next(
-            layer,
+            index,
             &self.ready,
             &self.free,
             self.copy_stream,
@@ -311,10 +328,11 @@ impl Uploads<'_> {
     }
 }
 
-/// Takes the next staged layer from the reader, starts its upload on the copy stream and
-/// hands the staging buffer back (the reader waits on the upload's event before refilling).
+/// Takes the next staged layer (or part; `index` in the upload order) from the reader,
+/// starts its upload on the copy stream and hands the staging buffer back (the reader waits
+/// on the upload's event before refilling).
 fn upload_next(
-    layer: usize,
+    index: usize,
     ready: &Receiver<Result<StagedLayer>>,
     free: &Sender<StagingBuffer>,
     copy_stream: &Arc<CudaStream>,
@@ -326,14 +344,18 @@ fn upload_next(
         .recv()
         .map_err(|_| RuntimeError::InvalidRequest("the weight reader thread stopped".into()))??;
     transfers.reader_wait += waiting.elapsed();
-    if staged.layer != layer {
+    if staged.index != index {
         return Err(RuntimeError::InvalidRequest(format!(
-            "the weight reader delivered layer {} where layer {layer} was due",
-            staged.layer
+            "the weight reader delivered upload {} where upload {index} was due",
+            staged.index
         )));
     }
     let bytes = staged.layout.bytes;
-    let reservation = budget.reserve(&format!("layer {layer}'s staging buffer"), bytes as u64)?;
+    let what = format!(
+        "{} staging buffer",
+        staged.layout.part.owner(staged.layout.layer)
+    );
+    let reservation = budget.reserve(&what, bytes as u64)?;
     // SAFETY: the upload below writes every byte the layout uses before any kernel reads.
     let mut raw = unsafe { copy_stream.alloc::<u8>(bytes.max(1)) }.map_err(KernelError::from)?;
     let timing = Some(CUevent_flags::CU_EVENT_DEFAULT);
@@ -378,7 +400,7 @@ impl TransferLog {
             bytes,
             copy_seconds,
             reader_wait_seconds: self.reader_wait.as_secs_f64(),
-            layers: self.copies.len(),
+            uploads: self.copies.len(),
         })
     }
 }

@@ -42,6 +42,19 @@ impl HiddenStates {
         Ok(HiddenStates::Host { host, batch })
     }
 
+    /// `len` zeros, placed like [`HiddenStates::new`] places values (a split layer's
+    /// feed-forward accumulator).
+    pub fn zeros(gpu: &Gpu, len: usize, on_host: bool, batch_elements: usize) -> Result<Self> {
+        if !on_host {
+            return Ok(HiddenStates::Device(
+                gpu.stream
+                    .alloc_zeros::<f32>(len.max(1))
+                    .map_err(KernelError::from)?,
+            ));
+        }
+        Self::new(gpu, vec![0f32; len], true, batch_elements)
+    }
+
     /// A device view of elements `range`, uploaded first when the states live on the host.
     pub fn begin(&mut self, gpu: &Gpu, range: Range<usize>) -> Result<CudaViewMut<'_, f32>> {
         match self {

@@ -7,12 +7,12 @@ use crate::allocation::{Budget, Reservation};
 use crate::arch::{FeedForward, ModelSpec, QkNorm, WeightRole};
 use crate::capture::CapturePoint;
 use crate::error::Result;
-use crate::plan::layer_shapes;
 use layerstream_kernels::cudarc::driver::{CudaSlice, CudaView, CudaViewMut};
 use layerstream_kernels::ops::attention::{AttentionDims, causal_attention};
 use layerstream_kernels::ops::{elementwise, norm, rope};
 use layerstream_kernels::{Gpu, KernelError};
-use layerstream_planner::memory::activation_bytes;
+use layerstream_planner::memory::{LayerShapes, activation_bytes};
+use layerstream_planner::split::LayerPart;
 use std::sync::Arc;
 
 /// Receives one layer's captures of one micro-batch as device views.
@@ -51,11 +51,11 @@ impl DeviceScratch {
     pub fn new(
         gpu: &Gpu,
         spec: &ModelSpec,
+        shapes: &[LayerShapes],
         rows: usize,
         budget: &Arc<Budget>,
         layer: usize,
     ) -> Result<Self> {
-        let shapes = layer_shapes(spec);
         let (block, moe) = shapes
             .iter()
             .map(|s| activation_bytes(s, rows))
@@ -110,9 +110,62 @@ impl DeviceScratch {
     }
 }
 
-/// Runs decoder layer `layer` on `hidden (sequences * seq_len, hidden)` in place.
+/// One micro-batch's rows of the workload on the device.
+pub struct DeviceMicroBatch<'a, 'b> {
+    /// Hidden states `(sequences * seq_len, hidden)`, updated in place.
+    pub hidden: &'a mut CudaViewMut<'b, f32>,
+    /// Sequences in it.
+    pub sequences: usize,
+    /// Tokens per sequence.
+    pub seq_len: usize,
+}
+
+/// Runs `part` of decoder layer `layer` on one micro-batch, the same steps as
+/// `cpu::layer::run_part`. `accumulator (rows, hidden)` holds the micro-batch's
+/// feed-forward output across parts when the layer's experts are split over several parts
+/// (`None`: the part computes the whole feed-forward block).
 #[allow(clippy::too_many_arguments)]
-pub fn decoder_layer(
+pub fn run_part(
+    gpu: &Gpu,
+    spec: &ModelSpec,
+    layer: usize,
+    part: &LayerPart,
+    weights: &DeviceLayer,
+    inv_freq: &CudaSlice<f32>,
+    batch: DeviceMicroBatch,
+    accumulator: Option<&mut CudaViewMut<f32>>,
+    scratch: &mut DeviceScratch,
+    capture: &mut dyn DeviceCaptureSink,
+) -> Result<()> {
+    let DeviceMicroBatch {
+        hidden,
+        sequences,
+        seq_len,
+    } = batch;
+    if part.runs_attention() {
+        attention(
+            gpu, spec, layer, weights, inv_freq, hidden, sequences, seq_len, scratch, capture,
+        )?;
+    }
+    if part.runs_feed_forward() {
+        feed_forward(
+            gpu,
+            spec,
+            layer,
+            part,
+            weights,
+            hidden,
+            accumulator,
+            scratch,
+            capture,
+        )?;
+    }
+    Ok(())
+}
+
+/// The attention sublayer: `hidden += attention(norm(hidden))`.
+#[allow(clippy::too_many_arguments)]
+fn attention(
     gpu: &Gpu,
     spec: &ModelSpec,
     layer: usize,
@@ -136,10 +189,7 @@ pub fn decoder_layer(
         v,
         attn,
         sublayer_out,
-        gate,
-        up,
         bf16,
-        moe,
         ..
     } = scratch;
     let mut q = q.slice_mut(..rows * q_width);
@@ -265,7 +315,41 @@ pub fn decoder_layer(
     }
     capture.activation(CapturePoint::AttnOut, &sublayer_out.as_view(), d)?;
     elementwise::add(gpu, hidden, &sublayer_out.as_view())?;
+    Ok(())
+}
 
+/// The feed-forward sublayer, or the share of it `part` holds: `hidden += mlp(norm(hidden))`
+/// once the part finishing the block has run.
+#[allow(clippy::too_many_arguments)]
+fn feed_forward(
+    gpu: &Gpu,
+    spec: &ModelSpec,
+    layer: usize,
+    part: &LayerPart,
+    weights: &DeviceLayer,
+    hidden: &mut CudaViewMut<f32>,
+    accumulator: Option<&mut CudaViewMut<f32>>,
+    scratch: &mut DeviceScratch,
+    capture: &mut dyn DeviceCaptureSink,
+) -> Result<()> {
+    use WeightRole::*;
+    let d = spec.hidden_size;
+    let rows = hidden.len() / d;
+    let eps = spec.block.norm_eps;
+    let num_experts = spec.moe(layer).map_or(0, |m| m.num_experts);
+    let DeviceScratch {
+        normed,
+        sublayer_out,
+        gate,
+        up,
+        bf16,
+        moe,
+        ..
+    } = scratch;
+    let mut out = match accumulator {
+        Some(accumulator) => accumulator.slice_mut(..rows * d),
+        None => sublayer_out.slice_mut(..rows * d),
+    };
     if let Some(w) = weights.maybe_vector(MlpInputNorm) {
         norm::rms_norm(
             gpu,
@@ -281,7 +365,9 @@ pub fn decoder_layer(
             Some(_) => normed.slice(..rows * d),
             None => hidden.as_view(),
         };
-        capture.activation(CapturePoint::Ln2, &mlp_input, d)?;
+        if part.starts_feed_forward() {
+            capture.activation(CapturePoint::Ln2, &mlp_input, d)?;
+        }
         match &spec.feed_forward[layer] {
             FeedForward::Dense { intermediate } => {
                 let inter = *intermediate;
@@ -315,7 +401,7 @@ pub fn decoder_layer(
                     &gate.as_view(),
                     &weights.matrix(DownProj),
                     weights.maybe_vector(DownBias),
-                    &mut sublayer_out,
+                    &mut out,
                     rows,
                     inter,
                     d,
@@ -332,19 +418,25 @@ pub fn decoder_layer(
                     weights,
                     spec_moe,
                     d,
-                    &mut sublayer_out,
+                    part.experts(num_experts),
+                    &mut out,
                     buffers,
                     bf16,
                 )?;
-                capture.routing(&routing)?;
+                if part.starts_feed_forward() {
+                    capture.routing(&routing)?;
+                }
             }
         }
     }
-    if let Some(w) = weights.maybe_vector(MlpOutputNorm) {
-        norm::rms_norm_in_place(gpu, &mut sublayer_out, &w.as_view(), rows, eps)?;
+    if !part.finishes_feed_forward(num_experts) {
+        return Ok(());
     }
-    capture.activation(CapturePoint::MlpOut, &sublayer_out.as_view(), d)?;
-    elementwise::add(gpu, hidden, &sublayer_out.as_view())?;
+    if let Some(w) = weights.maybe_vector(MlpOutputNorm) {
+        norm::rms_norm_in_place(gpu, &mut out, &w.as_view(), rows, eps)?;
+    }
+    capture.activation(CapturePoint::MlpOut, &out.as_view(), d)?;
+    elementwise::add(gpu, hidden, &out.as_view())?;
     capture.activation(CapturePoint::ResidPost, &hidden.as_view(), d)?;
     Ok(())
 }

@@ -26,6 +26,16 @@ pub enum ComputeDtype {
     F32,
 }
 
+impl ComputeDtype {
+    /// The planner's name for it.
+    pub fn gemm(self) -> layerstream_planner::memory::GemmDtype {
+        match self {
+            ComputeDtype::Bf16 => layerstream_planner::memory::GemmDtype::Bf16,
+            ComputeDtype::F32 => layerstream_planner::memory::GemmDtype::F32,
+        }
+    }
+}
+
 /// `--compute-dtype`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ComputeChoice {

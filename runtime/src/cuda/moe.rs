@@ -14,6 +14,7 @@ use layerstream_kernels::cudarc::driver::{
 };
 use layerstream_kernels::ops::{elementwise, moe};
 use layerstream_kernels::{Gpu, KernelError};
+use std::ops::Range;
 
 /// The MoE buffers of micro-batches of up to `rows` tokens.
 pub struct MoeBuffers {
@@ -109,7 +110,10 @@ impl DeviceRouting<'_> {
     }
 }
 
-/// Runs the MoE block on `x (tokens, hidden)` into `out (tokens, hidden)`.
+/// Runs the MoE block on `x (tokens, hidden)` into `out (tokens, hidden)`. Only routed
+/// experts in `run_experts` run (a split layer's part): the first part overwrites `out`,
+/// later ones add to it in ascending expert order, and the last adds the shared expert, so
+/// the sums are bit for bit the unsplit ones.
 #[allow(clippy::too_many_arguments)]
 pub fn moe_block<'b>(
     gpu: &Gpu,
@@ -117,6 +121,7 @@ pub fn moe_block<'b>(
     weights: &DeviceLayer,
     spec: &MoeSpec,
     hidden: usize,
+    run_experts: Range<usize>,
     out: &mut CudaViewMut<f32>,
     buffers: &'b mut MoeBuffers,
     bf16: &mut Bf16Scratch,
@@ -181,7 +186,13 @@ pub fn moe_block<'b>(
         &mut b.gathered.slice_mut(..assignments * hidden),
     )?;
 
-    for (expert, (&count, &offset)) in counts.iter().zip(&offsets).enumerate() {
+    for (expert, (&count, &offset)) in counts
+        .iter()
+        .zip(&offsets)
+        .enumerate()
+        .take(run_experts.end)
+        .skip(run_experts.start)
+    {
         let (n, start) = (count as usize, offset as usize);
         if n == 0 {
             continue;
@@ -233,10 +244,13 @@ pub fn moe_block<'b>(
         &chosen_weights.as_view(),
         top_k,
         hidden,
+        run_experts.clone(),
+        run_experts.start > 0,
         out,
     )?;
 
-    if let (Some(shared), Some(s)) = (spec.shared_expert, b.shared.as_mut()) {
+    let finishes = run_experts.end == experts;
+    if let (Some(shared), Some(s), true) = (spec.shared_expert, b.shared.as_mut(), finishes) {
         let s_inter = shared.intermediate;
         let mut sg = s.gate.slice_mut(..tokens * s_inter);
         let mut su = s.up.slice_mut(..tokens * s_inter);

@@ -2,15 +2,18 @@
 //! from the memory-mapped safetensors into one of two pinned staging buffers (the copy is
 //! split over several threads: one core's memcpy is slower than PCIe); the executor uploads
 //! a filled buffer on the copy stream and hands it back with an event the reader waits on
-//! before refilling it. While layer l computes, layer l+1 is read and uploaded.
+//! before refilling it. While layer l computes, layer l+1 is read and uploaded. A split
+//! layer streams as its parts, one after the other, in the same two buffers.
 
 use crate::arch::{ModelSpec, WeightRole};
 use crate::error::Result;
+use crate::layer_parts::part_tensors;
 use crate::weights::WeightStore;
 use crossbeam::channel::{Receiver, Sender};
 use layerstream_kernels::KernelError;
 use layerstream_kernels::cudarc::driver::{CudaContext, CudaEvent, PinnedHostSlice};
 use layerstream_planner::TensorDtype;
+use layerstream_planner::split::LayerPart;
 use std::sync::Arc;
 
 /// Tensors start at multiples of this in a staging buffer (aligned device reads).
@@ -35,20 +38,29 @@ pub struct StagedTensor {
     pub len: usize,
 }
 
-/// The layout of one layer in a staging buffer.
+/// The layout of one layer (or split part of one) in a staging buffer.
 #[derive(Debug, Clone)]
 pub struct LayerLayout {
+    /// Which layer.
+    pub layer: usize,
+    /// Which part of it.
+    pub part: LayerPart,
     /// Tensors in buffer order.
     pub tensors: Vec<StagedTensor>,
     /// Bytes used.
     pub bytes: usize,
 }
 
-/// Lays out the tensors of `layer` (aligned, in the spec's table order).
-pub fn layer_layout(store: &WeightStore, spec: &ModelSpec, layer: usize) -> Result<LayerLayout> {
+/// Lays out the tensors `part` of `layer` needs (aligned, in the spec's table order).
+pub fn part_layout(
+    store: &WeightStore,
+    spec: &ModelSpec,
+    layer: usize,
+    part: &LayerPart,
+) -> Result<LayerLayout> {
     let mut offset = 0;
     let mut tensors = Vec::new();
-    for tensor in spec.layer_tensors(layer) {
+    for tensor in part_tensors(spec, layer, part) {
         let entry = store.entry(&tensor.name, "checked when the model opened")?;
         tensors.push(StagedTensor {
             name: tensor.name.clone(),
@@ -61,6 +73,8 @@ pub fn layer_layout(store: &WeightStore, spec: &ModelSpec, layer: usize) -> Resu
         offset = (offset + entry.byte_len as usize).div_ceil(TENSOR_ALIGN) * TENSOR_ALIGN;
     }
     Ok(LayerLayout {
+        layer,
+        part: part.clone(),
         tensors,
         bytes: offset,
     })
@@ -76,8 +90,8 @@ pub struct StagingBuffer {
 
 /// A filled staging buffer.
 pub struct StagedLayer {
-    /// Which layer.
-    pub layer: usize,
+    /// Its position in the upload order.
+    pub index: usize,
     /// Its layout.
     pub layout: LayerLayout,
     /// The buffer holding its bytes.
@@ -98,23 +112,20 @@ pub fn staging_buffers(context: &Arc<CudaContext>, bytes: usize) -> Result<[Stag
     Ok([alloc()?, alloc()?])
 }
 
-/// The reader thread: fills buffers from `free` with the layers of `layouts` (the first is
-/// `first_layer`) in order and sends
-/// them on `ready`. Stops early when the executor hangs up.
+/// The reader thread: fills buffers from `free` with the layers (or parts) of `layouts` in
+/// order and sends them on `ready`. Stops early when the executor hangs up.
 pub fn read_layers(
     store: &WeightStore,
-    first_layer: usize,
     layouts: &[LayerLayout],
     free: Receiver<StagingBuffer>,
     ready: Sender<Result<StagedLayer>>,
     copy_threads: usize,
 ) {
-    for (offset, layout) in layouts.iter().enumerate() {
-        let layer = first_layer + offset;
+    for (index, layout) in layouts.iter().enumerate() {
         let Ok(mut buffer) = free.recv() else { return };
         let filled = fill(store, layout, &mut buffer, copy_threads);
         let message = filled.map(|()| StagedLayer {
-            layer,
+            index,
             layout: layout.clone(),
             buffer,
         });

@@ -13,7 +13,7 @@ use half::bf16;
 use layerstream_kernels::cudarc::driver::{CudaSlice, CudaView};
 use layerstream_kernels::ops::convert::{StoredDtype, f32_to_bf16, half_to_f32};
 use layerstream_kernels::{Gpu, KernelError};
-use layerstream_planner::memory::{GemmDtype, layer_weight_bytes};
+use layerstream_planner::split::tensor_bytes;
 use layerstream_planner::{TensorDtype, TensorEntry};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -69,32 +69,25 @@ pub struct DeviceLayer {
     _reservations: Vec<Reservation>,
 }
 
-fn gemm_dtype(compute: ComputeDtype) -> GemmDtype {
-    match compute {
-        ComputeDtype::Bf16 => GemmDtype::Bf16,
-        ComputeDtype::F32 => GemmDtype::F32,
-    }
-}
-
 impl DeviceLayer {
-    /// Builds layer `layer` from its uploaded bytes (`raw`, laid out as `layout`), converting
-    /// with kernels on the compute stream; cudarc's event tracking orders them after the upload.
+    /// Builds a layer (or split part) from its uploaded bytes (`raw`, laid out as `layout`),
+    /// converting with kernels on the compute stream; cudarc's event tracking orders them
+    /// after the upload.
     pub fn from_staged(
         gpu: &Gpu,
-        store: &WeightStore,
-        layer: usize,
         raw: (CudaSlice<u8>, Reservation),
         layout: &LayerLayout,
         compute: ComputeDtype,
         budget: &Arc<Budget>,
     ) -> Result<Self> {
         let (raw, raw_reservation) = raw;
-        let (_, converted_bytes) =
-            layer_weight_bytes(store.inventory(), layer, gemm_dtype(compute));
-        let converted_reservation = budget.reserve(
-            &format!("layer {layer}'s converted weights"),
-            converted_bytes,
-        )?;
+        let converted_bytes: u64 = layout
+            .tensors
+            .iter()
+            .map(|t| tensor_bytes(&t.shape, t.dtype, t.len as u64, compute.gemm()).1)
+            .sum();
+        let what = format!("{} converted weights", layout.part.owner(layout.layer));
+        let converted_reservation = budget.reserve(&what, converted_bytes)?;
         let mut matrices = BTreeMap::new();
         let mut vectors = BTreeMap::new();
         for tensor in &layout.tensors {

@@ -1,0 +1,375 @@
+//! Layer splitting: when one layer does not fit next to its prefetch buffer, it streams and
+//! computes in parts: attention first, then the feed-forward block in groups of routed
+//! experts (a dense MLP is one part). Every micro-batch runs through a part before the next
+//! part's weights are needed, so a part's weights still cross PCIe once per run.
+//!
+//! Which tensor belongs to which part comes from the runtime (it knows each tensor's role);
+//! the sizes come from the safetensors headers, like everything the planner sizes.
+
+use crate::inventory::{Inventory, TensorDtype, TensorEntry};
+use crate::memory::{GemmDtype, TENSOR_ALIGN};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::ops::Range;
+
+/// A layer's tensor names, grouped by the split parts that need them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LayerTensorGroups {
+    /// Attention: its norms, projections and biases.
+    pub attention: Vec<String>,
+    /// What every feed-forward part needs: the MLP's input and output norms, the router.
+    pub routing: Vec<String>,
+    /// The dense MLP or the shared expert: in the last feed-forward part only.
+    pub last: Vec<String>,
+    /// The routed experts' tensors, by expert index.
+    pub experts: Vec<Vec<String>>,
+}
+
+/// One unit of a layer that streams and computes as a whole.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum LayerPart {
+    /// The layer, not split.
+    Whole,
+    /// Attention; the residual stream gets its output.
+    Attention,
+    /// The feed-forward block with routed experts `first_expert..end_expert` (none for a
+    /// dense MLP). The first such part captures `ln2` and the router; the last adds the
+    /// shared expert, the output norm and the residual.
+    FeedForward {
+        /// First routed expert of the part.
+        first_expert: usize,
+        /// One past its last routed expert.
+        end_expert: usize,
+    },
+}
+
+impl LayerPart {
+    /// The routed experts a part runs (all of them for [`LayerPart::Whole`]).
+    pub fn experts(&self, num_experts: usize) -> Range<usize> {
+        match self {
+            LayerPart::Whole => 0..num_experts,
+            LayerPart::Attention => 0..0,
+            LayerPart::FeedForward {
+                first_expert,
+                end_expert,
+            } => *first_expert..*end_expert,
+        }
+    }
+
+    /// Whether the part runs attention.
+    pub fn runs_attention(&self) -> bool {
+        matches!(self, LayerPart::Whole | LayerPart::Attention)
+    }
+
+    /// Whether the part runs (some of) the feed-forward block.
+    pub fn runs_feed_forward(&self) -> bool {
+        !matches!(self, LayerPart::Attention)
+    }
+
+    /// Whether the part starts the feed-forward block (captures `ln2` and the router).
+    pub fn starts_feed_forward(&self) -> bool {
+        match self {
+            LayerPart::Whole => true,
+            LayerPart::Attention => false,
+            LayerPart::FeedForward { first_expert, .. } => *first_expert == 0,
+        }
+    }
+
+    /// Whether the part finishes the feed-forward block of a layer with `num_experts`
+    /// routed experts (shared expert, output norm, residual).
+    pub fn finishes_feed_forward(&self, num_experts: usize) -> bool {
+        match self {
+            LayerPart::Whole => true,
+            LayerPart::Attention => false,
+            LayerPart::FeedForward { end_expert, .. } => *end_expert == num_experts,
+        }
+    }
+
+    /// Whose bytes, for messages: `layer 3's` or `layer 3's attention`.
+    pub fn owner(&self, layer: usize) -> String {
+        match self {
+            LayerPart::Whole => format!("layer {layer}'s"),
+            part => format!("layer {layer}'s {}", part.describe()),
+        }
+    }
+
+    /// A short name for logs and tables: `whole`, `attention`, `mlp`, `experts 8-15`.
+    pub fn describe(&self) -> String {
+        match self {
+            LayerPart::Whole => "whole".into(),
+            LayerPart::Attention => "attention".into(),
+            LayerPart::FeedForward {
+                first_expert,
+                end_expert,
+            } if first_expert == end_expert => "mlp".into(),
+            LayerPart::FeedForward {
+                first_expert,
+                end_expert,
+            } if end_expert - first_expert == 1 => format!("expert {first_expert}"),
+            LayerPart::FeedForward {
+                first_expert,
+                end_expert,
+            } => format!("experts {first_expert}-{}", end_expert - 1),
+        }
+    }
+}
+
+/// A layer's parts for a log line: `attention, experts 0-3, experts 4-7`, or for many
+/// parts `attention, then 64 groups of up to 2 experts`.
+pub fn describe_parts(parts: &[LayerPart]) -> String {
+    let groups = parts.iter().filter(|p| p.runs_feed_forward()).count();
+    if groups <= 4 {
+        return parts
+            .iter()
+            .map(LayerPart::describe)
+            .collect::<Vec<_>>()
+            .join(", ");
+    }
+    let largest = parts
+        .iter()
+        .map(|p| match p {
+            LayerPart::FeedForward {
+                first_expert,
+                end_expert,
+            } => end_expert - first_expert,
+            _ => 0,
+        })
+        .max()
+        .unwrap_or(0);
+    format!(
+        "attention, then {groups} groups of up to {largest} expert{}",
+        if largest == 1 { "" } else { "s" }
+    )
+}
+
+/// The parts of a layer with `num_experts` routed experts split with at most
+/// `experts_per_part` experts per feed-forward part (dense: attention, then the MLP).
+pub fn split_parts(num_experts: usize, experts_per_part: usize) -> Vec<LayerPart> {
+    let mut parts = vec![LayerPart::Attention];
+    if num_experts == 0 {
+        parts.push(LayerPart::FeedForward {
+            first_expert: 0,
+            end_expert: 0,
+        });
+        return parts;
+    }
+    let per_part = experts_per_part.clamp(1, num_experts);
+    for first in (0..num_experts).step_by(per_part) {
+        parts.push(LayerPart::FeedForward {
+            first_expert: first,
+            end_expert: (first + per_part).min(num_experts),
+        });
+    }
+    parts
+}
+
+/// Experts per part worth trying for layers of up to `num_experts` routed experts, largest
+/// first: one value per distinct number of parts (`[1]` for dense models).
+pub fn experts_per_part_candidates(num_experts: usize) -> Vec<usize> {
+    if num_experts == 0 {
+        return vec![1];
+    }
+    let mut candidates: Vec<usize> = (1..=num_experts)
+        .map(|parts| num_experts.div_ceil(parts))
+        .collect();
+    candidates.dedup();
+    candidates
+}
+
+/// Whether the feed-forward block of a layer split into `parts` needs an accumulator for
+/// the workload (its routed experts are spread over more than one part).
+pub fn needs_accumulator<'a>(parts: impl IntoIterator<Item = &'a LayerPart>) -> bool {
+    parts
+        .into_iter()
+        .filter(|p| matches!(p, LayerPart::FeedForward { first_expert, end_expert } if end_expert > first_expert))
+        .count()
+        > 1
+}
+
+/// The names of a part's tensors.
+pub fn part_tensor_names<'a>(groups: &'a LayerTensorGroups, part: &LayerPart) -> Vec<&'a str> {
+    let num_experts = groups.experts.len();
+    let mut names: Vec<&str> = Vec::new();
+    if part.runs_attention() {
+        names.extend(groups.attention.iter().map(String::as_str));
+    }
+    if part.runs_feed_forward() {
+        names.extend(groups.routing.iter().map(String::as_str));
+        for expert in part.experts(num_experts) {
+            names.extend(groups.experts[expert].iter().map(String::as_str));
+        }
+        if part.finishes_feed_forward(num_experts) {
+            names.extend(groups.last.iter().map(String::as_str));
+        }
+    }
+    names
+}
+
+/// Stored bytes (staging layout, 256-byte aligned) and converted bytes of one tensor: 1-D
+/// tensors become f32; matrices become the GEMM dtype unless stored in it.
+pub fn tensor_bytes(
+    shape: &[usize],
+    dtype: TensorDtype,
+    byte_len: u64,
+    gemm: GemmDtype,
+) -> (u64, u64) {
+    let numel: u64 = shape.iter().map(|&d| d as u64).product();
+    let converted = if shape.len() == 1 {
+        align(numel * 4)
+    } else {
+        match (gemm, dtype) {
+            (GemmDtype::Bf16, TensorDtype::Bf16) | (GemmDtype::F32, TensorDtype::F32) => 0,
+            (GemmDtype::Bf16, _) => align(numel * 2),
+            (GemmDtype::F32, _) => align(numel * 4),
+        }
+    };
+    (align(byte_len), converted)
+}
+
+fn align(bytes: u64) -> u64 {
+    bytes.div_ceil(TENSOR_ALIGN) * TENSOR_ALIGN
+}
+
+/// Stored and converted bytes of each group of a layer, looked up once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Bytes {
+    /// As stored (staging).
+    pub stored: u64,
+    /// Converted on the device.
+    pub converted: u64,
+}
+
+impl std::ops::Add for Bytes {
+    type Output = Bytes;
+    fn add(self, other: Bytes) -> Bytes {
+        Bytes {
+            stored: self.stored + other.stored,
+            converted: self.converted + other.converted,
+        }
+    }
+}
+
+/// The byte sizes of a layer's groups.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct GroupBytes {
+    attention: Bytes,
+    routing: Bytes,
+    last: Bytes,
+    experts: Vec<Bytes>,
+}
+
+impl GroupBytes {
+    /// Sizes the groups from the inventory (`index`: the inventory by name).
+    pub fn new(
+        index: &HashMap<&str, &TensorEntry>,
+        groups: &LayerTensorGroups,
+        gemm: GemmDtype,
+    ) -> Self {
+        let sum = |names: &[String]| {
+            names
+                .iter()
+                .filter_map(|n| index.get(n.as_str()))
+                .map(|t| {
+                    let (stored, converted) = tensor_bytes(&t.shape, t.dtype, t.byte_len, gemm);
+                    Bytes { stored, converted }
+                })
+                .fold(Bytes::default(), |a, b| a + b)
+        };
+        GroupBytes {
+            attention: sum(&groups.attention),
+            routing: sum(&groups.routing),
+            last: sum(&groups.last),
+            experts: groups.experts.iter().map(|e| sum(e)).collect(),
+        }
+    }
+
+    /// The bytes of one part.
+    pub fn part(&self, part: &LayerPart) -> Bytes {
+        let num_experts = self.experts.len();
+        let mut bytes = Bytes::default();
+        if part.runs_attention() {
+            bytes = bytes + self.attention;
+        }
+        if part.runs_feed_forward() {
+            bytes = bytes + self.routing;
+            for expert in part.experts(num_experts) {
+                bytes = bytes + self.experts[expert];
+            }
+            if part.finishes_feed_forward(num_experts) {
+                bytes = bytes + self.last;
+            }
+        }
+        bytes
+    }
+
+    /// Routed experts of the layer.
+    pub fn num_experts(&self) -> usize {
+        self.experts.len()
+    }
+}
+
+/// The inventory by tensor name (the planner's lookups stay linear in the tensor count).
+pub fn index_by_name(inventory: &Inventory) -> HashMap<&str, &TensorEntry> {
+    inventory
+        .tensors
+        .iter()
+        .map(|t| (t.name.as_str(), t))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_cover_every_expert_once_in_ascending_groups() {
+        let parts = split_parts(10, 4);
+        assert_eq!(parts[0], LayerPart::Attention);
+        let ranges: Vec<_> = parts[1..].iter().map(|p| p.experts(10)).collect();
+        assert_eq!(ranges, vec![0..4, 4..8, 8..10]);
+        assert!(parts[1].starts_feed_forward() && !parts[2].starts_feed_forward());
+        assert!(parts[3].finishes_feed_forward(10) && !parts[2].finishes_feed_forward(10));
+        assert!(needs_accumulator(&parts));
+        assert!(!needs_accumulator(&split_parts(10, 10)), "one expert part");
+        let dense = split_parts(0, 1);
+        assert_eq!(dense.len(), 2);
+        assert!(dense[1].starts_feed_forward() && dense[1].finishes_feed_forward(0));
+        assert_eq!(dense[1].describe(), "mlp");
+        assert_eq!(parts[2].describe(), "experts 4-7");
+        assert_eq!(
+            describe_parts(&parts),
+            "attention, experts 0-3, experts 4-7, experts 8-9"
+        );
+        assert_eq!(
+            describe_parts(&split_parts(10, 1)),
+            "attention, then 10 groups of up to 1 expert"
+        );
+        assert_eq!(split_parts(10, 1)[1].describe(), "expert 0");
+        assert_eq!(experts_per_part_candidates(8), vec![8, 4, 3, 2, 1]);
+        assert_eq!(experts_per_part_candidates(0), vec![1]);
+    }
+
+    #[test]
+    fn part_names_put_the_shared_tensors_in_the_last_part_and_routing_in_every_part() {
+        let groups = LayerTensorGroups {
+            attention: vec!["q".into()],
+            routing: vec!["router".into()],
+            last: vec!["shared".into()],
+            experts: (0..4).map(|e| vec![format!("e{e}")]).collect(),
+        };
+        let parts = split_parts(4, 2);
+        assert_eq!(part_tensor_names(&groups, &parts[0]), vec!["q"]);
+        assert_eq!(
+            part_tensor_names(&groups, &parts[1]),
+            vec!["router", "e0", "e1"]
+        );
+        assert_eq!(
+            part_tensor_names(&groups, &parts[2]),
+            vec!["router", "e2", "e3", "shared"]
+        );
+        let mut whole = part_tensor_names(&groups, &LayerPart::Whole);
+        whole.sort();
+        assert_eq!(whole, vec!["e0", "e1", "e2", "e3", "q", "router", "shared"]);
+    }
+}
