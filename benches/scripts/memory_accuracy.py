@@ -10,9 +10,12 @@ measured peak minus the plan's regions.
 Usage: memory_accuracy.py LAYERSTREAM DATA_FILE TINY_MODEL MODEL_DIR:BUDGET[,BUDGET...] ...
 A budget of `binding` stands for three budgets 2% above the plan's peak with 1, 2 and 4
 sequences per micro-batch, so that the budget decides the micro-batch.
-Prints a markdown table; exit status 1 if a row misses 5% or exceeds its budget.
+ACCURACY_LOG=FILE appends each run's stderr to FILE.
+Prints a markdown table (parts per layer: 1 when layers stream whole, more when the plan
+splits them); exit status 1 if a row misses 5% or exceeds its budget.
 """
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -91,17 +94,21 @@ def main():
             out = f"/tmp/acc-{len(rows)}"
             measured, stderr = measure(handle, [layerstream, "analyze", "--model", model, "--data", data, "--device", "cuda",
                                                "--vram", budget, "--overhead", str(overhead), "--out", out, "--restart"])
+            if os.environ.get("ACCURACY_LOG"):
+                with open(os.environ["ACCURACY_LOG"], "a") as log:
+                    log.write(f"== {model} --vram {budget}: predicted {predicted}, measured {measured}\n{stderr}\n")
             error = (predicted - measured) / measured
             budget_bytes = e["budget_bytes"]
             ok = abs(error) <= 0.05 and measured <= budget_bytes
             failed |= not ok
             halved = "yes" if "micro-batch" in stderr and "->" in stderr else "no"
             shown = budget if not budget.isdigit() else gib(int(budget))
+            parts = len(e["plan"]["layers"][0]["parts"])
             rows.append(f"| {e['model_type']} ({e['num_layers']} layers) | {shown} | {e['plan']['micro_batch_sequences']} | "
-                        f"{e['plan']['hidden_placement']} | {gib(predicted)} | {gib(measured)} | {error * 100:+.1f}% | "
+                        f"{e['plan']['hidden_placement']} | {parts} | {gib(predicted)} | {gib(measured)} | {error * 100:+.1f}% | "
                         f"{'yes' if measured <= budget_bytes else 'NO'} | {halved} |")
-    print("| model | --vram | micro-batch | hidden states | predicted peak | measured peak | error | within budget | halved |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| model | --vram | micro-batch | hidden states | parts per layer | predicted peak | measured peak | error | within budget | halved |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     print("\n".join(rows))
     sys.exit(1 if failed else 0)
 

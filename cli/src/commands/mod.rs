@@ -95,6 +95,12 @@ pub fn print_transfer(summary: &RunSummary) {
             t.reader_wait_seconds
         );
     }
+    if let Some(peak) = summary.peak_reserved_bytes {
+        eprintln!(
+            "device memory: the run's regions peaked at {} (without the CUDA context)",
+            layerstream_planner::ByteSize(peak)
+        );
+    }
 }
 
 /// Creates the output folder and proves it can be written, before any work starts.

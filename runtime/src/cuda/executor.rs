@@ -109,15 +109,31 @@ pub fn run(
     for buffer in staging_buffers(&gpu.context, staging_bytes)? {
         free_tx.send(buffer).expect("receiver alive");
     }
+    // The two device staging buffers, allocated once: a layer (or part) computes from one
+    // while the next is uploaded into the other.
+    let _staging_reservation = budget.reserve(
+        &format!("two staging buffers of {staging_bytes} bytes"),
+        2 * staging_bytes as u64,
+    )?;
+    let (device_free_tx, device_free_rx) = bounded::<CudaSlice<u8>>(2);
+    for _ in 0..2 {
+        // SAFETY: every upload writes the bytes its layout uses before any kernel reads them.
+        let buffer =
+            unsafe { copy_stream.alloc::<u8>(staging_bytes.max(1)) }.map_err(KernelError::from)?;
+        device_free_tx.send(buffer).expect("receiver alive");
+    }
     let copy_threads = std::thread::available_parallelism()
         .map_or(4, |n| n.get())
         .min(8);
     let uploads = Uploads {
         ready: ready_rx,
         free: free_tx,
+        device_free: device_free_rx,
         copy_stream: &copy_stream,
-        budget: &budget,
     };
+    // The micro-batch buffers live across layers and parts; they are made again only after
+    // an out-of-memory halved the micro-batch.
+    let mut scratch: Option<DeviceScratch> = None;
     std::thread::scope(|scope| -> Result<()> {
         scope.spawn(|| read_layers(&model.weights, &layouts, free_rx, ready_tx, copy_threads));
         let mut next = if layouts.is_empty() {
@@ -134,7 +150,14 @@ pub fn run(
             let mut accumulators = statistics_accumulators(gpu, spec, request, layer, &budget)?;
             for part in &parts {
                 let (raw, layout) = next.take().expect("uploaded ahead");
-                let weights = DeviceLayer::from_staged(gpu, raw, &layout, compute, &budget)?;
+                let weights = DeviceLayer::from_staged(
+                    gpu,
+                    raw,
+                    device_free_tx.clone(),
+                    &layout,
+                    compute,
+                    &budget,
+                )?;
                 // The next layer (or part) goes up on the copy stream while this one computes.
                 if next_index < layouts.len() {
                     next = Some(uploads.next(next_index, &mut transfers)?);
@@ -146,9 +169,9 @@ pub fn run(
                     // so an out-of-memory here is retried with half the micro-batch, from this
                     // sequence on.
                     let rows = micro_batch * seq_len;
-                    let mut scratch =
+                    if scratch.is_none() {
                         match DeviceScratch::new(gpu, spec, &shapes, rows, &budget, layer) {
-                            Ok(scratch) => scratch,
+                            Ok(made) => scratch = Some(made),
                             Err(error) if is_out_of_memory(&error) => {
                                 let halved =
                                     halve_micro_batch(layer, micro_batch, &error, seq_len)?;
@@ -162,7 +185,9 @@ pub fn run(
                                 continue;
                             }
                             Err(error) => return Err(error),
-                        };
+                        }
+                    }
+                    let scratch = scratch.as_mut().expect("made above");
                     while next_sequence < request.num_sequences {
                         let sequences = micro_batch.min(request.num_sequences - next_sequence);
                         let range =
@@ -197,7 +222,7 @@ pub fn run(
                             &inv_freq,
                             batch,
                             accumulator.as_mut(),
-                            &mut scratch,
+                            scratch,
                             &mut sink,
                         )?;
                         if let (Some((_, states)), true) = (&mut ff_accumulator, accumulates(layer))
@@ -223,6 +248,7 @@ pub fn run(
         }
         Ok(())
     })?;
+    drop(scratch);
     drop(ff_accumulator);
     drop(uploads);
     summary.transfer = Some(transfers.finish()?);
@@ -307,8 +333,8 @@ struct Accumulator {
 struct Uploads<'a> {
     ready: Receiver<Result<StagedLayer>>,
     free: Sender<StagingBuffer>,
+    device_free: Receiver<CudaSlice<u8>>,
     copy_stream: &'a Arc<CudaStream>,
-    budget: &'a Arc<Budget>,
 }
 
 impl Uploads<'_> {
@@ -316,15 +342,8 @@ impl Uploads<'_> {
         &self,
         index: usize,
         transfers: &mut TransferLog,
-    ) -> Result<((CudaSlice<u8>, Reservation), LayerLayout)> {
-        upload_next(
-            index,
-            &self.ready,
-            &self.free,
-            self.copy_stream,
-            self.budget,
-            transfers,
-        )
+    ) -> Result<(CudaSlice<u8>, LayerLayout)> {
+        upload_next(index, self, transfers)
     }
 }
 
@@ -333,12 +352,15 @@ impl Uploads<'_> {
 /// on the upload's event before refilling).
 fn upload_next(
     index: usize,
-    ready: &Receiver<Result<StagedLayer>>,
-    free: &Sender<StagingBuffer>,
-    copy_stream: &Arc<CudaStream>,
-    budget: &Arc<Budget>,
+    uploads: &Uploads,
     transfers: &mut TransferLog,
-) -> Result<((CudaSlice<u8>, Reservation), LayerLayout)> {
+) -> Result<(CudaSlice<u8>, LayerLayout)> {
+    let Uploads {
+        ready,
+        free,
+        device_free,
+        copy_stream,
+    } = uploads;
     let waiting = Instant::now();
     let staged = ready
         .recv()
@@ -351,34 +373,37 @@ fn upload_next(
         )));
     }
     let bytes = staged.layout.bytes;
-    let what = format!(
-        "{} staging buffer",
-        staged.layout.part.owner(staged.layout.layer)
-    );
-    let reservation = budget.reserve(&what, bytes as u64)?;
-    // SAFETY: the upload below writes every byte the layout uses before any kernel reads.
-    let mut raw = unsafe { copy_stream.alloc::<u8>(bytes.max(1)) }.map_err(KernelError::from)?;
+    // One buffer is computed from, the other came back when the layer before it was dropped.
+    let mut raw = device_free.try_recv().map_err(|_| {
+        RuntimeError::InvalidRequest(format!(
+            "no device staging buffer is free for upload {index} ({})",
+            staged.layout.part.owner(staged.layout.layer)
+        ))
+    })?;
     let timing = Some(CUevent_flags::CU_EVENT_DEFAULT);
-    let start = copy_stream
-        .record_event(timing)
-        .map_err(KernelError::from)?;
-    {
+    let (start, end) = {
         let source = &staged.buffer.pinned.as_slice().map_err(KernelError::from)?[..bytes];
+        // The copy stream first waits for the kernels that last read this buffer (cudarc's
+        // event tracking); the timing starts after that wait.
         let (destination, _recorded) = raw.device_ptr_mut(copy_stream);
+        let start = copy_stream
+            .record_event(timing)
+            .map_err(KernelError::from)?;
         // SAFETY: `raw` holds `bytes` bytes; the pinned source stays alive and untouched
         // until the reader has waited on `upload_done` below.
         unsafe { memcpy_htod_async(destination, source, copy_stream.cu_stream()) }
             .map_err(KernelError::from)?;
-    }
-    let end = copy_stream
-        .record_event(timing)
-        .map_err(KernelError::from)?;
+        let end = copy_stream
+            .record_event(timing)
+            .map_err(KernelError::from)?;
+        (start, end)
+    };
     transfers.copies.push((start, end, bytes));
     let mut buffer = staged.buffer;
     buffer.upload_done = Some(copy_stream.record_event(None).map_err(KernelError::from)?);
     // The reader may have finished already; then the buffer is simply dropped.
     let _ = free.send(buffer);
-    Ok(((raw, reservation), staged.layout))
+    Ok((raw, staged.layout))
 }
 
 /// Measurements of the weight uploads.

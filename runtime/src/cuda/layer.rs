@@ -61,7 +61,7 @@ impl DeviceScratch {
             .map(|s| activation_bytes(s, rows))
             .fold((0, 0), |(b, m), (b2, m2)| (b.max(b2), m.max(m2)));
         let reservation = budget.reserve(
-            &format!("layer {layer}'s micro-batch buffers ({rows} tokens)"),
+            &format!("the micro-batch buffers ({rows} tokens, made at layer {layer})"),
             block + moe,
         )?;
         let dense_width = shapes

@@ -1,6 +1,7 @@
-//! Layer weights on the device. A layer owns the staging buffer its bytes were uploaded
-//! into: matrices already stored in the GEMM dtype are used there in place; other matrices
-//! are converted to the GEMM dtype and 1-D tensors to f32 (the planner's `converted` region).
+//! Layer weights on the device. A layer holds the device staging buffer its bytes were
+//! uploaded into (one of two, allocated once per run): matrices already stored in the GEMM
+//! dtype are used there in place; other matrices are converted to the GEMM dtype and 1-D
+//! tensors to f32 (the planner's `converted` region).
 
 use super::ComputeDtype;
 use super::staging::LayerLayout;
@@ -15,6 +16,7 @@ use layerstream_kernels::ops::convert::{StoredDtype, f32_to_bf16, half_to_f32};
 use layerstream_kernels::{Gpu, KernelError};
 use layerstream_planner::split::tensor_bytes;
 use layerstream_planner::{TensorDtype, TensorEntry};
+use crossbeam::channel::Sender;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -61,12 +63,24 @@ enum Placed {
     Converted(DeviceMatrix),
 }
 
-/// One layer's weights on the device.
+/// One layer's (or split part's) weights on the device. It holds one of the run's two
+/// device staging buffers and gives it back when dropped.
 pub struct DeviceLayer {
-    raw: CudaSlice<u8>,
+    raw: Option<CudaSlice<u8>>,
+    give_back: Sender<CudaSlice<u8>>,
     matrices: BTreeMap<WeightRole, Placed>,
     vectors: BTreeMap<WeightRole, CudaSlice<f32>>,
-    _reservations: Vec<Reservation>,
+    _converted_reservation: Reservation,
+}
+
+impl Drop for DeviceLayer {
+    fn drop(&mut self) {
+        // Uploads into it wait on the events of this layer's kernels (cudarc's tracking),
+        // so it can be refilled as soon as it is back. The executor may have stopped.
+        if let Some(raw) = self.raw.take() {
+            let _ = self.give_back.send(raw);
+        }
+    }
 }
 
 impl DeviceLayer {
@@ -75,12 +89,12 @@ impl DeviceLayer {
     /// after the upload.
     pub fn from_staged(
         gpu: &Gpu,
-        raw: (CudaSlice<u8>, Reservation),
+        raw: CudaSlice<u8>,
+        give_back: Sender<CudaSlice<u8>>,
         layout: &LayerLayout,
         compute: ComputeDtype,
         budget: &Arc<Budget>,
     ) -> Result<Self> {
-        let (raw, raw_reservation) = raw;
         let converted_bytes: u64 = layout
             .tensors
             .iter()
@@ -116,10 +130,11 @@ impl DeviceLayer {
             matrices.insert(tensor.role, placed);
         }
         Ok(DeviceLayer {
-            raw,
+            raw: Some(raw),
+            give_back,
             matrices,
             vectors,
-            _reservations: vec![raw_reservation, converted_reservation],
+            _converted_reservation: converted_reservation,
         })
     }
 
@@ -132,7 +147,11 @@ impl DeviceLayer {
         {
             Placed::Converted(m) => m.all(),
             Placed::InPlace(offset, n, dtype) => {
-                let bytes = self.raw.slice(*offset..);
+                let bytes = self
+                    .raw
+                    .as_ref()
+                    .expect("held until dropped")
+                    .slice(*offset..);
                 match dtype {
                     TensorDtype::Bf16 => MatrixRows::Bf16(reinterpret(&bytes, *n)),
                     _ => MatrixRows::F32(reinterpret(&bytes, *n)),
