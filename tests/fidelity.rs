@@ -1,6 +1,7 @@
 //! Every fixture family against PyTorch transformers: the packed workload, every capture
 //! point of every layer, the logits, and the next-token NLL / loss that `score` reports.
 
+use layerstream_planner::memory::HiddenPlacement;
 use layerstream_runtime::CaptureMode;
 use layerstream_runtime::backend::Backend;
 use layerstream_runtime::cpu::CpuBackend;
@@ -39,7 +40,8 @@ fn run_fixture_split(
         micro_batch_sequences,
         start: None,
         checkpoint_hidden_states: false,
-        hidden_states_on_host: false,
+        hidden_placement: HiddenPlacement::Device,
+        spill_dir: None,
         memory_budget: None,
         split_layers: experts_per_part
             .map(|n| split_every_layer(&model, n))
@@ -150,6 +152,51 @@ fn split_layers_give_the_unsplit_results_bit_for_bit() {
     }
 }
 
+/// Hidden states in a file (the planner's `disk` placement), with whole and split layers,
+/// give the in-memory results bit for bit, and the file is gone afterwards.
+#[test]
+fn hidden_states_on_disk_give_the_same_results() {
+    for name in ["llama3", "olmoe", "qwen2_moe"] {
+        let (_, memory) = run_fixture(name, FinalStage::Logits, 2);
+        for experts_per_part in [None, Some(1)] {
+            let spill = tempfile::tempdir().unwrap();
+            let reference = Reference::load(name);
+            let model = Model::open(&fixture_model(name)).unwrap();
+            let request = RunRequest {
+                token_ids: reference.input_ids.clone(),
+                num_sequences: reference.num_sequences,
+                seq_len: reference.seq_len,
+                capture_layers: (0..model.spec.num_layers).collect(),
+                capture_points: CapturePoint::ALL.to_vec(),
+                capture_mode: CaptureMode::Activations,
+                final_stage: FinalStage::Logits,
+                micro_batch_sequences: 2,
+                start: None,
+                checkpoint_hidden_states: false,
+                hidden_placement: HiddenPlacement::Disk,
+                spill_dir: Some(spill.path().to_path_buf()),
+                memory_budget: None,
+                split_layers: experts_per_part
+                    .map(|n| split_every_layer(&model, n))
+                    .unwrap_or_default(),
+            };
+            let mut kept = KeepEverything::default();
+            run(
+                &model,
+                &request,
+                &Backend::Cpu(CpuBackend::new(Some(2))),
+                &mut kept,
+            )
+            .unwrap();
+            kept.assert_identical(
+                &memory,
+                &format!("{name} on disk, split {experts_per_part:?}"),
+            );
+            assert_eq!(std::fs::read_dir(spill.path()).unwrap().count(), 0);
+        }
+    }
+}
+
 #[test]
 fn only_layers_up_to_the_last_captured_one_run() {
     let reference = Reference::load("llama3");
@@ -165,7 +212,8 @@ fn only_layers_up_to_the_last_captured_one_run() {
         micro_batch_sequences: 1,
         start: None,
         checkpoint_hidden_states: false,
-        hidden_states_on_host: false,
+        hidden_placement: HiddenPlacement::Device,
+        spill_dir: None,
         memory_budget: None,
         split_layers: Default::default(),
     };

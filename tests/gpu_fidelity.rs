@@ -2,6 +2,7 @@
 //! analysis statistics of `--device cuda` against `--device cpu`. Without a GPU each test
 //! says it skipped; with LAYERSTREAM_REQUIRE_GPU=1 it fails instead.
 
+use layerstream_planner::memory::HiddenPlacement;
 use layerstream_runtime::analysis::PointStatistics;
 use layerstream_runtime::backend::Backend;
 use layerstream_runtime::cpu::CpuBackend;
@@ -42,7 +43,8 @@ fn request(
         micro_batch_sequences: micro_batch,
         start: None,
         checkpoint_hidden_states: false,
-        hidden_states_on_host: false,
+        hidden_placement: HiddenPlacement::Device,
+        spill_dir: None,
         memory_budget: None,
         split_layers: BTreeMap::new(),
     }
@@ -255,7 +257,7 @@ fn hidden_states_in_host_memory_give_the_same_results() {
             FinalStage::Logits,
             1,
         );
-        req.hidden_states_on_host = true;
+        req.hidden_placement = HiddenPlacement::PinnedHost;
         let mut kept = KeepEverything::default();
         run(&model, &req, &backend, &mut kept).unwrap();
         for layer in 0..layers {
@@ -274,8 +276,9 @@ fn hidden_states_in_host_memory_give_the_same_results() {
     }
 }
 
-/// Layers split into attention and expert groups on the GPU (accumulator on the device, and
-/// in pinned host memory with the hidden states) give the unsplit results bit for bit.
+/// Layers split into attention and expert groups on the GPU (accumulator on the device, in
+/// pinned host memory or in a file, with the hidden states), and hidden states in a file,
+/// give the results of whole layers on the device bit for bit.
 #[test]
 fn split_layers_give_the_unsplit_results_bit_for_bit_on_cuda() {
     let Some(backend) = cuda(ComputeChoice::F32, "cuda split layers") else {
@@ -294,17 +297,37 @@ fn split_layers_give_the_unsplit_results_bit_for_bit_on_cuda() {
         );
         let mut whole = KeepEverything::default();
         run(&model, &whole_request, &backend, &mut whole).unwrap();
-        for (experts_per_part, on_host) in [(1, false), (3, false), (1, true)] {
+        let spill = tempfile::tempdir().unwrap();
+        for (experts_per_part, placement) in [
+            (Some(1), HiddenPlacement::Device),
+            (Some(3), HiddenPlacement::Device),
+            (Some(1), HiddenPlacement::PinnedHost),
+            (Some(1), HiddenPlacement::Disk),
+            (None, HiddenPlacement::Disk),
+        ] {
             let mut req = whole_request.clone();
-            req.split_layers = split_every_layer(&model, experts_per_part);
-            req.hidden_states_on_host = on_host;
+            if let Some(n) = experts_per_part {
+                req.split_layers = split_every_layer(&model, n);
+            }
+            req.hidden_placement = placement;
+            req.spill_dir = Some(spill.path().to_path_buf());
             let mut split = KeepEverything::default();
             run(&model, &req, &backend, &mut split).unwrap();
             split.assert_identical(
                 &whole,
-                &format!("cuda {name} split {experts_per_part} host {on_host}"),
+                &format!("cuda {name} split {experts_per_part:?} {placement:?}"),
             );
-            assert_eq!(split.split, split.layers_done, "{name}: every layer split");
+            let expected_split = if experts_per_part.is_some() {
+                split.layers_done.clone()
+            } else {
+                Vec::new()
+            };
+            assert_eq!(split.split, expected_split, "{name}: split layers");
         }
+        assert_eq!(
+            std::fs::read_dir(spill.path()).unwrap().count(),
+            0,
+            "workload files are deleted"
+        );
     }
 }

@@ -8,7 +8,8 @@ overhead (CUDA context, cuBLAS, modules) is calibrated first from a run of a tin
 measured peak minus the plan's regions.
 
 Usage: memory_accuracy.py LAYERSTREAM DATA_FILE TINY_MODEL MODEL_DIR:BUDGET[,BUDGET...] ...
-A budget of `binding` stands for three budgets 2% above the plan's peak with 1, 2 and 4
+A budget may carry a host budget, `1.4GiB/ram=100MiB` (passed as --ram to both commands; one
+that cannot hold the hidden states puts them on disk). A budget of `binding` stands for three budgets 2% above the plan's peak with 1, 2 and 4
 sequences per micro-batch, so that the budget decides the micro-batch.
 ACCURACY_LOG=FILE appends each run's stderr to FILE.
 Prints a markdown table (parts per layer: 1 when layers stream whole, more when the plan
@@ -88,12 +89,14 @@ def main():
     for spec in sys.argv[4:]:
         model, budgets = spec.split(":")
         budgets = [b for item in budgets.split(",") for b in (binding_budgets(layerstream, model, overhead) if item == "binding" else [item])]
-        for budget in budgets:
-            e = estimate(layerstream, model, budget, overhead)
+        for item in budgets:
+            budget, _, ram = item.partition("/ram=")
+            extra = ["--ram", ram] if ram else []
+            e = estimate(layerstream, model, budget, overhead, extra)
             predicted = e["plan"]["peak_bytes"]
             out = f"/tmp/acc-{len(rows)}"
             measured, stderr = measure(handle, [layerstream, "analyze", "--model", model, "--data", data, "--device", "cuda",
-                                               "--vram", budget, "--overhead", str(overhead), "--out", out, "--restart"])
+                                               "--vram", budget, "--overhead", str(overhead), "--out", out, "--restart", *extra])
             if os.environ.get("ACCURACY_LOG"):
                 with open(os.environ["ACCURACY_LOG"], "a") as log:
                     log.write(f"== {model} --vram {budget}: predicted {predicted}, measured {measured}\n{stderr}\n")
@@ -102,7 +105,7 @@ def main():
             ok = abs(error) <= 0.05 and measured <= budget_bytes
             failed |= not ok
             halved = "yes" if "micro-batch" in stderr and "->" in stderr else "no"
-            shown = budget if not budget.isdigit() else gib(int(budget))
+            shown = (budget if not budget.isdigit() else gib(int(budget))) + (f" (--ram {ram})" if ram else "")
             parts = len(e["plan"]["layers"][0]["parts"])
             rows.append(f"| {e['model_type']} ({e['num_layers']} layers) | {shown} | {e['plan']['micro_batch_sequences']} | "
                         f"{e['plan']['hidden_placement']} | {parts} | {gib(predicted)} | {gib(measured)} | {error * 100:+.1f}% | "

@@ -49,7 +49,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             micro_batch_sequences: micro_batch,
             start: None,
             checkpoint_hidden_states: false,
-            hidden_states_on_host: false,
+            hidden_placement: layerstream_planner::memory::HiddenPlacement::Device,
+            spill_dir: None,
             memory_budget: None,
             split_layers: Default::default(),
         };

@@ -135,8 +135,11 @@ pub struct PlanArgs {
     /// inside it (micro-batch size, where hidden states live) and refused if it cannot.
     #[arg(long, value_name = "SIZE")]
     pub vram: Option<ByteSize>,
-    /// Host memory budget of the CPU backend's regions (hidden states, a layer's weights in
-    /// f32, micro-batch buffers); an allocation past it halves the micro-batch.
+    /// Host memory budget. On the CPU backend: its regions (hidden states, a layer's weights
+    /// in f32, micro-batch buffers); past it the micro-batch halves, a layer splits, the
+    /// hidden states move to a file in the output folder. With --vram: the pinned host
+    /// memory the plan may use for the hidden states before it puts them in a file. Default
+    /// with --vram: 80% of the memory this machine has available now.
     #[arg(long, value_name = "SIZE")]
     pub ram: Option<ByteSize>,
     /// CUDA context, cuBLAS and kernel modules, counted in the budget (0.61 GiB measured on

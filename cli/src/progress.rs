@@ -71,8 +71,13 @@ impl RunObserver for WithProgress<'_> {
         self.inner.wants_hidden_states(layer)
     }
 
-    fn on_hidden_states(&mut self, layer: usize, hidden_states: &[f32]) {
-        self.inner.on_hidden_states(layer, hidden_states);
+    fn on_hidden_states(&mut self, layer: usize, hidden_states: &[f32], in_file: bool) {
+        self.inner.on_hidden_states(layer, hidden_states, in_file);
+    }
+
+    fn on_notice(&mut self, message: &str) {
+        self.bar.suspend(|| eprintln!("{message}"));
+        self.inner.on_notice(message);
     }
 
     fn take_failure(&mut self) -> Option<RuntimeError> {

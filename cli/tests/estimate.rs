@@ -25,7 +25,7 @@ fn estimate_json_matches_its_schema() {
         home.path(),
     ));
     let e: Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(e["schema_version"], 2);
+    assert_eq!(e["schema_version"], 3);
     for key in ["model", "model_type", "gemm_dtype"] {
         assert!(e[key].is_string(), "{key}");
     }
@@ -69,7 +69,12 @@ fn estimate_json_matches_its_schema() {
         regions["moe"].as_u64().unwrap() > 0,
         "an MoE model plans MoE buffers"
     );
-    assert!(["device", "pinned_host"].contains(&plan["hidden_placement"].as_str().unwrap()));
+    assert!(
+        ["device", "pinned_host", "disk"].contains(&plan["hidden_placement"].as_str().unwrap())
+    );
+    for key in ["host_bytes", "disk_bytes"] {
+        assert!(plan[key].is_u64(), "{key}");
+    }
     assert!(plan["micro_batch_sequences"].as_u64().unwrap() >= 1);
     assert_eq!(plan["layers"].as_array().unwrap().len(), 2);
     assert_eq!(

@@ -10,7 +10,7 @@ pub mod micro_batch;
 pub mod progress;
 pub mod split;
 
-pub use atomic::write_atomically;
+pub use atomic::{write_atomically, write_atomically_with};
 pub use budget::{ByteSize, ParseByteSizeError};
 pub use inventory::{ExpertSlot, Inventory, TensorClass, TensorDtype, TensorEntry};
 pub use micro_batch::micro_batch_sequences;

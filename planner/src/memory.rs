@@ -100,6 +100,16 @@ pub enum HiddenPlacement {
     Device,
     /// In pinned host memory, one micro-batch on the device at a time.
     PinnedHost,
+    /// In a file in the output folder, mapped into memory (the OS pages it in and out), one
+    /// micro-batch on the device at a time: when they do not fit the host budget either.
+    Disk,
+}
+
+impl HiddenPlacement {
+    /// Whether the device holds only one micro-batch of them.
+    pub fn off_device(self) -> bool {
+        self != HiddenPlacement::Device
+    }
 }
 
 /// Bytes of each region.
@@ -182,6 +192,14 @@ pub struct MemoryPlan {
     pub hidden_placement: HiddenPlacement,
     /// Layers that stream in parts because they do not fit whole.
     pub split_layers: Vec<usize>,
+    /// The host budget the placement was decided against (`None`: unlimited).
+    pub host_budget_bytes: Option<u64>,
+    /// Pinned host memory the run takes: two staging buffers, and the hidden states (and
+    /// accumulator) when they live there.
+    pub host_bytes: u64,
+    /// Bytes of the files holding the hidden states (and accumulator) on disk (0 unless
+    /// `hidden_placement` is `disk`).
+    pub disk_bytes: u64,
     /// Region sizes; their total is the peak.
     pub regions: Regions,
     /// Peak device bytes (= regions.total()).
@@ -358,14 +376,15 @@ fn layer_units(groups: &[GroupBytes], cut: Cut) -> Vec<Vec<(LayerPart, Bytes)>> 
 
 /// Plans a run: the largest micro-batch (up to the target) whose regions fit `budget_bytes`.
 /// Preference: hidden states on the device, layers whole; on the device, layers split; in
-/// pinned host memory, layers whole; in pinned host memory, layers split. Among splits, the
-/// largest micro-batch, then the fewest parts.
+/// pinned host memory (when they fit `host_budget` there), layers whole, then split; on disk,
+/// layers whole, then split. Among splits, the largest micro-batch, then the fewest parts.
 pub fn plan(
     inventory: &Inventory,
     layers: &[LayerShapes],
     workload: &Workload,
     gemm: GemmDtype,
     budget: Option<u64>,
+    host_budget: Option<u64>,
     overhead_bytes: u64,
 ) -> Result<MemoryPlan, PlanError> {
     let budget_bytes = budget.unwrap_or(u64::MAX);
@@ -399,7 +418,7 @@ pub fn plan(
         };
         let workload_rows = match placement {
             HiddenPlacement::Device => tokens,
-            HiddenPlacement::PinnedHost => rows as u64,
+            HiddenPlacement::PinnedHost | HiddenPlacement::Disk => rows as u64,
         };
         let accumulates = units
             .iter()
@@ -424,7 +443,37 @@ pub fn plan(
     };
     let target = (workload.target_micro_batch_tokens / workload.seq_len.max(1))
         .clamp(1, workload.sequences.max(1));
+    // Outside the device: the workload's hidden states (and accumulator), in pinned host
+    // memory or on disk; the pinned staging buffers are always on the host.
+    let workload_bytes = |units: &[Vec<(LayerPart, Bytes)>]| {
+        let copies = if units
+            .iter()
+            .any(|p| needs_accumulator(p.iter().map(|(p, _)| p)))
+        {
+            2
+        } else {
+            1
+        };
+        copies * tokens * width * 4
+    };
+    let host_bytes_for = |units: &[Vec<(LayerPart, Bytes)>], placement: HiddenPlacement| {
+        let staging = units
+            .iter()
+            .flatten()
+            .map(|(_, b)| b.stored)
+            .max()
+            .unwrap_or(0);
+        2 * staging
+            + match placement {
+                HiddenPlacement::PinnedHost => workload_bytes(units),
+                HiddenPlacement::Device | HiddenPlacement::Disk => 0,
+            }
+    };
+    let host_limit = host_budget.unwrap_or(u64::MAX);
     let largest_fitting = |units: &[Vec<(LayerPart, Bytes)>], placement| {
+        if host_bytes_for(units, placement) > host_limit {
+            return None;
+        }
         (1..=target)
             .rev()
             .find(|&m| regions_for(units, m, placement).total() <= budget_bytes)
@@ -436,7 +485,11 @@ pub fn plan(
             .max()
             .unwrap_or(0),
     );
-    for placement in [HiddenPlacement::Device, HiddenPlacement::PinnedHost] {
+    for placement in [
+        HiddenPlacement::Device,
+        HiddenPlacement::PinnedHost,
+        HiddenPlacement::Disk,
+    ] {
         let whole = layer_units(&groups, Cut::Whole);
         let mut chosen = largest_fitting(&whole, placement).map(|m| (whole, m));
         if chosen.is_none() {
@@ -508,19 +561,26 @@ pub fn plan(
                     .filter(|(_, parts)| parts.len() > 1)
                     .map(|(l, _)| l)
                     .collect(),
+                host_budget_bytes: host_budget,
+                host_bytes: host_bytes_for(&units, placement),
+                disk_bytes: if placement == HiddenPlacement::Disk {
+                    workload_bytes(&units)
+                } else {
+                    0
+                },
                 peak_bytes: regions.total(),
                 regions,
                 layers: layer_plans,
             });
         }
     }
-    // Nothing fits: report the smallest arrangement (one sequence, hidden states on the
-    // host, whole or split at one expert per part, whichever needs less).
+    // Nothing fits: report the smallest arrangement (one sequence, hidden states off the
+    // device, whole or split at one expert per part, whichever needs less).
     let smallest = [Cut::Whole, Cut::Split(1)]
         .into_iter()
         .map(|cut| {
             let units = layer_units(&groups, cut);
-            let regions = regions_for(&units, 1, HiddenPlacement::PinnedHost);
+            let regions = regions_for(&units, 1, HiddenPlacement::Disk);
             (units, regions)
         })
         .min_by_key(|(_, r)| r.total())
@@ -656,6 +716,7 @@ mod tests {
             &workload(),
             GemmDtype::Bf16,
             Some(80 << 30),
+            None,
             DEFAULT_OVERHEAD_BYTES,
         )
         .unwrap();
@@ -672,6 +733,7 @@ mod tests {
             },
             GemmDtype::Bf16,
             Some(80 << 30),
+            None,
             DEFAULT_OVERHEAD_BYTES,
         )
         .unwrap();
@@ -681,6 +743,7 @@ mod tests {
             &workload(),
             GemmDtype::Bf16,
             Some(two.peak_bytes),
+            None,
             DEFAULT_OVERHEAD_BYTES,
         )
         .unwrap();
@@ -703,6 +766,7 @@ mod tests {
             },
             GemmDtype::Bf16,
             Some(80 << 30),
+            None,
             DEFAULT_OVERHEAD_BYTES,
         )
         .unwrap();
@@ -714,11 +778,30 @@ mod tests {
             &workload(),
             GemmDtype::Bf16,
             Some(budget),
+            None,
             DEFAULT_OVERHEAD_BYTES,
         )
         .unwrap();
         assert_eq!(host.hidden_placement, HiddenPlacement::PinnedHost);
         assert!(host.peak_bytes <= budget);
+        assert_eq!(host.host_bytes, host.regions.staging + whole_hidden);
+        assert_eq!(host.disk_bytes, 0);
+        // A host budget below the workload's hidden states: they go to disk, with the same
+        // device regions.
+        let disk = plan(
+            &inventory,
+            &shapes,
+            &workload(),
+            GemmDtype::Bf16,
+            Some(budget),
+            Some(whole_hidden / 2),
+            DEFAULT_OVERHEAD_BYTES,
+        )
+        .unwrap();
+        assert_eq!(disk.hidden_placement, HiddenPlacement::Disk);
+        assert_eq!(disk.regions, host.regions);
+        assert_eq!(disk.disk_bytes, whole_hidden);
+        assert_eq!(disk.host_bytes, disk.regions.staging);
     }
 
     #[test]
@@ -730,6 +813,7 @@ mod tests {
             &workload(),
             GemmDtype::Bf16,
             Some(512 << 20),
+            None,
             DEFAULT_OVERHEAD_BYTES,
         )
         .unwrap_err();
@@ -829,6 +913,7 @@ mod tests {
                 &small_workload(),
                 GemmDtype::Bf16,
                 Some(budget),
+                None,
                 overhead,
             )
         };
@@ -837,6 +922,7 @@ mod tests {
             &shapes,
             &small_workload(),
             GemmDtype::Bf16,
+            None,
             None,
             overhead,
         )
@@ -897,6 +983,7 @@ mod tests {
             &one_sequence,
             GemmDtype::Bf16,
             None,
+            None,
             DEFAULT_OVERHEAD_BYTES,
         )
         .unwrap();
@@ -908,6 +995,7 @@ mod tests {
             &one_sequence,
             GemmDtype::Bf16,
             Some(budget),
+            None,
             DEFAULT_OVERHEAD_BYTES,
         )
         .unwrap();

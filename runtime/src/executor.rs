@@ -10,8 +10,13 @@ use crate::capture::{CapturePoint, Routing};
 use crate::error::{Result, RuntimeError};
 use crate::layer_parts::check_parts;
 use crate::model::Model;
+use crate::workload_buffer::WorkloadBuffer;
+use layerstream_planner::memory::HiddenPlacement;
 use layerstream_planner::split::LayerPart;
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Seek, SeekFrom};
+use std::path::PathBuf;
 
 /// What happens after the last layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,9 +66,13 @@ pub struct RunRequest {
     pub start: Option<StartPoint>,
     /// Hand the hidden states to the observer after every layer (checkpoints).
     pub checkpoint_hidden_states: bool,
-    /// Keep the workload's hidden states in pinned host memory, one micro-batch on the
-    /// device at a time (GPU; the planner's `pinned_host` placement).
-    pub hidden_states_on_host: bool,
+    /// Where the workload's hidden states live (the plan's placement): on the device (CPU:
+    /// in memory), in pinned host memory (GPU), or in a file in `spill_dir`, one
+    /// micro-batch on the device at a time for the last two.
+    pub hidden_placement: HiddenPlacement,
+    /// Folder for workload-sized files when hidden states live on disk (the CPU backend
+    /// also moves them there when they do not fit --ram); `None`: never on disk.
+    pub spill_dir: Option<PathBuf>,
     /// Bytes the backend's regions may take (GPU: --vram less the context overhead; CPU:
     /// --ram); `None`: only the machine limits.
     pub memory_budget: Option<u64>,
@@ -78,7 +87,64 @@ pub struct StartPoint {
     /// The first layer to run.
     pub first_layer: usize,
     /// The hidden states entering it, `(num_sequences * seq_len, hidden)`.
-    pub hidden_states: Vec<f32>,
+    pub hidden_states: StartHidden,
+}
+
+/// The hidden states entering a resumed run's first layer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StartHidden {
+    /// In memory.
+    Values(Vec<f32>),
+    /// f32 little-endian values in a checkpoint file from `data_offset` on (read straight
+    /// into wherever the run keeps its hidden states; they may not fit in memory).
+    File {
+        /// The checkpoint.
+        path: PathBuf,
+        /// Where the values start.
+        data_offset: u64,
+    },
+}
+
+impl StartHidden {
+    /// How many values there are.
+    pub fn len(&self) -> Result<usize> {
+        match self {
+            StartHidden::Values(values) => Ok(values.len()),
+            StartHidden::File { path, data_offset } => {
+                let bytes = std::fs::metadata(path)
+                    .map_err(|e| RuntimeError::io("cannot read", path, e))?
+                    .len();
+                Ok((bytes.saturating_sub(*data_offset) / 4) as usize)
+            }
+        }
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> Result<bool> {
+        Ok(self.len()? == 0)
+    }
+
+    /// Copies them into `into`, which holds exactly as many values.
+    pub fn fill(&self, into: &mut [f32]) -> Result<()> {
+        match self {
+            StartHidden::Values(values) => into.copy_from_slice(values),
+            StartHidden::File { path, data_offset } => {
+                let read_error = |e| RuntimeError::io("cannot read", path, e);
+                let mut file = std::fs::File::open(path).map_err(read_error)?;
+                file.seek(SeekFrom::Start(*data_offset))
+                    .map_err(read_error)?;
+                let mut bytes = vec![0u8; 4 << 20];
+                for chunk in into.chunks_mut(bytes.len() / 4) {
+                    let bytes = &mut bytes[..chunk.len() * 4];
+                    file.read_exact(bytes).map_err(read_error)?;
+                    for (value, b) in chunk.iter_mut().zip(bytes.chunks_exact(4)) {
+                        *value = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Receives what the run produces. Every method has a default that ignores it.
@@ -114,8 +180,13 @@ pub trait RunObserver {
         false
     }
     /// The hidden states after `layer`, `(num_sequences * seq_len, hidden)`, when wanted;
-    /// called before `on_layer_done`.
-    fn on_hidden_states(&mut self, _layer: usize, _hidden_states: &[f32]) {}
+    /// called before `on_layer_done`. `in_file`: they are a mapped file (hidden states on
+    /// disk), so copying them into memory may not be possible; the next layer changes them
+    /// after this returns.
+    fn on_hidden_states(&mut self, _layer: usize, _hidden_states: &[f32], _in_file: bool) {}
+    /// Something about how the run goes that the person running it should see (hidden
+    /// states moved to disk).
+    fn on_notice(&mut self, _message: &str) {}
     /// Layer `layer` finished for the whole workload (`layers_to_run` in all).
     fn on_layer_done(&mut self, _layer: usize, _layers_to_run: usize, _tokens: usize) {}
     /// The micro-batch was halved after an out-of-memory at `layer` (`reason`); the run goes on
@@ -155,13 +226,18 @@ impl RunRequest {
         }
         if let Some(start) = &self.start {
             let expected = self.num_sequences * self.seq_len * spec.hidden_size;
-            if start.hidden_states.len() != expected || start.first_layer > spec.num_layers {
+            let given = start.hidden_states.len()?;
+            if given != expected || start.first_layer > spec.num_layers {
                 return Err(RuntimeError::InvalidRequest(format!(
-                    "saved hidden states of {} values cannot enter layer {} (expected {expected})",
-                    start.hidden_states.len(),
+                    "saved hidden states of {given} values cannot enter layer {} (expected {expected})",
                     start.first_layer
                 )));
             }
+        }
+        if self.hidden_placement == HiddenPlacement::Disk && self.spill_dir.is_none() {
+            return Err(RuntimeError::InvalidRequest(
+                "hidden states on disk need a folder for them (spill_dir)".into(),
+            ));
         }
         for (&layer, parts) in &self.split_layers {
             if layer >= spec.num_layers {
@@ -261,17 +337,18 @@ pub fn run(
 }
 
 /// Everything the observer is told once a layer is done; stops the run on its failure.
-pub(crate) fn finish_layer(
+pub(crate) fn finish_layer<'a>(
     observer: &mut dyn RunObserver,
     request: &RunRequest,
     layer: usize,
     layers_to_run: usize,
     statistics: &BTreeMap<CapturePoint, PointStatistics>,
-    hidden_states: impl FnOnce() -> Result<Vec<f32>>,
+    hidden_states: impl FnOnce() -> Result<HiddenSnapshot<'a>>,
 ) -> Result<()> {
     deliver_statistics(observer, layer, statistics);
     if request.checkpoint_hidden_states && observer.wants_hidden_states(layer) {
-        observer.on_hidden_states(layer, &hidden_states()?);
+        let snapshot = hidden_states()?;
+        observer.on_hidden_states(layer, &snapshot.values, snapshot.in_file);
     }
     observer.on_layer_done(
         layer,
@@ -282,6 +359,47 @@ pub(crate) fn finish_layer(
         Some(failure) => Err(failure),
         None => Ok(()),
     }
+}
+
+/// The hidden states after a layer, for a checkpoint.
+pub(crate) struct HiddenSnapshot<'a> {
+    /// Borrowed where they live on the host, copied from the device otherwise.
+    pub values: Cow<'a, [f32]>,
+    /// They are a mapped file.
+    pub in_file: bool,
+}
+
+impl<'a> HiddenSnapshot<'a> {
+    /// A snapshot of a host buffer.
+    pub fn of(buffer: &'a WorkloadBuffer) -> Self {
+        HiddenSnapshot {
+            values: Cow::Borrowed(buffer.as_slice()),
+            in_file: buffer.on_disk(),
+        }
+    }
+}
+
+/// The host buffer a run's hidden states start in: on disk in `request.spill_dir` when
+/// `on_disk`, in memory otherwise; filled with the embeddings, or the start point's states.
+pub(crate) fn initial_hidden_states(
+    model: &Model,
+    request: &RunRequest,
+    on_disk: bool,
+) -> Result<WorkloadBuffer> {
+    let len = request.num_sequences * request.seq_len * model.spec.hidden_size;
+    let spill = request.spill_dir.as_deref().filter(|_| on_disk);
+    let mut buffer = WorkloadBuffer::zeros_in(spill, "hidden_states.f32", len)?;
+    match &request.start {
+        Some(start) => start.hidden_states.fill(buffer.as_mut_slice())?,
+        // Only the embedding rows the workload uses are read from the mapped file.
+        None => crate::cpu::head::embed_tokens(
+            &model.weights,
+            model.embedding(),
+            &request.token_ids,
+            buffer.as_mut_slice(),
+        )?,
+    }
+    Ok(buffer)
 }
 
 /// Hands a finished layer's statistics to the observer, in capture-point order.

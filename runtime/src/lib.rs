@@ -24,6 +24,7 @@ pub mod model;
 pub mod plan;
 pub mod selection;
 pub mod weights;
+pub mod workload_buffer;
 
 pub use backend::{Backend, BackendSelection, DeviceChoice, select_backend};
 pub use capture::CapturePoint;

@@ -70,12 +70,14 @@ pub fn dominant_weight_dtype(model: &Model) -> TensorDtype {
         .map_or(TensorDtype::F32, |(d, _)| d)
 }
 
-/// Plans `model` for a workload on a device of `budget_bytes`.
+/// Plans `model` for a workload on a device of `budget_bytes` and a host of
+/// `host_budget_bytes` (pinned memory for the hidden states).
 pub fn plan_model(
     model: &Model,
     workload: &Workload,
     gemm: GemmDtype,
     budget_bytes: Option<u64>,
+    host_budget_bytes: Option<u64>,
     overhead_bytes: u64,
 ) -> Result<MemoryPlan, PlanError> {
     memory::plan(
@@ -84,6 +86,7 @@ pub fn plan_model(
         workload,
         gemm,
         budget_bytes,
+        host_budget_bytes,
         overhead_bytes,
     )
 }

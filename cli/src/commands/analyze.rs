@@ -105,9 +105,11 @@ pub fn analyze(args: &AnalyzeArgs) -> Result<()> {
         micro_batch_sequences: micro_batch,
         start,
         checkpoint_hidden_states: true,
-        hidden_states_on_host: plan
+        hidden_placement: plan
             .as_ref()
-            .is_some_and(|e| e.plan.hidden_placement == HiddenPlacement::PinnedHost),
+            .map_or(HiddenPlacement::Device, |e| e.plan.hidden_placement),
+        // Workload-sized files when the hidden states live on disk.
+        spill_dir: Some(args.run.out.join("work")),
         memory_budget: match &backend {
             Backend::Cuda(_) => args
                 .plan
@@ -144,6 +146,10 @@ pub fn analyze(args: &AnalyzeArgs) -> Result<()> {
             WithProgress::new(&mut observer, request.layers_to_run(model.spec.num_layers));
         let outcome = run(model, &request, &backend, &mut progress);
         progress.finish();
+        // Workload files on disk are deleted when the run ends; their folder with them.
+        if let Some(spill) = &request.spill_dir {
+            let _ = std::fs::remove_dir(spill);
+        }
         // Every finished layer is written before the outcome is reported.
         let written = observer.finish();
         let summary = outcome.and_then(|summary| written.map(|()| summary)).map_err(|e| {

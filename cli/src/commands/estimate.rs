@@ -15,7 +15,7 @@ use layerstream_runtime::selection::{parse_layers, parse_points};
 use serde::Serialize;
 
 /// Version of the `estimate --json` layout (docs/estimate-json.md).
-pub const ESTIMATE_SCHEMA_VERSION: u32 = 2;
+pub const ESTIMATE_SCHEMA_VERSION: u32 = 3;
 
 /// What `estimate --json` prints.
 #[derive(Debug, Serialize)]
@@ -33,6 +33,8 @@ pub struct Estimate {
     lm_head: bool,
     gemm_dtype: GemmDtype,
     budget_bytes: Option<u64>,
+    /// Where the host budget comes from: `--ram`, or this machine's available memory.
+    host_budget_source: Option<&'static str>,
     /// Peak as a fraction of the budget.
     budget_fraction: Option<f64>,
     warnings: Vec<String>,
@@ -83,7 +85,15 @@ pub fn make_estimate(
         target_micro_batch_tokens: micro_batch_tokens,
     };
     let budget = plan_args.vram.map(|b| b.0);
-    let plan = plan_model(model, &workload, gemm, budget, plan_args.overhead.0)?;
+    let host_budget = host_budget(plan_args);
+    let plan = plan_model(
+        model,
+        &workload,
+        gemm,
+        budget,
+        host_budget.map(|(bytes, _)| bytes),
+        plan_args.overhead.0,
+    )?;
     let budget_fraction = plan_args.vram.map(|b| plan.peak_bytes as f64 / b.0 as f64);
     let mut warnings = Vec::new();
     if let Some(fraction) = budget_fraction.filter(|&f| f > 0.9) {
@@ -95,8 +105,10 @@ pub fn make_estimate(
     if !plan.split_layers.is_empty() {
         warnings.push(format!("{} layers do not fit the budget whole next to their prefetch buffer: they stream in parts (attention, then expert groups), which repeats the MLP input norm (and the router) once per part", plan.split_layers.len()));
     }
-    if plan.hidden_placement == HiddenPlacement::PinnedHost {
-        warnings.push("the workload's hidden states do not fit on the device: they stay in pinned host memory and cross PCIe twice per layer".into());
+    match plan.hidden_placement {
+        HiddenPlacement::Device => {}
+        HiddenPlacement::PinnedHost => warnings.push("the workload's hidden states do not fit on the device: they stay in pinned host memory and cross PCIe twice per layer".into()),
+        HiddenPlacement::Disk => warnings.push(format!("the workload's hidden states fit neither on the device nor in the host budget: they live in a {} file in the output folder (OUT/work) and are read and written once per layer", ByteSize(plan.disk_bytes))),
     }
     let rates = Rates {
         host_to_device_gbps: plan_args.h2d_gbps,
@@ -118,11 +130,29 @@ pub fn make_estimate(
         lm_head,
         gemm_dtype: gemm,
         budget_bytes: plan_args.vram.map(|b| b.0),
+        host_budget_source: host_budget.map(|(_, source)| source),
         budget_fraction,
         warnings,
         time: estimate_time(model, layers_run, sequences * seq_len, seq_len, rates),
         plan,
     })
+}
+
+/// The host budget of a plan and where it comes from: `--ram`, or 80% of the memory this
+/// machine has available (Linux), or none.
+fn host_budget(plan_args: &PlanArgs) -> Option<(u64, &'static str)> {
+    match plan_args.ram {
+        Some(ram) => Some((ram.0, "--ram")),
+        None => available_memory().map(|bytes| (bytes / 10 * 8, "80% of available memory")),
+    }
+}
+
+/// `MemAvailable` of /proc/meminfo.
+fn available_memory() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// Prints an estimate as a person reads it.
@@ -178,7 +208,23 @@ pub fn print_estimate(e: &Estimate) {
                 "pinned host memory, {} on the device",
                 size(p.regions.hidden)
             ),
+            HiddenPlacement::Disk => format!(
+                "on disk ({} in OUT/work), {} on the device",
+                size(p.disk_bytes),
+                size(p.regions.hidden)
+            ),
         },
+    );
+    row(
+        "host memory",
+        format!(
+            "{} pinned, budget {}",
+            size(p.host_bytes),
+            match (p.host_budget_bytes, e.host_budget_source) {
+                (Some(b), Some(source)) => format!("{} ({source})", size(b)),
+                _ => "none".into(),
+            }
+        ),
     );
     row(
         "split layers",

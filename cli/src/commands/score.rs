@@ -5,6 +5,7 @@ use super::{choose_backend, micro_batch_sequences, open_model, pack_workload, pr
 use crate::args::ScoreArgs;
 use crate::progress::WithProgress;
 use anyhow::{Context, Result};
+use layerstream_planner::memory::HiddenPlacement;
 use layerstream_planner::write_atomically;
 use layerstream_runtime::CaptureMode;
 use layerstream_runtime::{FinalStage, RunObserver, RunRequest, run};
@@ -76,7 +77,8 @@ pub fn score(args: &ScoreArgs) -> Result<()> {
         micro_batch_sequences: micro_batch_sequences(&args.run, &workload),
         start: None,
         checkpoint_hidden_states: false,
-        hidden_states_on_host: false,
+        hidden_placement: HiddenPlacement::Device,
+        spill_dir: None,
         memory_budget: None,
         split_layers: Default::default(),
     };

@@ -4,10 +4,13 @@
 use crate::analysis::{LayerReport, PointStatistics};
 use crate::capture::CapturePoint;
 use crate::error::{Result, RuntimeError};
-use layerstream_planner::progress::FileRecord;
+use crate::executor::StartHidden;
+use layerstream_planner::progress::{FileRecord, Sha256Writer};
+use safetensors::Dtype;
 use safetensors::tensor::TensorView;
-use safetensors::{Dtype, SafeTensors};
 use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::{Read, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -33,12 +36,22 @@ static WRITES: AtomicUsize = AtomicUsize::new(0);
 /// Fault injection for tests: with `LAYERSTREAM_FAULT_WRITE=N`, the N-th checkpoint write of
 /// the process fails as a full disk would.
 pub fn write_file(folder: &Path, relative: &str, bytes: &[u8]) -> Result<FileRecord> {
+    write_file_with(folder, relative, |file| file.write_all(bytes))
+}
+
+/// As [`write_file`], the contents written by `fill` in pieces and hashed on the way.
+pub fn write_file_with(
+    folder: &Path,
+    relative: &str,
+    fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> Result<FileRecord> {
     let path = folder.join(relative);
     let count = WRITES.fetch_add(1, Ordering::SeqCst) + 1;
     let injected = std::env::var("LAYERSTREAM_FAULT_WRITE")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
         .is_some_and(|n| n == count);
+    let mut hasher = Sha256Writer::default();
     let written = if injected {
         Err(std::io::Error::other(
             "No space left on device (injected by LAYERSTREAM_FAULT_WRITE)",
@@ -48,47 +61,125 @@ pub fn write_file(folder: &Path, relative: &str, bytes: &[u8]) -> Result<FileRec
             std::fs::create_dir_all(parent)
                 .map_err(|e| RuntimeError::io("cannot create", parent, e))?;
         }
-        layerstream_planner::write_atomically(&path, bytes)
+        layerstream_planner::write_atomically_with(&path, |file| {
+            fill(&mut Tee {
+                file,
+                hasher: &mut hasher,
+            })
+        })
     };
     written.map_err(|e| RuntimeError::io("cannot write", &path, e))?;
-    Ok(FileRecord::of(relative, bytes))
+    Ok(FileRecord {
+        path: relative.to_string(),
+        bytes: hasher.bytes(),
+        sha256: hasher.hex(),
+    })
 }
 
-/// Serialises hidden states `(tokens, width)` after `layer`.
-pub fn hidden_bytes(hidden: &[f32], width: usize, layer: usize) -> Result<Vec<u8>> {
-    let bytes: Vec<u8> = hidden.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let view = TensorView::new(Dtype::F32, vec![hidden.len() / width, width], &bytes)
-        .map_err(|e| RuntimeError::InvalidRequest(format!("hidden states: {e}")))?;
-    let metadata = HashMap::from([("after_layer".to_string(), layer.to_string())]);
-    safetensors::serialize([("hidden_states", view)], Some(metadata))
-        .map_err(|e| RuntimeError::InvalidRequest(format!("hidden states: {e}")))
+/// Writes to a file and a hasher.
+struct Tee<'a> {
+    file: &'a mut dyn Write,
+    hasher: &'a mut Sha256Writer,
 }
 
-/// Reads hidden states written by [`hidden_bytes`], checking their shape.
-pub fn read_hidden(folder: &Path, relative: &str, tokens: usize, width: usize) -> Result<Vec<f32>> {
+impl Write for Tee<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.hasher.write_all(&buf[..n])?;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
+/// Values converted to bytes per piece when streaming hidden states.
+const HIDDEN_CHUNK: usize = 1 << 20;
+
+/// Writes hidden states `(tokens, width)` after `layer` as safetensors (`hidden_states`, F32,
+/// metadata `after_layer`), streamed: no second copy of them is made in memory.
+pub fn write_hidden(
+    folder: &Path,
+    relative: &str,
+    hidden: &[f32],
+    width: usize,
+    layer: usize,
+) -> Result<FileRecord> {
+    let data_bytes = std::mem::size_of_val(hidden);
+    let header = serde_json::json!({
+        "__metadata__": {"after_layer": layer.to_string()},
+        "hidden_states": {
+            "dtype": "F32",
+            "shape": [hidden.len() / width, width],
+            "data_offsets": [0, data_bytes],
+        },
+    });
+    let mut header = header.to_string().into_bytes();
+    while !header.len().is_multiple_of(8) {
+        header.push(b' ');
+    }
+    write_file_with(folder, relative, |file| {
+        file.write_all(&(header.len() as u64).to_le_bytes())?;
+        file.write_all(&header)?;
+        let mut bytes = Vec::with_capacity(HIDDEN_CHUNK * 4);
+        for chunk in hidden.chunks(HIDDEN_CHUNK) {
+            bytes.clear();
+            bytes.extend(chunk.iter().flat_map(|v| v.to_le_bytes()));
+            file.write_all(&bytes)?;
+        }
+        Ok(())
+    })
+}
+
+/// Checks the header of hidden states written by [`write_hidden`] (shape `(tokens, width)`,
+/// F32, the file's length) and returns where their values start, without reading them.
+pub fn hidden_source(
+    folder: &Path,
+    relative: &str,
+    tokens: usize,
+    width: usize,
+) -> Result<StartHidden> {
     let path = folder.join(relative);
-    let bytes = std::fs::read(&path).map_err(|e| RuntimeError::io("cannot read", &path, e))?;
     let damaged = |what: String| RuntimeError::Safetensors {
         path: path.clone(),
         message: what,
     };
-    let file = SafeTensors::deserialize(&bytes)
+    let mut file = File::open(&path).map_err(|e| RuntimeError::io("cannot read", &path, e))?;
+    let file_len = file
+        .metadata()
+        .map_err(|e| RuntimeError::io("cannot read", &path, e))?
+        .len();
+    let mut length = [0u8; 8];
+    file.read_exact(&mut length)
         .map_err(|e| damaged(format!("not a hidden-state checkpoint: {e}")))?;
-    let view = file
-        .tensor("hidden_states")
-        .map_err(|e| damaged(format!("no hidden_states tensor: {e}")))?;
-    if view.dtype() != Dtype::F32 || view.shape() != [tokens, width] {
+    let header_len = u64::from_le_bytes(length);
+    if header_len > 1 << 20 || 8 + header_len > file_len {
+        return Err(damaged(
+            "not a hidden-state checkpoint: bad header length".into(),
+        ));
+    }
+    let mut header = vec![0u8; header_len as usize];
+    file.read_exact(&mut header)
+        .map_err(|e| damaged(format!("not a hidden-state checkpoint: {e}")))?;
+    let header: serde_json::Value = serde_json::from_slice(&header)
+        .map_err(|e| damaged(format!("not a hidden-state checkpoint: {e}")))?;
+    let tensor = &header["hidden_states"];
+    let data_bytes = (tokens * width * 4) as u64;
+    let expected = serde_json::json!({
+        "dtype": "F32",
+        "shape": [tokens, width],
+        "data_offsets": [0, data_bytes],
+    });
+    if tensor != &expected || 8 + header_len + data_bytes != file_len {
         return Err(damaged(format!(
-            "hidden_states is {:?} {:?}, expected F32 [{tokens}, {width}]",
-            view.dtype(),
-            view.shape()
+            "hidden_states is {tensor} in a file of {file_len} bytes, expected F32 [{tokens}, {width}]"
         )));
     }
-    Ok(view
-        .data()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect())
+    Ok(StartHidden::File {
+        path,
+        data_offset: 8 + header_len,
+    })
 }
 
 /// Serialises a layer's statistics: per point `{point}.max_abs` F32 `(sequences, width)`,

@@ -6,7 +6,7 @@
 //! the previous hidden-state file is deleted. A kill between any two leaves a folder whose
 //! progress.json names only complete, checksummed files.
 
-use super::files::{layer_json_path, read_hidden, read_layer_report, write_file};
+use super::files::{hidden_source, layer_json_path, read_layer_report, write_file};
 use super::writer::CheckpointObserver;
 use crate::analysis::report::{ActivationReport, ReportData, ReportModel};
 use crate::error::{Result, RuntimeError};
@@ -177,7 +177,7 @@ impl AnalysisFolder {
             None => Ok(None),
             Some(record) => Ok(Some(StartPoint {
                 first_layer: record.after_layer + 1,
-                hidden_states: read_hidden(&self.dir, &record.file.path, tokens, width)?,
+                hidden_states: hidden_source(&self.dir, &record.file.path, tokens, width)?,
             })),
         }
     }

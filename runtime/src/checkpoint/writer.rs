@@ -5,7 +5,7 @@
 //! what progress.json names stays valid.
 
 use super::files::{
-    hidden_bytes, hidden_path, layer_json_path, layer_statistics_path, statistics_bytes, write_file,
+    hidden_path, layer_json_path, layer_statistics_path, statistics_bytes, write_file, write_hidden,
 };
 use super::folder::{AnalysisFolder, save_progress};
 use crate::analysis::PointStatistics;
@@ -26,7 +26,16 @@ struct LayerJob {
     layer: usize,
     statistics: BTreeMap<CapturePoint, PointStatistics>,
     router: Option<RouterSummary>,
-    hidden_states: Option<Vec<f32>>, // (tokens, hidden), when a checkpoint is due
+    hidden_states: Option<HiddenJob>, // when a checkpoint is due
+}
+
+/// A layer's hidden-state checkpoint.
+enum HiddenJob {
+    /// A copy, `(tokens, hidden)`, for the writer thread to write.
+    Values(Vec<f32>),
+    /// Already written (hidden states on disk are written from their file before the next
+    /// layer changes it, without a copy in memory).
+    Written(FileRecord),
 }
 
 /// Records each layer as the executor finishes it (see the module docs).
@@ -34,7 +43,8 @@ pub struct CheckpointObserver<'a> {
     folder: &'a mut AnalysisFolder,
     statistics: BTreeMap<CapturePoint, PointStatistics>,
     routers: BTreeMap<usize, RouterSummary>,
-    hidden_states: Option<Vec<f32>>,
+    hidden_states: Option<HiddenJob>,
+    hidden_width: usize,
     hidden_interval: Duration,
     last_hidden: Instant,
     jobs: Option<Sender<LayerJob>>,
@@ -79,8 +89,16 @@ impl Writer {
         }
         let mut obsolete: Vec<FileRecord> = Vec::new();
         if let Some(hidden) = hidden_states {
-            let bytes = hidden_bytes(&hidden, self.hidden_width, layer)?;
-            let file = write_file(&self.dir, &hidden_path(layer), &bytes)?;
+            let file = match hidden {
+                HiddenJob::Values(values) => write_hidden(
+                    &self.dir,
+                    &hidden_path(layer),
+                    &values,
+                    self.hidden_width,
+                    layer,
+                )?,
+                HiddenJob::Written(file) => file,
+            };
             if !self.keep_hidden {
                 obsolete = self.progress.hidden.drain(..).map(|h| h.file).collect();
             }
@@ -131,6 +149,7 @@ impl<'a> CheckpointObserver<'a> {
             statistics: BTreeMap::new(),
             routers: BTreeMap::new(),
             hidden_states: None,
+            hidden_width,
             hidden_interval,
             last_hidden: Instant::now(),
             jobs: Some(jobs),
@@ -180,9 +199,26 @@ impl RunObserver for CheckpointObserver<'_> {
         self.last_hidden.elapsed() >= self.hidden_interval
     }
 
-    fn on_hidden_states(&mut self, _layer: usize, hidden_states: &[f32]) {
+    fn on_hidden_states(&mut self, layer: usize, hidden_states: &[f32], in_file: bool) {
         self.last_hidden = Instant::now();
-        self.hidden_states = Some(hidden_states.to_vec());
+        if !in_file {
+            self.hidden_states = Some(HiddenJob::Values(hidden_states.to_vec()));
+            return;
+        }
+        let written = write_hidden(
+            self.folder.dir(),
+            &hidden_path(layer),
+            hidden_states,
+            self.hidden_width,
+            layer,
+        );
+        match written {
+            Ok(file) => self.hidden_states = Some(HiddenJob::Written(file)),
+            Err(error) => {
+                let mut failure = self.failure.lock().expect("not poisoned");
+                failure.get_or_insert(error);
+            }
+        }
     }
 
     fn on_layer_done(&mut self, layer: usize, _layers: usize, _tokens: usize) {

@@ -1,18 +1,23 @@
 //! The layer-major loop on the CPU.
 
 use super::CpuBackend;
-use super::head::{OutputHead, embed_tokens};
+use super::head::OutputHead;
 use super::layer::{LayerScratch, LayerWeights, MicroBatch, run_part};
-use super::parts::{accumulator_bytes, choose_parts, part_f32_bytes};
+use super::parts::{choose_parts, hidden_states_need_disk, part_f32_bytes, workload_bytes};
 use super::rope::RopeTable;
 use crate::allocation::{Budget, halve_micro_batch, is_out_of_memory};
 use crate::analysis::PointStatistics;
 use crate::arch::spec::FINAL_NORM;
 use crate::capture::{CapturePoint, LayerCaptureSink, Routing};
 use crate::error::Result;
-use crate::executor::{CaptureMode, FinalStage, RunObserver, RunRequest, finish_layer};
+use crate::executor::{
+    CaptureMode, FinalStage, HiddenSnapshot, RunObserver, RunRequest, finish_layer,
+    initial_hidden_states,
+};
 use crate::model::Model;
 use crate::plan::layer_shapes;
+use crate::workload_buffer::WorkloadBuffer;
+use layerstream_planner::memory::HiddenPlacement;
 use layerstream_planner::memory::activation_bytes;
 use layerstream_planner::split::needs_accumulator;
 use std::collections::BTreeMap;
@@ -30,47 +35,61 @@ pub fn run(
     let mut micro_batch = request.micro_batch();
     let tokens = request.num_sequences * seq_len;
     let budget = Budget::new(request.memory_budget);
-    let _hidden_reservation =
-        budget.reserve("the workload's hidden states", (tokens * d * 4) as u64)?;
-
-    // The hidden states of the whole workload stay in memory across layers.
-    let mut hidden_states = match &request.start {
-        Some(start) => start.hidden_states.clone(), // (num_sequences * seq_len, hidden)
-        None => {
-            let mut embedded = vec![0f32; tokens * d]; // (num_sequences * seq_len, hidden)
-            embed_tokens(
-                &model.weights,
-                model.embedding(),
-                &request.token_ids,
-                &mut embedded,
-            )?;
-            embedded
-        }
+    // The workload's hidden states stay in memory across layers (reserved against --ram), or
+    // in a file when the request says so or when they and a layer do not fit --ram.
+    let shapes = layer_shapes(spec);
+    let layers_to_run = request.layers_to_run(spec.num_layers);
+    let first_layer = request.first_layer();
+    let hidden_bytes = workload_bytes(spec, request);
+    let on_disk = request.hidden_placement == HiddenPlacement::Disk
+        || (request.spill_dir.is_some()
+            && hidden_states_need_disk(
+                spec,
+                request,
+                &budget,
+                &shapes,
+                first_layer..layers_to_run,
+            ));
+    if on_disk && request.hidden_placement != HiddenPlacement::Disk {
+        observer.on_notice(&format!(
+            "the workload's hidden states ({}) and a layer do not fit --ram together: they live in a file in {} for this run",
+            layerstream_planner::ByteSize(hidden_bytes),
+            request.spill_dir.as_deref().expect("checked").display()
+        ));
+    }
+    let _hidden_reservation = match on_disk {
+        true => None,
+        false => Some(budget.reserve("the workload's hidden states", hidden_bytes)?),
     };
+    let mut hidden_states = initial_hidden_states(model, request, on_disk)?;
 
     let rope = RopeTable::new(&spec.rope.inv_freq, seq_len);
-    let layers_to_run = request.layers_to_run(spec.num_layers);
-    let shapes = layer_shapes(spec);
-    let first_layer = request.first_layer();
     for (layer, layer_shape) in shapes
         .iter()
         .enumerate()
         .take(layers_to_run)
         .skip(first_layer)
     {
-        let parts = choose_parts(spec, request, &budget, layer, layer_shape);
+        let parts = choose_parts(spec, request, &budget, layer, layer_shape, on_disk);
         if parts.len() > 1 {
             observer.on_layer_split(layer, &parts);
         }
-        // A split layer's feed-forward output across its expert groups, for the workload.
+        // A split layer's feed-forward output across its expert groups, for the workload,
+        // placed like the hidden states.
         let (mut accumulator, _accumulator_reservation) = if needs_accumulator(&parts) {
-            let reservation = budget.reserve(
-                &format!("layer {layer}'s feed-forward accumulator"),
-                accumulator_bytes(spec, request),
-            )?;
-            (vec![0f32; tokens * d], Some(reservation)) // (num_sequences * seq_len, hidden)
+            let reservation = match on_disk {
+                true => None,
+                false => Some(budget.reserve(
+                    &format!("layer {layer}'s feed-forward accumulator"),
+                    workload_bytes(spec, request),
+                )?),
+            };
+            let spill = request.spill_dir.as_deref().filter(|_| on_disk);
+            // (num_sequences * seq_len, hidden)
+            let values = WorkloadBuffer::zeros_in(spill, "accumulator.f32", tokens * d)?;
+            (Some(values), reservation)
         } else {
-            (Vec::new(), None)
+            (None, None)
         };
         let mut statistics = BTreeMap::new();
         for part in &parts {
@@ -108,7 +127,7 @@ pub fn run(
                     let rows =
                         next_sequence * seq_len * d..(next_sequence + sequences) * seq_len * d;
                     let batch = MicroBatch {
-                        hidden: &mut hidden_states[rows.clone()],
+                        hidden: &mut hidden_states.as_mut_slice()[rows.clone()],
                         sequences,
                         seq_len,
                     };
@@ -126,8 +145,7 @@ pub fn run(
                         &weights,
                         &rope,
                         batch,
-                        // Empty (None) unless this layer's experts are split over parts.
-                        accumulator.get_mut(rows),
+                        accumulator.as_mut().map(|a| &mut a.as_mut_slice()[rows]),
                         &mut scratch,
                         threads,
                         &mut sink,
@@ -136,7 +154,7 @@ pub fn run(
                 }
             }
         }
-        let snapshot = || Ok(hidden_states.clone());
+        let snapshot = || Ok(HiddenSnapshot::of(&hidden_states));
         finish_layer(
             observer,
             request,
@@ -156,7 +174,11 @@ pub fn run(
             lm_head: model.lm_head(),
             threads,
         };
-        for (batch_index, batch) in hidden_states.chunks(micro_batch * seq_len * d).enumerate() {
+        for (batch_index, batch) in hidden_states
+            .as_slice()
+            .chunks(micro_batch * seq_len * d)
+            .enumerate()
+        {
             let first_sequence = batch_index * micro_batch;
             let rows = batch.len() / d;
             let ids = &request.token_ids[first_sequence * seq_len..first_sequence * seq_len + rows];

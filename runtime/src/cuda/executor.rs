@@ -15,10 +15,10 @@ use super::weights::DeviceLayer;
 use crate::allocation::{Budget, Reservation, halve_micro_batch, is_out_of_memory};
 use crate::analysis::PointStatistics;
 use crate::capture::CapturePoint;
-use crate::cpu::head::embed_tokens;
 use crate::error::{Result, RuntimeError};
 use crate::executor::{
     CaptureMode, FinalStage, RunObserver, RunRequest, RunSummary, TransferSummary, finish_layer,
+    initial_hidden_states,
 };
 use crate::model::Model;
 use crate::plan::{dominant_weight_dtype, layer_shapes, point_width};
@@ -30,6 +30,7 @@ use layerstream_kernels::cudarc::driver::{CudaEvent, CudaSlice, CudaStream, Devi
 use layerstream_kernels::ops::stats::StatsAccumulators;
 use layerstream_kernels::{Gpu, KernelError};
 use layerstream_planner::memory;
+use layerstream_planner::memory::HiddenPlacement;
 use layerstream_planner::split::needs_accumulator;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -50,31 +51,19 @@ pub fn run(
     let mut micro_batch = request.micro_batch();
     let tokens = request.num_sequences * seq_len;
     let budget = Budget::new(request.memory_budget);
-    let on_host = request.hidden_states_on_host;
-    let hidden_bytes = if on_host {
-        micro_batch * seq_len * d * 4
+    let placement = request.hidden_placement;
+    let batch_elements = micro_batch * seq_len * d;
+    let hidden_bytes = if placement.off_device() {
+        batch_elements * 4
     } else {
         tokens * d * 4
     };
     let _hidden_reservation =
         budget.reserve("the workload's hidden states", hidden_bytes as u64)?;
-
     // Embedding rows are gathered on the host from the mapped file: only the rows the
     // workload uses are read, instead of sending the whole table to the device.
-    let embedded = match &request.start {
-        Some(start) => start.hidden_states.clone(), // (num_sequences * seq_len, hidden)
-        None => {
-            let mut embedded = vec![0f32; tokens * d]; // (num_sequences * seq_len, hidden)
-            embed_tokens(
-                &model.weights,
-                model.embedding(),
-                &request.token_ids,
-                &mut embedded,
-            )?;
-            embedded
-        }
-    };
-    let mut hidden_states = HiddenStates::new(gpu, embedded, on_host, micro_batch * seq_len * d)?;
+    let initial = initial_hidden_states(model, request, placement == HiddenPlacement::Disk)?;
+    let mut hidden_states = HiddenStates::new(gpu, initial, placement, batch_elements)?;
     let inv_freq = gpu
         .stream
         .clone_htod(&spec.rope.inv_freq)
@@ -98,7 +87,14 @@ pub fn run(
                 "the split layers' feed-forward accumulator",
                 hidden_bytes as u64,
             )?,
-            HiddenStates::zeros(gpu, tokens * d, on_host, micro_batch * seq_len * d)?,
+            HiddenStates::zeros(
+                gpu,
+                tokens * d,
+                placement,
+                batch_elements,
+                request.spill_dir.as_deref(),
+                "accumulator.f32",
+            )?,
         )),
         false => None,
     };

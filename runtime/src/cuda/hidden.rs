@@ -1,13 +1,20 @@
 //! Where the workload's hidden states live on a GPU run: on the device for the whole run, or
-//! in page-locked host memory with one micro-batch on the device at a time (the planner's
-//! `pinned_host` placement, when they do not fit next to a layer).
+//! one micro-batch on the device at a time with the rest in pinned host memory (the planner's
+//! `pinned_host` placement, when they do not fit next to a layer) or in a mapped file (`disk`,
+//! when they do not fit the host budget either).
 
 use crate::error::Result;
+use crate::executor::HiddenSnapshot;
+use crate::workload_buffer::WorkloadBuffer;
 use layerstream_kernels::cudarc::driver::{CudaSlice, CudaViewMut, PinnedHostSlice};
 use layerstream_kernels::{Gpu, KernelError};
+use layerstream_planner::memory::HiddenPlacement;
+use std::borrow::Cow;
 use std::ops::Range;
+use std::path::Path;
 
-/// The hidden states `(num_sequences * seq_len, hidden)`.
+/// Workload-sized values `(num_sequences * seq_len, hidden)`: the hidden states, or a split
+/// layer's feed-forward accumulator.
 pub enum HiddenStates {
     /// All on the device.
     Device(CudaSlice<f32>),
@@ -18,81 +25,136 @@ pub enum HiddenStates {
         /// `(micro-batch rows, hidden)`.
         batch: CudaSlice<f32>,
     },
+    /// In a mapped file; `batch` holds the micro-batch being computed.
+    Disk {
+        /// `(num_sequences * seq_len, hidden)`.
+        file: WorkloadBuffer,
+        /// `(micro-batch rows, hidden)`.
+        batch: CudaSlice<f32>,
+    },
+}
+
+fn batch_buffer(gpu: &Gpu, batch_elements: usize) -> Result<CudaSlice<f32>> {
+    Ok(gpu
+        .stream
+        .alloc_zeros::<f32>(batch_elements.max(1))
+        .map_err(KernelError::from)?)
+}
+
+fn pinned_copy(gpu: &Gpu, values: &[f32]) -> Result<PinnedHostSlice<f32>> {
+    // SAFETY: every element is written just below, before any read.
+    let mut host = unsafe { gpu.context.alloc_pinned::<f32>(values.len().max(1)) }
+        .map_err(KernelError::from)?;
+    host.as_mut_slice().map_err(KernelError::from)?[..values.len()].copy_from_slice(values);
+    Ok(host)
 }
 
 impl HiddenStates {
-    /// Places `values` on the device, or in pinned host memory with a device buffer of
-    /// `batch_elements`.
-    pub fn new(gpu: &Gpu, values: Vec<f32>, on_host: bool, batch_elements: usize) -> Result<Self> {
-        if !on_host {
-            return Ok(HiddenStates::Device(
-                gpu.stream.clone_htod(&values).map_err(KernelError::from)?,
-            ));
-        }
-        // SAFETY: every element is written just below, before any read.
-        let mut host =
-            unsafe { gpu.context.alloc_pinned::<f32>(values.len()) }.map_err(KernelError::from)?;
-        host.as_mut_slice()
-            .map_err(KernelError::from)?
-            .copy_from_slice(&values);
-        let batch = gpu
-            .stream
-            .alloc_zeros::<f32>(batch_elements.max(1))
-            .map_err(KernelError::from)?;
-        Ok(HiddenStates::Host { host, batch })
+    /// Places `values` as `placement` says, with a device buffer of `batch_elements` when
+    /// they stay off the device (`disk`: `values` must already be a file).
+    pub fn new(
+        gpu: &Gpu,
+        values: WorkloadBuffer,
+        placement: HiddenPlacement,
+        batch_elements: usize,
+    ) -> Result<Self> {
+        Ok(match placement {
+            HiddenPlacement::Device => HiddenStates::Device(
+                gpu.stream
+                    .clone_htod(values.as_slice())
+                    .map_err(KernelError::from)?,
+            ),
+            HiddenPlacement::PinnedHost => HiddenStates::Host {
+                host: pinned_copy(gpu, values.as_slice())?,
+                batch: batch_buffer(gpu, batch_elements)?,
+            },
+            HiddenPlacement::Disk => {
+                debug_assert!(values.on_disk());
+                HiddenStates::Disk {
+                    file: values,
+                    batch: batch_buffer(gpu, batch_elements)?,
+                }
+            }
+        })
     }
 
-    /// `len` zeros, placed like [`HiddenStates::new`] places values (a split layer's
-    /// feed-forward accumulator).
-    pub fn zeros(gpu: &Gpu, len: usize, on_host: bool, batch_elements: usize) -> Result<Self> {
-        if !on_host {
-            return Ok(HiddenStates::Device(
+    /// `len` zeros placed as `placement` says (a file `name` in `spill` on disk).
+    pub fn zeros(
+        gpu: &Gpu,
+        len: usize,
+        placement: HiddenPlacement,
+        batch_elements: usize,
+        spill: Option<&Path>,
+        name: &str,
+    ) -> Result<Self> {
+        Ok(match placement {
+            HiddenPlacement::Device => HiddenStates::Device(
                 gpu.stream
                     .alloc_zeros::<f32>(len.max(1))
                     .map_err(KernelError::from)?,
-            ));
-        }
-        Self::new(gpu, vec![0f32; len], true, batch_elements)
+            ),
+            HiddenPlacement::PinnedHost => HiddenStates::Host {
+                host: pinned_copy(gpu, &vec![0f32; len])?,
+                batch: batch_buffer(gpu, batch_elements)?,
+            },
+            HiddenPlacement::Disk => HiddenStates::Disk {
+                file: WorkloadBuffer::zeros_in(spill, name, len)?,
+                batch: batch_buffer(gpu, batch_elements)?,
+            },
+        })
     }
 
-    /// A device view of elements `range`, uploaded first when the states live on the host.
+    /// A device view of elements `range`, uploaded first when they live off the device.
     pub fn begin(&mut self, gpu: &Gpu, range: Range<usize>) -> Result<CudaViewMut<'_, f32>> {
-        match self {
-            HiddenStates::Device(all) => Ok(all.slice_mut(range)),
+        let (source, batch) = match self {
+            HiddenStates::Device(all) => return Ok(all.slice_mut(range)),
             HiddenStates::Host { host, batch } => {
-                let n = range.len();
-                let source = &host.as_slice().map_err(KernelError::from)?[range];
-                let mut view = batch.slice_mut(..n);
-                gpu.stream
-                    .memcpy_htod(source, &mut view)
-                    .map_err(KernelError::from)?;
-                Ok(view)
+                (&host.as_slice().map_err(KernelError::from)?[range], batch)
             }
-        }
+            HiddenStates::Disk { file, batch } => (&file.as_slice()[range], batch),
+        };
+        let mut view = batch.slice_mut(..source.len());
+        gpu.stream
+            .memcpy_htod(source, &mut view)
+            .map_err(KernelError::from)?;
+        Ok(view)
     }
 
-    /// Writes elements `range` back to the host after [`HiddenStates::begin`] (nothing to do on
-    /// the device).
+    /// Writes elements `range` back after [`HiddenStates::begin`] (nothing to do on the device).
     pub fn end(&mut self, gpu: &Gpu, range: Range<usize>) -> Result<()> {
-        if let HiddenStates::Host { host, batch } = self {
-            let n = range.len();
-            let destination = &mut host.as_mut_slice().map_err(KernelError::from)?[range];
-            gpu.stream
-                .memcpy_dtoh(&batch.slice(..n), destination)
-                .map_err(KernelError::from)?;
-        }
+        let (destination, batch) = match self {
+            HiddenStates::Device(_) => return Ok(()),
+            HiddenStates::Host { host, batch } => (
+                &mut host.as_mut_slice().map_err(KernelError::from)?[range],
+                batch,
+            ),
+            HiddenStates::Disk { file, batch } => (&mut file.as_mut_slice()[range], batch),
+        };
+        let n = destination.len();
+        gpu.stream
+            .memcpy_dtoh(&batch.slice(..n), destination)
+            .map_err(KernelError::from)?;
         Ok(())
     }
 
-    /// A host copy of all of them (checkpoints).
-    pub fn snapshot(&self, gpu: &Gpu) -> Result<Vec<f32>> {
+    /// All of them on the host (checkpoints): a copy from the device, or the host values
+    /// themselves once the stream is done with them.
+    pub fn snapshot(&self, gpu: &Gpu) -> Result<HiddenSnapshot<'_>> {
         match self {
-            HiddenStates::Device(all) => {
-                Ok(gpu.stream.clone_dtoh(all).map_err(KernelError::from)?)
-            }
+            HiddenStates::Device(all) => Ok(HiddenSnapshot {
+                values: Cow::Owned(gpu.stream.clone_dtoh(all).map_err(KernelError::from)?),
+                in_file: false,
+            }),
             HiddenStates::Host { host, .. } => {
                 gpu.stream.synchronize().map_err(KernelError::from)?;
-                Ok(host.as_slice().map_err(KernelError::from)?.to_vec())
+                Ok(HiddenSnapshot {
+                    values: Cow::Borrowed(host.as_slice().map_err(KernelError::from)?),
+                    in_file: false,
+                })
+            }
+            HiddenStates::Disk { file, .. } => {
+                gpu.stream.synchronize().map_err(KernelError::from)?;
+                Ok(HiddenSnapshot::of(file))
             }
         }
     }

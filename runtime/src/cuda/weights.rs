@@ -10,13 +10,13 @@ use crate::arch::WeightRole;
 use crate::error::Result;
 use crate::weights::WeightStore;
 use crate::weights::dtype::convert_to_f32;
+use crossbeam::channel::Sender;
 use half::bf16;
 use layerstream_kernels::cudarc::driver::{CudaSlice, CudaView};
 use layerstream_kernels::ops::convert::{StoredDtype, f32_to_bf16, half_to_f32};
 use layerstream_kernels::{Gpu, KernelError};
 use layerstream_planner::split::tensor_bytes;
 use layerstream_planner::{TensorDtype, TensorEntry};
-use crossbeam::channel::Sender;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
