@@ -222,6 +222,18 @@ impl MemoryPlan {
 /// Why no plan fits.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PlanError {
+    /// The device would do, but the host cannot hold even the two pinned staging buffers.
+    #[error(
+        "the host budget {host_budget} cannot hold the two pinned staging buffers of layer {layer}'s largest part ({needed}); raise --ram"
+    )]
+    HostTooSmall {
+        /// The layer with the largest part.
+        layer: usize,
+        /// Two staging buffers of it.
+        needed: ByteSize,
+        /// The host budget.
+        host_budget: ByteSize,
+    },
     /// Even one sequence per micro-batch, hidden states on the host and every layer split
     /// into its smallest parts do not fit.
     #[error(
@@ -598,6 +610,14 @@ pub fn plan(
         })
         .unwrap_or((0, LayerPart::Whole, Bytes::default()));
     let needed = regions.total();
+    let host_needed = host_bytes_for(&units, HiddenPlacement::Disk);
+    if needed <= budget_bytes && host_needed > host_limit {
+        return Err(PlanError::HostTooSmall {
+            layer,
+            needed: ByteSize(host_needed),
+            host_budget: ByteSize(host_limit),
+        });
+    }
     Err(PlanError::TooSmall {
         layer,
         part: match part {
@@ -802,6 +822,23 @@ mod tests {
         assert_eq!(disk.regions, host.regions);
         assert_eq!(disk.disk_bytes, whole_hidden);
         assert_eq!(disk.host_bytes, disk.regions.staging);
+        // Not even the pinned staging buffers fit the host: refused, naming the host.
+        let error = plan(
+            &inventory,
+            &shapes,
+            &workload(),
+            GemmDtype::Bf16,
+            Some(budget),
+            Some(1 << 20),
+            DEFAULT_OVERHEAD_BYTES,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error
+                .starts_with("the host budget 1.00 MiB cannot hold the two pinned staging buffers"),
+            "{error}"
+        );
     }
 
     #[test]
