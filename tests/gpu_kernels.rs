@@ -611,7 +611,9 @@ fn statistics_accumulate_like_the_cpu_summary() {
     let (sequences, seq_len, width) = (5, 129, 70);
     let mut x = random_values(sequences * seq_len * width, 15, 9.0);
     x[3 * width + 4] = f32::NAN;
-    let mut acc = stats::StatsAccumulators::new(&gpu, sequences, width).unwrap();
+    // Positions kept (the outlier-feature points' accumulators).
+    let words = (sequences * seq_len).div_ceil(32);
+    let mut acc = stats::StatsAccumulators::new(&gpu, sequences, width, words).unwrap();
     // Two micro-batches: sequences 0-2, then 3-4.
     for (first, count) in [(0, 3), (3, 2)] {
         let part = upload(
@@ -622,9 +624,32 @@ fn statistics_accumulate_like_the_cpu_summary() {
             .unwrap();
     }
     let host = acc.download(&gpu).unwrap();
+    let shape = layerstream_planner::statistics::CapturedPoint {
+        width,
+        positions: true,
+        row_maxima: false,
+    };
     let mut reference =
-        layerstream_runtime::analysis::PointStatistics::new(sequences, seq_len, width, 6.0);
+        layerstream_runtime::analysis::PointStatistics::new(sequences, seq_len, shape, 6.0);
     reference.accumulate(&x, 0);
+    assert_eq!(
+        host.count_pos_ge, reference.count_pos_ge,
+        "positive >= threshold"
+    );
+    assert_eq!(host.histogram, reference.histogram, "|x| histogram");
+    assert_eq!(host.positions, reference.positions, "position bits");
+    assert!(host.positions.iter().any(|&w| w != 0));
+    for (i, (got, expect)) in host
+        .sum_abs_ge
+        .iter()
+        .zip(&reference.sum_abs_ge)
+        .enumerate()
+    {
+        assert!(
+            (got - expect).abs() <= 1e-9 * expect.abs().max(1.0),
+            "sum |x| >= threshold at {i}: {got} vs {expect}"
+        );
+    }
     assert_eq!(
         host.max_abs, reference.max_abs,
         "max |x| per (sequence, dim)"
@@ -656,4 +681,26 @@ fn statistics_accumulate_like_the_cpu_summary() {
             }
         }
     }
+}
+
+#[test]
+fn row_maxima_match_the_cpu() {
+    let Some(gpu) = gpu_or_skip("row max") else {
+        return;
+    };
+    let (rows, width) = (37, 300);
+    let mut x = random_values(rows * width, 21, 3.0);
+    x[5 * width + 17] = -250.0;
+    x[9 * width + 3] = f32::INFINITY;
+    x[9 * width + 4] = f32::NAN;
+    let device = upload(&gpu, &x);
+    let mut out = zeros(&gpu, rows);
+    stats::row_max_abs(&gpu, &device.as_view(), rows, width, &mut out).unwrap();
+    let got = download(&gpu, &out);
+    let expect: Vec<f32> = x
+        .chunks_exact(width)
+        .map(layerstream_runtime::analysis::massive::row_max_abs)
+        .collect();
+    assert_eq!(got, expect);
+    assert_eq!(got[5], 250.0);
 }

@@ -9,6 +9,7 @@ pub mod memory;
 pub mod micro_batch;
 pub mod progress;
 pub mod split;
+pub mod statistics;
 
 pub use atomic::{write_atomically, write_atomically_with};
 pub use budget::{ByteSize, ParseByteSizeError};

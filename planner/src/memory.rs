@@ -25,6 +25,7 @@ use crate::split::{
     Bytes, GroupBytes, LayerPart, LayerTensorGroups, experts_per_part_candidates, index_by_name,
     needs_accumulator, split_parts, tensor_bytes,
 };
+use crate::statistics::CapturedPoint;
 use serde::Serialize;
 
 /// Alignment of tensors in a staging region.
@@ -33,9 +34,6 @@ pub const TENSOR_ALIGN: u64 = 256;
 /// Context + cuBLAS + modules: 0.61 GiB measured on an H200 with driver 580 and CUDA 13.0
 /// (benches/results/2026-11-22-h200-memory.md), rounded up.
 pub const DEFAULT_OVERHEAD_BYTES: u64 = 640 << 20;
-
-/// Bytes per f32 accumulator entry of the statistics: max (4) + two counts (16) + four sums (32).
-const STATISTICS_BYTES_PER_VALUE: u64 = 52;
 
 /// What the GEMMs compute in (decides which weights are converted).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -84,8 +82,8 @@ pub struct Workload {
     pub sequences: usize,
     /// Tokens per sequence.
     pub seq_len: usize,
-    /// Widths of the points captured per analysed layer (statistics accumulators).
-    pub captured_point_widths: Vec<usize>,
+    /// The points captured per analysed layer (statistics accumulators).
+    pub captured_points: Vec<CapturedPoint>,
     /// Whether the LM head runs (score).
     pub lm_head: bool,
     /// Micro-batch the user aims for, in tokens (the plan takes the largest that fits, up to this).
@@ -407,12 +405,10 @@ pub fn plan(
         .collect();
     let width = layers.first().map_or(0, |l| l.hidden) as u64;
     let statistics = workload
-        .captured_point_widths
+        .captured_points
         .iter()
-        .map(|&w| w as u64)
-        .sum::<u64>()
-        * workload.sequences as u64
-        * STATISTICS_BYTES_PER_VALUE;
+        .map(|p| p.accumulator_bytes(workload.sequences, workload.seq_len))
+        .sum::<u64>();
     let tokens = (workload.sequences * workload.seq_len) as u64;
     let regions_for = |units: &[Vec<(LayerPart, Bytes)>],
                        sequences: usize,
@@ -706,7 +702,14 @@ mod tests {
         Workload {
             sequences: 16,
             seq_len: 2048,
-            captured_point_widths: vec![1024; 6],
+            captured_points: vec![
+                CapturedPoint {
+                    width: 1024,
+                    positions: false,
+                    row_maxima: false,
+                };
+                6
+            ],
             lm_head: false,
             target_micro_batch_tokens: 8192,
         }
@@ -933,7 +936,14 @@ mod tests {
         Workload {
             sequences: 4,
             seq_len: 128,
-            captured_point_widths: vec![1024; 6],
+            captured_points: vec![
+                CapturedPoint {
+                    width: 1024,
+                    positions: false,
+                    row_maxima: false,
+                };
+                6
+            ],
             lm_head: false,
             target_micro_batch_tokens: 512,
         }

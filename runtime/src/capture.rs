@@ -1,5 +1,6 @@
 //! Capture points, named as TransformerLens names them so users recognise them.
 
+use layerstream_planner::statistics::CapturedPoint;
 use std::fmt;
 use std::str::FromStr;
 
@@ -54,6 +55,26 @@ impl CapturePoint {
             CapturePoint::MlpOut => "mlp_out",
             CapturePoint::ResidPost => "resid_post",
             CapturePoint::Router => "router",
+        }
+    }
+
+    /// The points whose values >= threshold are outlier features (LLM.int8()): the inputs of
+    /// the attention projections (`ln1`, and `attn_in_o` reported separately) and of the MLP.
+    pub fn is_outlier_feature_point(self) -> bool {
+        matches!(
+            self,
+            CapturePoint::Ln1 | CapturePoint::Ln2 | CapturePoint::AttnInO
+        )
+    }
+
+    /// What its statistics accumulators keep at `width`: positions of values >= threshold
+    /// for the outlier-feature points, per-token maxima (massive activations) for the
+    /// residual stream.
+    pub fn statistics_shape(self, width: usize) -> CapturedPoint {
+        CapturedPoint {
+            width,
+            positions: self.is_outlier_feature_point(),
+            row_maxima: self == CapturePoint::ResidPost,
         }
     }
 

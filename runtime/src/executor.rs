@@ -342,10 +342,13 @@ pub(crate) fn finish_layer<'a>(
     request: &RunRequest,
     layer: usize,
     layers_to_run: usize,
-    statistics: &BTreeMap<CapturePoint, PointStatistics>,
+    mut statistics: BTreeMap<CapturePoint, PointStatistics>,
     hidden_states: impl FnOnce() -> Result<HiddenSnapshot<'a>>,
 ) -> Result<()> {
-    deliver_statistics(observer, layer, statistics);
+    for point in statistics.values_mut() {
+        point.finish();
+    }
+    deliver_statistics(observer, layer, &statistics);
     if request.checkpoint_hidden_states && observer.wants_hidden_states(layer) {
         let snapshot = hidden_states()?;
         observer.on_hidden_states(layer, &snapshot.values, snapshot.in_file);

@@ -141,7 +141,7 @@ pub fn analyze(args: &AnalyzeArgs) -> Result<()> {
             request.layers_to_run(model.spec.num_layers) - 1
         );
         let interval = std::time::Duration::from_secs_f64(args.checkpoint_every.max(0.0));
-        let mut observer = folder.observer(model.spec.hidden_size, interval);
+        let mut observer = folder.observer(model.spec.hidden_size, packed.seq_len, interval);
         let mut progress =
             WithProgress::new(&mut observer, request.layers_to_run(model.spec.num_layers));
         let outcome = run(model, &request, &backend, &mut progress);

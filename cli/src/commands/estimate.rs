@@ -6,6 +6,7 @@ use crate::args::{EstimateArgs, PlanArgs};
 use anyhow::Result;
 use layerstream_planner::memory::{GemmDtype, HiddenPlacement, LayerPlan, MemoryPlan, Workload};
 use layerstream_planner::split::describe_parts;
+use layerstream_planner::statistics::CapturedPoint;
 use layerstream_planner::{ByteSize, TensorDtype};
 use layerstream_runtime::cuda::ComputeChoice;
 use layerstream_runtime::plan::{
@@ -72,15 +73,15 @@ pub fn make_estimate(
         ComputeChoice::Auto if dominant_weight_dtype(model) == TensorDtype::Bf16 => GemmDtype::Bf16,
         ComputeChoice::Auto => GemmDtype::F32,
     };
-    let widths: Vec<usize> = points
+    let captured: Vec<CapturedPoint> = points
         .iter()
-        .map(|&p| point_width(spec, p))
-        .filter(|&w| w > 0)
+        .map(|&p| p.statistics_shape(point_width(spec, p)))
+        .filter(|p| p.width > 0)
         .collect();
     let workload = Workload {
         sequences,
         seq_len,
-        captured_point_widths: if lm_head { Vec::new() } else { widths },
+        captured_points: if lm_head { Vec::new() } else { captured },
         lm_head,
         target_micro_batch_tokens: micro_batch_tokens,
     };

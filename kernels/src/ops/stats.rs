@@ -1,21 +1,36 @@
-//! Statistics accumulated on the device (`stats.cu`): per sequence and dimension.
+//! Statistics accumulated on the device (`stats.cu`): per sequence and dimension, a
+//! histogram of |x| per point, optionally the positions of values >= threshold; and the
+//! per-row maxima the massive-activation search starts from.
 
-use super::{check_len, grid_for, launch};
+use super::{block_per_row, check_len, grid_for, launch};
 use crate::error::Result;
 use crate::gpu::Gpu;
 use crate::sources::STATS;
 use cudarc::driver::{CudaSlice, CudaView};
 
-/// Device accumulators for one capture point, `(total_sequences, width)` each.
+/// Bins of the |x| histogram (`HIST_BINS` in stats.cu).
+pub const HISTOGRAM_BINS: usize = 1538;
+
+/// Device accumulators for one capture point, `(total_sequences, width)` each unless noted.
 pub struct StatsAccumulators {
     /// Largest |x|.
     pub max_abs: CudaSlice<f32>,
     /// Values with |x| >= threshold.
     pub count_ge: CudaSlice<u64>,
+    /// Of those, the positive ones.
+    pub count_pos_ge: CudaSlice<u64>,
+    /// Sum of their |x|.
+    pub sum_abs_ge: CudaSlice<f64>,
     /// NaN / infinite values.
     pub non_finite: CudaSlice<u64>,
     /// Sums of x, x^2, x^3, x^4: 4 planes of `(total_sequences, width)`.
     pub sums: CudaSlice<f64>,
+    /// `(HISTOGRAM_BINS)`.
+    pub histogram: CudaSlice<u64>,
+    /// `(width, position_words)` bits of values >= threshold (one word when not kept).
+    pub positions: CudaSlice<u32>,
+    /// Words per dimension of `positions` (0: not kept).
+    pub position_words: usize,
     /// Sequences in the workload.
     pub total_sequences: usize,
     /// Hidden width.
@@ -30,20 +45,39 @@ pub struct HostStats {
     /// `(total_sequences, width)`.
     pub count_ge: Vec<u64>,
     /// `(total_sequences, width)`.
+    pub count_pos_ge: Vec<u64>,
+    /// `(total_sequences, width)`.
+    pub sum_abs_ge: Vec<f64>,
+    /// `(total_sequences, width)`.
     pub non_finite: Vec<u64>,
     /// `(4, total_sequences, width)`.
     pub sums: Vec<f64>,
+    /// `(HISTOGRAM_BINS)`.
+    pub histogram: Vec<u64>,
+    /// `(width, position_words)`, empty when not kept.
+    pub positions: Vec<u32>,
 }
 
 impl StatsAccumulators {
-    /// Zeroed accumulators.
-    pub fn new(gpu: &Gpu, total_sequences: usize, width: usize) -> Result<Self> {
+    /// Zeroed accumulators; `position_words` > 0 keeps the positions of values >= threshold
+    /// for a workload of up to `32 * position_words` tokens.
+    pub fn new(
+        gpu: &Gpu,
+        total_sequences: usize,
+        width: usize,
+        position_words: usize,
+    ) -> Result<Self> {
         let n = total_sequences * width;
         Ok(StatsAccumulators {
             max_abs: gpu.stream.alloc_zeros(n)?,
             count_ge: gpu.stream.alloc_zeros(n)?,
+            count_pos_ge: gpu.stream.alloc_zeros(n)?,
+            sum_abs_ge: gpu.stream.alloc_zeros(n)?,
             non_finite: gpu.stream.alloc_zeros(n)?,
             sums: gpu.stream.alloc_zeros(4 * n)?,
+            histogram: gpu.stream.alloc_zeros(HISTOGRAM_BINS)?,
+            positions: gpu.stream.alloc_zeros((width * position_words).max(1))?,
+            position_words,
             total_sequences,
             width,
         })
@@ -60,12 +94,20 @@ impl StatsAccumulators {
         threshold: f32,
     ) -> Result<()> {
         check_len("stats x", x, sequences * seq_len * self.width)?;
-        let (s_i, t_i, w_i, f_i, total_i) = (
+        if self.position_words > 0 {
+            check_len(
+                "stats positions",
+                &self.positions,
+                self.width * ((first_sequence + sequences) * seq_len).div_ceil(32),
+            )?;
+        }
+        let (s_i, t_i, w_i, f_i, total_i, words_i) = (
             sequences as i32,
             seq_len as i32,
             self.width as i32,
             first_sequence as i32,
             self.total_sequences as i32,
+            self.position_words as i32,
         );
         launch!(
             gpu,
@@ -81,8 +123,13 @@ impl StatsAccumulators {
             &threshold,
             &mut self.max_abs,
             &mut self.count_ge,
+            &mut self.count_pos_ge,
+            &mut self.sum_abs_ge,
             &mut self.non_finite,
-            &mut self.sums
+            &mut self.sums,
+            &mut self.histogram,
+            &mut self.positions,
+            &words_i
         )
     }
 
@@ -91,8 +138,39 @@ impl StatsAccumulators {
         Ok(HostStats {
             max_abs: gpu.stream.clone_dtoh(&self.max_abs)?,
             count_ge: gpu.stream.clone_dtoh(&self.count_ge)?,
+            count_pos_ge: gpu.stream.clone_dtoh(&self.count_pos_ge)?,
+            sum_abs_ge: gpu.stream.clone_dtoh(&self.sum_abs_ge)?,
             non_finite: gpu.stream.clone_dtoh(&self.non_finite)?,
             sums: gpu.stream.clone_dtoh(&self.sums)?,
+            histogram: gpu.stream.clone_dtoh(&self.histogram)?,
+            positions: if self.position_words > 0 {
+                gpu.stream.clone_dtoh(&self.positions)?
+            } else {
+                Vec::new()
+            },
         })
     }
+}
+
+/// `out[r]` = largest finite |x| of row r of `x (rows, width)`.
+pub fn row_max_abs(
+    gpu: &Gpu,
+    x: &CudaView<f32>,
+    rows: usize,
+    width: usize,
+    out: &mut CudaSlice<f32>,
+) -> Result<()> {
+    check_len("row max x", x, rows * width)?;
+    check_len("row max out", out, rows)?;
+    let (r_i, w_i) = (rows as i32, width as i32);
+    launch!(
+        gpu,
+        STATS,
+        "row_max_abs_kernel",
+        block_per_row(rows, 256),
+        x,
+        &r_i,
+        &w_i,
+        out
+    )
 }

@@ -1,11 +1,15 @@
-//! Analysis of captured activations. For now: per layer and capture point, the largest
-//! magnitude, the count of values at or above the outlier threshold, and the dimensions
-//! with the largest magnitudes.
+//! Analysis of captured activations: the statistics both backends accumulate per layer and
+//! capture point ([`statistics`], [`massive`]), the per-layer summaries written as each layer
+//! finishes ([`report`]), and the whole-run analysis built from the finished layers' files.
 
+pub mod massive;
 pub mod point_summary;
 pub mod report;
+pub mod router;
 pub mod statistics;
 
+pub use massive::{MassiveFinds, MassiveValue};
 pub use point_summary::{DimMax, PointSummary};
-pub use report::{ActivationReport, LayerReport, RouterSummary};
+pub use report::{ActivationReport, LayerReport};
+pub use router::RouterSummary;
 pub use statistics::PointStatistics;

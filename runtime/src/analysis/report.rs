@@ -4,9 +4,11 @@
 //! written as `layers/layer_{l}.json` when the layer finishes; the report is assembled from
 //! those files.
 
+use super::massive::MassiveFinds;
 use super::point_summary::PointSummary;
+use super::router::RouterSummary;
 use super::statistics::PointStatistics;
-use crate::capture::{CapturePoint, Routing};
+use crate::capture::CapturePoint;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -42,39 +44,6 @@ pub struct ReportData {
     pub documents: usize,
 }
 
-/// How a MoE layer's router spread the workload over its experts.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RouterSummary {
-    /// Routed experts.
-    pub num_experts: usize,
-    /// Experts chosen per token.
-    pub top_k: usize,
-    /// Tokens routed.
-    pub tokens: u64,
-    /// Per expert: how many tokens chose it (top-k assignments; they sum to tokens x top_k).
-    pub tokens_per_expert: Vec<u64>,
-}
-
-impl RouterSummary {
-    /// An empty summary for a router like `routing`'s.
-    pub fn empty_like(routing: &Routing) -> Self {
-        RouterSummary {
-            num_experts: routing.num_experts,
-            top_k: routing.top_k,
-            tokens: 0,
-            tokens_per_expert: vec![0; routing.num_experts],
-        }
-    }
-
-    /// Adds a micro-batch of routing decisions.
-    pub fn add(&mut self, routing: &Routing) {
-        self.tokens += (routing.experts.len() / routing.top_k) as u64;
-        for &expert in &routing.experts {
-            self.tokens_per_expert[expert as usize] += 1;
-        }
-    }
-}
-
 /// One layer's summaries, keyed by capture point name.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LayerReport {
@@ -85,6 +54,9 @@ pub struct LayerReport {
     /// Expert load, for MoE layers when `router` is captured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub router: Option<RouterSummary>,
+    /// Massive activations of `resid_post`, when captured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub massive: Option<MassiveFinds>,
 }
 
 impl LayerReport {
@@ -101,6 +73,9 @@ impl LayerReport {
                 .map(|(point, stats)| (point.name().to_string(), stats.summary(TOP_DIMS)))
                 .collect(),
             router,
+            massive: statistics
+                .get(&CapturePoint::ResidPost)
+                .and_then(|s| s.massive.clone()),
         }
     }
 }

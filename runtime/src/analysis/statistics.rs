@@ -1,10 +1,15 @@
 //! Per (sequence, hidden dimension) statistics of one capture point of one layer, the form
-//! both backends accumulate in (DESIGN §7): max |x|, count of |x| >= threshold, non-finite
-//! values, and the sums of x, x^2, x^3, x^4 (f64) for mean, variance and kurtosis.
+//! both backends accumulate in (DESIGN §7): max |x|, count of |x| >= threshold (and of them
+//! positive, and the sum of their |x|), non-finite values, the sums of x, x^2, x^3, x^4
+//! (f64); per point a histogram of |x|; for the outlier-feature points the positions of the
+//! values >= threshold (a bit per token and dimension); for the residual stream the massive
+//! activations.
 
+use super::massive::MassiveFinds;
 use super::point_summary::{DimMax, PointSummary};
+use layerstream_planner::statistics::{CapturedPoint, HISTOGRAM_BINS};
 
-/// Accumulated statistics, each array `(sequences, width)` row-major.
+/// Accumulated statistics, each per-entry array `(sequences, width)` row-major.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PointStatistics {
     /// Sequences of the workload.
@@ -19,36 +24,98 @@ pub struct PointStatistics {
     pub max_abs: Vec<f32>,
     /// Finite values with |x| >= threshold.
     pub count_ge: Vec<u64>,
+    /// Of those, the positive ones.
+    pub count_pos_ge: Vec<u64>,
+    /// Sum of |x| over those.
+    pub sum_abs_ge: Vec<f64>,
     /// NaN or infinite values.
     pub non_finite: Vec<u64>,
     /// Sums of x, x^2, x^3, x^4 over finite values: `(4, sequences, width)`.
     pub sums: Vec<f64>,
+    /// Finite |x| per [`histogram_bin`], `(HISTOGRAM_BINS)`.
+    pub histogram: Vec<u64>,
+    /// Positions of the values >= threshold, `(width, position_words)`: bit `t % 32` of word
+    /// `t / 32` of a dimension's row for the workload's token `t` (sequence * seq_len +
+    /// position). Empty when the point does not keep positions.
+    pub positions: Vec<u32>,
+    /// Massive activations, for the point that looks for them (`resid_post`).
+    pub massive: Option<MassiveFinds>,
+}
+
+/// The histogram bin of a finite magnitude: 0 below 2^-24, then the exponent and the top
+/// five mantissa bits (32 linear bins per octave), the last bin from 2^24. Exact, so both
+/// backends bin every value alike.
+pub fn histogram_bin(magnitude: f32) -> usize {
+    let bits = magnitude.to_bits();
+    let exponent = (bits >> 23) as i32 - 127;
+    if exponent < -24 {
+        0
+    } else if exponent >= 24 {
+        HISTOGRAM_BINS - 1
+    } else {
+        1 + ((exponent + 24) as usize) * 32 + ((bits >> 18) & 31) as usize
+    }
+}
+
+/// The smallest magnitude of `bin` (0 for the first).
+pub fn histogram_bin_start(bin: usize) -> f64 {
+    if bin == 0 {
+        return 0.0;
+    }
+    let (octave, step) = ((bin - 1) / 32, (bin - 1) % 32);
+    2f64.powi(octave as i32 - 24) * (1.0 + step as f64 / 32.0)
 }
 
 impl PointStatistics {
-    /// Zeroed statistics.
-    pub fn new(sequences: usize, seq_len: usize, width: usize, threshold: f32) -> Self {
-        let n = sequences * width;
+    /// Zeroed statistics for `point` (its width and what it keeps).
+    pub fn new(sequences: usize, seq_len: usize, point: CapturedPoint, threshold: f32) -> Self {
+        let n = sequences * point.width;
+        let words = Self::words_for(sequences * seq_len);
         PointStatistics {
             sequences,
             seq_len,
-            width,
+            width: point.width,
             threshold,
             max_abs: vec![0.0; n],
             count_ge: vec![0; n],
+            count_pos_ge: vec![0; n],
+            sum_abs_ge: vec![0.0; n],
             non_finite: vec![0; n],
             sums: vec![0.0; 4 * n],
+            histogram: vec![0; HISTOGRAM_BINS],
+            positions: if point.positions {
+                vec![0; point.width * words]
+            } else {
+                Vec::new()
+            },
+            massive: point.row_maxima.then(MassiveFinds::default),
+        }
+    }
+
+    /// Words of a dimension's position bits for `tokens` tokens.
+    pub fn words_for(tokens: usize) -> usize {
+        tokens.div_ceil(32)
+    }
+
+    /// Words per dimension in [`Self::positions`] (0 when positions are not kept).
+    pub fn position_words(&self) -> usize {
+        if self.positions.is_empty() {
+            0
+        } else {
+            Self::words_for(self.sequences * self.seq_len)
         }
     }
 
     /// Adds `values (sequences * seq_len, width)` of sequences `first_sequence..`, as the
-    /// `stats_accumulate_kernel` does on the GPU.
+    /// `stats_accumulate_kernel` does on the GPU (and the host's massive-activation scan).
     pub fn accumulate(&mut self, values: &[f32], first_sequence: usize) {
         let (width, seq_len) = (self.width, self.seq_len);
         let plane = self.sequences * width;
+        let words = self.position_words();
         for (offset, sequence) in values.chunks_exact(seq_len * width).enumerate() {
             let row0 = (first_sequence + offset) * width;
-            for token in sequence.chunks_exact(width) {
+            for (position, token) in sequence.chunks_exact(width).enumerate() {
+                let global = (first_sequence + offset) * seq_len + position;
                 for (d, &value) in token.iter().enumerate() {
                     let slot = row0 + d;
                     if !value.is_finite() {
@@ -57,14 +124,32 @@ impl PointStatistics {
                     }
                     let magnitude = value.abs();
                     self.max_abs[slot] = self.max_abs[slot].max(magnitude);
-                    self.count_ge[slot] += (magnitude >= self.threshold) as u64;
+                    self.histogram[histogram_bin(magnitude)] += 1;
+                    if magnitude >= self.threshold {
+                        self.count_ge[slot] += 1;
+                        self.count_pos_ge[slot] += (value > 0.0) as u64;
+                        self.sum_abs_ge[slot] += magnitude as f64;
+                        if words > 0 {
+                            self.positions[d * words + global / 32] |= 1 << (global % 32);
+                        }
+                    }
                     let (v, v2) = (value as f64, (value as f64) * (value as f64));
                     self.sums[slot] += v;
                     self.sums[plane + slot] += v2;
                     self.sums[2 * plane + slot] += v2 * v;
                     self.sums[3 * plane + slot] += v2 * v2;
                 }
+                if let Some(massive) = &mut self.massive {
+                    massive.scan_row(token, first_sequence + offset, position);
+                }
             }
+        }
+    }
+
+    /// Puts what was found in its final order once the layer is done.
+    pub fn finish(&mut self) {
+        if let Some(massive) = &mut self.massive {
+            massive.keep_largest();
         }
     }
 
@@ -103,17 +188,31 @@ impl PointStatistics {
 mod tests {
     use super::*;
 
+    fn point(width: usize, positions: bool) -> CapturedPoint {
+        CapturedPoint {
+            width,
+            positions,
+            row_maxima: false,
+        }
+    }
+
     #[test]
     fn accumulates_per_sequence_and_summarises() {
         // 2 sequences of 2 tokens, width 3.
-        let mut stats = PointStatistics::new(2, 2, 3, 6.0);
+        let mut stats = PointStatistics::new(2, 2, point(3, true), 6.0);
         stats.accumulate(&[1.0, -6.0, 2.0, 0.5, 3.0, -7.5], 0);
         stats.accumulate(&[6.5, 0.0, f32::NAN, 1.0, 1.0, 1.0], 1);
         assert_eq!(stats.max_abs, vec![1.0, 6.0, 7.5, 6.5, 1.0, 1.0]);
         assert_eq!(stats.count_ge, vec![0, 1, 1, 1, 0, 0]);
+        assert_eq!(stats.count_pos_ge, vec![0, 0, 0, 1, 0, 0]);
+        assert_eq!(stats.sum_abs_ge, vec![0.0, 6.0, 7.5, 6.5, 0.0, 0.0]);
         assert_eq!(stats.non_finite, vec![0, 0, 0, 0, 0, 1]);
+        // Positions: dim 0 at token 2, dim 1 at token 0, dim 2 at token 1.
+        assert_eq!(stats.positions, vec![0b100, 0b001, 0b010]);
         // sum of x^2 of sequence 0, dimension 1: 36 + 9.
         assert_eq!(stats.sums[6 + 1], 45.0);
+        assert_eq!(stats.histogram.iter().sum::<u64>(), 11);
+        assert_eq!(stats.histogram[histogram_bin(1.0)], 4);
         let s = stats.summary(2);
         assert_eq!(s.max_abs, 7.5);
         assert_eq!(s.count_ge_threshold, 3);
@@ -132,5 +231,19 @@ mod tests {
                 }
             ]
         );
+    }
+
+    #[test]
+    fn histogram_bins_are_exact_and_ordered() {
+        assert_eq!(histogram_bin(0.0), 0);
+        assert_eq!(histogram_bin(1e-9), 0);
+        assert_eq!(histogram_bin(1e9), HISTOGRAM_BINS - 1);
+        for value in [2f32.powi(-24), 0.3, 1.0, 6.0, 100.0, 2f32.powi(24) * 0.99] {
+            let bin = histogram_bin(value);
+            let (start, next) = (histogram_bin_start(bin), histogram_bin_start(bin + 1));
+            assert!(start <= value as f64 && (value as f64) < next, "{value}");
+        }
+        assert_eq!(histogram_bin_start(histogram_bin(1.0)), 1.0);
+        assert_eq!(histogram_bin_start(histogram_bin(1.5)), 1.5);
     }
 }

@@ -1,14 +1,10 @@
 //! The files of an output folder: hidden-state checkpoints and per-layer results, as
 //! safetensors (loadable from Python) and JSON, written atomically.
 
-use crate::analysis::{LayerReport, PointStatistics};
-use crate::capture::CapturePoint;
+use crate::analysis::LayerReport;
 use crate::error::{Result, RuntimeError};
 use crate::executor::StartHidden;
 use layerstream_planner::progress::{FileRecord, Sha256Writer};
-use safetensors::Dtype;
-use safetensors::tensor::TensorView;
-use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::Path;
@@ -180,52 +176,6 @@ pub fn hidden_source(
         path,
         data_offset: 8 + header_len,
     })
-}
-
-/// Serialises a layer's statistics: per point `{point}.max_abs` F32 `(sequences, width)`,
-/// `{point}.count_ge` and `{point}.non_finite` U64, `{point}.sums` F64 `(4, sequences, width)`.
-pub fn statistics_bytes(statistics: &BTreeMap<CapturePoint, PointStatistics>) -> Result<Vec<u8>> {
-    let mut buffers: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
-    for (point, s) in statistics {
-        let shape = vec![s.sequences, s.width];
-        let name = point.name();
-        buffers.push((
-            format!("{name}.max_abs"),
-            Dtype::F32,
-            shape.clone(),
-            s.max_abs.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        ));
-        buffers.push((
-            format!("{name}.count_ge"),
-            Dtype::U64,
-            shape.clone(),
-            s.count_ge.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        ));
-        buffers.push((
-            format!("{name}.non_finite"),
-            Dtype::U64,
-            shape.clone(),
-            s.non_finite.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        ));
-        buffers.push((
-            format!("{name}.sums"),
-            Dtype::F64,
-            vec![4, s.sequences, s.width],
-            s.sums.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        ));
-    }
-    let views = buffers
-        .iter()
-        .map(|(name, dtype, shape, bytes)| {
-            TensorView::new(*dtype, shape.clone(), bytes)
-                .map(|v| (name.clone(), v))
-                .map_err(|e| RuntimeError::InvalidRequest(format!("statistics {name}: {e}")))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let threshold = statistics.values().next().map_or(0.0, |s| s.threshold);
-    let metadata = HashMap::from([("threshold".to_string(), threshold.to_string())]);
-    safetensors::serialize(views, Some(metadata))
-        .map_err(|e| RuntimeError::InvalidRequest(format!("statistics: {e}")))
 }
 
 /// Reads a layer summary written as JSON.

@@ -189,9 +189,10 @@ impl AnalysisFolder {
     pub fn observer(
         &mut self,
         hidden_width: usize,
+        seq_len: usize,
         hidden_interval: Duration,
     ) -> CheckpointObserver<'_> {
-        CheckpointObserver::new(self, hidden_width, hidden_interval)
+        CheckpointObserver::new(self, hidden_width, seq_len, hidden_interval)
     }
 
     /// Assembles report.json from the finished layers' files (so a resumed run and an

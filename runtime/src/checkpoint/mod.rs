@@ -6,6 +6,7 @@
 mod files;
 mod fingerprint;
 mod folder;
+pub mod statistics_file;
 mod writer;
 
 pub use files::write_file;

@@ -4,12 +4,12 @@
 //! hidden file is deleted. A write failure (full disk) stops the run after the next layer;
 //! what progress.json names stays valid.
 
-use super::files::{
-    hidden_path, layer_json_path, layer_statistics_path, statistics_bytes, write_file, write_hidden,
-};
+use super::files::{hidden_path, layer_json_path, layer_statistics_path, write_file, write_hidden};
 use super::folder::{AnalysisFolder, save_progress};
+use super::statistics_file::statistics_bytes;
 use crate::analysis::PointStatistics;
-use crate::analysis::report::{LayerReport, RouterSummary};
+use crate::analysis::report::LayerReport;
+use crate::analysis::router::RouterSummary;
 use crate::capture::{CapturePoint, Routing};
 use crate::error::{Result, RuntimeError};
 use crate::executor::RunObserver;
@@ -43,6 +43,7 @@ pub struct CheckpointObserver<'a> {
     folder: &'a mut AnalysisFolder,
     statistics: BTreeMap<CapturePoint, PointStatistics>,
     routers: BTreeMap<usize, RouterSummary>,
+    seq_len: usize,
     hidden_states: Option<HiddenJob>,
     hidden_width: usize,
     hidden_interval: Duration,
@@ -120,6 +121,7 @@ impl<'a> CheckpointObserver<'a> {
     pub(super) fn new(
         folder: &'a mut AnalysisFolder,
         hidden_width: usize,
+        seq_len: usize,
         hidden_interval: Duration,
     ) -> Self {
         // Two layers may wait: enough to overlap writing with computing, bounded in memory.
@@ -148,6 +150,7 @@ impl<'a> CheckpointObserver<'a> {
             folder,
             statistics: BTreeMap::new(),
             routers: BTreeMap::new(),
+            seq_len,
             hidden_states: None,
             hidden_width,
             hidden_interval,
@@ -188,11 +191,11 @@ impl RunObserver for CheckpointObserver<'_> {
         self.statistics.insert(point, statistics.clone());
     }
 
-    fn on_router(&mut self, layer: usize, _first: usize, routing: &Routing) {
+    fn on_router(&mut self, layer: usize, first_sequence: usize, routing: &Routing) {
         self.routers
             .entry(layer)
             .or_insert_with(|| RouterSummary::empty_like(routing))
-            .add(routing);
+            .add(routing, first_sequence, self.seq_len);
     }
 
     fn wants_hidden_states(&mut self, _layer: usize) -> bool {

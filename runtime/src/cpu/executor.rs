@@ -160,7 +160,7 @@ pub fn run(
             request,
             layer,
             layers_to_run,
-            &statistics,
+            statistics,
             snapshot,
         )?;
     }
@@ -219,7 +219,7 @@ impl LayerCaptureSink for CpuSink<'_> {
                     PointStatistics::new(
                         self.request.num_sequences,
                         self.request.seq_len,
-                        width,
+                        point.statistics_shape(width),
                         threshold,
                     )
                 })

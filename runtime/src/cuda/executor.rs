@@ -13,7 +13,7 @@ use super::staging::{
 };
 use super::weights::DeviceLayer;
 use crate::allocation::{Budget, Reservation, halve_micro_batch, is_out_of_memory};
-use crate::analysis::PointStatistics;
+use crate::analysis::{MassiveFinds, PointStatistics};
 use crate::capture::CapturePoint;
 use crate::error::{Result, RuntimeError};
 use crate::executor::{
@@ -27,7 +27,7 @@ use layerstream_kernels::cudarc::driver::CudaView;
 use layerstream_kernels::cudarc::driver::result::memcpy_htod_async;
 use layerstream_kernels::cudarc::driver::sys::CUevent_flags;
 use layerstream_kernels::cudarc::driver::{CudaEvent, CudaSlice, CudaStream, DevicePtrMut};
-use layerstream_kernels::ops::stats::StatsAccumulators;
+use layerstream_kernels::ops::stats::{self, StatsAccumulators};
 use layerstream_kernels::{Gpu, KernelError};
 use layerstream_planner::memory;
 use layerstream_planner::memory::HiddenPlacement;
@@ -238,7 +238,7 @@ pub fn run(
                 request,
                 layer,
                 layers_to_run,
-                &statistics,
+                statistics,
                 snapshot,
             )?;
         }
@@ -303,14 +303,27 @@ fn statistics_accumulators(
         if width == 0 || !request.captures(layer, point) {
             continue;
         }
-        let bytes = 52 * (request.num_sequences * width) as u64;
+        let shape = point.statistics_shape(width);
+        let bytes = shape.accumulator_bytes(request.num_sequences, request.seq_len);
         let reservation = budget.reserve(&format!("layer {layer}'s {point} statistics"), bytes)?;
-        let stats = StatsAccumulators::new(gpu, request.num_sequences, width)?;
+        let tokens = request.num_sequences * request.seq_len;
+        let words = if shape.positions {
+            PointStatistics::words_for(tokens)
+        } else {
+            0
+        };
+        let stats = StatsAccumulators::new(gpu, request.num_sequences, width, words)?;
+        let row_maxima = match shape.row_maxima {
+            true => Some(gpu.stream.alloc_zeros(tokens).map_err(KernelError::from)?),
+            false => None,
+        };
         accumulators.insert(
             point,
             Accumulator {
                 stats,
                 threshold,
+                massive: shape.row_maxima.then(MassiveFinds::default),
+                row_maxima,
                 _reservation: reservation,
             },
         );
@@ -322,6 +335,10 @@ fn statistics_accumulators(
 struct Accumulator {
     stats: StatsAccumulators,
     threshold: f32,
+    /// Massive activations found so far (`resid_post`).
+    massive: Option<MassiveFinds>,
+    /// `(tokens)`: per-token max |x| of a micro-batch (`resid_post`).
+    row_maxima: Option<CudaSlice<f32>>,
     _reservation: Reservation,
 }
 
@@ -438,6 +455,7 @@ fn download_statistics(
         Accumulator {
             stats: accumulator,
             threshold,
+            massive,
             ..
         },
     ) in accumulators
@@ -452,12 +470,60 @@ fn download_statistics(
                 threshold: *threshold,
                 max_abs: host.max_abs,
                 count_ge: host.count_ge,
+                count_pos_ge: host.count_pos_ge,
+                sum_abs_ge: host.sum_abs_ge,
                 non_finite: host.non_finite,
                 sums: host.sums,
+                histogram: host.histogram,
+                positions: host.positions,
+                massive: massive.clone(),
             },
         );
     }
     Ok(statistics)
+}
+
+// The device histogram and the host's have the same bins.
+const _: () = assert!(stats::HISTOGRAM_BINS == layerstream_planner::statistics::HISTOGRAM_BINS);
+
+/// Looks for massive activations in a micro-batch `values (tokens, width)` of sequences
+/// `first_sequence..`: per-token maxima on the device, then only the rows that can hold one
+/// are copied to the host and scanned there (the CPU backend's code).
+fn find_massive(
+    gpu: &Gpu,
+    values: &CudaView<f32>,
+    width: usize,
+    seq_len: usize,
+    first_sequence: usize,
+    row_maxima: &mut CudaSlice<f32>,
+    massive: &mut MassiveFinds,
+) -> Result<()> {
+    let tokens = values.len() / width;
+    stats::row_max_abs(gpu, values, tokens, width, row_maxima)?;
+    let maxima = gpu
+        .stream
+        .clone_dtoh(&row_maxima.slice(..tokens))
+        .map_err(KernelError::from)?;
+    let rows: Vec<usize> = (0..tokens)
+        .filter(|&r| MassiveFinds::row_may_hold(maxima[r]))
+        .collect();
+    // Few rows: one copy each; many: the whole micro-batch at once.
+    let whole = if rows.len() > 64 {
+        Some(gpu.stream.clone_dtoh(values).map_err(KernelError::from)?)
+    } else {
+        None
+    };
+    for r in rows {
+        let row = match &whole {
+            Some(all) => all[r * width..(r + 1) * width].to_vec(),
+            None => gpu
+                .stream
+                .clone_dtoh(&values.slice(r * width..(r + 1) * width))
+                .map_err(KernelError::from)?,
+        };
+        massive.scan_row(&row, first_sequence + r / seq_len, r % seq_len);
+    }
+    Ok(())
 }
 
 /// Delivers one layer's captures of one micro-batch, as the request asks.
@@ -492,13 +558,12 @@ impl DeviceCaptureSink for CudaSink<'_> {
                     .on_capture(self.layer, point, self.first_sequence, &host, width);
             }
             CaptureMode::Statistics { threshold } => {
-                let accumulator = &mut self
+                let accumulator = self
                     .accumulators
                     .get_mut(&point)
-                    .expect("created before the layer's first micro-batch")
-                    .stats;
-                debug_assert_eq!(accumulator.width, width);
-                accumulator.accumulate(
+                    .expect("created before the layer's first micro-batch");
+                debug_assert_eq!(accumulator.stats.width, width);
+                accumulator.stats.accumulate(
                     self.gpu,
                     values,
                     self.sequences,
@@ -506,6 +571,19 @@ impl DeviceCaptureSink for CudaSink<'_> {
                     self.first_sequence,
                     threshold,
                 )?;
+                if let (Some(massive), Some(row_maxima)) =
+                    (&mut accumulator.massive, &mut accumulator.row_maxima)
+                {
+                    find_massive(
+                        self.gpu,
+                        values,
+                        width,
+                        self.request.seq_len,
+                        self.first_sequence,
+                        row_maxima,
+                        massive,
+                    )?;
+                }
             }
         }
         Ok(())

@@ -1,0 +1,163 @@
+//! Massive activations (Sun et al. 2024, "Massive activations in large language models"):
+//! values of the residual stream with |x| > 100 and at least 1000 times the median magnitude
+//! of their own token's hidden state (the per-token reading of "the median magnitude of its
+//! hidden state"). Found while a layer runs, on both backends, by [`MassiveFinds::scan_row`].
+
+use serde::{Deserialize, Serialize};
+
+/// Magnitude a massive activation exceeds.
+pub const MASSIVE_MIN_MAGNITUDE: f32 = 100.0;
+/// How many times its token's median magnitude it is at least.
+pub const MASSIVE_MEDIAN_RATIO: f32 = 1000.0;
+/// Largest ones kept per layer (the counts cover all).
+pub const MASSIVE_KEPT: usize = 1000;
+
+/// One massive activation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MassiveValue {
+    /// Sequence of the workload.
+    pub sequence: usize,
+    /// Token position in it.
+    pub position: usize,
+    /// Hidden dimension.
+    pub dim: usize,
+    /// The value (signed).
+    pub value: f32,
+    /// Median |x| of its token's hidden state.
+    pub token_median: f32,
+}
+
+/// The massive activations of one point of one layer.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MassiveFinds {
+    /// Massive activations found.
+    pub total: u64,
+    /// Tokens holding at least one.
+    pub tokens: u64,
+    /// The largest |value| first (ties: sequence, position, dim), at most [`MASSIVE_KEPT`].
+    pub values: Vec<MassiveValue>,
+}
+
+/// Largest finite |x| of a row (0 when there is none).
+pub fn row_max_abs(row: &[f32]) -> f32 {
+    row.iter()
+        .filter(|v| v.is_finite())
+        .fold(0.0f32, |m, v| m.max(v.abs()))
+}
+
+/// Median |x| of a row (the mean of the two middle ones for an even width, as numpy does).
+pub fn median_magnitude(row: &[f32]) -> f32 {
+    let mut magnitudes: Vec<f32> = row.iter().map(|v| v.abs()).collect();
+    if magnitudes.is_empty() {
+        return 0.0;
+    }
+    let n = magnitudes.len();
+    let (_, &mut upper, _) = magnitudes.select_nth_unstable_by(n / 2, f32::total_cmp);
+    if n % 2 == 1 {
+        return upper;
+    }
+    let lower = magnitudes[..n / 2].iter().copied().fold(f32::MIN, f32::max);
+    ((lower as f64 + upper as f64) / 2.0) as f32
+}
+
+impl MassiveFinds {
+    /// Whether a row whose largest finite |x| is `max_abs` can hold one (rows that cannot are
+    /// never looked at again; on a GPU only the others are copied to the host).
+    pub fn row_may_hold(max_abs: f32) -> bool {
+        max_abs > MASSIVE_MIN_MAGNITUDE
+    }
+
+    /// Looks for massive activations in the hidden state `row` of token `position` of
+    /// `sequence`.
+    pub fn scan_row(&mut self, row: &[f32], sequence: usize, position: usize) {
+        if !Self::row_may_hold(row_max_abs(row)) {
+            return;
+        }
+        let median = median_magnitude(row);
+        let before = self.total;
+        for (dim, &value) in row.iter().enumerate() {
+            let magnitude = value.abs();
+            if value.is_finite()
+                && magnitude > MASSIVE_MIN_MAGNITUDE
+                && magnitude >= MASSIVE_MEDIAN_RATIO * median
+            {
+                self.total += 1;
+                self.values.push(MassiveValue {
+                    sequence,
+                    position,
+                    dim,
+                    value,
+                    token_median: median,
+                });
+            }
+        }
+        self.tokens += (self.total > before) as u64;
+        if self.values.len() > 4 * MASSIVE_KEPT {
+            self.keep_largest();
+        }
+    }
+
+    /// Sorts (largest first) and keeps [`MASSIVE_KEPT`].
+    pub fn keep_largest(&mut self) {
+        self.values.sort_by(|a, b| {
+            b.value
+                .abs()
+                .total_cmp(&a.value.abs())
+                .then(a.sequence.cmp(&b.sequence))
+                .then(a.position.cmp(&b.position))
+                .then(a.dim.cmp(&b.dim))
+        });
+        self.values.truncate(MASSIVE_KEPT);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_and_even_rows() {
+        assert_eq!(median_magnitude(&[3.0, -1.0, 2.0]), 2.0);
+        assert_eq!(median_magnitude(&[4.0, -1.0, 2.0, -3.0]), 2.5);
+    }
+
+    #[test]
+    fn both_conditions_at_their_edges() {
+        // Width 5, median |x| 0.1 (ratio edge 100.0 = 1000 x 0.1 is not > 100).
+        let mut finds = MassiveFinds::default();
+        finds.scan_row(&[0.1, -0.1, 0.1, 100.0, 0.05], 0, 0);
+        assert_eq!(finds.total, 0, "100 is not above 100");
+        // Median 0.25: 150 is above 100 but below 1000 x 0.25 = 250; -250 is exactly 1000x.
+        finds.scan_row(&[0.25, 150.0, -250.0, 0.25, 0.25], 1, 7);
+        assert_eq!(finds.total, 1);
+        assert_eq!(
+            finds.values,
+            vec![MassiveValue {
+                sequence: 1,
+                position: 7,
+                dim: 2,
+                value: -250.0,
+                token_median: 0.25
+            }]
+        );
+        assert_eq!(finds.tokens, 1);
+        // Non-finite values are never massive.
+        finds.scan_row(&[0.0, f32::INFINITY, 0.0], 2, 0);
+        assert_eq!(finds.total, 1);
+    }
+
+    #[test]
+    fn keeps_the_largest_in_a_fixed_order() {
+        let mut finds = MassiveFinds::default();
+        for s in 0..3 {
+            let mut row = vec![0.01f32; 8];
+            row[s] = 500.0 + s as f32;
+            row[7] = -900.0;
+            finds.scan_row(&row, s, 0);
+        }
+        finds.keep_largest();
+        let order: Vec<(usize, usize)> = finds.values.iter().map(|v| (v.sequence, v.dim)).collect();
+        assert_eq!(order, vec![(0, 7), (1, 7), (2, 7), (2, 2), (1, 1), (0, 0)]);
+        assert_eq!((finds.total, finds.tokens), (6, 3));
+    }
+}

@@ -1,0 +1,201 @@
+//! What a MoE layer's router did with the workload, kept per sequence so the analysis can
+//! resample sequences: tokens per expert (top-k assignments) and the per-token entropy of
+//! the router's probabilities. Filled from the routing decisions both backends hand over per
+//! micro-batch; a micro-batch handed over again (after an out-of-memory retry) replaces its
+//! sequences' entries instead of adding to them.
+
+use crate::capture::Routing;
+use serde::{Deserialize, Serialize};
+
+/// Bins of the per-token entropy histogram, over [0, ln E].
+pub const ENTROPY_BINS: usize = 20;
+
+/// One sequence's routing.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SequenceRouting {
+    /// Per expert: tokens of the sequence that chose it.
+    pub tokens_per_expert: Vec<u64>,
+    /// Sum over the sequence's tokens of the router entropy (nats).
+    pub entropy_sum: f64,
+    /// Tokens per bin of entropy / ln E (`ENTROPY_BINS` equal bins over [0, 1]).
+    pub entropy_histogram: Vec<u64>,
+}
+
+/// How a MoE layer's router spread the workload over its experts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RouterSummary {
+    /// Routed experts.
+    pub num_experts: usize,
+    /// Experts chosen per token.
+    pub top_k: usize,
+    /// Tokens routed.
+    pub tokens: u64,
+    /// Per expert: how many tokens chose it (top-k assignments; they sum to tokens x top_k).
+    pub tokens_per_expert: Vec<u64>,
+    /// Per sequence of the workload (empty entries for sequences not seen).
+    pub per_sequence: Vec<SequenceRouting>,
+}
+
+/// Entropy (nats) of the softmax of `logits`.
+pub fn softmax_entropy(logits: &[f32]) -> f64 {
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
+    let weights: Vec<f64> = logits.iter().map(|&v| (v as f64 - max).exp()).collect();
+    let total: f64 = weights.iter().sum();
+    weights
+        .iter()
+        .filter(|&&w| w > 0.0)
+        .map(|&w| {
+            let p = w / total;
+            -p * p.ln()
+        })
+        .sum()
+}
+
+/// Load metrics of tokens-per-expert counts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoadMetrics {
+    /// f_e: each expert's share of the top-k assignments (sums to 1).
+    pub load: Vec<f64>,
+    /// Entropy of f divided by ln E: 1 when perfectly balanced.
+    pub normalized_entropy: f64,
+    /// MaxVio: (max - mean) / mean of the counts.
+    pub max_violation: f64,
+}
+
+impl LoadMetrics {
+    /// The metrics of `counts` (per expert).
+    pub fn of(counts: &[u64]) -> Self {
+        let total: u64 = counts.iter().sum();
+        let experts = counts.len().max(1) as f64;
+        let load: Vec<f64> = counts
+            .iter()
+            .map(|&c| c as f64 / total.max(1) as f64)
+            .collect();
+        let entropy: f64 = load
+            .iter()
+            .filter(|&&f| f > 0.0)
+            .map(|&f| -f * f.ln())
+            .sum();
+        let mean = total as f64 / experts;
+        let max = counts.iter().copied().max().unwrap_or(0) as f64;
+        LoadMetrics {
+            load,
+            normalized_entropy: if experts > 1.0 {
+                entropy / experts.ln()
+            } else {
+                1.0
+            },
+            max_violation: if mean > 0.0 { (max - mean) / mean } else { 0.0 },
+        }
+    }
+}
+
+impl RouterSummary {
+    /// An empty summary for a router like `routing`'s.
+    pub fn empty_like(routing: &Routing) -> Self {
+        RouterSummary {
+            num_experts: routing.num_experts,
+            top_k: routing.top_k,
+            tokens: 0,
+            tokens_per_expert: vec![0; routing.num_experts],
+            per_sequence: Vec::new(),
+        }
+    }
+
+    /// Records a micro-batch of routing decisions for sequences `first_sequence..` of
+    /// `seq_len` tokens (replacing what an earlier attempt at them recorded).
+    pub fn add(&mut self, routing: &Routing, first_sequence: usize, seq_len: usize) {
+        let (experts, top_k) = (routing.num_experts, routing.top_k);
+        let tokens = routing.experts.len() / top_k;
+        let sequences = tokens / seq_len.max(1);
+        if self.per_sequence.len() < first_sequence + sequences {
+            self.per_sequence
+                .resize(first_sequence + sequences, SequenceRouting::default());
+        }
+        let ln_experts = (experts as f64).ln();
+        for s in 0..sequences {
+            let mut entry = SequenceRouting {
+                tokens_per_expert: vec![0; experts],
+                entropy_sum: 0.0,
+                entropy_histogram: vec![0; ENTROPY_BINS],
+            };
+            for t in s * seq_len..(s + 1) * seq_len {
+                for &e in &routing.experts[t * top_k..(t + 1) * top_k] {
+                    entry.tokens_per_expert[e as usize] += 1;
+                }
+                let entropy = softmax_entropy(&routing.logits[t * experts..(t + 1) * experts]);
+                entry.entropy_sum += entropy;
+                let fraction = if ln_experts > 0.0 {
+                    entropy / ln_experts
+                } else {
+                    0.0
+                };
+                let bin = ((fraction * ENTROPY_BINS as f64) as usize).min(ENTROPY_BINS - 1);
+                entry.entropy_histogram[bin] += 1;
+            }
+            self.per_sequence[first_sequence + s] = entry;
+        }
+        self.tokens_per_expert = vec![0; experts];
+        self.tokens = 0;
+        for entry in &self.per_sequence {
+            for (total, &count) in self
+                .tokens_per_expert
+                .iter_mut()
+                .zip(&entry.tokens_per_expert)
+            {
+                *total += count;
+            }
+            self.tokens += entry.entropy_histogram.iter().sum::<u64>();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entropy_of_uniform_and_peaked_logits() {
+        assert!((softmax_entropy(&[0.0; 8]) - 8f64.ln()).abs() < 1e-12);
+        assert!(softmax_entropy(&[100.0, 0.0, 0.0]) < 1e-30);
+    }
+
+    #[test]
+    fn load_metrics_of_balanced_and_skewed_counts() {
+        let balanced = LoadMetrics::of(&[5, 5, 5, 5]);
+        assert_eq!(balanced.load, vec![0.25; 4]);
+        assert!((balanced.normalized_entropy - 1.0).abs() < 1e-12);
+        assert_eq!(balanced.max_violation, 0.0);
+        // Mean 4, max 10: MaxVio 1.5.
+        let skewed = LoadMetrics::of(&[10, 2, 2, 2]);
+        assert_eq!(skewed.max_violation, 1.5);
+        assert!(skewed.normalized_entropy < 1.0);
+        let one_expert = LoadMetrics::of(&[0, 8, 0, 0]);
+        assert!(one_expert.normalized_entropy.abs() < 1e-12);
+        assert_eq!(one_expert.max_violation, 3.0);
+    }
+
+    #[test]
+    fn per_sequence_counts_replace_on_retry() {
+        // 2 sequences of 2 tokens, 3 experts, top-1.
+        let routing = Routing {
+            num_experts: 3,
+            top_k: 1,
+            logits: vec![0.0; 12],
+            experts: vec![0, 2, 2, 2],
+            weights: vec![1.0; 4],
+        };
+        let mut summary = RouterSummary::empty_like(&routing);
+        summary.add(&routing, 0, 2);
+        summary.add(&routing, 0, 2); // the same micro-batch again
+        assert_eq!(summary.tokens, 4);
+        assert_eq!(summary.tokens_per_expert, vec![1, 0, 3]);
+        assert_eq!(summary.per_sequence[1].tokens_per_expert, vec![0, 0, 2]);
+        // Uniform logits: entropy ln 3 per token, the last bin.
+        assert!((summary.per_sequence[0].entropy_sum - 2.0 * 3f64.ln()).abs() < 1e-12);
+        assert_eq!(
+            summary.per_sequence[0].entropy_histogram[ENTROPY_BINS - 1],
+            2
+        );
+    }
+}

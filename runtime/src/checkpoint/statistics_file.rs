@@ -1,0 +1,213 @@
+//! A layer's per-(sequence, dimension) statistics as safetensors (`layers/layer_{l}.safetensors`),
+//! written when the layer finishes and read back when the report is assembled. Per point
+//! `{point}.max_abs` F32 `(sequences, width)`; `{point}.count_ge`, `.count_pos_ge`,
+//! `.non_finite` U64 `(sequences, width)`; `{point}.sum_abs_ge` F64 `(sequences, width)`;
+//! `{point}.sums` F64 `(4, sequences, width)`; `{point}.histogram` U64 `(bins)`; for points
+//! that keep positions, only the dimensions with any: `{point}.position_dims` U32 `(n)` and
+//! `{point}.positions` U32 `(n, words)`. Metadata: threshold, seq_len.
+
+use crate::analysis::PointStatistics;
+use crate::capture::CapturePoint;
+use crate::error::{Result, RuntimeError};
+use safetensors::tensor::TensorView;
+use safetensors::{Dtype, SafeTensors};
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+fn le_bytes<T: Copy, const N: usize>(values: &[T], to: fn(T) -> [u8; N]) -> Vec<u8> {
+    values.iter().flat_map(|&v| to(v)).collect()
+}
+
+/// Serialises a layer's statistics (see the module docs).
+pub fn statistics_bytes(statistics: &BTreeMap<CapturePoint, PointStatistics>) -> Result<Vec<u8>> {
+    let mut buffers: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (point, s) in statistics {
+        let shape = vec![s.sequences, s.width];
+        let mut add = |field: &str, dtype, shape: Vec<usize>, bytes| {
+            buffers.push((format!("{point}.{field}"), dtype, shape, bytes))
+        };
+        add(
+            "max_abs",
+            Dtype::F32,
+            shape.clone(),
+            le_bytes(&s.max_abs, f32::to_le_bytes),
+        );
+        add(
+            "count_ge",
+            Dtype::U64,
+            shape.clone(),
+            le_bytes(&s.count_ge, u64::to_le_bytes),
+        );
+        let positive = le_bytes(&s.count_pos_ge, u64::to_le_bytes);
+        add("count_pos_ge", Dtype::U64, shape.clone(), positive);
+        add(
+            "sum_abs_ge",
+            Dtype::F64,
+            shape.clone(),
+            le_bytes(&s.sum_abs_ge, f64::to_le_bytes),
+        );
+        add(
+            "non_finite",
+            Dtype::U64,
+            shape.clone(),
+            le_bytes(&s.non_finite, u64::to_le_bytes),
+        );
+        let sums_shape = vec![4, s.sequences, s.width];
+        add(
+            "sums",
+            Dtype::F64,
+            sums_shape,
+            le_bytes(&s.sums, f64::to_le_bytes),
+        );
+        let bins = vec![s.histogram.len()];
+        add(
+            "histogram",
+            Dtype::U64,
+            bins,
+            le_bytes(&s.histogram, u64::to_le_bytes),
+        );
+        let words = s.position_words();
+        if words > 0 {
+            let dims: Vec<u32> = (0..s.width)
+                .filter(|&d| {
+                    s.positions[d * words..(d + 1) * words]
+                        .iter()
+                        .any(|&w| w != 0)
+                })
+                .map(|d| d as u32)
+                .collect();
+            let bits: Vec<u32> = dims
+                .iter()
+                .flat_map(|&d| s.positions[d as usize * words..(d as usize + 1) * words].to_vec())
+                .collect();
+            let n = dims.len();
+            add(
+                "position_dims",
+                Dtype::U32,
+                vec![n],
+                le_bytes(&dims, u32::to_le_bytes),
+            );
+            add(
+                "positions",
+                Dtype::U32,
+                vec![n, words],
+                le_bytes(&bits, u32::to_le_bytes),
+            );
+        }
+    }
+    let views = buffers
+        .iter()
+        .map(|(name, dtype, shape, bytes)| {
+            TensorView::new(*dtype, shape.clone(), bytes)
+                .map(|v| (name.clone(), v))
+                .map_err(|e| RuntimeError::InvalidRequest(format!("statistics {name}: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let first = statistics.values().next();
+    let metadata = HashMap::from([
+        (
+            "threshold".to_string(),
+            first.map_or(0.0, |s| s.threshold).to_string(),
+        ),
+        (
+            "seq_len".to_string(),
+            first.map_or(0, |s| s.seq_len).to_string(),
+        ),
+    ]);
+    safetensors::serialize(views, Some(metadata))
+        .map_err(|e| RuntimeError::InvalidRequest(format!("statistics: {e}")))
+}
+
+/// Reads a layer's statistics file back (massive activations are in the layer's JSON).
+pub fn read_statistics(path: &Path) -> Result<BTreeMap<CapturePoint, PointStatistics>> {
+    let bytes = std::fs::read(path).map_err(|e| RuntimeError::io("cannot read", path, e))?;
+    let bad = |message: String| RuntimeError::Data {
+        path: path.to_path_buf(),
+        message,
+    };
+    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
+    let tensors = SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
+    let metadata = header.metadata().clone().unwrap_or_default();
+    let number = |key: &str| -> Result<f64> {
+        metadata
+            .get(key)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| bad(format!("metadata has no {key}; run with --restart")))
+    };
+    let (threshold, seq_len) = (number("threshold")? as f32, number("seq_len")? as usize);
+    let mut statistics = BTreeMap::new();
+    for point in CapturePoint::ACTIVATIONS {
+        let Ok(max_abs) = tensors.tensor(&format!("{point}.max_abs")) else {
+            continue;
+        };
+        let (sequences, width) = (max_abs.shape()[0], max_abs.shape()[1]);
+        let field = |name: &str| {
+            tensors
+                .tensor(&format!("{point}.{name}"))
+                .map(|t| t.data().to_vec())
+                .map_err(|e| bad(format!("{point}.{name}: {e}")))
+        };
+        let u64s = |b: Vec<u8>| -> Vec<u64> {
+            b.chunks_exact(8)
+                .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+                .collect()
+        };
+        let f64s = |b: Vec<u8>| -> Vec<f64> {
+            b.chunks_exact(8)
+                .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
+                .collect()
+        };
+        let u32s = |b: Vec<u8>| -> Vec<u32> {
+            b.chunks_exact(4)
+                .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
+                .collect()
+        };
+        let shape = point.statistics_shape(width);
+        let mut s = PointStatistics::new(sequences, seq_len, shape, threshold);
+        s.max_abs = u32s(max_abs.data().to_vec())
+            .into_iter()
+            .map(f32::from_bits)
+            .collect();
+        s.count_ge = u64s(field("count_ge")?);
+        s.count_pos_ge = u64s(field("count_pos_ge")?);
+        s.sum_abs_ge = f64s(field("sum_abs_ge")?);
+        s.non_finite = u64s(field("non_finite")?);
+        s.sums = f64s(field("sums")?);
+        s.histogram = u64s(field("histogram")?);
+        let words = s.position_words();
+        if words > 0 {
+            let dims = u32s(field("position_dims")?);
+            let bits = u32s(field("positions")?);
+            for (i, &d) in dims.iter().enumerate() {
+                let d = d as usize;
+                s.positions[d * words..(d + 1) * words]
+                    .copy_from_slice(&bits[i * words..(i + 1) * words]);
+            }
+        }
+        s.massive = None;
+        statistics.insert(point, s);
+    }
+    Ok(statistics)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statistics_survive_a_round_trip() {
+        let mut statistics = BTreeMap::new();
+        for point in [CapturePoint::Ln1, CapturePoint::MlpOut] {
+            let mut s = PointStatistics::new(3, 5, point.statistics_shape(4), 2.0);
+            let values: Vec<f32> = (0..60)
+                .map(|i| ((i * 37 % 11) as f32 - 5.0) * 0.7)
+                .collect();
+            s.accumulate(&values, 0);
+            statistics.insert(point, s);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("layer.safetensors");
+        std::fs::write(&path, statistics_bytes(&statistics).unwrap()).unwrap();
+        assert_eq!(read_statistics(&path).unwrap(), statistics);
+    }
+}
