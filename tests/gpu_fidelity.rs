@@ -207,7 +207,10 @@ fn cuda_statistics_match_cpu_statistics() {
         let req = request(
             &reference,
             model.spec.num_layers,
-            CaptureMode::Statistics { threshold: 6.0 },
+            CaptureMode::Statistics {
+                threshold: 6.0,
+                save: Default::default(),
+            },
             FinalStage::None,
             1,
         );

@@ -44,7 +44,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             seq_len,
             capture_layers: (0..model.spec.num_layers).collect(),
             capture_points: CapturePoint::ALL.to_vec(),
-            capture_mode: CaptureMode::Statistics { threshold: 6.0 },
+            capture_mode: CaptureMode::Statistics {
+                threshold: 6.0,
+                save: Default::default(),
+            },
             final_stage: FinalStage::None,
             micro_batch_sequences: micro_batch,
             start: None,

@@ -28,6 +28,10 @@ pub enum Command {
     /// Estimate a run's device memory and time from the model's headers, before renting a
     /// GPU: per-layer table, micro-batch, where hidden states live, peak against --vram.
     Estimate(EstimateArgs),
+    /// One table (and plot) over several analysis output folders: model, parameters,
+    /// outlier dimensions, mean layer and position fractions, max |x|, classification,
+    /// massive activations.
+    Compare(CompareArgs),
     /// Where an analysis output folder stands: layers done and remaining, settings, whether
     /// its files are intact and the run can continue.
     Status(StatusArgs),
@@ -126,6 +130,22 @@ pub struct AnalyzeArgs {
     /// runs the layers after them forward again without recomputing their results.
     #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
     pub checkpoint_every: f64,
+    /// Bootstrap resamples of the sequences for the report's intervals and selection
+    /// probabilities (0: none).
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    pub bootstrap: usize,
+    /// Seed of the bootstrap resamples.
+    #[arg(long, value_name = "SEED", default_value_t = 0)]
+    pub seed: u64,
+    /// Disjoint batches of sequences whose outlier sets are compared (Jaccard overlap;
+    /// needs at least as many sequences; below 2: none).
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    pub batches: usize,
+    /// Also write the raw activations of these points (all, or a list) as
+    /// OUT/activations/layer_{l}.safetensors, f32, with the token ids. Large: tokens x width x 4
+    /// bytes per point and layer.
+    #[arg(long, value_name = "POINTS", num_args = 0..=1, default_missing_value = "all")]
+    pub save_activations: Option<String>,
 }
 
 /// What the planner needs besides the model (shared by `estimate` and `analyze`).
@@ -190,6 +210,17 @@ pub struct EstimateArgs {
     /// Print JSON (schema: docs/estimate-json.md).
     #[arg(long)]
     pub json: bool,
+}
+
+/// `layerstream compare`.
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// Output folders of `layerstream analyze` (each with report.json).
+    #[arg(value_name = "OUT", required = true, num_args = 1..)]
+    pub outs: Vec<PathBuf>,
+    /// Where to write compare.md, compare.json and the combined plots.
+    #[arg(long, value_name = "DIR", default_value = "layerstream-compare")]
+    pub out: PathBuf,
 }
 
 /// `layerstream status`.

@@ -17,6 +17,7 @@ fn main() -> ExitCode {
         Command::Inspect(args) => commands::inspect::inspect(args),
         Command::Status(args) => commands::status::status(args),
         Command::Estimate(args) => commands::estimate::estimate(args),
+        Command::Compare(args) => commands::compare::compare(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

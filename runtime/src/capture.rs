@@ -107,6 +107,25 @@ impl FromStr for CapturePoint {
     }
 }
 
+/// A set of capture points (small and `Copy`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PointSet(u8);
+
+impl PointSet {
+    /// No points.
+    pub const EMPTY: PointSet = PointSet(0);
+
+    /// The set of `points`.
+    pub fn of(points: &[CapturePoint]) -> Self {
+        PointSet(points.iter().fold(0, |bits, &p| bits | 1 << p as u8))
+    }
+
+    /// Whether `point` is in it.
+    pub fn contains(self, point: CapturePoint) -> bool {
+        self.0 >> point as u8 & 1 == 1
+    }
+}
+
 /// What a MoE layer's router decided for a micro-batch.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Routing {

@@ -6,7 +6,7 @@
 
 use crate::analysis::PointStatistics;
 use crate::backend::Backend;
-use crate::capture::{CapturePoint, Routing};
+use crate::capture::{CapturePoint, PointSet, Routing};
 use crate::error::{Result, RuntimeError};
 use crate::layer_parts::check_parts;
 use crate::model::Model;
@@ -40,6 +40,8 @@ pub enum CaptureMode {
     Statistics {
         /// Magnitude counted as an outlier value.
         threshold: f32,
+        /// Points whose activations are also handed over whole (`on_capture`), to be saved.
+        save: PointSet,
     },
 }
 

@@ -27,7 +27,7 @@ pub mod weights;
 pub mod workload_buffer;
 
 pub use backend::{Backend, BackendSelection, DeviceChoice, select_backend};
-pub use capture::CapturePoint;
+pub use capture::{CapturePoint, PointSet};
 pub use error::{Result, RuntimeError};
 pub use executor::{CaptureMode, FinalStage, RunObserver, RunRequest, run};
 pub use model::Model;

@@ -4,17 +4,28 @@
 //! short summary.
 
 use super::estimate::{make_estimate, print_estimate};
+use super::plots::write_plots;
+use super::report_markdown::report_markdown;
 use super::{choose_backend, micro_batch_sequences, open_model, pack_workload, prepare_out_dir};
 use crate::args::AnalyzeArgs;
 use crate::progress::WithProgress;
 use anyhow::Result;
 use layerstream_planner::memory::HiddenPlacement;
-use layerstream_runtime::analysis::report::{ActivationReport, ReportData, ReportModel};
+use layerstream_runtime::analysis::layer_analysis::TokenInfo;
+use layerstream_runtime::analysis::massive::{MASSIVE_MEDIAN_RATIO, MASSIVE_MIN_MAGNITUDE};
+use layerstream_runtime::analysis::outliers::{MIN_LAYER_FRACTION, MIN_POSITION_FRACTION};
+use layerstream_runtime::analysis::report::{
+    ActivationReport, AnalysisSettings, ReportData, ReportModel,
+};
+use layerstream_runtime::checkpoint::write_file;
 use layerstream_runtime::checkpoint::{
     AnalysisFolder, FolderOptions, RunIdentity, data_fingerprint, model_fingerprint,
 };
+use layerstream_runtime::data::TextTokenizer;
 use layerstream_runtime::selection::{parse_layers, parse_points};
-use layerstream_runtime::{Backend, CaptureMode, CapturePoint, FinalStage, RunRequest, run};
+use layerstream_runtime::{
+    Backend, CaptureMode, CapturePoint, FinalStage, PointSet, RunRequest, run,
+};
 use std::collections::BTreeMap;
 use std::time::Instant;
 
@@ -47,6 +58,21 @@ pub fn analyze(args: &AnalyzeArgs) -> Result<()> {
     if !args.threshold.is_finite() || args.threshold <= 0.0 {
         anyhow::bail!("--threshold {} must be a positive number", args.threshold);
     }
+    let saved_points = match &args.save_activations {
+        None => Vec::new(),
+        Some(list) => {
+            let listed = parse_points(list)?;
+            if let Some(p) = listed.iter().find(|p| !points.contains(p)) {
+                anyhow::bail!(
+                    "--save-activations {p}: the point is not captured; add it to --points"
+                );
+            }
+            listed
+                .into_iter()
+                .filter(|&p| p != CapturePoint::Router)
+                .collect()
+        }
+    };
     let workload = pack_workload(model, &args.workload)?;
     let backend = choose_backend(&args.run)?;
     let packed = &workload.packed;
@@ -100,6 +126,7 @@ pub fn analyze(args: &AnalyzeArgs) -> Result<()> {
         capture_points: points,
         capture_mode: CaptureMode::Statistics {
             threshold: args.threshold,
+            save: PointSet::of(&saved_points),
         },
         final_stage: FinalStage::None,
         micro_batch_sequences: micro_batch,
@@ -142,6 +169,9 @@ pub fn analyze(args: &AnalyzeArgs) -> Result<()> {
         );
         let interval = std::time::Duration::from_secs_f64(args.checkpoint_every.max(0.0));
         let mut observer = folder.observer(model.spec.hidden_size, packed.seq_len, interval);
+        if !saved_points.is_empty() {
+            observer.save_activations(saved_points.clone(), packed.token_ids.clone());
+        }
         let mut progress =
             WithProgress::new(&mut observer, request.layers_to_run(model.spec.num_layers));
         let outcome = run(model, &request, &backend, &mut progress);
@@ -161,12 +191,20 @@ pub fn analyze(args: &AnalyzeArgs) -> Result<()> {
         super::print_transfer(&summary);
     }
     let run_seconds = run_started.elapsed().as_secs_f64();
-    let path = folder.write_report(
+    let tokenizer = TextTokenizer::load(&model.dir, &model.config)?;
+    let text = |id: u32| tokenizer.token_text(id);
+    let token_info = TokenInfo {
+        token_ids: &packed.token_ids,
+        seq_len: packed.seq_len,
+        text: &text,
+    };
+    let (path, report) = folder.write_report(
         ReportModel {
             name: named.name.clone(),
             model_type: model.config.model_type.clone(),
             num_layers: model.spec.num_layers,
             hidden_size: model.spec.hidden_size,
+            parameters: model.weights.inventory().parameter_count(),
         },
         ReportData {
             name: workload.data_name.clone(),
@@ -174,9 +212,23 @@ pub fn analyze(args: &AnalyzeArgs) -> Result<()> {
             seq_len: packed.seq_len,
             documents: packed.documents_used,
         },
-        args.threshold,
+        AnalysisSettings {
+            threshold: args.threshold,
+            min_layer_fraction: MIN_LAYER_FRACTION,
+            min_position_fraction: MIN_POSITION_FRACTION,
+            massive_min_magnitude: MASSIVE_MIN_MAGNITUDE,
+            massive_median_ratio: MASSIVE_MEDIAN_RATIO,
+            massive_median: "per_token".to_string(),
+            bootstrap_resamples: args.bootstrap,
+            seed: args.seed,
+            batches: args.batches,
+            interval: "95% percentile bootstrap over sequences".to_string(),
+        },
+        &token_info,
     )?;
-    let report: ActivationReport = serde_json::from_slice(&std::fs::read(&path)?)?;
+    let markdown = report_markdown(&report);
+    write_file(&args.run.out, "report.md", markdown.as_bytes())?;
+    let plots = write_plots(&report, &args.run.out.join("plots"))?;
     print_summary(&report, args.threshold);
     println!(
         "\n{tokens} tokens through {layers_run} layers in {run_seconds:.2} s ({:.0} tokens/s); {:.2} s in all",
@@ -185,7 +237,12 @@ pub fn analyze(args: &AnalyzeArgs) -> Result<()> {
             / run_seconds.max(1e-9),
         started.elapsed().as_secs_f64()
     );
-    println!("report: {}", path.display());
+    println!(
+        "report: {} (and report.md, {} plots in {})",
+        path.display(),
+        plots,
+        args.run.out.join("plots").display()
+    );
     Ok(())
 }
 
@@ -225,7 +282,12 @@ fn print_summary(report: &ActivationReport, threshold: f32) {
             let cell = layer
                 .points
                 .get(*name)
-                .map(|p| format!("{:.2} ({})", p.max_abs, p.count_ge_threshold))
+                .map(|p| {
+                    format!(
+                        "{:.2} ({})",
+                        p.summary.max_abs, p.summary.count_ge_threshold
+                    )
+                })
                 .unwrap_or_default();
             print!("  {cell:>18}");
         }
@@ -239,13 +301,41 @@ fn print_summary(report: &ActivationReport, threshold: f32) {
                 .iter()
                 .map(move |(name, p)| (l.layer, name.as_str(), p))
         })
-        .max_by(|a, b| a.2.max_abs.total_cmp(&b.2.max_abs));
+        .max_by(|a, b| a.2.summary.max_abs.total_cmp(&b.2.summary.max_abs));
     if let Some((layer, name, point)) = largest {
-        let dims: Vec<String> = point.top_dims.iter().map(|d| d.dim.to_string()).collect();
+        let dims: Vec<String> = point
+            .summary
+            .top_dims
+            .iter()
+            .map(|d| d.dim.to_string())
+            .collect();
         println!(
             "\nlargest: blocks.{layer}.{name} max |x| {:.2}; top dimensions {}",
-            point.max_abs,
+            point.summary.max_abs,
             dims.join(", ")
+        );
+    }
+    for group in &report.outlier_features {
+        let primary = &group.readings[0];
+        let dims: Vec<String> = primary.dims.iter().map(|d| d.dim.to_string()).collect();
+        println!(
+            "outlier features at {} over {} layers (>= 25% of layers, >= 6% of positions; sublayers, union): {} dimension(s){}; {}",
+            group.points.join("+"),
+            group.layers,
+            primary.dims.len(),
+            if dims.is_empty() {
+                String::new()
+            } else {
+                format!(" [{}]", dims.join(", "))
+            },
+            group.classification.kind
+        );
+    }
+    if report.massive_activations.looked_for {
+        println!(
+            "massive activations (resid_post, > 100 and >= 1000x the token's median): {} in {} layer(s)",
+            report.massive_activations.total,
+            report.massive_activations.layers_with.len()
         );
     }
 }

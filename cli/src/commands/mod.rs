@@ -2,10 +2,14 @@
 //! choosing the backend, preparing the output folder.
 
 pub mod analyze;
+pub mod compare;
 pub mod estimate;
 pub mod inspect;
+pub mod plots;
+pub mod report_markdown;
 pub mod score;
 pub mod status;
+pub mod svg;
 
 use crate::args::{ModelArgs, RunArgs, WorkloadArgs};
 use crate::embedded;

@@ -2,9 +2,14 @@
 //! capture point ([`statistics`], [`massive`]), the per-layer summaries written as each layer
 //! finishes ([`report`]), and the whole-run analysis built from the finished layers' files.
 
+pub mod distribution;
+pub mod layer_analysis;
 pub mod massive;
+pub mod outlier_report;
+pub mod outliers;
 pub mod point_summary;
 pub mod report;
+pub mod resample;
 pub mod router;
 pub mod statistics;
 

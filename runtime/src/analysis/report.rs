@@ -1,11 +1,18 @@
-//! `report.json`: per analysed layer and capture point, a [`PointSummary`], and for MoE
-//! layers the expert load. It holds no timestamps or durations, so two runs of the same
-//! command (interrupted and resumed, or not) give the same bytes. Each layer's part is
-//! written as `layers/layer_{l}.json` when the layer finishes; the report is assembled from
-//! those files.
+//! `report.json` (schema in `docs/report-json.md`): per analysed layer and capture point a
+//! summary and distribution statistics, router load and entropy, massive activations; over
+//! the layers the outlier features under every reading, their classification, bootstrap
+//! intervals and cross-batch overlap. It holds no timestamps or durations, so two runs of
+//! the same command (interrupted and resumed, or not) give the same bytes. Each layer's
+//! part ([`LayerReport`] and its statistics) is written when the layer finishes; the report
+//! is assembled from those files ([`assemble_report`]).
 
+use super::layer_analysis::TokenInfo;
+use super::layer_analysis::{LayerMassive, MassiveEntry, PointAnalysis, RouterAnalysis};
 use super::massive::MassiveFinds;
+use super::outlier_report::{OutlierGroupReport, outlier_group_report};
+use super::outliers::OutlierCounts;
 use super::point_summary::PointSummary;
+use super::resample::resample_weights;
 use super::router::RouterSummary;
 use super::statistics::PointStatistics;
 use crate::capture::CapturePoint;
@@ -13,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// Version of the report layout; raised whenever a field changes meaning or goes away.
-pub const REPORT_SCHEMA_VERSION: u32 = 1;
+pub const REPORT_SCHEMA_VERSION: u32 = 2;
 
 /// Dimensions listed per capture point.
 pub const TOP_DIMS: usize = 5;
@@ -29,6 +36,8 @@ pub struct ReportModel {
     pub num_layers: usize,
     /// Residual width.
     pub hidden_size: usize,
+    /// Parameters in the checkpoint (from the headers).
+    pub parameters: u64,
 }
 
 /// The workload, as the report names it.
@@ -80,7 +89,32 @@ impl LayerReport {
     }
 }
 
-/// The whole report.
+/// What the analysis used, as the report states it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AnalysisSettings {
+    /// Magnitude counted as an outlier value (`|x| >= threshold`).
+    pub threshold: f32,
+    /// Fraction of layers an outlier feature reaches the threshold in.
+    pub min_layer_fraction: f64,
+    /// Fraction of positions it reaches it at.
+    pub min_position_fraction: f64,
+    /// A massive activation's |x| is above this...
+    pub massive_min_magnitude: f32,
+    /// ...and at least this many times the median |x| of its token's hidden state.
+    pub massive_median_ratio: f32,
+    /// Which median: `per_token`.
+    pub massive_median: String,
+    /// Bootstrap resamples of the sequences (0: no intervals).
+    pub bootstrap_resamples: usize,
+    /// Their seed.
+    pub seed: u64,
+    /// Disjoint batches of sequences for the cross-batch overlap.
+    pub batches: usize,
+    /// Intervals are percentile intervals at this coverage.
+    pub interval: String,
+}
+
+/// The whole report (`docs/report-json.md`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ActivationReport {
     /// [`REPORT_SCHEMA_VERSION`].
@@ -91,27 +125,164 @@ pub struct ActivationReport {
     pub model: ReportModel,
     /// The workload.
     pub data: ReportData,
-    /// Magnitude counted as an outlier (`|x| >= threshold`).
-    pub threshold: f32,
+    /// Definitions and resampling.
+    pub settings: AnalysisSettings,
     /// Analysed layers, in order.
-    pub layers: Vec<LayerReport>,
+    pub layers: Vec<LayerAnalysis>,
+    /// Outlier features at ln1 + ln2, and at attn_in_o (separately), when captured.
+    pub outlier_features: Vec<OutlierGroupReport>,
+    /// Massive activations over all layers.
+    pub massive_activations: MassiveOverview,
 }
 
-impl ActivationReport {
-    /// A report of the given layers.
-    pub fn new(
-        model: ReportModel,
-        data: ReportData,
-        threshold: f32,
-        layers: Vec<LayerReport>,
-    ) -> Self {
-        ActivationReport {
-            schema_version: REPORT_SCHEMA_VERSION,
-            tool: format!("layerstream {}", env!("CARGO_PKG_VERSION")),
-            model,
-            data,
-            threshold,
-            layers,
+/// One analysed layer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LayerAnalysis {
+    /// Layer index.
+    pub layer: usize,
+    /// Capture point name -> summary and distribution.
+    pub points: BTreeMap<String, PointAnalysis>,
+    /// MoE layers with `router` captured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub router: Option<RouterAnalysis>,
+    /// With `resid_post` captured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub massive: Option<LayerMassive>,
+}
+
+/// Massive activations over the analysed layers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MassiveOverview {
+    /// Whether resid_post was captured (else nothing was looked for).
+    pub looked_for: bool,
+    /// Found in all layers.
+    pub total: u64,
+    /// Layers with at least one.
+    pub layers_with: Vec<usize>,
+    /// Dimensions holding them in any layer, with the number of layers each.
+    pub dims: Vec<(usize, usize)>,
+    /// The largest |value| and its layer.
+    pub largest: Option<(usize, MassiveEntry)>,
+}
+
+/// Builds the report from the finished layers, read one at a time by `load(layer)`.
+pub fn assemble_report(
+    model: ReportModel,
+    data: ReportData,
+    settings: AnalysisSettings,
+    layers: &[usize],
+    tokens: &TokenInfo,
+    mut load: impl FnMut(
+        usize,
+    )
+        -> crate::error::Result<(LayerReport, BTreeMap<CapturePoint, PointStatistics>)>,
+) -> crate::error::Result<ActivationReport> {
+    let resamples = resample_weights(
+        data.num_sequences,
+        settings.bootstrap_resamples,
+        settings.seed,
+    );
+    let mut ln_counts = OutlierCounts::default();
+    let mut o_counts = OutlierCounts::default();
+    let mut analysed = Vec::new();
+    let mut looked_for_massive = false;
+    for &layer in layers {
+        let (report, statistics) = load(layer)?;
+        let ln: Vec<&PointStatistics> = [CapturePoint::Ln1, CapturePoint::Ln2]
+            .iter()
+            .filter_map(|p| statistics.get(p))
+            .collect();
+        if !ln.is_empty() {
+            ln_counts.add_layer(&ln);
         }
+        if let Some(o) = statistics.get(&CapturePoint::AttnInO) {
+            o_counts.add_layer(&[o]);
+        }
+        let points = report
+            .points
+            .iter()
+            .filter_map(|(name, summary)| {
+                let point: CapturePoint = name.parse().ok()?;
+                let stats = statistics.get(&point)?;
+                Some((
+                    name.clone(),
+                    PointAnalysis::of(stats, summary.clone(), &resamples),
+                ))
+            })
+            .collect();
+        looked_for_massive |= report.massive.is_some();
+        analysed.push(LayerAnalysis {
+            layer,
+            points,
+            router: report
+                .router
+                .as_ref()
+                .map(|r| RouterAnalysis::of(r, &resamples)),
+            massive: report.massive.as_ref().map(|m| LayerMassive::of(m, tokens)),
+        });
+    }
+    let mut outlier_features = Vec::new();
+    for (mut counts, names) in [
+        (ln_counts, vec!["ln1", "ln2"]),
+        (o_counts, vec!["attn_in_o"]),
+    ] {
+        if counts.layers == 0 {
+            continue;
+        }
+        counts.finish();
+        let captured: Vec<String> = names
+            .iter()
+            .filter(|n| analysed.first().is_some_and(|l| l.points.contains_key(**n)))
+            .map(|n| n.to_string())
+            .collect();
+        outlier_features.push(outlier_group_report(
+            captured,
+            &counts,
+            &resamples,
+            settings.batches,
+        ));
+    }
+    let massive_activations = massive_overview(&analysed, looked_for_massive);
+    Ok(ActivationReport {
+        schema_version: REPORT_SCHEMA_VERSION,
+        tool: format!("layerstream {}", env!("CARGO_PKG_VERSION")),
+        model,
+        data,
+        settings,
+        layers: analysed,
+        outlier_features,
+        massive_activations,
+    })
+}
+
+fn massive_overview(layers: &[LayerAnalysis], looked_for: bool) -> MassiveOverview {
+    let mut dims: BTreeMap<usize, usize> = BTreeMap::new();
+    let mut largest: Option<(usize, MassiveEntry)> = None;
+    let mut total = 0;
+    let mut layers_with = Vec::new();
+    for layer in layers {
+        let Some(m) = &layer.massive else { continue };
+        total += m.total;
+        if m.total > 0 {
+            layers_with.push(layer.layer);
+        }
+        for &(d, _) in &m.dims {
+            *dims.entry(d).or_insert(0) += 1;
+        }
+        if let Some(top) = m.top.first() {
+            let bigger = largest
+                .as_ref()
+                .is_none_or(|(_, l)| top.value.value.abs() > l.value.value.abs());
+            if bigger {
+                largest = Some((layer.layer, top.clone()));
+            }
+        }
+    }
+    MassiveOverview {
+        looked_for,
+        total,
+        layers_with,
+        dims: dims.into_iter().collect(),
+        largest,
     }
 }

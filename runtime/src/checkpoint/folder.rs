@@ -6,9 +6,15 @@
 //! the previous hidden-state file is deleted. A kill between any two leaves a folder whose
 //! progress.json names only complete, checksummed files.
 
-use super::files::{hidden_source, layer_json_path, read_layer_report, write_file};
+use super::files::{
+    hidden_source, layer_json_path, layer_statistics_path, read_layer_report, write_file,
+};
+use super::statistics_file::read_statistics;
 use super::writer::CheckpointObserver;
-use crate::analysis::report::{ActivationReport, ReportData, ReportModel};
+use crate::analysis::layer_analysis::TokenInfo;
+use crate::analysis::report::{
+    ActivationReport, AnalysisSettings, ReportData, ReportModel, assemble_report,
+};
 use crate::error::{Result, RuntimeError};
 use crate::executor::StartPoint;
 use layerstream_planner::progress::{
@@ -195,22 +201,24 @@ impl AnalysisFolder {
         CheckpointObserver::new(self, hidden_width, seq_len, hidden_interval)
     }
 
-    /// Assembles report.json from the finished layers' files (so a resumed run and an
-    /// uninterrupted one produce the same bytes) and writes it.
+    /// Assembles report.json from the finished layers' files, one layer at a time (so a
+    /// resumed run and an uninterrupted one produce the same bytes) and writes it.
     pub fn write_report(
         &self,
         model: ReportModel,
         data: ReportData,
-        threshold: f32,
-    ) -> Result<PathBuf> {
-        let mut layers = Vec::new();
-        for layer in &self.progress.requested_layers {
-            layers.push(read_layer_report(&self.dir, &layer_json_path(*layer))?);
-        }
-        let report = ActivationReport::new(model, data, threshold, layers);
+        settings: AnalysisSettings,
+        tokens: &TokenInfo,
+    ) -> Result<(PathBuf, ActivationReport)> {
+        let layers = &self.progress.requested_layers;
+        let report = assemble_report(model, data, settings, layers, tokens, |layer| {
+            let summary = read_layer_report(&self.dir, &layer_json_path(layer))?;
+            let statistics = read_statistics(&self.dir.join(layer_statistics_path(layer)))?;
+            Ok((summary, statistics))
+        })?;
         let json = serde_json::to_vec_pretty(&report).expect("report serialises");
         write_file(&self.dir, "report.json", &json)?;
-        Ok(self.dir.join("report.json"))
+        Ok((self.dir.join("report.json"), report))
     }
 
     fn save_progress(&self) -> Result<()> {

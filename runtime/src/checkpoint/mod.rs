@@ -3,6 +3,7 @@
 //! the hidden states entering the next layer. Running the same command again continues where
 //! the last run stopped.
 
+pub mod activations;
 mod files;
 mod fingerprint;
 mod folder;

@@ -4,6 +4,7 @@
 //! hidden file is deleted. A write failure (full disk) stops the run after the next layer;
 //! what progress.json names stays valid.
 
+use super::activations::ActivationSaver;
 use super::files::{hidden_path, layer_json_path, layer_statistics_path, write_file, write_hidden};
 use super::folder::{AnalysisFolder, save_progress};
 use super::statistics_file::statistics_bytes;
@@ -44,6 +45,7 @@ pub struct CheckpointObserver<'a> {
     statistics: BTreeMap<CapturePoint, PointStatistics>,
     routers: BTreeMap<usize, RouterSummary>,
     seq_len: usize,
+    activations: Option<ActivationSaver>,
     hidden_states: Option<HiddenJob>,
     hidden_width: usize,
     hidden_interval: Duration,
@@ -151,6 +153,7 @@ impl<'a> CheckpointObserver<'a> {
             statistics: BTreeMap::new(),
             routers: BTreeMap::new(),
             seq_len,
+            activations: None,
             hidden_states: None,
             hidden_width,
             hidden_interval,
@@ -158,6 +161,19 @@ impl<'a> CheckpointObserver<'a> {
             jobs: Some(jobs),
             writer: Some(handle),
             failure,
+        }
+    }
+
+    /// Also writes the raw activations of `points` (see [`ActivationSaver`]).
+    pub fn save_activations(&mut self, points: Vec<CapturePoint>, token_ids: Vec<u32>) {
+        let dir = self.folder.dir().to_path_buf();
+        self.activations = Some(ActivationSaver::new(&dir, points, token_ids, self.seq_len));
+    }
+
+    fn record_failure(&mut self, error: RuntimeError) {
+        let mut slot = self.failure.lock().expect("not poisoned");
+        if slot.is_none() {
+            *slot = Some(error);
         }
     }
 
@@ -187,6 +203,21 @@ impl Drop for CheckpointObserver<'_> {
 }
 
 impl RunObserver for CheckpointObserver<'_> {
+    fn on_capture(
+        &mut self,
+        layer: usize,
+        point: CapturePoint,
+        first_sequence: usize,
+        values: &[f32],
+        width: usize,
+    ) {
+        if let Some(saver) = &mut self.activations {
+            if let Err(error) = saver.write(layer, point, first_sequence, values, width) {
+                self.record_failure(error);
+            }
+        }
+    }
+
     fn on_statistics(&mut self, _layer: usize, point: CapturePoint, statistics: &PointStatistics) {
         self.statistics.insert(point, statistics.clone());
     }
@@ -217,14 +248,15 @@ impl RunObserver for CheckpointObserver<'_> {
         );
         match written {
             Ok(file) => self.hidden_states = Some(HiddenJob::Written(file)),
-            Err(error) => {
-                let mut failure = self.failure.lock().expect("not poisoned");
-                failure.get_or_insert(error);
-            }
+            Err(error) => self.record_failure(error),
         }
     }
 
     fn on_layer_done(&mut self, layer: usize, _layers: usize, _tokens: usize) {
+        // Activation files get their names before progress.json names the layer finished.
+        if let Some(Err(error)) = self.activations.as_mut().map(ActivationSaver::finish_layer) {
+            self.record_failure(error);
+        }
         let job = LayerJob {
             layer,
             statistics: std::mem::take(&mut self.statistics),

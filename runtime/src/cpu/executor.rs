@@ -212,18 +212,23 @@ impl LayerCaptureSink for CpuSink<'_> {
                 self.observer
                     .on_capture(self.layer, point, self.first_sequence, values, width)
             }
-            CaptureMode::Statistics { threshold } => self
-                .statistics
-                .entry(point)
-                .or_insert_with(|| {
-                    PointStatistics::new(
-                        self.request.num_sequences,
-                        self.request.seq_len,
-                        point.statistics_shape(width),
-                        threshold,
-                    )
-                })
-                .accumulate(values, self.first_sequence),
+            CaptureMode::Statistics { threshold, save } => {
+                self.statistics
+                    .entry(point)
+                    .or_insert_with(|| {
+                        PointStatistics::new(
+                            self.request.num_sequences,
+                            self.request.seq_len,
+                            point.statistics_shape(width),
+                            threshold,
+                        )
+                    })
+                    .accumulate(values, self.first_sequence);
+                if save.contains(point) {
+                    self.observer
+                        .on_capture(self.layer, point, self.first_sequence, values, width)
+                }
+            }
         }
     }
 

@@ -294,7 +294,7 @@ fn statistics_accumulators(
     layer: usize,
     budget: &Arc<Budget>,
 ) -> Result<BTreeMap<CapturePoint, Accumulator>> {
-    let CaptureMode::Statistics { threshold } = request.capture_mode else {
+    let CaptureMode::Statistics { threshold, .. } = request.capture_mode else {
         return Ok(BTreeMap::new());
     };
     let mut accumulators = BTreeMap::new();
@@ -557,7 +557,16 @@ impl DeviceCaptureSink for CudaSink<'_> {
                 self.observer
                     .on_capture(self.layer, point, self.first_sequence, &host, width);
             }
-            CaptureMode::Statistics { threshold } => {
+            CaptureMode::Statistics { threshold, save } => {
+                if save.contains(point) {
+                    let host = self
+                        .gpu
+                        .stream
+                        .clone_dtoh(values)
+                        .map_err(KernelError::from)?;
+                    self.observer
+                        .on_capture(self.layer, point, self.first_sequence, &host, width);
+                }
                 let accumulator = self
                     .accumulators
                     .get_mut(&point)
