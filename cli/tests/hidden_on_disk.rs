@@ -104,7 +104,7 @@ fn estimate_puts_hidden_states_on_disk_when_the_host_budget_is_too_small() {
                 "--micro-batch-tokens",
                 "64",
                 "--vram",
-                "2500KiB",
+                "2700KiB",
                 "--ram",
                 ram,
                 "--json",

@@ -171,11 +171,12 @@ fn combined_plot(reports: &[ActivationReport]) -> Svg {
                 .collect()
         })
         .collect();
-    line_panel(&mut svg, 40.0, "max |x| (log)", &xs, &series, true);
+    let axes = ("relative depth (layer / (layers - 1))", "max |x| (log)");
+    line_panel(&mut svg, 40.0, axes, &xs, &series, true);
     for (i, r) in reports.iter().enumerate() {
         let y = 320.0 + 18.0 * i as f64;
         svg.rect(90.0, y - 4.0, 12.0, 4.0, SERIES[i % SERIES.len()]);
-        svg.text(108.0, y, 11.0, "start", false, &r.model.name);
+        svg.text(108.0, y, 11.0, "start", false, &super::plots::short_name(r));
     }
     svg
 }

@@ -15,7 +15,7 @@ pub fn write_plots(report: &ActivationReport, dir: &Path) -> Result<usize> {
     let mut written = 0;
     for group in &report.outlier_features {
         let name = format!("outlier_heatmap_{}", group.points.join("_"));
-        outlier_heatmap(group, &report.model.name).save(dir, &name)?;
+        outlier_heatmap(group, &short_name(report)).save(dir, &name)?;
         written += 1;
     }
     if !report.layers.is_empty() {
@@ -27,6 +27,17 @@ pub fn write_plots(report: &ActivationReport, dir: &Path) -> Result<usize> {
         written += 1;
     }
     Ok(written)
+}
+
+/// The model as plot titles name it: its folder's last component and type.
+pub fn short_name(report: &ActivationReport) -> String {
+    let name = &report.model.name;
+    let last = name.rsplit('/').find(|s| !s.is_empty()).unwrap_or(name);
+    let last: String = last.chars().take(32).collect();
+    format!(
+        "{last} ({}, {} layers)",
+        report.model.model_type, report.model.num_layers
+    )
 }
 
 /// A heatmap of `values (rows, columns)` on a log colour scale, with labels.
@@ -196,13 +207,20 @@ fn per_layer_lines(report: &ActivationReport) -> Svg {
         14.0,
         "middle",
         false,
-        &format!("{}: per-layer max |x| and RMS kurtosis", report.model.name),
+        &format!("{}: per-layer max |x| and RMS kurtosis", short_name(report)),
     );
-    line_panel(&mut svg, 40.0, "max |x| (log)", &layers, &max_abs, true);
+    line_panel(
+        &mut svg,
+        40.0,
+        ("layer", "max |x| (log)"),
+        &layers,
+        &max_abs,
+        true,
+    );
     line_panel(
         &mut svg,
         330.0,
-        "kurtosis of per-dim RMS",
+        ("layer", "kurtosis of per-dim RMS"),
         &layers,
         &kurtosis,
         false,
@@ -219,7 +237,7 @@ fn per_layer_lines(report: &ActivationReport) -> Svg {
 pub fn line_panel(
     svg: &mut Svg,
     top: f64,
-    y_name: &str,
+    (x_name, y_name): (&str, &str),
     xs: &[f64],
     series: &[Vec<f64>],
     log: bool,
@@ -236,7 +254,7 @@ pub fn line_panel(
         values.iter().copied().fold(f64::INFINITY, f64::min),
         values.iter().copied().fold(f64::NEG_INFINITY, f64::max),
     );
-    if !(high > low) {
+    if high.partial_cmp(&low) != Some(std::cmp::Ordering::Greater) {
         low -= 0.5;
         high += 0.5;
     }
@@ -256,7 +274,11 @@ pub fn line_panel(
         let text = if log { label(10f64.powf(t)) } else { label(t) };
         svg.text(left - 6.0, py(t) + 3.0, 10.0, "end", false, &text);
     }
+    let integer_x = xs.iter().all(|x| x.fract() == 0.0);
     for t in ticks(x_low, x_high, 10) {
+        if integer_x && t.fract() != 0.0 {
+            continue;
+        }
         svg.line(px(t), top + height, px(t), top + height + 4.0, "#000000");
         svg.text(px(t), top + height + 15.0, 10.0, "middle", false, &label(t));
     }
@@ -267,7 +289,7 @@ pub fn line_panel(
         11.0,
         "middle",
         false,
-        "layer",
+        x_name,
     );
     for (i, ys) in series.iter().enumerate() {
         let points: Vec<(f64, f64)> = xs

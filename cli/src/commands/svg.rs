@@ -160,7 +160,7 @@ pub fn render_png(svg: &str) -> Result<Vec<u8>> {
 
 /// Axis ticks: about `n` round values covering `low..=high`.
 pub fn ticks(low: f64, high: f64, n: usize) -> Vec<f64> {
-    if !(high > low) {
+    if high.partial_cmp(&low) != Some(std::cmp::Ordering::Greater) {
         return vec![low];
     }
     let raw = (high - low) / n.max(1) as f64;

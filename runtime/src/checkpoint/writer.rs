@@ -211,10 +211,12 @@ impl RunObserver for CheckpointObserver<'_> {
         values: &[f32],
         width: usize,
     ) {
-        if let Some(saver) = &mut self.activations {
-            if let Err(error) = saver.write(layer, point, first_sequence, values, width) {
-                self.record_failure(error);
-            }
+        let written = self
+            .activations
+            .as_mut()
+            .map(|saver| saver.write(layer, point, first_sequence, values, width));
+        if let Some(Err(error)) = written {
+            self.record_failure(error);
         }
     }
 
