@@ -34,16 +34,16 @@ fn read_report(out: &std::path::Path) -> Result<ActivationReport> {
             path.display()
         )
     })?;
-    let version: serde_json::Value = serde_json::from_slice(&bytes)
+    let json: serde_json::Value = serde_json::from_slice(&bytes)
         .with_context(|| format!("{} is not JSON", path.display()))?;
-    if version["schema_version"] != REPORT_SCHEMA_VERSION {
+    if json["schema_version"] != REPORT_SCHEMA_VERSION {
         anyhow::bail!(
             "{} has report schema {}, this layerstream reads {REPORT_SCHEMA_VERSION}: run its analysis again with this version",
             path.display(),
-            version["schema_version"]
+            json["schema_version"]
         );
     }
-    serde_json::from_slice(&bytes)
+    serde_json::from_value(json)
         .with_context(|| format!("{} is not a layerstream report", path.display()))
 }
 

@@ -128,14 +128,11 @@ impl Distribution {
     pub fn of(stats: &PointStatistics) -> Self {
         let (width, sequences) = (stats.width, stats.sequences);
         let plane = sequences * width;
-        let n = stats
-            .non_finite
-            .iter()
-            .zip(0..)
-            .fold(vec![0f64; width], |mut acc, (&bad, i)| {
-                acc[i % width] += stats.seq_len as f64 - bad as f64;
-                acc
-            });
+        // Finite values per dimension.
+        let mut n = vec![(sequences * stats.seq_len) as f64; width];
+        for (i, &bad) in stats.non_finite.iter().enumerate() {
+            n[i % width] -= bad as f64;
+        }
         let mut sum = vec![0f64; width];
         let mut square = vec![0f64; width];
         for s in 0..sequences {

@@ -184,21 +184,32 @@ pub const MASSIVE_LISTED: usize = 20;
 impl LayerMassive {
     /// The report part of a layer's massive activations.
     pub fn of(finds: &MassiveFinds, tokens: &TokenInfo) -> Self {
-        let kind = |v: &MassiveValue| match v.position {
-            0 => PositionKind::First,
-            p if tokens.first_delimiter(v.sequence) == Some(p) => PositionKind::FirstDelimiter,
-            _ => PositionKind::Other,
-        };
-        let entry = |v: &MassiveValue| {
+        // Each sequence's first delimiter is looked up once (decoding tokens as it goes).
+        let mut delimiters = std::collections::BTreeMap::new();
+        let kinds: Vec<PositionKind> = finds
+            .values
+            .iter()
+            .map(|v| match v.position {
+                0 => PositionKind::First,
+                p if *delimiters
+                    .entry(v.sequence)
+                    .or_insert_with(|| tokens.first_delimiter(v.sequence))
+                    == Some(p) =>
+                {
+                    PositionKind::FirstDelimiter
+                }
+                _ => PositionKind::Other,
+            })
+            .collect();
+        let entry = |(v, &position_kind): (&MassiveValue, &PositionKind)| {
             let token_id = tokens.token_ids[v.sequence * tokens.seq_len + v.position];
             MassiveEntry {
                 value: v.clone(),
                 token_id,
                 token: (tokens.text)(token_id),
-                position_kind: kind(v),
+                position_kind,
             }
         };
-        let kinds: Vec<PositionKind> = finds.values.iter().map(kind).collect();
         let count = |k| kinds.iter().filter(|&&x| x == k).count() as u64;
         let mut dims = std::collections::BTreeMap::new();
         for v in &finds.values {
@@ -213,6 +224,7 @@ impl LayerMassive {
             top: finds
                 .values
                 .iter()
+                .zip(&kinds)
                 .take(MASSIVE_LISTED)
                 .map(entry)
                 .collect(),

@@ -2,7 +2,7 @@
 //! under every reading with their numbers, bootstrap intervals and selection probabilities,
 //! the systematic / probabilistic classification, and the cross-batch overlap.
 
-use super::outliers::{LayerReading, OutlierCounts, PositionReading, READINGS};
+use super::outliers::{LayerReading, Outlier, OutlierCounts, PositionReading, READINGS};
 use super::resample::{Interval, quantile};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
@@ -170,33 +170,23 @@ pub fn outlier_group_report(
         .iter()
         .enumerate()
         .map(|(r, &reading)| {
-            let selected: Vec<usize> = counts.outliers(reading, &all);
-            let summary = |weights: &[u32], dims: &[usize]| -> (f64, f64) {
-                let values: Vec<_> = dims
-                    .iter()
-                    .map(|&d| {
-                        counts.values(
-                            counts.candidate_index(d).expect("candidate"),
-                            reading,
-                            weights,
-                        )
-                    })
-                    .collect();
+            let selected = counts.outlier_values(reading, &all);
+            let summary = |outliers: &[Outlier]| -> (f64, f64) {
                 (
-                    mean(values.iter().map(|v| v.layer_fraction)),
-                    mean(values.iter().map(|v| v.position_fraction)),
+                    mean(outliers.iter().map(|o| o.values.layer_fraction)),
+                    mean(outliers.iter().map(|o| o.values.position_fraction)),
                 )
             };
             let mut selections = vec![0usize; counts.width];
             let (mut n, mut layer_f, mut position_f) = (Vec::new(), Vec::new(), Vec::new());
             for weights in resamples {
-                let dims = counts.outliers(reading, weights);
-                for &d in &dims {
-                    selections[d] += 1;
+                let outliers = counts.outlier_values(reading, weights);
+                for o in &outliers {
+                    selections[o.dim] += 1;
                 }
-                let (l, p) = summary(weights, &dims);
-                n.push(dims.len() as f64);
-                if !dims.is_empty() {
+                n.push(outliers.len() as f64);
+                if !outliers.is_empty() {
+                    let (l, p) = summary(&outliers);
                     layer_f.push(l);
                     position_f.push(p);
                 }
@@ -204,29 +194,28 @@ pub fn outlier_group_report(
             let probability = |d: usize| {
                 (!resamples.is_empty()).then(|| selections[d] as f64 / resamples.len() as f64)
             };
-            let (l, p) = summary(&all, &selected);
+            let (l, p) = summary(&selected);
             let dims = selected
                 .iter()
-                .map(|&d| {
-                    let index = counts.candidate_index(d).expect("candidate");
-                    let v = counts.values(index, reading, &all);
+                .map(|o| {
+                    let d = o.dim;
                     let positive = counts.count_pos_ge[d] as f64 / counts.count_ge[d].max(1) as f64;
                     OutlierDim {
                         dim: d,
-                        layer_fraction: v.layer_fraction,
-                        position_fraction: v.position_fraction,
+                        layer_fraction: o.values.layer_fraction,
+                        position_fraction: o.values.position_fraction,
                         max_abs: counts.max_abs[d],
                         mean_abs: counts.sum_abs_ge[d] / counts.count_ge[d].max(1) as f64,
                         positive_fraction: positive,
                         sign_consistency: (2.0 * positive - 1.0).abs(),
                         layer_agreement: layer_agreement(d),
-                        sequence_agreement: counts.sequence_agreement(index),
+                        sequence_agreement: counts.sequence_agreement(o.index),
                         selection_probability: probability(d),
                     }
                 })
                 .collect();
             let unstable_dims = (0..counts.width)
-                .filter(|&d| selections[d] > 0 && !selected.contains(&d))
+                .filter(|&d| selections[d] > 0 && !selected.iter().any(|o| o.dim == d))
                 .map(|d| (d, probability(d).unwrap_or(0.0)))
                 .collect();
             ReadingReport {

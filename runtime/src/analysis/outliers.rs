@@ -78,6 +78,17 @@ impl ReadingValues {
     }
 }
 
+/// An outlier dimension with its numbers under one reading.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Outlier {
+    /// Hidden dimension.
+    pub dim: usize,
+    /// Its index among the candidates.
+    pub index: usize,
+    /// Its layer and position fractions.
+    pub values: ReadingValues,
+}
+
 /// The per-sequence counts of a group of points (ln1 + ln2, or attn_in_o) over the analysed
 /// layers, for the dimensions that can be outliers at all. Built a layer at a time
 /// ([`OutlierCounts::add_layer`], then [`OutlierCounts::finish`]) so only counts stay in
@@ -116,10 +127,22 @@ pub struct OutlierCounts {
     candidates: Vec<DimCounts>,
 }
 
+/// Set bits of `bits` in the bit range `start..end`, a word at a time.
 fn popcount_range(bits: &[u32], start: usize, end: usize) -> u32 {
-    (start..end)
-        .filter(|&t| bits[t / 32] >> (t % 32) & 1 == 1)
-        .count() as u32
+    let mut count = 0;
+    let mut t = start;
+    while t < end {
+        let (word, offset) = (t / 32, t % 32);
+        let take = (32 - offset).min(end - t);
+        let mask = if take == 32 {
+            u32::MAX
+        } else {
+            ((1u32 << take) - 1) << offset
+        };
+        count += (bits[word] & mask).count_ones();
+        t += take;
+    }
+    count
 }
 
 impl OutlierCounts {
@@ -277,9 +300,25 @@ impl OutlierCounts {
         reading: (LayerReading, PositionReading),
         weights: &[u32],
     ) -> Vec<usize> {
+        self.outlier_values(reading, weights)
+            .into_iter()
+            .map(|o| o.dim)
+            .collect()
+    }
+
+    /// The outliers under `reading` with `weights`, with their candidate index and numbers.
+    pub fn outlier_values(
+        &self,
+        reading: (LayerReading, PositionReading),
+        weights: &[u32],
+    ) -> Vec<Outlier> {
         (0..self.candidates.len())
-            .filter(|&i| self.values(i, reading, weights).is_outlier())
-            .map(|i| self.candidates[i].dim)
+            .map(|index| Outlier {
+                dim: self.candidates[index].dim,
+                index,
+                values: self.values(index, reading, weights),
+            })
+            .filter(|o| o.values.is_outlier())
             .collect()
     }
 
@@ -306,6 +345,26 @@ impl OutlierCounts {
 mod tests {
     use super::*;
     use crate::capture::CapturePoint;
+
+    #[test]
+    fn popcount_of_ranges_inside_and_across_words() {
+        let bits = [0xffff_ffffu32, 0b1011, 0x8000_0000];
+        for (start, end) in [
+            (0, 96),
+            (3, 5),
+            (30, 35),
+            (31, 32),
+            (32, 36),
+            (5, 95),
+            (64, 96),
+            (7, 7),
+        ] {
+            let slow = (start..end)
+                .filter(|&t| bits[t / 32] >> (t % 32) & 1 == 1)
+                .count() as u32;
+            assert_eq!(popcount_range(&bits, start, end), slow, "{start}..{end}");
+        }
+    }
 
     /// Statistics of one point: `planted` lists (sequence, position, dim) with |x| = 10.
     fn planted(
