@@ -4,6 +4,7 @@
 
 use layerstream_planner::memory::HiddenPlacement;
 use layerstream_runtime::analysis::PointStatistics;
+use layerstream_runtime::analysis::attribution::ExpertAttribution;
 use layerstream_runtime::backend::Backend;
 use layerstream_runtime::cpu::CpuBackend;
 use layerstream_runtime::cuda::{ComputeChoice, CudaBackend};
@@ -12,7 +13,7 @@ use layerstream_runtime::{
 };
 use layerstream_tests::{
     FIXTURES, KeepEverything, Reference, assert_all_close, assert_matches_reference, fixture_model,
-    gpu_or_skip, nmse, split_every_layer,
+    gpu_or_skip, nmse, plant_massive_expert, split_every_layer,
 };
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -356,5 +357,78 @@ fn split_layers_give_the_unsplit_results_bit_for_bit_on_cuda() {
             0,
             "workload files are deleted"
         );
+    }
+}
+
+/// The expert attribution of massive activations (planted in OLMoE's layer 0, expert 3, the
+/// busiest one) names the same experts with the same contributions on both backends: the
+/// CUDA path keeps the device's MoE inputs of the right tokens.
+#[test]
+fn cuda_attributes_massive_activations_like_the_cpu() {
+    let Some(backend) = cuda(ComputeChoice::F32, "cuda massive attribution") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(fixture_model("olmoe")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+    }
+    plant_massive_expert(dir.path(), 0, 3, 200.0);
+    let model = Model::open(dir.path()).unwrap();
+    let reference = Reference::load("olmoe");
+    let cpu = Backend::Cpu(CpuBackend::new(Some(2)));
+    let mode = CaptureMode::Statistics {
+        threshold: 6.0,
+        save: Default::default(),
+    };
+    let req = request(&reference, 2, mode, FinalStage::None, 1);
+    let (mut on_cpu, mut on_gpu) = (KeepStatistics::default(), KeepStatistics::default());
+    run(&model, &req, &cpu, &mut on_cpu).unwrap();
+    run(&model, &req, &backend, &mut on_gpu).unwrap();
+    for layer in 0..2 {
+        let finds = |kept: &KeepStatistics| {
+            kept.0[&(layer, CapturePoint::ResidPost)]
+                .massive
+                .clone()
+                .unwrap()
+        };
+        let (c, g) = (finds(&on_cpu), finds(&on_gpu));
+        assert!(c.total > 0, "layer {layer}: planted massive activations");
+        assert_eq!(c.total, g.total, "layer {layer}");
+        let attributed = c.values.iter().filter(|v| v.attribution.is_some()).count();
+        assert!(attributed > 0, "layer {layer}: attributed");
+        for (vc, vg) in c.values.iter().zip(&g.values).take(attributed) {
+            let what = format!(
+                "layer {layer} ({}, {}, {})",
+                vc.sequence, vc.position, vc.dim
+            );
+            assert_eq!(
+                (vc.sequence, vc.position, vc.dim),
+                (vg.sequence, vg.position, vg.dim),
+                "{what}"
+            );
+            let (ac, ag) = (
+                vc.attribution.as_ref().unwrap(),
+                vg.attribution.as_ref().expect("attributed on the GPU too"),
+            );
+            let experts =
+                |a: &ExpertAttribution| a.experts.iter().map(|e| e.expert).collect::<Vec<_>>();
+            assert_eq!(experts(ac), experts(ag), "{what}");
+            assert_eq!(
+                ac.dominant_expert(vc.value),
+                ag.dominant_expert(vg.value),
+                "{what}"
+            );
+            for (ec, eg) in ac.experts.iter().zip(&ag.experts) {
+                let tolerance = 1e-4 * vc.value.abs();
+                assert!(
+                    (ec.contribution - eg.contribution).abs() <= tolerance,
+                    "{what}: expert {} {} vs {}",
+                    ec.expert,
+                    ec.contribution,
+                    eg.contribution
+                );
+            }
+        }
     }
 }

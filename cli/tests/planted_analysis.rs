@@ -245,7 +245,11 @@ fn the_report_finds_exactly_the_planted_features_and_massive_activations() {
             m["tokens"].as_u64().unwrap() as usize,
             frequent_positions + rare_positions
         );
+        // A dense model: no expert attribution.
+        assert_eq!(m["attributed"], 0);
+        assert_eq!(m["dominant_experts"], serde_json::json!([]));
         for entry in m["top"].as_array().unwrap() {
+            assert!(entry.get("attribution").is_none(), "{entry}");
             let dim = entry["dim"].as_u64().unwrap() as usize;
             let id = entry["token_id"].as_u64().unwrap() as u32;
             assert!([D1, D2, D3, D4].contains(&dim));

@@ -147,4 +147,8 @@ pub trait LayerCaptureSink {
     fn activation(&mut self, point: CapturePoint, values: &[f32], width: usize);
     /// The router's decisions (MoE layers).
     fn routing(&mut self, routing: &Routing);
+    /// The MoE block's input `(tokens, width)` (the `ln2` values) once more, after
+    /// `resid_post`: the inputs of tokens holding massive activations are kept for the expert
+    /// attribution at the layer's end.
+    fn moe_input(&mut self, _values: &[f32], _width: usize) {}
 }

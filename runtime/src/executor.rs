@@ -5,6 +5,7 @@
 //! on. A layer's weights are read only while that layer runs.
 
 use crate::analysis::PointStatistics;
+use crate::analysis::attribution::attribute_massive;
 use crate::backend::Backend;
 use crate::capture::{CapturePoint, PointSet, Routing};
 use crate::error::{Result, RuntimeError};
@@ -339,16 +340,25 @@ pub fn run(
 }
 
 /// Everything the observer is told once a layer is done; stops the run on its failure.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn finish_layer<'a>(
+    model: &Model,
     observer: &mut dyn RunObserver,
     request: &RunRequest,
     layer: usize,
     layers_to_run: usize,
     mut statistics: BTreeMap<CapturePoint, PointStatistics>,
     hidden_states: impl FnOnce() -> Result<HiddenSnapshot<'a>>,
+    threads: usize,
 ) -> Result<()> {
     for point in statistics.values_mut() {
         point.finish();
+    }
+    if let Some(massive) = statistics
+        .get_mut(&CapturePoint::ResidPost)
+        .and_then(|s| s.massive.as_mut())
+    {
+        attribute_massive(&model.weights, &model.spec, layer, massive, threads)?;
     }
     deliver_statistics(observer, layer, &statistics);
     if request.checkpoint_hidden_states && observer.wants_hidden_states(layer) {

@@ -213,6 +213,7 @@ pub fn report_markdown(report: &ActivationReport) -> String {
                     top
                 );
             }
+            expert_attribution(&mut md, report);
         }
     }
     if report.layers.iter().any(|l| l.router.is_some()) {
@@ -243,4 +244,65 @@ pub fn report_markdown(report: &ActivationReport) -> String {
         }
     }
     md
+}
+
+/// The experts behind each MoE layer's massive activations, when any were attributed.
+fn expert_attribution(md: &mut String, report: &ActivationReport) {
+    let layers: Vec<_> = report
+        .layers
+        .iter()
+        .filter_map(|l| l.massive.as_ref().map(|m| (l.layer, m)))
+        .filter(|(_, m)| m.attributed > 0)
+        .collect();
+    if layers.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "\nExperts behind them (MoE layers; the {} largest per layer, recomputed on the host in f32): a routed expert dominates a value when its contribution has the value's sign and exceeds the residual's and the shared expert's.\n",
+        layerstream_runtime::analysis::massive::MASSIVE_ATTRIBUTED
+    );
+    let _ = writeln!(
+        md,
+        "| layer | attributed | dominant experts (values) | largest: contributions (expert: weight x output), shared, residual |"
+    );
+    let _ = writeln!(md, "| --- | --- | --- | --- |");
+    for (layer, m) in layers {
+        let dominant = match m.dominant_experts.is_empty() {
+            true => "none".to_string(),
+            false => m
+                .dominant_experts
+                .iter()
+                .map(|(e, n)| format!("{e} ({n})"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        };
+        let largest = m
+            .top
+            .iter()
+            .find_map(|e| e.value.attribution.as_ref().map(|a| (e, a)))
+            .map_or(String::new(), |(e, a)| {
+                let experts: Vec<String> = a
+                    .experts
+                    .iter()
+                    .map(|c| format!("{}: {:.1}", c.expert, c.contribution))
+                    .collect();
+                let shared = a
+                    .shared_expert
+                    .map_or(String::new(), |s| format!(", shared {s:.1}"));
+                format!(
+                    "dim {} = {:.1}: {}{}, residual {:.1}",
+                    e.value.dim,
+                    e.value.value,
+                    experts.join(", "),
+                    shared,
+                    a.residual
+                )
+            });
+        let _ = writeln!(
+            md,
+            "| {layer} | {} | {dominant} | {largest} |",
+            m.attributed
+        );
+    }
 }

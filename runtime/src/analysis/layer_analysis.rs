@@ -149,6 +149,14 @@ pub struct LayerMassive {
     pub top: Vec<MassiveEntry>,
     /// Dimensions that hold them, with how many of the listed ones each.
     pub dims: Vec<(usize, u64)>,
+    /// MoE layers: listed values with an expert attribution.
+    #[serde(default)]
+    pub attributed: u64,
+    /// MoE layers: the routed experts that dominate attributed values (contribution of the
+    /// value's sign, larger than the residual's and the shared expert's), with how many
+    /// each, most first.
+    #[serde(default)]
+    pub dominant_experts: Vec<(usize, u64)>,
 }
 
 /// The workload's tokens, for token strings and positions.
@@ -178,8 +186,8 @@ impl TokenInfo<'_> {
     }
 }
 
-/// Number of massive activations listed per layer in the report.
-pub const MASSIVE_LISTED: usize = 20;
+/// Number of massive activations listed per layer in the report (the attributed ones).
+pub const MASSIVE_LISTED: usize = super::massive::MASSIVE_ATTRIBUTED;
 
 impl LayerMassive {
     /// The report part of a layer's massive activations.
@@ -215,6 +223,19 @@ impl LayerMassive {
         for v in &finds.values {
             *dims.entry(v.dim).or_insert(0u64) += 1;
         }
+        let mut dominant = std::collections::BTreeMap::new();
+        let mut attributed = 0;
+        for v in &finds.values {
+            let Some(attribution) = &v.attribution else {
+                continue;
+            };
+            attributed += 1;
+            if let Some(expert) = attribution.dominant_expert(v.value) {
+                *dominant.entry(expert).or_insert(0u64) += 1;
+            }
+        }
+        let mut dominant_experts: Vec<(usize, u64)> = dominant.into_iter().collect();
+        dominant_experts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         LayerMassive {
             total: finds.total,
             tokens: finds.tokens,
@@ -229,6 +250,8 @@ impl LayerMassive {
                 .map(entry)
                 .collect(),
             dims: dims.into_iter().collect(),
+            attributed,
+            dominant_experts,
         }
     }
 }

@@ -2,7 +2,11 @@
 //! values of the residual stream with |x| > 100 and at least 1000 times the median magnitude
 //! of their own token's hidden state (the per-token reading of "the median magnitude of its
 //! hidden state"). Found while a layer runs, on both backends, by [`MassiveFinds::scan_row`].
+//! In MoE layers the MoE inputs of the tokens holding the largest ones are kept
+//! ([`MassiveFinds::keep_inputs`]) so the layer's end can say which experts produced them
+//! (`attribution.rs`).
 
+use super::attribution::ExpertAttribution;
 use serde::{Deserialize, Serialize};
 
 /// Magnitude a massive activation exceeds.
@@ -11,6 +15,8 @@ pub const MASSIVE_MIN_MAGNITUDE: f32 = 100.0;
 pub const MASSIVE_MEDIAN_RATIO: f32 = 1000.0;
 /// Largest ones kept per layer (the counts cover all).
 pub const MASSIVE_KEPT: usize = 1000;
+/// The largest ones per layer whose experts are named (MoE layers); the report lists these.
+pub const MASSIVE_ATTRIBUTED: usize = 20;
 
 /// One massive activation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -25,6 +31,42 @@ pub struct MassiveValue {
     pub value: f32,
     /// Median |x| of its token's hidden state.
     pub token_median: f32,
+    /// Which experts produced it (MoE layers; the [`MASSIVE_ATTRIBUTED`] largest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attribution: Option<ExpertAttribution>,
+}
+
+/// A token holding a massive activation, ranked by its largest one.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct RankedToken {
+    sequence: usize,
+    position: usize,
+    /// Its largest massive |value|.
+    largest: f32,
+}
+
+impl RankedToken {
+    /// Larger first; ties by sequence, then position (the order of the values' ties).
+    fn order(&self, other: &Self) -> std::cmp::Ordering {
+        other
+            .largest
+            .total_cmp(&self.largest)
+            .then(self.sequence.cmp(&other.sequence))
+            .then(self.position.cmp(&other.position))
+    }
+}
+
+/// The MoE input (the `ln2` values) of a token holding massive activations.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenInput {
+    /// Sequence of the workload.
+    pub sequence: usize,
+    /// Token position in it.
+    pub position: usize,
+    /// Its largest massive |value|.
+    pub largest: f32,
+    /// `(hidden)`: the MoE block's input for the token.
+    pub values: Vec<f32>,
 }
 
 /// The massive activations of one point of one layer.
@@ -36,6 +78,13 @@ pub struct MassiveFinds {
     pub tokens: u64,
     /// The largest |value| first (ties: sequence, position, dim), at most [`MASSIVE_KEPT`].
     pub values: Vec<MassiveValue>,
+    /// Tokens found since the last [`Self::keep_inputs`], waiting for their MoE input.
+    #[serde(skip)]
+    awaiting: Vec<RankedToken>,
+    /// The MoE inputs of the [`MASSIVE_ATTRIBUTED`] tokens with the largest massive
+    /// activations (largest first), until the layer's end attributes them.
+    #[serde(skip)]
+    pub inputs: Vec<TokenInput>,
 }
 
 /// Largest finite |x| of a row (0 when there is none).
@@ -75,6 +124,7 @@ impl MassiveFinds {
         }
         let median = median_magnitude(row);
         let before = self.total;
+        let mut largest = 0f32;
         for (dim, &value) in row.iter().enumerate() {
             let magnitude = value.abs();
             if value.is_finite()
@@ -82,16 +132,25 @@ impl MassiveFinds {
                 && magnitude >= MASSIVE_MEDIAN_RATIO * median
             {
                 self.total += 1;
+                largest = largest.max(magnitude);
                 self.values.push(MassiveValue {
                     sequence,
                     position,
                     dim,
                     value,
                     token_median: median,
+                    attribution: None,
                 });
             }
         }
-        self.tokens += (self.total > before) as u64;
+        if self.total > before {
+            self.tokens += 1;
+            self.awaiting.push(RankedToken {
+                sequence,
+                position,
+                largest,
+            });
+        }
         if self.values.len() > 4 * MASSIVE_KEPT {
             self.keep_largest();
         }
@@ -108,6 +167,48 @@ impl MassiveFinds {
                 .then(a.dim.cmp(&b.dim))
         });
         self.values.truncate(MASSIVE_KEPT);
+        self.awaiting.clear();
+    }
+
+    /// Keeps the MoE inputs of the tokens found since the last call (a micro-batch of
+    /// sequences `first_sequence..`, `seq_len` tokens each) that rank among the
+    /// [`MASSIVE_ATTRIBUTED`] largest so far; `input_row(r)` gives micro-batch row `r`'s
+    /// input. The tokens of the largest [`MASSIVE_ATTRIBUTED`] values are among the kept
+    /// ones whatever the micro-batch size.
+    pub fn keep_inputs<E>(
+        &mut self,
+        first_sequence: usize,
+        seq_len: usize,
+        mut input_row: impl FnMut(usize) -> Result<Vec<f32>, E>,
+    ) -> Result<(), E> {
+        let mut awaiting = std::mem::take(&mut self.awaiting);
+        awaiting.sort_by(RankedToken::order);
+        for token in awaiting.into_iter().take(MASSIVE_ATTRIBUTED) {
+            let ranked = |input: &TokenInput| RankedToken {
+                sequence: input.sequence,
+                position: input.position,
+                largest: input.largest,
+            };
+            let full = self.inputs.len() >= MASSIVE_ATTRIBUTED;
+            if full
+                && self
+                    .inputs
+                    .last()
+                    .is_some_and(|worst| token.order(&ranked(worst)).is_gt())
+            {
+                break;
+            }
+            let row = (token.sequence - first_sequence) * seq_len + token.position;
+            self.inputs.push(TokenInput {
+                sequence: token.sequence,
+                position: token.position,
+                largest: token.largest,
+                values: input_row(row)?,
+            });
+            self.inputs.sort_by(|a, b| ranked(a).order(&ranked(b)));
+            self.inputs.truncate(MASSIVE_ATTRIBUTED);
+        }
+        Ok(())
     }
 }
 
@@ -137,7 +238,8 @@ mod tests {
                 position: 7,
                 dim: 2,
                 value: -250.0,
-                token_median: 0.25
+                token_median: 0.25,
+                attribution: None,
             }]
         );
         assert_eq!(finds.tokens, 1);
@@ -159,5 +261,40 @@ mod tests {
         let order: Vec<(usize, usize)> = finds.values.iter().map(|v| (v.sequence, v.dim)).collect();
         assert_eq!(order, vec![(0, 7), (1, 7), (2, 7), (2, 2), (1, 1), (0, 0)]);
         assert_eq!((finds.total, finds.tokens), (6, 3));
+    }
+
+    #[test]
+    fn keeps_the_inputs_of_the_largest_tokens_whatever_the_micro_batch() {
+        // 30 sequences of 2 tokens; token (s, 1) holds one massive value 200 + (s * 7) % 30.
+        let scan = |finds: &mut MassiveFinds, first: usize, sequences: usize| {
+            for s in first..first + sequences {
+                finds.scan_row(&[0.01, 0.01, 0.01], s, 0);
+                let mut row = vec![0.01f32; 3];
+                row[1] = 200.0 + ((s * 7) % 30) as f32;
+                finds.scan_row(&row, s, 1);
+            }
+            finds
+                .keep_inputs(first, 2, |r| Ok::<_, ()>(vec![(first * 2 + r) as f32]))
+                .unwrap();
+        };
+        let kept = |batch: usize| {
+            let mut finds = MassiveFinds::default();
+            for first in (0..30).step_by(batch) {
+                scan(&mut finds, first, batch.min(30 - first));
+            }
+            finds.keep_largest();
+            finds.inputs
+        };
+        let one = kept(1);
+        assert_eq!(one.len(), MASSIVE_ATTRIBUTED);
+        assert_eq!(one, kept(7));
+        assert_eq!(one, kept(30));
+        // The largest first, each with its own row (the global row index 2 s + 1).
+        assert_eq!(one[0].largest, 229.0);
+        for input in &one {
+            assert_eq!(input.values, vec![(input.sequence * 2 + 1) as f32]);
+            assert_eq!(input.largest, 200.0 + ((input.sequence * 7) % 30) as f32);
+        }
+        assert!(one.iter().all(|i| i.largest >= 210.0));
     }
 }

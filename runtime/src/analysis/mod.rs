@@ -2,6 +2,7 @@
 //! capture point ([`statistics`], [`massive`]), the per-layer summaries written as each layer
 //! finishes ([`report`]), and the whole-run analysis built from the finished layers' files.
 
+pub mod attribution;
 pub mod distribution;
 pub mod layer_analysis;
 pub mod massive;

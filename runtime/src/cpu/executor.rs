@@ -21,6 +21,7 @@ use layerstream_planner::memory::HiddenPlacement;
 use layerstream_planner::memory::activation_bytes;
 use layerstream_planner::split::needs_accumulator;
 use std::collections::BTreeMap;
+use std::convert::Infallible;
 
 /// Runs a validated request on the CPU.
 pub fn run(
@@ -156,12 +157,14 @@ pub fn run(
         }
         let snapshot = || Ok(HiddenSnapshot::of(&hidden_states));
         finish_layer(
+            model,
             observer,
             request,
             layer,
             layers_to_run,
             statistics,
             snapshot,
+            threads,
         )?;
     }
 
@@ -236,6 +239,17 @@ impl LayerCaptureSink for CpuSink<'_> {
         if self.request.captures(self.layer, CapturePoint::Router) {
             self.observer
                 .on_router(self.layer, self.first_sequence, routing);
+        }
+    }
+
+    fn moe_input(&mut self, values: &[f32], width: usize) {
+        if let Some(massive) = self
+            .statistics
+            .get_mut(&CapturePoint::ResidPost)
+            .and_then(|s| s.massive.as_mut())
+        {
+            let rows = |r: usize| Ok::<_, Infallible>(values[r * width..(r + 1) * width].to_vec());
+            let Ok(()) = massive.keep_inputs(self.first_sequence, self.request.seq_len, rows);
         }
     }
 }

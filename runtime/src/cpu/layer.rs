@@ -319,6 +319,9 @@ fn feed_forward(
     capture.activation(CapturePoint::MlpOut, out, d);
     add_in_place(hidden, out);
     capture.activation(CapturePoint::ResidPost, hidden, d);
+    if num_experts > 0 && weights.maybe(MlpInputNorm).is_some() {
+        capture.moe_input(normed, d);
+    }
 }
 
 fn add_in_place(accumulator: &mut [f32], addend: &[f32]) {

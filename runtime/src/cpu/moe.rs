@@ -158,7 +158,7 @@ pub fn moe_block(
 }
 
 /// `output += [sigmoid(x . w_gate)] * shared_mlp(x)`.
-fn add_shared_expert(
+pub(crate) fn add_shared_expert(
     input: &[f32],
     weights: &LayerWeights,
     intermediate: usize,

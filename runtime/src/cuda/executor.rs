@@ -15,6 +15,7 @@ use super::weights::DeviceLayer;
 use crate::allocation::{Budget, Reservation, halve_micro_batch, is_out_of_memory};
 use crate::analysis::{MassiveFinds, PointStatistics};
 use crate::capture::CapturePoint;
+use crate::cpu::threads::default_thread_count;
 use crate::error::{Result, RuntimeError};
 use crate::executor::{
     CaptureMode, FinalStage, RunObserver, RunRequest, RunSummary, TransferSummary, finish_layer,
@@ -234,12 +235,14 @@ pub fn run(
             drop(accumulators);
             let snapshot = || hidden_states.snapshot(gpu);
             finish_layer(
+                model,
                 observer,
                 request,
                 layer,
                 layers_to_run,
                 statistics,
                 snapshot,
+                default_thread_count(),
             )?;
         }
         Ok(())
@@ -596,6 +599,22 @@ impl DeviceCaptureSink for CudaSink<'_> {
             }
         }
         Ok(())
+    }
+
+    fn moe_input(&mut self, values: &CudaView<f32>, width: usize) -> Result<()> {
+        let Some(massive) = self
+            .accumulators
+            .get_mut(&CapturePoint::ResidPost)
+            .and_then(|a| a.massive.as_mut())
+        else {
+            return Ok(());
+        };
+        let stream = &self.gpu.stream;
+        massive.keep_inputs(self.first_sequence, self.request.seq_len, |r| {
+            stream
+                .clone_dtoh(&values.slice(r * width..(r + 1) * width))
+                .map_err(|e| RuntimeError::from(KernelError::from(e)))
+        })
     }
 
     fn routing(&mut self, routing: &DeviceRouting) -> Result<()> {

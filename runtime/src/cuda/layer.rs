@@ -26,6 +26,11 @@ pub trait DeviceCaptureSink {
     ) -> Result<()>;
     /// The router's decisions (MoE layers).
     fn routing(&mut self, routing: &DeviceRouting) -> Result<()>;
+    /// The MoE block's input `(tokens, width)` once more, after `resid_post` (see
+    /// `LayerCaptureSink::moe_input`).
+    fn moe_input(&mut self, _values: &CudaView<f32>, _width: usize) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Every buffer one micro-batch of `rows` tokens needs, taken before its hidden states
@@ -438,5 +443,8 @@ fn feed_forward(
     capture.activation(CapturePoint::MlpOut, &out.as_view(), d)?;
     elementwise::add(gpu, hidden, &out.as_view())?;
     capture.activation(CapturePoint::ResidPost, &hidden.as_view(), d)?;
+    if num_experts > 0 && weights.maybe_vector(MlpInputNorm).is_some() {
+        capture.moe_input(&normed.slice(..rows * d), d)?;
+    }
     Ok(())
 }
