@@ -239,7 +239,10 @@ fn cuda_statistics_match_cpu_statistics() {
             assert!(diff <= 2, "{what}: count >= 6 differs by {diff}");
             assert_eq!(cs.non_finite, gs.non_finite, "{what}");
             assert_eq!(cs.numel, gs.numel, "{what}");
-            // Histogram bins: only values within rounding of a bin edge may move.
+            // Histogram bins (32 per octave): a value moves when the backends' rounding puts
+            // it across a bin edge, which near-zero values (large relative differences) do
+            // most; allow 0.5% of the values (each move changes two bins). The binning itself
+            // is checked element by element on identical inputs in gpu_kernels.
             let moved: u64 = c
                 .histogram
                 .iter()
@@ -247,8 +250,9 @@ fn cuda_statistics_match_cpu_statistics() {
                 .map(|(a, b)| a.abs_diff(*b))
                 .sum();
             assert!(
-                moved as f64 <= 1e-3 * cs.numel as f64,
-                "{what}: histogram moved {moved}"
+                moved <= 2 * (cs.numel / 200).max(4),
+                "{what}: histogram moved {moved} of {} values",
+                cs.numel
             );
             let ones = |bits: &[u32]| bits.iter().map(|w| w.count_ones() as u64).sum::<u64>();
             let bits_diff = ones(&c.positions).abs_diff(ones(&g.positions));

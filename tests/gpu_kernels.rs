@@ -314,6 +314,7 @@ fn attention_matches_cpu_for_every_shape_and_window() {
             head_dim,
             sliding_window: window,
             scale: (head_dim as f32).powf(-0.5),
+            tensor_cores: false,
         };
         let rows = 2 * seq_len;
         let q = random_values(rows * 4 * head_dim, 12, 2.0);
@@ -345,6 +346,44 @@ fn attention_matches_cpu_for_every_shape_and_window() {
             &download(&gpu, &out),
             &expect,
         );
+
+        // Tensor cores (bf16 q, k, v and probabilities, f32 accumulation and softmax) against
+        // the CPU on the same bf16-rounded q, k, v: what is left is the rounding of the
+        // probabilities (< 2^-8 relative) and the order of the sums.
+        let tensor = AttentionDims {
+            tensor_cores: true,
+            ..dims
+        };
+        let rounded = |x: &[f32]| -> Vec<f32> {
+            x.iter()
+                .map(|&v| half::bf16::from_f32(v).to_f32())
+                .collect()
+        };
+        let (qr, kr, vr) = (rounded(&q), rounded(&k), rounded(&v));
+        let mut expect_bf16 = vec![0f32; q.len()];
+        cpu::attention::causal_attention(&qr, &kr, &vr, &mut expect_bf16, shape, 2);
+        let mut out = zeros(&gpu, q.len());
+        causal_attention(
+            &gpu,
+            &upload(&gpu, &q).as_view(),
+            &upload(&gpu, &k).as_view(),
+            &upload(&gpu, &v).as_view(),
+            &mut out.as_view_mut(),
+            tensor,
+        )
+        .unwrap();
+        let what = format!(
+            "attention on tensor cores ({}) T={seq_len} d={head_dim} w={window:?}",
+            tensor.uses_tensor_cores(&gpu)
+        );
+        if gpu.has_bf16_math() {
+            assert_eq!(
+                tensor.uses_tensor_cores(&gpu),
+                head_dim % 16 == 0 && head_dim <= 128,
+                "{what}"
+            );
+        }
+        assert_all_close(&what, &download(&gpu, &out), &expect_bf16, 0.02, 0.01);
     }
 }
 
@@ -703,4 +742,52 @@ fn row_maxima_match_the_cpu() {
         .collect();
     assert_eq!(got, expect);
     assert_eq!(got[5], 250.0);
+}
+
+/// Positions of assignments grouped by expert (stable: assignment order within an expert)
+/// over many block-sized chunks and experts, against the host's stable grouping.
+#[test]
+fn expert_positions_group_stably_across_chunks() {
+    let Some(gpu) = gpu_or_skip("expert positions") else {
+        return;
+    };
+    let (assignments, experts) = (5000usize, 64usize);
+    // Skewed choices: expert 0 gets a quarter, the rest spread, a few never chosen.
+    let chosen: Vec<u32> = (0..assignments as u64)
+        .map(|a| {
+            let h = a.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40;
+            if h % 4 == 0 { 0 } else { (h % 60) as u32 }
+        })
+        .collect();
+    let mut counts = vec![0u32; experts];
+    for &e in &chosen {
+        counts[e as usize] += 1;
+    }
+    let offsets: Vec<u32> = counts
+        .iter()
+        .scan(0, |acc, &c| {
+            let o = *acc;
+            *acc += c;
+            Some(o)
+        })
+        .collect();
+    let mut cursor = offsets.clone();
+    let expected: Vec<u32> = chosen
+        .iter()
+        .map(|&e| {
+            cursor[e as usize] += 1;
+            cursor[e as usize] - 1
+        })
+        .collect();
+    let chosen_d = upload(&gpu, &chosen);
+    let offsets_d = upload(&gpu, &offsets);
+    let mut positions: CudaSlice<u32> = gpu.stream.alloc_zeros(assignments).unwrap();
+    moe::expert_positions(
+        &gpu,
+        &chosen_d.as_view(),
+        &offsets_d.as_view(),
+        &mut positions.as_view_mut(),
+    )
+    .unwrap();
+    assert_eq!(download(&gpu, &positions), expected);
 }

@@ -22,15 +22,20 @@ import sys
 import threading
 import time
 
-import pynvml
+try:
+    import pynvml
+except ImportError:  # only the comparison harness imports this file without a GPU
+    pynvml = None
 
 
 def used_bytes(handle):
     return pynvml.nvmlDeviceGetMemoryInfo(handle).used
 
 
-def measure(handle, command):
-    baseline = used_bytes(handle)
+def measure_run(handle, command):
+    """Runs `command`; returns (peak device bytes above the used memory before it started,
+    the completed process, wall seconds from start to exit). `handle` None: no sampling."""
+    baseline = used_bytes(handle) if handle else 0
     peak = baseline
     done = threading.Event()
 
@@ -41,13 +46,22 @@ def measure(handle, command):
             time.sleep(0.002)
 
     sampler = threading.Thread(target=sample)
-    sampler.start()
+    if handle:
+        sampler.start()
+    started = time.time()
     result = subprocess.run(command, capture_output=True, text=True)
+    seconds = time.time() - started
     done.set()
-    sampler.join()
+    if handle:
+        sampler.join()
+    return peak - baseline, result, seconds
+
+
+def measure(handle, command):
+    peak, result, _ = measure_run(handle, command)
     if result.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed:\n{result.stderr}")
-    return peak - baseline, result.stderr
+    return peak, result.stderr
 
 
 def estimate(layerstream, model, budget, overhead, extra=()):

@@ -44,14 +44,31 @@ extern "C" __global__ void expert_count_kernel(const u32* chosen, int assignment
 }
 
 // positions[a] = offsets[chosen[a]] + rank of a among the assignments to the same expert,
-// in assignment order. One thread per expert, so the grouping is deterministic.
+// in assignment order (deterministic). One block per expert walks the assignments a block
+// at a time: a ballot per warp, the warps' counts in shared memory, a running cursor.
 extern "C" __global__ void expert_positions_kernel(
     const u32* chosen, int assignments, int experts, const u32* offsets, u32* positions) {
-    int e = blockIdx.x * blockDim.x + threadIdx.x;
+    __shared__ u32 warp_counts[32];
+    __shared__ u32 cursor;
+    const int e = blockIdx.x;
     if (e >= experts) return;
-    u32 cursor = offsets[e];
-    for (int a = 0; a < assignments; a++) {
-        if (chosen[a] == (u32)e) positions[a] = cursor++;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+    if (threadIdx.x == 0) cursor = offsets[e];
+    __syncthreads();
+    for (int base = 0; base < assignments; base += blockDim.x) {
+        const int a = base + threadIdx.x;
+        const bool mine = a < assignments && chosen[a] == (u32)e;
+        const unsigned ballot = __ballot_sync(0xffffffffu, mine);
+        if (lane == 0) warp_counts[warp] = __popc(ballot);
+        __syncthreads();
+        u32 before = cursor;
+        for (int w = 0; w < warp; w++) before += warp_counts[w];
+        if (mine) positions[a] = before + __popc(ballot & ((1u << lane) - 1u));
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            for (int w = 0; w < warps; w++) cursor += warp_counts[w];
+        }
+        __syncthreads();
     }
 }
 
@@ -67,29 +84,39 @@ extern "C" __global__ void expert_gather_kernel(
 
 // out[t] = sum over t's experts in [first_expert, end_expert), in ascending expert order, of
 // weight * expert_out[position]; with accumulate the sum starts from out[t] instead of 0, so
-// the expert groups of a split layer add up to exactly the unsplit sum.
+// the expert groups of a split layer add up to exactly the unsplit sum. One block per token:
+// its slots are put in expert order once (top_k <= MAX_TOP_K), then threads walk the width.
+#define MAX_TOP_K 128
 extern "C" __global__ void expert_unpermute_kernel(
     const float* expert_out, const u32* positions, const u32* chosen, const float* weights,
     int tokens, int top_k, int width, int first_expert, int end_expert, int accumulate,
     float* out) {
-    unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x;
-    if (i >= (unsigned long long)tokens * width) return;
-    int t = (int)(i / width), d = (int)(i % width);
+    __shared__ int order[MAX_TOP_K];
+    const int t = blockIdx.x;
+    if (t >= tokens) return;
     const u32* my_chosen = chosen + (unsigned long long)t * top_k;
-    float sum = accumulate ? out[i] : 0.0f;
-    long long previous = -1;
-    for (int n = 0; n < top_k; n++) {
-        int slot = -1;
+    if (threadIdx.x < top_k) {
+        const u32 mine = my_chosen[threadIdx.x];
+        int rank = 0;
         for (int s = 0; s < top_k; s++) {
-            long long e = my_chosen[s];
-            if (e > previous && (slot < 0 || e < (long long)my_chosen[slot])) slot = s;
+            const u32 other = my_chosen[s];
+            rank += other < mine || (other == mine && s < (int)threadIdx.x);
         }
-        previous = my_chosen[slot];
-        if (previous < first_expert || previous >= end_expert) continue;
-        unsigned long long a = (unsigned long long)t * top_k + slot;
-        sum += expert_out[(unsigned long long)positions[a] * width + d] * weights[a];
+        order[rank] = threadIdx.x;
     }
-    out[i] = sum;
+    __syncthreads();
+    for (int d = threadIdx.x; d < width; d += blockDim.x) {
+        const unsigned long long i = (unsigned long long)t * width + d;
+        float sum = accumulate ? out[i] : 0.0f;
+        for (int n = 0; n < top_k; n++) {
+            const int slot = order[n];
+            const long long e = my_chosen[slot];
+            if (e < first_expert || e >= end_expert) continue;
+            const unsigned long long a = (unsigned long long)t * top_k + slot;
+            sum += expert_out[(unsigned long long)positions[a] * width + d] * weights[a];
+        }
+        out[i] = sum;
+    }
 }
 
 // out[t] += sigmoid(gate_logit[t]) * shared[t]  (Qwen2-MoE's gated shared expert).

@@ -2,14 +2,14 @@
 // hidden dimension, max |x|, the count of |x| >= threshold (and of them the positive ones,
 // and the sum of their |x|), non-finite values, and the sums of x, x^2, x^3, x^4 (in f64)
 // for mean, variance and kurtosis; per point a histogram of |x|; optionally a bit per
-// (dimension, token) for |x| >= threshold. One thread per (sequence, dimension), looping
-// over the sequence's tokens: reads are coalesced across dimensions and no two threads
-// write the same per-entry accumulator.
+// (dimension, token) for |x| >= threshold. Reads are coalesced across dimensions and each
+// per-entry accumulator is written by one thread of one block.
 //
 // Accumulators are indexed by the workload's sequence (first_sequence + s), laid out
 // (total_sequences, width); sums are 4 consecutive planes of that shape. Position bits are
 // (width, position_words) u32 words over the workload's tokens (sequence * seq_len + t);
 // position_words == 0 keeps none. The histogram has HIST_BINS bins (see histogram_bin).
+// Shared memory: the histogram (6 KiB) and the warps' partial results (14 KiB).
 
 #define HIST_BINS 1538
 
@@ -23,27 +23,41 @@ __device__ __forceinline__ int histogram_bin(float magnitude) {
     return 1 + (exponent + 24) * 32 + (int)((bits >> 18) & 31u);
 }
 
+// One block per (sequence, 32 dimensions): lane = dimension, the STATS_WARPS warps take
+// consecutive chunks of the sequence's tokens (whole 32-token words of position bits), and
+// their partial results are combined in warp order through shared memory, so the sums are
+// the same on every run.
+#define STATS_WARPS 8
+
 extern "C" __global__ void stats_accumulate_kernel(
     const float* x, int sequences, int seq_len, int width, int first_sequence, int total_sequences,
     float threshold, float* max_abs, unsigned long long* count_ge,
     unsigned long long* count_pos_ge, double* sum_abs_ge, unsigned long long* non_finite,
     double* sums, unsigned long long* histogram, unsigned int* positions, int position_words) {
     __shared__ unsigned int local_histogram[HIST_BINS];
+    __shared__ double partial_sums[STATS_WARPS][5][32];
+    __shared__ unsigned long long partial_counts[STATS_WARPS][3][32];
+    __shared__ float partial_max[STATS_WARPS][32];
     for (int b = threadIdx.x; b < HIST_BINS; b += blockDim.x) local_histogram[b] = 0;
     __syncthreads();
-    unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x;
-    if (i < (unsigned long long)sequences * width) {
-        int s = (int)(i / width), d = (int)(i % width);
-        float local_max = 0.0f;
-        unsigned long long local_count = 0, local_positive = 0, local_bad = 0;
-        double s1 = 0.0, s2 = 0.0, s3 = 0.0, s4 = 0.0, abs_ge = 0.0;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int s = blockIdx.y, d = blockIdx.x * 32 + lane;
+    const bool active = d < width && s < sequences;
+    // Tokens of this warp: a chunk of whole 32-token words.
+    const int words_per_sequence = (seq_len + 31) / 32;
+    const int chunk = ((words_per_sequence + STATS_WARPS - 1) / STATS_WARPS) * 32;
+    const int t_begin = min(warp * chunk, seq_len), t_end = min(t_begin + chunk, seq_len);
+    float local_max = 0.0f;
+    unsigned long long local_count = 0, local_positive = 0, local_bad = 0;
+    double s1 = 0.0, s2 = 0.0, s3 = 0.0, s4 = 0.0, abs_ge = 0.0;
+    if (active) {
         unsigned int word = 0;
-        unsigned long long token0 = (unsigned long long)(first_sequence + s) * seq_len;
+        const unsigned long long token0 = (unsigned long long)(first_sequence + s) * seq_len;
         const float* column = x + (unsigned long long)s * seq_len * width + d;
-        for (int t = 0; t < seq_len; t++) {
-            float value = column[(unsigned long long)t * width];
-            float magnitude = fabsf(value);
-            unsigned long long token = token0 + t;
+        for (int t = t_begin; t < t_end; t++) {
+            const float value = column[(unsigned long long)t * width];
+            const float magnitude = fabsf(value);
+            const unsigned long long token = token0 + t;
             if (!isfinite(value)) {
                 local_bad++;
             } else {
@@ -55,21 +69,44 @@ extern "C" __global__ void stats_accumulate_kernel(
                     abs_ge += magnitude;
                     word |= 1u << (token % 32);
                 }
-                double v = value, v2 = v * v;
+                const double v = value, v2 = v * v;
                 s1 += v;
                 s2 += v2;
                 s3 += v2 * v;
                 s4 += v2 * v2;
             }
-            if (position_words > 0 && (token % 32 == 31 || t == seq_len - 1)) {
+            if (position_words > 0 && (token % 32 == 31 || t == t_end - 1)) {
                 if (word != 0) {
                     atomicOr(&positions[(unsigned long long)d * position_words + token / 32], word);
                 }
                 word = 0;
             }
         }
-        unsigned long long slot = (unsigned long long)(first_sequence + s) * width + d;
-        unsigned long long plane = (unsigned long long)total_sequences * width;
+    }
+    partial_max[warp][lane] = local_max;
+    partial_counts[warp][0][lane] = local_count;
+    partial_counts[warp][1][lane] = local_positive;
+    partial_counts[warp][2][lane] = local_bad;
+    partial_sums[warp][0][lane] = s1;
+    partial_sums[warp][1][lane] = s2;
+    partial_sums[warp][2][lane] = s3;
+    partial_sums[warp][3][lane] = s4;
+    partial_sums[warp][4][lane] = abs_ge;
+    __syncthreads();
+    if (warp == 0 && active) {
+        for (int w = 1; w < STATS_WARPS; w++) {
+            local_max = fmaxf(local_max, partial_max[w][lane]);
+            local_count += partial_counts[w][0][lane];
+            local_positive += partial_counts[w][1][lane];
+            local_bad += partial_counts[w][2][lane];
+            s1 += partial_sums[w][0][lane];
+            s2 += partial_sums[w][1][lane];
+            s3 += partial_sums[w][2][lane];
+            s4 += partial_sums[w][3][lane];
+            abs_ge += partial_sums[w][4][lane];
+        }
+        const unsigned long long slot = (unsigned long long)(first_sequence + s) * width + d;
+        const unsigned long long plane = (unsigned long long)total_sequences * width;
         max_abs[slot] = fmaxf(max_abs[slot], local_max);
         count_ge[slot] += local_count;
         count_pos_ge[slot] += local_positive;

@@ -39,6 +39,8 @@ pub const ROPE: ModuleSource = module!("rope");
 pub const ELEMENTWISE: ModuleSource = module!("elementwise");
 /// Flash-style causal attention.
 pub const ATTENTION: ModuleSource = module!("attention");
+/// Causal attention on tensor cores (bf16 operands, sm_80+).
+pub const ATTENTION_MMA: ModuleSource = module!("attention_mma");
 /// MoE routing, permutation, unpermutation.
 pub const MOE: ModuleSource = module!("moe");
 /// Statistics accumulators.
@@ -48,12 +50,13 @@ pub const STATS: ModuleSource = module!("stats");
 pub const LOSS: ModuleSource = module!("loss");
 
 /// Every module.
-pub const ALL_MODULES: [ModuleSource; 8] = [
+pub const ALL_MODULES: [ModuleSource; 9] = [
     CONVERT,
     NORM,
     ROPE,
     ELEMENTWISE,
     ATTENTION,
+    ATTENTION_MMA,
     MOE,
     STATS,
     LOSS,

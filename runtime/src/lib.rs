@@ -23,6 +23,7 @@ pub mod layer_parts;
 pub mod model;
 pub mod plan;
 pub mod selection;
+pub mod timeline;
 pub mod weights;
 pub mod workload_buffer;
 

@@ -23,6 +23,7 @@ use layerstream_runtime::checkpoint::{
 };
 use layerstream_runtime::data::TextTokenizer;
 use layerstream_runtime::selection::{parse_layers, parse_points};
+use layerstream_runtime::timeline;
 use layerstream_runtime::{
     Backend, CaptureMode, CapturePoint, FinalStage, PointSet, RunRequest, run,
 };
@@ -32,7 +33,9 @@ use std::time::Instant;
 /// Runs `analyze`.
 pub fn analyze(args: &AnalyzeArgs) -> Result<()> {
     let started = Instant::now();
+    timeline::mark(|| "analyze started".into());
     let named = open_model(&args.model)?;
+    timeline::mark(|| "model opened (headers checked)".into());
     let plan = match (args.dry_run, args.plan.vram) {
         (false, None) => None,
         _ => Some(make_estimate(
@@ -74,7 +77,9 @@ pub fn analyze(args: &AnalyzeArgs) -> Result<()> {
         }
     };
     let workload = pack_workload(model, &args.workload)?;
+    timeline::mark(|| "workload tokenized and packed".into());
     let backend = choose_backend(&args.run)?;
+    timeline::mark(|| format!("backend ready: {backend}"));
     let packed = &workload.packed;
     let micro_batch = match &plan {
         Some(estimate) => estimate.plan.micro_batch_sequences,
@@ -191,6 +196,7 @@ pub fn analyze(args: &AnalyzeArgs) -> Result<()> {
         super::print_transfer(&summary);
     }
     let run_seconds = run_started.elapsed().as_secs_f64();
+    let report_started = Instant::now();
     let tokenizer = TextTokenizer::load(&model.dir, &model.config)?;
     let text = |id: u32| tokenizer.token_text(id);
     let token_info = TokenInfo {
@@ -226,15 +232,18 @@ pub fn analyze(args: &AnalyzeArgs) -> Result<()> {
         },
         &token_info,
     )?;
+    timeline::mark(|| "report.json written".into());
     let markdown = report_markdown(&report);
     write_file(&args.run.out, "report.md", markdown.as_bytes())?;
     let plots = write_plots(&report, &args.run.out.join("plots"))?;
+    timeline::mark(|| "report.md and plots written".into());
     print_summary(&report, args.threshold);
     println!(
-        "\n{tokens} tokens through {layers_run} layers in {run_seconds:.2} s ({:.0} tokens/s); {:.2} s in all",
+        "\n{tokens} tokens through {layers_run} layers in {run_seconds:.2} s ({:.0} tokens/s); report and plots {:.2} s; {:.2} s in all",
         tokens as f64 * layers_run.max(1) as f64
             / model.spec.num_layers as f64
             / run_seconds.max(1e-9),
+        report_started.elapsed().as_secs_f64(),
         started.elapsed().as_secs_f64()
     );
     println!(

@@ -1,10 +1,18 @@
-//! Flash-style causal attention (`attention.cu`).
+//! Flash-style causal attention: f32 on CUDA cores (`attention.cu`), or bf16 operands with
+//! f32 accumulation on tensor cores (`attention_mma.cu`, sm_80+).
 
 use super::{check_len, launch};
 use crate::error::{KernelError, Result};
 use crate::gpu::Gpu;
-use crate::sources::ATTENTION;
+use crate::sources::{ATTENTION, ATTENTION_MMA};
 use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig};
+
+/// Query rows per block of the tensor-core kernel (`MMA_ROWS`).
+const MMA_ROWS_PER_BLOCK: usize = 64;
+/// Keys per shared-memory tile of the tensor-core kernel (`MMA_KEYS`).
+const MMA_KEYS: usize = 64;
+/// Largest head the tensor-core kernel takes (`MMA_MAX_HEAD_DIM`).
+pub const MMA_MAX_HEAD_DIM: usize = 128;
 
 /// Query rows per block (one warp each); must match `ATTN_WARPS` in attention.cu.
 const QUERY_ROWS_PER_BLOCK: usize = 8;
@@ -28,6 +36,20 @@ pub struct AttentionDims {
     pub sliding_window: Option<usize>,
     /// Score scale.
     pub scale: f32,
+    /// Products in bf16 on tensor cores (f32 accumulation and softmax) where the GPU has
+    /// them and the head fits (`head_dim` a multiple of 16, at most [`MMA_MAX_HEAD_DIM`]);
+    /// f32 throughout otherwise.
+    pub tensor_cores: bool,
+}
+
+impl AttentionDims {
+    /// Whether the tensor-core kernel runs for these dims on `gpu`.
+    pub fn uses_tensor_cores(&self, gpu: &Gpu) -> bool {
+        self.tensor_cores
+            && gpu.has_bf16_math()
+            && self.head_dim.is_multiple_of(16)
+            && self.head_dim <= MMA_MAX_HEAD_DIM
+    }
 }
 
 /// `out = softmax(q k^T * scale + causal mask) v` per sequence and head;
@@ -48,6 +70,7 @@ pub fn causal_attention(
         head_dim,
         sliding_window,
         scale,
+        ..
     } = dims;
     if head_dim > MAX_HEAD_DIM || kv_heads == 0 || heads % kv_heads != 0 {
         return Err(KernelError::Unsupported(format!(
@@ -59,6 +82,43 @@ pub fn causal_attention(
     check_len("attention k", k, rows * kv_heads * head_dim)?;
     check_len("attention v", v, rows * kv_heads * head_dim)?;
     check_len("attention out", out, rows * heads * head_dim)?;
+    let window = sliding_window.map_or(0, |w| w as i32);
+    if dims.uses_tensor_cores(gpu) {
+        let shared_u16 = MMA_KEYS * (head_dim + 8) + head_dim * (MMA_KEYS + 8);
+        let config = LaunchConfig {
+            grid_dim: (
+                seq_len.div_ceil(MMA_ROWS_PER_BLOCK) as u32,
+                heads as u32,
+                sequences as u32,
+            ),
+            block_dim: (32 * (MMA_ROWS_PER_BLOCK / 16) as u32, 1, 1),
+            shared_mem_bytes: (shared_u16 * 2) as u32,
+        };
+        let (seq_i, heads_i, kv_i, dim_i) = (
+            seq_len as i32,
+            heads as i32,
+            kv_heads as i32,
+            head_dim as i32,
+        );
+        // K and V rows are read as float4: whole buffers (offset 0) of a width that is a
+        // multiple of 16 are aligned.
+        return launch!(
+            gpu,
+            ATTENTION_MMA,
+            "attention_mma_kernel",
+            config,
+            q,
+            k,
+            v,
+            out,
+            &seq_i,
+            &heads_i,
+            &kv_i,
+            &dim_i,
+            &window,
+            &scale
+        );
+    }
     // 32 keys per tile while the tiles fit in 48 KiB of shared memory, 16 beyond.
     let key_tile: usize = if head_dim <= 128 { 32 } else { 16 };
     let shared_floats =
@@ -79,7 +139,6 @@ pub fn causal_attention(
         head_dim as i32,
         key_tile as i32,
     );
-    let window = sliding_window.map_or(0, |w| w as i32);
     launch!(
         gpu,
         ATTENTION,

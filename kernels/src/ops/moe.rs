@@ -75,7 +75,7 @@ pub fn expert_positions(
         gpu,
         MOE,
         "expert_positions_kernel",
-        grid_for(experts),
+        block_per_row(experts, 1024),
         chosen,
         &n_i,
         &experts_i,
@@ -128,6 +128,11 @@ pub fn unpermute(
 ) -> Result<()> {
     let tokens = chosen.len() / top_k;
     check_len("unpermute out", out, tokens * width)?;
+    if top_k > 128 {
+        return Err(crate::error::KernelError::Unsupported(format!(
+            "top-k {top_k} above the unpermute kernel's 128"
+        )));
+    }
     let (t_i, k_i, w_i) = (tokens as i32, top_k as i32, width as i32);
     let (first, end, accumulate) = (
         experts.start as i32,
@@ -138,7 +143,7 @@ pub fn unpermute(
         gpu,
         MOE,
         "expert_unpermute_kernel",
-        grid_for(tokens * width),
+        block_per_row(tokens, 256),
         expert_out,
         positions,
         chosen,

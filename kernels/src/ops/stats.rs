@@ -2,11 +2,11 @@
 //! histogram of |x| per point, optionally the positions of values >= threshold; and the
 //! per-row maxima the massive-activation search starts from.
 
-use super::{block_per_row, check_len, grid_for, launch};
+use super::{block_per_row, check_len, launch};
 use crate::error::Result;
 use crate::gpu::Gpu;
 use crate::sources::STATS;
-use cudarc::driver::{CudaSlice, CudaView};
+use cudarc::driver::{CudaSlice, CudaView, LaunchConfig};
 
 /// Bins of the |x| histogram (`HIST_BINS` in stats.cu).
 pub const HISTOGRAM_BINS: usize = 1538;
@@ -113,7 +113,12 @@ impl StatsAccumulators {
             gpu,
             STATS,
             "stats_accumulate_kernel",
-            grid_for(sequences * self.width),
+            LaunchConfig {
+                // (32 dimensions, sequence) per block of STATS_WARPS = 8 warps.
+                grid_dim: (self.width.div_ceil(32) as u32, sequences as u32, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            },
             x,
             &s_i,
             &t_i,

@@ -11,7 +11,7 @@ use super::moe::DeviceRouting;
 use super::staging::{
     LayerLayout, StagedLayer, StagingBuffer, part_layout, read_layers, staging_buffers,
 };
-use super::weights::DeviceLayer;
+use super::weights::{DeviceLayer, FreeStaging};
 use crate::allocation::{Budget, Reservation, halve_micro_batch, is_out_of_memory};
 use crate::analysis::{MassiveFinds, PointStatistics};
 use crate::capture::CapturePoint;
@@ -23,6 +23,7 @@ use crate::executor::{
 };
 use crate::model::Model;
 use crate::plan::{dominant_weight_dtype, layer_shapes, point_width};
+use crate::timeline;
 use crossbeam::channel::{Receiver, Sender, bounded};
 use layerstream_kernels::cudarc::driver::CudaView;
 use layerstream_kernels::cudarc::driver::result::memcpy_htod_async;
@@ -65,6 +66,7 @@ pub fn run(
     // workload uses are read, instead of sending the whole table to the device.
     let initial = initial_hidden_states(model, request, placement == HiddenPlacement::Disk)?;
     let mut hidden_states = HiddenStates::new(gpu, initial, placement, batch_elements)?;
+    timeline::mark(|| "embeddings on the device".into());
     let inv_freq = gpu
         .stream
         .clone_htod(&spec.rope.inv_freq)
@@ -112,12 +114,16 @@ pub fn run(
         &format!("two staging buffers of {staging_bytes} bytes"),
         2 * staging_bytes as u64,
     )?;
-    let (device_free_tx, device_free_rx) = bounded::<CudaSlice<u8>>(2);
+    let (device_free_tx, device_free_rx) = bounded::<FreeStaging>(2);
     for _ in 0..2 {
         // SAFETY: every upload writes the bytes its layout uses before any kernel reads them.
-        let buffer =
+        let raw =
             unsafe { copy_stream.alloc::<u8>(staging_bytes.max(1)) }.map_err(KernelError::from)?;
-        device_free_tx.send(buffer).expect("receiver alive");
+        let free = FreeStaging {
+            raw,
+            last_read: None,
+        };
+        device_free_tx.send(free).expect("receiver alive");
     }
     let copy_threads = std::thread::available_parallelism()
         .map_or(4, |n| n.get())
@@ -136,7 +142,9 @@ pub fn run(
         let mut next = if layouts.is_empty() {
             None
         } else {
-            Some(uploads.next(0, &mut transfers)?)
+            let first = uploads.next(0, &mut transfers)?;
+            timeline::mark(|| "first layer read and its upload started".into());
+            Some(first)
         };
         let mut next_index = 1;
         for layer in first_layer..layers_to_run {
@@ -146,10 +154,11 @@ pub fn run(
             }
             let mut accumulators = statistics_accumulators(gpu, spec, request, layer, &budget)?;
             for part in &parts {
-                let (raw, layout) = next.take().expect("uploaded ahead");
+                let (raw, uploaded, layout) = next.take().expect("uploaded ahead");
                 let weights = DeviceLayer::from_staged(
                     gpu,
                     raw,
+                    &uploaded,
                     device_free_tx.clone(),
                     &layout,
                     compute,
@@ -244,9 +253,13 @@ pub fn run(
                 snapshot,
                 default_thread_count(),
             )?;
+            timeline::mark(|| format!("layer {layer} done (statistics on the host)"));
         }
         Ok(())
     })?;
+    // The staging buffers are freed on the copy stream: the compute stream's last reads of
+    // them finish first.
+    gpu.stream.synchronize().map_err(KernelError::from)?;
     drop(scratch);
     drop(ff_accumulator);
     drop(uploads);
@@ -349,7 +362,7 @@ struct Accumulator {
 struct Uploads<'a> {
     ready: Receiver<Result<StagedLayer>>,
     free: Sender<StagingBuffer>,
-    device_free: Receiver<CudaSlice<u8>>,
+    device_free: Receiver<FreeStaging>,
     copy_stream: &'a Arc<CudaStream>,
 }
 
@@ -358,7 +371,7 @@ impl Uploads<'_> {
         &self,
         index: usize,
         transfers: &mut TransferLog,
-    ) -> Result<(CudaSlice<u8>, LayerLayout)> {
+    ) -> Result<(CudaSlice<u8>, CudaEvent, LayerLayout)> {
         upload_next(index, self, transfers)
     }
 }
@@ -370,7 +383,7 @@ fn upload_next(
     index: usize,
     uploads: &Uploads,
     transfers: &mut TransferLog,
-) -> Result<(CudaSlice<u8>, LayerLayout)> {
+) -> Result<(CudaSlice<u8>, CudaEvent, LayerLayout)> {
     let Uploads {
         ready,
         free,
@@ -390,7 +403,7 @@ fn upload_next(
     }
     let bytes = staged.layout.bytes;
     // One buffer is computed from, the other came back when the layer before it was dropped.
-    let mut raw = device_free.try_recv().map_err(|_| {
+    let FreeStaging { mut raw, last_read } = device_free.try_recv().map_err(|_| {
         RuntimeError::InvalidRequest(format!(
             "no device staging buffer is free for upload {index} ({})",
             staged.layout.part.owner(staged.layout.layer)
@@ -399,8 +412,11 @@ fn upload_next(
     let timing = Some(CUevent_flags::CU_EVENT_DEFAULT);
     let (start, end) = {
         let source = &staged.buffer.pinned.as_slice().map_err(KernelError::from)?[..bytes];
-        // The copy stream first waits for the kernels that last read this buffer (cudarc's
-        // event tracking); the timing starts after that wait.
+        // The copy stream first waits for the kernels that last read this buffer; the
+        // timing starts after that wait.
+        if let Some(last_read) = &last_read {
+            copy_stream.wait(last_read).map_err(KernelError::from)?;
+        }
         let (destination, _recorded) = raw.device_ptr_mut(copy_stream);
         let start = copy_stream
             .record_event(timing)
@@ -415,11 +431,13 @@ fn upload_next(
         (start, end)
     };
     transfers.copies.push((start, end, bytes));
+    // The compute stream waits on this before the layer's kernels read the buffer.
+    let uploaded = copy_stream.record_event(None).map_err(KernelError::from)?;
     let mut buffer = staged.buffer;
     buffer.upload_done = Some(copy_stream.record_event(None).map_err(KernelError::from)?);
     // The reader may have finished already; then the buffer is simply dropped.
     let _ = free.send(buffer);
-    Ok((raw, staged.layout))
+    Ok((raw, uploaded, staged.layout))
 }
 
 /// Measurements of the weight uploads.

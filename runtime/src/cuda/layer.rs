@@ -294,6 +294,8 @@ fn attention(
         head_dim: spec.head_dim,
         sliding_window: spec.sliding_windows[layer],
         scale: (spec.head_dim as f32).powf(-0.5),
+        // bf16 GEMM weights: the attention products in bf16 too (f32 compute stays f32).
+        tensor_cores: weights.matrix(QProj).is_bf16(),
     };
     causal_attention(
         gpu,

@@ -12,7 +12,7 @@ use crate::weights::WeightStore;
 use crate::weights::dtype::convert_to_f32;
 use crossbeam::channel::Sender;
 use half::bf16;
-use layerstream_kernels::cudarc::driver::{CudaSlice, CudaView};
+use layerstream_kernels::cudarc::driver::{CudaEvent, CudaSlice, CudaStream, CudaView};
 use layerstream_kernels::ops::convert::{StoredDtype, f32_to_bf16, half_to_f32};
 use layerstream_kernels::{Gpu, KernelError};
 use layerstream_planner::split::tensor_bytes;
@@ -34,6 +34,13 @@ pub enum MatrixRows<'a> {
     F32(CudaView<'a, f32>),
     /// bf16 rows.
     Bf16(CudaView<'a, u16>),
+}
+
+impl MatrixRows<'_> {
+    /// Whether the GEMMs with it run in bf16.
+    pub fn is_bf16(&self) -> bool {
+        matches!(self, MatrixRows::Bf16(_))
+    }
 }
 
 impl DeviceMatrix {
@@ -63,11 +70,22 @@ enum Placed {
     Converted(DeviceMatrix),
 }
 
+/// A device staging buffer going back to the uploads, with an event recorded on the compute
+/// stream after the last kernel that read it: the next upload into it waits on the event.
+/// (Streams are ordered explicitly: cudarc's per-buffer event tracking is off, see `Gpu`.)
+pub struct FreeStaging {
+    /// The buffer.
+    pub raw: CudaSlice<u8>,
+    /// Recorded after its last reader; `None` for a buffer not used yet.
+    pub last_read: Option<CudaEvent>,
+}
+
 /// One layer's (or split part's) weights on the device. It holds one of the run's two
 /// device staging buffers and gives it back when dropped.
 pub struct DeviceLayer {
     raw: Option<CudaSlice<u8>>,
-    give_back: Sender<CudaSlice<u8>>,
+    stream: Arc<CudaStream>,
+    give_back: Sender<FreeStaging>,
     matrices: BTreeMap<WeightRole, Placed>,
     vectors: BTreeMap<WeightRole, CudaSlice<f32>>,
     _converted_reservation: Reservation,
@@ -75,22 +93,26 @@ pub struct DeviceLayer {
 
 impl Drop for DeviceLayer {
     fn drop(&mut self) {
-        // Uploads into it wait on the events of this layer's kernels (cudarc's tracking),
-        // so it can be refilled as soon as it is back. The executor may have stopped.
+        // The next upload into it waits on this event, recorded after every kernel of this
+        // layer was queued, so it can be refilled as soon as it is back. The executor may
+        // have stopped (then the send fails and the buffer is freed).
         if let Some(raw) = self.raw.take() {
-            let _ = self.give_back.send(raw);
+            let last_read = self.stream.record_event(None).ok();
+            let _ = self.give_back.send(FreeStaging { raw, last_read });
         }
     }
 }
 
 impl DeviceLayer {
     /// Builds a layer (or split part) from its uploaded bytes (`raw`, laid out as `layout`),
-    /// converting with kernels on the compute stream; cudarc's event tracking orders them
-    /// after the upload.
+    /// converting with kernels on the compute stream, which first waits for `uploaded` (the
+    /// event after the upload on the copy stream).
+    #[allow(clippy::too_many_arguments)]
     pub fn from_staged(
         gpu: &Gpu,
         raw: CudaSlice<u8>,
-        give_back: Sender<CudaSlice<u8>>,
+        uploaded: &CudaEvent,
+        give_back: Sender<FreeStaging>,
         layout: &LayerLayout,
         compute: ComputeDtype,
         budget: &Arc<Budget>,
@@ -102,6 +124,7 @@ impl DeviceLayer {
             .sum();
         let what = format!("{} converted weights", layout.part.owner(layout.layer));
         let converted_reservation = budget.reserve(&what, converted_bytes)?;
+        gpu.stream.wait(uploaded).map_err(KernelError::from)?;
         let mut matrices = BTreeMap::new();
         let mut vectors = BTreeMap::new();
         for tensor in &layout.tensors {
@@ -131,6 +154,7 @@ impl DeviceLayer {
         }
         Ok(DeviceLayer {
             raw: Some(raw),
+            stream: gpu.stream.clone(),
             give_back,
             matrices,
             vectors,

@@ -1,0 +1,219 @@
+// Causal grouped-query attention on tensor cores (sm_80+): flash-attention-2 style, bf16
+// operands, f32 accumulation and softmax. A block of 4 warps takes 64 consecutive query rows
+// of one head of one sequence (16 rows per warp) and walks the keys in tiles of 64 staged in
+// shared memory as bf16; S = Q K^T and O += P V are `mma.sync.m16n8k16` products, the online
+// softmax runs on the S fragments in registers, and P is reused as the A operand of P V
+// without leaving registers. `window` > 0 limits position p to keys p - window + 1 ..= p.
+//
+// head_dim: a multiple of 16, at most MMA_MAX_HEAD_DIM. Shared memory (u16):
+// k_tile[MMA_KEYS][head_dim + 8], v_t[head_dim][MMA_KEYS + 8] (V transposed: the B operand
+// of P V wants consecutive keys). The +8 padding spreads a warp's fragment loads over all
+// banks.
+//
+// Fragment layouts of m16n8k16 (g = lane / 4, c = lane % 4): A (16 x 16, row-major) holds
+// rows g and g + 8, columns 2c, 2c + 1 and 8 + 2c, 8 + 2c + 1; B (16 x 8) holds rows (k) 2c,
+// 2c + 1 and 8 + 2c, 8 + 2c + 1 of column g; C (16 x 8) holds rows g and g + 8, columns 2c and
+// 2c + 1.
+#define MMA_WARPS 4
+#define MMA_ROWS (16 * MMA_WARPS)
+#define MMA_KEYS 64
+#define MMA_MAX_HEAD_DIM 128
+
+// Two f32 -> bf16 (round to nearest even) packed: `low` in bits 0-15.
+__device__ __forceinline__ u32 pack_bf16(float low, float high) {
+    return (u32)f32_to_bf16(low) | ((u32)f32_to_bf16(high) << 16);
+}
+
+__device__ __forceinline__ void mma_bf16_16x8x16(float* c, const u32* a, u32 b0, u32 b1) {
+#if __CUDA_ARCH__ >= 800
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
+}
+
+extern "C" __global__ void attention_mma_kernel(
+    const float* q, const float* k, const float* v, float* out,
+    int seq_len, int heads, int kv_heads, int head_dim, int window, float scale) {
+    extern __shared__ u16 mma_shared[];
+    const int k_stride = head_dim + 8;
+    const int v_stride = MMA_KEYS + 8;
+    u16* k_tile = mma_shared;
+    u16* v_t = k_tile + MMA_KEYS * k_stride;
+
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int g = lane >> 2, c = lane & 3;
+    const int head = blockIdx.y, sequence = blockIdx.z;
+    const int kv_head = head / (heads / kv_heads);
+    const int block_first = blockIdx.x * MMA_ROWS;
+    const int warp_first = block_first + warp * 16;
+    const int row_lo = warp_first + g, row_hi = warp_first + g + 8;  // this thread's rows
+    const unsigned long long q_width = (unsigned long long)heads * head_dim;
+    const unsigned long long kv_width = (unsigned long long)kv_heads * head_dim;
+    const unsigned long long base_row = (unsigned long long)sequence * seq_len;
+    const int chunks = head_dim / 16;  // k-chunks of Q K^T
+    const int dim_tiles = head_dim / 8;  // n-tiles of O
+
+    // Q fragments, bf16, kept in registers for the whole key walk.
+    u32 q_frag[MMA_MAX_HEAD_DIM / 16][4];
+#pragma unroll
+    for (int kc = 0; kc < MMA_MAX_HEAD_DIM / 16; kc++) {
+        if (kc < chunks) {
+            const int d0 = kc * 16 + 2 * c;
+            float lo[4] = {0.0f, 0.0f, 0.0f, 0.0f}, hi[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+            if (row_lo < seq_len) {
+                const float* r = q + (base_row + row_lo) * q_width + (unsigned long long)head * head_dim;
+                lo[0] = r[d0]; lo[1] = r[d0 + 1]; lo[2] = r[d0 + 8]; lo[3] = r[d0 + 9];
+            }
+            if (row_hi < seq_len) {
+                const float* r = q + (base_row + row_hi) * q_width + (unsigned long long)head * head_dim;
+                hi[0] = r[d0]; hi[1] = r[d0 + 1]; hi[2] = r[d0 + 8]; hi[3] = r[d0 + 9];
+            }
+            q_frag[kc][0] = pack_bf16(lo[0], lo[1]);
+            q_frag[kc][1] = pack_bf16(hi[0], hi[1]);
+            q_frag[kc][2] = pack_bf16(lo[2], lo[3]);
+            q_frag[kc][3] = pack_bf16(hi[2], hi[3]);
+        }
+    }
+    float o[MMA_MAX_HEAD_DIM / 8][4];
+#pragma unroll
+    for (int t = 0; t < MMA_MAX_HEAD_DIM / 8; t++) o[t][0] = o[t][1] = o[t][2] = o[t][3] = 0.0f;
+    // Running max (in log2 units, scaled) and sum for rows lo and hi.
+    float max_lo = -INFINITY, max_hi = -INFINITY, sum_lo = 0.0f, sum_hi = 0.0f;
+    const float scale_log2 = scale * 1.4426950408889634f;
+
+    const int block_last = min(block_first + MMA_ROWS, seq_len) - 1;
+    const int warp_last = min(warp_first + 15, seq_len - 1);
+    const int key_begin = window > 0 ? max(0, block_first - window + 1) / MMA_KEYS * MMA_KEYS : 0;
+    for (int tile = key_begin; tile <= block_last; tile += MMA_KEYS) {
+        __syncthreads();  // the previous tile is consumed
+        // Stage K (row-major) and V (transposed) of keys tile .. tile + 63 as bf16; keys past
+        // the sequence are zeros (and masked below).
+        const int quads = head_dim / 4;
+        for (int idx = threadIdx.x; idx < MMA_KEYS * quads; idx += blockDim.x) {
+            const int j = idx / quads, d = (idx - j * quads) * 4;
+            float4 kv = make_float4(0.0f, 0.0f, 0.0f, 0.0f), vv = kv;
+            if (tile + j < seq_len) {
+                const unsigned long long src =
+                    (base_row + tile + j) * kv_width + (unsigned long long)kv_head * head_dim + d;
+                kv = *reinterpret_cast<const float4*>(k + src);
+                vv = *reinterpret_cast<const float4*>(v + src);
+            }
+            u32* k_dst = reinterpret_cast<u32*>(k_tile + j * k_stride + d);
+            k_dst[0] = pack_bf16(kv.x, kv.y);
+            k_dst[1] = pack_bf16(kv.z, kv.w);
+            v_t[(d + 0) * v_stride + j] = f32_to_bf16(vv.x);
+            v_t[(d + 1) * v_stride + j] = f32_to_bf16(vv.y);
+            v_t[(d + 2) * v_stride + j] = f32_to_bf16(vv.z);
+            v_t[(d + 3) * v_stride + j] = f32_to_bf16(vv.w);
+        }
+        __syncthreads();
+        // Causal: a warp whose last row precedes the tile sees none of it; a window that ends
+        // before the tile starts for its first row too.
+        if (tile > warp_last) continue;
+        if (window > 0 && tile + MMA_KEYS - 1 <= warp_first - window) continue;
+
+        // S = Q K^T for 64 keys: 8 n-tiles of 8 keys.
+        float s[MMA_KEYS / 8][4];
+#pragma unroll
+        for (int n = 0; n < MMA_KEYS / 8; n++) {
+            s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+            const u16* key_row = k_tile + (n * 8 + g) * k_stride + 2 * c;
+#pragma unroll
+            for (int kc = 0; kc < MMA_MAX_HEAD_DIM / 16; kc++) {
+                if (kc < chunks) {
+                    const u32 b0 = *reinterpret_cast<const u32*>(key_row + kc * 16);
+                    const u32 b1 = *reinterpret_cast<const u32*>(key_row + kc * 16 + 8);
+                    mma_bf16_16x8x16(s[n], q_frag[kc], b0, b1);
+                }
+            }
+        }
+        // Mask, scale to log2 units, and the tile's row maxima.
+        float tile_max_lo = -INFINITY, tile_max_hi = -INFINITY;
+#pragma unroll
+        for (int n = 0; n < MMA_KEYS / 8; n++) {
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int key = tile + n * 8 + 2 * c + (e & 1);
+                const int row = e < 2 ? row_lo : row_hi;
+                const bool visible = key <= row && key < seq_len && (window <= 0 || key > row - window);
+                s[n][e] = visible ? s[n][e] * scale_log2 : -INFINITY;
+            }
+            tile_max_lo = fmaxf(tile_max_lo, fmaxf(s[n][0], s[n][1]));
+            tile_max_hi = fmaxf(tile_max_hi, fmaxf(s[n][2], s[n][3]));
+        }
+        // The four threads of a quad hold one row.
+        tile_max_lo = fmaxf(tile_max_lo, __shfl_xor_sync(0xffffffffu, tile_max_lo, 1));
+        tile_max_lo = fmaxf(tile_max_lo, __shfl_xor_sync(0xffffffffu, tile_max_lo, 2));
+        tile_max_hi = fmaxf(tile_max_hi, __shfl_xor_sync(0xffffffffu, tile_max_hi, 1));
+        tile_max_hi = fmaxf(tile_max_hi, __shfl_xor_sync(0xffffffffu, tile_max_hi, 2));
+        const float new_lo = fmaxf(max_lo, tile_max_lo), new_hi = fmaxf(max_hi, tile_max_hi);
+        // A row with no visible key yet keeps max -inf: use 0 so exp2 gives 0, not NaN.
+        const float use_lo = new_lo == -INFINITY ? 0.0f : new_lo;
+        const float use_hi = new_hi == -INFINITY ? 0.0f : new_hi;
+        const float correction_lo = exp2f(max_lo - use_lo), correction_hi = exp2f(max_hi - use_hi);
+        max_lo = new_lo;
+        max_hi = new_hi;
+        float row_sum_lo = 0.0f, row_sum_hi = 0.0f;
+#pragma unroll
+        for (int n = 0; n < MMA_KEYS / 8; n++) {
+            s[n][0] = exp2f(s[n][0] - use_lo);
+            s[n][1] = exp2f(s[n][1] - use_lo);
+            s[n][2] = exp2f(s[n][2] - use_hi);
+            s[n][3] = exp2f(s[n][3] - use_hi);
+            row_sum_lo += s[n][0] + s[n][1];
+            row_sum_hi += s[n][2] + s[n][3];
+        }
+        row_sum_lo += __shfl_xor_sync(0xffffffffu, row_sum_lo, 1);
+        row_sum_lo += __shfl_xor_sync(0xffffffffu, row_sum_lo, 2);
+        row_sum_hi += __shfl_xor_sync(0xffffffffu, row_sum_hi, 1);
+        row_sum_hi += __shfl_xor_sync(0xffffffffu, row_sum_hi, 2);
+        sum_lo = sum_lo * correction_lo + row_sum_lo;
+        sum_hi = sum_hi * correction_hi + row_sum_hi;
+#pragma unroll
+        for (int t = 0; t < MMA_MAX_HEAD_DIM / 8; t++) {
+            o[t][0] *= correction_lo;
+            o[t][1] *= correction_lo;
+            o[t][2] *= correction_hi;
+            o[t][3] *= correction_hi;
+        }
+        // O += P V: P's C fragments of keys 16kk .. 16kk + 15 are the A fragment of chunk kk.
+#pragma unroll
+        for (int kk = 0; kk < MMA_KEYS / 16; kk++) {
+            u32 p_frag[4];
+            p_frag[0] = pack_bf16(s[2 * kk][0], s[2 * kk][1]);
+            p_frag[1] = pack_bf16(s[2 * kk][2], s[2 * kk][3]);
+            p_frag[2] = pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+            p_frag[3] = pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+#pragma unroll
+            for (int t = 0; t < MMA_MAX_HEAD_DIM / 8; t++) {
+                if (t < dim_tiles) {
+                    const u16* dim_row = v_t + (t * 8 + g) * v_stride + kk * 16 + 2 * c;
+                    const u32 b0 = *reinterpret_cast<const u32*>(dim_row);
+                    const u32 b1 = *reinterpret_cast<const u32*>(dim_row + 8);
+                    mma_bf16_16x8x16(o[t], p_frag, b0, b1);
+                }
+            }
+        }
+    }
+    const float inv_lo = sum_lo > 0.0f ? 1.0f / sum_lo : 0.0f;
+    const float inv_hi = sum_hi > 0.0f ? 1.0f / sum_hi : 0.0f;
+#pragma unroll
+    for (int t = 0; t < MMA_MAX_HEAD_DIM / 8; t++) {
+        if (t < dim_tiles) {
+            const int d = t * 8 + 2 * c;
+            if (row_lo < seq_len) {
+                float* r = out + (base_row + row_lo) * q_width + (unsigned long long)head * head_dim + d;
+                r[0] = o[t][0] * inv_lo;
+                r[1] = o[t][1] * inv_lo;
+            }
+            if (row_hi < seq_len) {
+                float* r = out + (base_row + row_hi) * q_width + (unsigned long long)head * head_dim + d;
+                r[0] = o[t][2] * inv_hi;
+                r[1] = o[t][3] * inv_hi;
+            }
+        }
+    }
+}
