@@ -17,7 +17,7 @@ run cut short keeps what it measured; `render` turns the file into the results t
 
 Usage:
   compare_tools.py run --layerstream BIN --benches BIN --work DIR --out OUT_DIR
-                       --workload olmoe-1b-7b[:LAYERS|:disk] [--workload ...] [--cold]
+                       --workload olmoe-1b-7b[:LAYERS|:disk] [--workload ...] [--cold [--cold-tools T]]
                        [--tools layerstream,transformers,accelerate] [--num-samples 16]
                        [--seq-len 2048] [--vram 8GiB] [--device cuda]
   compare_tools.py render OUT_DIR/results.jsonl [...]   (markdown on stdout)
@@ -205,7 +205,8 @@ def run(args):
         log(f"{shape} ({num_layers} layers, {base['model_bytes'] / 1e9:.2f} GB): "
             f"pinned {base.get('pinned_h2d_gbps', 0):.1f} GB/s, disk {rates}")
         for cache in ["warm", "cold"] if args.cold else ["warm"]:
-            for tool in args.tools.split(","):
+            tools = args.cold_tools if cache == "cold" and args.cold_tools else args.tools
+            for tool in tools.split(","):
                 if cache == "cold":
                     evict(model_dir)
                 else:
@@ -293,6 +294,7 @@ def main():
     parser.add_argument("--workload", action="append", required=True)
     parser.add_argument("--tools", default="layerstream,transformers,accelerate")
     parser.add_argument("--cold", action="store_true")
+    parser.add_argument("--cold-tools", default=None, help="tools for the cold runs (default: --tools)")
     parser.add_argument("--num-samples", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=2048)
     parser.add_argument("--vram", default="8GiB")

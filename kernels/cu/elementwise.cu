@@ -11,6 +11,16 @@ extern "C" __global__ void silu_mul_kernel(float* gate, const float* up, unsigne
     }
 }
 
+// out = bf16(silu(gate) * up): the next GEMM's bf16 input, in one pass
+extern "C" __global__ void silu_mul_bf16_kernel(
+    const float* gate, const float* up, u16* out, unsigned long long n) {
+    ELEMENT_INDEX;
+    if (i < n) {
+        float g = gate[i];
+        out[i] = f32_to_bf16(g / (1.0f + expf(-g)) * up[i]);
+    }
+}
+
 // acc += x
 extern "C" __global__ void add_kernel(float* acc, const float* x, unsigned long long n) {
     ELEMENT_INDEX;

@@ -82,6 +82,17 @@ extern "C" __global__ void expert_gather_kernel(
     for (int d = threadIdx.x; d < width; d += blockDim.x) dst[d] = src[d];
 }
 
+// gathered[positions[a]] = bf16(x[a / top_k]): the expert GEMMs' bf16 inputs, gathered and
+// converted in one pass.
+extern "C" __global__ void expert_gather_bf16_kernel(
+    const float* x, const u32* positions, int assignments, int top_k, int width, u16* gathered) {
+    int a = blockIdx.x;
+    if (a >= assignments) return;
+    const float* src = x + (unsigned long long)(a / top_k) * width;
+    u16* dst = gathered + (unsigned long long)positions[a] * width;
+    for (int d = threadIdx.x; d < width; d += blockDim.x) dst[d] = f32_to_bf16(src[d]);
+}
+
 // out[t] = sum over t's experts in [first_expert, end_expert), in ascending expert order, of
 // weight * expert_out[position]; with accumulate the sum starts from out[t] instead of 0, so
 // the expert groups of a split layer add up to exactly the unsplit sum. One block per token:

@@ -22,6 +22,29 @@ pub fn silu_mul(gpu: &Gpu, gate: &mut CudaViewMut<f32>, up: &CudaView<f32>) -> R
     )
 }
 
+/// `out = bf16(silu(gate) * up)`: the same values `silu_mul` then `f32_to_bf16` give.
+pub fn silu_mul_to_bf16(
+    gpu: &Gpu,
+    gate: &CudaView<f32>,
+    up: &CudaView<f32>,
+    out: &mut CudaViewMut<u16>,
+) -> Result<()> {
+    let n = up.len();
+    check_len("silu_mul gate", gate, n)?;
+    check_len("silu_mul out", out, n)?;
+    let n64 = n as u64;
+    launch!(
+        gpu,
+        ELEMENTWISE,
+        "silu_mul_bf16_kernel",
+        grid_for(n),
+        gate,
+        up,
+        out,
+        &n64
+    )
+}
+
 /// `acc += x`.
 pub fn add(gpu: &Gpu, acc: &mut CudaViewMut<f32>, x: &CudaView<f32>) -> Result<()> {
     let n = x.len();

@@ -111,6 +111,34 @@ pub fn gather_by_expert(
     )
 }
 
+/// `gathered[positions[a]] = bf16(x[a / top_k])`: token rows grouped by expert, as the
+/// expert GEMMs' bf16 inputs.
+pub fn gather_by_expert_bf16(
+    gpu: &Gpu,
+    x: &CudaView<f32>,
+    positions: &CudaView<u32>,
+    top_k: usize,
+    width: usize,
+    gathered: &mut CudaViewMut<u16>,
+) -> Result<()> {
+    let n = positions.len();
+    check_len("gathered", gathered, n * width)?;
+    check_len("gather x", x, n / top_k * width)?;
+    let (n_i, k_i, w_i) = (n as i32, top_k as i32, width as i32);
+    launch!(
+        gpu,
+        MOE,
+        "expert_gather_bf16_kernel",
+        block_per_row(n, 128),
+        x,
+        positions,
+        &n_i,
+        &k_i,
+        &w_i,
+        gathered
+    )
+}
+
 /// `out[t] = sum over t's experts in `experts` (ascending) of weight * expert_out[position]`;
 /// with `accumulate` the sum starts from `out[t]` (the expert groups of a split layer).
 #[allow(clippy::too_many_arguments)]

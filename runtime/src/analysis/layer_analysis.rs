@@ -5,7 +5,7 @@
 use super::distribution::{Distribution, rms_kurtosis};
 use super::massive::{MassiveFinds, MassiveValue};
 use super::point_summary::PointSummary;
-use super::resample::Interval;
+use super::resample::{Interval, map_resamples};
 use super::router::{ENTROPY_BINS, LoadMetrics, RouterSummary};
 use super::statistics::PointStatistics;
 use serde::{Deserialize, Serialize};
@@ -26,7 +26,7 @@ impl PointAnalysis {
     /// From a point's statistics and the resamples.
     pub fn of(stats: &PointStatistics, summary: PointSummary, resamples: &[Vec<u32>]) -> Self {
         let distribution = Distribution::of(stats);
-        let resampled: Vec<f64> = resamples.iter().map(|w| rms_kurtosis(stats, w)).collect();
+        let resampled = map_resamples(resamples, |w| rms_kurtosis(stats, w));
         PointAnalysis {
             summary,
             rms_kurtosis: Interval::new(distribution.rms_kurtosis, &resampled),

@@ -3,7 +3,7 @@
 //! the systematic / probabilistic classification, and the cross-batch overlap.
 
 use super::outliers::{LayerReading, Outlier, OutlierCounts, PositionReading, READINGS};
-use super::resample::{Interval, quantile};
+use super::resample::{Interval, map_resamples, quantile};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 
@@ -179,8 +179,7 @@ pub fn outlier_group_report(
             };
             let mut selections = vec![0usize; counts.width];
             let (mut n, mut layer_f, mut position_f) = (Vec::new(), Vec::new(), Vec::new());
-            for weights in resamples {
-                let outliers = counts.outlier_values(reading, weights);
+            for outliers in map_resamples(resamples, |w| counts.outlier_values(reading, w)) {
                 for o in &outliers {
                     selections[o.dim] += 1;
                 }

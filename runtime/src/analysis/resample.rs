@@ -44,6 +44,23 @@ pub fn resample_weights(sequences: usize, resamples: usize, seed: u64) -> Vec<Ve
         .collect()
 }
 
+/// `f` of every resample, in resample order, computed over the CPU's threads
+/// (`LAYERSTREAM_THREADS`, else every core): the results do not depend on the thread count.
+pub fn map_resamples<T: Send + Default + Clone>(
+    resamples: &[Vec<u32>],
+    f: impl Fn(&[u32]) -> T + Sync,
+) -> Vec<T> {
+    let mut out = vec![T::default(); resamples.len()];
+    let threads = crate::cpu::threads::default_thread_count();
+    let chunk = resamples.len().div_ceil(threads.max(1)).max(1);
+    crate::cpu::threads::for_each_chunk_mut(&mut out, chunk, threads, |index, results| {
+        for (i, result) in results.iter_mut().enumerate() {
+            *result = f(&resamples[index * chunk + i]);
+        }
+    });
+    out
+}
+
 /// The `q` quantile (0..=1) of `values` with linear interpolation between order statistics
 /// (numpy's default); NaN for none.
 pub fn quantile(values: &[f64], q: f64) -> f64 {

@@ -1,8 +1,9 @@
 //! The observer that records finished layers, and the writer thread that does the writing so
 //! the GPU does not wait on the disk. Per layer, in order, each write atomic: the layer's
-//! summary and statistics, the hidden states (when due), progress.json, then the previous
-//! hidden file is deleted. A write failure (full disk) stops the run after the next layer;
-//! what progress.json names stays valid.
+//! summary and statistics, the hidden states (when due); then progress.json, once for the
+//! layers that were waiting together (up to four), then the previous hidden file is deleted.
+//! A write failure (full disk) stops the run after the next layer; what progress.json names
+//! stays valid.
 
 use super::activations::ActivationSaver;
 use super::files::{hidden_path, layer_json_path, layer_statistics_path, write_file, write_hidden};
@@ -63,7 +64,31 @@ struct Writer {
 }
 
 impl Writer {
-    fn write(&mut self, job: LayerJob) -> Result<()> {
+    /// Writes the layers' files in order, then progress.json once, naming the layers whose
+    /// files were written (also when a later one failed, whose error is returned).
+    fn write(&mut self, batch: Vec<LayerJob>) -> Result<()> {
+        let mut obsolete: Vec<FileRecord> = Vec::new();
+        let mut outcome = Ok(());
+        for job in batch {
+            match self.write_files(job) {
+                Ok(stale) => obsolete.extend(stale),
+                Err(error) => {
+                    outcome = Err(error);
+                    break;
+                }
+            }
+        }
+        self.progress.updated_unix = unix_now();
+        save_progress(&self.dir, &self.progress)?;
+        for file in obsolete {
+            let _ = std::fs::remove_file(self.dir.join(&file.path));
+        }
+        outcome
+    }
+
+    /// Writes one layer's files and records them in `self.progress` (not saved yet);
+    /// returns the hidden-state files the new checkpoint makes obsolete.
+    fn write_files(&mut self, job: LayerJob) -> Result<Vec<FileRecord>> {
         let LayerJob {
             layer,
             statistics,
@@ -110,12 +135,7 @@ impl Writer {
                 file,
             });
         }
-        self.progress.updated_unix = unix_now();
-        save_progress(&self.dir, &self.progress)?;
-        for file in obsolete {
-            let _ = std::fs::remove_file(self.dir.join(&file.path));
-        }
-        Ok(())
+        Ok(obsolete)
     }
 }
 
@@ -126,8 +146,10 @@ impl<'a> CheckpointObserver<'a> {
         seq_len: usize,
         hidden_interval: Duration,
     ) -> Self {
-        // Two layers may wait: enough to overlap writing with computing, bounded in memory.
-        let (jobs, queue) = bounded::<LayerJob>(1);
+        // Up to four layers may wait, bounded in memory: while the writer is behind (each
+        // synced file costs the disk a flush), the layers that piled up are written together
+        // and progress.json is saved once for them.
+        let (jobs, queue) = bounded::<LayerJob>(4);
         let failure = Arc::new(Mutex::new(None));
         let mut writer = Writer {
             dir: folder.dir().to_path_buf(),
@@ -137,12 +159,13 @@ impl<'a> CheckpointObserver<'a> {
         };
         let failure_slot = Arc::clone(&failure);
         let handle = std::thread::spawn(move || {
-            for job in queue {
+            while let Ok(first) = queue.recv() {
+                let batch: Vec<LayerJob> = std::iter::once(first).chain(queue.try_iter()).collect();
                 let already_failed = failure_slot.lock().expect("not poisoned").is_some();
                 if already_failed {
                     continue;
                 }
-                if let Err(error) = writer.write(job) {
+                if let Err(error) = writer.write(batch) {
                     *failure_slot.lock().expect("not poisoned") = Some(error);
                 }
             }

@@ -17,6 +17,36 @@ impl Bf16Scratch {
     pub fn new(buffer: CudaSlice<u16>) -> Self {
         Bf16Scratch { buffer }
     }
+
+    /// Its first `n` elements, for a GEMM input made in bf16 directly.
+    pub fn first(&mut self, n: usize) -> Result<CudaViewMut<'_, u16>> {
+        if self.buffer.len() < n {
+            return Err(RuntimeError::InvalidRequest(format!(
+                "bf16 scratch of {} elements for {n} (a sizing bug)",
+                self.buffer.len()
+            )));
+        }
+        Ok(self.buffer.slice_mut(..n))
+    }
+}
+
+/// `y (rows, out) = x (rows, in) @ w^T` for an input already in bf16 (`w` must be bf16).
+pub fn linear_bf16_input(
+    gpu: &Gpu,
+    x_bf16: &CudaView<u16>,
+    w: &MatrixRows,
+    y: &mut CudaViewMut<f32>,
+    rows: usize,
+    in_features: usize,
+    out_features: usize,
+) -> Result<()> {
+    let MatrixRows::Bf16(w) = w else {
+        return Err(RuntimeError::InvalidRequest(
+            "a bf16 GEMM input with f32 weights (a dispatch bug)".into(),
+        ));
+    };
+    gemm::linear_bf16(gpu, x_bf16, w, y, rows, in_features, out_features)?;
+    Ok(())
 }
 
 /// `y (rows, out) = x (rows, in) @ w^T (+ bias)`; `w` may be a block of rows (vocabulary chunks).

@@ -4,7 +4,7 @@
 //! expert order, optional sigmoid-gated shared expert. Buffers are taken with the
 //! micro-batch's other buffers, sized as the planner's `moe` region.
 
-use super::linear::{Bf16Scratch, linear};
+use super::linear::{Bf16Scratch, linear, linear_bf16_input};
 use super::weights::DeviceLayer;
 use crate::arch::{MoeSpec, WeightRole};
 use crate::capture::Routing;
@@ -177,14 +177,26 @@ pub fn moe_block<'b>(
         .map_err(KernelError::from)?;
     let mut positions = b.positions.slice_mut(..assignments);
     moe::expert_positions(gpu, &chosen.as_view(), &b.offsets.as_view(), &mut positions)?;
-    moe::gather_by_expert(
-        gpu,
-        x,
-        &positions.as_view(),
-        top_k,
-        hidden,
-        &mut b.gathered.slice_mut(..assignments * hidden),
-    )?;
+    let bf16_experts = weights.matrix(ExpertGate(run_experts.start)).is_bf16();
+    if bf16_experts {
+        // bf16 GEMMs: rows are gathered straight into bf16, once for every expert (in the
+        // first half of the f32 gather buffer's bytes), and each expert's activation is
+        // written in bf16 for its down projection: 4 launches per expert instead of 7, the
+        // same values.
+        // SAFETY: `gathered` holds `assignments * hidden` f32, twice the bytes needed.
+        let mut gathered = unsafe { b.gathered.transmute_mut::<u16>(assignments * hidden) }
+            .expect("the f32 gather buffer holds its bf16 copy");
+        moe::gather_by_expert_bf16(gpu, x, &positions.as_view(), top_k, hidden, &mut gathered)?;
+    } else {
+        moe::gather_by_expert(
+            gpu,
+            x,
+            &positions.as_view(),
+            top_k,
+            hidden,
+            &mut b.gathered.slice_mut(..assignments * hidden),
+        )?;
+    }
 
     for (expert, (&count, &offset)) in counts
         .iter()
@@ -195,6 +207,32 @@ pub fn moe_block<'b>(
     {
         let (n, start) = (count as usize, offset as usize);
         if n == 0 {
+            continue;
+        }
+        if bf16_experts {
+            // SAFETY: as above; the bf16 rows were written by gather_by_expert_bf16.
+            let gathered = unsafe { b.gathered.transmute::<u16>(assignments * hidden) }
+                .expect("the f32 gather buffer holds its bf16 copy");
+            let rows_in = gathered.slice(start * hidden..(start + n) * hidden);
+            let mut g = b.gate.slice_mut(..n * inter);
+            let mut u = b.up.slice_mut(..n * inter);
+            let gate_w = weights.matrix(ExpertGate(expert));
+            linear_bf16_input(gpu, &rows_in, &gate_w, &mut g, n, hidden, inter)?;
+            let up_w = weights.matrix(ExpertUp(expert));
+            linear_bf16_input(gpu, &rows_in, &up_w, &mut u, n, hidden, inter)?;
+            let mut activation = bf16.first(n * inter)?;
+            elementwise::silu_mul_to_bf16(gpu, &g.as_view(), &u.as_view(), &mut activation)?;
+            let mut y = b.expert_out.slice_mut(start * hidden..(start + n) * hidden);
+            let down_w = weights.matrix(ExpertDown(expert));
+            linear_bf16_input(
+                gpu,
+                &activation.as_view(),
+                &down_w,
+                &mut y,
+                n,
+                inter,
+                hidden,
+            )?;
             continue;
         }
         let rows_in = b.gathered.slice(start * hidden..(start + n) * hidden);
