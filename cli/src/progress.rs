@@ -55,6 +55,10 @@ impl RunObserver for WithProgress<'_> {
         self.inner.on_statistics(layer, point, statistics);
     }
 
+    fn take_statistics(&mut self, layer: usize, point: CapturePoint, statistics: PointStatistics) {
+        self.inner.take_statistics(layer, point, statistics);
+    }
+
     fn on_router(&mut self, layer: usize, first: usize, routing: &Routing) {
         self.inner.on_router(layer, first, routing);
     }

@@ -171,6 +171,11 @@ pub trait RunObserver {
         _statistics: &PointStatistics,
     ) {
     }
+    /// The same, handing the statistics over (an observer that keeps them need not copy
+    /// them); calls [`Self::on_statistics`] unless overridden.
+    fn take_statistics(&mut self, layer: usize, point: CapturePoint, statistics: PointStatistics) {
+        self.on_statistics(layer, point, &statistics);
+    }
     /// Router decisions of MoE layer `layer` for sequences `first_sequence..`.
     fn on_router(&mut self, _layer: usize, _first_sequence: usize, _routing: &Routing) {}
     /// Next-token NLL of sequences `first_sequence..`: `(sequences, seq_len - 1)`.
@@ -360,7 +365,9 @@ pub(crate) fn finish_layer<'a>(
     {
         attribute_massive(&model.weights, &model.spec, layer, massive, threads)?;
     }
-    deliver_statistics(observer, layer, &statistics);
+    for (point, stats) in statistics {
+        observer.take_statistics(layer, point, stats);
+    }
     if request.checkpoint_hidden_states && observer.wants_hidden_states(layer) {
         let snapshot = hidden_states()?;
         observer.on_hidden_states(layer, &snapshot.values, snapshot.in_file);
@@ -415,15 +422,4 @@ pub(crate) fn initial_hidden_states(
         )?,
     }
     Ok(buffer)
-}
-
-/// Hands a finished layer's statistics to the observer, in capture-point order.
-pub(crate) fn deliver_statistics(
-    observer: &mut dyn RunObserver,
-    layer: usize,
-    statistics: &BTreeMap<CapturePoint, PointStatistics>,
-) {
-    for (&point, stats) in statistics {
-        observer.on_statistics(layer, point, stats);
-    }
 }

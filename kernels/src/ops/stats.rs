@@ -138,21 +138,40 @@ impl StatsAccumulators {
         )
     }
 
-    /// Copies the accumulators to the host (synchronises the stream).
+    /// Copies the accumulators to the host (synchronises the stream). Position bits are
+    /// copied only for the dimensions with a value >= threshold (the others are zero): most
+    /// of a point's bytes, and usually few dimensions.
     pub fn download(&self, gpu: &Gpu) -> Result<HostStats> {
+        let count_ge: Vec<u64> = gpu.stream.clone_dtoh(&self.count_ge)?;
+        let words = self.position_words;
+        let mut positions = vec![0u32; self.width * words];
+        if words > 0 {
+            let mut marked = vec![false; self.width];
+            for sequence in count_ge.chunks_exact(self.width) {
+                for (m, &c) in marked.iter_mut().zip(sequence) {
+                    *m |= c > 0;
+                }
+            }
+            let dims: Vec<usize> = (0..self.width).filter(|&d| marked[d]).collect();
+            if dims.len() * 4 > self.width {
+                positions = gpu.stream.clone_dtoh(&self.positions)?;
+            } else {
+                for d in dims {
+                    let row = self.positions.slice(d * words..(d + 1) * words);
+                    gpu.stream
+                        .memcpy_dtoh(&row, &mut positions[d * words..(d + 1) * words])?;
+                }
+            }
+        }
         Ok(HostStats {
             max_abs: gpu.stream.clone_dtoh(&self.max_abs)?,
-            count_ge: gpu.stream.clone_dtoh(&self.count_ge)?,
+            count_ge,
             count_pos_ge: gpu.stream.clone_dtoh(&self.count_pos_ge)?,
             sum_abs_ge: gpu.stream.clone_dtoh(&self.sum_abs_ge)?,
             non_finite: gpu.stream.clone_dtoh(&self.non_finite)?,
             sums: gpu.stream.clone_dtoh(&self.sums)?,
             histogram: gpu.stream.clone_dtoh(&self.histogram)?,
-            positions: if self.position_words > 0 {
-                gpu.stream.clone_dtoh(&self.positions)?
-            } else {
-                Vec::new()
-            },
+            positions: if words > 0 { positions } else { Vec::new() },
         })
     }
 }

@@ -2,7 +2,7 @@
 //! bootstrap interval of the RMS kurtosis), the router's load and entropy (with intervals),
 //! and the massive activations with their token strings and where they sit.
 
-use super::distribution::{Distribution, rms_kurtosis};
+use super::distribution::{Distribution, RmsKurtosisResampler};
 use super::massive::{MassiveFinds, MassiveValue};
 use super::point_summary::PointSummary;
 use super::resample::{Interval, map_resamples};
@@ -26,7 +26,8 @@ impl PointAnalysis {
     /// From a point's statistics and the resamples.
     pub fn of(stats: &PointStatistics, summary: PointSummary, resamples: &[Vec<u32>]) -> Self {
         let distribution = Distribution::of(stats);
-        let resampled = map_resamples(resamples, |w| rms_kurtosis(stats, w));
+        let resampler = RmsKurtosisResampler::new(stats);
+        let resampled = map_resamples(resamples, |w| resampler.kurtosis(w));
         PointAnalysis {
             summary,
             rms_kurtosis: Interval::new(distribution.rms_kurtosis, &resampled),

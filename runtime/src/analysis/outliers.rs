@@ -177,14 +177,26 @@ impl OutlierCounts {
             };
         }
         self.layers += 1;
+        // Position bits are only set in dimensions with a count >= threshold: the others
+        // (usually nearly all) are skipped below.
+        let marked: Vec<usize> = (0..width)
+            .filter(|&d| {
+                points
+                    .iter()
+                    .any(|p| (0..sequences).any(|s| p.count_ge[s * width + d] > 0))
+            })
+            .collect();
         let mut or = vec![0u32; width * words];
         let mut layer_max = vec![0f32; width];
         for p in points {
             for (d, m) in p.max_abs_per_dim().into_iter().enumerate() {
                 layer_max[d] = layer_max[d].max(m);
             }
-            for (o, &b) in or.iter_mut().zip(&p.positions) {
-                *o |= b;
+            for &d in &marked {
+                let row = d * words..(d + 1) * words;
+                for (o, &b) in or[row.clone()].iter_mut().zip(&p.positions[row]) {
+                    *o |= b;
+                }
             }
             self.sublayer_counts
                 .push(p.count_ge.iter().map(|&c| c as u32).collect());
@@ -196,12 +208,13 @@ impl OutlierCounts {
                 self.sum_abs_ge[d] += p.sum_abs_ge[i];
             }
         }
-        for (u, &b) in self.union_bits.iter_mut().zip(&or) {
-            *u |= b;
-        }
         let mut per_sequence = vec![0u32; sequences * width];
         let mut positions = vec![0u64; width];
-        for d in 0..width {
+        for &d in &marked {
+            let bits = d * words..(d + 1) * words;
+            for (u, &b) in self.union_bits[bits.clone()].iter_mut().zip(&or[bits]) {
+                *u |= b;
+            }
             let row = &or[d * words..(d + 1) * words];
             for s in 0..sequences {
                 let n = popcount_range(row, s * seq_len, (s + 1) * seq_len);

@@ -247,6 +247,10 @@ impl RunObserver for CheckpointObserver<'_> {
         self.statistics.insert(point, statistics.clone());
     }
 
+    fn take_statistics(&mut self, _layer: usize, point: CapturePoint, statistics: PointStatistics) {
+        self.statistics.insert(point, statistics);
+    }
+
     fn on_router(&mut self, layer: usize, first_sequence: usize, routing: &Routing) {
         self.routers
             .entry(layer)

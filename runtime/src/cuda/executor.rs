@@ -164,11 +164,13 @@ pub fn run(
                     compute,
                     &budget,
                 )?;
+                detail(gpu, || format!("layer {layer}: weights ready"))?;
                 // The next layer (or part) goes up on the copy stream while this one computes.
                 if next_index < layouts.len() {
                     next = Some(uploads.next(next_index, &mut transfers)?);
                     next_index += 1;
                 }
+                detail(gpu, || format!("layer {layer}: next upload issued"))?;
                 let mut next_sequence = 0;
                 while next_sequence < request.num_sequences {
                     // Every buffer of a micro-batch is taken before its hidden states change,
@@ -236,12 +238,16 @@ pub fn run(
                             states.end(gpu, range.clone())?;
                         }
                         hidden_states.end(gpu, range)?;
+                        detail(gpu, || {
+                            format!("layer {layer}: sequences from {next_sequence}")
+                        })?;
                         next_sequence += sequences;
                     }
                 }
             }
             let statistics = download_statistics(gpu, request, &accumulators)?;
             drop(accumulators);
+            detail(gpu, || format!("layer {layer}: statistics downloaded"))?;
             let snapshot = || hidden_states.snapshot(gpu);
             finish_layer(
                 model,
@@ -299,6 +305,17 @@ pub fn run(
     gpu.stream.synchronize().map_err(KernelError::from)?;
     summary.peak_reserved_bytes = Some(budget.peak());
     Ok(summary)
+}
+
+/// A timeline mark inside a layer; waits for the GPU first with `LAYERSTREAM_TIMELINE=sync`.
+fn detail(gpu: &Gpu, event: impl FnOnce() -> String) -> Result<()> {
+    if timeline::on() {
+        if timeline::syncing() {
+            gpu.stream.synchronize().map_err(KernelError::from)?;
+        }
+        timeline::mark(event);
+    }
+    Ok(())
 }
 
 /// Device accumulators for the points of `layer` the request captures as statistics,

@@ -6,7 +6,7 @@
 //! layer streams as its parts, one after the other, in the same two buffers.
 
 use crate::arch::{ModelSpec, WeightRole};
-use crate::error::Result;
+use crate::error::{Result, RuntimeError};
 use crate::layer_parts::part_tensors;
 use crate::weights::WeightStore;
 use crossbeam::channel::{Receiver, Sender};
@@ -14,6 +14,7 @@ use layerstream_kernels::KernelError;
 use layerstream_kernels::cudarc::driver::{CudaContext, CudaEvent, PinnedHostSlice};
 use layerstream_planner::TensorDtype;
 use layerstream_planner::split::LayerPart;
+use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 /// Tensors start at multiples of this in a staging buffer (aligned device reads).
@@ -145,7 +146,10 @@ fn fill(
         done.synchronize().map_err(KernelError::from)?;
     }
     let destination = buffer.pinned.as_mut_slice().map_err(KernelError::from)?;
-    let mut tasks: Vec<(&mut [u8], &[u8])> = Vec::new();
+    // Chunks of the pinned buffer, each read from its file with pread (the kernel copies
+    // from the page cache; a copy out of the mapping would fault every page in first).
+    let mut files: Vec<(usize, std::fs::File, &std::path::Path)> = Vec::new();
+    let mut tasks: Vec<(&mut [u8], usize, u64)> = Vec::new(); // (destination, file, offset)
     let mut rest = &mut destination[..layout.bytes];
     let mut consumed = 0;
     for tensor in &layout.tensors {
@@ -154,22 +158,42 @@ fn fill(
         rest = tail;
         consumed = tensor.offset + tensor.len;
         let entry = store.entry(&tensor.name, "checked when the model opened")?;
-        let source = store.bytes(entry);
-        for (d, s) in mine.chunks_mut(COPY_CHUNK).zip(source.chunks(COPY_CHUNK)) {
-            tasks.push((d, s));
+        let file = match files
+            .iter()
+            .position(|(index, ..)| *index == entry.file_index)
+        {
+            Some(i) => i,
+            None => {
+                let path = store.file_of(entry);
+                let opened = std::fs::File::open(path)
+                    .map_err(|e| RuntimeError::io("cannot open", path, e))?;
+                files.push((entry.file_index, opened, path));
+                files.len() - 1
+            }
+        };
+        for (i, d) in mine.chunks_mut(COPY_CHUNK).enumerate() {
+            tasks.push((d, file, entry.byte_offset + (i * COPY_CHUNK) as u64));
         }
     }
     let per_thread = tasks.len().div_ceil(copy_threads.max(1)).max(1);
+    let files = &files;
     std::thread::scope(|scope| {
         let mut tasks = tasks;
+        let mut workers = Vec::new();
         while !tasks.is_empty() {
             let batch: Vec<_> = tasks.drain(..per_thread.min(tasks.len())).collect();
-            scope.spawn(move || {
-                for (d, s) in batch {
-                    d.copy_from_slice(s);
+            workers.push(scope.spawn(move || -> Result<()> {
+                for (d, file, offset) in batch {
+                    let (_, handle, path) = &files[file];
+                    handle
+                        .read_exact_at(d, offset)
+                        .map_err(|e| RuntimeError::io("cannot read", *path, e))?;
                 }
-            });
+                Ok(())
+            }));
         }
-    });
-    Ok(())
+        workers
+            .into_iter()
+            .try_for_each(|w| w.join().expect("a weight reader thread does not panic"))
+    })
 }
