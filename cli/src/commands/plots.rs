@@ -33,7 +33,19 @@ pub fn write_plots(report: &ActivationReport, dir: &Path) -> Result<usize> {
 pub fn short_name(report: &ActivationReport) -> String {
     let name = &report.model.name;
     let last = name.rsplit('/').find(|s| !s.is_empty()).unwrap_or(name);
-    let last: String = last.chars().take(32).collect();
+    // A long name is cut at a word boundary (or before a parenthesis) with an ellipsis.
+    let last = match last.char_indices().nth(32) {
+        None => last.to_string(),
+        Some((cut, _)) => {
+            let head = &last[..cut];
+            let end = head
+                .find('(')
+                .or_else(|| head.rfind(' '))
+                .filter(|&i| i > 0)
+                .unwrap_or(cut);
+            format!("{}...", head[..end].trim_end())
+        }
+    };
     format!(
         "{last} ({}, {} layers)",
         report.model.model_type, report.model.num_layers
