@@ -16,7 +16,7 @@ use cudarc::driver::{DeviceSlice, LaunchConfig};
 /// Launches `$name` of `$module` on the GPU's stream with the given arguments, in the order
 /// of the kernel's parameters.
 macro_rules! launch {
-    ($gpu:expr, $module:expr, $name:literal, $config:expr, $($arg:expr),* $(,)?) => {{
+    ($gpu:expr, $module:expr, $name:expr, $config:expr, $($arg:expr),* $(,)?) => {{
         use cudarc::driver::PushKernelArg;
         let function = $gpu.function($module, $name)?;
         let mut builder = $gpu.stream.launch_builder(&function);

@@ -4,7 +4,7 @@ use super::{block_per_row, check_len, grid_for, launch};
 use crate::error::Result;
 use crate::gpu::Gpu;
 use crate::sources::MOE;
-use cudarc::driver::{CudaView, CudaViewMut};
+use cudarc::driver::{CudaView, CudaViewMut, DeviceRepr};
 
 /// Softmax over `experts` logits per token, top-k (best first, ties to the lower index),
 /// renormalised when `normalize`. `chosen`, `weights`: `(tokens, top_k)`.
@@ -93,21 +93,14 @@ pub fn gather_by_expert(
     width: usize,
     gathered: &mut CudaViewMut<f32>,
 ) -> Result<()> {
-    let n = positions.len();
-    check_len("gathered", gathered, n * width)?;
-    check_len("gather x", x, n / top_k * width)?;
-    let (n_i, k_i, w_i) = (n as i32, top_k as i32, width as i32);
-    launch!(
+    gather_rows(
         gpu,
-        MOE,
         "expert_gather_kernel",
-        block_per_row(n, 128),
         x,
         positions,
-        &n_i,
-        &k_i,
-        &w_i,
-        gathered
+        top_k,
+        width,
+        gathered,
     )
 }
 
@@ -121,6 +114,27 @@ pub fn gather_by_expert_bf16(
     width: usize,
     gathered: &mut CudaViewMut<u16>,
 ) -> Result<()> {
+    gather_rows(
+        gpu,
+        "expert_gather_bf16_kernel",
+        x,
+        positions,
+        top_k,
+        width,
+        gathered,
+    )
+}
+
+/// Either gather: `kernel` writes rows of `T` (f32 or bf16 bits).
+fn gather_rows<T: DeviceRepr>(
+    gpu: &Gpu,
+    kernel: &'static str,
+    x: &CudaView<f32>,
+    positions: &CudaView<u32>,
+    top_k: usize,
+    width: usize,
+    gathered: &mut CudaViewMut<T>,
+) -> Result<()> {
     let n = positions.len();
     check_len("gathered", gathered, n * width)?;
     check_len("gather x", x, n / top_k * width)?;
@@ -128,7 +142,7 @@ pub fn gather_by_expert_bf16(
     launch!(
         gpu,
         MOE,
-        "expert_gather_bf16_kernel",
+        kernel,
         block_per_row(n, 128),
         x,
         positions,

@@ -197,6 +197,11 @@ pub fn moe_block<'b>(
             &mut b.gathered.slice_mut(..assignments * hidden),
         )?;
     }
+    // SAFETY: as above; the bf16 rows were written by gather_by_expert_bf16.
+    let gathered_bf16 = bf16_experts.then(|| {
+        unsafe { b.gathered.transmute::<u16>(assignments * hidden) }
+            .expect("the f32 gather buffer holds its bf16 copy")
+    });
 
     for (expert, (&count, &offset)) in counts
         .iter()
@@ -209,10 +214,7 @@ pub fn moe_block<'b>(
         if n == 0 {
             continue;
         }
-        if bf16_experts {
-            // SAFETY: as above; the bf16 rows were written by gather_by_expert_bf16.
-            let gathered = unsafe { b.gathered.transmute::<u16>(assignments * hidden) }
-                .expect("the f32 gather buffer holds its bf16 copy");
+        if let Some(gathered) = &gathered_bf16 {
             let rows_in = gathered.slice(start * hidden..(start + n) * hidden);
             let mut g = b.gate.slice_mut(..n * inter);
             let mut u = b.up.slice_mut(..n * inter);
