@@ -110,18 +110,38 @@ pub enum RuntimeError {
         /// What is wrong, with line or row where known.
         message: String,
     },
+    /// A file of an output folder (progress.json, a layer's results, a hidden-state
+    /// checkpoint) is damaged or was not written by this version.
+    #[error("{path}: {message}")]
+    Checkpoint {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it and what to do.
+        message: String,
+    },
     /// The request (sequence length, layers, sample count) does not fit the model or data.
     #[error("{0}")]
     InvalidRequest(String),
     /// Memory ran out: a reservation past the run's budget, or an injected fault.
     #[error("out of memory: {0}")]
     OutOfMemory(String),
+    /// A fault inside layerstream itself (an invariant the code relies on did not hold): a
+    /// bug, never the user's input.
+    #[error(
+        "internal error: {0} (this is a bug in layerstream; please report it with the command that led to it)"
+    )]
+    Internal(String),
     /// The GPU, its driver or its libraries failed (or are missing).
     #[error(transparent)]
     Gpu(#[from] layerstream_kernels::KernelError),
 }
 
 impl RuntimeError {
+    /// A bug: an invariant the code relies on did not hold.
+    pub fn internal(message: impl Into<String>) -> Self {
+        RuntimeError::Internal(message.into())
+    }
+
     /// An I/O error with the path it happened on.
     pub fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         RuntimeError::Io {
@@ -129,5 +149,17 @@ impl RuntimeError {
             path: path.into(),
             source,
         }
+    }
+}
+
+impl From<layerstream_kernels::cudarc::driver::DriverError> for RuntimeError {
+    fn from(error: layerstream_kernels::cudarc::driver::DriverError) -> Self {
+        RuntimeError::Gpu(error.into())
+    }
+}
+
+impl From<layerstream_kernels::cudarc::cublas::result::CublasError> for RuntimeError {
+    fn from(error: layerstream_kernels::cudarc::cublas::result::CublasError) -> Self {
+        RuntimeError::Gpu(error.into())
     }
 }

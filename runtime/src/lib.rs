@@ -7,25 +7,26 @@
 //! [`executor::run`] embeds, then for each layer loads its weights once and runs every
 //! micro-batch through it, handing capture points to a [`executor::RunObserver`].
 
-pub mod allocation;
+pub(crate) mod allocation;
 pub mod analysis;
 pub mod arch;
 pub mod backend;
+pub(crate) mod block;
 pub mod capture;
 pub mod checkpoint;
-pub mod config;
+pub(crate) mod config;
 pub mod cpu;
 pub mod cuda;
 pub mod data;
-pub mod error;
+pub(crate) mod error;
 pub mod executor;
 pub mod layer_parts;
-pub mod model;
+pub(crate) mod model;
 pub mod plan;
 pub mod selection;
 pub mod timeline;
-pub mod weights;
-pub mod workload_buffer;
+pub(crate) mod weights;
+pub(crate) mod workload_buffer;
 
 pub use backend::{Backend, BackendSelection, DeviceChoice, select_backend};
 pub use capture::{CapturePoint, PointSet};

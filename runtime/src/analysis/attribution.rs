@@ -12,11 +12,9 @@
 //! contributions is checked against `mlp_out` in the tests).
 
 use super::massive::{MASSIVE_ATTRIBUTED, MassiveFinds, TokenInput};
-use crate::arch::{FeedForward, ModelSpec, MoeSpec, WeightRole};
+use crate::arch::{Activation, FeedForward, ModelSpec, MoeSpec, WeightRole};
 use crate::cpu::layer::LayerWeights;
-use crate::cpu::linear::linear;
-use crate::cpu::mlp::{GatedMlpWeights, gated_mlp};
-use crate::cpu::moe::{add_shared_expert, route};
+use crate::cpu::moe::{add_shared_expert, expert_mlp, route_tokens};
 use crate::error::Result;
 use crate::weights::WeightStore;
 use serde::{Deserialize, Serialize};
@@ -82,7 +80,16 @@ pub fn attribute_massive(
     if inputs.is_empty() || names.contains_key(&WeightRole::MlpOutputNorm) {
         return Ok(());
     }
-    let outputs = BlockOutputs::compute(store, spec.hidden_size, moe, &names, &inputs, threads)?;
+    let activation = spec.block.activation;
+    let outputs = BlockOutputs::compute(
+        store,
+        spec.hidden_size,
+        moe,
+        activation,
+        &names,
+        &inputs,
+        threads,
+    )?;
     for value in finds.values.iter_mut().take(MASSIVE_ATTRIBUTED) {
         let Some(token) = inputs
             .iter()
@@ -135,46 +142,41 @@ struct BlockOutputs {
 }
 
 impl BlockOutputs {
+    /// The block's ops on the CPU (`cpu/moe.rs`, the ones the CPU backend runs), one routed
+    /// expert's weights in memory at a time.
     fn compute(
         store: &WeightStore,
         hidden: usize,
         moe: &MoeSpec,
+        activation: Activation,
         names: &BTreeMap<WeightRole, String>,
         inputs: &[TokenInput],
         threads: usize,
     ) -> Result<Self> {
         use WeightRole::*;
-        let read = |role: WeightRole| store.read_f32(&names[&role]);
+        let read = |roles: &[WeightRole]| -> Result<LayerWeights> {
+            let mut tensors = BTreeMap::new();
+            for &role in roles {
+                tensors.insert(role, store.read_f32(&names[&role])?);
+            }
+            Ok(LayerWeights::from_tensors(tensors))
+        };
         let tokens = inputs.len();
         let x: Vec<f32> = inputs
             .iter()
             .flat_map(|i| i.values.iter().copied())
             .collect(); // (tokens, hidden)
-        let mut logits = vec![0f32; tokens * moe.num_experts]; // (tokens, num_experts)
-        linear(
-            &x,
-            &read(Router)?,
-            None,
-            &mut logits,
-            hidden,
-            moe.num_experts,
-            threads,
-        );
-        let routing = route(logits, moe);
+        let routing = route_tokens(&x, read(&[Router])?.get(Router), moe, threads);
         let inter = moe.expert_intermediate;
-        let mut routed = vec![0f32; tokens * moe.top_k * hidden];
-        // Expert by expert (one expert's weights in memory at a time), its tokens together.
+        let mut routed = vec![0f32; tokens * moe.top_k * hidden]; // (tokens, top_k, hidden)
+        // Expert by expert, its tokens together.
         let mut slots_of: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
         for (i, &e) in routing.experts.iter().enumerate() {
             slots_of.entry(e).or_default().push(i);
         }
         for (expert, slots) in slots_of {
             let e = expert as usize;
-            let (gate_w, up_w, down_w) = (
-                read(ExpertGate(e))?,
-                read(ExpertUp(e))?,
-                read(ExpertDown(e))?,
-            );
+            let weights = read(&[ExpertGate(e), ExpertUp(e), ExpertDown(e)])?;
             let n = slots.len();
             let gathered: Vec<f32> = slots
                 .iter()
@@ -182,16 +184,8 @@ impl BlockOutputs {
                 .collect(); // (n, hidden)
             let (mut gate, mut up) = (vec![0f32; n * inter], vec![0f32; n * inter]); // (n, inter)
             let mut out = vec![0f32; n * hidden]; // (n, hidden)
-            let mlp = GatedMlpWeights {
-                gate: &gate_w,
-                gate_bias: None,
-                up: &up_w,
-                up_bias: None,
-                down: &down_w,
-                down_bias: None,
-            };
-            gated_mlp(
-                &gathered, &mlp, &mut gate, &mut up, &mut out, hidden, inter, threads,
+            expert_mlp(
+                &weights, e, moe, activation, &gathered, &mut gate, &mut up, &mut out, threads,
             );
             for (&i, row) in slots.iter().zip(out.chunks_exact(hidden)) {
                 let weight = routing.weights[i];
@@ -202,24 +196,13 @@ impl BlockOutputs {
         }
         let shared = match moe.shared_expert {
             Some(spec) => {
-                let mut tensors = BTreeMap::new();
-                for role in [SharedGate, SharedUp, SharedDown] {
-                    tensors.insert(role, read(role)?);
-                }
+                let mut roles = vec![SharedGate, SharedUp, SharedDown];
                 if spec.sigmoid_gate {
-                    tensors.insert(SharedExpertGate, read(SharedExpertGate)?);
+                    roles.push(SharedExpertGate);
                 }
-                let weights = LayerWeights::from_tensors(tensors);
                 let mut out = vec![0f32; tokens * hidden]; // (tokens, hidden)
-                add_shared_expert(
-                    &x,
-                    &weights,
-                    spec.intermediate,
-                    spec.sigmoid_gate,
-                    hidden,
-                    &mut out,
-                    threads,
-                );
+                let weights = read(&roles)?;
+                add_shared_expert(&x, &weights, spec, activation, hidden, &mut out, threads);
                 Some(out)
             }
             None => None,

@@ -2,8 +2,8 @@
 //! biases, RoPE with optional `llama3` / `linear` scaling.
 
 use super::{
-    AttentionBias, BlockSpec, Family, ModelSpec, NormLayout, QkNorm, dense_layers, norm_eps,
-    shared_spec,
+    Activation, AttentionBias, BlockSpec, Family, ModelSpec, NormLayout, QkNorm, dense_layers,
+    norm_eps, shared_spec,
 };
 use crate::config::ModelConfig;
 use crate::error::Result;
@@ -20,6 +20,7 @@ pub(super) fn spec(config: &ModelConfig) -> Result<ModelSpec> {
         mlp_bias: config.mlp_bias.unwrap_or(false),
         norm_eps: norm_eps(config, 1e-6),
         clip_qkv: None,
+        activation: Activation::Silu,
     };
     shared_spec(
         config,

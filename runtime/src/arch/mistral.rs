@@ -2,8 +2,8 @@
 //! set, limits every layer's attention to the last `sliding_window` positions.
 
 use super::{
-    AttentionBias, BlockSpec, Family, ModelSpec, NormLayout, QkNorm, dense_layers, norm_eps,
-    shared_spec,
+    Activation, AttentionBias, BlockSpec, Family, ModelSpec, NormLayout, QkNorm, dense_layers,
+    norm_eps, shared_spec,
 };
 use crate::config::ModelConfig;
 use crate::error::Result;
@@ -16,6 +16,7 @@ pub(super) fn spec(config: &ModelConfig) -> Result<ModelSpec> {
         mlp_bias: false,
         norm_eps: norm_eps(config, 1e-6),
         clip_qkv: None,
+        activation: Activation::Silu,
     };
     let windows = vec![config.sliding_window; config.num_hidden_layers];
     shared_spec(

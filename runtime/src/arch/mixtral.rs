@@ -5,8 +5,8 @@
 
 use super::moe::moe_spec;
 use super::{
-    AttentionBias, BlockSpec, ExpertNaming, Family, FeedForward, ModelSpec, NormLayout, QkNorm,
-    norm_eps, shared_spec,
+    Activation, AttentionBias, BlockSpec, ExpertNaming, Family, FeedForward, ModelSpec, NormLayout,
+    QkNorm, norm_eps, shared_spec,
 };
 use crate::config::ModelConfig;
 use crate::error::Result;
@@ -19,6 +19,7 @@ pub(super) fn spec(config: &ModelConfig) -> Result<ModelSpec> {
         mlp_bias: false,
         norm_eps: norm_eps(config, 1e-5),
         clip_qkv: None,
+        activation: Activation::Silu,
     };
     let moe = moe_spec(
         config,

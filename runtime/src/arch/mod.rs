@@ -18,8 +18,8 @@ use crate::config::ModelConfig;
 use crate::error::{Result, RuntimeError};
 use rope::RopeSpec;
 pub use spec::{
-    AttentionBias, BlockSpec, ExpertNaming, Family, FeedForward, LayerTensor, ModelSpec, MoeSpec,
-    NormLayout, QkNorm, RouterScoring, SharedExpertSpec, WeightRole,
+    Activation, AttentionBias, BlockSpec, ExpertNaming, Family, FeedForward, LayerTensor,
+    ModelSpec, MoeSpec, NormLayout, QkNorm, RouterScoring, SharedExpertSpec, WeightRole,
 };
 
 /// `model_type` values this build implements.

@@ -3,8 +3,8 @@
 //! before RoPE.
 
 use super::{
-    AttentionBias, BlockSpec, Family, ModelSpec, NormLayout, QkNorm, dense_layers, norm_eps,
-    shared_spec,
+    Activation, AttentionBias, BlockSpec, Family, ModelSpec, NormLayout, QkNorm, dense_layers,
+    norm_eps, shared_spec,
 };
 use crate::config::ModelConfig;
 use crate::error::Result;
@@ -21,6 +21,7 @@ pub(super) fn spec(config: &ModelConfig) -> Result<ModelSpec> {
         mlp_bias: false,
         norm_eps: norm_eps(config, 1e-5),
         clip_qkv: None,
+        activation: Activation::Silu,
     };
     shared_spec(
         config,

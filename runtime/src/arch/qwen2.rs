@@ -2,8 +2,8 @@
 //! sliding-window layers from `layer_types` or `use_sliding_window` + `max_window_layers`.
 
 use super::{
-    AttentionBias, BlockSpec, Family, ModelSpec, NormLayout, QkNorm, dense_layers, norm_eps,
-    shared_spec, windows_from_layer_types,
+    Activation, AttentionBias, BlockSpec, Family, ModelSpec, NormLayout, QkNorm, dense_layers,
+    norm_eps, shared_spec, windows_from_layer_types,
 };
 use crate::config::ModelConfig;
 use crate::error::Result;
@@ -19,6 +19,7 @@ pub(super) fn spec(config: &ModelConfig) -> Result<ModelSpec> {
         mlp_bias: false,
         norm_eps: norm_eps(config, 1e-6),
         clip_qkv: None,
+        activation: Activation::Silu,
     };
     shared_spec(
         config,

@@ -5,7 +5,7 @@
 
 use super::moe::{moe_spec, qwen_sparse_layers, required};
 use super::{
-    AttentionBias, BlockSpec, ExpertNaming, Family, ModelSpec, NormLayout, QkNorm,
+    Activation, AttentionBias, BlockSpec, ExpertNaming, Family, ModelSpec, NormLayout, QkNorm,
     SharedExpertSpec, norm_eps, shared_spec, windows_from_layer_types,
 };
 use crate::config::ModelConfig;
@@ -22,6 +22,7 @@ pub(super) fn spec(config: &ModelConfig) -> Result<ModelSpec> {
         mlp_bias: false,
         norm_eps: norm_eps(config, 1e-6),
         clip_qkv: None,
+        activation: Activation::Silu,
     };
     let expert_width = required(
         config,

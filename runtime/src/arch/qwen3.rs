@@ -2,8 +2,8 @@
 //! before RoPE, optional attention bias, explicit `head_dim` (may differ from hidden/heads).
 
 use super::{
-    AttentionBias, BlockSpec, Family, ModelSpec, NormLayout, QkNorm, dense_layers, norm_eps,
-    shared_spec, windows_from_layer_types,
+    Activation, AttentionBias, BlockSpec, Family, ModelSpec, NormLayout, QkNorm, dense_layers,
+    norm_eps, shared_spec, windows_from_layer_types,
 };
 use crate::config::ModelConfig;
 use crate::error::Result;
@@ -20,6 +20,7 @@ pub(super) fn spec(config: &ModelConfig) -> Result<ModelSpec> {
         mlp_bias: false,
         norm_eps: norm_eps(config, 1e-6),
         clip_qkv: None,
+        activation: Activation::Silu,
     };
     shared_spec(
         config,

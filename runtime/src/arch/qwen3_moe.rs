@@ -5,8 +5,8 @@
 
 use super::moe::{moe_spec, qwen_sparse_layers, required};
 use super::{
-    AttentionBias, BlockSpec, ExpertNaming, Family, ModelSpec, NormLayout, QkNorm, norm_eps,
-    shared_spec, windows_from_layer_types,
+    Activation, AttentionBias, BlockSpec, ExpertNaming, Family, ModelSpec, NormLayout, QkNorm,
+    norm_eps, shared_spec, windows_from_layer_types,
 };
 use crate::config::ModelConfig;
 use crate::error::Result;
@@ -23,6 +23,7 @@ pub(super) fn spec(config: &ModelConfig) -> Result<ModelSpec> {
         mlp_bias: false,
         norm_eps: norm_eps(config, 1e-6),
         clip_qkv: None,
+        activation: Activation::Silu,
     };
     let expert_width = required(
         config,

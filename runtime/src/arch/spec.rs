@@ -88,6 +88,15 @@ pub struct BlockSpec {
     pub norm_eps: f32,
     /// Clamp q, k and v to `[-c, c]` after their norms (OLMoE's `clip_qkv`).
     pub clip_qkv: Option<f32>,
+    /// The gated MLPs' activation (dense MLP, routed and shared experts).
+    pub activation: Activation,
+}
+
+/// The activation of a gated MLP, `act(gate) * up`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// `silu(gate) * up` (SwiGLU).
+    Silu,
 }
 
 /// The feed-forward block of one layer.

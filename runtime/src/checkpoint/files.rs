@@ -137,7 +137,7 @@ pub fn hidden_source(
     width: usize,
 ) -> Result<StartHidden> {
     let path = folder.join(relative);
-    let damaged = |what: String| RuntimeError::Safetensors {
+    let damaged = |what: String| RuntimeError::Checkpoint {
         path: path.clone(),
         message: what,
     };
@@ -183,7 +183,7 @@ pub fn read_layer_report(folder: &Path, relative: &str) -> Result<LayerReport> {
     let path = folder.join(relative);
     let text =
         std::fs::read_to_string(&path).map_err(|e| RuntimeError::io("cannot read", &path, e))?;
-    serde_json::from_str(&text).map_err(|e| RuntimeError::Data {
+    serde_json::from_str(&text).map_err(|e| RuntimeError::Checkpoint {
         path,
         message: format!("not a layer summary: {e}"),
     })

@@ -69,7 +69,7 @@ fn read_progress(dir: &Path) -> Result<Option<Progress>> {
     }
     let text =
         std::fs::read_to_string(&path).map_err(|e| RuntimeError::io("cannot read", &path, e))?;
-    serde_json::from_str(&text).map(Some).map_err(|e| RuntimeError::Data {
+    serde_json::from_str(&text).map(Some).map_err(|e| RuntimeError::Checkpoint {
         path,
         message: format!("cannot be read ({e}); it was not written by this version of layerstream or was edited: use --restart to start over"),
     })

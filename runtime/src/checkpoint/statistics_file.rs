@@ -100,7 +100,7 @@ pub fn statistics_bytes(statistics: &BTreeMap<CapturePoint, PointStatistics>) ->
         .map(|(name, dtype, shape, bytes)| {
             TensorView::new(*dtype, shape.clone(), bytes)
                 .map(|v| (name.clone(), v))
-                .map_err(|e| RuntimeError::InvalidRequest(format!("statistics {name}: {e}")))
+                .map_err(|e| RuntimeError::internal(format!("statistics {name}: {e}")))
         })
         .collect::<Result<Vec<_>>>()?;
     let first = statistics.values().next();
@@ -115,13 +115,13 @@ pub fn statistics_bytes(statistics: &BTreeMap<CapturePoint, PointStatistics>) ->
         ),
     ]);
     safetensors::serialize(views, Some(metadata))
-        .map_err(|e| RuntimeError::InvalidRequest(format!("statistics: {e}")))
+        .map_err(|e| RuntimeError::internal(format!("statistics: {e}")))
 }
 
 /// Reads a layer's statistics file back (massive activations are in the layer's JSON).
 pub fn read_statistics(path: &Path) -> Result<BTreeMap<CapturePoint, PointStatistics>> {
     let bytes = std::fs::read(path).map_err(|e| RuntimeError::io("cannot read", path, e))?;
-    let bad = |message: String| RuntimeError::Data {
+    let bad = |message: String| RuntimeError::Checkpoint {
         path: path.to_path_buf(),
         message,
     };

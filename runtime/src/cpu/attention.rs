@@ -7,24 +7,7 @@ use super::threads::for_each_chunk_mut;
 /// Query rows per tile.
 pub const QUERY_TILE: usize = 64;
 
-/// Shape of one attention call.
-#[derive(Debug, Clone, Copy)]
-pub struct AttentionShape {
-    /// Sequences in the micro-batch.
-    pub sequences: usize,
-    /// Tokens per sequence.
-    pub seq_len: usize,
-    /// Query heads.
-    pub heads: usize,
-    /// Key/value heads; query head `h` reads kv head `h / (heads / kv_heads)`.
-    pub kv_heads: usize,
-    /// Per-head width.
-    pub head_dim: usize,
-    /// `Some(w)`: position p sees positions p-w+1 ..= p only.
-    pub sliding_window: Option<usize>,
-    /// Score scale, 1/sqrt(head_dim).
-    pub scale: f32,
-}
+pub use crate::block::AttentionShape;
 
 /// `output = softmax(q k^T * scale + causal mask) v` for every sequence and head.
 pub fn causal_attention(

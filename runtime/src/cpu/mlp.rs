@@ -1,6 +1,14 @@
 //! The gated MLP: `down(silu(gate(x)) * up(x))`.
 
 use super::linear::linear;
+use crate::arch::Activation;
+
+/// `gate = act(gate) * up`, elementwise.
+pub fn activate_in_place(gate: &mut [f32], up: &[f32], activation: Activation) {
+    match activation {
+        Activation::Silu => silu_mul_in_place(gate, up),
+    }
+}
 
 /// `silu(gate) * up`, elementwise, into `gate`.
 pub fn silu_mul_in_place(gate: &mut [f32], up: &[f32]) {
@@ -36,6 +44,7 @@ pub fn gated_mlp(
     output: &mut [f32],       // (rows, hidden)
     hidden: usize,
     intermediate: usize,
+    activation: Activation,
     threads: usize,
 ) {
     linear(
@@ -56,7 +65,7 @@ pub fn gated_mlp(
         intermediate,
         threads,
     );
-    silu_mul_in_place(gate_scratch, up_scratch);
+    activate_in_place(gate_scratch, up_scratch, activation);
     linear(
         gate_scratch,
         weights.down,

@@ -9,6 +9,7 @@ pub mod linear;
 pub mod mlp;
 pub mod moe;
 pub mod norm;
+pub(crate) mod ops;
 pub mod parts;
 pub mod rope;
 pub mod threads;

@@ -6,7 +6,10 @@
 use super::layer::LayerWeights;
 use super::linear::linear;
 use super::mlp::{GatedMlpWeights, gated_mlp};
-use crate::arch::{MoeSpec, RouterScoring, WeightRole};
+use super::ops::CpuOps;
+use super::rope::RopeTable;
+use crate::arch::{Activation, MoeSpec, RouterScoring, SharedExpertSpec, WeightRole};
+use crate::block::{self, Buf, BufferSet};
 use crate::capture::Routing;
 use std::ops::Range;
 
@@ -61,33 +64,82 @@ fn softmax(logits: &[f32], out: &mut [f32]) {
     out.iter_mut().for_each(|p| *p /= sum);
 }
 
-/// Runs the MoE block on `input (tokens, hidden)` into `output (tokens, hidden)` and returns
-/// the routing it used. Only routed experts in `experts` run (a split layer's part): the
-/// first part (`experts.start == 0`) overwrites `output`, later ones add to it, and the last
-/// (`experts.end == num_experts`) adds the shared expert, so the sums are the unsplit ones.
-pub fn moe_block(
-    input: &[f32], // (tokens, hidden)
-    weights: &LayerWeights,
+/// The router's logits of `input (tokens, hidden)` and its top-k choice.
+pub fn route_tokens(
+    input: &[f32],  // (tokens, hidden)
+    router: &[f32], // (num_experts, hidden)
     moe: &MoeSpec,
-    hidden: usize,
-    output: &mut [f32], // (tokens, hidden)
-    experts: Range<usize>,
     threads: usize,
 ) -> Routing {
-    use WeightRole::*;
+    let hidden = router.len() / moe.num_experts;
     let tokens = input.len() / hidden;
     let mut logits = vec![0f32; tokens * moe.num_experts]; // (tokens, num_experts)
     linear(
         input,
-        weights.get(Router),
+        router,
         None,
         &mut logits,
         hidden,
         moe.num_experts,
         threads,
     );
-    let routing = route(logits, moe);
+    route(logits, moe)
+}
 
+/// One routed expert's gated MLP on its tokens' rows `input (n, hidden)` into
+/// `output (n, hidden)`; `gate` and `up` are `(n, expert_intermediate)` scratch.
+#[allow(clippy::too_many_arguments)]
+pub fn expert_mlp(
+    weights: &LayerWeights,
+    expert: usize,
+    moe: &MoeSpec,
+    activation: Activation,
+    input: &[f32],      // (n, hidden)
+    gate: &mut [f32],   // (n, expert_intermediate)
+    up: &mut [f32],     // (n, expert_intermediate)
+    output: &mut [f32], // (n, hidden)
+    threads: usize,
+) {
+    use WeightRole::*;
+    let mlp = GatedMlpWeights {
+        gate: weights.get(ExpertGate(expert)),
+        gate_bias: None,
+        up: weights.get(ExpertUp(expert)),
+        up_bias: None,
+        down: weights.get(ExpertDown(expert)),
+        down_bias: None,
+    };
+    let hidden = mlp.gate.len() / moe.expert_intermediate;
+    gated_mlp(
+        input,
+        &mlp,
+        gate,
+        up,
+        output,
+        hidden,
+        moe.expert_intermediate,
+        activation,
+        threads,
+    );
+}
+
+/// Routed experts `experts` of `routing` on `input (tokens, hidden)`, their weighted outputs
+/// added into `output (tokens, hidden)` in ascending expert order (the first part of a
+/// layer, `experts.start == 0`, overwrites `output` first). Tokens are grouped by expert
+/// (permute), each expert runs once on its group, and the rows go back weighted (unpermute).
+#[allow(clippy::too_many_arguments)]
+pub fn run_experts(
+    input: &[f32], // (tokens, hidden)
+    weights: &LayerWeights,
+    moe: &MoeSpec,
+    routing: &Routing,
+    experts: Range<usize>,
+    activation: Activation,
+    output: &mut [f32], // (tokens, hidden)
+    threads: usize,
+) {
+    let tokens = routing.experts.len() / moe.top_k;
+    let hidden = input.len() / tokens.max(1);
     // Permute: assignments grouped by expert, tokens ascending within an expert.
     let mut per_expert: Vec<Vec<(usize, f32)>> = vec![Vec::new(); moe.num_experts];
     for token in 0..tokens {
@@ -105,7 +157,6 @@ pub fn moe_block(
     if experts.start == 0 {
         output.fill(0.0);
     }
-    let finishes = experts.end == moe.num_experts;
     for (expert, assigned) in per_expert
         .iter()
         .enumerate()
@@ -119,22 +170,15 @@ pub fn moe_block(
         for (row, &(token, _)) in gathered.chunks_exact_mut(hidden).zip(assigned) {
             row.copy_from_slice(&input[token * hidden..(token + 1) * hidden]);
         }
-        let mlp = GatedMlpWeights {
-            gate: weights.get(ExpertGate(expert)),
-            gate_bias: None,
-            up: weights.get(ExpertUp(expert)),
-            up_bias: None,
-            down: weights.get(ExpertDown(expert)),
-            down_bias: None,
-        };
-        gated_mlp(
+        expert_mlp(
+            weights,
+            expert,
+            moe,
+            activation,
             &gathered[..n * hidden],
-            &mlp,
             &mut gate[..n * inter],
             &mut up[..n * inter],
             &mut expert_out[..n * hidden],
-            hidden,
-            inter,
             threads,
         );
         // Unpermute: weighted add into each token's row.
@@ -143,32 +187,67 @@ pub fn moe_block(
             out.iter_mut().zip(y).for_each(|(o, &v)| *o += v * weight);
         }
     }
-    if let Some(shared) = moe.shared_expert.filter(|_| finishes) {
-        add_shared_expert(
-            input,
-            weights,
-            shared.intermediate,
-            shared.sigmoid_gate,
-            hidden,
-            output,
-            threads,
-        );
-    }
-    routing
+}
+
+/// Runs the MoE block on `input (tokens, hidden)` into `output (tokens, hidden)` with the
+/// block's step order (`block::moe_block`) and returns the routing it used. Only routed
+/// experts in `experts` run (a split layer's part), as there.
+pub fn moe_block(
+    input: &[f32], // (tokens, hidden)
+    weights: &LayerWeights,
+    moe: &MoeSpec,
+    hidden: usize,
+    output: &mut [f32], // (tokens, hidden)
+    experts: Range<usize>,
+    threads: usize,
+) -> Routing {
+    let mut input = input.to_vec();
+    let rope = RopeTable::new(&[], 0);
+    let mut ops = CpuOps {
+        weights,
+        rope: &rope,
+        buffers: BufferSet {
+            hidden: &mut [],
+            normed: &mut input,
+            q: &mut [],
+            k: &mut [],
+            v: &mut [],
+            attn: &mut [],
+            sublayer_out: &mut [],
+            gate: &mut [],
+            up: &mut [],
+            accumulator: Some(output),
+        },
+        hidden_size: hidden,
+        seq_len: 1,
+        threads,
+        routing: None,
+        capture: None,
+    };
+    let run = block::moe_block(
+        &mut ops,
+        moe,
+        Buf::Normed,
+        experts,
+        Activation::Silu,
+        Buf::FeedForwardOut,
+    );
+    run.expect("the CPU ops do not fail");
+    ops.routing.expect("the block routed")
 }
 
 /// `output += [sigmoid(x . w_gate)] * shared_mlp(x)`.
 pub(crate) fn add_shared_expert(
-    input: &[f32],
+    input: &[f32], // (tokens, hidden)
     weights: &LayerWeights,
-    intermediate: usize,
-    sigmoid_gate: bool,
+    shared: SharedExpertSpec,
+    activation: Activation,
     hidden: usize,
-    output: &mut [f32],
+    output: &mut [f32], // (tokens, hidden)
     threads: usize,
 ) {
     use WeightRole::*;
-    let tokens = input.len() / hidden;
+    let (tokens, intermediate) = (input.len() / hidden, shared.intermediate);
     let mlp = GatedMlpWeights {
         gate: weights.get(SharedGate),
         gate_bias: None,
@@ -179,19 +258,20 @@ pub(crate) fn add_shared_expert(
     };
     let mut gate = vec![0f32; tokens * intermediate]; // (tokens, intermediate)
     let mut up = vec![0f32; tokens * intermediate]; // (tokens, intermediate)
-    let mut shared = vec![0f32; tokens * hidden]; // (tokens, hidden)
+    let mut shared_out = vec![0f32; tokens * hidden]; // (tokens, hidden)
     gated_mlp(
         input,
         &mlp,
         &mut gate,
         &mut up,
-        &mut shared,
+        &mut shared_out,
         hidden,
         intermediate,
+        activation,
         threads,
     );
     let mut scale = vec![1f32; tokens]; // (tokens)
-    if sigmoid_gate {
+    if shared.sigmoid_gate {
         linear(
             input,
             weights.get(SharedExpertGate),
@@ -207,7 +287,7 @@ pub(crate) fn add_shared_expert(
     }
     for ((out, y), g) in output
         .chunks_exact_mut(hidden)
-        .zip(shared.chunks_exact(hidden))
+        .zip(shared_out.chunks_exact(hidden))
         .zip(&scale)
     {
         out.iter_mut().zip(y).for_each(|(o, &v)| *o += g * v);

@@ -8,9 +8,9 @@ use super::weights::{DeviceMatrix, upload_matrix, upload_vector};
 use crate::arch::spec::FINAL_NORM;
 use crate::error::Result;
 use crate::model::Model;
+use layerstream_kernels::Gpu;
 use layerstream_kernels::cudarc::driver::{CudaSlice, CudaView};
 use layerstream_kernels::ops::{loss, norm};
-use layerstream_kernels::{Gpu, KernelError};
 
 /// The output head on the device.
 pub struct DeviceHead {
@@ -47,11 +47,7 @@ impl DeviceHead {
         scratch: &mut Bf16Scratch,
         mut visit: impl FnMut(usize, &CudaSlice<f32>, usize) -> Result<()>,
     ) -> Result<()> {
-        let alloc = |n: usize| {
-            gpu.stream
-                .alloc_zeros::<f32>(n.max(1))
-                .map_err(KernelError::from)
-        };
+        let alloc = |n: usize| gpu.stream.alloc_zeros::<f32>(n.max(1));
         let mut normed = alloc(rows * self.width)?; // (rows, hidden)
         norm::rms_norm(
             gpu,
@@ -96,10 +92,7 @@ impl DeviceHead {
         let vocab = self.vocab;
         let mut all = vec![0f32; rows * vocab];
         self.for_each_chunk(gpu, hidden, rows, scratch, |first, logits, n| {
-            let chunk = gpu
-                .stream
-                .clone_dtoh(&logits.slice(..rows * n))
-                .map_err(KernelError::from)?;
+            let chunk = gpu.stream.clone_dtoh(&logits.slice(..rows * n))?;
             for r in 0..rows {
                 all[r * vocab + first..r * vocab + first + n]
                     .copy_from_slice(&chunk[r * n..(r + 1) * n]);
@@ -128,8 +121,8 @@ impl DeviceHead {
                 }
             })
             .collect();
-        let upload = |v: &[f32]| gpu.stream.clone_htod(v).map_err(KernelError::from);
-        let targets_device = gpu.stream.clone_htod(&targets).map_err(KernelError::from)?;
+        let upload = |v: &[f32]| gpu.stream.clone_htod(v);
+        let targets_device = gpu.stream.clone_htod(&targets)?;
         let mut running_max = upload(&vec![f32::NEG_INFINITY; rows])?;
         let mut running_sum = upload(&vec![0f32; rows])?;
         let mut target_logit = upload(&vec![0f32; rows])?;
@@ -147,7 +140,7 @@ impl DeviceHead {
             )?;
             Ok(())
         })?;
-        let download = |s: &CudaSlice<f32>| gpu.stream.clone_dtoh(s).map_err(KernelError::from);
+        let download = |s: &CudaSlice<f32>| gpu.stream.clone_dtoh(s);
         let (max, sum, target) = (
             download(&running_max)?,
             download(&running_sum)?,

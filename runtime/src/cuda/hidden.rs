@@ -6,8 +6,8 @@
 use crate::error::Result;
 use crate::executor::HiddenSnapshot;
 use crate::workload_buffer::WorkloadBuffer;
+use layerstream_kernels::Gpu;
 use layerstream_kernels::cudarc::driver::{CudaSlice, CudaViewMut, PinnedHostSlice};
-use layerstream_kernels::{Gpu, KernelError};
 use layerstream_planner::memory::HiddenPlacement;
 use std::borrow::Cow;
 use std::ops::Range;
@@ -35,17 +35,13 @@ pub enum HiddenStates {
 }
 
 fn batch_buffer(gpu: &Gpu, batch_elements: usize) -> Result<CudaSlice<f32>> {
-    Ok(gpu
-        .stream
-        .alloc_zeros::<f32>(batch_elements.max(1))
-        .map_err(KernelError::from)?)
+    Ok(gpu.stream.alloc_zeros::<f32>(batch_elements.max(1))?)
 }
 
 fn pinned_copy(gpu: &Gpu, values: &[f32]) -> Result<PinnedHostSlice<f32>> {
     // SAFETY: every element is written just below, before any read.
-    let mut host = unsafe { gpu.context.alloc_pinned::<f32>(values.len().max(1)) }
-        .map_err(KernelError::from)?;
-    host.as_mut_slice().map_err(KernelError::from)?[..values.len()].copy_from_slice(values);
+    let mut host = unsafe { gpu.context.alloc_pinned::<f32>(values.len().max(1)) }?;
+    host.as_mut_slice()?[..values.len()].copy_from_slice(values);
     Ok(host)
 }
 
@@ -59,11 +55,9 @@ impl HiddenStates {
         batch_elements: usize,
     ) -> Result<Self> {
         Ok(match placement {
-            HiddenPlacement::Device => HiddenStates::Device(
-                gpu.stream
-                    .clone_htod(values.as_slice())
-                    .map_err(KernelError::from)?,
-            ),
+            HiddenPlacement::Device => {
+                HiddenStates::Device(gpu.stream.clone_htod(values.as_slice())?)
+            }
             HiddenPlacement::PinnedHost => HiddenStates::Host {
                 host: pinned_copy(gpu, values.as_slice())?,
                 batch: batch_buffer(gpu, batch_elements)?,
@@ -88,11 +82,9 @@ impl HiddenStates {
         name: &str,
     ) -> Result<Self> {
         Ok(match placement {
-            HiddenPlacement::Device => HiddenStates::Device(
-                gpu.stream
-                    .alloc_zeros::<f32>(len.max(1))
-                    .map_err(KernelError::from)?,
-            ),
+            HiddenPlacement::Device => {
+                HiddenStates::Device(gpu.stream.alloc_zeros::<f32>(len.max(1))?)
+            }
             HiddenPlacement::PinnedHost => HiddenStates::Host {
                 host: pinned_copy(gpu, &vec![0f32; len])?,
                 batch: batch_buffer(gpu, batch_elements)?,
@@ -108,15 +100,11 @@ impl HiddenStates {
     pub fn begin(&mut self, gpu: &Gpu, range: Range<usize>) -> Result<CudaViewMut<'_, f32>> {
         let (source, batch) = match self {
             HiddenStates::Device(all) => return Ok(all.slice_mut(range)),
-            HiddenStates::Host { host, batch } => {
-                (&host.as_slice().map_err(KernelError::from)?[range], batch)
-            }
+            HiddenStates::Host { host, batch } => (&host.as_slice()?[range], batch),
             HiddenStates::Disk { file, batch } => (&file.as_slice()[range], batch),
         };
         let mut view = batch.slice_mut(..source.len());
-        gpu.stream
-            .memcpy_htod(source, &mut view)
-            .map_err(KernelError::from)?;
+        gpu.stream.memcpy_htod(source, &mut view)?;
         Ok(view)
     }
 
@@ -124,16 +112,11 @@ impl HiddenStates {
     pub fn end(&mut self, gpu: &Gpu, range: Range<usize>) -> Result<()> {
         let (destination, batch) = match self {
             HiddenStates::Device(_) => return Ok(()),
-            HiddenStates::Host { host, batch } => (
-                &mut host.as_mut_slice().map_err(KernelError::from)?[range],
-                batch,
-            ),
+            HiddenStates::Host { host, batch } => (&mut host.as_mut_slice()?[range], batch),
             HiddenStates::Disk { file, batch } => (&mut file.as_mut_slice()[range], batch),
         };
         let n = destination.len();
-        gpu.stream
-            .memcpy_dtoh(&batch.slice(..n), destination)
-            .map_err(KernelError::from)?;
+        gpu.stream.memcpy_dtoh(&batch.slice(..n), destination)?;
         Ok(())
     }
 
@@ -142,18 +125,18 @@ impl HiddenStates {
     pub fn snapshot(&self, gpu: &Gpu) -> Result<HiddenSnapshot<'_>> {
         match self {
             HiddenStates::Device(all) => Ok(HiddenSnapshot {
-                values: Cow::Owned(gpu.stream.clone_dtoh(all).map_err(KernelError::from)?),
+                values: Cow::Owned(gpu.stream.clone_dtoh(all)?),
                 in_file: false,
             }),
             HiddenStates::Host { host, .. } => {
-                gpu.stream.synchronize().map_err(KernelError::from)?;
+                gpu.stream.synchronize()?;
                 Ok(HiddenSnapshot {
-                    values: Cow::Borrowed(host.as_slice().map_err(KernelError::from)?),
+                    values: Cow::Borrowed(host.as_slice()?),
                     in_file: false,
                 })
             }
             HiddenStates::Disk { file, .. } => {
-                gpu.stream.synchronize().map_err(KernelError::from)?;
+                gpu.stream.synchronize()?;
                 Ok(HiddenSnapshot::of(file))
             }
         }

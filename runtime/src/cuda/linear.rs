@@ -21,7 +21,7 @@ impl Bf16Scratch {
     /// Its first `n` elements, for a GEMM input made in bf16 directly.
     pub fn first(&mut self, n: usize) -> Result<CudaViewMut<'_, u16>> {
         if self.buffer.len() < n {
-            return Err(RuntimeError::InvalidRequest(format!(
+            return Err(RuntimeError::internal(format!(
                 "bf16 scratch of {} elements for {n} (a sizing bug)",
                 self.buffer.len()
             )));
@@ -41,8 +41,8 @@ pub fn linear_bf16_input(
     out_features: usize,
 ) -> Result<()> {
     let MatrixRows::Bf16(w) = w else {
-        return Err(RuntimeError::InvalidRequest(
-            "a bf16 GEMM input with f32 weights (a dispatch bug)".into(),
+        return Err(RuntimeError::internal(
+            "a bf16 GEMM input with f32 weights (a dispatch bug)",
         ));
     };
     gemm::linear_bf16(gpu, x_bf16, w, y, rows, in_features, out_features)?;
@@ -67,7 +67,7 @@ pub fn linear(
         MatrixRows::Bf16(w) => {
             let n = rows * in_features;
             if scratch.buffer.len() < n {
-                return Err(RuntimeError::InvalidRequest(format!(
+                return Err(RuntimeError::internal(format!(
                     "bf16 scratch of {} elements for a ({rows} x {in_features}) GEMM input (a sizing bug)",
                     scratch.buffer.len()
                 )));

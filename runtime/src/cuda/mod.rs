@@ -2,12 +2,14 @@
 //! per layer, activations and hidden states on the device, kernels from
 //! `layerstream-kernels`, GEMMs through cuBLAS and statistics accumulated on the device.
 
+mod capture;
 pub mod executor;
 mod head;
 mod hidden;
 mod layer;
 mod linear;
 mod moe;
+mod ops;
 mod staging;
 mod weights;
 

@@ -6,14 +6,14 @@
 
 use super::linear::{Bf16Scratch, linear, linear_bf16_input};
 use super::weights::DeviceLayer;
-use crate::arch::{MoeSpec, WeightRole};
+use crate::arch::{Activation, MoeSpec, RouterScoring, SharedExpertSpec, WeightRole};
 use crate::capture::Routing;
-use crate::error::Result;
+use crate::error::{Result, RuntimeError};
+use layerstream_kernels::Gpu;
 use layerstream_kernels::cudarc::driver::{
     CudaSlice, CudaView, CudaViewMut, DeviceRepr, ValidAsZeroBits,
 };
 use layerstream_kernels::ops::{elementwise, moe};
-use layerstream_kernels::{Gpu, KernelError};
 use std::ops::Range;
 
 /// The MoE buffers of micro-batches of up to `rows` tokens.
@@ -39,10 +39,7 @@ struct SharedBuffers {
 }
 
 fn zeros<T: DeviceRepr + ValidAsZeroBits>(gpu: &Gpu, n: usize) -> Result<CudaSlice<T>> {
-    Ok(gpu
-        .stream
-        .alloc_zeros(n.max(1))
-        .map_err(KernelError::from)?)
+    Ok(gpu.stream.alloc_zeros(n.max(1))?)
 }
 
 impl MoeBuffers {
@@ -94,49 +91,45 @@ impl DeviceRouting<'_> {
         Ok(Routing {
             num_experts: self.num_experts,
             top_k: self.top_k,
-            logits: gpu
-                .stream
-                .clone_dtoh(&self.logits)
-                .map_err(KernelError::from)?,
-            experts: gpu
-                .stream
-                .clone_dtoh(&self.chosen)
-                .map_err(KernelError::from)?,
-            weights: gpu
-                .stream
-                .clone_dtoh(&self.weights)
-                .map_err(KernelError::from)?,
+            logits: gpu.stream.clone_dtoh(&self.logits)?,
+            experts: gpu.stream.clone_dtoh(&self.chosen)?,
+            weights: gpu.stream.clone_dtoh(&self.weights)?,
         })
     }
 }
 
-/// Runs the MoE block on `x (tokens, hidden)` into `out (tokens, hidden)`. Only routed
-/// experts in `run_experts` run (a split layer's part): the first part overwrites `out`,
-/// later ones add to it in ascending expert order, and the last adds the shared expert, so
-/// the sums are bit for bit the unsplit ones.
+impl MoeBuffers {
+    /// The decisions of the last [`route`] of `tokens` tokens.
+    pub fn routing(&self, experts: usize, top_k: usize, tokens: usize) -> DeviceRouting<'_> {
+        DeviceRouting {
+            num_experts: experts,
+            top_k,
+            logits: self.logits.slice(..tokens * experts),
+            chosen: self.chosen.slice(..tokens * top_k),
+            weights: self.weights.slice(..tokens * top_k),
+        }
+    }
+}
+
+/// The router's logits of `x (tokens, hidden)` and its top-k choice, into `buffers`.
 #[allow(clippy::too_many_arguments)]
-pub fn moe_block<'b>(
+pub fn route(
     gpu: &Gpu,
     x: &CudaView<f32>,
     weights: &DeviceLayer,
     spec: &MoeSpec,
     hidden: usize,
-    run_experts: Range<usize>,
-    out: &mut CudaViewMut<f32>,
-    buffers: &'b mut MoeBuffers,
+    buffers: &mut MoeBuffers,
     bf16: &mut Bf16Scratch,
-) -> Result<DeviceRouting<'b>> {
-    use WeightRole::*;
+) -> Result<()> {
     let tokens = x.len() / hidden;
-    let (experts, top_k, inter) = (spec.num_experts, spec.top_k, spec.expert_intermediate);
-    let assignments = tokens * top_k;
+    let (experts, top_k) = (spec.num_experts, spec.top_k);
     let b = buffers;
-
     let mut logits = b.logits.slice_mut(..tokens * experts);
     linear(
         gpu,
         x,
-        &weights.matrix(Router),
+        &weights.matrix(WeightRole::Router),
         None,
         &mut logits,
         tokens,
@@ -144,26 +137,49 @@ pub fn moe_block<'b>(
         experts,
         bf16,
     )?;
-    let mut chosen = b.chosen.slice_mut(..assignments);
-    let mut chosen_weights = b.weights.slice_mut(..assignments);
-    moe::router_top_k(
-        gpu,
-        &logits.as_view(),
-        experts,
-        top_k,
-        spec.normalize_top_k,
-        &mut chosen,
-        &mut chosen_weights,
-    )?;
+    let mut chosen = b.chosen.slice_mut(..tokens * top_k);
+    let mut chosen_weights = b.weights.slice_mut(..tokens * top_k);
+    match spec.scoring {
+        RouterScoring::Softmax => moe::router_top_k(
+            gpu,
+            &logits.as_view(),
+            experts,
+            top_k,
+            spec.normalize_top_k,
+            &mut chosen,
+            &mut chosen_weights,
+        )?,
+    }
+    Ok(())
+}
 
-    gpu.stream
-        .memset_zeros(&mut b.counts)
-        .map_err(KernelError::from)?;
-    moe::count_per_expert(gpu, &chosen.as_view(), &mut b.counts.as_view_mut())?;
-    let counts = gpu
-        .stream
-        .clone_dtoh(&b.counts)
-        .map_err(KernelError::from)?;
+/// Routed experts `run_experts` of the last [`route`] on `x (tokens, hidden)`, their
+/// weighted outputs unpermuted into `out (tokens, hidden)` in ascending expert order (the
+/// first part of a layer overwrites `out`, later ones add to it).
+#[allow(clippy::too_many_arguments)]
+pub fn experts(
+    gpu: &Gpu,
+    x: &CudaView<f32>,
+    weights: &DeviceLayer,
+    spec: &MoeSpec,
+    hidden: usize,
+    run_experts: Range<usize>,
+    activation: Activation,
+    out: &mut CudaViewMut<f32>,
+    buffers: &mut MoeBuffers,
+    bf16: &mut Bf16Scratch,
+) -> Result<()> {
+    use WeightRole::*;
+    let tokens = x.len() / hidden;
+    let (top_k, inter) = (spec.top_k, spec.expert_intermediate);
+    let assignments = tokens * top_k;
+    let b = buffers;
+    let chosen = b.chosen.slice(..assignments);
+    let chosen_weights = b.weights.slice(..assignments);
+
+    gpu.stream.memset_zeros(&mut b.counts)?;
+    moe::count_per_expert(gpu, &chosen, &mut b.counts.as_view_mut())?;
+    let counts = gpu.stream.clone_dtoh(&b.counts)?;
     let offsets: Vec<u32> = counts
         .iter()
         .scan(0u32, |next, &c| {
@@ -172,11 +188,9 @@ pub fn moe_block<'b>(
             Some(offset)
         })
         .collect();
-    gpu.stream
-        .memcpy_htod(&offsets, &mut b.offsets)
-        .map_err(KernelError::from)?;
+    gpu.stream.memcpy_htod(&offsets, &mut b.offsets)?;
     let mut positions = b.positions.slice_mut(..assignments);
-    moe::expert_positions(gpu, &chosen.as_view(), &b.offsets.as_view(), &mut positions)?;
+    moe::expert_positions(gpu, &chosen, &b.offsets.as_view(), &mut positions)?;
     let bf16_experts = weights.matrix(ExpertGate(run_experts.start)).is_bf16();
     if bf16_experts {
         // bf16 GEMMs: rows are gathered straight into bf16, once for every expert (in the
@@ -222,19 +236,15 @@ pub fn moe_block<'b>(
             linear_bf16_input(gpu, &rows_in, &gate_w, &mut g, n, hidden, inter)?;
             let up_w = weights.matrix(ExpertUp(expert));
             linear_bf16_input(gpu, &rows_in, &up_w, &mut u, n, hidden, inter)?;
-            let mut activation = bf16.first(n * inter)?;
-            elementwise::silu_mul_to_bf16(gpu, &g.as_view(), &u.as_view(), &mut activation)?;
+            let mut activated = bf16.first(n * inter)?;
+            match activation {
+                Activation::Silu => {
+                    elementwise::silu_mul_to_bf16(gpu, &g.as_view(), &u.as_view(), &mut activated)?
+                }
+            }
             let mut y = b.expert_out.slice_mut(start * hidden..(start + n) * hidden);
             let down_w = weights.matrix(ExpertDown(expert));
-            linear_bf16_input(
-                gpu,
-                &activation.as_view(),
-                &down_w,
-                &mut y,
-                n,
-                inter,
-                hidden,
-            )?;
+            linear_bf16_input(gpu, &activated.as_view(), &down_w, &mut y, n, inter, hidden)?;
             continue;
         }
         let rows_in = b.gathered.slice(start * hidden..(start + n) * hidden);
@@ -262,7 +272,7 @@ pub fn moe_block<'b>(
             inter,
             bf16,
         )?;
-        elementwise::silu_mul(gpu, &mut g, &u.as_view())?;
+        activate(gpu, &mut g, &u.as_view(), activation)?;
         let mut y = b.expert_out.slice_mut(start * hidden..(start + n) * hidden);
         linear(
             gpu,
@@ -280,17 +290,50 @@ pub fn moe_block<'b>(
         gpu,
         &b.expert_out.slice(..assignments * hidden),
         &positions.as_view(),
-        &chosen.as_view(),
-        &chosen_weights.as_view(),
+        &chosen,
+        &chosen_weights,
         top_k,
         hidden,
         run_experts.clone(),
         run_experts.start > 0,
         out,
     )?;
+    Ok(())
+}
 
-    let finishes = run_experts.end == experts;
-    if let (Some(shared), Some(s), true) = (spec.shared_expert, b.shared.as_mut(), finishes) {
+/// `gate = act(gate) * up` on the device.
+pub fn activate(
+    gpu: &Gpu,
+    gate: &mut CudaViewMut<f32>,
+    up: &CudaView<f32>,
+    activation: Activation,
+) -> Result<()> {
+    match activation {
+        Activation::Silu => elementwise::silu_mul(gpu, gate, up)?,
+    }
+    Ok(())
+}
+
+/// `out += [sigmoid(x . w_gate)] * shared_mlp(x)` for `x (tokens, hidden)`.
+#[allow(clippy::too_many_arguments)]
+pub fn add_shared_expert(
+    gpu: &Gpu,
+    x: &CudaView<f32>,
+    weights: &DeviceLayer,
+    shared: SharedExpertSpec,
+    activation: Activation,
+    hidden: usize,
+    out: &mut CudaViewMut<f32>,
+    buffers: &mut MoeBuffers,
+    bf16: &mut Bf16Scratch,
+) -> Result<()> {
+    use WeightRole::*;
+    let tokens = x.len() / hidden;
+    let s = buffers
+        .shared
+        .as_mut()
+        .ok_or_else(|| RuntimeError::internal("a shared expert without its buffers"))?;
+    {
         let s_inter = shared.intermediate;
         let mut sg = s.gate.slice_mut(..tokens * s_inter);
         let mut su = s.up.slice_mut(..tokens * s_inter);
@@ -317,7 +360,7 @@ pub fn moe_block<'b>(
             s_inter,
             bf16,
         )?;
-        elementwise::silu_mul(gpu, &mut sg, &su.as_view())?;
+        activate(gpu, &mut sg, &su.as_view(), activation)?;
         linear(
             gpu,
             &sg.as_view(),
@@ -353,11 +396,5 @@ pub fn moe_block<'b>(
             elementwise::add(gpu, out, &shared_out.as_view())?;
         }
     }
-    Ok(DeviceRouting {
-        num_experts: experts,
-        top_k,
-        logits: b.logits.slice(..tokens * experts),
-        chosen: b.chosen.slice(..assignments),
-        weights: b.weights.slice(..assignments),
-    })
+    Ok(())
 }

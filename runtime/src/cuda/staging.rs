@@ -10,7 +10,6 @@ use crate::error::{Result, RuntimeError};
 use crate::layer_parts::part_tensors;
 use crate::weights::WeightStore;
 use crossbeam::channel::{Receiver, Sender};
-use layerstream_kernels::KernelError;
 use layerstream_kernels::cudarc::driver::{CudaContext, CudaEvent, PinnedHostSlice};
 use layerstream_planner::TensorDtype;
 use layerstream_planner::split::LayerPart;
@@ -103,8 +102,7 @@ pub struct StagedLayer {
 pub fn staging_buffers(context: &Arc<CudaContext>, bytes: usize) -> Result<[StagingBuffer; 2]> {
     let alloc = || -> Result<StagingBuffer> {
         // SAFETY: the buffer is written in full (for the bytes a layer uses) before any read.
-        let pinned =
-            unsafe { context.alloc_pinned::<u8>(bytes.max(1)) }.map_err(KernelError::from)?;
+        let pinned = unsafe { context.alloc_pinned::<u8>(bytes.max(1)) }?;
         Ok(StagingBuffer {
             pinned,
             upload_done: None,
@@ -143,9 +141,9 @@ fn fill(
     copy_threads: usize,
 ) -> Result<()> {
     if let Some(done) = buffer.upload_done.take() {
-        done.synchronize().map_err(KernelError::from)?;
+        done.synchronize()?;
     }
-    let destination = buffer.pinned.as_mut_slice().map_err(KernelError::from)?;
+    let destination = buffer.pinned.as_mut_slice()?;
     // Chunks of the pinned buffer, each read from its file with pread (the kernel copies
     // from the page cache; a copy out of the mapping would fault every page in first).
     let mut files: Vec<(usize, std::fs::File, &std::path::Path)> = Vec::new();

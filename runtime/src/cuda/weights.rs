@@ -12,9 +12,9 @@ use crate::weights::WeightStore;
 use crate::weights::dtype::convert_to_f32;
 use crossbeam::channel::Sender;
 use half::bf16;
+use layerstream_kernels::Gpu;
 use layerstream_kernels::cudarc::driver::{CudaEvent, CudaSlice, CudaStream, CudaView};
 use layerstream_kernels::ops::convert::{StoredDtype, f32_to_bf16, half_to_f32};
-use layerstream_kernels::{Gpu, KernelError};
 use layerstream_planner::split::tensor_bytes;
 use layerstream_planner::{TensorDtype, TensorEntry};
 use std::collections::BTreeMap;
@@ -124,7 +124,7 @@ impl DeviceLayer {
             .sum();
         let what = format!("{} converted weights", layout.part.owner(layout.layer));
         let converted_reservation = budget.reserve(&what, converted_bytes)?;
-        gpu.stream.wait(uploaded).map_err(KernelError::from)?;
+        gpu.stream.wait(uploaded)?;
         let mut matrices = BTreeMap::new();
         let mut vectors = BTreeMap::new();
         for tensor in &layout.tensors {
@@ -190,6 +190,11 @@ impl DeviceLayer {
             .unwrap_or_else(|| panic!("{role:?} is in the spec's table"))
     }
 
+    /// Whether the layer (or part) holds `role`.
+    pub fn has(&self, role: WeightRole) -> bool {
+        self.matrices.contains_key(&role) || self.vectors.contains_key(&role)
+    }
+
     /// A vector only some configurations have.
     pub fn maybe_vector(&self, role: WeightRole) -> Option<&CudaSlice<f32>> {
         self.vectors.get(&role)
@@ -207,15 +212,11 @@ fn device_to_f32(
     dtype: TensorDtype,
     n: usize,
 ) -> Result<CudaSlice<f32>> {
-    let mut out = gpu
-        .stream
-        .alloc_zeros::<f32>(n)
-        .map_err(KernelError::from)?;
+    let mut out = gpu.stream.alloc_zeros::<f32>(n)?;
     match dtype {
         TensorDtype::F32 => gpu
             .stream
-            .memcpy_dtod(&reinterpret::<f32>(bytes, n), &mut out)
-            .map_err(KernelError::from)?,
+            .memcpy_dtod(&reinterpret::<f32>(bytes, n), &mut out)?,
         TensorDtype::Bf16 => half_to_f32(
             gpu,
             StoredDtype::Bf16,
@@ -239,10 +240,7 @@ fn device_to_bf16(
     dtype: TensorDtype,
     n: usize,
 ) -> Result<CudaSlice<u16>> {
-    let mut out = gpu
-        .stream
-        .alloc_zeros::<u16>(n)
-        .map_err(KernelError::from)?;
+    let mut out = gpu.stream.alloc_zeros::<u16>(n)?;
     if dtype == TensorDtype::F32 {
         f32_to_bf16(gpu, &reinterpret(bytes, n), &mut out.as_view_mut())?;
     } else {
@@ -261,7 +259,7 @@ pub fn upload_vector(
 ) -> Result<CudaSlice<f32>> {
     let mut values = vec![0f32; entry.numel()];
     convert_to_f32(entry.dtype, store.bytes(entry), &mut values);
-    Ok(gpu.stream.clone_htod(&values).map_err(KernelError::from)?)
+    Ok(gpu.stream.clone_htod(&values)?)
 }
 
 /// Uploads a matrix in the GEMM dtype (output head).
@@ -278,7 +276,7 @@ pub fn upload_matrix(
                 .chunks_exact(2)
                 .map(|b| u16::from_le_bytes([b[0], b[1]]))
                 .collect();
-            DeviceMatrix::Bf16(gpu.stream.clone_htod(&bits).map_err(KernelError::from)?)
+            DeviceMatrix::Bf16(gpu.stream.clone_htod(&bits)?)
         }
         (ComputeDtype::Bf16, _) => {
             let mut values = vec![0f32; entry.numel()];
@@ -287,7 +285,7 @@ pub fn upload_matrix(
                 .iter()
                 .map(|&v| bf16::from_f32(v).to_bits())
                 .collect();
-            DeviceMatrix::Bf16(gpu.stream.clone_htod(&bits).map_err(KernelError::from)?)
+            DeviceMatrix::Bf16(gpu.stream.clone_htod(&bits)?)
         }
         (ComputeDtype::F32, _) => DeviceMatrix::F32(upload_vector(gpu, store, entry)?),
     })

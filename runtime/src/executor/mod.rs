@@ -4,6 +4,8 @@
 //! each layer bring its weights in once and push every micro-batch through it before moving
 //! on. A layer's weights are read only while that layer runs.
 
+pub(crate) mod layer_loop;
+
 use crate::analysis::PointStatistics;
 use crate::analysis::attribution::attribute_massive;
 use crate::backend::Backend;

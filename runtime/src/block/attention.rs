@@ -1,0 +1,59 @@
+//! The attention sublayer: `hidden += attention(norm(hidden))`.
+
+use super::{AttentionShape, BlockOps, BlockStep, Buf};
+use crate::arch::{QkNorm, WeightRole};
+use crate::capture::CapturePoint;
+use crate::error::Result;
+
+pub(super) fn sublayer<O: BlockOps>(ops: &mut O, step: &BlockStep) -> Result<()> {
+    use WeightRole::*;
+    let spec = step.spec;
+    let d = spec.hidden_size;
+    let (q_width, kv_width) = (spec.q_width(), spec.kv_width());
+    let eps = spec.block.norm_eps;
+    // Attention input: the normed residual (pre-norm) or the residual itself (olmo2).
+    let input = match ops.has(AttnInputNorm) {
+        true => {
+            ops.rms_norm(Buf::Hidden, AttnInputNorm, Buf::Normed, eps)?;
+            Buf::Normed
+        }
+        false => Buf::Hidden,
+    };
+    step.capture.activation(ops, CapturePoint::Ln1, input, d)?;
+    ops.linear(input, QProj, Some(QBias), Buf::Q, d, q_width)?;
+    ops.linear(input, KProj, Some(KBias), Buf::K, d, kv_width)?;
+    ops.linear(input, VProj, Some(VBias), Buf::V, d, kv_width)?;
+    match spec.block.qk_norm {
+        QkNorm::None => {}
+        // Width head_dim (qwen3) or all heads (olmo2, olmoe): the weight's length says which.
+        QkNorm::PerHead | QkNorm::AcrossHeads => {
+            ops.rms_norm_in_place(Buf::Q, QNorm, eps)?;
+            ops.rms_norm_in_place(Buf::K, KNorm, eps)?;
+        }
+    }
+    if let Some(limit) = spec.block.clip_qkv {
+        for values in [Buf::Q, Buf::K, Buf::V] {
+            ops.clamp(values, limit)?;
+        }
+    }
+    ops.rope(Buf::Q, spec.num_heads, spec.head_dim)?;
+    ops.rope(Buf::K, spec.num_kv_heads, spec.head_dim)?;
+    ops.attention(AttentionShape {
+        sequences: step.sequences,
+        seq_len: step.seq_len,
+        heads: spec.num_heads,
+        kv_heads: spec.num_kv_heads,
+        head_dim: spec.head_dim,
+        sliding_window: spec.sliding_windows[step.layer],
+        scale: (spec.head_dim as f32).powf(-0.5),
+    })?;
+    step.capture
+        .activation(ops, CapturePoint::AttnInO, Buf::Attn, q_width)?;
+    ops.linear(Buf::Attn, OProj, Some(OBias), Buf::SublayerOut, q_width, d)?;
+    if ops.has(AttnOutputNorm) {
+        ops.rms_norm_in_place(Buf::SublayerOut, AttnOutputNorm, eps)?;
+    }
+    step.capture
+        .activation(ops, CapturePoint::AttnOut, Buf::SublayerOut, d)?;
+    ops.add(Buf::Hidden, Buf::SublayerOut)
+}

@@ -1,0 +1,145 @@
+//! One decoder block, written once over the backend ops of [`BlockOps`]: the step order,
+//! which parts of a split layer run what, the capture points and the capture policy. The
+//! CPU reference (`cpu/ops.rs`) and the CUDA backend (`cuda/ops.rs`) only implement the
+//! ops. Every variation point (router scoring, activation) is an op parameter that each
+//! backend matches exhaustively, so a new variant does not compile until both handle it.
+//!
+//! ```text
+//! attention part:     ln1 = norm(h) | h          q, k, v = ln1 W^T (+ b)
+//!                     q, k = qk_norm, clip, rope  attn_in_o = attention(q, k, v)
+//!                     attn_out = [norm](attn_in_o W_o^T)          h += attn_out
+//! feed-forward part:  ln2 = norm(h) | h          dense: down(act(gate) * up)
+//!                     MoE: route, experts of the part's range, [shared expert]
+//!                     (last part) mlp_out = [norm](out)   h += mlp_out -> resid_post
+//! ```
+
+mod attention;
+pub(crate) mod buffers;
+mod capture;
+mod feed_forward;
+
+pub(crate) use buffers::{Buf, BufferSet};
+pub(crate) use capture::CapturePolicy;
+pub(crate) use feed_forward::moe_block;
+
+use crate::arch::{Activation, ModelSpec, MoeSpec, SharedExpertSpec, WeightRole};
+use crate::capture::CapturePoint;
+use crate::error::Result;
+use layerstream_planner::split::LayerPart;
+use std::ops::Range;
+
+/// Shape of one attention call.
+#[derive(Debug, Clone, Copy)]
+pub struct AttentionShape {
+    /// Sequences in the micro-batch.
+    pub sequences: usize,
+    /// Tokens per sequence.
+    pub seq_len: usize,
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads; query head `h` reads kv head `h / (heads / kv_heads)`.
+    pub kv_heads: usize,
+    /// Per-head width.
+    pub head_dim: usize,
+    /// `Some(w)`: position p sees positions p-w+1 ..= p only.
+    pub sliding_window: Option<usize>,
+    /// Score scale, 1/sqrt(head_dim).
+    pub scale: f32,
+}
+
+/// The ops a backend runs for the block, on the buffers [`Buf`] names (each cut to the
+/// micro-batch's rows). A weight role the layer part does not hold is a bug in the block or
+/// the spec's tensor table, except where an op says it is optional.
+pub(crate) trait BlockOps {
+    /// Whether the part's weights hold `role` (norms and biases some configurations have).
+    fn has(&self, role: WeightRole) -> bool;
+    /// `out = rms_norm(input) * weight`, rows of the weight's width.
+    fn rms_norm(&mut self, input: Buf, weight: WeightRole, out: Buf, eps: f32) -> Result<()>;
+    /// The same in place.
+    fn rms_norm_in_place(&mut self, values: Buf, weight: WeightRole, eps: f32) -> Result<()>;
+    /// `out (rows, out_features) = input (rows, in_features) @ weight^T (+ bias)`; `bias` is
+    /// used when the part holds it.
+    fn linear(
+        &mut self,
+        input: Buf,
+        weight: WeightRole,
+        bias: Option<WeightRole>,
+        out: Buf,
+        in_features: usize,
+        out_features: usize,
+    ) -> Result<()>;
+    /// Clamps every value to `[-limit, limit]`.
+    fn clamp(&mut self, values: Buf, limit: f32) -> Result<()>;
+    /// Rotary embedding of `heads` heads per row (row `r` at position `r % seq_len`).
+    fn rope(&mut self, values: Buf, heads: usize, head_dim: usize) -> Result<()>;
+    /// `Attn = softmax(Q K^T * scale + mask) V` per sequence and head.
+    fn attention(&mut self, shape: AttentionShape) -> Result<()>;
+    /// `gate = act(gate) * up`.
+    fn gated_activation(&mut self, gate: Buf, up: Buf, activation: Activation) -> Result<()>;
+    /// `accumulator += addend`.
+    fn add(&mut self, accumulator: Buf, addend: Buf) -> Result<()>;
+    /// The router's logits of `input` and its top-k choice, kept for `experts` and the
+    /// routing capture.
+    fn route(&mut self, input: Buf, moe: &MoeSpec) -> Result<()>;
+    /// Routed experts `experts` (of the last `route`) on their tokens of `input`, their
+    /// weighted outputs added into `out` in ascending expert order; the first part of a
+    /// layer (`experts.start == 0`) overwrites `out` instead.
+    fn experts(
+        &mut self,
+        input: Buf,
+        moe: &MoeSpec,
+        experts: Range<usize>,
+        activation: Activation,
+        out: Buf,
+    ) -> Result<()>;
+    /// `out += [sigmoid(input . w_gate)] * shared_mlp(input)`.
+    fn shared_expert(
+        &mut self,
+        input: Buf,
+        shared: SharedExpertSpec,
+        activation: Activation,
+        out: Buf,
+    ) -> Result<()>;
+    /// Hands the values at `point`, `(rows, width)`, to the run's observer.
+    fn hand_over(&mut self, point: CapturePoint, values: Buf, width: usize) -> Result<()>;
+    /// Adds the values at `point` to the layer's statistics.
+    fn accumulate(
+        &mut self,
+        point: CapturePoint,
+        values: Buf,
+        width: usize,
+        threshold: f32,
+    ) -> Result<()>;
+    /// Hands the last `route`'s decisions to the run's observer.
+    fn hand_over_routing(&mut self) -> Result<()>;
+    /// Keeps the MoE inputs of the tokens holding massive activations at `resid_post` (for
+    /// the expert attribution at the layer's end).
+    fn keep_moe_input(&mut self, values: Buf, width: usize) -> Result<()>;
+}
+
+/// What one call of [`run_part`] computes.
+pub(crate) struct BlockStep<'a> {
+    /// The model.
+    pub spec: &'a ModelSpec,
+    /// The decoder layer.
+    pub layer: usize,
+    /// Which part of it (a whole layer, attention, or a group of experts).
+    pub part: &'a LayerPart,
+    /// Sequences in the micro-batch.
+    pub sequences: usize,
+    /// Tokens per sequence.
+    pub seq_len: usize,
+    /// What to capture.
+    pub capture: CapturePolicy<'a>,
+}
+
+/// Runs `step.part` of a decoder layer on one micro-batch (`Buf::Hidden`, updated in place).
+pub(crate) fn run_part<O: BlockOps>(ops: &mut O, step: &BlockStep) -> Result<()> {
+    if step.part.runs_attention() {
+        attention::sublayer(ops, step)?;
+    }
+    if step.part.runs_feed_forward() {
+        feed_forward::sublayer(ops, step)?;
+    }
+    Ok(())
+}

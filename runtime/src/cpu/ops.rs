@@ -1,0 +1,236 @@
+//! The block ops (`block::BlockOps`) on the CPU: plain f32 functions on host slices. The
+//! step order lives in `block/`; this file only says how each op is computed here.
+
+use super::attention::causal_attention;
+use super::layer::LayerWeights;
+use super::linear::linear;
+use super::mlp::activate_in_place;
+use super::moe::{add_shared_expert, route_tokens, run_experts};
+use super::norm::{rms_norm, rms_norm_rows_in_place};
+use super::rope::RopeTable;
+use crate::analysis::PointStatistics;
+use crate::arch::{Activation, MoeSpec, SharedExpertSpec, WeightRole};
+use crate::block::{AttentionShape, BlockOps, Buf, BufferSet};
+use crate::capture::{CapturePoint, Routing};
+use crate::error::{Result, RuntimeError};
+use crate::executor::{RunObserver, RunRequest};
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::ops::Range;
+
+/// Where one micro-batch's captures go on the CPU.
+pub(crate) struct CpuCapture<'a> {
+    /// The run's observer.
+    pub observer: &'a mut dyn RunObserver,
+    /// The request (workload shape).
+    pub request: &'a RunRequest,
+    /// The layer.
+    pub layer: usize,
+    /// The micro-batch's first sequence in the workload.
+    pub first_sequence: usize,
+    /// The layer's statistics so far, per point.
+    pub statistics: &'a mut BTreeMap<CapturePoint, PointStatistics>,
+}
+
+/// One micro-batch of one layer part on the CPU.
+pub(crate) struct CpuOps<'a, 'c> {
+    /// The part's weights in f32.
+    pub weights: &'a LayerWeights,
+    /// cos/sin per position.
+    pub rope: &'a RopeTable,
+    /// The micro-batch's buffers.
+    pub buffers: BufferSet<&'a mut [f32]>,
+    /// Width of the hidden states.
+    pub hidden_size: usize,
+    /// Tokens per sequence.
+    pub seq_len: usize,
+    /// Worker threads per op.
+    pub threads: usize,
+    /// The last `route`'s decisions.
+    pub routing: Option<Routing>,
+    /// `None`: captures are not wanted (a block run alone).
+    pub capture: Option<CpuCapture<'c>>,
+}
+
+fn not_routed() -> RuntimeError {
+    RuntimeError::internal("the MoE block used its routing before the router ran")
+}
+
+impl BlockOps for CpuOps<'_, '_> {
+    fn has(&self, role: WeightRole) -> bool {
+        self.weights.maybe(role).is_some()
+    }
+
+    fn rms_norm(&mut self, input: Buf, weight: WeightRole, out: Buf, eps: f32) -> Result<()> {
+        let ([input], out) = self.buffers.split([input], out);
+        rms_norm(input, self.weights.get(weight), eps, out, self.threads);
+        Ok(())
+    }
+
+    fn rms_norm_in_place(&mut self, values: Buf, weight: WeightRole, eps: f32) -> Result<()> {
+        rms_norm_rows_in_place(self.buffers.get(values), self.weights.get(weight), eps);
+        Ok(())
+    }
+
+    fn linear(
+        &mut self,
+        input: Buf,
+        weight: WeightRole,
+        bias: Option<WeightRole>,
+        out: Buf,
+        in_features: usize,
+        out_features: usize,
+    ) -> Result<()> {
+        let ([input], out) = self.buffers.split([input], out);
+        let bias = bias.and_then(|b| self.weights.maybe(b));
+        let weight = self.weights.get(weight);
+        linear(
+            input,
+            weight,
+            bias,
+            out,
+            in_features,
+            out_features,
+            self.threads,
+        );
+        Ok(())
+    }
+
+    fn clamp(&mut self, values: Buf, limit: f32) -> Result<()> {
+        let values = self.buffers.get(values);
+        values.iter_mut().for_each(|x| *x = x.clamp(-limit, limit));
+        Ok(())
+    }
+
+    fn rope(&mut self, values: Buf, heads: usize, head_dim: usize) -> Result<()> {
+        let values = self.buffers.get(values);
+        self.rope.apply(values, heads, head_dim, self.seq_len);
+        Ok(())
+    }
+
+    fn attention(&mut self, shape: AttentionShape) -> Result<()> {
+        let ([q, k, v], out) = self.buffers.split([Buf::Q, Buf::K, Buf::V], Buf::Attn);
+        causal_attention(q, k, v, out, shape, self.threads);
+        Ok(())
+    }
+
+    fn gated_activation(&mut self, gate: Buf, up: Buf, activation: Activation) -> Result<()> {
+        let ([up], gate) = self.buffers.split([up], gate);
+        activate_in_place(gate, up, activation);
+        Ok(())
+    }
+
+    fn add(&mut self, accumulator: Buf, addend: Buf) -> Result<()> {
+        let ([addend], accumulator) = self.buffers.split([addend], accumulator);
+        accumulator
+            .iter_mut()
+            .zip(addend.iter())
+            .for_each(|(a, b)| *a += b);
+        Ok(())
+    }
+
+    fn route(&mut self, input: Buf, moe: &MoeSpec) -> Result<()> {
+        let input = self.buffers.get(input);
+        let router = self.weights.get(WeightRole::Router);
+        self.routing = Some(route_tokens(input, router, moe, self.threads));
+        Ok(())
+    }
+
+    fn experts(
+        &mut self,
+        input: Buf,
+        moe: &MoeSpec,
+        experts: Range<usize>,
+        activation: Activation,
+        out: Buf,
+    ) -> Result<()> {
+        let routing = self.routing.take();
+        let ([input], out) = self.buffers.split([input], out);
+        let chosen = routing.as_ref().ok_or_else(not_routed)?;
+        run_experts(
+            input,
+            self.weights,
+            moe,
+            chosen,
+            experts,
+            activation,
+            out,
+            self.threads,
+        );
+        self.routing = routing;
+        Ok(())
+    }
+
+    fn shared_expert(
+        &mut self,
+        input: Buf,
+        shared: SharedExpertSpec,
+        activation: Activation,
+        out: Buf,
+    ) -> Result<()> {
+        let ([input], out) = self.buffers.split([input], out);
+        add_shared_expert(
+            input,
+            self.weights,
+            shared,
+            activation,
+            self.hidden_size,
+            out,
+            self.threads,
+        );
+        Ok(())
+    }
+
+    fn hand_over(&mut self, point: CapturePoint, values: Buf, width: usize) -> Result<()> {
+        if let Some(c) = &mut self.capture {
+            let values = self.buffers.get(values);
+            c.observer
+                .on_capture(c.layer, point, c.first_sequence, values, width);
+        }
+        Ok(())
+    }
+
+    fn accumulate(
+        &mut self,
+        point: CapturePoint,
+        values: Buf,
+        width: usize,
+        threshold: f32,
+    ) -> Result<()> {
+        let Some(c) = &mut self.capture else {
+            return Ok(());
+        };
+        let (sequences, seq_len) = (c.request.num_sequences, c.request.seq_len);
+        c.statistics
+            .entry(point)
+            .or_insert_with(|| {
+                PointStatistics::new(sequences, seq_len, point.statistics_shape(width), threshold)
+            })
+            .accumulate(self.buffers.get(values), c.first_sequence);
+        Ok(())
+    }
+
+    fn hand_over_routing(&mut self) -> Result<()> {
+        let routing = self.routing.as_ref().ok_or_else(not_routed)?;
+        if let Some(c) = &mut self.capture {
+            c.observer.on_router(c.layer, c.first_sequence, routing);
+        }
+        Ok(())
+    }
+
+    fn keep_moe_input(&mut self, values: Buf, width: usize) -> Result<()> {
+        let Some(c) = &mut self.capture else {
+            return Ok(());
+        };
+        if let Some(massive) = c
+            .statistics
+            .get_mut(&CapturePoint::ResidPost)
+            .and_then(|s| s.massive.as_mut())
+        {
+            let values = self.buffers.get(values);
+            let rows = |r: usize| Ok::<_, Infallible>(values[r * width..(r + 1) * width].to_vec());
+            let Ok(()) = massive.keep_inputs(c.first_sequence, c.request.seq_len, rows);
+        }
+        Ok(())
+    }
+}

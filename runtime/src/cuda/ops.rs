@@ -1,0 +1,254 @@
+//! The block ops (`block::BlockOps`) on the GPU: kernels and cuBLAS GEMMs on device views,
+//! queued on the compute stream. The step order lives in `block/`; this file only says how
+//! each op is launched here.
+
+use super::capture::CudaCapture;
+use super::linear::{Bf16Scratch, linear};
+use super::moe::{self, MoeBuffers, activate};
+use super::weights::DeviceLayer;
+use crate::arch::{Activation, MoeSpec, SharedExpertSpec, WeightRole};
+use crate::block::{AttentionShape, BlockOps, Buf, BufferSet};
+use crate::capture::CapturePoint;
+use crate::error::{Result, RuntimeError};
+use layerstream_kernels::Gpu;
+use layerstream_kernels::cudarc::driver::{CudaSlice, CudaViewMut};
+use layerstream_kernels::ops::attention::{AttentionDims, causal_attention};
+use layerstream_kernels::ops::{elementwise, norm, rope};
+use std::ops::Range;
+
+/// One micro-batch of one layer part on the GPU.
+pub(crate) struct CudaOps<'a, 'v, 'c> {
+    /// The GPU.
+    pub gpu: &'a Gpu,
+    /// The part's weights on the device.
+    pub weights: &'a DeviceLayer,
+    /// RoPE inverse frequencies, `(head_dim / 2)` or fewer (partial rotary).
+    pub inv_freq: &'a CudaSlice<f32>,
+    /// The micro-batch's buffers.
+    pub buffers: BufferSet<CudaViewMut<'v, f32>>,
+    /// bf16 copies of GEMM inputs.
+    pub bf16: &'a mut Bf16Scratch,
+    /// The MoE buffers, for models with MoE layers.
+    pub moe: Option<&'a mut MoeBuffers>,
+    /// Width of the hidden states.
+    pub hidden_size: usize,
+    /// Tokens per sequence.
+    pub seq_len: usize,
+    /// `(num_experts, top_k, tokens)` of the last `route`.
+    pub routed: Option<(usize, usize, usize)>,
+    /// `None`: captures are not wanted.
+    pub capture: Option<CudaCapture<'c>>,
+}
+
+fn no_moe_buffers() -> RuntimeError {
+    RuntimeError::internal("a MoE layer without MoE buffers")
+}
+
+impl CudaOps<'_, '_, '_> {
+    fn rows(&mut self, buffer: Buf, width: usize) -> usize {
+        self.buffers.get(buffer).len() / width
+    }
+}
+
+impl BlockOps for CudaOps<'_, '_, '_> {
+    fn has(&self, role: WeightRole) -> bool {
+        self.weights.has(role)
+    }
+
+    fn rms_norm(&mut self, input: Buf, weight: WeightRole, out: Buf, eps: f32) -> Result<()> {
+        let w = self.weights.vector(weight);
+        let rows = self.rows(input, w.len());
+        let ([input], out) = self.buffers.split([input], out);
+        norm::rms_norm(self.gpu, &input.as_view(), &w.as_view(), out, rows, eps)?;
+        Ok(())
+    }
+
+    fn rms_norm_in_place(&mut self, values: Buf, weight: WeightRole, eps: f32) -> Result<()> {
+        let w = self.weights.vector(weight);
+        let rows = self.rows(values, w.len());
+        let values = self.buffers.get(values);
+        norm::rms_norm_in_place(self.gpu, values, &w.as_view(), rows, eps)?;
+        Ok(())
+    }
+
+    fn linear(
+        &mut self,
+        input: Buf,
+        weight: WeightRole,
+        bias: Option<WeightRole>,
+        out: Buf,
+        in_features: usize,
+        out_features: usize,
+    ) -> Result<()> {
+        let rows = self.rows(input, in_features);
+        let bias = bias.and_then(|b| self.weights.maybe_vector(b));
+        let ([input], out) = self.buffers.split([input], out);
+        linear(
+            self.gpu,
+            &input.as_view(),
+            &self.weights.matrix(weight),
+            bias,
+            out,
+            rows,
+            in_features,
+            out_features,
+            self.bf16,
+        )
+    }
+
+    fn clamp(&mut self, values: Buf, limit: f32) -> Result<()> {
+        elementwise::clamp(self.gpu, self.buffers.get(values), limit)?;
+        Ok(())
+    }
+
+    fn rope(&mut self, values: Buf, heads: usize, head_dim: usize) -> Result<()> {
+        let rows = self.rows(values, heads * head_dim);
+        let values = self.buffers.get(values);
+        let inv_freq = self.inv_freq.as_view();
+        rope::rope(
+            self.gpu,
+            values,
+            &inv_freq,
+            rows,
+            heads,
+            head_dim,
+            self.seq_len,
+        )?;
+        Ok(())
+    }
+
+    fn attention(&mut self, shape: AttentionShape) -> Result<()> {
+        let dims = AttentionDims {
+            sequences: shape.sequences,
+            seq_len: shape.seq_len,
+            heads: shape.heads,
+            kv_heads: shape.kv_heads,
+            head_dim: shape.head_dim,
+            sliding_window: shape.sliding_window,
+            scale: shape.scale,
+            // bf16 GEMM weights: the attention products in bf16 too (f32 compute stays f32).
+            tensor_cores: self.weights.matrix(WeightRole::QProj).is_bf16(),
+        };
+        let ([q, k, v], out) = self.buffers.split([Buf::Q, Buf::K, Buf::V], Buf::Attn);
+        causal_attention(
+            self.gpu,
+            &q.as_view(),
+            &k.as_view(),
+            &v.as_view(),
+            out,
+            dims,
+        )?;
+        Ok(())
+    }
+
+    fn gated_activation(&mut self, gate: Buf, up: Buf, activation: Activation) -> Result<()> {
+        let ([up], gate) = self.buffers.split([up], gate);
+        activate(self.gpu, gate, &up.as_view(), activation)
+    }
+
+    fn add(&mut self, accumulator: Buf, addend: Buf) -> Result<()> {
+        let ([addend], accumulator) = self.buffers.split([addend], accumulator);
+        elementwise::add(self.gpu, accumulator, &addend.as_view())?;
+        Ok(())
+    }
+
+    fn route(&mut self, input: Buf, spec: &MoeSpec) -> Result<()> {
+        let (gpu, weights, hidden) = (self.gpu, self.weights, self.hidden_size);
+        let tokens = self.rows(input, hidden);
+        let buffers = self.moe.as_deref_mut().ok_or_else(no_moe_buffers)?;
+        let x = self.buffers.get(input).as_view();
+        moe::route(gpu, &x, weights, spec, hidden, buffers, self.bf16)?;
+        self.routed = Some((spec.num_experts, spec.top_k, tokens));
+        Ok(())
+    }
+
+    fn experts(
+        &mut self,
+        input: Buf,
+        spec: &MoeSpec,
+        experts: Range<usize>,
+        activation: Activation,
+        out: Buf,
+    ) -> Result<()> {
+        let (gpu, weights, hidden) = (self.gpu, self.weights, self.hidden_size);
+        let buffers = self.moe.as_deref_mut().ok_or_else(no_moe_buffers)?;
+        let ([x], out) = self.buffers.split([input], out);
+        moe::experts(
+            gpu,
+            &x.as_view(),
+            weights,
+            spec,
+            hidden,
+            experts,
+            activation,
+            out,
+            buffers,
+            self.bf16,
+        )
+    }
+
+    fn shared_expert(
+        &mut self,
+        input: Buf,
+        shared: SharedExpertSpec,
+        activation: Activation,
+        out: Buf,
+    ) -> Result<()> {
+        let (gpu, weights, hidden) = (self.gpu, self.weights, self.hidden_size);
+        let buffers = self.moe.as_deref_mut().ok_or_else(no_moe_buffers)?;
+        let ([x], out) = self.buffers.split([input], out);
+        moe::add_shared_expert(
+            gpu,
+            &x.as_view(),
+            weights,
+            shared,
+            activation,
+            hidden,
+            out,
+            buffers,
+            self.bf16,
+        )
+    }
+
+    fn hand_over(&mut self, point: CapturePoint, values: Buf, width: usize) -> Result<()> {
+        match &mut self.capture {
+            Some(capture) => capture.hand_over(point, &self.buffers.get(values).as_view(), width),
+            None => Ok(()),
+        }
+    }
+
+    fn accumulate(
+        &mut self,
+        point: CapturePoint,
+        values: Buf,
+        width: usize,
+        threshold: f32,
+    ) -> Result<()> {
+        match &mut self.capture {
+            Some(capture) => {
+                let values = self.buffers.get(values).as_view();
+                capture.accumulate(point, &values, width, threshold)
+            }
+            None => Ok(()),
+        }
+    }
+
+    fn hand_over_routing(&mut self) -> Result<()> {
+        let (num_experts, top_k, tokens) = self.routed.ok_or_else(|| {
+            RuntimeError::internal("the routing was captured before the router ran")
+        })?;
+        let buffers = self.moe.as_deref().ok_or_else(no_moe_buffers)?;
+        let routing = buffers.routing(num_experts, top_k, tokens);
+        match &mut self.capture {
+            Some(capture) => capture.routing(&routing),
+            None => Ok(()),
+        }
+    }
+
+    fn keep_moe_input(&mut self, values: Buf, width: usize) -> Result<()> {
+        match &mut self.capture {
+            Some(capture) => capture.keep_moe_input(&self.buffers.get(values).as_view(), width),
+            None => Ok(()),
+        }
+    }
+}
