@@ -27,10 +27,13 @@ for shape in olmoe-1b-7b llama-3.1-8b; do
         for side in before after; do
             bin=$before
             [ "$side" = after ] && bin=$after
-            start=$(date +%s.%N)
+            start=$(date +%s%N)
             run "$bin" "$work/$shape-$side"
-            end=$(date +%s.%N)
-            printf '%s %s round %d: %.2f s\n' "$shape" "$side" "$round" "$(echo "$end - $start" | bc)"
+            end=$(date +%s%N)
+            summary=$(grep -h "tokens through" "$work/$shape-$side.log" | tail -1)
+            awk -v s="$start" -v e="$end" -v m="$shape" -v b="$side" -v r="$round" -v l="$summary" \
+                'BEGIN { printf "%s %s round %d: %.2f s wall (%s)\n", m, b, r, (e - s) / 1e9, l }'
+
         done
     done
     if cmp -s "$work/$shape-before/report.json" "$work/$shape-after/report.json"; then

@@ -4,6 +4,7 @@
 
 pub mod atomic;
 pub mod budget;
+pub mod format;
 pub mod inventory;
 pub mod memory;
 pub mod micro_batch;

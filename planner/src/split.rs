@@ -6,8 +6,8 @@
 //! Which tensor belongs to which part comes from the runtime (it knows each tensor's role);
 //! the sizes come from the safetensors headers, like everything the planner sizes.
 
-use crate::inventory::{Inventory, TensorDtype, TensorEntry};
-use crate::memory::{GemmDtype, TENSOR_ALIGN};
+use crate::format::{GemmDtype, tensor_bytes};
+use crate::inventory::{Inventory, TensorEntry};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::ops::Range;
@@ -204,31 +204,6 @@ pub fn part_tensor_names<'a>(groups: &'a LayerTensorGroups, part: &LayerPart) ->
         }
     }
     names
-}
-
-/// Stored bytes (staging layout, 256-byte aligned) and converted bytes of one tensor: 1-D
-/// tensors become f32; matrices become the GEMM dtype unless stored in it.
-pub fn tensor_bytes(
-    shape: &[usize],
-    dtype: TensorDtype,
-    byte_len: u64,
-    gemm: GemmDtype,
-) -> (u64, u64) {
-    let numel: u64 = shape.iter().map(|&d| d as u64).product();
-    let converted = if shape.len() == 1 {
-        align(numel * 4)
-    } else {
-        match (gemm, dtype) {
-            (GemmDtype::Bf16, TensorDtype::Bf16) | (GemmDtype::F32, TensorDtype::F32) => 0,
-            (GemmDtype::Bf16, _) => align(numel * 2),
-            (GemmDtype::F32, _) => align(numel * 4),
-        }
-    };
-    (align(byte_len), converted)
-}
-
-fn align(bytes: u64) -> u64 {
-    bytes.div_ceil(TENSOR_ALIGN) * TENSOR_ALIGN
 }
 
 /// Stored and converted bytes of each group of a layer, looked up once.

@@ -14,7 +14,7 @@
 use super::massive::{MASSIVE_ATTRIBUTED, MassiveFinds, TokenInput};
 use crate::arch::{Activation, FeedForward, ModelSpec, MoeSpec, WeightRole};
 use crate::cpu::layer::LayerWeights;
-use crate::cpu::moe::{add_shared_expert, expert_mlp, route_tokens};
+use crate::cpu::moe::{SharedScratch, add_shared_expert, expert_mlp, route_tokens};
 use crate::error::Result;
 use crate::weights::WeightStore;
 use serde::{Deserialize, Serialize};
@@ -166,7 +166,9 @@ impl BlockOutputs {
             .iter()
             .flat_map(|i| i.values.iter().copied())
             .collect(); // (tokens, hidden)
-        let routing = route_tokens(&x, read(&[Router])?.get(Router), moe, threads);
+        let mut logits = vec![0f32; tokens * moe.num_experts]; // (tokens, num_experts)
+        let router = read(&[Router])?;
+        let routing = route_tokens(&x, router.get(Router), &mut logits, moe, threads);
         let inter = moe.expert_intermediate;
         let mut routed = vec![0f32; tokens * moe.top_k * hidden]; // (tokens, top_k, hidden)
         // Expert by expert, its tokens together.
@@ -202,7 +204,17 @@ impl BlockOutputs {
                 }
                 let mut out = vec![0f32; tokens * hidden]; // (tokens, hidden)
                 let weights = read(&roles)?;
-                add_shared_expert(&x, &weights, spec, activation, hidden, &mut out, threads);
+                let mut buffers = SharedScratch::new(tokens, spec.intermediate, hidden);
+                add_shared_expert(
+                    &x,
+                    &weights,
+                    spec,
+                    activation,
+                    hidden,
+                    &mut out,
+                    &mut buffers,
+                    threads,
+                );
                 Some(out)
             }
             None => None,

@@ -12,7 +12,7 @@ use crate::allocation::{Budget, Reservation};
 use crate::analysis::PointStatistics;
 use crate::arch::spec::FINAL_NORM;
 use crate::capture::CapturePoint;
-use crate::error::Result;
+use crate::error::{Result, RuntimeError};
 use crate::executor::layer_loop::{LayerRunner, run_layers};
 use crate::executor::{
     FinalStage, HiddenSnapshot, RunObserver, RunRequest, finish_layer, initial_hidden_states,
@@ -20,7 +20,7 @@ use crate::executor::{
 use crate::model::Model;
 use crate::plan::layer_shapes;
 use crate::workload_buffer::WorkloadBuffer;
-use layerstream_planner::memory::{HiddenPlacement, LayerShapes, activation_bytes};
+use layerstream_planner::memory::{HiddenPlacement, LayerShapes, ScratchFor, ScratchManifest};
 use layerstream_planner::split::{LayerPart, needs_accumulator};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -198,11 +198,21 @@ impl LayerRunner for CpuRunner<'_> {
 
     fn make_scratch(&mut self, layer: usize, sequences: usize) -> Result<Self::Scratch> {
         let rows = sequences * self.request.seq_len;
-        let (block, moe) = activation_bytes(&self.shapes[layer], rows);
-        let reservation = self
-            .budget
-            .reserve(&format!("layer {layer}'s micro-batch buffers"), block + moe)?;
-        Ok((reservation, LayerScratch::new(&self.model.spec, rows)))
+        let manifest = ScratchManifest::for_layer(&self.shapes[layer], rows, ScratchFor::Cpu);
+        let reservation = self.budget.reserve(
+            &format!("layer {layer}'s micro-batch buffers"),
+            manifest.total_bytes(),
+        )?;
+        let scratch = LayerScratch::new(&manifest, rows);
+        // The plan is the allocation: what the buffers hold is what was reserved.
+        if scratch.allocated_bytes() != manifest.total_bytes() {
+            return Err(RuntimeError::internal(format!(
+                "layer {layer}'s micro-batch buffers hold {} bytes, the manifest lists {}",
+                scratch.allocated_bytes(),
+                manifest.total_bytes()
+            )));
+        }
+        Ok((reservation, scratch))
     }
 
     fn run_micro_batch(

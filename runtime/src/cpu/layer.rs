@@ -1,13 +1,15 @@
 //! A decoder layer's weights and buffers on the CPU, and one micro-batch of it run through
 //! the block (`block/`, whose steps read top to bottom) over the CPU ops (`ops.rs`).
 
+use super::moe::MoeScratch;
 use super::ops::{CpuCapture, CpuOps};
 use super::rope::RopeTable;
-use crate::arch::{FeedForward, ModelSpec, WeightRole};
+use crate::arch::{ModelSpec, WeightRole};
 use crate::block::{self, BlockStep, BufferSet, CapturePolicy};
 use crate::error::Result;
 use crate::layer_parts::part_tensors;
 use crate::weights::WeightStore;
+use layerstream_planner::memory::{BufferName, ScratchManifest};
 use layerstream_planner::split::LayerPart;
 use std::collections::BTreeMap;
 
@@ -49,44 +51,56 @@ impl LayerWeights {
     }
 }
 
-/// Work buffers of one micro-batch, reused across micro-batches of a layer.
+/// Work buffers of one micro-batch, reused across micro-batches of a layer: exactly the
+/// buffers the planner's manifest lists for the layer ([`ScratchManifest::for_layer`]).
 pub struct LayerScratch {
     rows: usize,
-    normed: Vec<f32>,       // (rows, hidden)
-    q: Vec<f32>,            // (rows, heads * head_dim)
-    k: Vec<f32>,            // (rows, kv_heads * head_dim)
-    v: Vec<f32>,            // (rows, kv_heads * head_dim)
-    attn: Vec<f32>,         // (rows, heads * head_dim)
-    sublayer_out: Vec<f32>, // (rows, hidden)
-    gate: Vec<f32>,         // (rows, dense intermediate)
-    up: Vec<f32>,           // (rows, dense intermediate)
+    pub(crate) normed: Vec<f32>,       // (rows, hidden)
+    pub(crate) q: Vec<f32>,            // (rows, heads * head_dim)
+    pub(crate) k: Vec<f32>,            // (rows, kv_heads * head_dim)
+    pub(crate) v: Vec<f32>,            // (rows, kv_heads * head_dim)
+    pub(crate) attn: Vec<f32>,         // (rows, heads * head_dim)
+    pub(crate) sublayer_out: Vec<f32>, // (rows, hidden)
+    pub(crate) gate: Vec<f32>,         // (rows, dense intermediate)
+    pub(crate) up: Vec<f32>,           // (rows, dense intermediate)
+    pub(crate) moe: Option<MoeScratch>,
 }
 
 impl LayerScratch {
-    /// Buffers for micro-batches of up to `rows` tokens.
-    pub fn new(spec: &ModelSpec, rows: usize) -> Self {
-        let zeros = |width: usize| vec![0f32; rows * width];
-        // MoE blocks keep their own buffers, sized by their expert token counts.
-        let dense_width = spec
-            .feed_forward
-            .iter()
-            .map(|f| match f {
-                FeedForward::Dense { intermediate } => *intermediate,
-                FeedForward::Moe(_) => 0,
-            })
-            .max()
-            .unwrap_or(0);
+    /// The buffers `manifest` lists, for micro-batches of up to `rows` tokens.
+    pub fn new(manifest: &ScratchManifest, rows: usize) -> Self {
+        use BufferName::*;
+        let zeros = |name| vec![0f32; manifest.count(name)];
         LayerScratch {
             rows,
-            normed: zeros(spec.hidden_size),
-            q: zeros(spec.q_width()),
-            k: zeros(spec.kv_width()),
-            v: zeros(spec.kv_width()),
-            attn: zeros(spec.q_width()),
-            sublayer_out: zeros(spec.hidden_size),
-            gate: zeros(dense_width),
-            up: zeros(dense_width),
+            normed: zeros(Normed),
+            q: zeros(Q),
+            k: zeros(K),
+            v: zeros(V),
+            attn: zeros(Attn),
+            sublayer_out: zeros(SublayerOut),
+            gate: zeros(Gate),
+            up: zeros(Up),
+            moe: manifest
+                .lists(RouterLogits)
+                .then(|| MoeScratch::new(manifest)),
         }
+    }
+
+    /// Bytes its buffers hold (what the CPU backend allocated for a micro-batch).
+    pub fn allocated_bytes(&self) -> u64 {
+        let f32s = [
+            &self.normed,
+            &self.q,
+            &self.k,
+            &self.v,
+            &self.attn,
+            &self.sublayer_out,
+            &self.gate,
+            &self.up,
+        ];
+        let block: usize = f32s.iter().map(|b| b.len() * 4).sum();
+        block as u64 + self.moe.as_ref().map_or(0, MoeScratch::allocated_bytes)
     }
 }
 
@@ -145,6 +159,7 @@ pub(crate) fn run_part(
         hidden_size: d,
         seq_len,
         threads,
+        moe: s.moe.as_mut(),
         routing: None,
         capture: Some(capture),
     };

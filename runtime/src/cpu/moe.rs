@@ -11,6 +11,9 @@ use super::rope::RopeTable;
 use crate::arch::{Activation, MoeSpec, RouterScoring, SharedExpertSpec, WeightRole};
 use crate::block::{self, Buf, BufferSet};
 use crate::capture::Routing;
+use layerstream_planner::memory::{
+    BufferName, LayerShapes, MoeShapes, ScratchFor, ScratchManifest,
+};
 use std::ops::Range;
 
 /// Router logits -> top-k experts and weights, per token.
@@ -64,26 +67,101 @@ fn softmax(logits: &[f32], out: &mut [f32]) {
     out.iter_mut().for_each(|p| *p /= sum);
 }
 
-/// The router's logits of `input (tokens, hidden)` and its top-k choice.
+/// The MoE block's buffers of one micro-batch on the CPU, as the planner's manifest lists
+/// them.
+pub struct MoeScratch {
+    pub(crate) logits: Vec<f32>, // (rows, experts)
+    positions: Vec<u32>,         // (rows, top_k): each assignment's row in the grouped buffers
+    counts: Vec<u32>,            // (experts)
+    offsets: Vec<u32>,           // (experts)
+    gathered: Vec<f32>,          // (rows * top_k, hidden), grouped by expert
+    expert_out: Vec<f32>,        // (rows * top_k, hidden), grouped by expert
+    gate: Vec<f32>,              // (rows, expert_intermediate): an expert sees a token at most once
+    up: Vec<f32>,                // (rows, expert_intermediate)
+    pub(crate) shared: Option<SharedScratch>,
+}
+
+/// The shared expert's buffers.
+pub struct SharedScratch {
+    gate: Vec<f32>,        // (rows, shared_intermediate)
+    up: Vec<f32>,          // (rows, shared_intermediate)
+    out: Vec<f32>,         // (rows, hidden)
+    gate_logits: Vec<f32>, // (rows)
+}
+
+impl SharedScratch {
+    /// Buffers for `rows` tokens.
+    pub fn new(rows: usize, intermediate: usize, hidden: usize) -> Self {
+        SharedScratch {
+            gate: vec![0.0; rows * intermediate],
+            up: vec![0.0; rows * intermediate],
+            out: vec![0.0; rows * hidden],
+            gate_logits: vec![0.0; rows],
+        }
+    }
+}
+
+impl MoeScratch {
+    /// The MoE buffers `manifest` lists. (The chosen experts and weights live in the
+    /// [`Routing`] handed to the observer.)
+    pub fn new(manifest: &ScratchManifest) -> Self {
+        use BufferName::*;
+        let f32s = |name| vec![0f32; manifest.count(name)];
+        let u32s = |name| vec![0u32; manifest.count(name)];
+        MoeScratch {
+            logits: f32s(RouterLogits),
+            positions: u32s(Positions),
+            counts: u32s(ExpertCounts),
+            offsets: u32s(ExpertOffsets),
+            gathered: f32s(Gathered),
+            expert_out: f32s(ExpertOut),
+            gate: f32s(ExpertGate),
+            up: f32s(ExpertUp),
+            shared: manifest.lists(SharedGate).then(|| SharedScratch {
+                gate: f32s(SharedGate),
+                up: f32s(SharedUp),
+                out: f32s(SharedOut),
+                gate_logits: f32s(SharedGateLogits),
+            }),
+        }
+    }
+
+    /// Bytes its buffers hold, with the routing's chosen experts and weights.
+    pub fn allocated_bytes(&self) -> u64 {
+        let f32s = self.logits.len() + self.gathered.len() + self.expert_out.len();
+        let f32s = f32s + self.gate.len() + self.up.len();
+        let u32s = self.positions.len() + self.counts.len() + self.offsets.len();
+        let shared = self.shared.as_ref().map_or(0, |s| {
+            s.gate.len() + s.up.len() + s.out.len() + s.gate_logits.len()
+        });
+        // The chosen experts and weights, (rows, top_k) each, as the Routing holds them.
+        let chosen = 2 * self.positions.len();
+        4 * (f32s + u32s + shared + chosen) as u64
+    }
+}
+
+/// The router's logits of `input (tokens, hidden)` into `logits (tokens, num_experts)` and
+/// its top-k choice.
 pub fn route_tokens(
-    input: &[f32],  // (tokens, hidden)
-    router: &[f32], // (num_experts, hidden)
+    input: &[f32],      // (tokens, hidden)
+    router: &[f32],     // (num_experts, hidden)
+    logits: &mut [f32], // (>= tokens * num_experts)
     moe: &MoeSpec,
     threads: usize,
 ) -> Routing {
     let hidden = router.len() / moe.num_experts;
     let tokens = input.len() / hidden;
-    let mut logits = vec![0f32; tokens * moe.num_experts]; // (tokens, num_experts)
+    let logits = &mut logits[..tokens * moe.num_experts];
     linear(
         input,
         router,
         None,
-        &mut logits,
+        logits,
         hidden,
         moe.num_experts,
         threads,
     );
-    route(logits, moe)
+    route(logits.to_vec(), moe)
 }
 
 /// One routed expert's gated MLP on its tokens' rows `input (n, hidden)` into
@@ -125,8 +203,10 @@ pub fn expert_mlp(
 
 /// Routed experts `experts` of `routing` on `input (tokens, hidden)`, their weighted outputs
 /// added into `output (tokens, hidden)` in ascending expert order (the first part of a
-/// layer, `experts.start == 0`, overwrites `output` first). Tokens are grouped by expert
-/// (permute), each expert runs once on its group, and the rows go back weighted (unpermute).
+/// layer, `experts.start == 0`, overwrites `output` first). Assignments are grouped by
+/// expert, tokens ascending within an expert (permute); each expert runs once on its rows;
+/// each token then adds its experts' rows, lowest expert first (unpermute), the order
+/// transformers sums them in.
 #[allow(clippy::too_many_arguments)]
 pub fn run_experts(
     input: &[f32], // (tokens, hidden)
@@ -136,54 +216,79 @@ pub fn run_experts(
     experts: Range<usize>,
     activation: Activation,
     output: &mut [f32], // (tokens, hidden)
+    buffers: &mut MoeScratch,
     threads: usize,
 ) {
-    let tokens = routing.experts.len() / moe.top_k;
-    let hidden = input.len() / tokens.max(1);
-    // Permute: assignments grouped by expert, tokens ascending within an expert.
-    let mut per_expert: Vec<Vec<(usize, f32)>> = vec![Vec::new(); moe.num_experts];
-    for token in 0..tokens {
-        for slot in 0..moe.top_k {
-            let i = token * moe.top_k + slot;
-            per_expert[routing.experts[i] as usize].push((token, routing.weights[i]));
+    let (top_k, inter) = (moe.top_k, moe.expert_intermediate);
+    let assignments = routing.experts.len();
+    let hidden = input.len() / (assignments / top_k).max(1);
+    let b = buffers;
+    // Permute: counts, offsets, then each assignment's grouped row.
+    let counts = &mut b.counts[..moe.num_experts];
+    let offsets = &mut b.offsets[..moe.num_experts];
+    counts.fill(0);
+    routing
+        .experts
+        .iter()
+        .for_each(|&e| counts[e as usize] += 1);
+    let mut next = 0;
+    for (offset, &count) in offsets.iter_mut().zip(counts.iter()) {
+        *offset = next;
+        next += count;
+    }
+    counts.copy_from_slice(offsets); // now the next free row of each expert
+    for (i, &e) in routing.experts.iter().enumerate() {
+        let row = counts[e as usize] as usize;
+        counts[e as usize] += 1;
+        b.positions[i] = row as u32;
+        if experts.contains(&(e as usize)) {
+            let token = i / top_k;
+            b.gathered[row * hidden..(row + 1) * hidden]
+                .copy_from_slice(&input[token * hidden..(token + 1) * hidden]);
         }
     }
-    let busiest = per_expert.iter().map(Vec::len).max().unwrap_or(0);
-    let inter = moe.expert_intermediate;
-    let mut gathered = vec![0f32; busiest * hidden]; // (expert tokens, hidden)
-    let mut expert_out = vec![0f32; busiest * hidden]; // (expert tokens, hidden)
-    let mut gate = vec![0f32; busiest * inter]; // (expert tokens, expert_intermediate)
-    let mut up = vec![0f32; busiest * inter]; // (expert tokens, expert_intermediate)
-    if experts.start == 0 {
-        output.fill(0.0);
-    }
-    for (expert, assigned) in per_expert
-        .iter()
-        .enumerate()
-        .take(experts.end)
-        .skip(experts.start)
-    {
-        let n = assigned.len();
+    for expert in experts.clone() {
+        let (start, end) = (offsets[expert] as usize, counts[expert] as usize);
+        let n = end - start;
         if n == 0 {
             continue;
-        }
-        for (row, &(token, _)) in gathered.chunks_exact_mut(hidden).zip(assigned) {
-            row.copy_from_slice(&input[token * hidden..(token + 1) * hidden]);
         }
         expert_mlp(
             weights,
             expert,
             moe,
             activation,
-            &gathered[..n * hidden],
-            &mut gate[..n * inter],
-            &mut up[..n * inter],
-            &mut expert_out[..n * hidden],
+            &b.gathered[start * hidden..end * hidden],
+            &mut b.gate[..n * inter],
+            &mut b.up[..n * inter],
+            &mut b.expert_out[start * hidden..end * hidden],
             threads,
         );
-        // Unpermute: weighted add into each token's row.
-        for (y, &(token, weight)) in expert_out.chunks_exact(hidden).zip(assigned) {
-            let out = &mut output[token * hidden..(token + 1) * hidden];
+    }
+    // Unpermute: each token adds its experts' weighted rows, lowest expert first.
+    if experts.start == 0 {
+        output.fill(0.0);
+    }
+    for (token, out) in output.chunks_exact_mut(hidden).enumerate() {
+        let slots = token * top_k..(token + 1) * top_k;
+        let mut done = 0u64; // bit s: slot s added (top_k <= 64)
+        for _ in 0..top_k {
+            let Some(slot) = slots
+                .clone()
+                .filter(|&i| done >> (i - slots.start) & 1 == 0)
+                .min_by_key(|&i| routing.experts[i])
+            else {
+                break;
+            };
+            done |= 1 << (slot - slots.start);
+            if !experts.contains(&(routing.experts[slot] as usize)) {
+                continue;
+            }
+            let row = b.positions[slot] as usize;
+            let (weight, y) = (
+                routing.weights[slot],
+                &b.expert_out[row * hidden..(row + 1) * hidden],
+            );
             out.iter_mut().zip(y).for_each(|(o, &v)| *o += v * weight);
         }
     }
@@ -202,7 +307,26 @@ pub fn moe_block(
     threads: usize,
 ) -> Routing {
     let mut input = input.to_vec();
+    let tokens = input.len() / hidden;
     let rope = RopeTable::new(&[], 0);
+    let shapes = LayerShapes {
+        hidden,
+        q_width: 0,
+        kv_width: 0,
+        dense_intermediate: 0,
+        moe: Some(MoeShapes {
+            experts: moe.num_experts,
+            top_k: moe.top_k,
+            expert_intermediate: moe.expert_intermediate,
+            shared_intermediate: moe.shared_expert.map_or(0, |s| s.intermediate),
+        }),
+        tensors: Default::default(),
+    };
+    let mut buffers = MoeScratch::new(&ScratchManifest::for_layer(
+        &shapes,
+        tokens,
+        ScratchFor::Cpu,
+    ));
     let mut ops = CpuOps {
         weights,
         rope: &rope,
@@ -221,6 +345,7 @@ pub fn moe_block(
         hidden_size: hidden,
         seq_len: 1,
         threads,
+        moe: Some(&mut buffers),
         routing: None,
         capture: None,
     };
@@ -237,6 +362,7 @@ pub fn moe_block(
 }
 
 /// `output += [sigmoid(x . w_gate)] * shared_mlp(x)`.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn add_shared_expert(
     input: &[f32], // (tokens, hidden)
     weights: &LayerWeights,
@@ -244,6 +370,7 @@ pub(crate) fn add_shared_expert(
     activation: Activation,
     hidden: usize,
     output: &mut [f32], // (tokens, hidden)
+    buffers: &mut SharedScratch,
     threads: usize,
 ) {
     use WeightRole::*;
@@ -256,39 +383,42 @@ pub(crate) fn add_shared_expert(
         down: weights.get(SharedDown),
         down_bias: None,
     };
-    let mut gate = vec![0f32; tokens * intermediate]; // (tokens, intermediate)
-    let mut up = vec![0f32; tokens * intermediate]; // (tokens, intermediate)
-    let mut shared_out = vec![0f32; tokens * hidden]; // (tokens, hidden)
+    let shared_out = &mut buffers.out[..tokens * hidden]; // (tokens, hidden)
     gated_mlp(
         input,
         &mlp,
-        &mut gate,
-        &mut up,
-        &mut shared_out,
+        &mut buffers.gate[..tokens * intermediate],
+        &mut buffers.up[..tokens * intermediate],
+        shared_out,
         hidden,
         intermediate,
         activation,
         threads,
     );
-    let mut scale = vec![1f32; tokens]; // (tokens)
-    if shared.sigmoid_gate {
-        linear(
-            input,
-            weights.get(SharedExpertGate),
-            None,
-            &mut scale,
-            hidden,
-            1,
-            threads,
-        );
-        scale
+    if !shared.sigmoid_gate {
+        output
             .iter_mut()
-            .for_each(|g| *g = 1.0 / (1.0 + (-*g).exp()));
+            .zip(shared_out.iter())
+            .for_each(|(o, &v)| *o += v);
+        return;
     }
+    let scale = &mut buffers.gate_logits[..tokens]; // (tokens)
+    linear(
+        input,
+        weights.get(SharedExpertGate),
+        None,
+        scale,
+        hidden,
+        1,
+        threads,
+    );
+    scale
+        .iter_mut()
+        .for_each(|g| *g = 1.0 / (1.0 + (-*g).exp()));
     for ((out, y), g) in output
         .chunks_exact_mut(hidden)
         .zip(shared_out.chunks_exact(hidden))
-        .zip(&scale)
+        .zip(scale.iter())
     {
         out.iter_mut().zip(y).for_each(|(o, &v)| *o += g * v);
     }

@@ -5,7 +5,7 @@ use super::attention::causal_attention;
 use super::layer::LayerWeights;
 use super::linear::linear;
 use super::mlp::activate_in_place;
-use super::moe::{add_shared_expert, route_tokens, run_experts};
+use super::moe::{MoeScratch, add_shared_expert, route_tokens, run_experts};
 use super::norm::{rms_norm, rms_norm_rows_in_place};
 use super::rope::RopeTable;
 use crate::analysis::PointStatistics;
@@ -46,10 +46,16 @@ pub(crate) struct CpuOps<'a, 'c> {
     pub seq_len: usize,
     /// Worker threads per op.
     pub threads: usize,
+    /// The MoE buffers (layers with experts).
+    pub moe: Option<&'a mut MoeScratch>,
     /// The last `route`'s decisions.
     pub routing: Option<Routing>,
     /// `None`: captures are not wanted (a block run alone).
     pub capture: Option<CpuCapture<'c>>,
+}
+
+fn no_moe_buffers() -> RuntimeError {
+    RuntimeError::internal("a MoE layer without MoE buffers")
 }
 
 fn not_routed() -> RuntimeError {
@@ -132,7 +138,9 @@ impl BlockOps for CpuOps<'_, '_> {
     fn route(&mut self, input: Buf, moe: &MoeSpec) -> Result<()> {
         let input = self.buffers.get(input);
         let router = self.weights.get(WeightRole::Router);
-        self.routing = Some(route_tokens(input, router, moe, self.threads));
+        let buffers = self.moe.as_deref_mut().ok_or_else(no_moe_buffers)?;
+        let routing = route_tokens(input, router, &mut buffers.logits, moe, self.threads);
+        self.routing = Some(routing);
         Ok(())
     }
 
@@ -147,6 +155,7 @@ impl BlockOps for CpuOps<'_, '_> {
         let routing = self.routing.take();
         let ([input], out) = self.buffers.split([input], out);
         let chosen = routing.as_ref().ok_or_else(not_routed)?;
+        let buffers = self.moe.as_deref_mut().ok_or_else(no_moe_buffers)?;
         run_experts(
             input,
             self.weights,
@@ -155,6 +164,7 @@ impl BlockOps for CpuOps<'_, '_> {
             experts,
             activation,
             out,
+            buffers,
             self.threads,
         );
         self.routing = routing;
@@ -169,6 +179,8 @@ impl BlockOps for CpuOps<'_, '_> {
         out: Buf,
     ) -> Result<()> {
         let ([input], out) = self.buffers.split([input], out);
+        let buffers = self.moe.as_deref_mut().ok_or_else(no_moe_buffers)?;
+        let shared_buffers = buffers.shared.as_mut().ok_or_else(no_moe_buffers)?;
         add_shared_expert(
             input,
             self.weights,
@@ -176,6 +188,7 @@ impl BlockOps for CpuOps<'_, '_> {
             activation,
             self.hidden_size,
             out,
+            shared_buffers,
             self.threads,
         );
         Ok(())

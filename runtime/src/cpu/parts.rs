@@ -7,7 +7,7 @@ use crate::allocation::Budget;
 use crate::arch::ModelSpec;
 use crate::executor::RunRequest;
 use crate::layer_parts::{num_experts, part_tensors};
-use layerstream_planner::memory::{LayerShapes, activation_bytes};
+use layerstream_planner::memory::{LayerShapes, ScratchFor, ScratchManifest};
 use layerstream_planner::split::{
     LayerPart, experts_per_part_candidates, needs_accumulator, split_parts,
 };
@@ -57,8 +57,8 @@ fn need(
     } else {
         0
     };
-    let (block, moe) = activation_bytes(shapes, request.seq_len);
-    largest + accumulator + block + moe
+    let buffers = ScratchManifest::for_layer(shapes, request.seq_len, ScratchFor::Cpu);
+    largest + accumulator + buffers.total_bytes()
 }
 
 /// Whether the hidden states must live in a file: they and the most demanding layer, in its

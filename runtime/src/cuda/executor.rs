@@ -270,8 +270,7 @@ impl LayerRunner for CudaRunner<'_, '_> {
 
     fn make_scratch(&mut self, layer: usize, sequences: usize) -> Result<DeviceScratch> {
         let rows = sequences * self.request.seq_len;
-        let spec = &self.model.spec;
-        DeviceScratch::new(self.gpu, spec, self.shapes, rows, self.budget, layer)
+        DeviceScratch::new(self.gpu, self.shapes, rows, self.budget, layer)
     }
 
     fn run_micro_batch(

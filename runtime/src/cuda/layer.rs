@@ -7,12 +7,12 @@ use super::moe::MoeBuffers;
 use super::ops::CudaOps;
 use super::weights::DeviceLayer;
 use crate::allocation::{Budget, Reservation};
-use crate::arch::{FeedForward, ModelSpec};
+use crate::arch::ModelSpec;
 use crate::block::{self, BlockStep, BufferSet, CapturePolicy};
 use crate::error::Result;
 use layerstream_kernels::Gpu;
 use layerstream_kernels::cudarc::driver::{CudaSlice, CudaViewMut};
-use layerstream_planner::memory::{LayerShapes, activation_bytes};
+use layerstream_planner::memory::{BufferName, LayerShapes, ScratchFor, ScratchManifest};
 use layerstream_planner::split::LayerPart;
 use std::sync::Arc;
 
@@ -36,57 +36,42 @@ pub struct DeviceScratch {
 }
 
 impl DeviceScratch {
-    /// Reserves and allocates the buffers of micro-batches of up to `rows` tokens.
+    /// Reserves and allocates the buffers of micro-batches of up to `rows` tokens: the
+    /// planner's manifest for every layer of the model ([`ScratchManifest::for_layers`]),
+    /// reserved as its sum. (A buffer the manifest lists with no elements is allocated as one
+    /// element: the driver allocates no empty buffers.)
     pub fn new(
         gpu: &Gpu,
-        spec: &ModelSpec,
         shapes: &[LayerShapes],
         rows: usize,
         budget: &Arc<Budget>,
         layer: usize,
     ) -> Result<Self> {
-        let (block, moe) = shapes
-            .iter()
-            .map(|s| activation_bytes(s, rows))
-            .fold((0, 0), |(b, m), (b2, m2)| (b.max(b2), m.max(m2)));
+        let manifest = ScratchManifest::for_layers(shapes, rows, ScratchFor::Gpu);
         let reservation = budget.reserve(
             &format!("the micro-batch buffers ({rows} tokens, made at layer {layer})"),
-            block + moe,
+            manifest.total_bytes(),
         )?;
-        let dense_width = shapes
-            .iter()
-            .map(|s| s.dense_intermediate)
-            .max()
-            .unwrap_or(0);
-        let widest = shapes
-            .iter()
-            .map(|s| {
-                let moe = s
-                    .moe
-                    .map_or(0, |m| m.expert_intermediate.max(m.shared_intermediate));
-                s.hidden.max(s.q_width).max(s.dense_intermediate).max(moe)
-            })
-            .max()
-            .unwrap_or(0);
-        let zeros = |width: usize| gpu.stream.alloc_zeros::<f32>((rows * width).max(1));
-        let moe_spec = spec.feed_forward.iter().find_map(|f| match f {
-            FeedForward::Moe(m) => Some(m),
-            FeedForward::Dense { .. } => None,
-        });
+        let f32s = |name| gpu.stream.alloc_zeros::<f32>(manifest.count(name).max(1));
+        use BufferName::*;
         Ok(DeviceScratch {
-            normed: zeros(spec.hidden_size)?,
-            q: zeros(spec.q_width())?,
-            k: zeros(spec.kv_width())?,
-            v: zeros(spec.kv_width())?,
-            attn: zeros(spec.q_width())?,
-            sublayer_out: zeros(spec.hidden_size)?,
-            gate: zeros(dense_width)?,
-            up: zeros(dense_width)?,
-            dense_width,
-            bf16: Bf16Scratch::new(gpu.stream.alloc_zeros::<u16>((rows * widest).max(1))?),
-            moe: moe_spec
-                .map(|m| MoeBuffers::new(gpu, m, spec.hidden_size, rows))
-                .transpose()?,
+            normed: f32s(Normed)?,
+            q: f32s(Q)?,
+            k: f32s(K)?,
+            v: f32s(V)?,
+            attn: f32s(Attn)?,
+            sublayer_out: f32s(SublayerOut)?,
+            gate: f32s(Gate)?,
+            up: f32s(Up)?,
+            dense_width: manifest.count(Gate) / rows.max(1),
+            bf16: Bf16Scratch::new(
+                gpu.stream
+                    .alloc_zeros::<u16>(manifest.count(Bf16Inputs).max(1))?,
+            ),
+            moe: match manifest.lists(RouterLogits) {
+                true => Some(MoeBuffers::new(gpu, &manifest)?),
+                false => None,
+            },
             _reservation: reservation,
         })
     }

@@ -14,6 +14,7 @@ use layerstream_kernels::cudarc::driver::{
     CudaSlice, CudaView, CudaViewMut, DeviceRepr, ValidAsZeroBits,
 };
 use layerstream_kernels::ops::{elementwise, moe};
+use layerstream_planner::memory::{BufferName, ScratchManifest};
 use std::ops::Range;
 
 /// The MoE buffers of micro-batches of up to `rows` tokens.
@@ -43,31 +44,43 @@ fn zeros<T: DeviceRepr + ValidAsZeroBits>(gpu: &Gpu, n: usize) -> Result<CudaSli
 }
 
 impl MoeBuffers {
-    /// Allocates the buffers for `spec`'s blocks.
-    pub fn new(gpu: &Gpu, spec: &MoeSpec, hidden: usize, rows: usize) -> Result<Self> {
-        let (e, k, ie) = (spec.num_experts, spec.top_k, spec.expert_intermediate);
-        let shared = match spec.shared_expert {
-            Some(s) => Some(SharedBuffers {
-                gate: zeros(gpu, rows * s.intermediate)?,
-                up: zeros(gpu, rows * s.intermediate)?,
-                out: zeros(gpu, rows * hidden)?,
-                gate_logits: zeros(gpu, rows)?,
+    /// Allocates the MoE buffers `manifest` lists.
+    pub fn new(gpu: &Gpu, manifest: &ScratchManifest) -> Result<Self> {
+        use BufferName::*;
+        let count = |name| manifest.count(name);
+        let shared = match manifest.lists(SharedGate) {
+            true => Some(SharedBuffers {
+                gate: zeros(gpu, count(SharedGate))?,
+                up: zeros(gpu, count(SharedUp))?,
+                out: zeros(gpu, count(SharedOut))?,
+                gate_logits: zeros(gpu, count(SharedGateLogits))?,
             }),
-            None => None,
+            false => None,
         };
         Ok(MoeBuffers {
-            logits: zeros(gpu, rows * e)?,
-            chosen: zeros(gpu, rows * k)?,
-            weights: zeros(gpu, rows * k)?,
-            counts: zeros(gpu, e)?,
-            offsets: zeros(gpu, e)?,
-            positions: zeros(gpu, rows * k)?,
-            gathered: zeros(gpu, rows * k * hidden)?,
-            expert_out: zeros(gpu, rows * k * hidden)?,
-            gate: zeros(gpu, rows * ie)?,
-            up: zeros(gpu, rows * ie)?,
+            logits: zeros(gpu, count(RouterLogits))?,
+            chosen: zeros(gpu, count(ChosenExperts))?,
+            weights: zeros(gpu, count(ChosenWeights))?,
+            counts: zeros(gpu, count(ExpertCounts))?,
+            offsets: zeros(gpu, count(ExpertOffsets))?,
+            positions: zeros(gpu, count(Positions))?,
+            gathered: zeros(gpu, count(Gathered))?,
+            expert_out: zeros(gpu, count(ExpertOut))?,
+            gate: zeros(gpu, count(ExpertGate))?,
+            up: zeros(gpu, count(ExpertUp))?,
             shared,
         })
+    }
+
+    /// The decisions of the last [`route`] of `tokens` tokens.
+    pub fn routing(&self, experts: usize, top_k: usize, tokens: usize) -> DeviceRouting<'_> {
+        DeviceRouting {
+            num_experts: experts,
+            top_k,
+            logits: self.logits.slice(..tokens * experts),
+            chosen: self.chosen.slice(..tokens * top_k),
+            weights: self.weights.slice(..tokens * top_k),
+        }
     }
 }
 
@@ -95,19 +108,6 @@ impl DeviceRouting<'_> {
             experts: gpu.stream.clone_dtoh(&self.chosen)?,
             weights: gpu.stream.clone_dtoh(&self.weights)?,
         })
-    }
-}
-
-impl MoeBuffers {
-    /// The decisions of the last [`route`] of `tokens` tokens.
-    pub fn routing(&self, experts: usize, top_k: usize, tokens: usize) -> DeviceRouting<'_> {
-        DeviceRouting {
-            num_experts: experts,
-            top_k,
-            logits: self.logits.slice(..tokens * experts),
-            chosen: self.chosen.slice(..tokens * top_k),
-            weights: self.weights.slice(..tokens * top_k),
-        }
     }
 }
 

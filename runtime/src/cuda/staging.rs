@@ -12,12 +12,12 @@ use crate::weights::WeightStore;
 use crossbeam::channel::{Receiver, Sender};
 use layerstream_kernels::cudarc::driver::{CudaContext, CudaEvent, PinnedHostSlice};
 use layerstream_planner::TensorDtype;
+use layerstream_planner::format::align;
 use layerstream_planner::split::LayerPart;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 /// Tensors start at multiples of this in a staging buffer (aligned device reads).
-const TENSOR_ALIGN: usize = 256;
 /// Bytes one copy task moves at most.
 const COPY_CHUNK: usize = 16 << 20;
 
@@ -70,7 +70,7 @@ pub fn part_layout(
             offset,
             len: entry.byte_len as usize,
         });
-        offset = (offset + entry.byte_len as usize).div_ceil(TENSOR_ALIGN) * TENSOR_ALIGN;
+        offset = align(offset as u64 + entry.byte_len) as usize;
     }
     Ok(LayerLayout {
         layer,

@@ -15,7 +15,7 @@ use half::bf16;
 use layerstream_kernels::Gpu;
 use layerstream_kernels::cudarc::driver::{CudaEvent, CudaSlice, CudaStream, CudaView};
 use layerstream_kernels::ops::convert::{StoredDtype, f32_to_bf16, half_to_f32};
-use layerstream_planner::split::tensor_bytes;
+use layerstream_planner::format::tensor_bytes;
 use layerstream_planner::{TensorDtype, TensorEntry};
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -1,0 +1,162 @@
+//! `plan`: the search's choice written out as the plan (per-layer rows, regions, host and
+//! disk bytes), or the refusal that says what the smallest arrangement needs.
+
+use super::regions::{Regions, ScratchFor, ScratchManifest};
+use super::report::{LayerPlan, MemoryPlan, PartPlan, PlanError};
+use super::search::{Cut, Search, Units, part_cost};
+use super::shapes::{HiddenPlacement, LayerShapes, Workload};
+use crate::budget::ByteSize;
+use crate::format::GemmDtype;
+use crate::inventory::Inventory;
+use crate::split::{Bytes, LayerPart, needs_accumulator};
+
+/// Plans a run: the largest micro-batch (up to the target) whose regions fit `budget`.
+/// Preference: hidden states on the device, layers whole; on the device, layers split; in
+/// pinned host memory (when they fit `host_budget` there), layers whole, then split; on disk,
+/// layers whole, then split. Among splits, the largest micro-batch, then the fewest parts.
+pub fn plan(
+    inventory: &Inventory,
+    layers: &[LayerShapes],
+    workload: &Workload,
+    gemm: GemmDtype,
+    budget: Option<u64>,
+    host_budget: Option<u64>,
+    overhead_bytes: u64,
+) -> Result<MemoryPlan, PlanError> {
+    let search = Search::new(
+        inventory,
+        layers,
+        workload,
+        gemm,
+        budget,
+        host_budget,
+        overhead_bytes,
+    );
+    for placement in [
+        HiddenPlacement::Device,
+        HiddenPlacement::PinnedHost,
+        HiddenPlacement::Disk,
+    ] {
+        if let Some((units, sequences)) = search.choose(placement) {
+            return Ok(memory_plan(&search, &units, sequences, placement, budget));
+        }
+    }
+    Err(refusal(&search))
+}
+
+fn memory_plan(
+    search: &Search,
+    units: &Units,
+    sequences: usize,
+    placement: HiddenPlacement,
+    budget: Option<u64>,
+) -> MemoryPlan {
+    let regions = search.regions(units, sequences, placement);
+    let rows = sequences * search.workload.seq_len;
+    let layers = search
+        .layers
+        .iter()
+        .zip(&search.groups)
+        .zip(units)
+        .enumerate()
+        .map(|(layer, ((shapes, group), parts))| {
+            let (block, moe) = ScratchManifest::for_layer(shapes, rows, ScratchFor::Gpu).bytes();
+            let whole = group.part(&LayerPart::Whole);
+            let largest = parts
+                .iter()
+                .map(|(_, b)| *b)
+                .max_by_key(part_cost)
+                .unwrap_or_default();
+            let accumulator = match needs_accumulator(parts.iter().map(|(p, _)| p)) {
+                true => regions.accumulator,
+                false => 0,
+            };
+            LayerPlan {
+                layer,
+                weight_bytes: whole.stored,
+                converted_bytes: whole.converted,
+                parts: parts
+                    .iter()
+                    .map(|(part, b)| PartPlan {
+                        part: part.clone(),
+                        weight_bytes: b.stored,
+                        converted_bytes: b.converted,
+                    })
+                    .collect(),
+                activation_bytes: block + moe,
+                needs_bytes: regions.overhead
+                    + part_cost(&largest)
+                    + regions.hidden
+                    + accumulator
+                    + block
+                    + moe
+                    + regions.statistics
+                    + regions.head,
+            }
+        })
+        .collect();
+    MemoryPlan {
+        budget_bytes: budget,
+        micro_batch_sequences: sequences,
+        hidden_placement: placement,
+        split_layers: units
+            .iter()
+            .enumerate()
+            .filter(|(_, parts)| parts.len() > 1)
+            .map(|(l, _)| l)
+            .collect(),
+        host_budget_bytes: (search.host_limit != u64::MAX).then_some(search.host_limit),
+        host_bytes: search.host_bytes(units, placement),
+        disk_bytes: match placement {
+            HiddenPlacement::Disk => search.workload_bytes(units),
+            HiddenPlacement::Device | HiddenPlacement::PinnedHost => 0,
+        },
+        peak_bytes: regions.total(),
+        regions,
+        layers,
+    }
+}
+
+/// Nothing fits: what the smallest arrangement (one sequence, hidden states off the device,
+/// whole or split at one expert per part, whichever needs less) needs.
+fn refusal(search: &Search) -> PlanError {
+    let (units, regions): (Units, Regions) = [Cut::Whole, Cut::Split(1)]
+        .into_iter()
+        .map(|cut| {
+            let units = search.units(cut);
+            let regions = search.regions(&units, 1, HiddenPlacement::Disk);
+            (units, regions)
+        })
+        .min_by_key(|(_, r)| r.total())
+        .expect("two arrangements");
+    let (layer, part, bytes) = units
+        .iter()
+        .enumerate()
+        .flat_map(|(l, parts)| parts.iter().map(move |(p, b)| (l, p.clone(), *b)))
+        // The largest part; the first of equals.
+        .max_by(|(la, _, a), (lb, _, b)| part_cost(a).cmp(&part_cost(b)).then(lb.cmp(la)))
+        .unwrap_or((0, LayerPart::Whole, Bytes::default()));
+    let needed = regions.total();
+    let host_needed = search.host_bytes(&units, HiddenPlacement::Disk);
+    if needed <= search.budget_bytes && host_needed > search.host_limit {
+        return PlanError::HostTooSmall {
+            layer,
+            needed: ByteSize(host_needed),
+            host_budget: ByteSize(search.host_limit),
+        };
+    }
+    PlanError::TooSmall {
+        layer,
+        part: match part {
+            LayerPart::Whole => String::new(),
+            p => format!("split, its largest part {}: ", p.describe()),
+        },
+        needed: ByteSize(needed),
+        weights: ByteSize(bytes.stored),
+        converted: ByteSize(bytes.converted),
+        activations: ByteSize(regions.activations + regions.moe),
+        overhead: ByteSize(regions.overhead),
+        budget: ByteSize(search.budget_bytes),
+        suggest: format!("{}GiB", needed.div_ceil(1 << 30)),
+    }
+}

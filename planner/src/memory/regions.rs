@@ -1,0 +1,315 @@
+//! The regions a run holds on the device, and the micro-batch buffers as a manifest: every
+//! buffer by name with its element type and count, from which the backends allocate
+//! (`DeviceScratch`, `MoeBuffers` on CUDA, `LayerScratch` on the CPU) and whose sum they
+//! reserve, so the plan and the allocation cannot drift apart.
+
+use super::LayerShapes;
+use crate::format::{GemmDtype, align, tensor_bytes};
+use crate::inventory::{Inventory, TensorClass};
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// Bytes of each region.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct Regions {
+    /// Two staging buffers together.
+    pub staging: u64,
+    /// Converted weights.
+    pub converted: u64,
+    /// Hidden states (whole workload or one micro-batch).
+    pub hidden: u64,
+    /// Feed-forward outputs of layers whose experts are split over several parts, placed
+    /// like the hidden states (whole workload or one micro-batch); 0 when none is.
+    pub accumulator: u64,
+    /// Decoder block buffers.
+    pub activations: u64,
+    /// MoE buffers.
+    pub moe: u64,
+    /// Statistics accumulators.
+    pub statistics: u64,
+    /// Output head.
+    pub head: u64,
+    /// Context, cuBLAS, modules.
+    pub overhead: u64,
+}
+
+impl Regions {
+    /// Their sum: the run's device peak.
+    pub fn total(&self) -> u64 {
+        self.staging
+            + self.converted
+            + self.hidden
+            + self.accumulator
+            + self.activations
+            + self.moe
+            + self.statistics
+            + self.head
+            + self.overhead
+    }
+}
+
+/// Element type of a micro-batch buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ElementType {
+    /// 32-bit float.
+    F32,
+    /// 32-bit unsigned (expert indices, counts, positions).
+    U32,
+    /// bfloat16 (GEMM inputs).
+    Bf16,
+}
+
+impl ElementType {
+    /// Bytes per element.
+    pub fn size_bytes(self) -> u64 {
+        match self {
+            ElementType::F32 | ElementType::U32 => 4,
+            ElementType::Bf16 => 2,
+        }
+    }
+}
+
+/// A micro-batch buffer of the decoder block (`rows` tokens; widths from the layer shapes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum BufferName {
+    /// `(rows, hidden)`: a norm's output.
+    Normed,
+    /// `(rows, q_width)`.
+    Q,
+    /// `(rows, kv_width)`.
+    K,
+    /// `(rows, kv_width)`.
+    V,
+    /// `(rows, q_width)`: the heads' output.
+    Attn,
+    /// `(rows, hidden)`: a sublayer's output.
+    SublayerOut,
+    /// `(rows, dense intermediate)`.
+    Gate,
+    /// `(rows, dense intermediate)`.
+    Up,
+    /// `(rows, widest GEMM input)` in bf16: GEMM inputs converted for bf16 weights (GPU).
+    Bf16Inputs,
+    /// `(rows, experts)`: router logits.
+    RouterLogits,
+    /// `(rows, top_k)`: chosen experts.
+    ChosenExperts,
+    /// `(rows, top_k)`: their weights.
+    ChosenWeights,
+    /// `(rows, top_k)`: each assignment's row in the grouped buffers.
+    Positions,
+    /// `(experts)`: tokens per expert.
+    ExpertCounts,
+    /// `(experts)`: first grouped row of each expert.
+    ExpertOffsets,
+    /// `(rows * top_k, hidden)`: the experts' input rows, grouped by expert.
+    Gathered,
+    /// `(rows * top_k, hidden)`: the experts' outputs, grouped by expert.
+    ExpertOut,
+    /// `(rows, expert intermediate)`: one expert's gate (it sees a token at most once).
+    ExpertGate,
+    /// `(rows, expert intermediate)`.
+    ExpertUp,
+    /// `(rows, shared intermediate)`.
+    SharedGate,
+    /// `(rows, shared intermediate)`.
+    SharedUp,
+    /// `(rows, hidden)`.
+    SharedOut,
+    /// `(rows)`: the shared expert's gate logits.
+    SharedGateLogits,
+}
+
+impl BufferName {
+    /// Whether the buffer belongs to the MoE block (the plan's `moe` region).
+    pub fn is_moe(self) -> bool {
+        !matches!(
+            self,
+            BufferName::Normed
+                | BufferName::Q
+                | BufferName::K
+                | BufferName::V
+                | BufferName::Attn
+                | BufferName::SublayerOut
+                | BufferName::Gate
+                | BufferName::Up
+                | BufferName::Bf16Inputs
+        )
+    }
+
+    /// Its element type.
+    pub fn element(self) -> ElementType {
+        match self {
+            BufferName::Bf16Inputs => ElementType::Bf16,
+            BufferName::ChosenExperts
+            | BufferName::Positions
+            | BufferName::ExpertCounts
+            | BufferName::ExpertOffsets => ElementType::U32,
+            _ => ElementType::F32,
+        }
+    }
+}
+
+/// Which backend a manifest is for: the CPU computes in f32 and has no bf16 GEMM inputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScratchFor {
+    /// The CUDA backend.
+    Gpu,
+    /// The CPU reference.
+    Cpu,
+}
+
+/// The micro-batch buffers of a run (or of one layer): element counts by name.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ScratchManifest {
+    counts: BTreeMap<BufferName, usize>,
+}
+
+impl ScratchManifest {
+    /// The buffers one layer of `shapes` needs for `rows` tokens.
+    pub fn for_layer(shapes: &LayerShapes, rows: usize, backend: ScratchFor) -> Self {
+        use BufferName::*;
+        let (d, q, kv, dense) = (
+            shapes.hidden,
+            shapes.q_width,
+            shapes.kv_width,
+            shapes.dense_intermediate,
+        );
+        let mut counts = BTreeMap::new();
+        for (name, width) in [
+            (Normed, d),
+            (Q, q),
+            (K, kv),
+            (V, kv),
+            (Attn, q),
+            (SublayerOut, d),
+            (Gate, dense),
+            (Up, dense),
+        ] {
+            counts.insert(name, rows * width);
+        }
+        let mut widest_input = d.max(q).max(dense);
+        if let Some(m) = shapes.moe {
+            let (e, k) = (m.experts, m.top_k);
+            widest_input = widest_input
+                .max(m.expert_intermediate)
+                .max(m.shared_intermediate);
+            for (name, count) in [
+                (RouterLogits, rows * e),
+                (ChosenExperts, rows * k),
+                (ChosenWeights, rows * k),
+                (Positions, rows * k),
+                (ExpertCounts, e),
+                (ExpertOffsets, e),
+                (Gathered, rows * k * d),
+                (ExpertOut, rows * k * d),
+                (ExpertGate, rows * m.expert_intermediate),
+                (ExpertUp, rows * m.expert_intermediate),
+            ] {
+                counts.insert(name, count);
+            }
+            if m.shared_intermediate > 0 {
+                for (name, count) in [
+                    (SharedGate, rows * m.shared_intermediate),
+                    (SharedUp, rows * m.shared_intermediate),
+                    (SharedOut, rows * d),
+                    (SharedGateLogits, rows),
+                ] {
+                    counts.insert(name, count);
+                }
+            }
+        }
+        if backend == ScratchFor::Gpu {
+            counts.insert(Bf16Inputs, rows * widest_input);
+        }
+        ScratchManifest { counts }
+    }
+
+    /// Buffers every layer of `layers` can run in: each buffer at the largest count any
+    /// layer needs (what buffers kept across layers hold).
+    pub fn for_layers(layers: &[LayerShapes], rows: usize, backend: ScratchFor) -> Self {
+        let mut merged = ScratchManifest::default();
+        for shapes in layers {
+            for (name, count) in ScratchManifest::for_layer(shapes, rows, backend).counts {
+                let entry = merged.counts.entry(name).or_insert(0);
+                *entry = (*entry).max(count);
+            }
+        }
+        merged
+    }
+
+    /// Elements of `name` (0 when the manifest does not list it).
+    pub fn count(&self, name: BufferName) -> usize {
+        self.counts.get(&name).copied().unwrap_or(0)
+    }
+
+    /// Whether it lists `name`.
+    pub fn lists(&self, name: BufferName) -> bool {
+        self.counts.contains_key(&name)
+    }
+
+    /// Every buffer and its element count.
+    pub fn buffers(&self) -> impl Iterator<Item = (BufferName, usize)> + '_ {
+        self.counts.iter().map(|(&name, &count)| (name, count))
+    }
+
+    /// Bytes of the decoder block's buffers and of the MoE buffers.
+    pub fn bytes(&self) -> (u64, u64) {
+        self.buffers().fold((0, 0), |(block, moe), (name, count)| {
+            let bytes = count as u64 * name.element().size_bytes();
+            match name.is_moe() {
+                true => (block, moe + bytes),
+                false => (block + bytes, moe),
+            }
+        })
+    }
+
+    /// Their sum.
+    pub fn total_bytes(&self) -> u64 {
+        let (block, moe) = self.bytes();
+        block + moe
+    }
+}
+
+/// Activation bytes of one micro-batch of `rows` tokens on a GPU: the decoder block's
+/// buffers and the MoE buffers of one layer ([`ScratchManifest::for_layer`]).
+pub fn activation_bytes(shapes: &LayerShapes, rows: usize) -> (u64, u64) {
+    ScratchManifest::for_layer(shapes, rows, ScratchFor::Gpu).bytes()
+}
+
+/// Stored bytes (staging layout) and converted bytes of one layer.
+pub fn layer_weight_bytes(inventory: &Inventory, layer: usize, gemm: GemmDtype) -> (u64, u64) {
+    inventory
+        .of_class(TensorClass::Layer(layer))
+        .map(|t| tensor_bytes(&t.shape, t.dtype, t.byte_len, gemm))
+        .fold((0, 0), |(s, c), (s2, c2)| (s + s2, c + c2))
+}
+
+/// The output head on the device: the LM head matrix in the GEMM dtype (the embedding when
+/// no output-class matrix exists: tied), the final norm, normed rows and one logits chunk.
+pub fn head_bytes(inventory: &Inventory, gemm: GemmDtype, rows: usize) -> u64 {
+    let matrices: Vec<_> = inventory
+        .of_class(TensorClass::Output)
+        .filter(|t| t.shape.len() == 2)
+        .collect();
+    let head = if matrices.is_empty() {
+        inventory
+            .of_class(TensorClass::Input)
+            .filter(|t| t.shape.len() == 2)
+            .collect()
+    } else {
+        matrices
+    };
+    let (vocab, width) = head
+        .first()
+        .map_or((0, 0), |t| (t.shape[0] as u64, t.shape[1] as u64));
+    let rows = rows as u64;
+    let chunk = ((64u64 << 20) / rows.max(1))
+        .clamp(256, vocab.max(1))
+        .min(vocab);
+    align(vocab * width * gemm.size_bytes())
+        + align(width * 4)
+        + 4 * rows * width
+        + 4 * rows * chunk
+        + 2 * rows * width
+}
