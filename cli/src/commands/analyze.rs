@@ -6,7 +6,10 @@
 use super::estimate::{make_estimate, print_estimate};
 use super::plots::write_plots;
 use super::report_markdown::report_markdown;
-use super::{choose_backend, micro_batch_sequences, open_model, pack_workload, prepare_out_dir};
+use super::{
+    NamedModel, Workload, choose_backend, micro_batch_sequences, open_model, pack_workload,
+    prepare_out_dir,
+};
 use crate::args::AnalyzeArgs;
 use crate::progress::WithProgress;
 use anyhow::Result;
@@ -61,21 +64,7 @@ pub fn analyze(args: &AnalyzeArgs) -> Result<()> {
     if !args.threshold.is_finite() || args.threshold <= 0.0 {
         anyhow::bail!("--threshold {} must be a positive number", args.threshold);
     }
-    let saved_points = match &args.save_activations {
-        None => Vec::new(),
-        Some(list) => {
-            let listed = parse_points(list)?;
-            if let Some(p) = listed.iter().find(|p| !points.contains(p)) {
-                anyhow::bail!(
-                    "--save-activations {p}: the point is not captured; add it to --points"
-                );
-            }
-            listed
-                .into_iter()
-                .filter(|&p| p != CapturePoint::Router)
-                .collect()
-        }
-    };
+    let saved_points = saved_points(args, &points)?;
     let workload = pack_workload(model, &args.workload)?;
     timeline::mark(|| "workload tokenized and packed".into());
     let backend = choose_backend(&args.run)?;
@@ -85,27 +74,7 @@ pub fn analyze(args: &AnalyzeArgs) -> Result<()> {
         Some(estimate) => estimate.plan.micro_batch_sequences,
         None => micro_batch_sequences(&args.run, &workload),
     };
-    let point_names: Vec<&str> = points.iter().map(|p| p.name()).collect();
-    let identity = RunIdentity {
-        model_fingerprint: model_fingerprint(model),
-        model_name: named.name.clone(),
-        data_fingerprint: data_fingerprint(&packed.token_ids, packed.num_sequences, packed.seq_len),
-        data_name: workload.data_name.clone(),
-        settings: BTreeMap::from([
-            ("num_samples".to_string(), packed.num_sequences.to_string()),
-            ("seq_len".to_string(), packed.seq_len.to_string()),
-            ("threshold".to_string(), args.threshold.to_string()),
-            ("points".to_string(), point_names.join(",")),
-            (
-                "arithmetic".to_string(),
-                arithmetic(&backend, &args.run.compute_dtype),
-            ),
-        ]),
-        plan: BTreeMap::from([
-            ("micro_batch_sequences".to_string(), micro_batch.to_string()),
-            ("backend".to_string(), backend.to_string()),
-        ]),
-    };
+    let identity = run_identity(&named, args, &workload, &points, &backend, micro_batch);
     let options = FolderOptions {
         restart: args.restart,
         keep_hidden: args.keep_hidden,
@@ -157,101 +126,15 @@ pub fn analyze(args: &AnalyzeArgs) -> Result<()> {
     };
     let run_started = Instant::now();
     let layers_run = request.layers_to_run(model.spec.num_layers) - request.first_layer();
-    if to_compute.is_empty() {
-        eprintln!(
-            "every requested layer is finished in {}; writing the report",
-            args.run.out.display()
-        );
-    } else {
-        eprintln!(
-            "analyzing {} ({} layers) on {} sequences x {} tokens, {backend}; running layers {}-{}",
-            named.name,
-            model.spec.num_layers,
-            request.num_sequences,
-            request.seq_len,
-            request.first_layer(),
-            request.layers_to_run(model.spec.num_layers) - 1
-        );
-        let interval = std::time::Duration::from_secs_f64(args.checkpoint_every.max(0.0));
-        let mut observer = folder.observer(model.spec.hidden_size, packed.seq_len, interval);
-        if !saved_points.is_empty() {
-            observer.save_activations(saved_points.clone(), packed.token_ids.clone());
-        }
-        let mut progress =
-            WithProgress::new(&mut observer, request.layers_to_run(model.spec.num_layers));
-        let outcome = run(model, &request, &backend, &mut progress);
-        progress.finish();
-        // Workload files on disk are deleted when the run ends; their folder with them.
-        if let Some(spill) = &request.spill_dir {
-            let _ = std::fs::remove_dir(spill);
-        }
-        // Every finished layer is written before the outcome is reported.
-        let written = observer.finish();
-        let summary = outcome.and_then(|summary| written.map(|()| summary)).map_err(|e| {
-            anyhow::anyhow!(
-                "{e:#}\nfinished layers are kept in {}: fix the cause and run the same command again to continue",
-                args.run.out.display()
-            )
-        })?;
-        super::print_transfer(&summary);
-    }
+    compute_layers(args, &named, &request, &backend, &mut folder, saved_points)?;
     let run_seconds = run_started.elapsed().as_secs_f64();
-    let report_started = Instant::now();
-    let tokenizer = TextTokenizer::load(&model.dir, &model.config)?;
-    let text = |id: u32| tokenizer.token_text(id);
-    let token_info = TokenInfo {
-        token_ids: &packed.token_ids,
-        seq_len: packed.seq_len,
-        text: &text,
+    let timing = Timing {
+        started,
+        run_seconds,
+        tokens,
+        layers_run,
     };
-    let (path, report) = folder.write_report(
-        ReportModel {
-            name: named.name.clone(),
-            model_type: model.config.model_type.clone(),
-            num_layers: model.spec.num_layers,
-            hidden_size: model.spec.hidden_size,
-            parameters: model.weights.inventory().parameter_count(),
-        },
-        ReportData {
-            name: workload.data_name.clone(),
-            num_sequences: packed.num_sequences,
-            seq_len: packed.seq_len,
-            documents: packed.documents_used,
-        },
-        AnalysisSettings {
-            threshold: args.threshold,
-            min_layer_fraction: MIN_LAYER_FRACTION,
-            min_position_fraction: MIN_POSITION_FRACTION,
-            massive_min_magnitude: MASSIVE_MIN_MAGNITUDE,
-            massive_median_ratio: MASSIVE_MEDIAN_RATIO,
-            massive_median: "per_token".to_string(),
-            bootstrap_resamples: args.bootstrap,
-            seed: args.seed,
-            batches: args.batches,
-            interval: "95% percentile bootstrap over sequences".to_string(),
-        },
-        &token_info,
-    )?;
-    timeline::mark(|| "report.json written".into());
-    let markdown = report_markdown(&report);
-    write_file(&args.run.out, "report.md", markdown.as_bytes())?;
-    let plots = write_plots(&report, &args.run.out.join("plots"))?;
-    timeline::mark(|| "report.md and plots written".into());
-    print_summary(&report, args.threshold);
-    println!(
-        "\n{tokens} tokens through {layers_run} layers in {run_seconds:.2} s ({:.0} tokens/s); report and plots {:.2} s; {:.2} s in all",
-        tokens as f64 * layers_run.max(1) as f64
-            / model.spec.num_layers as f64
-            / run_seconds.max(1e-9),
-        report_started.elapsed().as_secs_f64(),
-        started.elapsed().as_secs_f64()
-    );
-    println!(
-        "report: {} (and report.md, {} plots in {})",
-        path.display(),
-        plots,
-        args.run.out.join("plots").display()
-    );
+    write_outputs(args, &named, &workload, &mut folder, timing)?;
     Ok(())
 }
 
@@ -347,4 +230,186 @@ fn print_summary(report: &ActivationReport, threshold: f32) {
             report.massive_activations.layers_with.len()
         );
     }
+}
+
+/// Runs the layers still to compute (none: says so), writing each as it finishes.
+fn compute_layers(
+    args: &AnalyzeArgs,
+    named: &NamedModel,
+    request: &RunRequest,
+    backend: &Backend,
+    folder: &mut AnalysisFolder,
+    saved_points: Vec<CapturePoint>,
+) -> Result<()> {
+    let model = &named.model;
+    let seq_len = request.seq_len;
+    if request.capture_layers.is_empty() {
+        eprintln!(
+            "every requested layer is finished in {}; writing the report",
+            args.run.out.display()
+        );
+    } else {
+        eprintln!(
+            "analyzing {} ({} layers) on {} sequences x {} tokens, {backend}; running layers {}-{}",
+            named.name,
+            model.spec.num_layers,
+            request.num_sequences,
+            request.seq_len,
+            request.first_layer(),
+            request.layers_to_run(model.spec.num_layers) - 1
+        );
+        let interval = std::time::Duration::from_secs_f64(args.checkpoint_every.max(0.0));
+        let mut observer = folder.observer(model.spec.hidden_size, seq_len, interval);
+        if !saved_points.is_empty() {
+            observer.save_activations(saved_points, request.token_ids.clone());
+        }
+        let mut progress =
+            WithProgress::new(&mut observer, request.layers_to_run(model.spec.num_layers));
+        let outcome = run(model, request, backend, &mut progress);
+        progress.finish();
+        // Workload files on disk are deleted when the run ends; their folder with them.
+        if let Some(spill) = &request.spill_dir {
+            let _ = std::fs::remove_dir(spill);
+        }
+        // Every finished layer is written before the outcome is reported.
+        let written = observer.finish();
+        let summary = outcome.and_then(|summary| written.map(|()| summary)).map_err(|e| {
+            anyhow::anyhow!(
+                "{e:#}\nfinished layers are kept in {}: fix the cause and run the same command again to continue",
+                args.run.out.display()
+            )
+        })?;
+        super::print_transfer(&summary);
+    }
+    Ok(())
+}
+
+/// The points whose raw activations `--save-activations` asks for (all captured).
+fn saved_points(args: &AnalyzeArgs, points: &[CapturePoint]) -> Result<Vec<CapturePoint>> {
+    let Some(list) = &args.save_activations else {
+        return Ok(Vec::new());
+    };
+    let listed = parse_points(list)?;
+    if let Some(p) = listed.iter().find(|p| !points.contains(p)) {
+        anyhow::bail!("--save-activations {p}: the point is not captured; add it to --points");
+    }
+    Ok(listed
+        .into_iter()
+        .filter(|&p| p != CapturePoint::Router)
+        .collect())
+}
+
+/// What progress.json records of the run: model, data, settings and plan.
+fn run_identity(
+    named: &NamedModel,
+    args: &AnalyzeArgs,
+    workload: &Workload,
+    points: &[CapturePoint],
+    backend: &Backend,
+    micro_batch: usize,
+) -> RunIdentity {
+    let (model, packed) = (&named.model, &workload.packed);
+    let point_names: Vec<&str> = points.iter().map(|p| p.name()).collect();
+    RunIdentity {
+        model_fingerprint: model_fingerprint(model),
+        model_name: named.name.clone(),
+        data_fingerprint: data_fingerprint(&packed.token_ids, packed.num_sequences, packed.seq_len),
+        data_name: workload.data_name.clone(),
+        settings: BTreeMap::from([
+            ("num_samples".to_string(), packed.num_sequences.to_string()),
+            ("seq_len".to_string(), packed.seq_len.to_string()),
+            ("threshold".to_string(), args.threshold.to_string()),
+            ("points".to_string(), point_names.join(",")),
+            (
+                "arithmetic".to_string(),
+                arithmetic(backend, &args.run.compute_dtype),
+            ),
+        ]),
+        plan: BTreeMap::from([
+            ("micro_batch_sequences".to_string(), micro_batch.to_string()),
+            ("backend".to_string(), backend.to_string()),
+        ]),
+    }
+}
+
+/// How long the run took, for the closing line.
+struct Timing {
+    started: Instant,
+    run_seconds: f64,
+    tokens: usize,
+    layers_run: usize,
+}
+
+/// report.json, report.md and the plots, then the summary on stdout.
+fn write_outputs(
+    args: &AnalyzeArgs,
+    named: &NamedModel,
+    workload: &Workload,
+    folder: &mut AnalysisFolder,
+    timing: Timing,
+) -> Result<()> {
+    let (model, packed) = (&named.model, &workload.packed);
+    let Timing {
+        started,
+        run_seconds,
+        tokens,
+        layers_run,
+    } = timing;
+    let report_started = Instant::now();
+    let tokenizer = TextTokenizer::load(&model.dir, &model.config)?;
+    let text = |id: u32| tokenizer.token_text(id);
+    let token_info = TokenInfo {
+        token_ids: &packed.token_ids,
+        seq_len: packed.seq_len,
+        text: &text,
+    };
+    let (path, report) = folder.write_report(
+        ReportModel {
+            name: named.name.clone(),
+            model_type: model.config.model_type.clone(),
+            num_layers: model.spec.num_layers,
+            hidden_size: model.spec.hidden_size,
+            parameters: model.weights.inventory().parameter_count(),
+        },
+        ReportData {
+            name: workload.data_name.clone(),
+            num_sequences: packed.num_sequences,
+            seq_len: packed.seq_len,
+            documents: packed.documents_used,
+        },
+        AnalysisSettings {
+            threshold: args.threshold,
+            min_layer_fraction: MIN_LAYER_FRACTION,
+            min_position_fraction: MIN_POSITION_FRACTION,
+            massive_min_magnitude: MASSIVE_MIN_MAGNITUDE,
+            massive_median_ratio: MASSIVE_MEDIAN_RATIO,
+            massive_median: "per_token".to_string(),
+            bootstrap_resamples: args.bootstrap,
+            seed: args.seed,
+            batches: args.batches,
+            interval: "95% percentile bootstrap over sequences".to_string(),
+        },
+        &token_info,
+    )?;
+    timeline::mark(|| "report.json written".into());
+    let markdown = report_markdown(&report);
+    write_file(&args.run.out, "report.md", markdown.as_bytes())?;
+    let plots = write_plots(&report, &args.run.out.join("plots"))?;
+    timeline::mark(|| "report.md and plots written".into());
+    print_summary(&report, args.threshold);
+    println!(
+        "\n{tokens} tokens through {layers_run} layers in {run_seconds:.2} s ({:.0} tokens/s); report and plots {:.2} s; {:.2} s in all",
+        tokens as f64 * layers_run.max(1) as f64
+            / model.spec.num_layers as f64
+            / run_seconds.max(1e-9),
+        report_started.elapsed().as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+    println!(
+        "report: {} (and report.md, {} plots in {})",
+        path.display(),
+        plots,
+        args.run.out.join("plots").display()
+    );
+    Ok(())
 }

@@ -248,6 +248,14 @@ pub fn print_estimate(e: &Estimate) {
             ),
         },
     );
+    print_regions_and_layers(e);
+}
+
+/// The regions, the time estimate, warnings and the per-layer table.
+fn print_regions_and_layers(e: &Estimate) {
+    let row = |key: &str, value: String| println!("{key:<16} {value}");
+    let size = |b: u64| ByteSize(b).to_string();
+    let p = &e.plan;
     let r = &p.regions;
     row(
         "regions",

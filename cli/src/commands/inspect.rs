@@ -246,6 +246,12 @@ fn print_table(s: &ModelSummary) {
             );
         }
     }
+    print_sizes(s);
+}
+
+/// Vocabulary, positions, rope, sizes, dtypes and files.
+fn print_sizes(s: &ModelSummary) {
+    let row = |key: &str, value: String| println!("{key:<18} {value}");
     row("vocabulary", s.vocab_size.to_string());
     row("max positions", s.max_position_embeddings.to_string());
     row("rope", format!("{}, theta {}", s.rope_type, s.rope_theta));

@@ -43,6 +43,15 @@ pub fn report_markdown(report: &ActivationReport) -> String {
         s.massive_min_magnitude,
         s.massive_median_ratio
     );
+    outlier_sections(&mut md, report);
+    per_layer_section(&mut md, report);
+    massive_section(&mut md, report);
+    routing_section(&mut md, report);
+    md
+}
+
+/// Outlier features, one section per group of points.
+fn outlier_sections(md: &mut String, report: &ActivationReport) {
     for group in &report.outlier_features {
         let _ = writeln!(md, "## Outlier features at {}\n", group.points.join(" + "));
         let c = &group.classification;
@@ -133,6 +142,10 @@ pub fn report_markdown(report: &ActivationReport) -> String {
         }
         let _ = writeln!(md);
     }
+}
+
+/// The per-layer table.
+fn per_layer_section(md: &mut String, report: &ActivationReport) {
     let _ = writeln!(md, "## Per layer\n");
     let names: Vec<&str> = CapturePoint::ACTIVATIONS
         .iter()
@@ -166,6 +179,10 @@ pub fn report_markdown(report: &ActivationReport) -> String {
             .collect();
         let _ = writeln!(md, "| {} | {} |", layer.layer, cells.join(" | "));
     }
+}
+
+/// Massive activations and the experts behind them.
+fn massive_section(md: &mut String, report: &ActivationReport) {
     if report.massive_activations.looked_for {
         let m = &report.massive_activations;
         let _ = writeln!(md, "\n## Massive activations (resid_post)\n");
@@ -213,9 +230,13 @@ pub fn report_markdown(report: &ActivationReport) -> String {
                     top
                 );
             }
-            expert_attribution(&mut md, report);
+            expert_attribution(md, report);
         }
     }
+}
+
+/// Expert load and router entropy per MoE layer.
+fn routing_section(md: &mut String, report: &ActivationReport) {
     if report.layers.iter().any(|l| l.router.is_some()) {
         let _ = writeln!(md, "\n## Routing\n");
         let _ = writeln!(
@@ -243,7 +264,6 @@ pub fn report_markdown(report: &ActivationReport) -> String {
             );
         }
     }
-    md
 }
 
 /// The experts behind each MoE layer's massive activations, when any were attributed.

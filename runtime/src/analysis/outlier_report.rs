@@ -149,7 +149,6 @@ pub fn outlier_group_report(
     resamples: &[Vec<u32>],
     batches: usize,
 ) -> OutlierGroupReport {
-    let all = vec![1u32; counts.sequences];
     let total_positions = (counts.sequences * counts.seq_len) as f64;
     // Per-layer sets: dimensions at >= 6% of the layer's positions.
     let per_layer: Vec<BTreeSet<usize>> = counts
@@ -163,108 +162,134 @@ pub fn outlier_group_report(
                 .collect()
         })
         .collect();
-    let layer_agreement = |d: usize| {
-        per_layer.iter().filter(|set| set.contains(&d)).count() as f64 / counts.layers as f64
-    };
     let readings: Vec<ReadingReport> = READINGS
         .iter()
         .enumerate()
-        .map(|(r, &reading)| {
-            let selected = counts.outlier_values(reading, &all);
-            let summary = |outliers: &[Outlier]| -> (f64, f64) {
-                (
-                    mean(outliers.iter().map(|o| o.values.layer_fraction)),
-                    mean(outliers.iter().map(|o| o.values.position_fraction)),
-                )
-            };
-            let mut selections = vec![0usize; counts.width];
-            let (mut n, mut layer_f, mut position_f) = (Vec::new(), Vec::new(), Vec::new());
-            for outliers in map_resamples(resamples, |w| counts.outlier_values(reading, w)) {
-                for o in &outliers {
-                    selections[o.dim] += 1;
-                }
-                n.push(outliers.len() as f64);
-                if !outliers.is_empty() {
-                    let (l, p) = summary(&outliers);
-                    layer_f.push(l);
-                    position_f.push(p);
-                }
-            }
-            let probability = |d: usize| {
-                (!resamples.is_empty()).then(|| selections[d] as f64 / resamples.len() as f64)
-            };
-            let (l, p) = summary(&selected);
-            let dims = selected
-                .iter()
-                .map(|o| {
-                    let d = o.dim;
-                    let positive = counts.count_pos_ge[d] as f64 / counts.count_ge[d].max(1) as f64;
-                    OutlierDim {
-                        dim: d,
-                        layer_fraction: o.values.layer_fraction,
-                        position_fraction: o.values.position_fraction,
-                        max_abs: counts.max_abs[d],
-                        mean_abs: counts.sum_abs_ge[d] / counts.count_ge[d].max(1) as f64,
-                        positive_fraction: positive,
-                        sign_consistency: (2.0 * positive - 1.0).abs(),
-                        layer_agreement: layer_agreement(d),
-                        sequence_agreement: counts.sequence_agreement(o.index),
-                        selection_probability: probability(d),
-                    }
-                })
-                .collect();
-            let unstable_dims = (0..counts.width)
-                .filter(|&d| selections[d] > 0 && !selected.iter().any(|o| o.dim == d))
-                .map(|d| (d, probability(d).unwrap_or(0.0)))
-                .collect();
-            ReadingReport {
-                layer_reading: reading.0,
-                position_reading: reading.1,
-                primary: r == 0,
-                count: Interval::new(selected.len() as f64, &n),
-                mean_layer_fraction: Interval::new(l, &layer_f),
-                mean_position_fraction: Interval::new(p, &position_f),
-                dims,
-                unstable_dims,
+        .map(|(r, &reading)| reading_report(counts, resamples, &per_layer, reading, r == 0))
+        .collect();
+    let classification = classify(&readings[0], &per_layer);
+    let cross_batch =
+        (batches >= 2 && counts.sequences >= batches).then(|| cross_batch(counts, batches));
+    let heatmap = heatmap(counts, &readings);
+    OutlierGroupReport {
+        points,
+        layers: counts.layers,
+        readings,
+        classification,
+        cross_batch,
+        heatmap,
+    }
+}
+
+/// One reading's outlier dimensions, with bootstrap intervals and selection probabilities.
+fn reading_report(
+    counts: &OutlierCounts,
+    resamples: &[Vec<u32>],
+    per_layer: &[BTreeSet<usize>],
+    reading: (LayerReading, PositionReading),
+    primary: bool,
+) -> ReadingReport {
+    let all = vec![1u32; counts.sequences];
+    let layer_agreement = |d: usize| {
+        per_layer.iter().filter(|set| set.contains(&d)).count() as f64 / counts.layers as f64
+    };
+    let selected = counts.outlier_values(reading, &all);
+    let summary = |outliers: &[Outlier]| -> (f64, f64) {
+        (
+            mean(outliers.iter().map(|o| o.values.layer_fraction)),
+            mean(outliers.iter().map(|o| o.values.position_fraction)),
+        )
+    };
+    let mut selections = vec![0usize; counts.width];
+    let (mut n, mut layer_f, mut position_f) = (Vec::new(), Vec::new(), Vec::new());
+    for outliers in map_resamples(resamples, |w| counts.outlier_values(reading, w)) {
+        for o in &outliers {
+            selections[o.dim] += 1;
+        }
+        n.push(outliers.len() as f64);
+        if !outliers.is_empty() {
+            let (l, p) = summary(&outliers);
+            layer_f.push(l);
+            position_f.push(p);
+        }
+    }
+    let probability =
+        |d: usize| (!resamples.is_empty()).then(|| selections[d] as f64 / resamples.len() as f64);
+    let (l, p) = summary(&selected);
+    let dims = selected
+        .iter()
+        .map(|o| {
+            let d = o.dim;
+            let positive = counts.count_pos_ge[d] as f64 / counts.count_ge[d].max(1) as f64;
+            OutlierDim {
+                dim: d,
+                layer_fraction: o.values.layer_fraction,
+                position_fraction: o.values.position_fraction,
+                max_abs: counts.max_abs[d],
+                mean_abs: counts.sum_abs_ge[d] / counts.count_ge[d].max(1) as f64,
+                positive_fraction: positive,
+                sign_consistency: (2.0 * positive - 1.0).abs(),
+                layer_agreement: layer_agreement(d),
+                sequence_agreement: counts.sequence_agreement(o.index),
+                selection_probability: probability(d),
             }
         })
         .collect();
-    let classification = classify(&readings[0], &per_layer);
-    let cross_batch = (batches >= 2 && counts.sequences >= batches).then(|| {
-        let size = counts.sequences / batches;
-        let sets: Vec<BatchOutliers> = (0..batches)
-            .map(|b| {
-                let (start, end) = (
-                    b * size,
-                    if b + 1 == batches {
-                        counts.sequences
-                    } else {
-                        (b + 1) * size
-                    },
-                );
-                let weights: Vec<u32> = (0..counts.sequences)
-                    .map(|s| (start..end).contains(&s) as u32)
-                    .collect();
-                BatchOutliers {
-                    start,
-                    end,
-                    dims: counts.outliers(READINGS[0], &weights),
-                }
-            })
-            .collect();
-        let mut pairs = Vec::new();
-        for a in 0..sets.len() {
-            for b in a + 1..sets.len() {
-                let set = |i: usize| sets[i].dims.iter().copied().collect::<BTreeSet<_>>();
-                pairs.push(jaccard(&set(a), &set(b)));
+    let unstable_dims = (0..counts.width)
+        .filter(|&d| selections[d] > 0 && !selected.iter().any(|o| o.dim == d))
+        .map(|d| (d, probability(d).unwrap_or(0.0)))
+        .collect();
+    ReadingReport {
+        layer_reading: reading.0,
+        position_reading: reading.1,
+        primary,
+        count: Interval::new(selected.len() as f64, &n),
+        mean_layer_fraction: Interval::new(l, &layer_f),
+        mean_position_fraction: Interval::new(p, &position_f),
+        dims,
+        unstable_dims,
+    }
+}
+
+/// The primary reading's outlier sets of disjoint batches of sequences and their overlap.
+fn cross_batch(counts: &OutlierCounts, batches: usize) -> CrossBatch {
+    let size = counts.sequences / batches;
+    let sets: Vec<BatchOutliers> = (0..batches)
+        .map(|b| {
+            let (start, end) = (
+                b * size,
+                if b + 1 == batches {
+                    counts.sequences
+                } else {
+                    (b + 1) * size
+                },
+            );
+            let weights: Vec<u32> = (0..counts.sequences)
+                .map(|s| (start..end).contains(&s) as u32)
+                .collect();
+            BatchOutliers {
+                start,
+                end,
+                dims: counts.outliers(READINGS[0], &weights),
             }
+        })
+        .collect();
+    let mut pairs = Vec::new();
+    for a in 0..sets.len() {
+        for b in a + 1..sets.len() {
+            let set = |i: usize| sets[i].dims.iter().copied().collect::<BTreeSet<_>>();
+            pairs.push(jaccard(&set(a), &set(b)));
         }
-        CrossBatch {
-            mean_jaccard: mean(pairs.iter().copied()),
-            batches: sets,
-            jaccard: pairs,
-        }
-    });
+    }
+    CrossBatch {
+        mean_jaccard: mean(pairs.iter().copied()),
+        batches: sets,
+        jaccard: pairs,
+    }
+}
+
+/// Max |x| per layer of the dimensions every reading selects, topped up with the largest.
+fn heatmap(counts: &OutlierCounts, readings: &[ReadingReport]) -> LayerDimMagnitudes {
     let mut shown: BTreeSet<usize> = readings
         .iter()
         .flat_map(|r| r.dims.iter().map(|d| d.dim))
@@ -282,21 +307,13 @@ pub fn outlier_group_report(
         shown.insert(d);
     }
     let dims: Vec<usize> = shown.into_iter().collect();
-    let heatmap = LayerDimMagnitudes {
+    LayerDimMagnitudes {
         max_abs: counts
             .layer_max_abs
             .iter()
             .map(|l| dims.iter().map(|&d| l[d]).collect())
             .collect(),
         dims,
-    };
-    OutlierGroupReport {
-        points,
-        layers: counts.layers,
-        readings,
-        classification,
-        cross_batch,
-        heatmap,
     }
 }
 

@@ -13,6 +13,7 @@ mod qwen3;
 mod qwen3_moe;
 pub mod rope;
 pub mod spec;
+mod tensor_table;
 
 use crate::config::ModelConfig;
 use crate::error::{Result, RuntimeError};

@@ -77,52 +77,26 @@ pub fn run(
         .map(|(layer, part)| part_layout(&model.weights, spec, layer, &part))
         .collect::<Result<Vec<_>>>()?;
     let staging_bytes = layouts.iter().map(|l| l.bytes).max().unwrap_or(0);
-    // The feed-forward output of layers whose experts are split over several parts, for the
-    // workload, placed like the hidden states.
-    let accumulates = |layer: usize| needs_accumulator(&request.parts(layer));
-    let mut ff_accumulator = match (first_layer..layers_to_run).any(accumulates) {
-        true => Some((
-            budget.reserve(
-                "the split layers' feed-forward accumulator",
-                hidden_bytes as u64,
-            )?,
-            HiddenStates::zeros(
+    let mut ff_accumulator =
+        match (first_layer..layers_to_run).any(|layer| needs_accumulator(&request.parts(layer))) {
+            true => Some(feed_forward_accumulator(
                 gpu,
-                tokens * d,
-                placement,
-                batch_elements,
-                request.spill_dir.as_deref(),
-                "accumulator.f32",
-            )?,
-        )),
-        false => None,
-    };
+                request,
+                &budget,
+                (tokens * d, hidden_bytes as u64, batch_elements),
+            )?),
+            false => None,
+        };
     let copy_stream = gpu.context.new_stream()?;
     let mut transfers = TransferLog::default();
-    let (free_tx, free_rx) = bounded::<StagingBuffer>(2);
+    let (free_tx, free_rx) = host_staging(gpu, staging_bytes)?;
     let (ready_tx, ready_rx) = bounded::<Result<StagedLayer>>(2);
-    for buffer in staging_buffers(&gpu.context, staging_bytes)? {
-        free_tx.send(buffer).expect("receiver alive");
-    }
-    // The two device staging buffers, allocated once: a layer (or part) computes from one
-    // while the next is uploaded into the other.
     let _staging_reservation = budget.reserve(
         &format!("two staging buffers of {staging_bytes} bytes"),
         2 * staging_bytes as u64,
     )?;
-    let (device_free_tx, device_free_rx) = bounded::<FreeStaging>(2);
-    for _ in 0..2 {
-        // SAFETY: every upload writes the bytes its layout uses before any kernel reads them.
-        let raw = unsafe { copy_stream.alloc::<u8>(staging_bytes.max(1)) }?;
-        let free = FreeStaging {
-            raw,
-            last_read: None,
-        };
-        device_free_tx.send(free).expect("receiver alive");
-    }
-    let copy_threads = std::thread::available_parallelism()
-        .map_or(4, |n| n.get())
-        .min(8);
+    let (device_free_tx, device_free_rx) = device_staging(&copy_stream, staging_bytes)?;
+    let copy_threads = std::thread::available_parallelism().map_or(4, |n| n.get().min(8));
     let uploads = Uploads {
         ready: ready_rx,
         free: free_tx,
@@ -131,12 +105,9 @@ pub fn run(
     };
     let micro_batch = std::thread::scope(|scope| -> Result<usize> {
         scope.spawn(|| read_layers(&model.weights, &layouts, free_rx, ready_tx, copy_threads));
-        let next = if layouts.is_empty() {
-            None
-        } else {
-            let first = uploads.next(0, &mut transfers)?;
-            timeline::mark(|| "first layer read and its upload started".into());
-            Some(first)
+        let next = match layouts.is_empty() {
+            true => None,
+            false => Some(uploads.first(&mut transfers)?),
         };
         let mut runner = CudaRunner {
             gpu,
@@ -173,6 +144,97 @@ pub fn run(
     summary.transfer = Some(transfers.finish()?);
 
     if request.final_stage != FinalStage::None {
+        let head = HeadRun {
+            gpu,
+            model,
+            request,
+            compute,
+            budget: &budget,
+        };
+        head.run(&mut hidden_states, micro_batch, observer)?;
+    }
+    gpu.stream.synchronize()?;
+    summary.peak_reserved_bytes = Some(budget.peak());
+    Ok(summary)
+}
+
+/// The feed-forward output of layers whose experts are split over several parts, for the
+/// workload, `(tokens, hidden)` placed like the hidden states (`sizes`: its elements, the
+/// device bytes it takes, the elements of one micro-batch).
+fn feed_forward_accumulator(
+    gpu: &Gpu,
+    request: &RunRequest,
+    budget: &Arc<Budget>,
+    (elements, device_bytes, batch_elements): (usize, u64, usize),
+) -> Result<(Reservation, HiddenStates)> {
+    let reservation = budget.reserve("the split layers' feed-forward accumulator", device_bytes)?;
+    let states = HiddenStates::zeros(
+        gpu,
+        elements,
+        request.hidden_placement,
+        batch_elements,
+        request.spill_dir.as_deref(),
+        "accumulator.f32",
+    )?;
+    Ok((reservation, states))
+}
+
+/// The two pinned host staging buffers the reader thread fills, handed to it as free.
+fn host_staging(
+    gpu: &Gpu,
+    staging_bytes: usize,
+) -> Result<(Sender<StagingBuffer>, Receiver<StagingBuffer>)> {
+    let (free_tx, free_rx) = bounded::<StagingBuffer>(2);
+    for buffer in staging_buffers(&gpu.context, staging_bytes)? {
+        free_tx.send(buffer).expect("receiver alive");
+    }
+    Ok((free_tx, free_rx))
+}
+
+/// The two device staging buffers, allocated once on the copy stream: a layer (or part)
+/// computes from one while the next is uploaded into the other.
+fn device_staging(
+    copy_stream: &Arc<CudaStream>,
+    staging_bytes: usize,
+) -> Result<(Sender<FreeStaging>, Receiver<FreeStaging>)> {
+    let (device_free_tx, device_free_rx) = bounded::<FreeStaging>(2);
+    for _ in 0..2 {
+        // SAFETY: every upload writes the bytes its layout uses before any kernel reads them.
+        let raw = unsafe { copy_stream.alloc::<u8>(staging_bytes.max(1)) }?;
+        let free = FreeStaging {
+            raw,
+            last_read: None,
+        };
+        device_free_tx.send(free).expect("receiver alive");
+    }
+    Ok((device_free_tx, device_free_rx))
+}
+
+/// The final norm and LM head over the hidden states after the last layer (score, tests).
+struct HeadRun<'a> {
+    gpu: &'a Gpu,
+    model: &'a Model,
+    request: &'a RunRequest,
+    compute: ComputeDtype,
+    budget: &'a Arc<Budget>,
+}
+
+impl HeadRun<'_> {
+    fn run(
+        &self,
+        hidden_states: &mut HiddenStates,
+        micro_batch: usize,
+        observer: &mut dyn RunObserver,
+    ) -> Result<()> {
+        let HeadRun {
+            gpu,
+            model,
+            request,
+            compute,
+            budget,
+        } = *self;
+        let (seq_len, d) = (request.seq_len, model.spec.hidden_size);
+        let tokens = request.num_sequences * seq_len;
         let rows = micro_batch * seq_len;
         let head_bytes = memory::head_bytes(model.weights.inventory(), compute.gemm(), rows);
         let _head_reservation = budget.reserve("the output head", head_bytes)?;
@@ -195,13 +257,11 @@ pub fn run(
                     let logits = head.logits(gpu, &batch, rows, &mut scratch)?;
                     observer.on_logits(first_sequence, &logits);
                 }
-                FinalStage::None => unreachable!(),
+                FinalStage::None => {}
             }
         }
+        Ok(())
     }
-    gpu.stream.synchronize()?;
-    summary.peak_reserved_bytes = Some(budget.peak());
-    Ok(summary)
 }
 
 /// The GPU's steps of the layer-major loop (`executor/layer_loop.rs`).
@@ -375,6 +435,16 @@ struct Uploads<'a> {
 }
 
 impl Uploads<'_> {
+    /// Starts the first upload.
+    fn first(
+        &self,
+        transfers: &mut TransferLog,
+    ) -> Result<(CudaSlice<u8>, CudaEvent, LayerLayout)> {
+        let first = upload_next(0, self, transfers)?;
+        timeline::mark(|| "first layer read and its upload started".into());
+        Ok(first)
+    }
+
     fn next(
         &self,
         index: usize,

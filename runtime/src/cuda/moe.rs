@@ -174,43 +174,9 @@ pub fn experts(
     let (top_k, inter) = (spec.top_k, spec.expert_intermediate);
     let assignments = tokens * top_k;
     let b = buffers;
-    let chosen = b.chosen.slice(..assignments);
-    let chosen_weights = b.weights.slice(..assignments);
 
-    gpu.stream.memset_zeros(&mut b.counts)?;
-    moe::count_per_expert(gpu, &chosen, &mut b.counts.as_view_mut())?;
-    let counts = gpu.stream.clone_dtoh(&b.counts)?;
-    let offsets: Vec<u32> = counts
-        .iter()
-        .scan(0u32, |next, &c| {
-            let offset = *next;
-            *next += c;
-            Some(offset)
-        })
-        .collect();
-    gpu.stream.memcpy_htod(&offsets, &mut b.offsets)?;
-    let mut positions = b.positions.slice_mut(..assignments);
-    moe::expert_positions(gpu, &chosen, &b.offsets.as_view(), &mut positions)?;
     let bf16_experts = weights.matrix(ExpertGate(run_experts.start)).is_bf16();
-    if bf16_experts {
-        // bf16 GEMMs: rows are gathered straight into bf16, once for every expert (in the
-        // first half of the f32 gather buffer's bytes), and each expert's activation is
-        // written in bf16 for its down projection: 4 launches per expert instead of 7, the
-        // same values.
-        // SAFETY: `gathered` holds `assignments * hidden` f32, twice the bytes needed.
-        let mut gathered = unsafe { b.gathered.transmute_mut::<u16>(assignments * hidden) }
-            .expect("the f32 gather buffer holds its bf16 copy");
-        moe::gather_by_expert_bf16(gpu, x, &positions.as_view(), top_k, hidden, &mut gathered)?;
-    } else {
-        moe::gather_by_expert(
-            gpu,
-            x,
-            &positions.as_view(),
-            top_k,
-            hidden,
-            &mut b.gathered.slice_mut(..assignments * hidden),
-        )?;
-    }
+    let (counts, offsets) = group_by_expert(gpu, x, b, top_k, hidden, bf16_experts)?;
     // SAFETY: as above; the bf16 rows were written by gather_by_expert_bf16.
     let gathered_bf16 = bf16_experts.then(|| {
         unsafe { b.gathered.transmute::<u16>(assignments * hidden) }
@@ -289,9 +255,9 @@ pub fn experts(
     moe::unpermute(
         gpu,
         &b.expert_out.slice(..assignments * hidden),
-        &positions.as_view(),
-        &chosen,
-        &chosen_weights,
+        &b.positions.slice(..assignments),
+        &b.chosen.slice(..assignments),
+        &b.weights.slice(..assignments),
         top_k,
         hidden,
         run_experts.clone(),
@@ -299,6 +265,55 @@ pub fn experts(
         out,
     )?;
     Ok(())
+}
+
+/// Groups the assignments of the last [`route`] by expert (counts, the one small copy to
+/// the host, offsets, each assignment's grouped row) and gathers `x (tokens, hidden)` into
+/// the grouped rows, in bf16 when the experts' GEMMs are. Returns the counts and offsets.
+fn group_by_expert(
+    gpu: &Gpu,
+    x: &CudaView<f32>,
+    b: &mut MoeBuffers,
+    top_k: usize,
+    hidden: usize,
+    bf16_experts: bool,
+) -> Result<(Vec<u32>, Vec<u32>)> {
+    let assignments = x.len() / hidden * top_k;
+    let chosen = b.chosen.slice(..assignments);
+    gpu.stream.memset_zeros(&mut b.counts)?;
+    moe::count_per_expert(gpu, &chosen, &mut b.counts.as_view_mut())?;
+    let counts = gpu.stream.clone_dtoh(&b.counts)?;
+    let offsets: Vec<u32> = counts
+        .iter()
+        .scan(0u32, |next, &c| {
+            let offset = *next;
+            *next += c;
+            Some(offset)
+        })
+        .collect();
+    gpu.stream.memcpy_htod(&offsets, &mut b.offsets)?;
+    let mut positions = b.positions.slice_mut(..assignments);
+    moe::expert_positions(gpu, &chosen, &b.offsets.as_view(), &mut positions)?;
+    if bf16_experts {
+        // bf16 GEMMs: rows are gathered straight into bf16, once for every expert (in the
+        // first half of the f32 gather buffer's bytes), and each expert's activation is
+        // written in bf16 for its down projection: 4 launches per expert instead of 7, the
+        // same values.
+        // SAFETY: `gathered` holds `assignments * hidden` f32, twice the bytes needed.
+        let mut gathered = unsafe { b.gathered.transmute_mut::<u16>(assignments * hidden) }
+            .expect("the f32 gather buffer holds its bf16 copy");
+        moe::gather_by_expert_bf16(gpu, x, &positions.as_view(), top_k, hidden, &mut gathered)?;
+    } else {
+        moe::gather_by_expert(
+            gpu,
+            x,
+            &positions.as_view(),
+            top_k,
+            hidden,
+            &mut b.gathered.slice_mut(..assignments * hidden),
+        )?;
+    }
+    Ok((counts, offsets))
 }
 
 /// `gate = act(gate) * up` on the device.

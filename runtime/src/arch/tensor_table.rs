@@ -1,0 +1,192 @@
+//! The table of tensors each decoder layer needs, with the shapes config.json implies
+//! (transformers' `model.layers.{l}.*` naming, shared by every supported family).
+
+use super::spec::{
+    ExpertNaming, FeedForward, LayerTensor, ModelSpec, MoeSpec, NormLayout, QkNorm, WeightRole,
+};
+
+/// The tensors of one layer, as they are added.
+struct Table {
+    prefix: String,
+    tensors: Vec<LayerTensor>,
+}
+
+impl Table {
+    fn add(&mut self, role: WeightRole, suffix: &str, shape: Vec<usize>, reason: &'static str) {
+        self.tensors.push(LayerTensor {
+            role,
+            name: format!("{}.{suffix}", self.prefix),
+            shape,
+            shape_reason: reason,
+        });
+    }
+}
+
+const HIDDEN: &str = "hidden_size";
+const HEADS: &str = "num_attention_heads x head_dim, hidden_size";
+const KV_HEADS: &str = "num_key_value_heads x head_dim, hidden_size";
+
+impl ModelSpec {
+    /// The tensors of decoder layer `layer`, with the shapes config.json implies.
+    pub fn layer_tensors(&self, layer: usize) -> Vec<LayerTensor> {
+        let mut table = Table {
+            prefix: format!("model.layers.{layer}"),
+            tensors: Vec::new(),
+        };
+        self.norm_tensors(&mut table);
+        self.attention_tensors(&mut table);
+        match &self.feed_forward[layer] {
+            FeedForward::Dense { intermediate } => self.mlp_tensors(&mut table, *intermediate),
+            FeedForward::Moe(moe) => self.moe_tensors(&mut table, moe),
+        }
+        table.tensors
+    }
+
+    fn norm_tensors(&self, t: &mut Table) {
+        use WeightRole::*;
+        let hidden = vec![self.hidden_size];
+        match self.block.norm_layout {
+            NormLayout::PreNorm => {
+                t.add(
+                    AttnInputNorm,
+                    "input_layernorm.weight",
+                    hidden.clone(),
+                    HIDDEN,
+                );
+                t.add(
+                    MlpInputNorm,
+                    "post_attention_layernorm.weight",
+                    hidden,
+                    HIDDEN,
+                );
+            }
+            NormLayout::PostSublayerNorm => {
+                t.add(
+                    AttnOutputNorm,
+                    "post_attention_layernorm.weight",
+                    hidden.clone(),
+                    HIDDEN,
+                );
+                t.add(
+                    MlpOutputNorm,
+                    "post_feedforward_layernorm.weight",
+                    hidden,
+                    HIDDEN,
+                );
+            }
+        }
+    }
+
+    fn attention_tensors(&self, t: &mut Table) {
+        use WeightRole::*;
+        let (hidden, q, kv) = (self.hidden_size, self.q_width(), self.kv_width());
+        t.add(QProj, "self_attn.q_proj.weight", vec![q, hidden], HEADS);
+        t.add(KProj, "self_attn.k_proj.weight", vec![kv, hidden], KV_HEADS);
+        t.add(VProj, "self_attn.v_proj.weight", vec![kv, hidden], KV_HEADS);
+        t.add(OProj, "self_attn.o_proj.weight", vec![hidden, q], HEADS);
+        if self.block.attention_bias.qkv {
+            t.add(QBias, "self_attn.q_proj.bias", vec![q], HEADS);
+            t.add(KBias, "self_attn.k_proj.bias", vec![kv], KV_HEADS);
+            t.add(VBias, "self_attn.v_proj.bias", vec![kv], KV_HEADS);
+        }
+        if self.block.attention_bias.output {
+            t.add(OBias, "self_attn.o_proj.bias", vec![hidden], HIDDEN);
+        }
+        let (q_norm, k_norm, q_reason, k_reason) = match self.block.qk_norm {
+            QkNorm::None => return,
+            QkNorm::PerHead => (self.head_dim, self.head_dim, "head_dim", "head_dim"),
+            QkNorm::AcrossHeads => (
+                q,
+                kv,
+                "num_attention_heads x head_dim",
+                "num_key_value_heads x head_dim",
+            ),
+        };
+        t.add(QNorm, "self_attn.q_norm.weight", vec![q_norm], q_reason);
+        t.add(KNorm, "self_attn.k_norm.weight", vec![k_norm], k_reason);
+    }
+
+    fn mlp_tensors(&self, t: &mut Table, inter: usize) {
+        use WeightRole::*;
+        let hidden = self.hidden_size;
+        let mlp_reason = "intermediate_size, hidden_size";
+        t.add(
+            GateProj,
+            "mlp.gate_proj.weight",
+            vec![inter, hidden],
+            mlp_reason,
+        );
+        t.add(
+            UpProj,
+            "mlp.up_proj.weight",
+            vec![inter, hidden],
+            mlp_reason,
+        );
+        let down_reason = "hidden_size, intermediate_size";
+        t.add(
+            DownProj,
+            "mlp.down_proj.weight",
+            vec![hidden, inter],
+            down_reason,
+        );
+        if self.block.mlp_bias {
+            t.add(
+                GateBias,
+                "mlp.gate_proj.bias",
+                vec![inter],
+                "intermediate_size",
+            );
+            t.add(UpBias, "mlp.up_proj.bias", vec![inter], "intermediate_size");
+            t.add(DownBias, "mlp.down_proj.bias", vec![hidden], HIDDEN);
+        }
+    }
+
+    fn moe_tensors(&self, t: &mut Table, moe: &MoeSpec) {
+        use WeightRole::*;
+        let hidden = self.hidden_size;
+        let (block, [gate, up, down]) = match moe.naming {
+            ExpertNaming::MlpExperts => ("mlp", ["gate_proj", "up_proj", "down_proj"]),
+            ExpertNaming::BlockSparseMoe => ("block_sparse_moe", ["w1", "w3", "w2"]),
+        };
+        let router_reason = "number of experts, hidden_size";
+        let router = format!("{block}.gate.weight");
+        t.add(
+            Router,
+            &router,
+            vec![moe.num_experts, hidden],
+            router_reason,
+        );
+        let (e_inter, reason) = (moe.expert_intermediate, "expert MLP width, hidden_size");
+        for e in 0..moe.num_experts {
+            let name = |proj: &str| format!("{block}.experts.{e}.{proj}.weight");
+            t.add(ExpertGate(e), &name(gate), vec![e_inter, hidden], reason);
+            t.add(ExpertUp(e), &name(up), vec![e_inter, hidden], reason);
+            t.add(ExpertDown(e), &name(down), vec![hidden, e_inter], reason);
+        }
+        let Some(shared) = moe.shared_expert else {
+            return;
+        };
+        let (s_inter, reason) = (
+            shared.intermediate,
+            "shared_expert_intermediate_size, hidden_size",
+        );
+        let name = |proj: &str| format!("{block}.shared_expert.{proj}.weight");
+        t.add(
+            SharedGate,
+            &name("gate_proj"),
+            vec![s_inter, hidden],
+            reason,
+        );
+        t.add(SharedUp, &name("up_proj"), vec![s_inter, hidden], reason);
+        t.add(
+            SharedDown,
+            &name("down_proj"),
+            vec![hidden, s_inter],
+            reason,
+        );
+        if shared.sigmoid_gate {
+            let gate_name = format!("{block}.shared_expert_gate.weight");
+            t.add(SharedExpertGate, &gate_name, vec![1, hidden], HIDDEN);
+        }
+    }
+}
