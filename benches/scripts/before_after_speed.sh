@@ -2,7 +2,7 @@
 # Speed before and after a change, in one run on the GPU machine: makes the random-init
 # OLMoE-1B-7B and Llama-3.1-8B checkpoints (make_random_model.py), then runs
 # `analyze --vram 8GiB --points ln1,ln2,resid_post` (16 x 2048 tokens of the embedded text)
-# with each binary in turn, ROUNDS rounds, warm page cache (one unmeasured warm-up run per
+# with each binary in turn (alternating which goes first), ROUNDS rounds, warm page cache (one unmeasured warm-up run per
 # model first), and compares report.json of the two binaries byte for byte.
 #
 #   benches/scripts/before_after_speed.sh BEFORE_BIN AFTER_BIN WORK_DIR [ROUNDS]
@@ -24,7 +24,10 @@ for shape in olmoe-1b-7b llama-3.1-8b; do
     }
     run "$before" "$work/warmup"
     for round in $(seq 1 "$rounds"); do
-        for side in before after; do
+        # Alternate the order (before first in odd rounds), so neither always runs second.
+        order="before after"
+        [ $((round % 2)) -eq 0 ] && order="after before"
+        for side in $order; do
             bin=$before
             [ "$side" = after ] && bin=$after
             start=$(date +%s%N)

@@ -133,6 +133,27 @@ pub(crate) struct BlockStep<'a> {
     pub capture: CapturePolicy<'a>,
 }
 
+impl<'a> BlockStep<'a> {
+    /// `part` of `layer` on a micro-batch of `sequences` x `seq_len` tokens, capturing what
+    /// `request` asks for.
+    pub fn new(
+        spec: &'a ModelSpec,
+        layer: usize,
+        part: &'a LayerPart,
+        (sequences, seq_len): (usize, usize),
+        request: &'a crate::executor::RunRequest,
+    ) -> Self {
+        BlockStep {
+            spec,
+            layer,
+            part,
+            sequences,
+            seq_len,
+            capture: CapturePolicy { request, layer },
+        }
+    }
+}
+
 /// Runs `step.part` of a decoder layer on one micro-batch (`Buf::Hidden`, updated in place).
 pub(crate) fn run_part<O: BlockOps>(ops: &mut O, step: &BlockStep) -> Result<()> {
     if step.part.runs_attention() {

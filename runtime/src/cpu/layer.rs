@@ -5,7 +5,7 @@ use super::moe::MoeScratch;
 use super::ops::{CpuCapture, CpuOps};
 use super::rope::RopeTable;
 use crate::arch::{ModelSpec, WeightRole};
-use crate::block::{self, BlockStep, BufferSet, CapturePolicy};
+use crate::block::{self, BlockStep, BufferSet};
 use crate::error::Result;
 use crate::layer_parts::part_tensors;
 use crate::weights::WeightStore;
@@ -163,13 +163,6 @@ pub(crate) fn run_part(
         routing: None,
         capture: Some(capture),
     };
-    let step = BlockStep {
-        spec,
-        layer,
-        part,
-        sequences,
-        seq_len,
-        capture: CapturePolicy { request, layer },
-    };
+    let step = BlockStep::new(spec, layer, part, (sequences, seq_len), request);
     block::run_part(&mut ops, &step)
 }

@@ -8,7 +8,7 @@ use super::ops::CudaOps;
 use super::weights::DeviceLayer;
 use crate::allocation::{Budget, Reservation};
 use crate::arch::ModelSpec;
-use crate::block::{self, BlockStep, BufferSet, CapturePolicy};
+use crate::block::{self, BlockStep, BufferSet};
 use crate::error::Result;
 use layerstream_kernels::Gpu;
 use layerstream_kernels::cudarc::driver::{CudaSlice, CudaViewMut};
@@ -137,13 +137,6 @@ pub(crate) fn run_part(
         routed: None,
         capture: Some(capture),
     };
-    let step = BlockStep {
-        spec,
-        layer,
-        part,
-        sequences,
-        seq_len,
-        capture: CapturePolicy { request, layer },
-    };
+    let step = BlockStep::new(spec, layer, part, (sequences, seq_len), request);
     block::run_part(&mut ops, &step)
 }
