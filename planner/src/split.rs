@@ -6,23 +6,24 @@
 //! Which tensor belongs to which part comes from the runtime (it knows each tensor's role);
 //! the sizes come from the safetensors headers, like everything the planner sizes.
 
-use crate::format::{GemmDtype, tensor_bytes};
+use crate::format::{GemmDtype, TensorRef, ref_bytes};
 use crate::inventory::{Inventory, TensorEntry};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::ops::Range;
 
-/// A layer's tensor names, grouped by the split parts that need them.
+/// A layer's weights (by where their bytes are), grouped by the split parts that need them.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct LayerTensorGroups {
     /// Attention: its norms, projections and biases.
-    pub attention: Vec<String>,
+    pub attention: Vec<TensorRef>,
     /// What every feed-forward part needs: the MLP's input and output norms, the router.
-    pub routing: Vec<String>,
+    pub routing: Vec<TensorRef>,
     /// The dense MLP or the shared expert: in the last feed-forward part only.
-    pub last: Vec<String>,
-    /// The routed experts' tensors, by expert index.
-    pub experts: Vec<Vec<String>>,
+    pub last: Vec<TensorRef>,
+    /// The routed experts' weights, by expert index (slices of one stacked tensor when the
+    /// checkpoint fuses them).
+    pub experts: Vec<Vec<TensorRef>>,
 }
 
 /// One unit of a layer that streams and computes as a whole.
@@ -187,23 +188,31 @@ pub fn needs_accumulator<'a>(parts: impl IntoIterator<Item = &'a LayerPart>) -> 
         > 1
 }
 
-/// The names of a part's tensors.
-pub fn part_tensor_names<'a>(groups: &'a LayerTensorGroups, part: &LayerPart) -> Vec<&'a str> {
+/// The weights a part needs.
+pub fn part_tensor_refs<'a>(groups: &'a LayerTensorGroups, part: &LayerPart) -> Vec<&'a TensorRef> {
     let num_experts = groups.experts.len();
-    let mut names: Vec<&str> = Vec::new();
+    let mut refs: Vec<&TensorRef> = Vec::new();
     if part.runs_attention() {
-        names.extend(groups.attention.iter().map(String::as_str));
+        refs.extend(&groups.attention);
     }
     if part.runs_feed_forward() {
-        names.extend(groups.routing.iter().map(String::as_str));
+        refs.extend(&groups.routing);
         for expert in part.experts(num_experts) {
-            names.extend(groups.experts[expert].iter().map(String::as_str));
+            refs.extend(&groups.experts[expert]);
         }
         if part.finishes_feed_forward(num_experts) {
-            names.extend(groups.last.iter().map(String::as_str));
+            refs.extend(&groups.last);
         }
     }
-    names
+    refs
+}
+
+/// The names of the tensors holding a part's weights.
+pub fn part_tensor_names<'a>(groups: &'a LayerTensorGroups, part: &LayerPart) -> Vec<&'a str> {
+    part_tensor_refs(groups, part)
+        .into_iter()
+        .map(TensorRef::name)
+        .collect()
 }
 
 /// Stored and converted bytes of each group of a layer, looked up once.
@@ -241,14 +250,10 @@ impl GroupBytes {
         groups: &LayerTensorGroups,
         gemm: GemmDtype,
     ) -> Self {
-        let sum = |names: &[String]| {
-            names
-                .iter()
-                .filter_map(|n| index.get(n.as_str()))
-                .map(|t| {
-                    let (stored, converted) = tensor_bytes(&t.shape, t.dtype, t.byte_len, gemm);
-                    Bytes { stored, converted }
-                })
+        let sum = |refs: &[TensorRef]| {
+            refs.iter()
+                .filter_map(|r| ref_bytes(r, index, gemm))
+                .map(|(stored, converted)| Bytes { stored, converted })
                 .fold(Bytes::default(), |a, b| a + b)
         };
         GroupBytes {
@@ -331,7 +336,7 @@ mod tests {
             attention: vec!["q".into()],
             routing: vec!["router".into()],
             last: vec!["shared".into()],
-            experts: (0..4).map(|e| vec![format!("e{e}")]).collect(),
+            experts: (0..4).map(|e| vec![format!("e{e}").into()]).collect(),
         };
         let parts = split_parts(4, 2);
         assert_eq!(part_tensor_names(&groups, &parts[0]), vec!["q"]);

@@ -39,10 +39,10 @@ pub fn tensor_groups(spec: &ModelSpec, layer: usize) -> LayerTensorGroups {
     };
     for tensor in spec.layer_tensors(layer) {
         match group_of(tensor.role) {
-            Group::Attention => groups.attention.push(tensor.name),
-            Group::Routing => groups.routing.push(tensor.name),
-            Group::Last => groups.last.push(tensor.name),
-            Group::Expert(e) => groups.experts[e].push(tensor.name),
+            Group::Attention => groups.attention.push(tensor.source),
+            Group::Routing => groups.routing.push(tensor.source),
+            Group::Last => groups.last.push(tensor.source),
+            Group::Expert(e) => groups.experts[e].push(tensor.source),
         }
     }
     groups
@@ -149,7 +149,7 @@ mod tests {
                 .filter(|p| part_needs(p, 4, tensor.role))
                 .count();
             let routing = matches!(group_of(tensor.role), Group::Routing);
-            assert_eq!(holders, if routing { 2 } else { 1 }, "{}", tensor.name);
+            assert_eq!(holders, if routing { 2 } else { 1 }, "{}", tensor.name());
         }
         let groups = tensor_groups(&spec, 1);
         assert_eq!(groups.experts.len(), 4);
@@ -157,7 +157,7 @@ mod tests {
             groups
                 .routing
                 .iter()
-                .any(|n| n.ends_with("mlp.gate.weight"))
+                .any(|n| n.name().ends_with("mlp.gate.weight"))
         );
     }
 }

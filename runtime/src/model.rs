@@ -105,7 +105,7 @@ impl Model {
         for layer in 0..s.num_layers {
             for tensor in s.layer_tensors(layer) {
                 self.weights
-                    .check(&tensor.name, &tensor.shape, tensor.shape_reason)
+                    .check_ref(&tensor.source, &tensor.shape, tensor.shape_reason)
                     .map_err(|e| match e {
                         RuntimeError::MissingTensor {
                             name, model_dir, ..

@@ -1,10 +1,15 @@
 //! The memory model's tests.
 
 use super::*;
+use crate::format::TensorRef;
 use crate::inventory::Inventory;
 use crate::inventory::{TensorDtype, TensorEntry, classify_expert, classify_tensor_name};
 use crate::split::{LayerPart, LayerTensorGroups};
 use crate::statistics::CapturedPoint;
+
+fn last_name(refs: &[TensorRef]) -> String {
+    refs.last().unwrap().name().to_string()
+}
 use std::path::PathBuf;
 
 /// A dense 4-layer model: hidden 1024, MLP 4096, bf16, vocabulary 32000.
@@ -53,11 +58,12 @@ fn dense() -> (Inventory, Vec<LayerShapes>) {
                     .iter()
                     .map(|p| format!("model.layers.{l}.self_attn.{p}_proj.weight"))
                     .chain([format!("model.layers.{l}.input_layernorm.weight")])
+                    .map(TensorRef::from)
                     .collect(),
-                routing: vec![format!("model.layers.{l}.post_attention_layernorm.weight")],
+                routing: vec![format!("model.layers.{l}.post_attention_layernorm.weight").into()],
                 last: ["gate", "up", "down"]
                     .iter()
-                    .map(|p| format!("model.layers.{l}.mlp.{p}_proj.weight"))
+                    .map(|p| format!("model.layers.{l}.mlp.{p}_proj.weight").into())
                     .collect(),
                 experts: Vec::new(),
             },
@@ -261,17 +267,19 @@ fn moe() -> (Inventory, Vec<LayerShapes>) {
         for n in ["q", "k", "v", "o"] {
             groups
                 .attention
-                .push(format!("{p}.self_attn.{n}_proj.weight"));
-            add(groups.attention.last().unwrap().clone(), vec![1024, 1024]);
+                .push(format!("{p}.self_attn.{n}_proj.weight").into());
+            add(last_name(&groups.attention), vec![1024, 1024]);
         }
-        groups.attention.push(format!("{p}.input_layernorm.weight"));
-        add(groups.attention.last().unwrap().clone(), vec![1024]);
+        groups
+            .attention
+            .push(format!("{p}.input_layernorm.weight").into());
+        add(last_name(&groups.attention), vec![1024]);
         groups
             .routing
-            .push(format!("{p}.post_attention_layernorm.weight"));
-        add(groups.routing.last().unwrap().clone(), vec![1024]);
-        groups.routing.push(format!("{p}.mlp.gate.weight"));
-        add(groups.routing.last().unwrap().clone(), vec![8, 1024]);
+            .push(format!("{p}.post_attention_layernorm.weight").into());
+        add(last_name(&groups.routing), vec![1024]);
+        groups.routing.push(format!("{p}.mlp.gate.weight").into());
+        add(last_name(&groups.routing), vec![8, 1024]);
         for e in 0..8 {
             let names: Vec<String> = ["gate", "up", "down"]
                 .iter()
@@ -280,7 +288,9 @@ fn moe() -> (Inventory, Vec<LayerShapes>) {
             add(names[0].clone(), vec![2048, 1024]);
             add(names[1].clone(), vec![2048, 1024]);
             add(names[2].clone(), vec![1024, 2048]);
-            groups.experts.push(names);
+            groups
+                .experts
+                .push(names.into_iter().map(TensorRef::from).collect());
         }
         shapes.push(LayerShapes {
             hidden: 1024,

@@ -17,6 +17,7 @@ use crate::cpu::layer::LayerWeights;
 use crate::cpu::moe::{SharedScratch, add_shared_expert, expert_mlp, route_tokens};
 use crate::error::Result;
 use crate::weights::WeightStore;
+use layerstream_planner::format::TensorRef;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -72,10 +73,10 @@ pub fn attribute_massive(
     let FeedForward::Moe(moe) = &spec.feed_forward[layer] else {
         return Ok(());
     };
-    let names: BTreeMap<WeightRole, String> = spec
+    let names: BTreeMap<WeightRole, TensorRef> = spec
         .layer_tensors(layer)
         .into_iter()
-        .map(|t| (t.role, t.name))
+        .map(|t| (t.role, t.source))
         .collect();
     if inputs.is_empty() || names.contains_key(&WeightRole::MlpOutputNorm) {
         return Ok(());
@@ -149,7 +150,7 @@ impl BlockOutputs {
         hidden: usize,
         moe: &MoeSpec,
         activation: Activation,
-        names: &BTreeMap<WeightRole, String>,
+        names: &BTreeMap<WeightRole, TensorRef>,
         inputs: &[TokenInput],
         threads: usize,
     ) -> Result<Self> {
@@ -157,7 +158,7 @@ impl BlockOutputs {
         let read = |roles: &[WeightRole]| -> Result<LayerWeights> {
             let mut tensors = BTreeMap::new();
             for &role in roles {
-                tensors.insert(role, store.read_f32(&names[&role])?);
+                tensors.insert(role, store.read_ref_f32(&names[&role])?);
             }
             Ok(LayerWeights::from_tensors(tensors))
         };

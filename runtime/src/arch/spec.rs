@@ -3,6 +3,7 @@
 //! implies. Backends interpret a [`ModelSpec`]; no backend code knows family names.
 
 use super::rope::RopeSpec;
+use layerstream_planner::format::TensorRef;
 
 /// Architecture families this build implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -222,12 +223,19 @@ pub enum WeightRole {
 pub struct LayerTensor {
     /// What it is for.
     pub role: WeightRole,
-    /// Full safetensors name.
-    pub name: String,
+    /// Where its bytes are: a whole tensor (the full safetensors name), or a slice of one.
+    pub source: TensorRef,
     /// Shape config.json implies.
     pub shape: Vec<usize>,
     /// The config.json keys the shape comes from, for error messages.
     pub shape_reason: &'static str,
+}
+
+impl LayerTensor {
+    /// The safetensors name of the tensor holding it.
+    pub fn name(&self) -> &str {
+        self.source.name()
+    }
 }
 
 /// Everything the backends need to run a model.

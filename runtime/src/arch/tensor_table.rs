@@ -4,6 +4,7 @@
 use super::spec::{
     ExpertNaming, FeedForward, LayerTensor, ModelSpec, MoeSpec, NormLayout, QkNorm, WeightRole,
 };
+use layerstream_planner::format::TensorRef;
 
 /// The tensors of one layer, as they are added.
 struct Table {
@@ -15,7 +16,7 @@ impl Table {
     fn add(&mut self, role: WeightRole, suffix: &str, shape: Vec<usize>, reason: &'static str) {
         self.tensors.push(LayerTensor {
             role,
-            name: format!("{}.{suffix}", self.prefix),
+            source: TensorRef::Whole(format!("{}.{suffix}", self.prefix)),
             shape,
             shape_reason: reason,
         });

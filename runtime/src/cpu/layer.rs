@@ -34,7 +34,7 @@ impl LayerWeights {
     ) -> Result<Self> {
         let mut tensors = BTreeMap::new();
         for tensor in part_tensors(spec, layer, part) {
-            tensors.insert(tensor.role, store.read_f32(&tensor.name)?);
+            tensors.insert(tensor.role, store.read_ref_f32(&tensor.source)?);
         }
         Ok(LayerWeights { tensors })
     }

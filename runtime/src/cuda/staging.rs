@@ -24,8 +24,6 @@ const COPY_CHUNK: usize = 16 << 20;
 /// Where one tensor sits in a staged layer.
 #[derive(Debug, Clone)]
 pub struct StagedTensor {
-    /// Full tensor name.
-    pub name: String,
     /// Its role in the layer.
     pub role: WeightRole,
     /// Stored shape.
@@ -36,6 +34,10 @@ pub struct StagedTensor {
     pub offset: usize,
     /// Length in bytes.
     pub len: usize,
+    /// The file holding its bytes (index in the inventory's files).
+    pub file_index: usize,
+    /// Where its bytes start in that file.
+    pub file_offset: u64,
 }
 
 /// The layout of one layer (or split part of one) in a staging buffer.
@@ -61,16 +63,25 @@ pub fn part_layout(
     let mut offset = 0;
     let mut tensors = Vec::new();
     for tensor in part_tensors(spec, layer, part) {
-        let entry = store.entry(&tensor.name, "checked when the model opened")?;
+        // A whole tensor, or one expert's slice of a stacked one: one byte range.
+        let ranges = store.ranges(&tensor.source)?;
+        let [(entry, range)] = ranges.as_slice() else {
+            return Err(RuntimeError::internal(format!(
+                "{} has {} byte ranges; the CUDA staging takes one per weight",
+                tensor.name(),
+                ranges.len()
+            )));
+        };
         tensors.push(StagedTensor {
-            name: tensor.name.clone(),
             role: tensor.role,
-            shape: entry.shape.clone(),
+            shape: tensor.shape.clone(),
             dtype: entry.dtype,
             offset,
-            len: entry.byte_len as usize,
+            len: range.len as usize,
+            file_index: entry.file_index,
+            file_offset: entry.byte_offset + range.offset,
         });
-        offset = align(offset as u64 + entry.byte_len) as usize;
+        offset = align(offset as u64 + range.len) as usize;
     }
     Ok(LayerLayout {
         layer,
@@ -155,22 +166,21 @@ fn fill(
         let (mine, tail) = tail.split_at_mut(tensor.len);
         rest = tail;
         consumed = tensor.offset + tensor.len;
-        let entry = store.entry(&tensor.name, "checked when the model opened")?;
         let file = match files
             .iter()
-            .position(|(index, ..)| *index == entry.file_index)
+            .position(|(index, ..)| *index == tensor.file_index)
         {
             Some(i) => i,
             None => {
-                let path = store.file_of(entry);
+                let path = store.file_path(tensor.file_index);
                 let opened = std::fs::File::open(path)
                     .map_err(|e| RuntimeError::io("cannot open", path, e))?;
-                files.push((entry.file_index, opened, path));
+                files.push((tensor.file_index, opened, path));
                 files.len() - 1
             }
         };
         for (i, d) in mine.chunks_mut(COPY_CHUNK).enumerate() {
-            tasks.push((d, file, entry.byte_offset + (i * COPY_CHUNK) as u64));
+            tasks.push((d, file, tensor.file_offset + (i * COPY_CHUNK) as u64));
         }
     }
     let per_thread = tasks.len().div_ceil(copy_threads.max(1)).max(1);

@@ -4,6 +4,7 @@
 
 use super::dtype::{convert_to_f32, is_float_weight};
 use crate::error::{Result, RuntimeError};
+use layerstream_planner::format::{TensorBytes, TensorRef};
 use layerstream_planner::inventory::{classify_expert, classify_tensor_name};
 use layerstream_planner::{Inventory, TensorDtype, TensorEntry};
 use memmap2::Mmap;
@@ -93,6 +94,11 @@ impl WeightStore {
             })
     }
 
+    /// Path of the inventory's file `index`.
+    pub fn file_path(&self, index: usize) -> &Path {
+        &self.inventory.files[index]
+    }
+
     /// Path of the file holding a tensor.
     pub fn file_of(&self, entry: &TensorEntry) -> &Path {
         &self.inventory.files[entry.file_index]
@@ -132,6 +138,70 @@ impl WeightStore {
         let mut out = vec![0f32; entry.numel()];
         convert_to_f32(entry.dtype, self.bytes(entry), &mut out);
         Ok(out)
+    }
+
+    /// A layer weight converted to f32 (a whole tensor, or its slice of a stacked one).
+    pub fn read_ref_f32(&self, source: &TensorRef) -> Result<Vec<f32>> {
+        let ranges = self.ranges(source)?;
+        let mut out = Vec::new();
+        for (entry, range) in ranges {
+            let element = entry.dtype.size_bytes().unwrap_or(1);
+            let bytes =
+                &self.bytes(entry)[range.offset as usize..(range.offset + range.len) as usize];
+            let start = out.len();
+            out.resize(start + bytes.len() / element, 0f32);
+            convert_to_f32(entry.dtype, bytes, &mut out[start..]);
+        }
+        Ok(out)
+    }
+
+    /// The stored byte ranges of a layer weight, each with the tensor it is in.
+    pub fn ranges<'a>(
+        &'a self,
+        source: &'a TensorRef,
+    ) -> Result<Vec<(&'a TensorEntry, TensorBytes<'a>)>> {
+        if let TensorRef::Quantized { format, .. } = source {
+            return Err(RuntimeError::UnsupportedDtype {
+                name: source.name().to_string(),
+                path: self.model_dir.clone(),
+                dtype: format!("{format:?}"),
+            });
+        }
+        let byte_len = |name: &str| {
+            self.index_by_name
+                .get(name)
+                .map(|&i| self.inventory.tensors[i].byte_len)
+        };
+        let ranges = source
+            .byte_ranges(&byte_len)
+            .ok_or_else(|| RuntimeError::MissingTensor {
+                name: source.name().to_string(),
+                model_dir: self.model_dir.clone(),
+                hint: "needed by the forward pass".into(),
+            })?;
+        ranges
+            .into_iter()
+            .map(|r| Ok((self.entry(r.name, "needed by the forward pass")?, r)))
+            .collect()
+    }
+
+    /// Checks a layer weight as [`Self::check`] does: a whole tensor of `expected` shape, or
+    /// a stacked tensor `[count, total_rows, ..]` holding `expected` as a slice.
+    pub fn check_ref(&self, source: &TensorRef, expected: &[usize], reason: &str) -> Result<()> {
+        match source {
+            TensorRef::Whole(name) => self.check(name, expected, reason).map(|_| ()),
+            TensorRef::Stacked {
+                name,
+                count,
+                total_rows,
+                ..
+            } => {
+                let mut stacked = vec![*count, *total_rows];
+                stacked.extend(expected.iter().skip(1));
+                self.check(name, &stacked, reason).map(|_| ())
+            }
+            TensorRef::Quantized { .. } => self.ranges(source).map(|_| ()),
+        }
     }
 
     /// Rows `first_row..first_row + out.len() / row_len` of a 2-D tensor, as f32.
@@ -279,4 +349,61 @@ fn expected_file_len(map: &[u8]) -> Option<u64> {
         .max()
         .unwrap_or(0);
     Some(8 + header_len + data_end)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use safetensors::tensor::TensorView;
+
+    /// A folder with `model.safetensors` holding a stacked `[4, 6, 8]` f32 tensor whose
+    /// value at (e, r, c) is `100 e + 10 r + c`.
+    fn stacked_model() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let values: Vec<u8> = (0..4 * 6 * 8)
+            .flat_map(|i| {
+                let (e, r, c) = (i / 48, i / 8 % 6, i % 8);
+                ((100 * e + 10 * r + c) as f32).to_le_bytes()
+            })
+            .collect();
+        let view = TensorView::new(Dtype::F32, vec![4, 6, 8], &values).unwrap();
+        let bytes = safetensors::serialize([("experts.gate_up", view)], None).unwrap();
+        std::fs::write(dir.path().join("model.safetensors"), bytes).unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_stacked_slice_reads_its_expert_rows_and_checks_the_stacked_shape() {
+        let dir = stacked_model();
+        let store = WeightStore::open(dir.path()).unwrap();
+        // Expert 2's "up" rows: rows 3..6 of its [6, 8] slice.
+        let up = TensorRef::Stacked {
+            name: "experts.gate_up".into(),
+            index: 2,
+            count: 4,
+            rows: 3..6,
+            total_rows: 6,
+        };
+        let values = store.read_ref_f32(&up).unwrap();
+        let expect: Vec<f32> = (3..6)
+            .flat_map(|r| (0..8).map(move |c| (200 + 10 * r + c) as f32))
+            .collect();
+        assert_eq!(values, expect);
+        store.check_ref(&up, &[3, 8], "test").unwrap();
+        let wrong = store.check_ref(&up, &[3, 7], "test").unwrap_err();
+        assert!(wrong.to_string().contains("[4, 6, 7]"), "{wrong}");
+    }
+
+    #[test]
+    fn a_quantized_weight_is_refused_naming_its_format() {
+        let dir = stacked_model();
+        let store = WeightStore::open(dir.path()).unwrap();
+        let quantized = TensorRef::Quantized {
+            format: layerstream_planner::format::WeightFormat::Mxfp4,
+            values: Box::new(TensorRef::Whole("experts.gate_up".into())),
+            scales: Box::new(TensorRef::Whole("experts.gate_up".into())),
+        };
+        let error = store.read_ref_f32(&quantized).unwrap_err();
+        assert!(error.to_string().contains("Mxfp4"), "{error}");
+    }
 }
