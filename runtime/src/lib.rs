@@ -4,7 +4,7 @@
 //!
 //! Data flow (docs/ARCHITECTURE.md): data file -> tokenizer -> packed token ids;
 //! model folder -> config + headers -> [`model::Model`] (spec + inventory);
-//! [`executor::run`] embeds, then for each layer loads its weights once and runs every
+//! [`run`] embeds, then for each layer loads its weights once and runs every
 //! micro-batch through it, handing capture points to a [`executor::RunObserver`].
 
 pub(crate) mod allocation;
@@ -20,9 +20,11 @@ pub mod cuda;
 pub mod data;
 pub(crate) mod error;
 pub mod executor;
+pub(crate) mod layer_end;
 pub mod layer_parts;
 pub(crate) mod model;
 pub mod plan;
+mod run;
 pub mod selection;
 pub mod timeline;
 pub(crate) mod weights;
@@ -31,5 +33,6 @@ pub(crate) mod workload_buffer;
 pub use backend::{Backend, BackendSelection, DeviceChoice, select_backend};
 pub use capture::{CapturePoint, PointSet};
 pub use error::{Result, RuntimeError};
-pub use executor::{CaptureMode, FinalStage, RunObserver, RunRequest, run};
+pub use executor::{CaptureMode, FinalStage, RunObserver, RunRequest};
 pub use model::Model;
+pub use run::run;

@@ -14,9 +14,8 @@ use crate::arch::spec::FINAL_NORM;
 use crate::capture::CapturePoint;
 use crate::error::{Result, RuntimeError};
 use crate::executor::layer_loop::{LayerRunner, run_layers};
-use crate::executor::{
-    FinalStage, HiddenSnapshot, RunObserver, RunRequest, finish_layer, initial_hidden_states,
-};
+use crate::executor::{FinalStage, RunObserver, RunRequest};
+use crate::layer_end::{HiddenSnapshot, finish_layer, initial_hidden_states};
 use crate::model::Model;
 use crate::plan::layer_shapes;
 use crate::workload_buffer::WorkloadBuffer;

@@ -3,29 +3,8 @@
 
 use super::linear::linear;
 use super::norm::rms_norm;
-use crate::error::{Result, RuntimeError};
 use crate::weights::WeightStore;
 use layerstream_planner::TensorEntry;
-
-/// Writes the embedding row of each token into `hidden (tokens, hidden_size)`.
-pub fn embed_tokens(
-    store: &WeightStore,
-    embedding: &TensorEntry,
-    token_ids: &[u32],  // (tokens)
-    hidden: &mut [f32], // (tokens, hidden_size)
-) -> Result<()> {
-    let (vocab, width) = (embedding.shape[0], embedding.shape[1]);
-    for (&token, row) in token_ids.iter().zip(hidden.chunks_exact_mut(width)) {
-        if token as usize >= vocab {
-            return Err(RuntimeError::InvalidRequest(format!(
-                "token id {token} is outside the embedding {} of {vocab} rows; the tokenizer does not belong to this model",
-                embedding.name
-            )));
-        }
-        store.read_rows_f32(embedding, token as usize, row);
-    }
-    Ok(())
-}
 
 /// Final norm and LM head of one micro-batch.
 pub struct OutputHead<'a> {

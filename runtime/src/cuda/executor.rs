@@ -18,10 +18,8 @@ use crate::capture::CapturePoint;
 use crate::cpu::threads::default_thread_count;
 use crate::error::{Result, RuntimeError};
 use crate::executor::layer_loop::{LayerRunner, run_layers};
-use crate::executor::{
-    FinalStage, RunObserver, RunRequest, RunSummary, TransferSummary, finish_layer,
-    initial_hidden_states,
-};
+use crate::executor::{FinalStage, RunObserver, RunRequest, RunSummary, TransferSummary};
+use crate::layer_end::{finish_layer, initial_hidden_states};
 use crate::model::Model;
 use crate::plan::{dominant_weight_dtype, layer_shapes};
 use crate::timeline;

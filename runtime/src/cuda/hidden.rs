@@ -4,7 +4,7 @@
 //! when they do not fit the host budget either).
 
 use crate::error::Result;
-use crate::executor::HiddenSnapshot;
+use crate::layer_end::HiddenSnapshot;
 use crate::workload_buffer::WorkloadBuffer;
 use layerstream_kernels::Gpu;
 use layerstream_kernels::cudarc::driver::{CudaSlice, CudaViewMut, PinnedHostSlice};

@@ -7,16 +7,12 @@
 pub(crate) mod layer_loop;
 
 use crate::analysis::PointStatistics;
-use crate::analysis::attribution::attribute_massive;
-use crate::backend::Backend;
 use crate::capture::{CapturePoint, PointSet, Routing};
 use crate::error::{Result, RuntimeError};
 use crate::layer_parts::check_parts;
 use crate::model::Model;
-use crate::workload_buffer::WorkloadBuffer;
 use layerstream_planner::memory::HiddenPlacement;
 use layerstream_planner::split::LayerPart;
-use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
@@ -328,100 +324,4 @@ pub struct RunSummary {
     /// Most device bytes reserved at once for the run's regions (without the context
     /// overhead), on a GPU.
     pub peak_reserved_bytes: Option<u64>,
-}
-
-/// Runs `request` on `model` layer by layer on `backend`, reporting to `observer`.
-pub fn run(
-    model: &Model,
-    request: &RunRequest,
-    backend: &Backend,
-    observer: &mut dyn RunObserver,
-) -> Result<RunSummary> {
-    request.validate(model)?;
-    match backend {
-        Backend::Cpu(cpu) => {
-            crate::cpu::executor::run(model, request, cpu, observer).map(|()| RunSummary::default())
-        }
-        Backend::Cuda(cuda) => crate::cuda::executor::run(model, request, cuda, observer),
-    }
-}
-
-/// Everything the observer is told once a layer is done; stops the run on its failure.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn finish_layer<'a>(
-    model: &Model,
-    observer: &mut dyn RunObserver,
-    request: &RunRequest,
-    layer: usize,
-    layers_to_run: usize,
-    mut statistics: BTreeMap<CapturePoint, PointStatistics>,
-    hidden_states: impl FnOnce() -> Result<HiddenSnapshot<'a>>,
-    threads: usize,
-) -> Result<()> {
-    for point in statistics.values_mut() {
-        point.finish();
-    }
-    if let Some(massive) = statistics
-        .get_mut(&CapturePoint::ResidPost)
-        .and_then(|s| s.massive.as_mut())
-    {
-        attribute_massive(&model.weights, &model.spec, layer, massive, threads)?;
-    }
-    for (point, stats) in statistics {
-        observer.take_statistics(layer, point, stats);
-    }
-    if request.checkpoint_hidden_states && observer.wants_hidden_states(layer) {
-        let snapshot = hidden_states()?;
-        observer.on_hidden_states(layer, &snapshot.values, snapshot.in_file);
-    }
-    observer.on_layer_done(
-        layer,
-        layers_to_run,
-        request.num_sequences * request.seq_len,
-    );
-    match observer.take_failure() {
-        Some(failure) => Err(failure),
-        None => Ok(()),
-    }
-}
-
-/// The hidden states after a layer, for a checkpoint.
-pub(crate) struct HiddenSnapshot<'a> {
-    /// Borrowed where they live on the host, copied from the device otherwise.
-    pub values: Cow<'a, [f32]>,
-    /// They are a mapped file.
-    pub in_file: bool,
-}
-
-impl<'a> HiddenSnapshot<'a> {
-    /// A snapshot of a host buffer.
-    pub fn of(buffer: &'a WorkloadBuffer) -> Self {
-        HiddenSnapshot {
-            values: Cow::Borrowed(buffer.as_slice()),
-            in_file: buffer.on_disk(),
-        }
-    }
-}
-
-/// The host buffer a run's hidden states start in: on disk in `request.spill_dir` when
-/// `on_disk`, in memory otherwise; filled with the embeddings, or the start point's states.
-pub(crate) fn initial_hidden_states(
-    model: &Model,
-    request: &RunRequest,
-    on_disk: bool,
-) -> Result<WorkloadBuffer> {
-    let len = request.num_sequences * request.seq_len * model.spec.hidden_size;
-    let spill = request.spill_dir.as_deref().filter(|_| on_disk);
-    let mut buffer = WorkloadBuffer::zeros_in(spill, "hidden_states.f32", len)?;
-    match &request.start {
-        Some(start) => start.hidden_states.fill(buffer.as_mut_slice())?,
-        // Only the embedding rows the workload uses are read from the mapped file.
-        None => crate::cpu::head::embed_tokens(
-            &model.weights,
-            model.embedding(),
-            &request.token_ids,
-            buffer.as_mut_slice(),
-        )?,
-    }
-    Ok(buffer)
 }

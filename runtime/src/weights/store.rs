@@ -204,6 +204,26 @@ impl WeightStore {
         }
     }
 
+    /// Writes the embedding row of each token into `hidden (tokens, hidden_size)`.
+    pub fn embed_tokens(
+        &self,
+        embedding: &TensorEntry,
+        token_ids: &[u32],  // (tokens)
+        hidden: &mut [f32], // (tokens, hidden_size)
+    ) -> Result<()> {
+        let (vocab, width) = (embedding.shape[0], embedding.shape[1]);
+        for (&token, row) in token_ids.iter().zip(hidden.chunks_exact_mut(width)) {
+            if token as usize >= vocab {
+                return Err(RuntimeError::InvalidRequest(format!(
+                    "token id {token} is outside the embedding {} of {vocab} rows; the tokenizer does not belong to this model",
+                    embedding.name
+                )));
+            }
+            self.read_rows_f32(embedding, token as usize, row);
+        }
+        Ok(())
+    }
+
     /// Rows `first_row..first_row + out.len() / row_len` of a 2-D tensor, as f32.
     pub fn read_rows_f32(&self, entry: &TensorEntry, first_row: usize, out: &mut [f32]) {
         let row_len = entry.shape[1];
