@@ -57,7 +57,7 @@ pub fn analyze(args: &AnalyzeArgs) -> Result<()> {
         print_estimate(plan.as_ref().expect("planned above"));
         return Ok(());
     }
-    prepare_out_dir(&args.run.out)?;
+    let _out_lock = prepare_out_dir(&args.run.out)?;
     let model = &named.model;
     let layers = parse_layers(&args.layers, model.spec.num_layers)?;
     let points = parse_points(&args.points)?;

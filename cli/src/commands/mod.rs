@@ -14,6 +14,7 @@ pub mod svg;
 use crate::args::{ModelArgs, RunArgs, WorkloadArgs};
 use crate::embedded;
 use anyhow::{Context, Result};
+use layerstream_runtime::checkpoint::FolderLock;
 use layerstream_runtime::data::{PackedTokens, TextTokenizer, pack_documents};
 use layerstream_runtime::executor::RunSummary;
 use layerstream_runtime::{Backend, DeviceChoice, Model, select_backend};
@@ -107,8 +108,9 @@ pub fn print_transfer(summary: &RunSummary) {
     }
 }
 
-/// Creates the output folder and proves it can be written, before any work starts.
-pub fn prepare_out_dir(dir: &Path) -> Result<()> {
+/// Creates the output folder, proves it can be written and takes its lock (refused while
+/// another run holds it), before any work starts.
+pub fn prepare_out_dir(dir: &Path) -> Result<FolderLock> {
     let hint = "choose a writable folder with --out";
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create the output folder {}; {hint}", dir.display()))?;
@@ -120,7 +122,8 @@ pub fn prepare_out_dir(dir: &Path) -> Result<()> {
         )
     })?;
     std::fs::remove_file(&probe).ok();
-    Ok(())
+    // One run at a time in a folder: held until the command returns (or the process ends).
+    Ok(FolderLock::take(dir)?)
 }
 
 /// Sequences per micro-batch for `--micro-batch-tokens`.

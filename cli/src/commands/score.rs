@@ -61,7 +61,7 @@ struct ScoreReport {
 
 /// Runs `score`.
 pub fn score(args: &ScoreArgs) -> Result<()> {
-    prepare_out_dir(&args.run.out)?;
+    let _out_lock = prepare_out_dir(&args.run.out)?;
     let named = open_model(&args.model)?;
     let model = &named.model;
     let workload = pack_workload(model, &args.workload)?;

@@ -7,10 +7,12 @@ pub mod activations;
 mod files;
 mod fingerprint;
 mod folder;
+mod lock;
 pub mod statistics_file;
 mod writer;
 
 pub use files::write_file;
 pub use fingerprint::{data_fingerprint, model_fingerprint};
 pub use folder::{AnalysisFolder, FolderOptions, PROGRESS_FILE, RunIdentity};
+pub use lock::{FolderLock, LOCK_FILE};
 pub use writer::CheckpointObserver;

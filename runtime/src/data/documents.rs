@@ -50,7 +50,10 @@ pub fn for_each_document(
     mut visit: impl FnMut(&str) -> Result<ControlFlow<()>>,
 ) -> Result<usize> {
     let format = DataFormat::of(path)?;
-    if !path.is_file() {
+    // A regular file, or a named pipe (text streamed in by another process).
+    let readable = std::fs::metadata(path)
+        .is_ok_and(|m| m.is_file() || std::os::unix::fs::FileTypeExt::is_fifo(&m.file_type()));
+    if !readable {
         return Err(RuntimeError::Data {
             path: path.to_path_buf(),
             message: "not found (or not a file)".into(),
