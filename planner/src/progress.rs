@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 /// Version of the progress.json layout.
-pub const PROGRESS_SCHEMA_VERSION: u32 = 1;
+pub const PROGRESS_SCHEMA_VERSION: u32 = 2;
 
 /// A file a layer wrote, relative to the output folder.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -125,8 +125,13 @@ pub struct HiddenRecord {
 pub struct Progress {
     /// [`PROGRESS_SCHEMA_VERSION`].
     pub schema_version: u32,
-    /// sha256 of config.json and every tensor header (name, dtype, shape, length).
+    /// sha256 of config.json, every tensor header (name, dtype, shape, length) and the
+    /// weight digests.
     pub model_fingerprint: String,
+    /// Per part of the model (`embedding`, `layer N`, `output`, `other`): sha256 of sampled
+    /// bytes of its tensors' values (schema 2).
+    #[serde(default)]
+    pub weight_digests: BTreeMap<String, String>,
     /// Where the model came from (for messages).
     pub model_name: String,
     /// sha256 of the packed token ids.
@@ -163,16 +168,47 @@ pub fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Which parts' weights differ between two runs (from their digests), as a clause.
+fn changed_weights(then: &Progress, now: &Progress) -> String {
+    if then.weight_digests.is_empty() || now.weight_digests.is_empty() {
+        return String::new();
+    }
+    let parts: std::collections::BTreeSet<&String> = then
+        .weight_digests
+        .keys()
+        .chain(now.weight_digests.keys())
+        .collect();
+    let mut changed: Vec<&String> = parts
+        .into_iter()
+        .filter(|p| then.weight_digests.get(*p) != now.weight_digests.get(*p))
+        .collect();
+    // Layers in numeric order.
+    changed.sort_by_key(|p| {
+        let layer = p
+            .strip_prefix("layer ")
+            .and_then(|n| n.parse::<usize>().ok());
+        (layer.is_some(), layer, p.to_string())
+    });
+    match changed.is_empty() {
+        true => "; the weights are the same, the config or tensor headers differ".into(),
+        false => {
+            let names: Vec<&str> = changed.iter().map(|p| p.as_str()).collect();
+            format!("; the weights of {} differ", names.join(", "))
+        }
+    }
+}
+
 /// The differences between the result-changing identity of two runs, as lines a user reads.
 pub fn identity_differences(then: &Progress, now: &Progress) -> Vec<String> {
     let mut differences = Vec::new();
     if then.model_fingerprint != now.model_fingerprint {
         differences.push(format!(
-            "the model differs: {} (fingerprint {}) then, {} (fingerprint {}) now",
+            "the model differs: {} (fingerprint {}) then, {} (fingerprint {}) now{}",
             then.model_name,
             &then.model_fingerprint[..12.min(then.model_fingerprint.len())],
             now.model_name,
-            &now.model_fingerprint[..12.min(now.model_fingerprint.len())]
+            &now.model_fingerprint[..12.min(now.model_fingerprint.len())],
+            changed_weights(then, now)
         ));
     }
     if then.data_fingerprint != now.data_fingerprint {
@@ -204,6 +240,7 @@ mod tests {
         Progress {
             schema_version: PROGRESS_SCHEMA_VERSION,
             model_fingerprint: "a".repeat(64),
+            weight_digests: BTreeMap::new(),
             model_name: "m".into(),
             data_fingerprint: "b".repeat(64),
             data_name: "d".into(),

@@ -309,9 +309,11 @@ fn run_identity(
     micro_batch: usize,
 ) -> RunIdentity {
     let (model, packed) = (&named.model, &workload.packed);
+    let fingerprint = model_fingerprint(model);
     let point_names: Vec<&str> = points.iter().map(|p| p.name()).collect();
     RunIdentity {
-        model_fingerprint: model_fingerprint(model),
+        model_fingerprint: fingerprint.digest,
+        weight_digests: fingerprint.weights,
         model_name: named.name.clone(),
         data_fingerprint: data_fingerprint(&packed.token_ids, packed.num_sequences, packed.seq_len),
         data_name: workload.data_name.clone(),

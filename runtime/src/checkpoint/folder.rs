@@ -32,6 +32,8 @@ pub const PROGRESS_FILE: &str = "progress.json";
 pub struct RunIdentity {
     /// See [`super::model_fingerprint`].
     pub model_fingerprint: String,
+    /// Digests of sampled weight bytes per part of the model (see [`super::ModelFingerprint`]).
+    pub weight_digests: BTreeMap<String, String>,
     /// For messages.
     pub model_name: String,
     /// See [`super::data_fingerprint`].
@@ -89,6 +91,7 @@ impl AnalysisFolder {
         let fresh = Progress {
             schema_version: PROGRESS_SCHEMA_VERSION,
             model_fingerprint: identity.model_fingerprint,
+            weight_digests: identity.weight_digests,
             model_name: identity.model_name,
             data_fingerprint: identity.data_fingerprint,
             data_name: identity.data_name,

@@ -12,7 +12,7 @@ pub mod statistics_file;
 mod writer;
 
 pub use files::write_file;
-pub use fingerprint::{data_fingerprint, model_fingerprint};
+pub use fingerprint::{ModelFingerprint, data_fingerprint, model_fingerprint};
 pub use folder::{AnalysisFolder, FolderOptions, PROGRESS_FILE, RunIdentity};
 pub use lock::{FolderLock, LOCK_FILE};
 pub use writer::CheckpointObserver;
