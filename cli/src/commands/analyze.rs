@@ -125,7 +125,8 @@ pub fn analyze(args: &AnalyzeArgs) -> Result<()> {
         },
     };
     let run_started = Instant::now();
-    let layers_run = request.layers_to_run(model.spec.num_layers) - request.first_layer();
+    let layers_run =
+        (request.layers_to_run(model.spec.num_layers)).saturating_sub(request.first_layer());
     compute_layers(args, &named, &request, &backend, &mut folder, saved_points)?;
     let run_seconds = run_started.elapsed().as_secs_f64();
     let timing = Timing {
@@ -399,14 +400,21 @@ fn write_outputs(
     let plots = write_plots(&report, &args.run.out.join("plots"))?;
     timeline::mark(|| "report.md and plots written".into());
     print_summary(&report, args.threshold);
-    println!(
-        "\n{tokens} tokens through {layers_run} layers in {run_seconds:.2} s ({:.0} tokens/s); report and plots {:.2} s; {:.2} s in all",
-        tokens as f64 * layers_run.max(1) as f64
-            / model.spec.num_layers as f64
-            / run_seconds.max(1e-9),
+    let (report_seconds, all_seconds) = (
         report_started.elapsed().as_secs_f64(),
-        started.elapsed().as_secs_f64()
+        started.elapsed().as_secs_f64(),
     );
+    match layers_run {
+        0 => println!(
+            "\nno layer left to compute: every requested layer was finished; report and plots {report_seconds:.2} s; {all_seconds:.2} s in all"
+        ),
+        _ => println!(
+            "\n{tokens} tokens through {layers_run} layers in {run_seconds:.2} s ({:.0} tokens/s); report and plots {report_seconds:.2} s; {all_seconds:.2} s in all",
+            tokens as f64 * layers_run as f64
+                / model.spec.num_layers as f64
+                / run_seconds.max(1e-9),
+        ),
+    }
     println!(
         "report: {} (and report.md, {} plots in {})",
         path.display(),

@@ -114,8 +114,28 @@ pub fn statistics_bytes(statistics: &BTreeMap<CapturePoint, PointStatistics>) ->
             first.map_or(0, |s| s.seq_len).to_string(),
         ),
     ]);
-    safetensors::serialize(views, Some(metadata))
-        .map_err(|e| RuntimeError::internal(format!("statistics: {e}")))
+    let bytes = safetensors::serialize(views, Some(metadata))
+        .map_err(|e| RuntimeError::internal(format!("statistics: {e}")))?;
+    with_sorted_header(bytes)
+}
+
+/// The same safetensors bytes with the header's keys (tensors and `__metadata__`) in sorted
+/// order: safetensors writes its metadata map in hash order, so identical runs wrote
+/// different files. The sorted compact JSON has the same length (the same keys and values).
+fn with_sorted_header(mut bytes: Vec<u8>) -> Result<Vec<u8>> {
+    let bug = |what: &str| RuntimeError::internal(format!("statistics header: {what}"));
+    let len = u64::from_le_bytes(bytes[..8].try_into().map_err(|_| bug("too short"))?) as usize;
+    let header = &bytes[8..8 + len];
+    let value: serde_json::Value =
+        serde_json::from_slice(header).map_err(|e| bug(&e.to_string()))?;
+    // serde_json's maps are ordered by key.
+    let mut sorted = serde_json::to_vec(&value).map_err(|e| bug(&e.to_string()))?;
+    if sorted.len() > len {
+        return Err(bug("the sorted header is longer"));
+    }
+    sorted.resize(len, b' ');
+    bytes[8..8 + len].copy_from_slice(&sorted);
+    Ok(bytes)
 }
 
 /// Reads a layer's statistics file back (massive activations are in the layer's JSON).

@@ -95,7 +95,10 @@ impl Writer {
             router,
             hidden_states,
         } = job;
-        if !statistics.is_empty() || router.is_some() {
+        // A requested layer is recorded even when it captured nothing (a dense layer of a
+        // MoE model under `--points router`), so the report and `status` see it finished.
+        let requested = self.progress.requested_layers.contains(&layer);
+        if !statistics.is_empty() || router.is_some() || requested {
             let report = LayerReport::from_statistics(layer, &statistics, router);
             let json = serde_json::to_vec_pretty(&report).expect("layer report serialises");
             let files = vec![
