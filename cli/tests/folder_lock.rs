@@ -22,23 +22,7 @@ fn fifo(at: &Path) -> PathBuf {
 }
 
 fn args<'a>(model: &'a str, data: &'a str, out: &'a str) -> Vec<&'a str> {
-    vec![
-        "analyze",
-        "--model",
-        model,
-        "--data",
-        data,
-        "--device",
-        "cpu",
-        "--num-samples",
-        "2",
-        "--seq-len",
-        "32",
-        "--out",
-        out,
-        "--bootstrap",
-        "10",
-    ]
+    common::small_analyze_args(model, data, out)
 }
 
 /// Starts a run whose data is the FIFO; returns once it holds the folder's lock.

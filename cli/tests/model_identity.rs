@@ -22,25 +22,9 @@ fn flip_tensor_bytes(model: &Path, tensor: &str) {
 
 fn analyze(home: &Path, model: &Path, out: &Path, layers: &str) -> std::process::Output {
     let (model, out) = (model.to_str().unwrap(), out.to_str().unwrap());
-    let args = [
-        "analyze",
-        "--model",
-        model,
-        "--data",
-        &docs(),
-        "--device",
-        "cpu",
-        "--num-samples",
-        "2",
-        "--seq-len",
-        "32",
-        "--out",
-        out,
-        "--layers",
-        layers,
-        "--bootstrap",
-        "10",
-    ];
+    let data = docs();
+    let mut args = common::small_analyze_args(model, &data, out);
+    args.extend(["--layers", layers]);
     layerstream(&args, home)
 }
 

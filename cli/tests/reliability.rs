@@ -7,23 +7,8 @@ use std::path::Path;
 
 fn analyze(home: &Path, fixture: &str, out: &Path, extra: &[&str]) -> std::process::Output {
     let (model, data) = (fixture_model_path(fixture), docs());
-    let mut args = vec![
-        "analyze",
-        "--model",
-        &model,
-        "--data",
-        &data,
-        "--device",
-        "cpu",
-        "--num-samples",
-        "2",
-        "--seq-len",
-        "32",
-        "--bootstrap",
-        "10",
-        "--out",
-        out.to_str().unwrap(),
-    ];
+    let out = out.to_str().unwrap();
+    let mut args = common::small_analyze_args(&model, &data, out);
     args.extend_from_slice(extra);
     layerstream(&args, home)
 }

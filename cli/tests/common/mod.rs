@@ -241,3 +241,25 @@ pub fn sparse_qwen3_moe(into: &Path) -> (PathBuf, u64) {
     let bytes = write_sparse_safetensors(&dir, &shapes);
     (dir, bytes)
 }
+
+/// `analyze` of 2 sequences x 32 tokens on the CPU, 10 bootstrap resamples: the small run
+/// the reliability tests repeat.
+pub fn small_analyze_args<'a>(model: &'a str, data: &'a str, out: &'a str) -> Vec<&'a str> {
+    vec![
+        "analyze",
+        "--model",
+        model,
+        "--data",
+        data,
+        "--device",
+        "cpu",
+        "--num-samples",
+        "2",
+        "--seq-len",
+        "32",
+        "--out",
+        out,
+        "--bootstrap",
+        "10",
+    ]
+}
