@@ -97,8 +97,10 @@ impl Writer {
         } = job;
         // A requested layer is recorded even when it captured nothing (a dense layer of a
         // MoE model under `--points router`), so the report and `status` see it finished.
-        let requested = self.progress.requested_layers.contains(&layer);
-        if !statistics.is_empty() || router.is_some() || requested {
+        // (Finished layers a resumed run goes through again, uncaptured, are left as they are.)
+        let unfinished_request = self.progress.requested_layers.contains(&layer)
+            && !self.progress.layers.contains_key(&layer);
+        if !statistics.is_empty() || router.is_some() || unfinished_request {
             let report = LayerReport::from_statistics(layer, &statistics, router);
             let json = serde_json::to_vec_pretty(&report).expect("layer report serialises");
             let files = vec![
