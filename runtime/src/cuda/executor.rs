@@ -262,6 +262,14 @@ impl HeadRun<'_> {
     }
 }
 
+/// A layer in progress on the GPU.
+struct CudaLayer {
+    /// Device statistics of its captured points.
+    accumulators: BTreeMap<CapturePoint, Accumulator>,
+    /// Whether its experts are split over several parts (they add into the accumulator).
+    accumulates: bool,
+}
+
 /// The GPU's steps of the layer-major loop (`executor/layer_loop.rs`).
 struct CudaRunner<'a, 'u> {
     gpu: &'a Gpu,
@@ -288,7 +296,7 @@ struct CudaRunner<'a, 'u> {
 impl LayerRunner for CudaRunner<'_, '_> {
     type Weights = DeviceLayer;
     type Scratch = DeviceScratch;
-    type LayerState = BTreeMap<CapturePoint, Accumulator>;
+    type LayerState = CudaLayer;
     // Sized by the largest layer, made once (again only after a halving): per-upload
     // allocation fragmented the stream-ordered allocator.
     const SCRATCH_PER_PART: bool = false;
@@ -297,9 +305,18 @@ impl LayerRunner for CudaRunner<'_, '_> {
         self.request.parts(layer)
     }
 
-    fn begin_layer(&mut self, layer: usize, _parts: &[LayerPart]) -> Result<Self::LayerState> {
+    fn begin_layer(&mut self, layer: usize, parts: &[LayerPart]) -> Result<CudaLayer> {
         let spec = &self.model.spec;
-        statistics_accumulators(self.gpu, spec, self.request, layer, self.budget)
+        Ok(CudaLayer {
+            accumulators: statistics_accumulators(
+                self.gpu,
+                spec,
+                self.request,
+                layer,
+                self.budget,
+            )?,
+            accumulates: needs_accumulator(parts),
+        })
     }
 
     fn load_part(&mut self, layer: usize, _part: &LayerPart) -> Result<DeviceLayer> {
@@ -337,7 +354,7 @@ impl LayerRunner for CudaRunner<'_, '_> {
         part: &LayerPart,
         weights: &DeviceLayer,
         scratch: &mut DeviceScratch,
-        accumulators: &mut Self::LayerState,
+        state: &mut CudaLayer,
         first_sequence: usize,
         sequences: usize,
         observer: &mut dyn RunObserver,
@@ -345,7 +362,7 @@ impl LayerRunner for CudaRunner<'_, '_> {
         let (gpu, request) = (self.gpu, self.request);
         let (seq_len, d) = (request.seq_len, self.model.spec.hidden_size);
         let range = first_sequence * seq_len * d..(first_sequence + sequences) * seq_len * d;
-        let accumulates = needs_accumulator(&request.parts(layer));
+        let accumulates = state.accumulates;
         let mut hidden = self.hidden_states.begin(gpu, range.clone())?;
         let mut accumulator = match &mut *self.ff_accumulator {
             Some((_, states)) if accumulates => Some(states.begin(gpu, range.clone())?),
@@ -358,7 +375,7 @@ impl LayerRunner for CudaRunner<'_, '_> {
             layer,
             first_sequence,
             sequences,
-            accumulators,
+            accumulators: &mut state.accumulators,
         };
         let batch = DeviceMicroBatch {
             hidden: &mut hidden,
@@ -389,12 +406,12 @@ impl LayerRunner for CudaRunner<'_, '_> {
     fn end_layer(
         &mut self,
         layer: usize,
-        accumulators: Self::LayerState,
+        state: CudaLayer,
         observer: &mut dyn RunObserver,
     ) -> Result<()> {
         let gpu = self.gpu;
-        let statistics = download_statistics(gpu, self.request, &accumulators)?;
-        drop(accumulators);
+        let statistics = download_statistics(gpu, self.request, &state.accumulators)?;
+        drop(state);
         detail(gpu, || format!("layer {layer}: statistics downloaded"))?;
         let hidden_states = &*self.hidden_states;
         let snapshot = || hidden_states.snapshot(gpu);
