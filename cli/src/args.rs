@@ -58,11 +58,11 @@ pub struct WorkloadArgs {
     #[arg(long, value_name = "NAME", default_value = "text")]
     pub text_field: String,
     /// Number of sequences to pack from the data.
-    #[arg(long, value_name = "N", default_value_t = 16)]
+    #[arg(long, value_name = "N", default_value_t = 16, value_parser = parse_count)]
     pub num_samples: usize,
     /// Tokens per sequence (at most the model's max_position_embeddings). Every sequence
     /// starts with the tokens the tokenizer puts before a text (BOS for Llama-style ones).
-    #[arg(long, value_name = "T", default_value_t = 2048)]
+    #[arg(long, value_name = "T", default_value_t = 2048, value_parser = parse_count)]
     pub seq_len: usize,
 }
 
@@ -77,10 +77,10 @@ pub struct RunArgs {
     #[arg(long, value_name = "DTYPE", default_value = "auto", value_parser = parse_compute)]
     pub compute_dtype: ComputeChoice,
     /// CPU threads (default: LAYERSTREAM_THREADS, else all cores).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = parse_count)]
     pub threads: Option<usize>,
     /// Tokens per micro-batch: sequences go through a layer in groups of about this many tokens.
-    #[arg(long, value_name = "TOKENS", default_value_t = 8192)]
+    #[arg(long, value_name = "TOKENS", default_value_t = 8192, value_parser = parse_count)]
     pub micro_batch_tokens: usize,
     /// Output folder; created if missing.
     #[arg(long, value_name = "DIR", default_value = "layerstream-out")]
@@ -93,6 +93,72 @@ fn parse_device(text: &str) -> Result<DeviceChoice, String> {
 
 fn parse_compute(text: &str) -> Result<ComputeChoice, String> {
     text.parse()
+}
+
+/// A count of at least 1 (sequences, tokens, threads), at most 2^32.
+fn parse_count(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<u64>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) if n > 1 << 32 => Err(format!("{n} is more than this tool handles (at most 2^32)")),
+        Ok(n) => Ok(n as usize),
+        Err(_) => Err(format!("{text:?} is not a whole number")),
+    }
+}
+
+/// A finite number, or why not.
+fn parse_finite(text: &str) -> Result<f64, String> {
+    let value: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number"))?;
+    if value.is_finite() {
+        Ok(value)
+    } else {
+        Err(format!("{text} is not a finite number"))
+    }
+}
+
+/// `--threshold`: positive and representable in f32.
+fn parse_threshold(text: &str) -> Result<f32, String> {
+    let value = parse_finite(text)?;
+    if value <= 0.0 || value > f32::MAX as f64 {
+        return Err(format!(
+            "{text} must be a positive number no larger than {:e}",
+            f32::MAX
+        ));
+    }
+    Ok(value as f32)
+}
+
+/// Seconds: 0 or more, at most a year.
+fn parse_seconds(text: &str) -> Result<f64, String> {
+    let value = parse_finite(text)?;
+    if !(0.0..=3.2e7).contains(&value) {
+        return Err(format!(
+            "{text} must be between 0 and 3.2e7 seconds (a year)"
+        ));
+    }
+    Ok(value)
+}
+
+/// A bandwidth or throughput the estimate divides by: positive.
+fn parse_rate(text: &str) -> Result<f64, String> {
+    let value = parse_finite(text)?;
+    if value <= 0.0 {
+        return Err(format!("{text} must be a positive number"));
+    }
+    Ok(value)
+}
+
+/// Bootstrap resamples: at most 100,000 (the intervals settle long before).
+fn parse_resamples(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<u64>() {
+        Ok(n) if n > 100_000 => Err(format!(
+            "{n} is more than 100000 resamples; 1000 to 10000 give stable 95% intervals"
+        )),
+        Ok(n) => Ok(n as usize),
+        Err(_) => Err(format!("{text:?} is not a whole number")),
+    }
 }
 
 /// `layerstream analyze`.
@@ -111,7 +177,7 @@ pub struct AnalyzeArgs {
     #[arg(long, value_name = "POINTS", default_value = "all")]
     pub points: String,
     /// Magnitude counted as an outlier value (|x| >= threshold; LLM.int8() uses 6).
-    #[arg(long, value_name = "X", default_value_t = 6.0)]
+    #[arg(long, value_name = "X", default_value_t = 6.0, value_parser = parse_threshold)]
     pub threshold: f32,
     #[command(flatten)]
     pub plan: PlanArgs,
@@ -128,11 +194,11 @@ pub struct AnalyzeArgs {
     /// Seconds between hidden-state checkpoints (0: after every layer). Layer results are
     /// recorded after every layer; a resumed run starts from the latest hidden states and
     /// runs the layers after them forward again without recomputing their results.
-    #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
+    #[arg(long, value_name = "SECONDS", default_value_t = 30.0, value_parser = parse_seconds)]
     pub checkpoint_every: f64,
     /// Bootstrap resamples of the sequences for the report's intervals and selection
     /// probabilities (0: none).
-    #[arg(long, value_name = "N", default_value_t = 1000)]
+    #[arg(long, value_name = "N", default_value_t = 1000, value_parser = parse_resamples)]
     pub bootstrap: usize,
     /// Seed of the bootstrap resamples.
     #[arg(long, value_name = "SEED", default_value_t = 0)]
@@ -167,14 +233,14 @@ pub struct PlanArgs {
     #[arg(long, value_name = "SIZE", default_value = "640MiB")]
     pub overhead: ByteSize,
     /// Pinned host-to-device bandwidth the time estimate assumes, GB/s (H200: 55, T4: 12).
-    #[arg(long, value_name = "GBPS", default_value_t = 55.0)]
+    #[arg(long, value_name = "GBPS", default_value_t = 55.0, value_parser = parse_rate)]
     pub h2d_gbps: f64,
     /// Disk read bandwidth for a cold page cache, GB/s.
-    #[arg(long, value_name = "GBPS", default_value_t = 1.6)]
+    #[arg(long, value_name = "GBPS", default_value_t = 1.6, value_parser = parse_rate)]
     pub disk_gbps: f64,
     /// Arithmetic throughput layerstream sustains, TFLOP/s (27 measured on the H200 for the
     /// OLMoE-1B-7B shape).
-    #[arg(long, value_name = "TFLOPS", default_value_t = 25.0)]
+    #[arg(long, value_name = "TFLOPS", default_value_t = 25.0, value_parser = parse_rate)]
     pub tflops: f64,
 }
 
@@ -184,10 +250,10 @@ pub struct EstimateArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     /// Number of sequences.
-    #[arg(long, value_name = "N", default_value_t = 16)]
+    #[arg(long, value_name = "N", default_value_t = 16, value_parser = parse_count)]
     pub num_samples: usize,
     /// Tokens per sequence.
-    #[arg(long, value_name = "T", default_value_t = 2048)]
+    #[arg(long, value_name = "T", default_value_t = 2048, value_parser = parse_count)]
     pub seq_len: usize,
     /// Layers to analyse: all, a list (0,6,11), a range (0-11) or a mix (0-3,8).
     #[arg(long, value_name = "LAYERS", default_value = "all")]
@@ -203,7 +269,7 @@ pub struct EstimateArgs {
     #[arg(long, value_name = "DTYPE", default_value = "auto", value_parser = parse_compute)]
     pub compute_dtype: ComputeChoice,
     /// Tokens per micro-batch to aim for; the plan takes the largest that fits, up to this.
-    #[arg(long, value_name = "TOKENS", default_value_t = 8192)]
+    #[arg(long, value_name = "TOKENS", default_value_t = 8192, value_parser = parse_count)]
     pub micro_batch_tokens: usize,
     #[command(flatten)]
     pub plan: PlanArgs,

@@ -11,6 +11,15 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    catch_stop_signals();
+    if let Ok(threads) = std::env::var("LAYERSTREAM_THREADS")
+        && !threads.trim().parse::<usize>().is_ok_and(|n| n > 0)
+    {
+        eprintln!(
+            "error: LAYERSTREAM_THREADS={threads:?} is not a positive whole number; set it to a thread count or unset it"
+        );
+        return ExitCode::FAILURE;
+    }
     let result = match &cli.command {
         Command::Analyze(args) => commands::analyze::analyze(args),
         Command::Score(args) => commands::score::score(args),
@@ -19,11 +28,30 @@ fn main() -> ExitCode {
         Command::Estimate(args) => commands::estimate::estimate(args),
         Command::Compare(args) => commands::compare::compare(args),
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
+    match (result, layerstream_runtime::stop::stop_requested()) {
+        (Ok(()), _) => ExitCode::SUCCESS,
+        // The shell's convention for a process ended by a signal: 128 + its number.
+        (Err(error), Some(signal)) => {
+            eprintln!("{error:#}");
+            ExitCode::from(128 + signal as u8)
+        }
+        (Err(error), None) => {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// SIGINT, SIGTERM and SIGHUP ask the run to stop cleanly (finished layers written, a line
+/// saying how to continue); a second one ends the process at once.
+fn catch_stop_signals() {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let flag = layerstream_runtime::stop::stop_flag();
+    let caught = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for signal in [SIGINT, SIGTERM, SIGHUP] {
+        // Registered first, so it sees `caught` as it was before this signal.
+        let _ = signal_hook::flag::register_conditional_default(signal, caught.clone());
+        let _ = signal_hook::flag::register(signal, caught.clone());
+        let _ = signal_hook::flag::register_usize(signal, flag.clone(), signal as usize);
     }
 }

@@ -44,9 +44,10 @@ impl FromStr for ByteSize {
             reason,
         };
         let text = input.trim().to_ascii_lowercase();
+        // The unit is the trailing letters ("1e3gib": number 1e3, unit gib).
         let split = text
-            .find(|c: char| c.is_ascii_alphabetic())
-            .unwrap_or(text.len());
+            .rfind(|c: char| !c.is_ascii_alphabetic())
+            .map_or(0, |i| i + 1);
         let (number, unit) = text.split_at(split);
         let number = number.trim();
         if number.is_empty() {
@@ -62,6 +63,9 @@ impl FromStr for ByteSize {
                 .ok_or_else(|| error("unknown unit"))?
         };
         let value: f64 = number.parse().map_err(|_| error("not a number"))?;
+        if value.is_infinite() && value > 0.0 {
+            return Err(error("too large"));
+        }
         if !value.is_finite() || value < 0.0 {
             return Err(error("must be a positive number"));
         }

@@ -153,6 +153,10 @@ pub struct Progress {
     pub times_computed: BTreeMap<usize, u32>,
     /// Latest hidden-state checkpoint (older ones kept only when asked, listed here).
     pub hidden: Vec<HiddenRecord>,
+    /// Files written from the finished layers (report.json, report.md, plots), relative
+    /// paths: the run's own, replaced by the next report and deleted by `--restart`.
+    #[serde(default)]
+    pub outputs: Vec<String>,
     /// Times the command was started on this folder.
     pub runs: u32,
     /// First start (seconds since the Unix epoch).
@@ -251,6 +255,7 @@ mod tests {
             layers: BTreeMap::new(),
             times_computed: BTreeMap::new(),
             hidden: Vec::new(),
+            outputs: Vec::new(),
             runs: 1,
             started_unix: 0,
             updated_unix: 0,

@@ -116,6 +116,12 @@ pub struct ModelConfig {
 impl ModelConfig {
     /// Reads `DIR/config.json`.
     pub fn load(model_dir: &Path) -> Result<Self> {
+        if model_dir.is_file() {
+            return Err(RuntimeError::Config {
+                path: model_dir.to_path_buf(),
+                message: "is a file; --model must be the model's folder (with config.json, tokenizer.json and model.safetensors)".into(),
+            });
+        }
         let path = model_dir.join("config.json");
         let text = std::fs::read_to_string(&path).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
@@ -132,6 +138,8 @@ impl ModelConfig {
 
     /// Parses config.json text; `path` is used in errors.
     pub fn parse(text: &str, path: PathBuf) -> Result<Self> {
+        // Some editors save a byte-order mark; JSON parsers do not expect one.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let raw: Value = serde_json::from_str(text).map_err(|e| RuntimeError::Config {
             path: path.clone(),
             message: format!("not valid JSON: {e}"),
@@ -145,15 +153,25 @@ impl ModelConfig {
             });
         }
         let mut config: ModelConfig =
-            serde_json::from_value(raw.clone()).map_err(|e| RuntimeError::Config {
-                path: path.clone(),
-                message: format!(
-                    "{e} (required for model_type {:?})",
-                    raw.get("model_type").and_then(Value::as_str).unwrap_or("?")
-                ),
+            serde_path_to_error::deserialize(raw.clone()).map_err(|e| {
+                let key = e.path().to_string();
+                let key = if key == "." {
+                    String::new()
+                } else {
+                    format!("`{key}`: ")
+                };
+                RuntimeError::Config {
+                    path: path.clone(),
+                    message: format!(
+                        "{key}{} (model_type {:?})",
+                        e.inner(),
+                        raw.get("model_type").and_then(Value::as_str).unwrap_or("?")
+                    ),
+                }
             })?;
         config.raw = raw;
         config.path = path;
+        crate::config_values::check_values(&config)?;
         Ok(config)
     }
 
@@ -208,7 +226,7 @@ impl ModelConfig {
 
 fn first_token_id(value: &Value) -> Option<u32> {
     match value {
-        Value::Number(n) => n.as_u64().map(|v| v as u32),
+        Value::Number(n) => n.as_u64().and_then(|v| u32::try_from(v).ok()),
         Value::Array(items) => items.first().and_then(first_token_id),
         _ => None,
     }
@@ -237,6 +255,20 @@ mod tests {
             .to_string();
         assert!(err.contains("intermediate_size"), "{err}");
         assert!(err.contains("/m/config.json"), "{err}");
+    }
+
+    #[test]
+    fn type_errors_name_the_key_and_a_byte_order_mark_is_accepted() {
+        let text = MINIMAL.replace("\"hidden_size\":64", "\"hidden_size\":\"64\"");
+        let err = ModelConfig::parse(&text, "c.json".into())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`hidden_size`") && err.contains("string"),
+            "{err}"
+        );
+        let config = ModelConfig::parse(&format!("\u{feff}{MINIMAL}"), "c.json".into()).unwrap();
+        assert_eq!(config.hidden_size, 64);
     }
 
     #[test]

@@ -10,14 +10,16 @@ pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     /// A file could not be opened, read or written.
-    #[error("{action} {path}: {source}")]
+    // The reason is part of the message and deliberately not an error `source`: chained
+    // displays (`{:#}`) would print the operating system's reason twice.
+    #[error("{action} {path}: {reason}")]
     Io {
         /// What was being done ("cannot read", "cannot create").
         action: &'static str,
         /// The file or folder.
         path: PathBuf,
         /// The operating system's reason.
-        source: std::io::Error,
+        reason: std::io::Error,
     },
     /// config.json is not valid JSON or lacks a key the architecture needs.
     #[error("{path}: {message}")]
@@ -125,6 +127,12 @@ pub enum RuntimeError {
     /// Memory ran out: a reservation past the run's budget, or an injected fault.
     #[error("out of memory: {0}")]
     OutOfMemory(String),
+    /// A signal asked the run to stop (see [`crate::stop`]).
+    #[error("stopped by {}", crate::stop::signal_name(*signal))]
+    Stopped {
+        /// The signal's number.
+        signal: i32,
+    },
     /// A fault inside layerstream itself (an invariant the code relies on did not hold): a
     /// bug, never the user's input.
     #[error(
@@ -143,11 +151,11 @@ impl RuntimeError {
     }
 
     /// An I/O error with the path it happened on.
-    pub fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub fn io(action: &'static str, path: impl Into<PathBuf>, reason: std::io::Error) -> Self {
         RuntimeError::Io {
             action,
             path: path.into(),
-            source,
+            reason,
         }
     }
 }

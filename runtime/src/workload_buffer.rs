@@ -40,11 +40,24 @@ impl WorkloadBuffer {
             .truncate(true)
             .open(&path)
             .map_err(|e| RuntimeError::io("cannot create", &path, e))?;
-        file.set_len((len * 4).max(1) as u64)
-            .map_err(|e| RuntimeError::io("cannot size", &path, e))?;
+        let bytes = (len * 4).max(1);
+        reserve_space(&file, bytes).map_err(|e| {
+            let _ = std::fs::remove_file(&path);
+            RuntimeError::io(
+                "cannot reserve space for the hidden states (free space on its disk, choose another --out, or give --ram more memory) in",
+                &path,
+                e,
+            )
+        })?;
         // SAFETY: the file was just created by this process and nothing else maps it.
         let map = unsafe { MmapMut::map_mut(&file) }
             .map_err(|e| RuntimeError::io("cannot map", &path, e))?;
+        crate::mapping_guard::register(
+            map.as_ptr(),
+            map.len(),
+            &path,
+            "the workload file lost its backing (removed, or its disk is full); free space and run the same command again: finished layers are kept",
+        );
         Ok(WorkloadBuffer::Disk { map, len, path })
     }
 
@@ -84,9 +97,22 @@ impl WorkloadBuffer {
     }
 }
 
+/// Gives `file` `bytes` of real blocks, so writing through its mapping cannot meet a full
+/// disk (which would fault); a sparse file where the file system cannot allocate ahead.
+fn reserve_space(file: &std::fs::File, bytes: usize) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    file.set_len(bytes as u64)?;
+    // SAFETY: a valid open descriptor and a range inside the file.
+    match unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, bytes as libc::off_t) } {
+        0 | libc::EOPNOTSUPP | libc::EINVAL => Ok(()),
+        code => Err(std::io::Error::from_raw_os_error(code)),
+    }
+}
+
 impl Drop for WorkloadBuffer {
     fn drop(&mut self) {
-        if let WorkloadBuffer::Disk { path, .. } = self {
+        if let WorkloadBuffer::Disk { path, map, .. } = self {
+            crate::mapping_guard::unregister(map.as_ptr());
             let _ = std::fs::remove_file(path);
         }
     }

@@ -20,6 +20,7 @@ use layerstream_runtime::analysis::outliers::{MIN_LAYER_FRACTION, MIN_POSITION_F
 use layerstream_runtime::analysis::report::{
     ActivationReport, AnalysisSettings, ReportData, ReportModel,
 };
+use layerstream_runtime::checkpoint::activations::activation_path;
 use layerstream_runtime::checkpoint::write_file;
 use layerstream_runtime::checkpoint::{
     AnalysisFolder, FolderOptions, RunIdentity, data_fingerprint, model_fingerprint,
@@ -30,7 +31,7 @@ use layerstream_runtime::timeline;
 use layerstream_runtime::{
     Backend, CaptureMode, CapturePoint, FinalStage, PointSet, RunRequest, run,
 };
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 /// Runs `analyze`.
@@ -67,6 +68,12 @@ pub fn analyze(args: &AnalyzeArgs) -> Result<()> {
     let saved_points = saved_points(args, &points)?;
     let workload = pack_workload(model, &args.workload)?;
     timeline::mark(|| "workload tokenized and packed".into());
+    if args.batches >= 2 && args.batches > workload.packed.num_sequences {
+        eprintln!(
+            "note: --batches {} needs at least {} sequences ({} here): the report has no cross-batch overlap (cross_batch: null)",
+            args.batches, args.batches, workload.packed.num_sequences
+        );
+    }
     let backend = choose_backend(&args.run)?;
     timeline::mark(|| format!("backend ready: {backend}"));
     let packed = &workload.packed;
@@ -89,7 +96,13 @@ pub fn analyze(args: &AnalyzeArgs) -> Result<()> {
     for note in &folder.notes {
         eprintln!("{note}");
     }
-    let to_compute = folder.layers_to_compute(&layers);
+    let mut to_compute = folder.layers_to_compute(&layers);
+    to_compute.extend(layers_missing_activations(
+        args,
+        &layers,
+        &to_compute,
+        &saved_points,
+    ));
     let tokens = packed.num_sequences * packed.seq_len;
     let start = folder.start_point(&to_compute, tokens, model.spec.hidden_size)?;
     let request = RunRequest {
@@ -163,7 +176,9 @@ fn print_summary(report: &ActivationReport, threshold: f32) {
         .map(|p| p.name())
         .filter(|name| first.points.contains_key(*name))
         .collect();
-    println!("\nmax |x| per capture point (values with |x| >= {threshold} in brackets)");
+    println!(
+        "\nmax |x| per capture point (values with |x| >= {threshold} in brackets; NaN/Inf: values left out)"
+    );
     print!("{:>5}", "layer");
     for name in &names {
         print!("  {name:>18}");
@@ -175,11 +190,15 @@ fn print_summary(report: &ActivationReport, threshold: f32) {
             let cell = layer
                 .points
                 .get(*name)
-                .map(|p| {
-                    format!(
+                .map(|p| match p.summary.non_finite {
+                    0 => format!(
                         "{:.2} ({})",
                         p.summary.max_abs, p.summary.count_ge_threshold
-                    )
+                    ),
+                    bad => format!(
+                        "{:.2} ({}) {bad} NaN/Inf",
+                        p.summary.max_abs, p.summary.count_ge_threshold
+                    ),
                 })
                 .unwrap_or_default();
             print!("  {cell:>18}");
@@ -274,11 +293,18 @@ fn compute_layers(
         }
         // Every finished layer is written before the outcome is reported.
         let written = observer.finish();
+        let kept = folder.progress().layers.len();
         let summary = outcome.and_then(|summary| written.map(|()| summary)).map_err(|e| {
-            anyhow::anyhow!(
-                "{e:#}\nfinished layers are kept in {}: fix the cause and run the same command again to continue",
-                args.run.out.display()
-            )
+            match layerstream_runtime::stop::stop_requested() {
+                Some(_) => anyhow::anyhow!(
+                    "{e:#}: {kept} finished layer(s) are kept in {}; run the same command again to continue",
+                    args.run.out.display()
+                ),
+                None => anyhow::anyhow!(
+                    "{e:#}\nfinished layers are kept in {}: fix the cause and run the same command again to continue",
+                    args.run.out.display()
+                ),
+            }
         })?;
         super::print_transfer(&summary);
     }
@@ -294,10 +320,43 @@ fn saved_points(args: &AnalyzeArgs, points: &[CapturePoint]) -> Result<Vec<Captu
     if let Some(p) = listed.iter().find(|p| !points.contains(p)) {
         anyhow::bail!("--save-activations {p}: the point is not captured; add it to --points");
     }
+    if listed.contains(&CapturePoint::Router) && list.trim() != "all" {
+        anyhow::bail!(
+            "--save-activations router: the router's choices are not an activation and are not saved as one; report.json summarises them per layer (`router`). Save one of ln1, ln2, attn_in_o, attn_out, mlp_out, resid_post"
+        );
+    }
     Ok(listed
         .into_iter()
         .filter(|&p| p != CapturePoint::Router)
         .collect())
+}
+
+/// Finished layers an earlier run computed without the activations `--save-activations`
+/// asks for now: computed again to save them (said on stderr).
+fn layers_missing_activations(
+    args: &AnalyzeArgs,
+    layers: &BTreeSet<usize>,
+    to_compute: &BTreeSet<usize>,
+    saved_points: &[CapturePoint],
+) -> BTreeSet<usize> {
+    let missing: BTreeSet<usize> = layers
+        .iter()
+        .copied()
+        .filter(|layer| !to_compute.contains(layer))
+        .filter(|&layer| {
+            saved_points
+                .iter()
+                .any(|&point| !activation_path(&args.run.out, layer, point).exists())
+        })
+        .collect();
+    if !missing.is_empty() {
+        let list: Vec<String> = missing.iter().map(usize::to_string).collect();
+        eprintln!(
+            "--save-activations: layer(s) {} were finished by an earlier run without these activations; computing them again to save them",
+            list.join(", ")
+        );
+    }
+    missing
 }
 
 /// What progress.json records of the run: model, data, settings and plan.
@@ -359,6 +418,8 @@ fn write_outputs(
         layers_run,
     } = timing;
     let report_started = Instant::now();
+    // Recorded before they are written, so `--restart` knows them even after a kill.
+    folder.record_outputs(["report.json".to_string(), "report.md".to_string()])?;
     let tokenizer = TextTokenizer::load(&model.dir, &model.config)?;
     let text = |id: u32| tokenizer.token_text(id);
     let token_info = TokenInfo {
@@ -398,8 +459,12 @@ fn write_outputs(
     let markdown = report_markdown(&report);
     write_file(&args.run.out, "report.md", markdown.as_bytes())?;
     let plots = write_plots(&report, &args.run.out.join("plots"))?;
+    folder.record_outputs(plots.iter().map(|name| format!("plots/{name}")))?;
     timeline::mark(|| "report.md and plots written".into());
     print_summary(&report, args.threshold);
+    if let Some(warning) = report.non_finite.warning() {
+        eprintln!("{warning}");
+    }
     let (report_seconds, all_seconds) = (
         report_started.elapsed().as_secs_f64(),
         started.elapsed().as_secs_f64(),
@@ -418,7 +483,7 @@ fn write_outputs(
     println!(
         "report: {} (and report.md, {} plots in {})",
         path.display(),
-        plots,
+        plots.len() / 2,
         args.run.out.join("plots").display()
     );
     Ok(())

@@ -60,6 +60,7 @@ pub fn make_estimate(
     let model = &named.model;
     let spec = &model.spec;
     model.check_seq_len(seq_len)?;
+    super::check_workload_size(sequences, seq_len, spec.hidden_size.max(spec.vocab_size))?;
     let layers = parse_layers(layers, spec.num_layers)?;
     let points = parse_points(points)?;
     let layers_run = if lm_head {

@@ -49,9 +49,26 @@ pub struct Workload {
     pub data_name: String,
 }
 
+/// Refuses a workload whose `(sequences * seq_len, width)` f32 values this machine cannot
+/// even count in bytes (the memory plan would overflow).
+pub fn check_workload_size(sequences: usize, seq_len: usize, width: usize) -> Result<()> {
+    let bytes = (sequences as u128) * (seq_len as u128) * (width as u128) * 4;
+    if bytes >= 1u128 << 62 {
+        anyhow::bail!(
+            "--num-samples {sequences} x --seq-len {seq_len}: the hidden states alone would take {bytes} bytes, more than any machine holds; ask for fewer sequences"
+        );
+    }
+    Ok(())
+}
+
 /// Tokenizes and packs `--data` (or the embedded text) with the model's tokenizer.
 pub fn pack_workload(model: &Model, args: &WorkloadArgs) -> Result<Workload> {
     model.check_seq_len(args.seq_len)?;
+    check_workload_size(
+        args.num_samples,
+        args.seq_len,
+        model.spec.hidden_size.max(model.spec.vocab_size),
+    )?;
     let (path, data_name): (PathBuf, String) = match &args.data {
         Some(path) => (path.clone(), path.display().to_string()),
         None => (

@@ -9,22 +9,19 @@ use layerstream_runtime::analysis::outlier_report::OutlierGroupReport;
 use layerstream_runtime::analysis::report::ActivationReport;
 use std::path::Path;
 
-/// Writes every plot the report has data for; returns how many.
-pub fn write_plots(report: &ActivationReport, dir: &Path) -> Result<usize> {
+/// Writes every plot the report has data for (SVG and PNG); returns their file names.
+pub fn write_plots(report: &ActivationReport, dir: &Path) -> Result<Vec<String>> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let mut written = 0;
+    let mut written = Vec::new();
     for group in &report.outlier_features {
         let name = format!("outlier_heatmap_{}", group.points.join("_"));
-        outlier_heatmap(group, &short_name(report)).save(dir, &name)?;
-        written += 1;
+        written.extend(outlier_heatmap(group, &short_name(report)).save(dir, &name)?);
     }
     if !report.layers.is_empty() {
-        per_layer_lines(report).save(dir, "max_abs_and_kurtosis")?;
-        written += 1;
+        written.extend(per_layer_lines(report).save(dir, "max_abs_and_kurtosis")?);
     }
     if report.layers.iter().any(|l| l.router.is_some()) {
-        expert_load(report).save(dir, "expert_load")?;
-        written += 1;
+        written.extend(expert_load(report).save(dir, "expert_load")?);
     }
     Ok(written)
 }

@@ -43,6 +43,7 @@ pub fn report_markdown(report: &ActivationReport) -> String {
         s.massive_min_magnitude,
         s.massive_median_ratio
     );
+    non_finite_section(&mut md, report);
     outlier_sections(&mut md, report);
     per_layer_section(&mut md, report);
     massive_section(&mut md, report);
@@ -144,6 +145,30 @@ fn outlier_sections(md: &mut String, report: &ActivationReport) {
     }
 }
 
+/// Where NaN or infinite values appeared (nothing when every value was finite).
+fn non_finite_section(md: &mut String, report: &ActivationReport) {
+    let overview = &report.non_finite;
+    let Some(first) = overview.places.first() else {
+        return;
+    };
+    let _ = writeln!(md, "## NaN and infinite values\n");
+    let _ = writeln!(
+        md,
+        "**{} value(s) were NaN or infinite**, first at layer {} {}. Every statistic in this report leaves them out; check the model's weights and config.json.\n",
+        overview.total, first.layer, first.point
+    );
+    let _ = writeln!(md, "| layer | point | NaN/Inf | of values |");
+    let _ = writeln!(md, "| --- | --- | --- | --- |");
+    for place in &overview.places {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} |",
+            place.layer, place.point, place.count, place.numel
+        );
+    }
+    md.push('\n');
+}
+
 /// The per-layer table.
 fn per_layer_section(md: &mut String, report: &ActivationReport) {
     let _ = writeln!(md, "## Per layer\n");
@@ -168,8 +193,12 @@ fn per_layer_section(md: &mut String, report: &ActivationReport) {
             .iter()
             .map(|n| {
                 layer.points.get(*n).map_or("-".to_string(), |p| {
+                    let bad = match p.summary.non_finite {
+                        0 => String::new(),
+                        n => format!(" / **{n} NaN/Inf**"),
+                    };
                     format!(
-                        "{:.2} / {} / {:.0}",
+                        "{:.2} / {} / {:.0}{bad}",
                         p.distribution.max_abs,
                         interval(&p.rms_kurtosis, 2),
                         p.distribution.max_over_median

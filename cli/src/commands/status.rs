@@ -98,12 +98,19 @@ pub fn status(args: &StatusArgs) -> Result<()> {
         "last update",
         format!("{} s ago", unix_now().saturating_sub(progress.updated_unix)),
     );
-    let report = args.out.join("report.json").exists();
+    // Finished once report.json, report.md and the plots are written (each recorded after
+    // it is written) and are still there.
+    let outputs = &progress.outputs;
+    let written = ["report.json", "report.md"]
+        .iter()
+        .all(|name| outputs.iter().any(|o| o == name))
+        && outputs.iter().any(|o| o.starts_with("plots/"))
+        && outputs.iter().all(|o| args.out.join(o).exists());
     let state = if remaining.is_empty() && damaged.is_empty() {
-        if report {
-            "finished (report.json written)"
+        if written {
+            "finished (report.json, report.md and plots written)"
         } else {
-            "all layers done; the same command writes report.json"
+            "all layers done; the same command writes report.json, report.md and the plots"
         }
     } else if damaged.is_empty() {
         "interrupted: run the same analyze command again to continue"

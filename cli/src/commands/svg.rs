@@ -125,16 +125,17 @@ impl Svg {
     }
 
     /// Writes `dir/name.svg` and `dir/name.png`.
-    pub fn save(&self, dir: &Path, name: &str) -> Result<()> {
+    pub fn save(&self, dir: &Path, name: &str) -> Result<Vec<String>> {
         let svg = self.finish();
-        let svg_path = dir.join(format!("{name}.svg"));
-        std::fs::write(&svg_path, &svg)
-            .with_context(|| format!("cannot write {}", svg_path.display()))?;
-        let png_path = dir.join(format!("{name}.png"));
-        let png =
-            render_png(&svg).with_context(|| format!("cannot render {}", png_path.display()))?;
-        std::fs::write(&png_path, png)
-            .with_context(|| format!("cannot write {}", png_path.display()))
+        let png_name = format!("{name}.png");
+        let png = render_png(&svg)
+            .with_context(|| format!("cannot render {}", dir.join(&png_name).display()))?;
+        // Atomic, as every other file of an output folder: a full disk leaves the old plot
+        // or none, never a truncated one.
+        let svg_name = format!("{name}.svg");
+        layerstream_runtime::checkpoint::write_file(dir, &svg_name, svg.as_bytes())?;
+        layerstream_runtime::checkpoint::write_file(dir, &png_name, &png)?;
+        Ok(vec![svg_name, png_name])
     }
 }
 

@@ -6,6 +6,7 @@ pub mod attribution;
 pub mod distribution;
 pub mod layer_analysis;
 pub mod massive;
+pub mod non_finite;
 pub mod outlier_report;
 pub mod outliers;
 pub mod point_summary;

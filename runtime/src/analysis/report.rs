@@ -133,6 +133,9 @@ pub struct ActivationReport {
     pub outlier_features: Vec<OutlierGroupReport>,
     /// Massive activations over all layers.
     pub massive_activations: MassiveOverview,
+    /// NaN and infinite values, left out of every statistic above.
+    #[serde(default)]
+    pub non_finite: super::non_finite::NonFiniteOverview,
 }
 
 /// One analysed layer.
@@ -243,6 +246,7 @@ pub fn assemble_report(
         ));
     }
     let massive_activations = massive_overview(&analysed, looked_for_massive);
+    let non_finite = super::non_finite::NonFiniteOverview::of(&analysed);
     Ok(ActivationReport {
         schema_version: REPORT_SCHEMA_VERSION,
         tool: format!("layerstream {}", env!("CARGO_PKG_VERSION")),
@@ -252,6 +256,7 @@ pub fn assemble_report(
         layers: analysed,
         outlier_features,
         massive_activations,
+        non_finite,
     })
 }
 

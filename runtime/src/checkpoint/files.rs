@@ -30,9 +30,22 @@ static WRITES: AtomicUsize = AtomicUsize::new(0);
 /// Writes `bytes` to `folder/relative` atomically and returns its record.
 ///
 /// Fault injection for tests: with `LAYERSTREAM_FAULT_WRITE=N`, the N-th checkpoint write of
-/// the process fails as a full disk would.
+/// the process fails as a full disk would; with `LAYERSTREAM_FAULT_WRITE_PATH=P`, every write
+/// of a file whose path ends with `P`. An injected fault strikes after the first bytes.
 pub fn write_file(folder: &Path, relative: &str, bytes: &[u8]) -> Result<FileRecord> {
     write_file_with(folder, relative, |file| file.write_all(bytes))
+}
+
+/// Whether the fault injection (see [`write_file`]) strikes this write.
+fn fault_injected(path: &Path) -> bool {
+    let count = WRITES.fetch_add(1, Ordering::SeqCst) + 1;
+    let by_count = std::env::var("LAYERSTREAM_FAULT_WRITE")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .is_some_and(|n| n == count);
+    let by_path = std::env::var_os("LAYERSTREAM_FAULT_WRITE_PATH")
+        .is_some_and(|p| !p.is_empty() && path.ends_with(Path::new(&p)));
+    by_count || by_path
 }
 
 /// As [`write_file`], the contents written by `fill` in pieces and hashed on the way.
@@ -42,34 +55,60 @@ pub fn write_file_with(
     fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
 ) -> Result<FileRecord> {
     let path = folder.join(relative);
-    let count = WRITES.fetch_add(1, Ordering::SeqCst) + 1;
-    let injected = std::env::var("LAYERSTREAM_FAULT_WRITE")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .is_some_and(|n| n == count);
+    let injected = fault_injected(&path);
     let mut hasher = Sha256Writer::default();
-    let written = if injected {
-        Err(std::io::Error::other(
-            "No space left on device (injected by LAYERSTREAM_FAULT_WRITE)",
-        ))
-    } else {
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| RuntimeError::io("cannot create", parent, e))?;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| RuntimeError::io("cannot create", parent, e))?;
+    }
+    let written = layerstream_planner::write_atomically_with(&path, |file| {
+        let mut tee = Tee {
+            file,
+            hasher: &mut hasher,
+        };
+        match injected {
+            false => fill(&mut tee),
+            true => {
+                fill(&mut DiskFullAfter {
+                    inner: &mut tee,
+                    room: 4096,
+                })?;
+                // A file smaller than the room fails when it would be flushed.
+                Err(disk_full())
+            }
         }
-        layerstream_planner::write_atomically_with(&path, |file| {
-            fill(&mut Tee {
-                file,
-                hasher: &mut hasher,
-            })
-        })
-    };
+    });
     written.map_err(|e| RuntimeError::io("cannot write", &path, e))?;
     Ok(FileRecord {
         path: relative.to_string(),
         bytes: hasher.bytes(),
         sha256: hasher.hex(),
     })
+}
+
+fn disk_full() -> std::io::Error {
+    std::io::Error::other("No space left on device (injected by LAYERSTREAM_FAULT_WRITE)")
+}
+
+/// A writer that takes `room` bytes and then fails as a full disk (fault injection).
+struct DiskFullAfter<'a> {
+    inner: &'a mut dyn Write,
+    room: usize,
+}
+
+impl Write for DiskFullAfter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.room == 0 {
+            return Err(disk_full());
+        }
+        let n = self.inner.write(&buf[..buf.len().min(self.room)])?;
+        self.room -= n;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// Writes to a file and a hasher.

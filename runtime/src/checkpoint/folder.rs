@@ -9,6 +9,10 @@
 use super::files::{
     hidden_source, layer_json_path, layer_statistics_path, read_layer_report, write_file,
 };
+use super::layer_record::read_layer_records;
+use super::ownership::{
+    is_run_file_name, refuse_foreign_folder, remove_recorded_files, remove_run_temp_files,
+};
 use super::statistics_file::read_statistics;
 use super::writer::CheckpointObserver;
 use crate::analysis::layer_analysis::TokenInfo;
@@ -64,16 +68,26 @@ pub struct AnalysisFolder {
     pub notes: Vec<String>,
 }
 
-fn read_progress(dir: &Path) -> Result<Option<Progress>> {
+/// What progress.json says, if anything.
+enum PreviousProgress {
+    /// No progress.json.
+    Missing,
+    /// There but not readable as a progress record (the reason).
+    Unreadable(String),
+    /// Read.
+    Read(Box<Progress>),
+}
+
+fn read_progress(dir: &Path) -> Result<PreviousProgress> {
     let path = dir.join(PROGRESS_FILE);
     if !path.exists() {
-        return Ok(None);
+        return Ok(PreviousProgress::Missing);
     }
-    let text =
-        std::fs::read_to_string(&path).map_err(|e| RuntimeError::io("cannot read", &path, e))?;
-    serde_json::from_str(&text).map(Some).map_err(|e| RuntimeError::Checkpoint {
-        path,
-        message: format!("cannot be read ({e}); it was not written by this version of layerstream or was edited: use --restart to start over"),
+    // A folder or a file without read permission in its place: the user must look.
+    let text = std::fs::read(&path).map_err(|e| RuntimeError::io("cannot read", &path, e))?;
+    Ok(match serde_json::from_slice::<Progress>(&text) {
+        Ok(progress) => PreviousProgress::Read(Box::new(progress)),
+        Err(e) => PreviousProgress::Unreadable(e.to_string()),
     })
 }
 
@@ -102,37 +116,24 @@ impl AnalysisFolder {
             layers: BTreeMap::new(),
             times_computed: BTreeMap::new(),
             hidden: Vec::new(),
+            outputs: Vec::new(),
             runs: 1,
             started_unix: now,
             updated_unix: now,
         };
         let mut notes = Vec::new();
-        let previous = if options.restart {
-            remove_run_files(dir)?;
-            None
-        } else {
-            read_progress(dir)?
-        };
-        let progress = match previous {
-            None => fresh,
-            Some(old) => {
-                if old.schema_version != PROGRESS_SCHEMA_VERSION {
-                    return Err(RuntimeError::InvalidRequest(format!(
-                        "{} has progress schema {}, this layerstream writes {}; use --restart to start over or another --out",
-                        dir.join(PROGRESS_FILE).display(),
-                        old.schema_version,
-                        PROGRESS_SCHEMA_VERSION
-                    )));
-                }
-                let differences = identity_differences(&old, &fresh);
-                if !differences.is_empty() {
-                    return Err(RuntimeError::InvalidRequest(format!(
-                        "{} holds a run that differs from this one:\n  - {}\nuse --restart to start over (deletes its finished layers) or choose another --out",
-                        dir.display(),
-                        differences.join("\n  - ")
-                    )));
-                }
-                resume(dir, old, fresh, &mut notes)
+        let progress = match (options.restart, read_progress(dir)?) {
+            (true, previous) => {
+                restart(dir, previous)?;
+                fresh
+            }
+            (false, PreviousProgress::Read(old)) => {
+                check_same_run(dir, &old, &fresh)?;
+                resume(dir, *old, fresh, &mut notes)
+            }
+            (false, PreviousProgress::Missing) => recover(dir, fresh, None, &mut notes)?,
+            (false, PreviousProgress::Unreadable(why)) => {
+                recover(dir, fresh, Some(why), &mut notes)?
             }
         };
         let folder = AnalysisFolder {
@@ -236,30 +237,31 @@ impl AnalysisFolder {
         self.progress = progress;
     }
 
+    /// Records the files written from the finished layers (report.json, report.md, plots)
+    /// as the run's own.
+    pub fn record_outputs(&mut self, outputs: impl IntoIterator<Item = String>) -> Result<()> {
+        let mut all: BTreeSet<String> = self.progress.outputs.iter().cloned().collect();
+        all.extend(outputs);
+        self.progress.outputs = all.into_iter().collect();
+        self.save_progress()
+    }
+
     /// Deletes temp files of killed writes and hidden states progress.json does not name.
     fn remove_stray_files(&self) {
+        remove_run_temp_files(&self.dir);
         let named: BTreeSet<String> = self
             .progress
             .hidden
             .iter()
             .map(|h| h.file.path.clone())
             .collect();
-        for sub in ["hidden", "layers", "."] {
-            let Ok(entries) = std::fs::read_dir(self.dir.join(sub)) else {
-                continue;
-            };
-            for entry in entries.flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                let relative = if sub == "." {
-                    name.clone()
-                } else {
-                    format!("{sub}/{name}")
-                };
-                let temp = name.starts_with('.') && name.contains(".tmp-");
-                let stale_hidden = sub == "hidden" && !named.contains(&relative);
-                if temp || stale_hidden {
-                    let _ = std::fs::remove_file(entry.path());
-                }
+        let Ok(entries) = std::fs::read_dir(self.dir.join("hidden")) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if is_run_file_name("hidden", &name) && !named.contains(&format!("hidden/{name}")) {
+                let _ = std::fs::remove_file(entry.path());
             }
         }
     }
@@ -277,6 +279,7 @@ fn resume(dir: &Path, old: Progress, fresh: Progress, notes: &mut Vec<String>) -
     progress.runs = old.runs + 1;
     progress.times_computed = old.times_computed;
     progress.started_unix = old.started_unix;
+    progress.outputs = old.outputs;
     let describe = |problem: FileProblem| match problem {
         FileProblem::Missing => "is missing",
         FileProblem::Damaged => "is damaged (checksum differs)",
@@ -321,17 +324,85 @@ fn resume(dir: &Path, old: Progress, fresh: Progress, notes: &mut Vec<String>) -
     progress
 }
 
-/// Deletes the files a run writes (never anything else in the folder).
-fn remove_run_files(dir: &Path) -> Result<()> {
-    for sub in ["hidden", "layers"] {
-        let path = dir.join(sub);
-        if path.exists() {
-            std::fs::remove_dir_all(&path)
-                .map_err(|e| RuntimeError::io("cannot remove", &path, e))?;
-        }
+/// Refuses a previous run of another schema or identity, saying what differs.
+fn check_same_run(dir: &Path, old: &Progress, fresh: &Progress) -> Result<()> {
+    if old.schema_version != PROGRESS_SCHEMA_VERSION {
+        return Err(RuntimeError::InvalidRequest(format!(
+            "{} has progress schema {}, this layerstream writes {}; use --restart to start over or another --out",
+            dir.join(PROGRESS_FILE).display(),
+            old.schema_version,
+            PROGRESS_SCHEMA_VERSION
+        )));
     }
-    for file in [PROGRESS_FILE, "report.json"] {
-        let _ = std::fs::remove_file(dir.join(file));
+    let differences = identity_differences(old, fresh);
+    if !differences.is_empty() {
+        return Err(RuntimeError::InvalidRequest(format!(
+            "{} holds a run that differs from this one:\n  - {}\nuse --restart to start over (deletes its finished layers) or choose another --out",
+            dir.display(),
+            differences.join("\n  - ")
+        )));
     }
     Ok(())
+}
+
+/// `--restart`: deletes what the previous run recorded (nothing else); a folder with no
+/// run in it must hold nothing.
+fn restart(dir: &Path, previous: PreviousProgress) -> Result<()> {
+    let records = read_layer_records(dir);
+    match previous {
+        PreviousProgress::Read(old) => remove_recorded_files(dir, Some(&old), &records),
+        PreviousProgress::Unreadable(_) => remove_recorded_files(dir, None, &records),
+        PreviousProgress::Missing if records.is_empty() => refuse_foreign_folder(dir),
+        PreviousProgress::Missing => remove_recorded_files(dir, None, &records),
+    }
+}
+
+/// No readable progress.json: the finished layers are taken from their own records where
+/// they belong to this run and their files verify; a folder with neither must be empty.
+fn recover(
+    dir: &Path,
+    fresh: Progress,
+    unreadable: Option<String>,
+    notes: &mut Vec<String>,
+) -> Result<Progress> {
+    let records = read_layer_records(dir);
+    let progress_path = dir.join(PROGRESS_FILE);
+    if records.is_empty() {
+        return match unreadable {
+            None => refuse_foreign_folder(dir).map(|()| fresh),
+            Some(why) => Err(RuntimeError::Checkpoint {
+                path: progress_path,
+                message: format!(
+                    "cannot be read ({why}) and no layer has a record in layers/ to recover from; use --restart to start over"
+                ),
+            }),
+        };
+    }
+    for record in records.values() {
+        let differences = identity_differences(&record.as_progress(&fresh), &fresh);
+        if !differences.is_empty() {
+            return Err(RuntimeError::InvalidRequest(format!(
+                "{} holds layers of a run that differs from this one (layer {}'s record):\n  - {}\nuse --restart to start over (deletes its finished layers) or choose another --out",
+                dir.display(),
+                record.layer,
+                differences.join("\n  - ")
+            )));
+        }
+    }
+    notes.push(match &unreadable {
+        Some(why) => format!(
+            "{} cannot be read ({why}); recovering the finished layers from their records in layers/",
+            progress_path.display()
+        ),
+        None => format!(
+            "{} is missing; recovering the finished layers from their records in layers/",
+            progress_path.display()
+        ),
+    });
+    let mut old = fresh.clone();
+    for (layer, record) in records {
+        old.layers.insert(layer, record.record);
+        old.times_computed.insert(layer, record.times_computed);
+    }
+    Ok(resume(dir, old, fresh, notes))
 }

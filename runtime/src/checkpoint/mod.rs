@@ -7,7 +7,9 @@ pub mod activations;
 mod files;
 mod fingerprint;
 mod folder;
+mod layer_record;
 mod lock;
+mod ownership;
 pub mod statistics_file;
 mod writer;
 

@@ -8,6 +8,7 @@
 use super::activations::ActivationSaver;
 use super::files::{hidden_path, layer_json_path, layer_statistics_path, write_file, write_hidden};
 use super::folder::{AnalysisFolder, save_progress};
+use super::layer_record::LayerSelfRecord;
 use super::statistics_file::statistics_bytes;
 use crate::analysis::PointStatistics;
 use crate::analysis::report::LayerReport;
@@ -112,13 +113,13 @@ impl Writer {
                 )?,
             ];
             *self.progress.times_computed.entry(layer).or_insert(0) += 1;
-            self.progress.layers.insert(
-                layer,
-                LayerRecord {
-                    files,
-                    finished_unix: unix_now(),
-                },
-            );
+            let record = LayerRecord {
+                files,
+                finished_unix: unix_now(),
+            };
+            // The layer's own record, before progress.json names it (see layer_record).
+            LayerSelfRecord::of(&self.progress, layer, &record).write(&self.dir)?;
+            self.progress.layers.insert(layer, record);
         }
         let mut obsolete: Vec<FileRecord> = Vec::new();
         if let Some(hidden) = hidden_states {

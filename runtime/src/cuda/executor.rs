@@ -320,6 +320,7 @@ impl LayerRunner for CudaRunner<'_, '_> {
     }
 
     fn load_part(&mut self, layer: usize, _part: &LayerPart) -> Result<DeviceLayer> {
+        self.model.weights.check_unchanged()?;
         let (raw, uploaded, layout) = self
             .next
             .take()

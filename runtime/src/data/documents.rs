@@ -74,7 +74,7 @@ pub fn for_each_document(
                 message: format!("cannot be read as UTF-8 text: {e}"),
             })?;
             // One document: whether the visitor wants more does not matter.
-            let _ = counted(&text)?;
+            let _ = counted(text.strip_prefix('\u{feff}').unwrap_or(&text))?;
         }
         DataFormat::Jsonl => read_jsonl(path, text_field, &mut counted)?,
         DataFormat::Parquet => read_parquet(path, text_field, &mut counted)?,
@@ -95,10 +95,15 @@ fn read_jsonl(
     for (index, line) in BufReader::new(file).lines().enumerate() {
         let number = index + 1;
         let line = line.map_err(|e| error(number, format!("cannot be read: {e}")))?;
+        // A byte-order mark some editors put at the start of the file.
+        let line = match number {
+            1 => line.strip_prefix('\u{feff}').unwrap_or(&line),
+            _ => &line,
+        };
         if line.trim().is_empty() {
             continue;
         }
-        let record: serde_json::Value = serde_json::from_str(&line)
+        let record: serde_json::Value = serde_json::from_str(line)
             .map_err(|e| error(number, format!("not valid JSON: {e}")))?;
         let text = match record.get(text_field) {
             Some(serde_json::Value::String(text)) => text,

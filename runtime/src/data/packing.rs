@@ -50,8 +50,14 @@ pub fn pack_documents(
         )));
     }
     let per_sequence = seq_len - prefix.len();
-    let needed = num_sequences * per_sequence;
-    let mut stream: Vec<u32> = Vec::with_capacity(needed + 1);
+    let needed = num_sequences.checked_mul(seq_len).ok_or_else(|| {
+        RuntimeError::InvalidRequest(format!(
+            "--num-samples {num_sequences} x --seq-len {seq_len} tokens is more than this machine can count"
+        ))
+    })? - num_sequences * prefix.len();
+    // Grown as documents arrive: a request larger than the data fails on the token count,
+    // not on allocating room for it.
+    let mut stream: Vec<u32> = Vec::with_capacity(needed.min(1 << 24) + 1);
     let documents_used = for_each_document(path, text_field, |text| {
         let remaining = needed - stream.len();
         stream.extend(encode_enough(tokenizer, text, remaining)?);
@@ -98,7 +104,8 @@ pub fn pack_documents(
 /// Tokens of `text`, or of a prefix of it long enough to give at least `needed` tokens
 /// (a multi-gigabyte `.txt` is not tokenized whole to use its first pages).
 fn encode_enough(tokenizer: &TextTokenizer, text: &str, needed: usize) -> Result<Vec<u32>> {
-    let mut prefix_bytes = (needed + PREFIX_SAFETY_TOKENS)
+    let mut prefix_bytes = needed
+        .saturating_add(PREFIX_SAFETY_TOKENS)
         .saturating_mul(16)
         .max(1 << 16);
     loop {
@@ -107,7 +114,7 @@ fn encode_enough(tokenizer: &TextTokenizer, text: &str, needed: usize) -> Result
         }
         let cut = whitespace_boundary(text, prefix_bytes);
         let mut ids = tokenizer.encode(&text[..cut])?;
-        if ids.len() >= needed + PREFIX_SAFETY_TOKENS {
+        if ids.len() >= needed.saturating_add(PREFIX_SAFETY_TOKENS) {
             ids.truncate(ids.len() - PREFIX_SAFETY_TOKENS);
             return Ok(ids);
         }

@@ -41,18 +41,31 @@ impl TextTokenizer {
             message: format!("cannot be loaded: {e}"),
         })?;
         let tokenizer_config = read_tokenizer_config(model_dir)?;
-        let token_id = |tokenizer: &Tokenizer, field: &str| -> Option<u32> {
-            let value = tokenizer_config.as_ref()?.get(field)?;
-            let text = value.as_str().or_else(|| value.get("content")?.as_str())?;
-            tokenizer.token_to_id(text)
+        let config_path = model_dir.join("tokenizer_config.json");
+        let special = |field: &str| -> Result<Option<u32>> {
+            special_token(&tokenizer, tokenizer_config.as_ref(), field, &config_path)
         };
-        let bos_id = token_id(&tokenizer, "bos_token");
-        let eos_id = token_id(&tokenizer, "eos_token")
-            .or_else(|| config.first_eos_token_id())
-            .ok_or_else(|| RuntimeError::Tokenizer {
+        let bos_id = special("bos_token")?;
+        let eos_id = match special("eos_token")? {
+            Some(id) => id,
+            None => config.first_eos_token_id().ok_or_else(|| RuntimeError::Tokenizer {
                 path: path.clone(),
                 message: "no end-of-text token: neither tokenizer_config.json's eos_token nor config.json's eos_token_id names one".into(),
-            })?;
+            })?,
+        };
+        let add_bos = match tokenizer_config
+            .as_ref()
+            .and_then(|c| c.get("add_bos_token"))
+        {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(add)) => *add,
+            Some(other) => {
+                return Err(RuntimeError::Tokenizer {
+                    path: config_path,
+                    message: format!("`add_bos_token` is {other}; it must be true or false"),
+                });
+            }
+        };
         let mut text = TextTokenizer {
             tokenizer,
             path,
@@ -60,13 +73,12 @@ impl TextTokenizer {
             sequence_prefix: Vec::new(),
         };
         text.sequence_prefix = text.post_processor_prefix()?;
-        let add_bos = tokenizer_config
-            .as_ref()
-            .and_then(|c| c.get("add_bos_token"))
-            .and_then(Value::as_bool)
-            .unwrap_or(false);
         if text.sequence_prefix.is_empty() && add_bos {
-            text.sequence_prefix.extend(bos_id);
+            let bos = bos_id.ok_or_else(|| RuntimeError::Tokenizer {
+                path: config_path.clone(),
+                message: "`add_bos_token` is true but no `bos_token` is named; name it or set add_bos_token to false".into(),
+            })?;
+            text.sequence_prefix.push(bos);
         }
         Ok(text)
     }
@@ -113,6 +125,35 @@ impl TextTokenizer {
             .unwrap_or(0);
         Ok(with[..start].to_vec())
     }
+}
+
+/// The id of a special token tokenizer_config.json names (`"<s>"` or `{"content": "<s>"}`);
+/// a named token the vocabulary lacks is an error, never a silent fallback.
+fn special_token(
+    tokenizer: &Tokenizer,
+    tokenizer_config: Option<&Value>,
+    field: &str,
+    config_path: &Path,
+) -> Result<Option<u32>> {
+    let Some(value) = tokenizer_config
+        .and_then(|c| c.get(field))
+        .filter(|v| !v.is_null())
+    else {
+        return Ok(None);
+    };
+    let error = |message: String| RuntimeError::Tokenizer {
+        path: config_path.to_path_buf(),
+        message,
+    };
+    let text = value
+        .as_str()
+        .or_else(|| value.get("content")?.as_str())
+        .ok_or_else(|| error(format!("`{field}` is {value}; it must be a token's text")))?;
+    tokenizer.token_to_id(text).map(Some).ok_or_else(|| {
+        error(format!(
+            "`{field}` {text:?} is not a token of tokenizer.json's vocabulary; the two files do not belong together"
+        ))
+    })
 }
 
 fn read_tokenizer_config(model_dir: &Path) -> Result<Option<Value>> {

@@ -66,6 +66,7 @@ pub(crate) fn run_layers<R: LayerRunner>(
 ) -> Result<usize> {
     let mut scratch: Option<R::Scratch> = None;
     for layer in layers {
+        crate::stop::check_stop()?;
         let parts = runner.parts(layer);
         if parts.len() > 1 {
             observer.on_layer_split(layer, &parts);
@@ -95,6 +96,7 @@ pub(crate) fn run_layers<R: LayerRunner>(
                 };
                 let buffers = scratch.insert(buffers);
                 while next_sequence < sequences.end {
+                    crate::stop::check_stop()?;
                     let batch = micro_batch.min(sequences.end - next_sequence);
                     runner.run_micro_batch(
                         layer,

@@ -27,15 +27,29 @@ pub struct WeightStore {
 impl WeightStore {
     /// Maps the safetensors files of `model_dir` and builds the inventory from their headers.
     pub fn open(model_dir: &Path) -> Result<Self> {
-        let files = weight_files(model_dir)?;
+        let (files, weight_map) = weight_files(model_dir)?;
         let mut maps = Vec::with_capacity(files.len());
         let mut tensors = Vec::new();
         for (file_index, path) in files.iter().enumerate() {
+            if path.is_dir() {
+                return Err(RuntimeError::Safetensors {
+                    path: path.clone(),
+                    message:
+                        "is a folder, not a safetensors file; put the model's weights file there"
+                            .into(),
+                });
+            }
             let file = File::open(path).map_err(|e| RuntimeError::io("cannot open", path, e))?;
             // SAFETY: the file is opened read-only; a checkpoint changed underneath a running
             // analysis is outside what any loader can defend against.
             let map =
                 unsafe { Mmap::map(&file) }.map_err(|e| RuntimeError::io("cannot map", path, e))?;
+            crate::mapping_guard::register(
+                map.as_ptr(),
+                map.len(),
+                path,
+                "the model file changed or was truncated while layerstream read it (its memory mapping lost its backing); put the original file back and run the same command again: finished layers are kept",
+            );
             tensors.extend(read_header(path, &map, file_index)?);
             maps.push(map);
         }
@@ -52,6 +66,7 @@ impl WeightStore {
                 });
             }
         }
+        check_weight_map(&weight_map, &files, &tensors)?;
         let inventory = Inventory::new(files, tensors);
         let index_by_name = inventory
             .tensors
@@ -65,6 +80,15 @@ impl WeightStore {
             maps,
             index_by_name,
         })
+    }
+
+    /// Refuses to go on when a weight file no longer has the length it was mapped with
+    /// (truncated or replaced during the run; reading it would fault).
+    pub fn check_unchanged(&self) -> Result<()> {
+        for (index, map) in self.maps.iter().enumerate() {
+            crate::mapping_guard::check_length(self.file_path(index), map.len())?;
+        }
+        Ok(())
     }
 
     /// The folder the weights came from.
@@ -235,7 +259,52 @@ impl WeightStore {
 }
 
 /// The safetensors files of a model folder, from the index if there is one.
-fn weight_files(model_dir: &Path) -> Result<Vec<PathBuf>> {
+impl Drop for WeightStore {
+    fn drop(&mut self) {
+        for map in &self.maps {
+            crate::mapping_guard::unregister(map.as_ptr());
+        }
+    }
+}
+
+/// The index's `weight_map`: its path and (tensor, shard file name) pairs.
+type WeightMap = Option<(PathBuf, Vec<(String, String)>)>;
+
+/// Every tensor the index maps to a shard is in that shard.
+fn check_weight_map(
+    weight_map: &WeightMap,
+    files: &[PathBuf],
+    tensors: &[TensorEntry],
+) -> Result<()> {
+    let Some((index_path, entries)) = weight_map else {
+        return Ok(());
+    };
+    let held: HashMap<&str, usize> = tensors
+        .iter()
+        .map(|t| (t.name.as_str(), t.file_index))
+        .collect();
+    for (tensor, shard) in entries {
+        let listed = files
+            .iter()
+            .position(|f| f.file_name().is_some_and(|n| n == shard.as_str()));
+        let actual = held.get(tensor.as_str()).copied();
+        if listed.is_some() && actual != listed {
+            let where_it_is = match actual {
+                Some(index) => format!("it is in {}", files[index].display()),
+                None => "no shard holds it".to_string(),
+            };
+            return Err(RuntimeError::Safetensors {
+                path: index_path.clone(),
+                message: format!(
+                    "maps tensor {tensor} to {shard}, which does not hold it ({where_it_is}); the index and the shards come from different downloads: fetch them again together"
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn weight_files(model_dir: &Path) -> Result<(Vec<PathBuf>, WeightMap)> {
     let index_path = model_dir.join(INDEX_FILE);
     if index_path.exists() {
         let text = std::fs::read_to_string(&index_path)
@@ -253,12 +322,14 @@ fn weight_files(model_dir: &Path) -> Result<Vec<PathBuf>> {
                 message: "has no `weight_map` object mapping tensor names to shard files".into(),
             })?;
         let mut shards = BTreeSet::new();
+        let mut entries = Vec::with_capacity(weight_map.len());
         for (tensor, file) in weight_map {
             let file = file.as_str().ok_or_else(|| RuntimeError::Safetensors {
                 path: index_path.clone(),
                 message: format!("weight_map entry for {tensor} is not a file name"),
             })?;
             shards.insert(file.to_string());
+            entries.push((tensor.clone(), file.to_string()));
         }
         let files: Vec<PathBuf> = shards.into_iter().map(|f| model_dir.join(f)).collect();
         for file in &files {
@@ -272,11 +343,11 @@ fn weight_files(model_dir: &Path) -> Result<Vec<PathBuf>> {
                 });
             }
         }
-        return Ok(files);
+        return Ok((files, Some((index_path, entries))));
     }
     let single = model_dir.join(SINGLE_FILE);
     if single.exists() {
-        return Ok(vec![single]);
+        return Ok((vec![single], None));
     }
     Err(RuntimeError::Safetensors {
         path: model_dir.to_path_buf(),
@@ -349,12 +420,74 @@ fn describe_header_error(
             "truncated or not a safetensors file ({} bytes; the header does not fit)",
             map.len()
         ),
-        other => format!("not a valid safetensors file: {other}"),
+        other => match find_bad_tensor(map) {
+            Some(tensor) => format!("not a valid safetensors file: {tensor} ({other})"),
+            None => format!("not a valid safetensors file: {other}"),
+        },
     };
     RuntimeError::Safetensors {
         path: path.to_path_buf(),
         message,
     }
+}
+
+/// The first tensor whose header entry is malformed, described (the safetensors parser's
+/// errors do not name it).
+fn find_bad_tensor(map: &[u8]) -> Option<String> {
+    let header_len = u64::from_le_bytes(map.get(..8)?.try_into().ok()?);
+    let header = map.get(8..8usize.checked_add(usize::try_from(header_len).ok()?)?)?;
+    let header: serde_json::Value = serde_json::from_slice(header).ok()?;
+    let mut entries: Vec<(&String, &serde_json::Value)> = header
+        .as_object()?
+        .iter()
+        .filter(|(name, _)| *name != "__metadata__")
+        .collect();
+    entries.sort_by_key(|(_, t)| t["data_offsets"][0].as_u64().unwrap_or(0));
+    let mut end_of_previous = 0u64;
+    for (name, tensor) in entries {
+        let dtype = tensor["dtype"].as_str().unwrap_or("?");
+        let size: Option<u64> = match dtype {
+            "F64" | "I64" | "U64" => Some(8),
+            "F32" | "I32" | "U32" => Some(4),
+            "F16" | "BF16" | "I16" | "U16" => Some(2),
+            "F8_E4M3" | "F8_E5M2" | "F8_E8M0" | "I8" | "U8" | "BOOL" => Some(1),
+            _ => None,
+        };
+        let Some(size) = size else {
+            return Some(format!("tensor {name} has dtype {:?}", tensor["dtype"]));
+        };
+        let shape: Option<Vec<u64>> = tensor["shape"]
+            .as_array()
+            .and_then(|dims| dims.iter().map(|d| d.as_u64()).collect());
+        let offsets: Option<Vec<u64>> = tensor["data_offsets"]
+            .as_array()
+            .and_then(|o| o.iter().map(|d| d.as_u64()).collect());
+        let (Some(shape), Some(offsets)) = (shape, offsets) else {
+            return Some(format!(
+                "tensor {name} has a malformed shape or data_offsets"
+            ));
+        };
+        let needed = shape
+            .iter()
+            .try_fold(size, |n, &d| n.checked_mul(d))
+            .map_or("more than 2^64".to_string(), |n| n.to_string());
+        match offsets.as_slice() {
+            [start, end] if start <= end && (end - start).to_string() == needed => {
+                if *start != end_of_previous {
+                    return Some(format!(
+                        "tensor {name}'s data starts at {start}, not where the previous one ends ({end_of_previous})"
+                    ));
+                }
+                end_of_previous = *end;
+            }
+            _ => {
+                return Some(format!(
+                    "tensor {name}: shape {shape:?} of {dtype} needs {needed} bytes but its data_offsets are {offsets:?}"
+                ));
+            }
+        }
+    }
+    None
 }
 
 /// File length the header implies: 8 + header + the end of the last tensor's data.
