@@ -118,3 +118,71 @@ fn the_lock_of_a_killed_run_is_released() {
     let next = layerstream(&args(&model, &docs(), out_str), home.path());
     assert_succeeds(&next);
 }
+
+/// Runs started together into one folder, again and again, with different and with equal
+/// settings: one run owns the folder at a time; every other is refused with the lock's
+/// message or the settings it differs in (never a false "No such file"), and report.json is
+/// the report of the settings progress.json records.
+#[test]
+fn runs_started_together_never_mix_or_break_each_other() {
+    let home = tempfile::tempdir().unwrap();
+    let (model, data) = (fixture_model_path("llama3"), docs());
+    for round in 0..6 {
+        let out = home.path().join(format!("round{round}"));
+        let out_text = out.display().to_string();
+        let thresholds = if round % 2 == 0 {
+            ["6", "3"]
+        } else {
+            ["6", "6"]
+        };
+        let children: Vec<Child> = thresholds
+            .iter()
+            .map(|threshold| {
+                let mut a = args(&model, &data, &out_text);
+                a.extend(["--threshold", threshold]);
+                Command::new(env!("CARGO_BIN_EXE_layerstream"))
+                    .args(&a)
+                    .env("LAYERSTREAM_CACHE_DIR", home.path().join("cache"))
+                    .env("LAYERSTREAM_THREADS", "1")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        let outputs: Vec<_> = children
+            .into_iter()
+            .map(|c| c.wait_with_output().unwrap())
+            .collect();
+        let succeeded = outputs.iter().filter(|o| o.status.success()).count();
+        assert!(succeeded >= 1, "round {round}: no run succeeded");
+        for output in outputs.iter().filter(|o| !o.status.success()) {
+            let err = common::stderr(output);
+            assert!(
+                err.contains("in use by another layerstream run") || err.contains("differs"),
+                "round {round}: {err}"
+            );
+        }
+        let progress: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("progress.json")).unwrap()).unwrap();
+        let report: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+        let recorded: f64 = progress["settings"]["threshold"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(report["settings"]["threshold"].as_f64().unwrap(), recorded);
+        // The report is exactly what a run alone with those settings writes.
+        let alone = home.path().join(format!("alone{round}"));
+        let threshold = recorded.to_string();
+        let mut a = args(&model, &data, alone.to_str().unwrap());
+        a.extend(["--threshold", &threshold]);
+        assert_succeeds(&layerstream(&a, home.path()));
+        assert_eq!(
+            std::fs::read(out.join("report.json")).unwrap(),
+            std::fs::read(alone.join("report.json")).unwrap(),
+            "round {round}"
+        );
+    }
+}

@@ -73,8 +73,9 @@ impl Model {
             return "the checkpoint stores its experts fused (experts.gate_up_proj / experts.down_proj); this build reads the per-expert layout transformers saves (experts.{e}.gate_proj ...): re-save the model with transformers' save_pretrained".into();
         }
         format!(
-            "layer {layer} of a {} model needs it; the checkpoint is incomplete or was saved by another architecture",
-            self.spec.family.model_type()
+            "layer {layer} of a {} model as {} describes it needs it; the checkpoint is incomplete, was saved by another architecture, or config.json does not match it",
+            self.spec.family.model_type(),
+            self.config.path.display()
         )
     }
 
