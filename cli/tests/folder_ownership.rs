@@ -112,6 +112,12 @@ fn a_lost_or_unreadable_progress_file_is_recovered_from_the_layer_records() {
                 std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
             }
         }
+        let status = layerstream(&["status", out.to_str().unwrap()], home.path());
+        let text = common::stdout(&status);
+        assert!(
+            text.contains("2 finished layer(s) have their own records (0-1)"),
+            "{damage}: {text}"
+        );
         let output = analyze(home.path(), &out, &[]);
         assert_succeeds(&output);
         let err = stderr(&output);

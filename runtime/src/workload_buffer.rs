@@ -135,4 +135,22 @@ mod tests {
         drop(buffer);
         assert!(!path.exists());
     }
+
+    /// Issue 15 item 7: the file's blocks exist before anything is written through the
+    /// mapping (a sparse file would fault with SIGBUS when the disk fills).
+    #[test]
+    fn a_buffer_on_disk_has_its_space_reserved() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let len = 1 << 20;
+        let buffer = WorkloadBuffer::zeros_on_disk(dir.path(), "hidden.f32", len).unwrap();
+        let metadata = std::fs::metadata(dir.path().join("hidden.f32")).unwrap();
+        assert!(
+            metadata.blocks() * 512 >= (len * 4) as u64,
+            "{} bytes allocated for {} bytes",
+            metadata.blocks() * 512,
+            len * 4
+        );
+        drop(buffer);
+    }
 }

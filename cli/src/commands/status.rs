@@ -3,11 +3,24 @@
 use crate::args::StatusArgs;
 use anyhow::{Context, Result};
 use layerstream_planner::progress::{FileProblem, Progress, unix_now};
-use layerstream_runtime::checkpoint::PROGRESS_FILE;
+use layerstream_runtime::checkpoint::{PROGRESS_FILE, recorded_layers};
 
 /// Runs `status`.
 pub fn status(args: &StatusArgs) -> Result<()> {
     let path = args.out.join(PROGRESS_FILE);
+    let readable = std::fs::read_to_string(&path)
+        .ok()
+        .filter(|text| serde_json::from_str::<Progress>(text).is_ok());
+    let recorded = recorded_layers(&args.out);
+    if readable.is_none() && !recorded.is_empty() {
+        println!(
+            "{} is missing or cannot be read; {} finished layer(s) have their own records ({}): the same analyze command recovers them",
+            path.display(),
+            recorded.len(),
+            ranges(&recorded)
+        );
+        return Ok(());
+    }
     let text = std::fs::read_to_string(&path).with_context(|| {
         format!(
             "cannot read {}: {} is not an output folder of layerstream analyze (or nothing has finished yet)",

@@ -45,8 +45,13 @@ pub struct LayerSelfRecord {
 }
 
 impl LayerSelfRecord {
-    /// The record of `layer` of the run `progress` describes.
-    pub fn of(progress: &Progress, layer: usize, record: &LayerRecord) -> Self {
+    /// The record of `layer` of the run `progress` describes, computed `times_computed` times.
+    pub fn of(
+        progress: &Progress,
+        layer: usize,
+        record: &LayerRecord,
+        times_computed: u32,
+    ) -> Self {
         LayerSelfRecord {
             kind: RECORD_KIND.to_string(),
             model_fingerprint: progress.model_fingerprint.clone(),
@@ -57,7 +62,7 @@ impl LayerSelfRecord {
             settings: progress.settings.clone(),
             layer,
             record: record.clone(),
-            times_computed: progress.times_computed.get(&layer).copied().unwrap_or(1),
+            times_computed,
         }
     }
 
@@ -104,4 +109,9 @@ pub fn read_layer_records(dir: &Path) -> BTreeMap<usize, LayerSelfRecord> {
         }
     }
     records
+}
+
+/// Layers of `dir` whose own records can be read (what a lost progress.json leaves).
+pub fn recorded_layers(dir: &Path) -> Vec<usize> {
+    read_layer_records(dir).into_keys().collect()
 }

@@ -112,13 +112,21 @@ impl Writer {
                     &statistics_bytes(&statistics)?,
                 )?,
             ];
-            *self.progress.times_computed.entry(layer).or_insert(0) += 1;
+            let times = self
+                .progress
+                .times_computed
+                .get(&layer)
+                .copied()
+                .unwrap_or(0)
+                + 1;
             let record = LayerRecord {
                 files,
                 finished_unix: unix_now(),
             };
-            // The layer's own record, before progress.json names it (see layer_record).
-            LayerSelfRecord::of(&self.progress, layer, &record).write(&self.dir)?;
+            // The layer's own record, before progress.json names it (see layer_record); the
+            // count changes only once every file of the layer is written.
+            LayerSelfRecord::of(&self.progress, layer, &record, times).write(&self.dir)?;
+            self.progress.times_computed.insert(layer, times);
             self.progress.layers.insert(layer, record);
         }
         let mut obsolete: Vec<FileRecord> = Vec::new();
