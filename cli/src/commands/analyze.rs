@@ -62,9 +62,6 @@ pub fn analyze(args: &AnalyzeArgs) -> Result<()> {
     let model = &named.model;
     let layers = parse_layers(&args.layers, model.spec.num_layers)?;
     let points = parse_points(&args.points)?;
-    if !args.threshold.is_finite() || args.threshold <= 0.0 {
-        anyhow::bail!("--threshold {} must be a positive number", args.threshold);
-    }
     let saved_points = saved_points(args, &points)?;
     let workload = pack_workload(model, &args.workload)?;
     timeline::mark(|| "workload tokenized and packed".into());
@@ -190,15 +187,15 @@ fn print_summary(report: &ActivationReport, threshold: f32) {
             let cell = layer
                 .points
                 .get(*name)
-                .map(|p| match p.summary.non_finite {
-                    0 => format!(
-                        "{:.2} ({})",
+                .map(|p| {
+                    let bad = match p.summary.non_finite {
+                        0 => String::new(),
+                        n => format!(" {n} NaN/Inf"),
+                    };
+                    format!(
+                        "{:.2} ({}){bad}",
                         p.summary.max_abs, p.summary.count_ge_threshold
-                    ),
-                    bad => format!(
-                        "{:.2} ({}) {bad} NaN/Inf",
-                        p.summary.max_abs, p.summary.count_ge_threshold
-                    ),
+                    )
                 })
                 .unwrap_or_default();
             print!("  {cell:>18}");

@@ -14,7 +14,7 @@ pub mod svg;
 use crate::args::{ModelArgs, RunArgs, WorkloadArgs};
 use crate::embedded;
 use anyhow::{Context, Result};
-use layerstream_runtime::checkpoint::FolderLock;
+use layerstream_runtime::checkpoint::{FolderLock, WRITE_PROBE_PREFIX};
 use layerstream_runtime::data::{PackedTokens, TextTokenizer, pack_documents};
 use layerstream_runtime::executor::RunSummary;
 use layerstream_runtime::{Backend, DeviceChoice, Model, select_backend};
@@ -131,7 +131,7 @@ pub fn prepare_out_dir(dir: &Path) -> Result<FolderLock> {
     let hint = "choose a writable folder with --out";
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create the output folder {}; {hint}", dir.display()))?;
-    let probe = dir.join(format!(".layerstream-write-check-{}", std::process::id()));
+    let probe = dir.join(format!("{WRITE_PROBE_PREFIX}{}", std::process::id()));
     std::fs::write(&probe, b"ok").with_context(|| {
         format!(
             "cannot write into the output folder {}; {hint}",

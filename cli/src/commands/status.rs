@@ -8,28 +8,35 @@ use layerstream_runtime::checkpoint::{PROGRESS_FILE, recorded_layers};
 /// Runs `status`.
 pub fn status(args: &StatusArgs) -> Result<()> {
     let path = args.out.join(PROGRESS_FILE);
-    let readable = std::fs::read_to_string(&path)
-        .ok()
-        .filter(|text| serde_json::from_str::<Progress>(text).is_ok());
-    let recorded = recorded_layers(&args.out);
-    if readable.is_none() && !recorded.is_empty() {
-        println!(
-            "{} is missing or cannot be read; {} finished layer(s) have their own records ({}): the same analyze command recovers them",
-            path.display(),
-            recorded.len(),
-            ranges(&recorded)
-        );
-        return Ok(());
-    }
-    let text = std::fs::read_to_string(&path).with_context(|| {
-        format!(
-            "cannot read {}: {} is not an output folder of layerstream analyze (or nothing has finished yet)",
-            path.display(),
-            args.out.display()
-        )
-    })?;
-    let progress: Progress = serde_json::from_str(&text)
-        .with_context(|| format!("{} cannot be read as progress.json", path.display()))?;
+    // Read and parsed once; when that fails, the layers' own records may still say a lot.
+    let read = std::fs::read_to_string(&path)
+        .with_context(|| {
+            format!(
+                "cannot read {}: {} is not an output folder of layerstream analyze (or nothing has finished yet)",
+                path.display(),
+                args.out.display()
+            )
+        })
+        .and_then(|text| {
+            serde_json::from_str::<Progress>(&text)
+                .with_context(|| format!("{} cannot be read as progress.json", path.display()))
+        });
+    let progress = match read {
+        Ok(progress) => progress,
+        Err(error) => {
+            let recorded = recorded_layers(&args.out);
+            if recorded.is_empty() {
+                return Err(error);
+            }
+            println!(
+                "{} is missing or cannot be read; {} finished layer(s) have their own records ({}): the same analyze command recovers them",
+                path.display(),
+                recorded.len(),
+                ranges(&recorded)
+            );
+            return Ok(());
+        }
+    };
     let row = |key: &str, value: String| println!("{key:<18} {value}");
     row("folder", args.out.display().to_string());
     row(

@@ -334,15 +334,21 @@ fn check_same_run(dir: &Path, old: &Progress, fresh: &Progress) -> Result<()> {
             PROGRESS_SCHEMA_VERSION
         )));
     }
-    let differences = identity_differences(old, fresh);
-    if !differences.is_empty() {
-        return Err(RuntimeError::InvalidRequest(format!(
-            "{} holds a run that differs from this one:\n  - {}\nuse --restart to start over (deletes its finished layers) or choose another --out",
-            dir.display(),
-            differences.join("\n  - ")
-        )));
+    refuse_other_run(dir, "a run", old, fresh)
+}
+
+/// Refuses the folder when the run `then` (its progress or a layer's record, `what`)
+/// differs from the one asked for, saying how.
+fn refuse_other_run(dir: &Path, what: &str, then: &Progress, fresh: &Progress) -> Result<()> {
+    let differences = identity_differences(then, fresh);
+    if differences.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    Err(RuntimeError::InvalidRequest(format!(
+        "{} holds {what} that differs from this one:\n  - {}\nuse --restart to start over (deletes its finished layers) or choose another --out",
+        dir.display(),
+        differences.join("\n  - ")
+    )))
 }
 
 /// `--restart`: deletes what the previous run recorded (nothing else); a folder with no
@@ -350,10 +356,9 @@ fn check_same_run(dir: &Path, old: &Progress, fresh: &Progress) -> Result<()> {
 fn restart(dir: &Path, previous: PreviousProgress) -> Result<()> {
     let records = read_layer_records(dir);
     match previous {
-        PreviousProgress::Read(old) => remove_recorded_files(dir, Some(&old), &records),
-        PreviousProgress::Unreadable(_) => remove_recorded_files(dir, None, &records),
         PreviousProgress::Missing if records.is_empty() => refuse_foreign_folder(dir),
-        PreviousProgress::Missing => remove_recorded_files(dir, None, &records),
+        PreviousProgress::Read(old) => remove_recorded_files(dir, Some(&old), &records),
+        _ => remove_recorded_files(dir, None, &records),
     }
 }
 
@@ -379,15 +384,8 @@ fn recover(
         };
     }
     for record in records.values() {
-        let differences = identity_differences(&record.as_progress(&fresh), &fresh);
-        if !differences.is_empty() {
-            return Err(RuntimeError::InvalidRequest(format!(
-                "{} holds layers of a run that differs from this one (layer {}'s record):\n  - {}\nuse --restart to start over (deletes its finished layers) or choose another --out",
-                dir.display(),
-                record.layer,
-                differences.join("\n  - ")
-            )));
-        }
+        let what = format!("layers of a run (layer {}'s record)", record.layer);
+        refuse_other_run(dir, &what, &record.as_progress(&fresh), &fresh)?;
     }
     notes.push(match &unreadable {
         Some(why) => format!(

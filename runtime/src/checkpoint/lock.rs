@@ -8,6 +8,9 @@ use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
+/// Prefix of the file that proves an output folder can be written (deleted at once).
+pub const WRITE_PROBE_PREFIX: &str = ".layerstream-write-check-";
+
 /// The lock file's name in an output folder.
 pub const LOCK_FILE: &str = ".layerstream.lock";
 

@@ -5,7 +5,7 @@
 
 use super::folder::PROGRESS_FILE;
 use super::layer_record::{LayerSelfRecord, layer_record_path};
-use super::lock::LOCK_FILE;
+use super::lock::{LOCK_FILE, WRITE_PROBE_PREFIX};
 use crate::error::{Result, RuntimeError};
 use layerstream_planner::progress::Progress;
 use std::collections::{BTreeMap, BTreeSet};
@@ -23,7 +23,7 @@ pub(super) fn refuse_foreign_folder(dir: &Path) -> Result<()> {
     let mut found: Vec<String> = entries
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|name| name != LOCK_FILE && !name.starts_with(".layerstream-write-check-"))
+        .filter(|name| name != LOCK_FILE && !name.starts_with(WRITE_PROBE_PREFIX))
         .collect();
     if found.is_empty() {
         return Ok(());
