@@ -18,6 +18,8 @@ data="$fixtures/data/docs.jsonl"
 small="--num-samples 2 --seq-len 32 --bootstrap 10"
 mkdir -p "$work"
 failed=0
+# Every run but the signalled one ends within 5 minutes or is killed (a hang fails its check).
+run() { timeout -s KILL 300 "$bin" "$@"; }
 check() { # name, condition result (0 ok), detail
     if [ "$2" -eq 0 ]; then echo "ok: $1"; else echo "FAILED: $1: $3"; failed=1; fi
 }
@@ -34,7 +36,7 @@ tensors["model.layers.1.post_attention_layernorm.weight"][0] = float("nan")
 save_file(tensors, path, metadata={"format": "pt"})
 EOF
 for device in cpu cuda; do
-    "$bin" analyze --model "$nan_model" --data "$data" $small --device "$device" \
+    run analyze --model "$nan_model" --data "$data" $small --device "$device" \
         --out "$work/nan-$device" --restart >"$work/nan-$device.out" 2>"$work/nan-$device.err"
 done
 python3 - "$work" <<'EOF'
@@ -57,29 +59,33 @@ check "CUDA table shows NaN/Inf" $? "$(head -20 "$work/nan-cuda.out")"
 olmoe="$work/olmoe-1b-7b"
 [ -f "$olmoe/config.json" ] || python3 "$here/benches/scripts/make_random_model.py" olmoe-1b-7b "$olmoe" >/dev/null
 big="--model $olmoe --data $here/cli/assets/default-data.txt --device cuda --vram 8GiB --num-samples 16 --seq-len 2048 --checkpoint-every 0 --bootstrap 10"
-"$bin" analyze $big --out "$work/sig-reference" --restart >/dev/null 2>"$work/sig-reference.err"
+run analyze $big --out "$work/sig-reference" --restart >/dev/null 2>"$work/sig-reference.err"
 check "uninterrupted OLMoE run" $? "$(tail -2 "$work/sig-reference.err")"
 rm -rf "$work/sig"
 "$bin" analyze $big --out "$work/sig" >/dev/null 2>"$work/sig.err" &
 pid=$!
 layers() { python3 -c "import json,sys; print(len(json.load(open(sys.argv[1]))['layers']))" "$work/sig/progress.json" 2>/dev/null || echo 0; }
-for _ in $(seq 1 3000); do [ "$(layers)" -ge 1 ] && break; sleep 0.02; done
+for _ in $(seq 1 600); do [ "$(layers)" -ge 1 ] && break; sleep 0.05; done
 kill -TERM $pid
+# A run that does not stop within 60 s hangs: killed, and the check fails.
+( sleep 60; kill -KILL $pid 2>/dev/null ) &
+watchdog=$!
 wait $pid
 rc=$?
+kill $watchdog 2>/dev/null
 kept=$(layers)
 echo "SIGTERM: exit $rc, $kept layers kept; $(grep stopped "$work/sig.err")"
 [ $rc -eq 143 ] && [ "$kept" -ge 1 ] && [ "$kept" -lt 16 ]
 check "SIGTERM stops the CUDA run with 143 keeping finished layers" $? "exit $rc, kept $kept"
-"$bin" analyze $big --out "$work/sig" >/dev/null 2>"$work/sig-again.err"
+run analyze $big --out "$work/sig" >/dev/null 2>"$work/sig-again.err"
 cmp -s "$work/sig/report.json" "$work/sig-reference/report.json"
 check "resumed after SIGTERM: report.json identical" $? "$(tail -2 "$work/sig-again.err")"
 
 # 3. Two CUDA runs at once into one folder.
 rm -rf "$work/together"
-"$bin" analyze --model "$fixtures/llama3/model" --data "$data" $small --device cuda --out "$work/together" >/dev/null 2>"$work/together-a.err" &
+run analyze --model "$fixtures/llama3/model" --data "$data" $small --device cuda --out "$work/together" >/dev/null 2>"$work/together-a.err" &
 a=$!
-"$bin" analyze --model "$fixtures/llama3/model" --data "$data" $small --device cuda --out "$work/together" --threshold 3 >/dev/null 2>"$work/together-b.err" &
+run analyze --model "$fixtures/llama3/model" --data "$data" $small --device cuda --out "$work/together" --threshold 3 >/dev/null 2>"$work/together-b.err" &
 b=$!
 wait $a; ra=$?
 wait $b; rb=$?
@@ -90,17 +96,17 @@ check "two CUDA runs in one folder: exactly one proceeds" $? "exits $ra $rb"
 # 4. Model file cut during a CUDA run.
 cut_model="$work/cut-llama3"
 rm -rf "$cut_model" && cp -r "$fixtures/llama3/model" "$cut_model"
-"$bin" analyze --model "$cut_model" --data "$data" $small --device cuda --checkpoint-every 0 --out "$work/cut-reference" --restart >/dev/null 2>&1
+run analyze --model "$cut_model" --data "$data" $small --device cuda --checkpoint-every 0 --out "$work/cut-reference" --restart >/dev/null 2>&1
 for fault in 2 2:unchecked; do
     out="$work/cut-${fault/:/-}"
     rm -rf "$out"
-    LAYERSTREAM_FAULT_TRUNCATE=$fault "$bin" analyze --model "$cut_model" --data "$data" $small --device cuda --checkpoint-every 0 --out "$out" >/dev/null 2>"$out.err"
+    LAYERSTREAM_FAULT_TRUNCATE=$fault run analyze --model "$cut_model" --data "$data" $small --device cuda --checkpoint-every 0 --out "$out" >/dev/null 2>"$out.err"
     rc=$?
     echo "cut at $fault: exit $rc: $(grep -h "model.safetensors" "$out.err" | head -1)"
     [ $rc -eq 1 ] && grep -q "model.safetensors" "$out.err"
     check "model cut ($fault) on CUDA: exit 1 naming the file" $? "exit $rc"
     cp "$fixtures/llama3/model/model.safetensors" "$cut_model/model.safetensors"
-    "$bin" analyze --model "$cut_model" --data "$data" $small --device cuda --checkpoint-every 0 --out "$out" >/dev/null 2>"$out-again.err"
+    run analyze --model "$cut_model" --data "$data" $small --device cuda --checkpoint-every 0 --out "$out" >/dev/null 2>"$out-again.err"
     cmp -s "$out/report.json" "$work/cut-reference/report.json"
     check "model cut ($fault): resumed report identical" $? "$(tail -2 "$out-again.err")"
 done

@@ -102,43 +102,52 @@ pub fn run(
         copy_stream: &copy_stream,
     };
     let micro_batch = std::thread::scope(|scope| -> Result<usize> {
+        // Moved in, so the reader's channels hang up when this closure returns, before the
+        // scope waits for the reader: on an error (a stop request, a lost file) the reader
+        // would otherwise wait for a free buffer forever.
+        let uploads = uploads;
         scope.spawn(|| read_layers(&model.weights, &layouts, free_rx, ready_tx, copy_threads));
-        let next = match layouts.is_empty() {
-            true => None,
-            false => Some(uploads.first(&mut transfers)?),
-        };
-        let mut runner = CudaRunner {
-            gpu,
-            model,
-            request,
-            budget: &budget,
-            compute,
-            shapes: &shapes,
-            inv_freq: &inv_freq,
-            hidden_states: &mut hidden_states,
-            ff_accumulator: &mut ff_accumulator,
-            uploads: &uploads,
-            device_free: &device_free_tx,
-            transfers: &mut transfers,
-            next,
-            next_index: 1,
-            upload_count: layouts.len(),
-            layers_to_run,
-        };
-        run_layers(
-            &mut runner,
-            first_layer..layers_to_run,
-            0..request.num_sequences,
-            seq_len,
-            micro_batch,
-            observer,
-        )
+        let layers = (|| {
+            let next = match layouts.is_empty() {
+                true => None,
+                false => Some(uploads.first(&mut transfers)?),
+            };
+            let mut runner = CudaRunner {
+                gpu,
+                model,
+                request,
+                budget: &budget,
+                compute,
+                shapes: &shapes,
+                inv_freq: &inv_freq,
+                hidden_states: &mut hidden_states,
+                ff_accumulator: &mut ff_accumulator,
+                uploads: &uploads,
+                device_free: &device_free_tx,
+                transfers: &mut transfers,
+                next,
+                next_index: 1,
+                upload_count: layouts.len(),
+                layers_to_run,
+            };
+            run_layers(
+                &mut runner,
+                first_layer..layers_to_run,
+                0..request.num_sequences,
+                seq_len,
+                micro_batch,
+                observer,
+            )
+        })();
+        // The staging buffers are freed on the copy stream: the compute stream's last reads
+        // of them finish first (also after an error).
+        let synchronized = gpu.stream.synchronize();
+        drop(uploads);
+        let micro_batch = layers?;
+        synchronized?;
+        Ok(micro_batch)
     })?;
-    // The staging buffers are freed on the copy stream: the compute stream's last reads of
-    // them finish first.
-    gpu.stream.synchronize()?;
     drop(ff_accumulator);
-    drop(uploads);
     summary.transfer = Some(transfers.finish()?);
 
     if request.final_stage != FinalStage::None {
