@@ -265,8 +265,30 @@ fn cuda_statistics_match_cpu_statistics() {
                 positive(c).abs_diff(positive(g)) <= 2,
                 "{what}: positive counts"
             );
-            let massive = |s: &PointStatistics| s.massive.as_ref().map(|m| m.total);
+            let massive = |s: &PointStatistics| {
+                s.massive
+                    .as_ref()
+                    .map(|m| (m.primary.total, m.per_token.total))
+            };
             assert_eq!(massive(c), massive(g), "{what}: massive activations");
+            if let (Some(mc), Some(mg)) = (&c.massive, &g.massive) {
+                assert_eq!(
+                    mc.sequences.len(),
+                    cs.numel as usize / (c.seq_len * c.width)
+                );
+                assert_eq!(mc.sequences.len(), mg.sequences.len(), "{what}");
+                for (a, b) in mc.sequences.iter().zip(&mg.sequences) {
+                    assert_eq!(a.sequence, b.sequence, "{what}");
+                    let pairs = a.top.iter().zip(&b.top).chain([(&a.median, &b.median)]);
+                    for (x, y) in pairs {
+                        assert!(
+                            (x - y).abs() <= 1e-4 * x.abs().max(1e-6),
+                            "{what}: sequence {} magnitudes {a:?} vs {b:?}",
+                            a.sequence
+                        );
+                    }
+                }
+            }
         }
     }
 }
@@ -397,6 +419,7 @@ fn cuda_attributes_massive_activations_like_the_cpu() {
                 .unwrap()
         };
         let (c, g) = (finds(&on_cpu), finds(&on_gpu));
+        let (c, g) = (&c.primary, &g.primary);
         assert!(c.total > 0, "layer {layer}: planted massive activations");
         assert_eq!(c.total, g.total, "layer {layer}");
         let attributed = c.values.iter().filter(|v| v.attribution.is_some()).count();

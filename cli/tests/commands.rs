@@ -19,7 +19,7 @@ fn analyze_with_no_arguments_runs_the_embedded_default_and_writes_the_report() {
         "{out}"
     );
     let report = read_json(&home.path().join("layerstream-out/report.json"));
-    assert_eq!(report["schema_version"], 2);
+    assert_eq!(report["schema_version"], 3);
     assert_eq!(report["data"]["num_sequences"], 16);
     assert_eq!(report["data"]["seq_len"], 2048);
     let layers = report["layers"].as_array().unwrap();

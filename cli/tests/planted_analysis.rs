@@ -176,13 +176,14 @@ fn the_report_finds_exactly_the_planted_features_and_massive_activations() {
     ];
     args.extend(WORKLOAD);
     args.extend(["--bootstrap", "200", "--seed", "7"]);
+    args.extend(["--save-activations", "ln1,ln2,attn_in_o,resid_post"]);
     let out = assert_succeeds(&layerstream(&args, home.path()));
     assert!(out.contains("outlier features at ln1+ln2"), "{out}");
     let report: Value = serde_json::from_slice(
         &std::fs::read(home.path().join("planted-out/report.json")).unwrap(),
     )
     .unwrap();
-    assert_eq!(report["schema_version"], 2);
+    assert_eq!(report["schema_version"], 3);
     let ln = &report["outlier_features"][0];
     assert_eq!(ln["points"], serde_json::json!(["ln1", "ln2"]));
     let readings = ln["readings"].as_array().unwrap();
@@ -245,6 +246,9 @@ fn the_report_finds_exactly_the_planted_features_and_massive_activations() {
             m["tokens"].as_u64().unwrap() as usize,
             frequent_positions + rare_positions
         );
+        // Both readings find them: the planted tokens' other dimensions are small too.
+        assert_eq!(m["per_token_median"]["total"], m["total"]);
+        assert_eq!(m["per_token_median"]["tokens"], m["tokens"]);
         // A dense model: no expert attribution.
         assert_eq!(m["attributed"], 0);
         assert_eq!(m["dominant_experts"], serde_json::json!([]));
@@ -261,10 +265,22 @@ fn the_report_finds_exactly_the_planted_features_and_massive_activations() {
             );
         }
     }
+    // The independent reference agrees, on the planted features and massive activations.
+    let coverage =
+        layerstream_tests::assert_report_matches_reference(&home.path().join("planted-out"), 6.0);
+    assert_eq!(
+        coverage.by_sequence,
+        4 * (3 * frequent_positions + rare_positions)
+    );
+    assert_eq!(coverage.outlier_groups[0].1, vec![D1, D3]);
     // report.md and the plots are written.
     let md = std::fs::read_to_string(home.path().join("planted-out/report.md")).unwrap();
     assert!(md.contains("**systematic**"), "{md}");
-    for plot in ["outlier_heatmap_ln1_ln2", "max_abs_and_kurtosis"] {
+    for plot in [
+        "outlier_heatmap_ln1_ln2",
+        "max_abs_and_kurtosis",
+        "massive_magnitudes",
+    ] {
         for ext in ["svg", "png"] {
             let path = home.path().join(format!("planted-out/plots/{plot}.{ext}"));
             assert!(

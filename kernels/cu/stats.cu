@@ -124,26 +124,3 @@ extern "C" __global__ void stats_accumulate_kernel(
         }
     }
 }
-
-// Largest finite |x| of each row of x (rows, width): one block per row. Rows above the
-// massive-activation magnitude are copied to the host and looked at there.
-extern "C" __global__ void row_max_abs_kernel(const float* x, int rows, int width, float* out) {
-    __shared__ float scratch[32];
-    int row = blockIdx.x;
-    if (row >= rows) return;
-    const float* values = x + (unsigned long long)row * width;
-    float local = 0.0f;
-    for (int d = threadIdx.x; d < width; d += blockDim.x) {
-        float value = values[d];
-        if (isfinite(value)) local = fmaxf(local, fabsf(value));
-    }
-    local = warp_max(local);
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    if (lane == 0) scratch[warp] = local;
-    __syncthreads();
-    if (warp == 0) {
-        local = threadIdx.x < (blockDim.x >> 5) ? scratch[lane] : 0.0f;
-        local = warp_max(local);
-        if (lane == 0) out[row] = local;
-    }
-}

@@ -45,12 +45,14 @@ pub const ATTENTION_MMA: ModuleSource = module!("attention_mma");
 pub const MOE: ModuleSource = module!("moe");
 /// Statistics accumulators.
 pub const STATS: ModuleSource = module!("stats");
+/// Row top-3 and per-sequence median of |x|.
+pub const MAGNITUDES: ModuleSource = module!("magnitudes");
 
 /// Online log-sum-exp for next-token NLL.
 pub const LOSS: ModuleSource = module!("loss");
 
 /// Every module.
-pub const ALL_MODULES: [ModuleSource; 9] = [
+pub const ALL_MODULES: [ModuleSource; 10] = [
     CONVERT,
     NORM,
     ROPE,
@@ -59,5 +61,6 @@ pub const ALL_MODULES: [ModuleSource; 9] = [
     ATTENTION_MMA,
     MOE,
     STATS,
+    MAGNITUDES,
     LOSS,
 ];

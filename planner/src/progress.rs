@@ -7,8 +7,9 @@ use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::path::Path;
 
-/// Version of the progress.json layout.
-pub const PROGRESS_SCHEMA_VERSION: u32 = 2;
+/// Version of the progress.json layout (3: the layer files hold both massive-activation
+/// readings and the per-sequence magnitudes).
+pub const PROGRESS_SCHEMA_VERSION: u32 = 3;
 
 /// A file a layer wrote, relative to the output folder.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -9,6 +9,14 @@ pub const HISTOGRAM_BINS: usize = 2 + 48 * 32;
 /// positive, non-finite (24), sums of x..x^4 and of |x| >= threshold (40).
 const BYTES_PER_ENTRY: u64 = 68;
 
+/// Bytes per token of the three largest |x| of its row.
+const ROW_TOP_BYTES: u64 = 12;
+/// Device bytes per sequence of the median selection's scratch: a 2048-bin histogram of
+/// u64 counts, the prefix (4), rank (8) and median (4).
+pub const MEDIAN_SCRATCH_BYTES_PER_SEQUENCE: u64 = 2048 * 8 + 16;
+/// Sequences the median scratch holds (more are selected in turns).
+pub const MEDIAN_SCRATCH_SEQUENCES: usize = 16;
+
 /// A captured point as the accumulators see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CapturedPoint {
@@ -17,9 +25,9 @@ pub struct CapturedPoint {
     /// Whether the positions of values >= threshold are kept (one bit per token and
     /// dimension: the outlier-feature points).
     pub positions: bool,
-    /// Whether per-token maxima are computed (a float per token: the massive-activation
-    /// point).
-    pub row_maxima: bool,
+    /// Whether the residual stream's magnitudes are computed (the massive-activation point):
+    /// each token's three largest |x| and each sequence's median |x|.
+    pub magnitudes: bool,
 }
 
 impl CapturedPoint {
@@ -31,8 +39,9 @@ impl CapturedPoint {
         if self.positions {
             bytes += 4 * tokens.div_ceil(32) * width;
         }
-        if self.row_maxima {
-            bytes += 4 * tokens;
+        if self.magnitudes {
+            let scratch_sequences = sequences.min(MEDIAN_SCRATCH_SEQUENCES) as u64;
+            bytes += ROW_TOP_BYTES * tokens + MEDIAN_SCRATCH_BYTES_PER_SEQUENCE * scratch_sequences;
         }
         bytes
     }

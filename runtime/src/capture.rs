@@ -68,13 +68,13 @@ impl CapturePoint {
     }
 
     /// What its statistics accumulators keep at `width`: positions of values >= threshold
-    /// for the outlier-feature points, per-token maxima (massive activations) for the
-    /// residual stream.
+    /// for the outlier-feature points, the magnitudes (per-token top three, per-sequence
+    /// median: massive activations) for the residual stream.
     pub fn statistics_shape(self, width: usize) -> CapturedPoint {
         CapturedPoint {
             width,
             positions: self.is_outlier_feature_point(),
-            row_maxima: self == CapturePoint::ResidPost,
+            magnitudes: self == CapturePoint::ResidPost,
         }
     }
 

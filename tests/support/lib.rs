@@ -2,6 +2,13 @@
 //! `tests/fixtures/generate.py`, per-element comparison, and an observer that keeps every
 //! captured activation.
 
+mod edit;
+pub mod reference_analysis;
+mod reference_check;
+
+pub use edit::edit_tensors;
+pub use reference_check::{ReferenceCoverage, assert_report_matches_reference};
+
 use layerstream_runtime::capture::Routing;
 use layerstream_runtime::{CapturePoint, RunObserver};
 use safetensors::{Dtype, SafeTensors};

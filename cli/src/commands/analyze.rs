@@ -14,8 +14,8 @@ use crate::args::AnalyzeArgs;
 use crate::progress::WithProgress;
 use anyhow::Result;
 use layerstream_planner::memory::HiddenPlacement;
-use layerstream_runtime::analysis::layer_analysis::TokenInfo;
 use layerstream_runtime::analysis::massive::{MASSIVE_MEDIAN_RATIO, MASSIVE_MIN_MAGNITUDE};
+use layerstream_runtime::analysis::massive_report::TokenInfo;
 use layerstream_runtime::analysis::outliers::{MIN_LAYER_FRACTION, MIN_POSITION_FRACTION};
 use layerstream_runtime::analysis::report::{
     ActivationReport, AnalysisSettings, ReportData, ReportModel,
@@ -242,9 +242,14 @@ fn print_summary(report: &ActivationReport, threshold: f32) {
     }
     if report.massive_activations.looked_for {
         println!(
-            "massive activations (resid_post, > 100 and >= 1000x the token's median): {} in {} layer(s)",
+            "massive activations (resid_post, > 100 and >= 1000x the sequence's median): {} in {} layer(s); per-token median reading: {} in {} layer(s)",
             report.massive_activations.total,
-            report.massive_activations.layers_with.len()
+            report.massive_activations.layers_with.len(),
+            report.massive_activations.per_token_median_total,
+            report
+                .massive_activations
+                .per_token_median_layers_with
+                .len()
         );
     }
 }
@@ -444,7 +449,7 @@ fn write_outputs(
             min_position_fraction: MIN_POSITION_FRACTION,
             massive_min_magnitude: MASSIVE_MIN_MAGNITUDE,
             massive_median_ratio: MASSIVE_MEDIAN_RATIO,
-            massive_median: "per_token".to_string(),
+            massive_median: "per_sequence".to_string(),
             bootstrap_resamples: args.bootstrap,
             seed: args.seed,
             batches: args.batches,

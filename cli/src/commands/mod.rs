@@ -7,6 +7,7 @@ pub mod estimate;
 pub mod inspect;
 pub mod plots;
 pub mod report_markdown;
+pub mod report_massive;
 pub mod score;
 pub mod status;
 pub mod svg;

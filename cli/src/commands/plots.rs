@@ -1,6 +1,7 @@
 //! The report's plots, each as SVG and PNG under `OUT/plots/`: the layer x dimension heatmap
-//! of outlier magnitude, per-layer max |x| and RMS kurtosis per capture point, and the
-//! expert load per layer (MoE).
+//! of outlier magnitude, per-layer max |x| and RMS kurtosis per capture point, the expert
+//! load per layer (MoE), and the residual stream's top-1/2/3 and median |x| per layer (Sun
+//! et al.'s layer-wise figure).
 
 use super::svg::{SERIES, Svg, label, scale_colour, ticks};
 use anyhow::{Context, Result};
@@ -22,6 +23,9 @@ pub fn write_plots(report: &ActivationReport, dir: &Path) -> Result<Vec<String>>
     }
     if report.layers.iter().any(|l| l.router.is_some()) {
         written.extend(expert_load(report).save(dir, "expert_load")?);
+    }
+    if report.layers.iter().any(|l| l.massive.is_some()) {
+        written.extend(massive_magnitudes(report).save(dir, "massive_magnitudes")?);
     }
     Ok(written)
 }
@@ -336,4 +340,43 @@ fn expert_load(report: &ActivationReport) -> Svg {
         "f_e",
         false,
     )
+}
+
+/// Top-1, top-2, top-3 and median |x| of `resid_post` per layer (each the mean over
+/// sequences), on a log axis: Sun et al.'s layer-wise figure.
+fn massive_magnitudes(report: &ActivationReport) -> Svg {
+    let layers: Vec<_> = report
+        .layers
+        .iter()
+        .filter_map(|l| l.massive.as_ref().map(|m| (l.layer as f64, m.magnitudes)))
+        .collect();
+    let xs: Vec<f64> = layers.iter().map(|(l, _)| *l).collect();
+    let pick = |f: fn(&layerstream_runtime::analysis::magnitudes::LayerMagnitudes) -> f64| {
+        layers.iter().map(|(_, m)| f(m)).collect::<Vec<f64>>()
+    };
+    let series = [
+        pick(|m| m.top1),
+        pick(|m| m.top2),
+        pick(|m| m.top3),
+        pick(|m| m.median),
+    ];
+    let mut svg = Svg::new(760.0, 340.0);
+    svg.text(
+        380.0,
+        22.0,
+        14.0,
+        "middle",
+        false,
+        &format!(
+            "{}: resid_post magnitudes per layer (mean over sequences)",
+            short_name(report)
+        ),
+    );
+    line_panel(&mut svg, 40.0, ("layer", "|x| (log)"), &xs, &series, true);
+    for (i, name) in ["top 1", "top 2", "top 3", "median"].iter().enumerate() {
+        let x = 150.0 + i as f64 * 120.0;
+        svg.rect(x, 318.0, 12.0, 4.0, SERIES[i % SERIES.len()]);
+        svg.text(x + 16.0, 324.0, 11.0, "start", false, name);
+    }
+    svg
 }

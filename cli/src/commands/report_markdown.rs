@@ -5,7 +5,7 @@ use layerstream_runtime::analysis::report::ActivationReport;
 use layerstream_runtime::analysis::resample::Interval;
 use std::fmt::Write as _;
 
-fn interval(i: &Interval, digits: usize) -> String {
+pub(super) fn interval(i: &Interval, digits: usize) -> String {
     match (i.low, i.high) {
         (Some(low), Some(high)) => {
             format!("{:.digits$} [{low:.digits$}, {high:.digits$}]", i.estimate)
@@ -33,7 +33,7 @@ pub fn report_markdown(report: &ActivationReport) -> String {
     );
     let _ = writeln!(
         md,
-        "Intervals: {} ({} resamples, seed {}). Outlier features: |x| >= {} in >= {:.0}% of layers and >= {:.0}% of positions. Massive activations: |x| > {} and >= {}x the median |x| of the token's hidden state.\n",
+        "Intervals: {} ({} resamples, seed {}). Outlier features: |x| >= {} in >= {:.0}% of layers and >= {:.0}% of positions. Massive activations: |x| > {} and >= {}x the median |x| of the sequence's hidden state at the layer (all tokens and dimensions, Sun et al.); the per-token reading compares with the token's own hidden state instead.\n",
         s.interval,
         s.bootstrap_resamples,
         s.seed,
@@ -46,7 +46,7 @@ pub fn report_markdown(report: &ActivationReport) -> String {
     non_finite_section(&mut md, report);
     outlier_sections(&mut md, report);
     per_layer_section(&mut md, report);
-    massive_section(&mut md, report);
+    super::report_massive::massive_section(&mut md, report);
     routing_section(&mut md, report);
     md
 }
@@ -210,60 +210,6 @@ fn per_layer_section(md: &mut String, report: &ActivationReport) {
     }
 }
 
-/// Massive activations and the experts behind them.
-fn massive_section(md: &mut String, report: &ActivationReport) {
-    if report.massive_activations.looked_for {
-        let m = &report.massive_activations;
-        let _ = writeln!(md, "\n## Massive activations (resid_post)\n");
-        let _ = writeln!(
-            md,
-            "{} in {} layer(s); dimensions (layers): {}.\n",
-            m.total,
-            m.layers_with.len(),
-            if m.dims.is_empty() {
-                "-".to_string()
-            } else {
-                m.dims
-                    .iter()
-                    .map(|(d, n)| format!("{d} ({n})"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            }
-        );
-        if m.total > 0 {
-            let _ = writeln!(
-                md,
-                "| layer | found | tokens | at position 0 | at first delimiter | elsewhere | largest (dim, position, token, value, token median) |"
-            );
-            let _ = writeln!(md, "| --- | --- | --- | --- | --- | --- | --- |");
-            for layer in &report.layers {
-                let Some(ma) = &layer.massive else { continue };
-                if ma.total == 0 {
-                    continue;
-                }
-                let top = ma.top.first().map_or(String::new(), |e| {
-                    format!(
-                        "{}, {}, {:?}, {:.1}, {:.3}",
-                        e.value.dim, e.value.position, e.token, e.value.value, e.value.token_median
-                    )
-                });
-                let _ = writeln!(
-                    md,
-                    "| {} | {} | {} | {} | {} | {} | {} |",
-                    layer.layer,
-                    ma.total,
-                    ma.tokens,
-                    ma.at_first,
-                    ma.at_first_delimiter,
-                    ma.elsewhere,
-                    top
-                );
-            }
-            expert_attribution(md, report);
-        }
-    }
-}
-
 /// Expert load and router entropy per MoE layer.
 fn routing_section(md: &mut String, report: &ActivationReport) {
     if report.layers.iter().any(|l| l.router.is_some()) {
@@ -292,66 +238,5 @@ fn routing_section(md: &mut String, report: &ActivationReport) {
                 r.load.get(busiest).copied().unwrap_or(0.0)
             );
         }
-    }
-}
-
-/// The experts behind each MoE layer's massive activations, when any were attributed.
-fn expert_attribution(md: &mut String, report: &ActivationReport) {
-    let layers: Vec<_> = report
-        .layers
-        .iter()
-        .filter_map(|l| l.massive.as_ref().map(|m| (l.layer, m)))
-        .filter(|(_, m)| m.attributed > 0)
-        .collect();
-    if layers.is_empty() {
-        return;
-    }
-    let _ = writeln!(
-        md,
-        "\nExperts behind them (MoE layers; the {} largest per layer, recomputed on the host in f32): a routed expert dominates a value when its contribution has the value's sign and exceeds the residual's and the shared expert's.\n",
-        layerstream_runtime::analysis::massive::MASSIVE_ATTRIBUTED
-    );
-    let _ = writeln!(
-        md,
-        "| layer | attributed | dominant experts (values) | largest: contributions (expert: weight x output), shared, residual |"
-    );
-    let _ = writeln!(md, "| --- | --- | --- | --- |");
-    for (layer, m) in layers {
-        let dominant = match m.dominant_experts.is_empty() {
-            true => "none".to_string(),
-            false => m
-                .dominant_experts
-                .iter()
-                .map(|(e, n)| format!("{e} ({n})"))
-                .collect::<Vec<_>>()
-                .join(", "),
-        };
-        let largest = m
-            .top
-            .iter()
-            .find_map(|e| e.value.attribution.as_ref().map(|a| (e, a)))
-            .map_or(String::new(), |(e, a)| {
-                let experts: Vec<String> = a
-                    .experts
-                    .iter()
-                    .map(|c| format!("{}: {:.1}", c.expert, c.contribution))
-                    .collect();
-                let shared = a
-                    .shared_expert
-                    .map_or(String::new(), |s| format!(", shared {s:.1}"));
-                format!(
-                    "dim {} = {:.1}: {}{}, residual {:.1}",
-                    e.value.dim,
-                    e.value.value,
-                    experts.join(", "),
-                    shared,
-                    a.residual
-                )
-            });
-        let _ = writeln!(
-            md,
-            "| {layer} | {} | {dominant} | {largest} |",
-            m.attributed
-        );
     }
 }

@@ -5,6 +5,7 @@ pub mod attention;
 pub mod convert;
 pub mod elementwise;
 pub mod loss;
+pub mod magnitudes;
 pub mod moe;
 pub mod norm;
 pub mod rope;

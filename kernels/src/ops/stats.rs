@@ -1,8 +1,7 @@
 //! Statistics accumulated on the device (`stats.cu`): per sequence and dimension, a
-//! histogram of |x| per point, optionally the positions of values >= threshold; and the
-//! per-row maxima the massive-activation search starts from.
+//! histogram of |x| per point, optionally the positions of values >= threshold.
 
-use super::{block_per_row, check_len, launch};
+use super::{check_len, launch};
 use crate::error::Result;
 use crate::gpu::Gpu;
 use crate::sources::STATS;
@@ -174,27 +173,4 @@ impl StatsAccumulators {
             positions: if words > 0 { positions } else { Vec::new() },
         })
     }
-}
-
-/// `out[r]` = largest finite |x| of row r of `x (rows, width)`.
-pub fn row_max_abs(
-    gpu: &Gpu,
-    x: &CudaView<f32>,
-    rows: usize,
-    width: usize,
-    out: &mut CudaSlice<f32>,
-) -> Result<()> {
-    check_len("row max x", x, rows * width)?;
-    check_len("row max out", out, rows)?;
-    let (r_i, w_i) = (rows as i32, width as i32);
-    launch!(
-        gpu,
-        STATS,
-        "row_max_abs_kernel",
-        block_per_row(rows, 256),
-        x,
-        &r_i,
-        &w_i,
-        out
-    )
 }

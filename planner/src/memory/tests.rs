@@ -83,7 +83,7 @@ fn workload() -> Workload {
             CapturedPoint {
                 width: 1024,
                 positions: false,
-                row_maxima: false,
+                magnitudes: false,
             };
             6
         ],
@@ -320,7 +320,7 @@ fn small_workload() -> Workload {
             CapturedPoint {
                 width: 1024,
                 positions: false,
-                row_maxima: false,
+                magnitudes: false,
             };
             6
         ],

@@ -91,7 +91,7 @@ pub fn attribute_massive(
         &inputs,
         threads,
     )?;
-    for value in finds.values.iter_mut().take(MASSIVE_ATTRIBUTED) {
+    for value in finds.primary.values.iter_mut().take(MASSIVE_ATTRIBUTED) {
         let Some(token) = inputs
             .iter()
             .position(|i| (i.sequence, i.position) == (value.sequence, value.position))

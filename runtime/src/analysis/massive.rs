@@ -1,19 +1,27 @@
 //! Massive activations (Sun et al. 2024, "Massive activations in large language models"):
-//! values of the residual stream with |x| > 100 and at least 1000 times the median magnitude
-//! of their own token's hidden state (the per-token reading of "the median magnitude of its
-//! hidden state"). Found while a layer runs, on both backends, by [`MassiveFinds::scan_row`].
-//! In MoE layers the MoE inputs of the tokens holding the largest ones are kept
-//! ([`MassiveFinds::keep_inputs`]) so the layer's end can say which experts produced them
-//! (`attribution.rs`).
+//! values of the residual stream with |x| > 100 and at least 1000 times a median magnitude.
+//! Two readings of which median, side by side:
+//! - the paper's (primary): the median |x| over the whole hidden state of the sequence at
+//!   the layer, all `T x d` values (their code: `torch.median(feat_abs)` of the layer
+//!   output; `magnitudes.rs`);
+//! - per token: the median |x| of the token's own hidden state (an earlier reading, which
+//!   misses a first token whose whole vector is large).
+//!
+//! Found while a layer runs, on both backends, by [`MassiveFinds::scan_row`]. Everything
+//! else about them (dims, positions, token strings, the expert attribution) follows the
+//! primary reading: in MoE layers the MoE inputs of the tokens holding the largest ones are
+//! kept ([`MassiveFinds::keep_inputs`]) so the layer's end can say which experts produced
+//! them (`attribution.rs`).
 
 use super::attribution::ExpertAttribution;
+use super::magnitudes::SequenceMagnitudes;
 use serde::{Deserialize, Serialize};
 
 /// Magnitude a massive activation exceeds.
 pub const MASSIVE_MIN_MAGNITUDE: f32 = 100.0;
-/// How many times its token's median magnitude it is at least.
+/// How many times the median magnitude it is at least.
 pub const MASSIVE_MEDIAN_RATIO: f32 = 1000.0;
-/// Largest ones kept per layer (the counts cover all).
+/// Largest ones kept per layer and reading (the counts cover all).
 pub const MASSIVE_KEPT: usize = 1000;
 /// The largest ones per layer whose experts are named (MoE layers); the report lists these.
 pub const MASSIVE_ATTRIBUTED: usize = 20;
@@ -29,11 +37,49 @@ pub struct MassiveValue {
     pub dim: usize,
     /// The value (signed).
     pub value: f32,
-    /// Median |x| of its token's hidden state.
+    /// Median |x| of its sequence's hidden state at the layer (the paper's reference).
+    pub sequence_median: f32,
+    /// Median |x| of its token's hidden state (the per-token reading's reference).
     pub token_median: f32,
-    /// Which experts produced it (MoE layers; the [`MASSIVE_ATTRIBUTED`] largest).
+    /// Which experts produced it (MoE layers; the [`MASSIVE_ATTRIBUTED`] largest of the
+    /// primary reading).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attribution: Option<ExpertAttribution>,
+}
+
+/// What one reading finds in one layer.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MassiveReading {
+    /// Massive activations found.
+    pub total: u64,
+    /// Tokens holding at least one.
+    pub tokens: u64,
+    /// The largest |value| first (ties: sequence, position, dim), at most [`MASSIVE_KEPT`].
+    pub values: Vec<MassiveValue>,
+}
+
+impl MassiveReading {
+    /// Sorts (largest first) and keeps [`MASSIVE_KEPT`].
+    fn keep_largest(&mut self) {
+        self.values.sort_by(|a, b| {
+            b.value
+                .abs()
+                .total_cmp(&a.value.abs())
+                .then(a.sequence.cmp(&b.sequence))
+                .then(a.position.cmp(&b.position))
+                .then(a.dim.cmp(&b.dim))
+        });
+        self.values.truncate(MASSIVE_KEPT);
+    }
+
+    /// Adds a found value; sorts and trims now and then.
+    fn add(&mut self, value: MassiveValue) {
+        self.total += 1;
+        self.values.push(value);
+        if self.values.len() > 4 * MASSIVE_KEPT {
+            self.keep_largest();
+        }
+    }
 }
 
 /// A token holding a massive activation, ranked by its largest one.
@@ -69,16 +115,20 @@ pub struct TokenInput {
     pub values: Vec<f32>,
 }
 
-/// The massive activations of one point of one layer.
+/// The massive activations of one point of one layer, under both readings, and the
+/// per-sequence magnitudes the primary one compares with.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct MassiveFinds {
-    /// Massive activations found.
-    pub total: u64,
-    /// Tokens holding at least one.
-    pub tokens: u64,
-    /// The largest |value| first (ties: sequence, position, dim), at most [`MASSIVE_KEPT`].
-    pub values: Vec<MassiveValue>,
-    /// Tokens found since the last [`Self::keep_inputs`], waiting for their MoE input.
+    /// The paper's reading (median over the sequence's hidden state); flattened into the
+    /// layer file as `total`, `tokens`, `values`.
+    #[serde(flatten)]
+    pub primary: MassiveReading,
+    /// The per-token-median reading.
+    pub per_token: MassiveReading,
+    /// Per sequence: the three largest |x| and the median (sorted by sequence).
+    pub sequences: Vec<SequenceMagnitudes>,
+    /// Tokens found since the last [`Self::keep_inputs`], waiting for their MoE input (only
+    /// the [`MASSIVE_ATTRIBUTED`] largest can be kept, so no more than a few times that).
     #[serde(skip)]
     awaiting: Vec<RankedToken>,
     /// The MoE inputs of the [`MASSIVE_ATTRIBUTED`] tokens with the largest massive
@@ -116,57 +166,69 @@ impl MassiveFinds {
         max_abs > MASSIVE_MIN_MAGNITUDE
     }
 
+    /// Records the magnitudes of a sequence (its top three and median |x|).
+    pub fn add_sequence(&mut self, magnitudes: SequenceMagnitudes) {
+        self.sequences.push(magnitudes);
+    }
+
     /// Looks for massive activations in the hidden state `row` of token `position` of
-    /// `sequence`.
-    pub fn scan_row(&mut self, row: &[f32], sequence: usize, position: usize) {
+    /// `sequence`, whose whole hidden state has median |x| `sequence_median`.
+    pub fn scan_row(
+        &mut self,
+        row: &[f32],
+        sequence: usize,
+        position: usize,
+        sequence_median: f32,
+    ) {
         if !Self::row_may_hold(row_max_abs(row)) {
             return;
         }
-        let median = median_magnitude(row);
-        let before = self.total;
+        let token_median = median_magnitude(row);
+        let (before, before_per_token) = (self.primary.total, self.per_token.total);
         let mut largest = 0f32;
         for (dim, &value) in row.iter().enumerate() {
             let magnitude = value.abs();
-            if value.is_finite()
-                && magnitude > MASSIVE_MIN_MAGNITUDE
-                && magnitude >= MASSIVE_MEDIAN_RATIO * median
-            {
-                self.total += 1;
+            if !value.is_finite() || magnitude <= MASSIVE_MIN_MAGNITUDE {
+                continue;
+            }
+            let found = MassiveValue {
+                sequence,
+                position,
+                dim,
+                value,
+                sequence_median,
+                token_median,
+                attribution: None,
+            };
+            if magnitude >= MASSIVE_MEDIAN_RATIO * token_median {
+                self.per_token.add(found.clone());
+            }
+            if magnitude >= MASSIVE_MEDIAN_RATIO * sequence_median {
                 largest = largest.max(magnitude);
-                self.values.push(MassiveValue {
-                    sequence,
-                    position,
-                    dim,
-                    value,
-                    token_median: median,
-                    attribution: None,
-                });
+                self.primary.add(found);
             }
         }
-        if self.total > before {
-            self.tokens += 1;
+        self.per_token.tokens += (self.per_token.total > before_per_token) as u64;
+        if self.primary.total > before {
+            self.primary.tokens += 1;
             self.awaiting.push(RankedToken {
                 sequence,
                 position,
                 largest,
             });
-        }
-        if self.values.len() > 4 * MASSIVE_KEPT {
-            self.keep_largest();
+            if self.awaiting.len() > 4 * MASSIVE_ATTRIBUTED {
+                self.awaiting.sort_by(RankedToken::order);
+                self.awaiting.truncate(MASSIVE_ATTRIBUTED);
+            }
         }
     }
 
-    /// Sorts (largest first) and keeps [`MASSIVE_KEPT`].
-    pub fn keep_largest(&mut self) {
-        self.values.sort_by(|a, b| {
-            b.value
-                .abs()
-                .total_cmp(&a.value.abs())
-                .then(a.sequence.cmp(&b.sequence))
-                .then(a.position.cmp(&b.position))
-                .then(a.dim.cmp(&b.dim))
-        });
-        self.values.truncate(MASSIVE_KEPT);
+    /// Puts both readings' values and the sequences in their final order (the layer is
+    /// done).
+    pub fn finish(&mut self) {
+        self.primary.keep_largest();
+        self.per_token.keep_largest();
+        self.sequences.sort_by_key(|s| s.sequence);
         self.awaiting.clear();
     }
 
@@ -223,29 +285,48 @@ mod tests {
     }
 
     #[test]
-    fn both_conditions_at_their_edges() {
-        // Width 5, median |x| 0.1 (ratio edge 100.0 = 1000 x 0.1 is not > 100).
+    fn both_conditions_at_their_edges_under_both_readings() {
+        // Width 5, token median 0.1 (ratio edge 100.0 = 1000 x 0.1 is not > 100).
         let mut finds = MassiveFinds::default();
-        finds.scan_row(&[0.1, -0.1, 0.1, 100.0, 0.05], 0, 0);
-        assert_eq!(finds.total, 0, "100 is not above 100");
-        // Median 0.25: 150 is above 100 but below 1000 x 0.25 = 250; -250 is exactly 1000x.
-        finds.scan_row(&[0.25, 150.0, -250.0, 0.25, 0.25], 1, 7);
-        assert_eq!(finds.total, 1);
+        finds.scan_row(&[0.1, -0.1, 0.1, 100.0, 0.05], 0, 0, 0.01);
         assert_eq!(
-            finds.values,
-            vec![MassiveValue {
-                sequence: 1,
-                position: 7,
-                dim: 2,
-                value: -250.0,
-                token_median: 0.25,
-                attribution: None,
-            }]
+            (finds.primary.total, finds.per_token.total),
+            (0, 0),
+            "100 is not above 100"
         );
-        assert_eq!(finds.tokens, 1);
+        // Token median 0.25: 150 is above 100 but below 1000 x 0.25 = 250; -250 is exactly
+        // 1000x. Sequence median 0.15: 150 is exactly 1000x, -250 above.
+        finds.scan_row(&[0.25, 150.0, -250.0, 0.25, 0.25], 1, 7, 0.15);
+        let value = |dim, value| MassiveValue {
+            sequence: 1,
+            position: 7,
+            dim,
+            value,
+            sequence_median: 0.15,
+            token_median: 0.25,
+            attribution: None,
+        };
+        assert_eq!(finds.per_token.values, vec![value(2, -250.0)]);
+        assert_eq!(
+            finds.primary.values,
+            vec![value(1, 150.0), value(2, -250.0)]
+        );
+        assert_eq!((finds.primary.tokens, finds.per_token.tokens), (1, 1));
         // Non-finite values are never massive.
-        finds.scan_row(&[0.0, f32::INFINITY, 0.0], 2, 0);
-        assert_eq!(finds.total, 1);
+        finds.scan_row(&[0.0, f32::INFINITY, 0.0], 2, 0, 0.0);
+        assert_eq!((finds.primary.total, finds.per_token.total), (2, 1));
+    }
+
+    #[test]
+    fn a_large_first_token_is_massive_only_by_the_sequence_median() {
+        // The issue's case: one dimension of 30,000, the rest of the token around 50
+        // (token median 50: ratio 600), the sequence's median about 1.
+        let mut row = vec![50.0f32; 64];
+        row[5] = 30_000.0;
+        let mut finds = MassiveFinds::default();
+        finds.scan_row(&row, 0, 0, 1.0);
+        assert_eq!((finds.primary.total, finds.per_token.total), (1, 0));
+        assert_eq!(finds.primary.values[0].dim, 5);
     }
 
     #[test]
@@ -255,12 +336,15 @@ mod tests {
             let mut row = vec![0.01f32; 8];
             row[s] = 500.0 + s as f32;
             row[7] = -900.0;
-            finds.scan_row(&row, s, 0);
+            finds.scan_row(&row, s, 0, 0.01);
         }
-        finds.keep_largest();
-        let order: Vec<(usize, usize)> = finds.values.iter().map(|v| (v.sequence, v.dim)).collect();
-        assert_eq!(order, vec![(0, 7), (1, 7), (2, 7), (2, 2), (1, 1), (0, 0)]);
-        assert_eq!((finds.total, finds.tokens), (6, 3));
+        finds.finish();
+        for reading in [&finds.primary, &finds.per_token] {
+            let order: Vec<(usize, usize)> =
+                reading.values.iter().map(|v| (v.sequence, v.dim)).collect();
+            assert_eq!(order, vec![(0, 7), (1, 7), (2, 7), (2, 2), (1, 1), (0, 0)]);
+            assert_eq!((reading.total, reading.tokens), (6, 3));
+        }
     }
 
     #[test]
@@ -268,10 +352,10 @@ mod tests {
         // 30 sequences of 2 tokens; token (s, 1) holds one massive value 200 + (s * 7) % 30.
         let scan = |finds: &mut MassiveFinds, first: usize, sequences: usize| {
             for s in first..first + sequences {
-                finds.scan_row(&[0.01, 0.01, 0.01], s, 0);
+                finds.scan_row(&[0.01, 0.01, 0.01], s, 0, 0.01);
                 let mut row = vec![0.01f32; 3];
                 row[1] = 200.0 + ((s * 7) % 30) as f32;
-                finds.scan_row(&row, s, 1);
+                finds.scan_row(&row, s, 1, 0.01);
             }
             finds
                 .keep_inputs(first, 2, |r| Ok::<_, ()>(vec![(first * 2 + r) as f32]))
@@ -282,7 +366,7 @@ mod tests {
             for first in (0..30).step_by(batch) {
                 scan(&mut finds, first, batch.min(30 - first));
             }
-            finds.keep_largest();
+            finds.finish();
             finds.inputs
         };
         let one = kept(1);

@@ -5,7 +5,9 @@
 pub mod attribution;
 pub mod distribution;
 pub mod layer_analysis;
+pub mod magnitudes;
 pub mod massive;
+pub mod massive_report;
 pub mod non_finite;
 pub mod outlier_report;
 pub mod outliers;

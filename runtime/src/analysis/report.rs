@@ -6,9 +6,10 @@
 //! part ([`LayerReport`] and its statistics) is written when the layer finishes; the report
 //! is assembled from those files ([`assemble_report`]).
 
-use super::layer_analysis::TokenInfo;
-use super::layer_analysis::{LayerMassive, MassiveEntry, PointAnalysis, RouterAnalysis};
+use super::layer_analysis::{PointAnalysis, RouterAnalysis};
 use super::massive::MassiveFinds;
+use super::massive_report::TokenInfo;
+use super::massive_report::{LayerMassive, MassiveEntry};
 use super::outlier_report::{OutlierGroupReport, outlier_group_report};
 use super::outliers::OutlierCounts;
 use super::point_summary::PointSummary;
@@ -20,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// Version of the report layout; raised whenever a field changes meaning or goes away.
-pub const REPORT_SCHEMA_VERSION: u32 = 2;
+pub const REPORT_SCHEMA_VERSION: u32 = 3;
 
 /// Dimensions listed per capture point.
 pub const TOP_DIMS: usize = 5;
@@ -100,9 +101,11 @@ pub struct AnalysisSettings {
     pub min_position_fraction: f64,
     /// A massive activation's |x| is above this...
     pub massive_min_magnitude: f32,
-    /// ...and at least this many times the median |x| of its token's hidden state.
+    /// ...and at least this many times a median |x|.
     pub massive_median_ratio: f32,
-    /// Which median: `per_token`.
+    /// Which median the primary reading uses: `per_sequence` (over the sequence's whole
+    /// hidden state at the layer, Sun et al.'s); `per_token_median` in each layer is the
+    /// second reading (the token's own hidden state).
     pub massive_median: String,
     /// Bootstrap resamples of the sequences (0: no intervals).
     pub bootstrap_resamples: usize,
@@ -153,7 +156,8 @@ pub struct LayerAnalysis {
     pub massive: Option<LayerMassive>,
 }
 
-/// Massive activations over the analysed layers.
+/// Massive activations over the analysed layers (the primary reading, with the second
+/// reading's counts).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MassiveOverview {
     /// Whether resid_post was captured (else nothing was looked for).
@@ -162,6 +166,10 @@ pub struct MassiveOverview {
     pub total: u64,
     /// Layers with at least one.
     pub layers_with: Vec<usize>,
+    /// The per-token-median reading: found in all layers.
+    pub per_token_median_total: u64,
+    /// The per-token-median reading: layers with at least one.
+    pub per_token_median_layers_with: Vec<usize>,
     /// Dimensions holding them in any layer, with the number of layers each.
     pub dims: Vec<(usize, usize)>,
     /// The largest |value| and its layer.
@@ -263,13 +271,17 @@ pub fn assemble_report(
 fn massive_overview(layers: &[LayerAnalysis], looked_for: bool) -> MassiveOverview {
     let mut dims: BTreeMap<usize, usize> = BTreeMap::new();
     let mut largest: Option<(usize, MassiveEntry)> = None;
-    let mut total = 0;
-    let mut layers_with = Vec::new();
+    let (mut total, mut per_token_total) = (0, 0);
+    let (mut layers_with, mut per_token_layers_with) = (Vec::new(), Vec::new());
     for layer in layers {
         let Some(m) = &layer.massive else { continue };
         total += m.total;
         if m.total > 0 {
             layers_with.push(layer.layer);
+        }
+        per_token_total += m.per_token_median.total;
+        if m.per_token_median.total > 0 {
+            per_token_layers_with.push(layer.layer);
         }
         for &(d, _) in &m.dims {
             *dims.entry(d).or_insert(0) += 1;
@@ -287,6 +299,8 @@ fn massive_overview(layers: &[LayerAnalysis], looked_for: bool) -> MassiveOvervi
         looked_for,
         total,
         layers_with,
+        per_token_median_total: per_token_total,
+        per_token_median_layers_with: per_token_layers_with,
         dims: dims.into_iter().collect(),
         largest,
     }

@@ -5,6 +5,7 @@
 //! values >= threshold (a bit per token and dimension); for the residual stream the massive
 //! activations.
 
+use super::magnitudes::{SequenceMagnitudes, lower_median_magnitude, top_magnitudes};
 use super::massive::MassiveFinds;
 use super::point_summary::{DimMax, PointSummary};
 use layerstream_planner::statistics::{CapturedPoint, HISTOGRAM_BINS};
@@ -88,7 +89,7 @@ impl PointStatistics {
             } else {
                 Vec::new()
             },
-            massive: point.row_maxima.then(MassiveFinds::default),
+            massive: point.magnitudes.then(MassiveFinds::default),
         }
     }
 
@@ -114,6 +115,16 @@ impl PointStatistics {
         let words = self.position_words();
         for (offset, sequence) in values.chunks_exact(seq_len * width).enumerate() {
             let row0 = (first_sequence + offset) * width;
+            // The primary massive reading compares with the whole sequence's median.
+            let sequence_median = self.massive.as_mut().map_or(0.0, |massive| {
+                let magnitudes = SequenceMagnitudes {
+                    sequence: first_sequence + offset,
+                    top: top_magnitudes(sequence),
+                    median: lower_median_magnitude(sequence),
+                };
+                massive.add_sequence(magnitudes);
+                magnitudes.median
+            });
             for (position, token) in sequence.chunks_exact(width).enumerate() {
                 let global = (first_sequence + offset) * seq_len + position;
                 for (d, &value) in token.iter().enumerate() {
@@ -140,7 +151,7 @@ impl PointStatistics {
                     self.sums[3 * plane + slot] += v2 * v2;
                 }
                 if let Some(massive) = &mut self.massive {
-                    massive.scan_row(token, first_sequence + offset, position);
+                    massive.scan_row(token, first_sequence + offset, position, sequence_median);
                 }
             }
         }
@@ -149,7 +160,7 @@ impl PointStatistics {
     /// Puts what was found in its final order once the layer is done.
     pub fn finish(&mut self) {
         if let Some(massive) = &mut self.massive {
-            massive.keep_largest();
+            massive.finish();
         }
     }
 
@@ -192,7 +203,7 @@ mod tests {
         CapturedPoint {
             width,
             positions,
-            row_maxima: false,
+            magnitudes: false,
         }
     }
 

@@ -15,7 +15,7 @@ use super::ownership::{
 };
 use super::statistics_file::read_statistics;
 use super::writer::CheckpointObserver;
-use crate::analysis::layer_analysis::TokenInfo;
+use crate::analysis::massive_report::TokenInfo;
 use crate::analysis::report::{
     ActivationReport, AnalysisSettings, ReportData, ReportModel, assemble_report,
 };

@@ -1,9 +1,11 @@
 //! Captures on the GPU: device statistics accumulators per layer and point (created before
-//! the layer's first micro-batch, downloaded once at its end), massive-activation rows, and
+//! the layer's first micro-batch, downloaded once at its end), the residual stream's
+//! magnitudes and massive-activation rows, and
 //! copies to the host of what the observer asks for whole.
 
 use super::moe::DeviceRouting;
 use crate::allocation::{Budget, Reservation};
+use crate::analysis::magnitudes::{SequenceMagnitudes, insert_top};
 use crate::analysis::{MassiveFinds, PointStatistics};
 use crate::capture::CapturePoint;
 use crate::error::{Result, RuntimeError};
@@ -11,6 +13,7 @@ use crate::executor::{CaptureMode, RunObserver, RunRequest};
 use crate::plan::point_width;
 use layerstream_kernels::Gpu;
 use layerstream_kernels::cudarc::driver::{CudaSlice, CudaView};
+use layerstream_kernels::ops::magnitudes::{self, MedianScratch};
 use layerstream_kernels::ops::stats::{self, StatsAccumulators};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -43,8 +46,11 @@ pub(crate) fn statistics_accumulators(
             0
         };
         let stats = StatsAccumulators::new(gpu, request.num_sequences, width, words)?;
-        let row_maxima = match shape.row_maxima {
-            true => Some(gpu.stream.alloc_zeros(tokens)?),
+        let magnitudes = match shape.magnitudes {
+            true => Some(DeviceMagnitudes {
+                row_top: gpu.stream.alloc_zeros(3 * tokens)?,
+                median: MedianScratch::new(gpu, request.num_sequences)?,
+            }),
             false => None,
         };
         accumulators.insert(
@@ -52,13 +58,21 @@ pub(crate) fn statistics_accumulators(
             Accumulator {
                 stats,
                 threshold,
-                massive: shape.row_maxima.then(MassiveFinds::default),
-                row_maxima,
+                massive: shape.magnitudes.then(MassiveFinds::default),
+                magnitudes,
                 _reservation: reservation,
             },
         );
     }
     Ok(accumulators)
+}
+
+/// The device buffers of the residual stream's magnitudes.
+pub(crate) struct DeviceMagnitudes {
+    /// `(tokens, 3)`: each token's three largest |x| of a micro-batch.
+    row_top: CudaSlice<f32>,
+    /// The median selection's working buffers.
+    median: MedianScratch,
 }
 
 /// One point's device accumulators.
@@ -67,8 +81,8 @@ pub(crate) struct Accumulator {
     threshold: f32,
     /// Massive activations found so far (`resid_post`).
     massive: Option<MassiveFinds>,
-    /// `(tokens)`: per-token max |x| of a micro-batch (`resid_post`).
-    row_maxima: Option<CudaSlice<f32>>,
+    /// Magnitudes (`resid_post`).
+    magnitudes: Option<DeviceMagnitudes>,
     _reservation: Reservation,
 }
 
@@ -115,23 +129,49 @@ pub(crate) fn download_statistics(
 // The device histogram and the host's have the same bins.
 const _: () = assert!(stats::HISTOGRAM_BINS == layerstream_planner::statistics::HISTOGRAM_BINS);
 
+// The device's scratch is what the planner reserves.
+const _: () = assert!(
+    magnitudes::MEDIAN_SCRATCH_BYTES_PER_SEQUENCE as u64
+        == layerstream_planner::statistics::MEDIAN_SCRATCH_BYTES_PER_SEQUENCE
+        && magnitudes::MEDIAN_SCRATCH_SEQUENCES
+            == layerstream_planner::statistics::MEDIAN_SCRATCH_SEQUENCES
+);
+
 /// Looks for massive activations in a micro-batch `values (tokens, width)` of sequences
-/// `first_sequence..`: per-token maxima on the device, then only the rows that can hold one
-/// are copied to the host and scanned there (the CPU backend's code).
+/// `first_sequence..`: each token's top three |x| and each sequence's median |x| on the
+/// device, then only the rows that can hold one are copied to the host and scanned there
+/// (the CPU backend's code).
 fn find_massive(
     gpu: &Gpu,
     values: &CudaView<f32>,
-    width: usize,
-    seq_len: usize,
-    first_sequence: usize,
-    row_maxima: &mut CudaSlice<f32>,
+    (width, seq_len, first_sequence): (usize, usize, usize),
+    device: &mut DeviceMagnitudes,
     massive: &mut MassiveFinds,
 ) -> Result<()> {
     let tokens = values.len() / width;
-    stats::row_max_abs(gpu, values, tokens, width, row_maxima)?;
-    let maxima = gpu.stream.clone_dtoh(&row_maxima.slice(..tokens))?;
+    let sequences = tokens / seq_len;
+    magnitudes::row_top3_abs(gpu, values, tokens, width, &mut device.row_top)?;
+    let row_top = gpu.stream.clone_dtoh(&device.row_top.slice(..3 * tokens))?;
+    let medians = magnitudes::sequence_median_abs(
+        gpu,
+        values,
+        sequences,
+        seq_len * width,
+        &mut device.median,
+    )?;
+    for (s, &median) in medians.iter().enumerate() {
+        let mut top = [0f32; 3];
+        for row in row_top[3 * s * seq_len..3 * (s + 1) * seq_len].chunks_exact(3) {
+            row.iter().for_each(|&m| insert_top(&mut top, m));
+        }
+        massive.add_sequence(SequenceMagnitudes {
+            sequence: first_sequence + s,
+            top,
+            median,
+        });
+    }
     let rows: Vec<usize> = (0..tokens)
-        .filter(|&r| MassiveFinds::row_may_hold(maxima[r]))
+        .filter(|&r| MassiveFinds::row_may_hold(row_top[3 * r]))
         .collect();
     // Few rows: one copy each; many: the whole micro-batch at once.
     let whole = if rows.len() > 64 {
@@ -146,7 +186,13 @@ fn find_massive(
                 .stream
                 .clone_dtoh(&values.slice(r * width..(r + 1) * width))?,
         };
-        massive.scan_row(&row, first_sequence + r / seq_len, r % seq_len);
+        let sequence = r / seq_len;
+        massive.scan_row(
+            &row,
+            first_sequence + sequence,
+            r % seq_len,
+            medians[sequence],
+        );
     }
     Ok(())
 }
@@ -207,18 +253,11 @@ impl CudaCapture<'_> {
             self.first_sequence,
             threshold,
         )?;
-        if let (Some(massive), Some(row_maxima)) =
-            (&mut accumulator.massive, &mut accumulator.row_maxima)
+        if let (Some(massive), Some(device)) =
+            (&mut accumulator.massive, &mut accumulator.magnitudes)
         {
-            find_massive(
-                self.gpu,
-                values,
-                width,
-                self.request.seq_len,
-                self.first_sequence,
-                row_maxima,
-                massive,
-            )?;
+            let shape = (width, self.request.seq_len, self.first_sequence);
+            find_massive(self.gpu, values, shape, device, massive)?;
         }
         Ok(())
     }
