@@ -8,8 +8,8 @@ use layerstream_runtime::cpu::CpuBackend;
 use layerstream_runtime::data::{TextTokenizer, pack_documents};
 use layerstream_runtime::{CapturePoint, FinalStage, Model, RunRequest, run};
 use layerstream_tests::{
-    FIXTURES, KeepEverything, MOE_FIXTURES, Reference, assert_all_close, assert_matches_reference,
-    fixture_docs, fixture_model, split_every_layer,
+    FIXTURES, KeepEverything, MOE_FIXTURES, REFERENCE_POINTS, Reference, assert_all_close,
+    assert_matches_reference, fixture_docs, fixture_model, split_every_layer,
 };
 
 fn run_fixture(
@@ -31,6 +31,7 @@ fn run_fixture_split(
     let model = Model::open(&fixture_model(name)).unwrap();
     let request = RunRequest {
         token_ids: reference.input_ids.clone(),
+        first_delimiters: Vec::new(),
         num_sequences: reference.num_sequences,
         seq_len: reference.seq_len,
         capture_layers: (0..model.spec.num_layers).collect(),
@@ -85,7 +86,7 @@ fn every_family_matches_pytorch_at_every_capture_point_and_the_logits() {
         let (reference, kept) = run_fixture(name, FinalStage::Logits, 1);
         let layers = Model::open(&fixture_model(name)).unwrap().spec.num_layers;
         for layer in 0..layers {
-            for point in CapturePoint::ACTIVATIONS {
+            for point in REFERENCE_POINTS {
                 let key = point.full_name(layer);
                 let expected = reference.get(&key);
                 let got = kept
@@ -164,6 +165,7 @@ fn hidden_states_on_disk_give_the_same_results() {
             let model = Model::open(&fixture_model(name)).unwrap();
             let request = RunRequest {
                 token_ids: reference.input_ids.clone(),
+                first_delimiters: Vec::new(),
                 num_sequences: reference.num_sequences,
                 seq_len: reference.seq_len,
                 capture_layers: (0..model.spec.num_layers).collect(),
@@ -203,6 +205,7 @@ fn only_layers_up_to_the_last_captured_one_run() {
     let model = Model::open(&fixture_model("llama3")).unwrap();
     let request = RunRequest {
         token_ids: reference.input_ids.clone(),
+        first_delimiters: Vec::new(),
         num_sequences: reference.num_sequences,
         seq_len: reference.seq_len,
         capture_layers: [0, 1].into_iter().collect(),

@@ -100,3 +100,129 @@ fn sequence_medians_are_exact() {
         }
     }
 }
+
+/// The attention-sink mass of both attention kernels (f32, and bf16 on tensor cores) against
+/// the CPU's, per (sequence, head): causal, sliding windows that hide key 0 and the
+/// delimiter from later queries, grouped-query heads, a sequence without a delimiter. The
+/// attention output itself is unchanged by asking for the sinks.
+#[test]
+fn attention_sink_mass_matches_the_cpu() {
+    use layerstream_kernels::ops::attention::{
+        AttentionDims, SinkScratch, causal_attention, reduce_sink_mass, sink_scratch_len,
+    };
+    use layerstream_runtime::cpu::attention::{self as cpu_attention, AttentionShape};
+    let Some(gpu) = gpu_or_skip("attention sinks") else {
+        return;
+    };
+    for (seq_len, head_dim, window) in [
+        (1, 16, None),
+        (7, 64, None),
+        (100, 128, None),
+        (100, 128, Some(5)),
+        (130, 64, Some(70)),
+        (70, 256, Some(40)),
+        (33, 80, None),
+    ] {
+        for tensor_cores in [false, true] {
+            let dims = AttentionDims {
+                sequences: 3,
+                seq_len,
+                heads: 4,
+                kv_heads: 2,
+                head_dim,
+                sliding_window: window,
+                scale: (head_dim as f32).powf(-0.5),
+                tensor_cores,
+            };
+            let on_tensor_cores = dims.uses_tensor_cores(&gpu);
+            let rows = 3 * seq_len;
+            let round = |x: Vec<f32>| -> Vec<f32> {
+                match on_tensor_cores {
+                    true => x
+                        .iter()
+                        .map(|&v| half::bf16::from_f32(v).to_f32())
+                        .collect(),
+                    false => x,
+                }
+            };
+            let q = round(random_values(rows * 4 * head_dim, 12, 2.0));
+            let k = round(random_values(rows * 2 * head_dim, 13, 2.0));
+            let v = random_values(rows * 2 * head_dim, 14, 2.0);
+            let delimiters = [
+                Some(seq_len / 3).filter(|&d| d > 0),
+                None,
+                Some(seq_len - 1),
+            ];
+            let shape = AttentionShape {
+                sequences: 3,
+                seq_len,
+                heads: 4,
+                kv_heads: 2,
+                head_dim,
+                sliding_window: window,
+                scale: dims.scale,
+            };
+            let mut expect_out = vec![0f32; q.len()];
+            let expect = cpu_attention::causal_attention(
+                &q,
+                &k,
+                &v,
+                &mut expect_out,
+                shape,
+                2,
+                Some(&delimiters),
+            );
+            let as_i32: Vec<i32> = delimiters
+                .iter()
+                .map(|d| d.map_or(-1, |d| d as i32))
+                .collect();
+            let mut out = gpu.stream.alloc_zeros::<f32>(q.len()).unwrap();
+            let mut plain = gpu.stream.alloc_zeros::<f32>(q.len()).unwrap();
+            let mut scratch = gpu
+                .stream
+                .alloc_zeros::<f32>(sink_scratch_len(&dims))
+                .unwrap();
+            let (qd, kd, vd) = (upload(&gpu, &q), upload(&gpu, &k), upload(&gpu, &v));
+            let mut scratch_view = scratch.as_view_mut();
+            let sinks = SinkScratch {
+                scratch: &mut scratch_view,
+                delimiters: &as_i32,
+            };
+            let run = |out: &mut CudaSlice<f32>, sinks| {
+                causal_attention(
+                    &gpu,
+                    &qd.as_view(),
+                    &kd.as_view(),
+                    &vd.as_view(),
+                    &mut out.as_view_mut(),
+                    dims,
+                    sinks,
+                )
+                .unwrap()
+            };
+            run(&mut out, Some(sinks));
+            run(&mut plain, None);
+            let what =
+                format!("T={seq_len} d={head_dim} w={window:?} tensor cores {on_tensor_cores}");
+            assert_eq!(
+                gpu.stream.clone_dtoh(&out).unwrap(),
+                gpu.stream.clone_dtoh(&plain).unwrap(),
+                "{what}: the output does not change with the sinks"
+            );
+            let got = reduce_sink_mass(&gpu, &mut scratch_view, &dims).unwrap();
+            assert_eq!(got.len(), expect.len());
+            // f32: rounding only; bf16 probabilities on tensor cores: < 2^-8 relative each.
+            let tolerance = if on_tensor_cores { 0.01 } else { 1e-5 };
+            for (i, (g, e)) in got.iter().zip(&expect).enumerate() {
+                for (a, b) in g.iter().zip(e) {
+                    assert!(
+                        (a - b).abs() <= tolerance * b.abs().max(1.0),
+                        "{what}: (sequence, head) {i}: {g:?} vs {e:?}"
+                    );
+                }
+            }
+            // Query 0 puts everything on key 0: each sum is at least 1 where key 0 is seen.
+            assert!(expect.iter().all(|m| m[0] >= 1.0 - 1e-6), "{what}");
+        }
+    }
+}

@@ -6,14 +6,16 @@ use layerstream_planner::memory::HiddenPlacement;
 use layerstream_runtime::analysis::PointStatistics;
 use layerstream_runtime::analysis::attribution::ExpertAttribution;
 use layerstream_runtime::backend::Backend;
+use layerstream_runtime::capture::SinkMass;
 use layerstream_runtime::cpu::CpuBackend;
 use layerstream_runtime::cuda::{ComputeChoice, CudaBackend};
 use layerstream_runtime::{
     CaptureMode, CapturePoint, FinalStage, Model, RunObserver, RunRequest, run,
 };
 use layerstream_tests::{
-    FIXTURES, KeepEverything, Reference, assert_all_close, assert_matches_reference, fixture_model,
-    gpu_or_skip, nmse, plant_massive_expert, split_every_layer,
+    FIXTURES, KeepEverything, REFERENCE_POINTS, Reference, assert_all_close,
+    assert_matches_reference, fixture_model, gpu_or_skip, nmse, plant_massive_expert,
+    split_every_layer,
 };
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -35,6 +37,10 @@ fn request(
 ) -> RunRequest {
     RunRequest {
         token_ids: reference.input_ids.clone(),
+        // Sequence 0's delimiter early, the others' late (beyond the sliding windows).
+        first_delimiters: (0..reference.num_sequences)
+            .map(|s| Some(if s == 0 { 5 } else { reference.seq_len - 3 }))
+            .collect(),
         num_sequences: reference.num_sequences,
         seq_len: reference.seq_len,
         capture_layers: (0..layers).collect(),
@@ -75,7 +81,7 @@ fn every_family_matches_pytorch_on_cuda_in_f32() {
         )
         .unwrap();
         for layer in 0..layers {
-            for point in CapturePoint::ACTIVATIONS {
+            for point in REFERENCE_POINTS {
                 let key = point.full_name(layer);
                 assert_matches_reference(
                     &format!("cuda {name} {key}"),
@@ -186,11 +192,21 @@ fn bf16_fixtures_match_pytorch_within_bf16_tolerance() {
 }
 
 #[derive(Default)]
-struct KeepStatistics(BTreeMap<(usize, CapturePoint), PointStatistics>);
+struct KeepStatistics(
+    BTreeMap<(usize, CapturePoint), PointStatistics>,
+    BTreeMap<usize, Vec<[f64; 2]>>,
+);
 
 impl RunObserver for KeepStatistics {
     fn on_statistics(&mut self, layer: usize, point: CapturePoint, statistics: &PointStatistics) {
         self.0.insert((layer, point), statistics.clone());
+    }
+
+    fn on_attention_sinks(&mut self, layer: usize, _first: usize, mass: &SinkMass) {
+        self.1
+            .entry(layer)
+            .or_default()
+            .extend_from_slice(&mass.mass);
     }
 }
 
@@ -223,6 +239,24 @@ fn cuda_statistics_match_cpu_statistics() {
             on_gpu.0.len(),
             "{name}: same points reported"
         );
+        // Attention sinks, per layer and (sequence, head).
+        assert_eq!(
+            on_cpu.1.len(),
+            model.spec.num_layers,
+            "{name}: sinks of every layer"
+        );
+        for (layer, c) in &on_cpu.1 {
+            let g = &on_gpu.1[layer];
+            assert_eq!(c.len(), g.len(), "{name} layer {layer}: sinks");
+            for (i, (a, b)) in c.iter().zip(g).enumerate() {
+                for (x, y) in a.iter().zip(b) {
+                    assert!(
+                        (x - y).abs() <= 1e-5 * x.abs().max(1.0),
+                        "{name} layer {layer} (sequence, head) {i}: sinks {a:?} vs {b:?}"
+                    );
+                }
+            }
+        }
         for (key, c) in &on_cpu.0 {
             let g = &on_gpu.0[key];
             let what = format!("{name} layer {} {}", key.0, key.1);

@@ -330,7 +330,7 @@ fn attention_matches_cpu_for_every_shape_and_window() {
             sliding_window: window,
             scale: dims.scale,
         };
-        cpu::attention::causal_attention(&q, &k, &v, &mut expect, shape, 2);
+        cpu::attention::causal_attention(&q, &k, &v, &mut expect, shape, 2, None);
         let mut out = zeros(&gpu, q.len());
         causal_attention(
             &gpu,
@@ -339,6 +339,7 @@ fn attention_matches_cpu_for_every_shape_and_window() {
             &upload(&gpu, &v).as_view(),
             &mut out.as_view_mut(),
             dims,
+            None,
         )
         .unwrap();
         assert_matches_reference(
@@ -361,7 +362,7 @@ fn attention_matches_cpu_for_every_shape_and_window() {
         };
         let (qr, kr, vr) = (rounded(&q), rounded(&k), rounded(&v));
         let mut expect_bf16 = vec![0f32; q.len()];
-        cpu::attention::causal_attention(&qr, &kr, &vr, &mut expect_bf16, shape, 2);
+        cpu::attention::causal_attention(&qr, &kr, &vr, &mut expect_bf16, shape, 2, None);
         let mut out = zeros(&gpu, q.len());
         causal_attention(
             &gpu,
@@ -370,6 +371,7 @@ fn attention_matches_cpu_for_every_shape_and_window() {
             &upload(&gpu, &v).as_view(),
             &mut out.as_view_mut(),
             tensor,
+            None,
         )
         .unwrap();
         let what = format!(

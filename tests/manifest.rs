@@ -46,6 +46,7 @@ fn runs_under_several_budgets_allocate_what_they_reserve() {
         for budget in [None, Some(64u64 << 20), Some(1 << 20), Some(400 << 10)] {
             let request = RunRequest {
                 token_ids: (0..sequences * seq_len).map(|i| (i % 50) as u32).collect(),
+                first_delimiters: Vec::new(),
                 num_sequences: sequences,
                 seq_len,
                 capture_layers: (0..model.spec.num_layers).collect(),

@@ -72,6 +72,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for micro_batch in [1, 2, 4, num_samples] {
         let request = RunRequest {
             token_ids: token_ids.clone(),
+            first_delimiters: Vec::new(),
             num_sequences: num_samples,
             seq_len,
             capture_layers: (0..model.spec.num_layers).collect(),

@@ -173,7 +173,8 @@ pub struct AnalyzeArgs {
     /// Layers to analyse: all, a list (0,6,11), a range (0-11) or a mix (0-3,8).
     #[arg(long, value_name = "LAYERS", default_value = "all")]
     pub layers: String,
-    /// Capture points: all, or a list of ln1, ln2, attn_in_o, attn_out, mlp_out, resid_post.
+    /// Capture points: all (every one but q and k), or a list of ln1, q, k, attn_in_o,
+    /// attn_sinks, attn_out, ln2, mlp_out, resid_post, router.
     #[arg(long, value_name = "POINTS", default_value = "all")]
     pub points: String,
     /// Magnitude counted as an outlier value (|x| >= threshold; LLM.int8() uses 6).
@@ -258,7 +259,8 @@ pub struct EstimateArgs {
     /// Layers to analyse: all, a list (0,6,11), a range (0-11) or a mix (0-3,8).
     #[arg(long, value_name = "LAYERS", default_value = "all")]
     pub layers: String,
-    /// Capture points: all, or a list of ln1, ln2, attn_in_o, attn_out, mlp_out, resid_post.
+    /// Capture points: all (every one but q and k), or a list of ln1, q, k, attn_in_o,
+    /// attn_sinks, attn_out, ln2, mlp_out, resid_post, router.
     #[arg(long, value_name = "POINTS", default_value = "all")]
     pub points: String,
     /// Plan `score` (final norm and LM head) instead of `analyze`.

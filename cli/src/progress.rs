@@ -4,7 +4,7 @@
 use indicatif::{ProgressBar, ProgressStyle};
 use layerstream_planner::split::{LayerPart, describe_parts};
 use layerstream_runtime::analysis::PointStatistics;
-use layerstream_runtime::capture::Routing;
+use layerstream_runtime::capture::{Routing, SinkMass};
 use layerstream_runtime::{CapturePoint, RunObserver, RuntimeError};
 use std::time::Instant;
 
@@ -61,6 +61,10 @@ impl RunObserver for WithProgress<'_> {
 
     fn on_router(&mut self, layer: usize, first: usize, routing: &Routing) {
         self.inner.on_router(layer, first, routing);
+    }
+
+    fn on_attention_sinks(&mut self, layer: usize, first: usize, mass: &SinkMass) {
+        self.inner.on_attention_sinks(layer, first, mass);
     }
 
     fn on_next_token_nll(&mut self, first: usize, nll: &[f32]) {

@@ -41,6 +41,7 @@ fn every_fixture_agrees_with_the_independent_reference() {
         ];
         assert_succeeds(&layerstream(&args, home.path()));
         let coverage = assert_report_matches_reference(&home.path().join(&out), 0.5);
+        attention_sinks_are_reported(&home.path().join(&out), fixture);
         assert!(coverage.massive_layers >= 2, "{fixture}: {coverage:?}");
         assert_eq!(coverage.outlier_groups.len(), 2, "{fixture}: {coverage:?}");
         compared_outliers += coverage
@@ -53,4 +54,43 @@ fn every_fixture_agrees_with_the_independent_reference() {
         compared_outliers > 0,
         "no fixture had an outlier feature to compare"
     );
+}
+
+/// Every layer has per-head attention-sink means that add up, with query 0's certain mass
+/// on the first token at least; report.md and the heatmap have them.
+fn attention_sinks_are_reported(out: &std::path::Path, fixture: &str) {
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    let config: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(layerstream_tests::fixture_model(fixture).join("config.json")).unwrap(),
+    )
+    .unwrap();
+    let heads = config["num_attention_heads"].as_u64().unwrap() as usize;
+    for layer in report["layers"].as_array().unwrap() {
+        let a = &layer["attention_sinks"];
+        let values = |k: &str| -> Vec<f64> {
+            a[k].as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect()
+        };
+        let (first, delimiter, other) =
+            (values("first"), values("first_delimiter"), values("other"));
+        assert_eq!(first.len(), heads, "{fixture}: {a}");
+        for h in 0..heads {
+            assert!(
+                (first[h] + delimiter[h] + other[h] - 1.0).abs() < 1e-9,
+                "{fixture}: {a}"
+            );
+            assert!(
+                first[h] >= 1.0 / 40.0 - 1e-9 && first[h] <= 1.0,
+                "{fixture}: {a}"
+            );
+            assert!(delimiter[h] >= 0.0, "{fixture}: {a}");
+        }
+    }
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("## Attention sinks"), "{fixture}");
+    assert!(out.join("plots/attention_sinks.png").exists(), "{fixture}");
 }

@@ -6,12 +6,28 @@
 //
 // Shared memory (floats): k_tile[key_tile][head_dim + 1] (padded: lanes read different keys),
 // v_tile[key_tile][head_dim], q_rows[ATTN_WARPS][head_dim].
+//
+// Attention sinks (want_sinks != 0): `sinks` is scratch laid out as SINK_LAYOUT below; the
+// lane that holds key 0 (and the sequence's first delimiter) keeps its score, and once the
+// row's softmax normaliser is known the row's probability on those keys is written.
 #define ATTN_WARPS 8
 #define ATTN_MAX_DIMS_PER_LANE 8  // head_dim <= 256
 
+// SINK_LAYOUT of the scratch (floats), for sequences x heads (sequence, head) rows:
+//   [rows * seq_len * 2]: per query, p(key 0) and p(first delimiter);
+//   [rows * 4] after it: per row the two sums, each as a (hi, lo) float pair; before the
+//   sums are written, its first `sequences` floats hold each sequence's first delimiter as
+//   int bits (-1: none).
+__device__ __forceinline__ int sink_delimiter(const float* sinks, int sequences, int heads,
+                                              int seq_len, int sequence) {
+    const unsigned long long tail = (unsigned long long)sequences * heads * seq_len * 2;
+    return __float_as_int(sinks[tail + sequence]);
+}
+
 extern "C" __global__ void attention_kernel(
     const float* q, const float* k, const float* v, float* out,
-    int seq_len, int heads, int kv_heads, int head_dim, int key_tile, int window, float scale) {
+    int seq_len, int heads, int kv_heads, int head_dim, int key_tile, int window, float scale,
+    float* sinks, int want_sinks) {
     extern __shared__ float shared[];
     const int k_stride = head_dim + 1;
     float* k_tile = shared;
@@ -38,6 +54,9 @@ extern "C" __global__ void attention_kernel(
 #pragma unroll
     for (int i = 0; i < ATTN_MAX_DIMS_PER_LANE; i++) acc[i] = 0.0f;
     float running_max = -INFINITY, running_sum = 0.0f;
+    const int delimiter =
+        want_sinks ? sink_delimiter(sinks, gridDim.z, heads, seq_len, sequence) : -1;
+    float first_score = -INFINITY, delimiter_score = -INFINITY;  // the lane holding the key
 
     const int last_query = min(first_query + ATTN_WARPS, seq_len) - 1;
     const int key_begin = window > 0 ? max(0, first_query - window + 1) : 0;
@@ -60,6 +79,8 @@ extern "C" __global__ void attention_kernel(
             float dot = 0.0f;
             for (int d = 0; d < head_dim; d++) dot += q_row[d] * k_tile[lane * k_stride + d];
             score = dot * scale;
+            if (key == 0) first_score = score;
+            if (key == delimiter) delimiter_score = score;
         }
         const float tile_max = warp_max(score);
         if (tile_max == -INFINITY) continue;  // no visible key for this row in this tile
@@ -79,6 +100,15 @@ extern "C" __global__ void attention_kernel(
         }
         running_max = new_max;
     }
+    if (want_sinks) {
+        first_score = warp_max(first_score);
+        delimiter_score = warp_max(delimiter_score);
+        if (active && lane == 0) {
+            float* row = sinks + (((unsigned long long)sequence * heads + head) * seq_len + query) * 2;
+            row[0] = first_score == -INFINITY ? 0.0f : expf(first_score - running_max) / running_sum;
+            row[1] = delimiter_score == -INFINITY ? 0.0f : expf(delimiter_score - running_max) / running_sum;
+        }
+    }
     if (active) {
         const float inv_sum = 1.0f / running_sum;
         float* out_row = out + (base_row + query) * q_width + (unsigned long long)head * head_dim;
@@ -86,6 +116,39 @@ extern "C" __global__ void attention_kernel(
         for (int i = 0; i < ATTN_MAX_DIMS_PER_LANE; i++) {
             int d = lane + 32 * i;
             if (d < head_dim) out_row[d] = acc[i] * inv_sum;
+        }
+    }
+}
+
+// The sums over queries of each (sequence, head) row's sink probabilities (SINK_LAYOUT), in
+// double in a fixed order (strided per thread, then a tree), written as (hi, lo) float pairs
+// after the per-query values. One block of SINK_REDUCE_THREADS per row.
+#define SINK_REDUCE_THREADS 256
+extern "C" __global__ void sink_mass_reduce_kernel(float* sinks, int rows, int seq_len) {
+    __shared__ double partial[2][SINK_REDUCE_THREADS];
+    const int row = blockIdx.x;
+    const float* values = sinks + (unsigned long long)row * seq_len * 2;
+    double first = 0.0, delimiter = 0.0;
+    for (int t = threadIdx.x; t < seq_len; t += SINK_REDUCE_THREADS) {
+        first += values[2 * t];
+        delimiter += values[2 * t + 1];
+    }
+    partial[0][threadIdx.x] = first;
+    partial[1][threadIdx.x] = delimiter;
+    __syncthreads();
+    for (int stride = SINK_REDUCE_THREADS / 2; stride > 0; stride >>= 1) {
+        if (threadIdx.x < stride) {
+            partial[0][threadIdx.x] += partial[0][threadIdx.x + stride];
+            partial[1][threadIdx.x] += partial[1][threadIdx.x + stride];
+        }
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) {
+        float* sums = sinks + (unsigned long long)rows * seq_len * 2 + (unsigned long long)row * 4;
+        for (int i = 0; i < 2; i++) {
+            const float hi = (float)partial[i][0];
+            sums[2 * i] = hi;
+            sums[2 * i + 1] = (float)(partial[i][0] - (double)hi);
         }
     }
 }

@@ -10,6 +10,10 @@
 // of P V wants consecutive keys). The +8 padding spreads a warp's fragment loads over all
 // banks.
 //
+// Attention sinks (want_sinks != 0, `sinks` laid out as attention.cu's SINK_LAYOUT): the
+// thread whose S fragment holds key 0 (or the sequence's first delimiter) for a row keeps its
+// scaled score, and once the row's max and sum are final writes the row's probability on it.
+//
 // Fragment layouts of m16n8k16 (g = lane / 4, c = lane % 4): A (16 x 16, row-major) holds
 // rows g and g + 8, columns 2c, 2c + 1 and 8 + 2c, 8 + 2c + 1; B (16 x 8) holds rows (k) 2c,
 // 2c + 1 and 8 + 2c, 8 + 2c + 1 of column g; C (16 x 8) holds rows g and g + 8, columns 2c and
@@ -36,7 +40,8 @@ __device__ __forceinline__ void mma_bf16_16x8x16(float* c, const u32* a, u32 b0,
 
 extern "C" __global__ void attention_mma_kernel(
     const float* q, const float* k, const float* v, float* out,
-    int seq_len, int heads, int kv_heads, int head_dim, int window, float scale) {
+    int seq_len, int heads, int kv_heads, int head_dim, int window, float scale,
+    float* sinks, int want_sinks) {
     extern __shared__ u16 mma_shared[];
     const int k_stride = head_dim + 8;
     const int v_stride = MMA_KEYS + 8;
@@ -83,6 +88,12 @@ extern "C" __global__ void attention_mma_kernel(
     // Running max (in log2 units, scaled) and sum for rows lo and hi.
     float max_lo = -INFINITY, max_hi = -INFINITY, sum_lo = 0.0f, sum_hi = 0.0f;
     const float scale_log2 = scale * 1.4426950408889634f;
+    // Sinks: the scaled scores (log2 units) of key 0 and the delimiter for rows lo and hi,
+    // kept by the thread whose fragment holds them.
+    const int delimiter = want_sinks
+        ? __float_as_int(sinks[(unsigned long long)gridDim.z * heads * seq_len * 2 + sequence])
+        : -1;
+    float first_lo = -INFINITY, first_hi = -INFINITY, delim_lo = -INFINITY, delim_hi = -INFINITY;
 
     const int block_last = min(block_first + MMA_ROWS, seq_len) - 1;
     const int warp_last = min(warp_first + 15, seq_len - 1);
@@ -143,6 +154,18 @@ extern "C" __global__ void attention_mma_kernel(
             }
             tile_max_lo = fmaxf(tile_max_lo, fmaxf(s[n][0], s[n][1]));
             tile_max_hi = fmaxf(tile_max_hi, fmaxf(s[n][2], s[n][3]));
+            if (want_sinks) {
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int key = tile + n * 8 + 2 * c + (e & 1);
+                    if (key == 0) {
+                        if (e < 2) first_lo = s[n][e]; else first_hi = s[n][e];
+                    }
+                    if (key == delimiter) {
+                        if (e < 2) delim_lo = s[n][e]; else delim_hi = s[n][e];
+                    }
+                }
+            }
         }
         // The four threads of a quad hold one row.
         tile_max_lo = fmaxf(tile_max_lo, __shfl_xor_sync(0xffffffffu, tile_max_lo, 1));
@@ -200,6 +223,30 @@ extern "C" __global__ void attention_mma_kernel(
     }
     const float inv_lo = sum_lo > 0.0f ? 1.0f / sum_lo : 0.0f;
     const float inv_hi = sum_hi > 0.0f ? 1.0f / sum_hi : 0.0f;
+    if (want_sinks) {
+        // One thread of the quad holds each key: the others have -inf.
+        for (int offset = 1; offset < 4; offset <<= 1) {
+            first_lo = fmaxf(first_lo, __shfl_xor_sync(0xffffffffu, first_lo, offset));
+            first_hi = fmaxf(first_hi, __shfl_xor_sync(0xffffffffu, first_hi, offset));
+            delim_lo = fmaxf(delim_lo, __shfl_xor_sync(0xffffffffu, delim_lo, offset));
+            delim_hi = fmaxf(delim_hi, __shfl_xor_sync(0xffffffffu, delim_hi, offset));
+        }
+        const unsigned long long head_row = (unsigned long long)sequence * heads + head;
+        const float p_first_lo = first_lo == -INFINITY ? 0.0f : exp2f(first_lo - max_lo) * inv_lo;
+        const float p_delim_lo = delim_lo == -INFINITY ? 0.0f : exp2f(delim_lo - max_lo) * inv_lo;
+        const float p_first_hi = first_hi == -INFINITY ? 0.0f : exp2f(first_hi - max_hi) * inv_hi;
+        const float p_delim_hi = delim_hi == -INFINITY ? 0.0f : exp2f(delim_hi - max_hi) * inv_hi;
+        if (c == 0 && row_lo < seq_len) {
+            float* r = sinks + (head_row * seq_len + row_lo) * 2;
+            r[0] = p_first_lo;
+            r[1] = p_delim_lo;
+        }
+        if (c == 0 && row_hi < seq_len) {
+            float* r = sinks + (head_row * seq_len + row_hi) * 2;
+            r[0] = p_first_hi;
+            r[1] = p_delim_hi;
+        }
+    }
 #pragma unroll
     for (int t = 0; t < MMA_MAX_HEAD_DIM / 8; t++) {
         if (t < dim_tiles) {

@@ -21,12 +21,23 @@ pub enum CapturePoint {
     ResidPost,
     /// Router logits and the chosen experts with their weights (MoE layers only).
     Router,
+    /// The queries as attention uses them (after q-norm, clipping and RoPE),
+    /// `(heads * head_dim)` wide.
+    Q,
+    /// The keys as attention uses them (after k-norm, clipping and RoPE),
+    /// `(kv_heads * head_dim)` wide.
+    K,
+    /// Attention-sink mass: per head, the attention probability on the first token and on
+    /// the first delimiter (not an activation: summed inside the attention kernels).
+    AttnSinks,
 }
 
 impl CapturePoint {
     /// Every activation point (one `(tokens, width)` tensor each), in forward order.
-    pub const ACTIVATIONS: [CapturePoint; 6] = [
+    pub const ACTIVATIONS: [CapturePoint; 8] = [
         CapturePoint::Ln1,
+        CapturePoint::Q,
+        CapturePoint::K,
         CapturePoint::AttnInO,
         CapturePoint::AttnOut,
         CapturePoint::Ln2,
@@ -34,10 +45,26 @@ impl CapturePoint {
         CapturePoint::ResidPost,
     ];
 
-    /// Every point: the activations and the router.
-    pub const ALL: [CapturePoint; 7] = [
+    /// Every point: the activations, the router and the attention sinks.
+    pub const ALL: [CapturePoint; 10] = [
+        CapturePoint::Ln1,
+        CapturePoint::Q,
+        CapturePoint::K,
+        CapturePoint::AttnInO,
+        CapturePoint::AttnSinks,
+        CapturePoint::AttnOut,
+        CapturePoint::Ln2,
+        CapturePoint::MlpOut,
+        CapturePoint::ResidPost,
+        CapturePoint::Router,
+    ];
+
+    /// What `--points all` captures: every point but `q` and `k` (as wide as the attention
+    /// and rarely wanted as statistics; name them to get them).
+    pub const DEFAULT: [CapturePoint; 8] = [
         CapturePoint::Ln1,
         CapturePoint::AttnInO,
+        CapturePoint::AttnSinks,
         CapturePoint::AttnOut,
         CapturePoint::Ln2,
         CapturePoint::MlpOut,
@@ -55,7 +82,16 @@ impl CapturePoint {
             CapturePoint::MlpOut => "mlp_out",
             CapturePoint::ResidPost => "resid_post",
             CapturePoint::Router => "router",
+            CapturePoint::Q => "q",
+            CapturePoint::K => "k",
+            CapturePoint::AttnSinks => "attn_sinks",
         }
+    }
+
+    /// Whether it is an activation (a `(tokens, width)` tensor), not the router's choices or
+    /// the attention-sink mass.
+    pub fn is_activation(self) -> bool {
+        Self::ACTIVATIONS.contains(&self)
     }
 
     /// The points whose values >= threshold are outlier features (LLM.int8()): the inputs of
@@ -109,7 +145,7 @@ impl FromStr for CapturePoint {
 
 /// A set of capture points (small and `Copy`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct PointSet(u8);
+pub struct PointSet(u16);
 
 impl PointSet {
     /// No points.
@@ -117,12 +153,12 @@ impl PointSet {
 
     /// The set of `points`.
     pub fn of(points: &[CapturePoint]) -> Self {
-        PointSet(points.iter().fold(0, |bits, &p| bits | 1 << p as u8))
+        PointSet(points.iter().fold(0, |bits, &p| bits | 1 << p as u16))
     }
 
     /// Whether `point` is in it.
     pub fn contains(self, point: CapturePoint) -> bool {
-        self.0 >> point as u8 & 1 == 1
+        self.0 >> point as u16 & 1 == 1
     }
 }
 
@@ -139,6 +175,18 @@ pub struct Routing {
     pub experts: Vec<u32>,
     /// Their weights in the block output, `(tokens, top_k)`.
     pub weights: Vec<f32>,
+}
+
+/// What one micro-batch's attention put on the sink positions (attention-sink statistics).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SinkMass {
+    /// Query heads.
+    pub heads: usize,
+    /// Queries per sequence and head (the sequence length).
+    pub queries: usize,
+    /// `(sequences, heads)`: `[sum over queries of the probability on position 0, on the
+    /// sequence's first delimiter (0 for a sequence without one)]`.
+    pub mass: Vec<[f64; 2]>,
 }
 
 /// Receives what one layer produces for one micro-batch.

@@ -40,11 +40,13 @@ pub fn layer_shapes(spec: &ModelSpec) -> Vec<LayerShapes> {
         .collect()
 }
 
-/// Width of a capture point's activations (0 for the router, which keeps no accumulators).
+/// Width of a capture point's activations (0 for the router and the attention sinks, which
+/// keep no accumulators).
 pub fn point_width(spec: &ModelSpec, point: CapturePoint) -> usize {
     match point {
-        CapturePoint::AttnInO => spec.q_width(),
-        CapturePoint::Router => 0,
+        CapturePoint::AttnInO | CapturePoint::Q => spec.q_width(),
+        CapturePoint::K => spec.kv_width(),
+        CapturePoint::Router | CapturePoint::AttnSinks => 0,
         _ => spec.hidden_size,
     }
 }

@@ -47,7 +47,7 @@ pub fn parse_layers(text: &str, num_layers: usize) -> Result<BTreeSet<usize>> {
 /// Resolves a `--points` value: `all` or a comma-separated list of point names.
 pub fn parse_points(text: &str) -> Result<Vec<CapturePoint>> {
     if text.trim().eq_ignore_ascii_case("all") {
-        return Ok(CapturePoint::ALL.to_vec());
+        return Ok(CapturePoint::DEFAULT.to_vec());
     }
     let mut points = Vec::new();
     for part in text.split(',') {

@@ -102,8 +102,17 @@ pub fn analyze(args: &AnalyzeArgs) -> Result<()> {
     ));
     let tokens = packed.num_sequences * packed.seq_len;
     let start = folder.start_point(&to_compute, tokens, model.spec.hidden_size)?;
+    let tokenizer = TextTokenizer::load(&model.dir, &model.config)?;
+    let text = |id: u32| tokenizer.token_text(id);
+    let first_delimiters = TokenInfo {
+        token_ids: &packed.token_ids,
+        seq_len: packed.seq_len,
+        text: &text,
+    }
+    .first_delimiters();
     let request = RunRequest {
         token_ids: packed.token_ids.clone(),
+        first_delimiters,
         num_sequences: packed.num_sequences,
         seq_len: packed.seq_len,
         capture_layers: to_compute.clone(),
@@ -252,6 +261,23 @@ fn print_summary(report: &ActivationReport, threshold: f32) {
                 .len()
         );
     }
+    let sinks: Vec<_> = report
+        .layers
+        .iter()
+        .filter_map(|l| l.attention_sinks.as_ref())
+        .collect();
+    if !sinks.is_empty() {
+        let heads: usize = sinks.iter().map(|a| a.first.len()).sum();
+        let sink_heads: f64 = sinks
+            .iter()
+            .map(|a| a.sink_head_share * a.first.len() as f64)
+            .sum();
+        let mean = sinks.iter().map(|a| a.mean_first).sum::<f64>() / sinks.len() as f64;
+        println!(
+            "attention sinks: mean attention on the first token {mean:.3}; {} of {heads} heads put more than half of it there",
+            sink_heads.round()
+        );
+    }
 }
 
 /// Runs the layers still to compute (none: says so), writing each as it finishes.
@@ -322,15 +348,14 @@ fn saved_points(args: &AnalyzeArgs, points: &[CapturePoint]) -> Result<Vec<Captu
     if let Some(p) = listed.iter().find(|p| !points.contains(p)) {
         anyhow::bail!("--save-activations {p}: the point is not captured; add it to --points");
     }
-    if listed.contains(&CapturePoint::Router) && list.trim() != "all" {
+    if let Some(p) = listed.iter().find(|p| !p.is_activation())
+        && list.trim() != "all"
+    {
         anyhow::bail!(
-            "--save-activations router: the router's choices are not an activation and are not saved as one; report.json summarises them per layer (`router`). Save one of ln1, ln2, attn_in_o, attn_out, mlp_out, resid_post"
+            "--save-activations {p}: {p} is not an activation and is not saved as one; report.json summarises it per layer. Save one of ln1, q, k, attn_in_o, attn_out, ln2, mlp_out, resid_post"
         );
     }
-    Ok(listed
-        .into_iter()
-        .filter(|&p| p != CapturePoint::Router)
-        .collect())
+    Ok(listed.into_iter().filter(|p| p.is_activation()).collect())
 }
 
 /// Finished layers an earlier run computed without the activations `--save-activations`

@@ -1,7 +1,7 @@
 //! The report's plots, each as SVG and PNG under `OUT/plots/`: the layer x dimension heatmap
 //! of outlier magnitude, per-layer max |x| and RMS kurtosis per capture point, the expert
-//! load per layer (MoE), and the residual stream's top-1/2/3 and median |x| per layer (Sun
-//! et al.'s layer-wise figure).
+//! load per layer (MoE), the residual stream's top-1/2/3 and median |x| per layer (Sun et
+//! al.'s layer-wise figure), and the layer x head heatmap of attention on the first token.
 
 use super::svg::{SERIES, Svg, label, scale_colour, ticks};
 use anyhow::{Context, Result};
@@ -26,6 +26,9 @@ pub fn write_plots(report: &ActivationReport, dir: &Path) -> Result<Vec<String>>
     }
     if report.layers.iter().any(|l| l.massive.is_some()) {
         written.extend(massive_magnitudes(report).save(dir, "massive_magnitudes")?);
+    }
+    if report.layers.iter().any(|l| l.attention_sinks.is_some()) {
+        written.extend(attention_sinks(report).save(dir, "attention_sinks")?);
     }
     Ok(written)
 }
@@ -379,4 +382,30 @@ fn massive_magnitudes(report: &ActivationReport) -> Svg {
         svg.text(x + 16.0, 324.0, 11.0, "start", false, name);
     }
     svg
+}
+
+/// Layer x query head heatmap of the mean attention probability on the first token.
+fn attention_sinks(report: &ActivationReport) -> Svg {
+    let layers: Vec<_> = report
+        .layers
+        .iter()
+        .filter_map(|l| l.attention_sinks.as_ref().map(|a| (l.layer, a)))
+        .collect();
+    let heads = layers.iter().map(|(_, a)| a.first.len()).max().unwrap_or(0);
+    let rows: Vec<String> = layers.iter().map(|(l, _)| l.to_string()).collect();
+    let columns: Vec<String> = (0..heads).map(|h| h.to_string()).collect();
+    let values: Vec<Vec<f64>> = layers.iter().map(|(_, a)| a.first.clone()).collect();
+    heatmap(
+        &format!(
+            "{}: mean attention on the first token per head",
+            short_name(report)
+        ),
+        &rows,
+        &columns,
+        &values,
+        "layer",
+        "query head",
+        "attention on token 0",
+        false,
+    )
 }

@@ -47,6 +47,7 @@ pub fn report_markdown(report: &ActivationReport) -> String {
     outlier_sections(&mut md, report);
     per_layer_section(&mut md, report);
     super::report_massive::massive_section(&mut md, report);
+    super::report_massive::sinks_section(&mut md, report);
     routing_section(&mut md, report);
     md
 }

@@ -1,6 +1,7 @@
 //! report.md's massive-activation section: both readings side by side per layer, the
 //! layer's magnitudes (top three and median, as Sun et al.'s layer-wise figure), the
-//! largest ones with their tokens, and the experts behind them in MoE layers.
+//! largest ones with their tokens, and the experts behind them in MoE layers; and the
+//! attention-sink section that connects them to attention.
 
 use layerstream_runtime::analysis::report::ActivationReport;
 use std::fmt::Write as _;
@@ -130,6 +131,41 @@ fn expert_attribution(md: &mut String, report: &ActivationReport) {
             md,
             "| {layer} | {} | {dominant} | {largest} |",
             m.attributed
+        );
+    }
+}
+
+/// Attention sinks: one line per layer.
+pub fn sinks_section(md: &mut String, report: &ActivationReport) {
+    if report.layers.iter().all(|l| l.attention_sinks.is_none()) {
+        return;
+    }
+    let _ = writeln!(md, "\n## Attention sinks\n");
+    let _ = writeln!(
+        md,
+        "Mean attention probability of all queries (every sequence and position) on the first token, on the sequence's first delimiter, and on everything else, over the query heads; heads above 0.5 on the first token; the head that puts the most there (plot `attention_sinks`).\n"
+    );
+    let _ = writeln!(
+        md,
+        "| layer | heads | on first token | on first delimiter | elsewhere | heads > 0.5 on first token | strongest head (mass) |"
+    );
+    let _ = writeln!(md, "| --- | --- | --- | --- | --- | --- | --- |");
+    for layer in &report.layers {
+        let Some(a) = &layer.attention_sinks else {
+            continue;
+        };
+        let strongest = (0..a.first.len()).max_by(|&x, &y| a.first[x].total_cmp(&a.first[y]));
+        let strongest = strongest.map_or("-".into(), |h| format!("{h} ({:.3})", a.first[h]));
+        let _ = writeln!(
+            md,
+            "| {} | {} | {:.3} | {:.3} | {:.3} | {:.0}% | {} |",
+            layer.layer,
+            a.first.len(),
+            a.mean_first,
+            a.mean_first_delimiter,
+            a.mean_other,
+            a.sink_head_share * 100.0,
+            strongest
         );
     }
 }

@@ -68,6 +68,7 @@ pub fn score(args: &ScoreArgs) -> Result<()> {
     let backend = choose_backend(&args.run)?;
     let request = RunRequest {
         token_ids: workload.packed.token_ids.clone(),
+        first_delimiters: Vec::new(),
         num_sequences: workload.packed.num_sequences,
         seq_len: workload.packed.seq_len,
         capture_layers: BTreeSet::new(),

@@ -1,11 +1,13 @@
 //! Flash-style causal attention: f32 on CUDA cores (`attention.cu`), or bf16 operands with
-//! f32 accumulation on tensor cores (`attention_mma.cu`, sm_80+).
+//! f32 accumulation on tensor cores (`attention_mma.cu`, sm_80+). Either can also write the
+//! attention-sink probabilities (on key 0 and each sequence's first delimiter) per query
+//! into a scratch buffer, summed per (sequence, head) by [`reduce_sink_mass`].
 
 use super::{check_len, launch};
 use crate::error::{KernelError, Result};
 use crate::gpu::Gpu;
 use crate::sources::{ATTENTION, ATTENTION_MMA};
-use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig};
+use cudarc::driver::{CudaView, CudaViewMut, DevicePtrMut, LaunchConfig};
 
 /// Query rows per block of the tensor-core kernel (`MMA_ROWS`).
 const MMA_ROWS_PER_BLOCK: usize = 64;
@@ -52,8 +54,23 @@ impl AttentionDims {
     }
 }
 
+/// Floats of the attention-sink scratch for `dims` (`SINK_LAYOUT` in attention.cu): per
+/// query two probabilities, then per (sequence, head) two sums as (hi, lo) float pairs.
+pub fn sink_scratch_len(dims: &AttentionDims) -> usize {
+    dims.sequences * dims.heads * (2 * dims.seq_len + 4)
+}
+
+/// Where the kernels put the attention-sink probabilities, and the keys they are on.
+pub struct SinkScratch<'a, 'b> {
+    /// [`sink_scratch_len`] floats.
+    pub scratch: &'a mut CudaViewMut<'b, f32>,
+    /// `(sequences)`: each sequence's first delimiter position, -1 for none.
+    pub delimiters: &'a [i32],
+}
+
 /// `out = softmax(q k^T * scale + causal mask) v` per sequence and head;
-/// q, out `(sequences * seq_len, heads * head_dim)`, k, v `(.., kv_heads * head_dim)`.
+/// q, out `(sequences * seq_len, heads * head_dim)`, k, v `(.., kv_heads * head_dim)`. With
+/// `sinks`, every query's probability on key 0 and on its sequence's delimiter too.
 pub fn causal_attention(
     gpu: &Gpu,
     q: &CudaView<f32>,
@@ -61,6 +78,7 @@ pub fn causal_attention(
     v: &CudaView<f32>,
     out: &mut CudaViewMut<f32>,
     dims: AttentionDims,
+    sinks: Option<SinkScratch>,
 ) -> Result<()> {
     let AttentionDims {
         sequences,
@@ -83,6 +101,35 @@ pub fn causal_attention(
     check_len("attention v", v, rows * kv_heads * head_dim)?;
     check_len("attention out", out, rows * heads * head_dim)?;
     let window = sliding_window.map_or(0, |w| w as i32);
+    let want_sinks = sinks.is_some() as i32;
+    let mut _sink_guard = None;
+    let sink_ptr = match sinks {
+        None => 0,
+        Some(SinkScratch {
+            scratch,
+            delimiters,
+        }) => {
+            check_len("attention sinks", scratch, sink_scratch_len(&dims))?;
+            if delimiters.len() != sequences {
+                return Err(KernelError::Unsupported(format!(
+                    "attention sinks: {} delimiters for {sequences} sequences",
+                    delimiters.len()
+                )));
+            }
+            // The delimiters travel as float bits in the sums' place, read before those are
+            // written.
+            let bits: Vec<f32> = delimiters
+                .iter()
+                .map(|&d| f32::from_bits(d as u32))
+                .collect();
+            let tail = sequences * heads * seq_len * 2;
+            gpu.stream
+                .memcpy_htod(&bits, &mut scratch.slice_mut(tail..tail + sequences))?;
+            let (pointer, guard) = scratch.device_ptr_mut(&gpu.stream);
+            _sink_guard = Some(guard);
+            pointer
+        }
+    };
     if dims.uses_tensor_cores(gpu) {
         let shared_u16 = MMA_KEYS * (head_dim + 8) + head_dim * (MMA_KEYS + 8);
         let config = LaunchConfig {
@@ -116,7 +163,9 @@ pub fn causal_attention(
             &kv_i,
             &dim_i,
             &window,
-            &scale
+            &scale,
+            &sink_ptr,
+            &want_sinks
         );
     }
     // 32 keys per tile while the tiles fit in 48 KiB of shared memory, 16 beyond.
@@ -154,6 +203,45 @@ pub fn causal_attention(
         &dim_i,
         &tile_i,
         &window,
-        &scale
+        &scale,
+        &sink_ptr,
+        &want_sinks
     )
 }
+
+/// Per (sequence, head), `[sum over queries of p(key 0), of p(delimiter)]` from a scratch
+/// the attention filled (`dims` as it was called with).
+pub fn reduce_sink_mass(
+    gpu: &Gpu,
+    scratch: &mut CudaViewMut<f32>,
+    dims: &AttentionDims,
+) -> Result<Vec<[f64; 2]>> {
+    check_len("attention sinks", scratch, sink_scratch_len(dims))?;
+    let rows = dims.sequences * dims.heads;
+    let (rows_i, seq_i) = (rows as i32, dims.seq_len as i32);
+    let config = LaunchConfig {
+        grid_dim: (rows.max(1) as u32, 1, 1),
+        block_dim: (SINK_REDUCE_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    launch!(
+        gpu,
+        ATTENTION,
+        "sink_mass_reduce_kernel",
+        config,
+        &mut *scratch,
+        &rows_i,
+        &seq_i
+    )?;
+    let tail = rows * dims.seq_len * 2;
+    let sums = gpu
+        .stream
+        .clone_dtoh(&scratch.slice(tail..tail + 4 * rows))?;
+    Ok(sums
+        .chunks_exact(4)
+        .map(|s| [s[0] as f64 + s[1] as f64, s[2] as f64 + s[3] as f64])
+        .collect())
+}
+
+/// Threads per row of `sink_mass_reduce_kernel` (`SINK_REDUCE_THREADS`).
+const SINK_REDUCE_THREADS: u32 = 256;

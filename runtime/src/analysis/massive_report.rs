@@ -101,6 +101,12 @@ impl TokenInfo<'_> {
         let ids = &self.token_ids[sequence * self.seq_len..(sequence + 1) * self.seq_len];
         (1..ids.len()).find(|&t| is_delimiter(&(self.text)(ids[t])))
     }
+
+    /// Every sequence's first delimiter (the attention-sink statistics' second key).
+    pub fn first_delimiters(&self) -> Vec<Option<usize>> {
+        let sequences = self.token_ids.len() / self.seq_len.max(1);
+        (0..sequences).map(|s| self.first_delimiter(s)).collect()
+    }
 }
 
 /// Number of massive activations listed per layer in the report (the attributed ones).

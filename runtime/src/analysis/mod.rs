@@ -15,6 +15,7 @@ pub mod point_summary;
 pub mod report;
 pub mod resample;
 pub mod router;
+pub mod sinks;
 pub mod statistics;
 
 pub use massive::{MassiveFinds, MassiveValue};

@@ -15,6 +15,7 @@ use super::outliers::OutlierCounts;
 use super::point_summary::PointSummary;
 use super::resample::resample_weights;
 use super::router::RouterSummary;
+use super::sinks::{SinkAnalysis, SinkSummary};
 use super::statistics::PointStatistics;
 use crate::capture::CapturePoint;
 use serde::{Deserialize, Serialize};
@@ -67,6 +68,9 @@ pub struct LayerReport {
     /// Massive activations of `resid_post`, when captured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub massive: Option<MassiveFinds>,
+    /// Attention-sink sums, when `attn_sinks` is captured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sinks: Option<SinkSummary>,
 }
 
 impl LayerReport {
@@ -75,6 +79,7 @@ impl LayerReport {
         layer: usize,
         statistics: &BTreeMap<CapturePoint, PointStatistics>,
         router: Option<RouterSummary>,
+        sinks: Option<SinkSummary>,
     ) -> Self {
         LayerReport {
             layer,
@@ -86,6 +91,7 @@ impl LayerReport {
             massive: statistics
                 .get(&CapturePoint::ResidPost)
                 .and_then(|s| s.massive.clone()),
+            sinks,
         }
     }
 }
@@ -154,6 +160,9 @@ pub struct LayerAnalysis {
     /// With `resid_post` captured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub massive: Option<LayerMassive>,
+    /// With `attn_sinks` captured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attention_sinks: Option<SinkAnalysis>,
 }
 
 /// Massive activations over the analysed layers (the primary reading, with the second
@@ -230,6 +239,7 @@ pub fn assemble_report(
                 .as_ref()
                 .map(|r| RouterAnalysis::of(r, &resamples)),
             massive: report.massive.as_ref().map(|m| LayerMassive::of(m, tokens)),
+            attention_sinks: report.sinks.as_ref().map(SinkAnalysis::of),
         });
     }
     let mut outlier_features = Vec::new();

@@ -38,7 +38,11 @@ pub(super) fn sublayer<O: BlockOps>(ops: &mut O, step: &BlockStep) -> Result<()>
     }
     ops.rope(Buf::Q, spec.num_heads, spec.head_dim)?;
     ops.rope(Buf::K, spec.num_kv_heads, spec.head_dim)?;
-    ops.attention(AttentionShape {
+    step.capture
+        .activation(ops, CapturePoint::Q, Buf::Q, q_width)?;
+    step.capture
+        .activation(ops, CapturePoint::K, Buf::K, kv_width)?;
+    let shape = AttentionShape {
         sequences: step.sequences,
         seq_len: step.seq_len,
         heads: spec.num_heads,
@@ -46,7 +50,8 @@ pub(super) fn sublayer<O: BlockOps>(ops: &mut O, step: &BlockStep) -> Result<()>
         head_dim: spec.head_dim,
         sliding_window: spec.sliding_windows[step.layer],
         scale: (spec.head_dim as f32).powf(-0.5),
-    })?;
+    };
+    ops.attention(shape, step.capture.captures(CapturePoint::AttnSinks))?;
     step.capture
         .activation(ops, CapturePoint::AttnInO, Buf::Attn, q_width)?;
     ops.linear(Buf::Attn, OProj, Some(OBias), Buf::SublayerOut, q_width, d)?;

@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! attention part:     ln1 = norm(h) | h          q, k, v = ln1 W^T (+ b)
-//!                     q, k = qk_norm, clip, rope  attn_in_o = attention(q, k, v)
+//!                     q, k = qk_norm, clip, rope  attn_in_o = attention(q, k, v) [sinks]
 //!                     attn_out = [norm](attn_in_o W_o^T)          h += attn_out
 //! feed-forward part:  ln2 = norm(h) | h          dense: down(act(gate) * up)
 //!                     MoE: route, experts of the part's range, [shared expert]
@@ -72,8 +72,10 @@ pub(crate) trait BlockOps {
     fn clamp(&mut self, values: Buf, limit: f32) -> Result<()>;
     /// Rotary embedding of `heads` heads per row (row `r` at position `r % seq_len`).
     fn rope(&mut self, values: Buf, heads: usize, head_dim: usize) -> Result<()>;
-    /// `Attn = softmax(Q K^T * scale + mask) V` per sequence and head.
-    fn attention(&mut self, shape: AttentionShape) -> Result<()>;
+    /// `Attn = softmax(Q K^T * scale + mask) V` per sequence and head; with `sinks`, also
+    /// hands each head's attention mass on position 0 and on each sequence's first delimiter
+    /// (summed over queries) to the run's observer. `SublayerOut` is free scratch here.
+    fn attention(&mut self, shape: AttentionShape, sinks: bool) -> Result<()>;
     /// `gate = act(gate) * up`.
     fn gated_activation(&mut self, gate: Buf, up: Buf, activation: Activation) -> Result<()>;
     /// `accumulator += addend`.

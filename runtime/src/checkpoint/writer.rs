@@ -13,7 +13,8 @@ use super::statistics_file::statistics_bytes;
 use crate::analysis::PointStatistics;
 use crate::analysis::report::LayerReport;
 use crate::analysis::router::RouterSummary;
-use crate::capture::{CapturePoint, Routing};
+use crate::analysis::sinks::SinkSummary;
+use crate::capture::{CapturePoint, Routing, SinkMass};
 use crate::error::{Result, RuntimeError};
 use crate::executor::RunObserver;
 use crossbeam::channel::{Sender, bounded};
@@ -29,6 +30,7 @@ struct LayerJob {
     layer: usize,
     statistics: BTreeMap<CapturePoint, PointStatistics>,
     router: Option<RouterSummary>,
+    sinks: Option<SinkSummary>,
     hidden_states: Option<HiddenJob>, // when a checkpoint is due
 }
 
@@ -46,6 +48,7 @@ pub struct CheckpointObserver<'a> {
     folder: &'a mut AnalysisFolder,
     statistics: BTreeMap<CapturePoint, PointStatistics>,
     routers: BTreeMap<usize, RouterSummary>,
+    sinks: BTreeMap<usize, SinkSummary>,
     seq_len: usize,
     activations: Option<ActivationSaver>,
     hidden_states: Option<HiddenJob>,
@@ -94,6 +97,7 @@ impl Writer {
             layer,
             statistics,
             router,
+            sinks,
             hidden_states,
         } = job;
         // A requested layer is recorded even when it captured nothing (a dense layer of a
@@ -101,8 +105,8 @@ impl Writer {
         // (Finished layers a resumed run goes through again, uncaptured, are left as they are.)
         let unfinished_request = self.progress.requested_layers.contains(&layer)
             && !self.progress.layers.contains_key(&layer);
-        if !statistics.is_empty() || router.is_some() || unfinished_request {
-            let report = LayerReport::from_statistics(layer, &statistics, router);
+        if !statistics.is_empty() || router.is_some() || sinks.is_some() || unfinished_request {
+            let report = LayerReport::from_statistics(layer, &statistics, router, sinks);
             let json = serde_json::to_vec_pretty(&report).expect("layer report serialises");
             let files = vec![
                 write_file(&self.dir, &layer_json_path(layer), &json)?,
@@ -189,6 +193,7 @@ impl<'a> CheckpointObserver<'a> {
             folder,
             statistics: BTreeMap::new(),
             routers: BTreeMap::new(),
+            sinks: BTreeMap::new(),
             seq_len,
             activations: None,
             hidden_states: None,
@@ -272,6 +277,10 @@ impl RunObserver for CheckpointObserver<'_> {
             .add(routing, first_sequence, self.seq_len);
     }
 
+    fn on_attention_sinks(&mut self, layer: usize, _first_sequence: usize, mass: &SinkMass) {
+        self.sinks.entry(layer).or_default().add(mass);
+    }
+
     fn wants_hidden_states(&mut self, _layer: usize) -> bool {
         self.last_hidden.elapsed() >= self.hidden_interval
     }
@@ -304,6 +313,7 @@ impl RunObserver for CheckpointObserver<'_> {
             layer,
             statistics: std::mem::take(&mut self.statistics),
             router: self.routers.remove(&layer),
+            sinks: self.sinks.remove(&layer),
             hidden_states: self.hidden_states.take(),
         };
         if let Some(jobs) = &self.jobs {

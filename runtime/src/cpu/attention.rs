@@ -1,5 +1,8 @@
 //! Causal grouped-query attention, tiled over queries: a tile of query rows sees its keys
 //! through one score block `(QUERY_TILE, keys)`, so memory per head grows with T, never T^2.
+//! Optionally the attention-sink mass: per (sequence, head) the sum over queries of the
+//! probability on position 0 and on the sequence's first delimiter, read off the softmaxed
+//! rows (f64 sums in query order).
 
 use super::linear::matmul_transposed_b;
 use super::threads::for_each_chunk_mut;
@@ -9,7 +12,9 @@ pub const QUERY_TILE: usize = 64;
 
 pub use crate::block::AttentionShape;
 
-/// `output = softmax(q k^T * scale + causal mask) v` for every sequence and head.
+/// `output = softmax(q k^T * scale + causal mask) v` for every sequence and head. With
+/// `delimiters` (each sequence's first delimiter position, if any), also returns the sink
+/// mass `(sequences, heads)`: `[sum over queries of p(position 0), of p(delimiter)]`.
 pub fn causal_attention(
     q: &[f32],          // (sequences * seq_len, heads * head_dim)
     k: &[f32],          // (sequences * seq_len, kv_heads * head_dim)
@@ -17,7 +22,8 @@ pub fn causal_attention(
     output: &mut [f32], // (sequences * seq_len, heads * head_dim)
     shape: AttentionShape,
     threads: usize,
-) {
+    delimiters: Option<&[Option<usize>]>,
+) -> Vec<[f64; 2]> {
     let AttentionShape {
         sequences,
         seq_len,
@@ -31,9 +37,21 @@ pub fn causal_attention(
     // One contiguous (seq_len, head_dim) block per (sequence, head), so threads write
     // disjoint slices; scattered into the row layout afterwards.
     let mut per_head = vec![0f32; sequences * heads * seq_len * head_dim]; // (sequences, heads, seq_len, head_dim)
-    for_each_chunk_mut(&mut per_head, seq_len * head_dim, threads, |task, out| {
-        attend_one_head(q, k, v, out, task / heads, task % heads, shape);
+    let mut tasks: Vec<(&mut [f32], [f64; 2])> = per_head
+        .chunks_mut(seq_len * head_dim)
+        .map(|block| (block, [0.0; 2]))
+        .collect();
+    for_each_chunk_mut(&mut tasks, 1, threads, |task, slot| {
+        let (out, mass) = &mut slot[0];
+        let sinks = delimiters.map(|d| SinkKeys {
+            delimiter: d[task / heads],
+        });
+        *mass = attend_one_head(q, k, v, out, task / heads, task % heads, shape, sinks);
     });
+    let mass = match delimiters {
+        Some(_) => tasks.iter().map(|(_, m)| *m).collect(),
+        None => Vec::new(),
+    };
     for s in 0..sequences {
         for h in 0..heads {
             let block = &per_head[(s * heads + h) * seq_len * head_dim..][..seq_len * head_dim];
@@ -44,9 +62,19 @@ pub fn causal_attention(
             }
         }
     }
+    mass
 }
 
-/// Attention of one query head of one sequence, tile by tile.
+/// The keys whose attention mass is summed besides position 0.
+#[derive(Clone, Copy)]
+struct SinkKeys {
+    /// The sequence's first delimiter.
+    delimiter: Option<usize>,
+}
+
+/// Attention of one query head of one sequence, tile by tile; with `sinks`, the sums over
+/// queries of the probability on position 0 and on the delimiter.
+#[allow(clippy::too_many_arguments)]
 fn attend_one_head(
     q: &[f32],
     k: &[f32],
@@ -55,7 +83,9 @@ fn attend_one_head(
     sequence: usize,
     head: usize,
     shape: AttentionShape,
-) {
+    sinks: Option<SinkKeys>,
+) -> [f64; 2] {
+    let mut mass = [0f64; 2];
     let AttentionShape {
         seq_len,
         heads,
@@ -101,6 +131,15 @@ fn attend_one_head(
             let position = tile_start + i;
             let lowest_key = sliding_window.map_or(0, |w| (position + 1).saturating_sub(w));
             masked_softmax(row, scale, lowest_key - first_key, position + 1 - first_key);
+            // Masked keys hold 0; keys before `first_key` are outside every row's window.
+            if let Some(keys) = sinks {
+                if first_key == 0 {
+                    mass[0] += row[0] as f64;
+                }
+                if let Some(d) = keys.delimiter.filter(|&d| d >= first_key && d < tile_end) {
+                    mass[1] += row[d - first_key] as f64;
+                }
+            }
         }
         // out rows = scores (tile_rows, keys) @ v[first_key..tile_end] (keys, head_dim)
         let mut v_window = Vec::with_capacity(head_dim * keys); // (head_dim, keys)
@@ -117,6 +156,7 @@ fn attend_one_head(
             head_dim,
         );
     }
+    mass
 }
 
 /// Scales `row`, keeps entries `visible_start..visible_end`, softmaxes them and zeroes the rest.
@@ -199,6 +239,56 @@ mod tests {
         out
     }
 
+    /// Per (sequence, head), the sums over queries of the probabilities on position 0 and
+    /// on the delimiter, from the whole score rows in f64.
+    fn naive_mass(
+        q: &[f32],
+        k: &[f32],
+        shape: AttentionShape,
+        delimiters: &[Option<usize>],
+    ) -> Vec<[f64; 2]> {
+        let AttentionShape {
+            sequences,
+            seq_len,
+            heads,
+            kv_heads,
+            head_dim,
+            sliding_window,
+            scale,
+        } = shape;
+        let (qw, kw) = (heads * head_dim, kv_heads * head_dim);
+        let mut mass = Vec::new();
+        for s in 0..sequences {
+            for h in 0..heads {
+                let kvh = h / (heads / kv_heads);
+                let mut sums = [0f64; 2];
+                for p in 0..seq_len {
+                    let lo = sliding_window.map_or(0, |w| (p + 1).saturating_sub(w));
+                    let score = |j: usize| {
+                        (0..head_dim)
+                            .map(|d| {
+                                q[(s * seq_len + p) * qw + h * head_dim + d] as f64
+                                    * k[(s * seq_len + j) * kw + kvh * head_dim + d] as f64
+                            })
+                            .sum::<f64>()
+                            * scale as f64
+                    };
+                    let scores: Vec<f64> = (lo..=p).map(score).collect();
+                    let max = scores.iter().cloned().fold(f64::MIN, f64::max);
+                    let total: f64 = scores.iter().map(|x| (x - max).exp()).sum();
+                    let p_of = |j: usize| match j >= lo && j <= p {
+                        true => (scores[j - lo] - max).exp() / total,
+                        false => 0.0,
+                    };
+                    sums[0] += p_of(0);
+                    sums[1] += delimiters[s].map_or(0.0, p_of);
+                }
+                mass.push(sums);
+            }
+        }
+        mass
+    }
+
     fn check(seq_len: usize, sliding_window: Option<usize>) {
         let shape = AttentionShape {
             sequences: 2,
@@ -215,9 +305,20 @@ mod tests {
         let k: Vec<f32> = (0..rows * 16).map(|i| pseudo(i, 17)).collect();
         let v: Vec<f32> = (0..rows * 16).map(|i| pseudo(i, 7)).collect();
         let expect = naive(&q, &k, &v, shape);
+        let delimiters = [Some(seq_len / 2 + 1).filter(|&d| d < seq_len), None];
+        let expect_mass = naive_mass(&q, &k, shape, &delimiters);
         for threads in [1, 3] {
             let mut out = vec![f32::NAN; rows * 32];
-            causal_attention(&q, &k, &v, &mut out, shape, threads);
+            let mass = causal_attention(&q, &k, &v, &mut out, shape, threads, Some(&delimiters));
+            for (i, (m, e)) in mass.iter().zip(&expect_mass).enumerate() {
+                for (a, b) in m.iter().zip(e) {
+                    assert!(
+                        (a - b).abs() <= 1e-5 * seq_len as f64,
+                        "T={seq_len} w={sliding_window:?} (sequence, head) {i}: {m:?} vs {e:?}"
+                    );
+                }
+            }
+            assert_eq!(mass.len(), 8);
             for (i, (o, e)) in out.iter().zip(&expect).enumerate() {
                 assert!(
                     (o - e).abs() <= 1e-5 + 1e-4 * e.abs(),

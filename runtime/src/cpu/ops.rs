@@ -11,7 +11,7 @@ use super::rope::RopeTable;
 use crate::analysis::PointStatistics;
 use crate::arch::{Activation, MoeSpec, SharedExpertSpec, WeightRole};
 use crate::block::{AttentionShape, BlockOps, Buf, BufferSet};
-use crate::capture::{CapturePoint, Routing};
+use crate::capture::{CapturePoint, Routing, SinkMass};
 use crate::error::{Result, RuntimeError};
 use crate::executor::{RunObserver, RunRequest};
 use std::collections::BTreeMap;
@@ -114,9 +114,22 @@ impl BlockOps for CpuOps<'_, '_> {
         Ok(())
     }
 
-    fn attention(&mut self, shape: AttentionShape) -> Result<()> {
+    fn attention(&mut self, shape: AttentionShape, sinks: bool) -> Result<()> {
         let ([q, k, v], out) = self.buffers.split([Buf::Q, Buf::K, Buf::V], Buf::Attn);
-        causal_attention(q, k, v, out, shape, self.threads);
+        let capture = self.capture.as_mut().filter(|_| sinks);
+        let delimiters = capture
+            .as_ref()
+            .map(|c| c.request.delimiters(c.first_sequence, shape.sequences));
+        let mass = causal_attention(q, k, v, out, shape, self.threads, delimiters.as_deref());
+        if let Some(c) = capture {
+            let mass = SinkMass {
+                heads: shape.heads,
+                queries: shape.seq_len,
+                mass,
+            };
+            c.observer
+                .on_attention_sinks(c.layer, c.first_sequence, &mass);
+        }
         Ok(())
     }
 

@@ -8,11 +8,13 @@ use super::moe::{self, MoeBuffers, activate};
 use super::weights::DeviceLayer;
 use crate::arch::{Activation, MoeSpec, SharedExpertSpec, WeightRole};
 use crate::block::{AttentionShape, BlockOps, Buf, BufferSet};
-use crate::capture::CapturePoint;
+use crate::capture::{CapturePoint, SinkMass};
 use crate::error::{Result, RuntimeError};
 use layerstream_kernels::Gpu;
 use layerstream_kernels::cudarc::driver::{CudaSlice, CudaViewMut};
-use layerstream_kernels::ops::attention::{AttentionDims, causal_attention};
+use layerstream_kernels::ops::attention::{
+    AttentionDims, SinkScratch, causal_attention, reduce_sink_mass, sink_scratch_len,
+};
 use layerstream_kernels::ops::{elementwise, norm, rope};
 use std::ops::Range;
 
@@ -117,7 +119,7 @@ impl BlockOps for CudaOps<'_, '_, '_> {
         Ok(())
     }
 
-    fn attention(&mut self, shape: AttentionShape) -> Result<()> {
+    fn attention(&mut self, shape: AttentionShape, sinks: bool) -> Result<()> {
         let dims = AttentionDims {
             sequences: shape.sequences,
             seq_len: shape.seq_len,
@@ -129,15 +131,49 @@ impl BlockOps for CudaOps<'_, '_, '_> {
             // bf16 GEMM weights: the attention products in bf16 too (f32 compute stays f32).
             tensor_cores: self.weights.matrix(WeightRole::QProj).is_bf16(),
         };
-        let ([q, k, v], out) = self.buffers.split([Buf::Q, Buf::K, Buf::V], Buf::Attn);
+        let capture = self.capture.as_mut().filter(|_| sinks);
+        let delimiters: Option<Vec<i32>> = capture.as_ref().map(|c| {
+            let known = c.request.delimiters(c.first_sequence, shape.sequences);
+            known.iter().map(|d| d.map_or(-1, |d| d as i32)).collect()
+        });
+        // The sinks' scratch is SublayerOut (free until o_proj writes it).
+        let BufferSet {
+            q,
+            k,
+            v,
+            attn,
+            sublayer_out,
+            ..
+        } = &mut self.buffers;
+        if delimiters.is_some() && sink_scratch_len(&dims) > sublayer_out.len() {
+            return Err(RuntimeError::internal(format!(
+                "the attention-sink scratch ({} floats) does not fit SublayerOut ({})",
+                sink_scratch_len(&dims),
+                sublayer_out.len()
+            )));
+        }
+        let scratch = delimiters.as_deref().map(|delimiters| SinkScratch {
+            scratch: &mut *sublayer_out,
+            delimiters,
+        });
         causal_attention(
             self.gpu,
             &q.as_view(),
             &k.as_view(),
             &v.as_view(),
-            out,
+            attn,
             dims,
+            scratch,
         )?;
+        if let Some(c) = capture {
+            let mass = SinkMass {
+                heads: shape.heads,
+                queries: shape.seq_len,
+                mass: reduce_sink_mass(self.gpu, sublayer_out, &dims)?,
+            };
+            c.observer
+                .on_attention_sinks(c.layer, c.first_sequence, &mass);
+        }
         Ok(())
     }
 

@@ -7,7 +7,7 @@
 pub(crate) mod layer_loop;
 
 use crate::analysis::PointStatistics;
-use crate::capture::{CapturePoint, PointSet, Routing};
+use crate::capture::{CapturePoint, PointSet, Routing, SinkMass};
 use crate::error::{Result, RuntimeError};
 use crate::layer_parts::check_parts;
 use crate::model::Model;
@@ -49,6 +49,10 @@ pub enum CaptureMode {
 pub struct RunRequest {
     /// Token ids, `(num_sequences, seq_len)`.
     pub token_ids: Vec<u32>,
+    /// Per sequence, the position of its first delimiter token after position 0, for the
+    /// attention-sink statistics (`analysis::massive_report::first_delimiters`); empty: none
+    /// known (the mass on delimiters is 0).
+    pub first_delimiters: Vec<Option<usize>>,
     /// Sequences in the workload.
     pub num_sequences: usize,
     /// Tokens per sequence.
@@ -176,6 +180,8 @@ pub trait RunObserver {
     }
     /// Router decisions of MoE layer `layer` for sequences `first_sequence..`.
     fn on_router(&mut self, _layer: usize, _first_sequence: usize, _routing: &Routing) {}
+    /// Attention-sink mass of `layer` for sequences `first_sequence..` (`attn_sinks`).
+    fn on_attention_sinks(&mut self, _layer: usize, _first_sequence: usize, _mass: &SinkMass) {}
     /// Next-token NLL of sequences `first_sequence..`: `(sequences, seq_len - 1)`.
     fn on_next_token_nll(&mut self, _first_sequence: usize, _nll: &[f32]) {}
     /// Logits of sequences `first_sequence..`: `(sequences * seq_len, vocab)`.
@@ -208,6 +214,15 @@ pub trait RunObserver {
 }
 
 impl RunRequest {
+    /// The first delimiters of sequences `first_sequence..first_sequence + sequences`
+    /// (`None` where none is known).
+    pub fn delimiters(&self, first_sequence: usize, sequences: usize) -> Vec<Option<usize>> {
+        (first_sequence..first_sequence + sequences)
+            .map(|s| self.first_delimiters.get(s).copied().flatten())
+            .map(|d| d.filter(|&d| d < self.seq_len))
+            .collect()
+    }
+
     /// Checks the request against the model before anything runs.
     pub fn validate(&self, model: &Model) -> Result<()> {
         let spec = &model.spec;

@@ -1,0 +1,120 @@
+//! Attention sinks (Sun et al. 2024 §3, Xiao et al. 2023): per layer and query head, the
+//! mean attention probability the queries put on the first token, on the first delimiter
+//! token (as the massive-activation position classes define it, `massive_report.rs`), and
+//! on everything else; and the share of heads whose mean mass on the first token exceeds
+//! 0.5. The attention kernels sum each row's probability on those keys while they run (from
+//! the row's softmax normaliser, no `T x T` matrix); here the sums of the workload are kept
+//! per layer (`SinkSummary`, in the layer's record) and turned into means
+//! (`SinkAnalysis`, in report.json). The mean is over every query of every sequence; a query
+//! that cannot see a key (before the delimiter, or outside a sliding window) puts 0 on it.
+
+use crate::capture::SinkMass;
+use serde::{Deserialize, Serialize};
+
+/// Share of the first-token mass above which a head counts as a sink head.
+pub const SINK_HEAD_THRESHOLD: f64 = 0.5;
+
+/// A layer's attention-sink sums over the workload, per query head.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SinkSummary {
+    /// Query heads.
+    pub heads: usize,
+    /// Queries summed per head (sequences x sequence length).
+    pub queries: u64,
+    /// `(heads)`: sum of the probability on position 0.
+    pub first: Vec<f64>,
+    /// `(heads)`: sum of the probability on the sequence's first delimiter.
+    pub first_delimiter: Vec<f64>,
+}
+
+impl SinkSummary {
+    /// Adds one micro-batch's mass, sequence after sequence (the same order whatever the
+    /// micro-batch size).
+    pub fn add(&mut self, mass: &SinkMass) {
+        if self.first.is_empty() {
+            self.heads = mass.heads;
+            self.first = vec![0.0; mass.heads];
+            self.first_delimiter = vec![0.0; mass.heads];
+        }
+        for sequence in mass.mass.chunks_exact(mass.heads) {
+            for (h, [first, delimiter]) in sequence.iter().enumerate() {
+                self.first[h] += first;
+                self.first_delimiter[h] += delimiter;
+            }
+            self.queries += mass.queries as u64;
+        }
+    }
+}
+
+/// A layer's attention sinks as report.json gives them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SinkAnalysis {
+    /// `(heads)`: mean probability on position 0.
+    pub first: Vec<f64>,
+    /// `(heads)`: mean probability on the first delimiter.
+    pub first_delimiter: Vec<f64>,
+    /// `(heads)`: on everything else (1 minus the two; the delimiter is looked for after
+    /// position 0, so the two never overlap).
+    pub other: Vec<f64>,
+    /// Share of the heads whose mean probability on position 0 exceeds 0.5.
+    pub sink_head_share: f64,
+    /// Means over the heads of `first`, `first_delimiter`, `other`.
+    pub mean_first: f64,
+    /// See `mean_first`.
+    pub mean_first_delimiter: f64,
+    /// See `mean_first`.
+    pub mean_other: f64,
+}
+
+impl SinkAnalysis {
+    /// Means from a layer's sums.
+    pub fn of(summary: &SinkSummary) -> Self {
+        let queries = summary.queries.max(1) as f64;
+        let first: Vec<f64> = summary.first.iter().map(|s| s / queries).collect();
+        let first_delimiter: Vec<f64> = summary
+            .first_delimiter
+            .iter()
+            .map(|s| s / queries)
+            .collect();
+        let other: Vec<f64> = first
+            .iter()
+            .zip(&first_delimiter)
+            .map(|(f, d)| (1.0 - f - d).max(0.0))
+            .collect();
+        let heads = summary.heads.max(1) as f64;
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / heads;
+        let sinks = first.iter().filter(|&&f| f > SINK_HEAD_THRESHOLD).count();
+        SinkAnalysis {
+            sink_head_share: sinks as f64 / heads,
+            mean_first: mean(&first),
+            mean_first_delimiter: mean(&first_delimiter),
+            mean_other: mean(&other),
+            first,
+            first_delimiter,
+            other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_per_head_and_means_over_queries() {
+        let mut summary = SinkSummary::default();
+        // 2 sequences x 2 heads, 4 queries each.
+        summary.add(&SinkMass {
+            heads: 2,
+            queries: 4,
+            mass: vec![[3.0, 0.5], [1.0, 0.0], [4.0, 1.0], [0.5, 0.5]],
+        });
+        assert_eq!(summary.queries, 8);
+        assert_eq!(summary.first, vec![7.0, 1.5]);
+        let a = SinkAnalysis::of(&summary);
+        assert_eq!(a.first, vec![7.0 / 8.0, 1.5 / 8.0]);
+        assert_eq!(a.first_delimiter, vec![1.5 / 8.0, 0.5 / 8.0]);
+        assert_eq!(a.other[0], 1.0 - 7.0 / 8.0 - 1.5 / 8.0);
+        assert_eq!(a.sink_head_share, 0.5);
+    }
+}
