@@ -65,12 +65,13 @@ extern "C" __global__ void row_top3_abs_kernel(const float* x, int rows, int wid
     }
 }
 
-// One pass of the selection: histogram (sequences, 2^digit_bits) of digit (key >> shift)
+// One pass of the selection: histogram (sequences, 2^digit_bits) u32 counts (a sequence has
+// fewer than 2^32 values) of digit (key >> shift)
 // of the finite |x| of each sequence (per_sequence values each) whose bits above the digit
 // equal prefix[s]. `histogram` starts zeroed. Grid (blocks per sequence, sequences).
 extern "C" __global__ void magnitude_digit_histogram_kernel(
     const float* x, unsigned long long per_sequence, const unsigned int* prefix,
-    unsigned int prefix_mask, int shift, int digit_bits, unsigned long long* histogram) {
+    unsigned int prefix_mask, int shift, int digit_bits, unsigned int* histogram) {
     __shared__ unsigned int local[MAGNITUDE_DIGIT_BINS];
     const int bins = 1 << digit_bits;
     for (int b = threadIdx.x; b < bins; b += blockDim.x) local[b] = 0;
@@ -89,7 +90,7 @@ extern "C" __global__ void magnitude_digit_histogram_kernel(
     __syncthreads();
     for (int b = threadIdx.x; b < bins; b += blockDim.x) {
         if (local[b] != 0) {
-            atomicAdd(&histogram[(unsigned long long)s * bins + b], (unsigned long long)local[b]);
+            atomicAdd(&histogram[(unsigned long long)s * bins + b], local[b]);
         }
     }
 }
@@ -99,12 +100,12 @@ extern "C" __global__ void magnitude_digit_histogram_kernel(
 // values: rank stays ~0 and the median 0), added to prefix[s]; rank[s] becomes the rank
 // inside that digit. The last pass writes median[s].
 extern "C" __global__ void magnitude_digit_pick_kernel(
-    const unsigned long long* histogram, int sequences, int shift, int digit_bits, int first_pass,
+    const unsigned int* histogram, int sequences, int shift, int digit_bits, int first_pass,
     int last_pass, unsigned int* prefix, unsigned long long* rank, float* median) {
     const int s = blockIdx.x * blockDim.x + threadIdx.x;
     if (s >= sequences) return;
     const int bins = 1 << digit_bits;
-    const unsigned long long* h = histogram + (unsigned long long)s * bins;
+    const unsigned int* h = histogram + (unsigned long long)s * bins;
     if (first_pass) {
         unsigned long long n = 0;
         for (int b = 0; b < bins; b++) n += h[b];

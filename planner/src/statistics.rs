@@ -12,10 +12,10 @@ const BYTES_PER_ENTRY: u64 = 68;
 /// Bytes per token of the three largest |x| of its row.
 const ROW_TOP_BYTES: u64 = 12;
 /// Device bytes per sequence of the median selection's scratch: a 2048-bin histogram of
-/// u64 counts, the prefix (4), rank (8) and median (4).
-pub const MEDIAN_SCRATCH_BYTES_PER_SEQUENCE: u64 = 2048 * 8 + 16;
+/// u32 counts, the prefix (4), rank (8) and median (4).
+pub const MEDIAN_SCRATCH_BYTES_PER_SEQUENCE: u64 = 2048 * 4 + 16;
 /// Sequences the median scratch holds (more are selected in turns).
-pub const MEDIAN_SCRATCH_SEQUENCES: usize = 16;
+pub const MEDIAN_SCRATCH_SEQUENCES: usize = 4;
 
 /// A captured point as the accumulators see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -20,14 +20,14 @@ const VALUES_PER_BLOCK: usize = 16 * HISTOGRAM_THREADS as usize;
 const MAX_BLOCKS_PER_SEQUENCE: usize = 64;
 
 /// Device bytes of [`MedianScratch`] per sequence.
-pub const MEDIAN_SCRATCH_BYTES_PER_SEQUENCE: usize = DIGIT_BINS * 8 + 4 + 8 + 4;
+pub const MEDIAN_SCRATCH_BYTES_PER_SEQUENCE: usize = DIGIT_BINS * 4 + 4 + 8 + 4;
 /// Sequences a [`MedianScratch`] holds at most (more are selected in turns).
-pub const MEDIAN_SCRATCH_SEQUENCES: usize = 16;
+pub const MEDIAN_SCRATCH_SEQUENCES: usize = 4;
 
 /// Working buffers of the median selection for up to `sequences` sequences at once.
 pub struct MedianScratch {
     /// `(sequences, DIGIT_BINS)` counts of one pass.
-    histogram: CudaSlice<u64>,
+    histogram: CudaSlice<u32>,
     /// `(sequences)`: the bits found so far.
     prefix: CudaSlice<u32>,
     /// `(sequences)`: the wanted rank inside the prefix.
@@ -87,6 +87,11 @@ pub fn sequence_median_abs(
     scratch: &mut MedianScratch,
 ) -> Result<Vec<f32>> {
     check_len("median x", x, sequences * per_sequence)?;
+    if per_sequence >= 1 << 32 {
+        return Err(crate::error::KernelError::Unsupported(format!(
+            "median of {per_sequence} values per sequence: the counts are 32-bit"
+        )));
+    }
     let mut medians = Vec::with_capacity(sequences);
     for first in (0..sequences).step_by(scratch.sequences) {
         let count = scratch.sequences.min(sequences - first);

@@ -9,7 +9,7 @@
 //! that cannot see a key (before the delimiter, or outside a sliding window) puts 0 on it.
 
 use crate::capture::SinkMass;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Share of the first-token mass above which a head counts as a sink head.
 pub const SINK_HEAD_THRESHOLD: f64 = 0.5;
@@ -22,8 +22,10 @@ pub struct SinkSummary {
     /// Queries summed per head (sequences x sequence length).
     pub queries: u64,
     /// `(heads)`: sum of the probability on position 0.
+    #[serde(with = "nan_as_null")]
     pub first: Vec<f64>,
     /// `(heads)`: sum of the probability on the sequence's first delimiter.
+    #[serde(with = "nan_as_null")]
     pub first_delimiter: Vec<f64>,
 }
 
@@ -50,19 +52,25 @@ impl SinkSummary {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SinkAnalysis {
     /// `(heads)`: mean probability on position 0.
+    #[serde(with = "nan_as_null")]
     pub first: Vec<f64>,
     /// `(heads)`: mean probability on the first delimiter.
+    #[serde(with = "nan_as_null")]
     pub first_delimiter: Vec<f64>,
     /// `(heads)`: on everything else (1 minus the two; the delimiter is looked for after
     /// position 0, so the two never overlap).
+    #[serde(with = "nan_as_null")]
     pub other: Vec<f64>,
     /// Share of the heads whose mean probability on position 0 exceeds 0.5.
     pub sink_head_share: f64,
     /// Means over the heads of `first`, `first_delimiter`, `other`.
+    #[serde(with = "nan_as_null_scalar")]
     pub mean_first: f64,
     /// See `mean_first`.
+    #[serde(with = "nan_as_null_scalar")]
     pub mean_first_delimiter: f64,
     /// See `mean_first`.
+    #[serde(with = "nan_as_null_scalar")]
     pub mean_other: f64,
 }
 
@@ -96,6 +104,34 @@ impl SinkAnalysis {
     }
 }
 
+/// Sums over non-finite attention (a NaN upstream) are NaN: written as null (JSON has no
+/// NaN) and read back as NaN.
+mod nan_as_null {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(values: &[f64], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(values.iter().map(|v| (!v.is_nan()).then_some(*v)))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<f64>, D::Error> {
+        let values: Vec<Option<f64>> = Deserialize::deserialize(d)?;
+        Ok(values.into_iter().map(|v| v.unwrap_or(f64::NAN)).collect())
+    }
+}
+
+/// [`nan_as_null`] for one number.
+mod nan_as_null_scalar {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(value: &f64, s: S) -> Result<S::Ok, S::Error> {
+        (!value.is_nan()).then_some(*value).serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,14 +143,32 @@ mod tests {
         summary.add(&SinkMass {
             heads: 2,
             queries: 4,
-            mass: vec![[3.0, 0.5], [1.0, 0.0], [4.0, 1.0], [0.5, 0.5]],
+            mass: vec![[3.0, 0.5], [1.0, 0.0], [2.0, 1.0], [0.5, 0.5]],
         });
         assert_eq!(summary.queries, 8);
-        assert_eq!(summary.first, vec![7.0, 1.5]);
+        assert_eq!(summary.first, vec![5.0, 1.5]);
         let a = SinkAnalysis::of(&summary);
-        assert_eq!(a.first, vec![7.0 / 8.0, 1.5 / 8.0]);
+        assert_eq!(a.first, vec![5.0 / 8.0, 1.5 / 8.0]);
         assert_eq!(a.first_delimiter, vec![1.5 / 8.0, 0.5 / 8.0]);
-        assert_eq!(a.other[0], 1.0 - 7.0 / 8.0 - 1.5 / 8.0);
+        assert_eq!(a.other[0], 1.0 - 5.0 / 8.0 - 1.5 / 8.0);
         assert_eq!(a.sink_head_share, 0.5);
+    }
+
+    #[test]
+    fn nan_sums_survive_the_layer_file() {
+        let summary = SinkSummary {
+            heads: 2,
+            queries: 4,
+            first: vec![f64::NAN, 1.0],
+            first_delimiter: vec![0.0, f64::NAN],
+        };
+        let json = serde_json::to_string(&summary).unwrap();
+        assert!(json.contains("[null,1.0]"), "{json}");
+        let back: SinkSummary = serde_json::from_str(&json).unwrap();
+        assert!(back.first[0].is_nan() && back.first[1] == 1.0 && back.first_delimiter[1].is_nan());
+        let analysis = SinkAnalysis::of(&back);
+        let json = serde_json::to_string(&analysis).unwrap();
+        let again: SinkAnalysis = serde_json::from_str(&json).unwrap();
+        assert!(again.mean_first.is_nan() && again.first[1] == 0.25);
     }
 }
