@@ -53,8 +53,9 @@ fn hard_sequences(per_sequence: usize) -> Vec<Vec<f32>> {
             .collect(),
     );
     let mut large = random_values(per_sequence, 7, 1.0);
-    large[0] = 3.0e38;
-    large[1] = -30_000.0;
+    for (value, planted) in large.iter_mut().zip([3.0e38, -30_000.0]) {
+        *value = planted;
+    }
     sequences.push(large);
     let mut mixed = random_values(per_sequence, 8, 2.0);
     for i in (0..per_sequence).step_by(5) {

@@ -164,8 +164,9 @@ fn bf16_fixtures_match_pytorch_within_bf16_tolerance() {
         )
         .unwrap();
         let mut worst = 0f64;
-        for (key, got) in &kept.captures {
-            let expected = &reference.get(key).values;
+        let keys = (0..layers).flat_map(|l| REFERENCE_POINTS.map(|p| p.full_name(l)));
+        for key in keys {
+            let (got, expected) = (&kept.captures[&key], &reference.get(&key).values);
             let scale = expected.iter().fold(0f32, |m, x| m.max(x.abs()));
             assert_all_close(
                 &format!("bf16 {name} {key}"),

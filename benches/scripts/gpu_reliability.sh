@@ -103,8 +103,15 @@ for fault in 2 2:unchecked; do
     LAYERSTREAM_FAULT_TRUNCATE=$fault run analyze --model "$cut_model" --data "$data" $small --device cuda --checkpoint-every 0 --out "$out" >/dev/null 2>"$out.err"
     rc=$?
     echo "cut at $fault: exit $rc: $(grep -h "model.safetensors" "$out.err" | head -1)"
-    [ $rc -eq 1 ] && grep -q "model.safetensors" "$out.err"
-    check "model cut ($fault) on CUDA: exit 1 naming the file" $? "exit $rc"
+    if [ $rc -eq 0 ] && [ "$fault" = 2:unchecked ]; then
+        # The reader thread reads up to two layers ahead with pread (no mapping): it can
+        # have read the cut layer before the cut. Then the run is right, not silently wrong.
+        cmp -s "$out/report.json" "$work/cut-reference/report.json"
+        check "model cut ($fault) on CUDA after the reader had the layer: report identical" $? "differs"
+    else
+        [ $rc -eq 1 ] && grep -q "model.safetensors" "$out.err"
+        check "model cut ($fault) on CUDA: exit 1 naming the file" $? "exit $rc"
+    fi
     cp "$fixtures/llama3/model/model.safetensors" "$cut_model/model.safetensors"
     run analyze --model "$cut_model" --data "$data" $small --device cuda --checkpoint-every 0 --out "$out" >/dev/null 2>"$out-again.err"
     cmp -s "$out/report.json" "$work/cut-reference/report.json"

@@ -95,27 +95,47 @@ extern "C" __global__ void magnitude_digit_histogram_kernel(
     }
 }
 
-// After a pass: per sequence (one thread each) the digit holding rank[s] (the first pass
-// sets rank to (n - 1) / 2 of the n finite values, torch.median's lower middle one; no
-// values: rank stays ~0 and the median 0), added to prefix[s]; rank[s] becomes the rank
-// inside that digit. The last pass writes median[s].
+// After a pass: per sequence (one block of PICK_THREADS) the digit holding rank[s] (the
+// first pass sets rank to (n - 1) / 2 of the n finite values, torch.median's lower middle
+// one; no values: rank ~0 and the median 0), added to prefix[s]; rank[s] becomes the rank
+// inside that digit. Each thread sums its run of bins, a scan over the threads finds the run
+// that holds the rank, and its thread walks the run. The last pass writes median[s].
+#define PICK_THREADS 256
 extern "C" __global__ void magnitude_digit_pick_kernel(
     const unsigned int* histogram, int sequences, int shift, int digit_bits, int first_pass,
     int last_pass, unsigned int* prefix, unsigned long long* rank, float* median) {
-    const int s = blockIdx.x * blockDim.x + threadIdx.x;
+    __shared__ unsigned long long partial[PICK_THREADS];
+    __shared__ unsigned long long wanted_shared;
+    const int s = blockIdx.x;
     if (s >= sequences) return;
     const int bins = 1 << digit_bits;
+    const int per_thread = bins / PICK_THREADS;
     const unsigned int* h = histogram + (unsigned long long)s * bins;
-    if (first_pass) {
-        unsigned long long n = 0;
-        for (int b = 0; b < bins; b++) n += h[b];
-        prefix[s] = 0;
-        rank[s] = n == 0 ? ~0ull : (n - 1) / 2;
+    const int begin = threadIdx.x * per_thread;
+    unsigned long long mine = 0;
+    for (int b = begin; b < begin + per_thread; b++) mine += h[b];
+    partial[threadIdx.x] = mine;
+    __syncthreads();
+    for (int offset = 1; offset < PICK_THREADS; offset <<= 1) {
+        const unsigned long long add = threadIdx.x >= offset ? partial[threadIdx.x - offset] : 0;
+        __syncthreads();
+        partial[threadIdx.x] += add;
+        __syncthreads();
     }
-    const unsigned long long wanted = rank[s];
-    if (wanted != ~0ull) {
-        unsigned long long below = 0;
-        for (int b = 0; b < bins; b++) {
+    if (threadIdx.x == 0) {
+        if (first_pass) {
+            const unsigned long long n = partial[PICK_THREADS - 1];
+            prefix[s] = 0;
+            rank[s] = n == 0 ? ~0ull : (n - 1) / 2;
+        }
+        wanted_shared = rank[s];
+    }
+    __syncthreads();
+    const unsigned long long wanted = wanted_shared;
+    const unsigned long long before = threadIdx.x == 0 ? 0 : partial[threadIdx.x - 1];
+    if (wanted != ~0ull && wanted >= before && wanted < partial[threadIdx.x]) {
+        unsigned long long below = before;
+        for (int b = begin; b < begin + per_thread; b++) {
             if (wanted < below + h[b]) {
                 prefix[s] |= (unsigned int)b << shift;
                 rank[s] = wanted - below;
@@ -124,5 +144,8 @@ extern "C" __global__ void magnitude_digit_pick_kernel(
             below += h[b];
         }
     }
-    if (last_pass) median[s] = wanted == ~0ull ? 0.0f : __uint_as_float(prefix[s]);
+    __syncthreads();
+    if (last_pass && threadIdx.x == 0) {
+        median[s] = wanted == ~0ull ? 0.0f : __uint_as_float(prefix[s]);
+    }
 }

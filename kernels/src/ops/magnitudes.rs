@@ -18,6 +18,9 @@ const HISTOGRAM_THREADS: u32 = 256;
 const VALUES_PER_BLOCK: usize = 16 * HISTOGRAM_THREADS as usize;
 /// Blocks per sequence at most.
 const MAX_BLOCKS_PER_SEQUENCE: usize = 64;
+/// Threads of a pick block (`PICK_THREADS`); every digit has at least as many bins.
+const PICK_THREADS: u32 = 256;
+const _: () = assert!(DIGITS[2].1 >= 8);
 
 /// Device bytes of [`MedianScratch`] per sequence.
 pub const MEDIAN_SCRATCH_BYTES_PER_SEQUENCE: usize = DIGIT_BINS * 4 + 4 + 8 + 4;
@@ -118,8 +121,8 @@ fn select_medians(
         shared_mem_bytes: 0,
     };
     let pick_config = LaunchConfig {
-        grid_dim: (sequences.div_ceil(64) as u32, 1, 1),
-        block_dim: (64, 1, 1),
+        grid_dim: (sequences as u32, 1, 1),
+        block_dim: (PICK_THREADS, 1, 1),
         shared_mem_bytes: 0,
     };
     gpu.stream.memset_zeros(&mut scratch.prefix)?;
