@@ -79,8 +79,12 @@ fn check_fixture(fixture: &str, layer: usize, split_ram: Option<&str>) {
     let model = copy_fixture_model(fixture, home.path());
     let expert = busiest_expert(home.path(), &model, layer);
     plant_massive_expert(&model, layer, expert, DOWN_VALUE);
-    let save = ["--save-activations", "mlp_out"];
+    let save = ["--save-activations", "mlp_out,ln1,ln2,attn_in_o,resid_post"];
     let report = analyze(home.path(), &model, "out", &save);
+    // The independent reference agrees on the planted MoE massive activations.
+    let coverage =
+        layerstream_tests::assert_report_matches_reference(&home.path().join("out"), 6.0);
+    assert!(coverage.by_sequence >= 10, "{fixture}: {coverage:?}");
     let massive = &report["layers"][layer]["massive"];
     let listed = massive["top"].as_array().unwrap();
     assert!(

@@ -192,7 +192,44 @@ fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 mod tests {
     use super::*;
 
-    /// Untiled attention in f64, the textbook formula.
+    /// Query `p` of head `h` of sequence `s`: its lowest visible key and the softmax
+    /// probabilities of keys `lowest..=p`, untiled, in f64 (the textbook formula).
+    fn probabilities(
+        q: &[f32],
+        k: &[f32],
+        shape: AttentionShape,
+        (s, h, p): (usize, usize, usize),
+    ) -> (usize, Vec<f64>) {
+        let AttentionShape {
+            seq_len,
+            heads,
+            kv_heads,
+            head_dim,
+            sliding_window,
+            scale,
+            ..
+        } = shape;
+        let (qw, kw) = (heads * head_dim, kv_heads * head_dim);
+        let kvh = h / (heads / kv_heads);
+        let lo = sliding_window.map_or(0, |w| (p + 1).saturating_sub(w));
+        let scores: Vec<f64> = (lo..=p)
+            .map(|j| {
+                (0..head_dim)
+                    .map(|d| {
+                        q[(s * seq_len + p) * qw + h * head_dim + d] as f64
+                            * k[(s * seq_len + j) * kw + kvh * head_dim + d] as f64
+                    })
+                    .sum::<f64>()
+                    * scale as f64
+            })
+            .collect();
+        let max = scores.iter().cloned().fold(f64::MIN, f64::max);
+        let exps: Vec<f64> = scores.iter().map(|x| (x - max).exp()).collect();
+        let sum: f64 = exps.iter().sum();
+        (lo, exps.iter().map(|e| e / sum).collect())
+    }
+
+    /// Untiled attention in f64.
     fn naive(q: &[f32], k: &[f32], v: &[f32], shape: AttentionShape) -> Vec<f32> {
         let AttentionShape {
             sequences,
@@ -200,8 +237,7 @@ mod tests {
             heads,
             kv_heads,
             head_dim,
-            sliding_window,
-            scale,
+            ..
         } = shape;
         let (qw, kw) = (heads * head_dim, kv_heads * head_dim);
         let mut out = vec![0f32; sequences * seq_len * qw];
@@ -209,27 +245,11 @@ mod tests {
             for h in 0..heads {
                 let kvh = h / (heads / kv_heads);
                 for p in 0..seq_len {
-                    let lo = sliding_window.map_or(0, |w| (p + 1).saturating_sub(w));
-                    let scores: Vec<f64> = (lo..=p)
-                        .map(|j| {
-                            (0..head_dim)
-                                .map(|d| {
-                                    q[(s * seq_len + p) * qw + h * head_dim + d] as f64
-                                        * k[(s * seq_len + j) * kw + kvh * head_dim + d] as f64
-                                })
-                                .sum::<f64>()
-                                * scale as f64
-                        })
-                        .collect();
-                    let max = scores.iter().cloned().fold(f64::MIN, f64::max);
-                    let exps: Vec<f64> = scores.iter().map(|x| (x - max).exp()).collect();
-                    let sum: f64 = exps.iter().sum();
+                    let (lo, probabilities) = probabilities(q, k, shape, (s, h, p));
                     for d in 0..head_dim {
                         let value: f64 = (lo..=p)
-                            .zip(&exps)
-                            .map(|(j, e)| {
-                                e / sum * v[(s * seq_len + j) * kw + kvh * head_dim + d] as f64
-                            })
+                            .zip(&probabilities)
+                            .map(|(j, w)| w * v[(s * seq_len + j) * kw + kvh * head_dim + d] as f64)
                             .sum();
                         out[(s * seq_len + p) * qw + h * head_dim + d] = value as f32;
                     }
@@ -240,48 +260,25 @@ mod tests {
     }
 
     /// Per (sequence, head), the sums over queries of the probabilities on position 0 and
-    /// on the delimiter, from the whole score rows in f64.
+    /// on the delimiter.
     fn naive_mass(
         q: &[f32],
         k: &[f32],
         shape: AttentionShape,
         delimiters: &[Option<usize>],
     ) -> Vec<[f64; 2]> {
-        let AttentionShape {
-            sequences,
-            seq_len,
-            heads,
-            kv_heads,
-            head_dim,
-            sliding_window,
-            scale,
-        } = shape;
-        let (qw, kw) = (heads * head_dim, kv_heads * head_dim);
         let mut mass = Vec::new();
-        for s in 0..sequences {
-            for h in 0..heads {
-                let kvh = h / (heads / kv_heads);
+        for (s, delimiter) in delimiters.iter().enumerate().take(shape.sequences) {
+            for h in 0..shape.heads {
                 let mut sums = [0f64; 2];
-                for p in 0..seq_len {
-                    let lo = sliding_window.map_or(0, |w| (p + 1).saturating_sub(w));
-                    let score = |j: usize| {
-                        (0..head_dim)
-                            .map(|d| {
-                                q[(s * seq_len + p) * qw + h * head_dim + d] as f64
-                                    * k[(s * seq_len + j) * kw + kvh * head_dim + d] as f64
-                            })
-                            .sum::<f64>()
-                            * scale as f64
-                    };
-                    let scores: Vec<f64> = (lo..=p).map(score).collect();
-                    let max = scores.iter().cloned().fold(f64::MIN, f64::max);
-                    let total: f64 = scores.iter().map(|x| (x - max).exp()).sum();
-                    let p_of = |j: usize| match j >= lo && j <= p {
-                        true => (scores[j - lo] - max).exp() / total,
+                for p in 0..shape.seq_len {
+                    let (lo, probabilities) = probabilities(q, k, shape, (s, h, p));
+                    let on = |j: usize| match j >= lo && j <= p {
+                        true => probabilities[j - lo],
                         false => 0.0,
                     };
-                    sums[0] += p_of(0);
-                    sums[1] += delimiters[s].map_or(0.0, p_of);
+                    sums[0] += on(0);
+                    sums[1] += delimiter.map_or(0.0, on);
                 }
                 mass.push(sums);
             }
