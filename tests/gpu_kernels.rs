@@ -91,14 +91,19 @@ fn rope_matches_cpu_including_partial_rotary() {
         return;
     };
     let (sequences, seq_len, heads) = (2, 37, 3);
-    for (head_dim, rotary_pairs) in [(16, 8), (64, 32), (80, 16)] {
+    for (head_dim, rotary_pairs, scaling) in [(16, 8, 1.0), (64, 32, 1.346_573_6), (80, 16, 1.0)] {
         let inv_freq: Vec<f32> = (0..rotary_pairs)
             .map(|i| 10000f32.powf(-(i as f32) / rotary_pairs as f32))
             .collect();
         let rows = sequences * seq_len;
         let x = random_values(rows * heads * head_dim, 4, 3.0);
         let mut expect = x.clone();
-        cpu::rope::RopeTable::new(&inv_freq, seq_len).apply(&mut expect, heads, head_dim, seq_len);
+        cpu::rope::RopeTable::new(&inv_freq, seq_len, scaling).apply(
+            &mut expect,
+            heads,
+            head_dim,
+            seq_len,
+        );
         let mut xd = upload(&gpu, &x);
         rope::rope(
             &gpu,
@@ -108,6 +113,7 @@ fn rope_matches_cpu_including_partial_rotary() {
             heads,
             head_dim,
             seq_len,
+            scaling,
         )
         .unwrap();
         assert_matches_reference(

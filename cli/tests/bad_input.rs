@@ -295,12 +295,12 @@ fn unsupported_rope_type_is_refused_not_computed_differently() {
     edit_config(&model, |c| {
         c.insert(
             "rope_scaling".into(),
-            serde_json::json!({"rope_type": "yarn", "factor": 4.0}),
+            serde_json::json!({"rope_type": "longrope", "factor": 4.0}),
         );
     });
     assert_fails_with(
         &analyze(&model, &[], home.path()),
-        &["rope_type \"yarn\" is not supported", "llama3"],
+        &["rope_type \"longrope\" is not supported", "yarn"],
     );
 }
 

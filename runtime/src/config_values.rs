@@ -113,6 +113,9 @@ fn check_rope(config: &ModelConfig) -> Result<()> {
             "low_freq_factor",
             "high_freq_factor",
             "original_max_position_embeddings",
+            "beta_fast",
+            "beta_slow",
+            "attention_factor",
         ] {
             match object.get(field) {
                 None | Some(Value::Null) => {}

@@ -7,7 +7,8 @@ use crate::sources::ROPE;
 use cudarc::driver::{CudaView, CudaViewMut};
 
 /// Rotates the first `2 * inv_freq.len()` dimensions of every head of `x (rows, heads *
-/// head_dim)`; row `r` is at position `r % seq_len`.
+/// head_dim)`; row `r` is at position `r % seq_len`; cos and sin times `attention_scaling`.
+#[allow(clippy::too_many_arguments)]
 pub fn rope(
     gpu: &Gpu,
     x: &mut CudaViewMut<f32>,
@@ -16,6 +17,7 @@ pub fn rope(
     heads: usize,
     head_dim: usize,
     seq_len: usize,
+    attention_scaling: f32,
 ) -> Result<()> {
     let rotary_dim = 2 * inv_freq.len();
     check_len("rope x", x, rows * heads * head_dim)?;
@@ -37,6 +39,7 @@ pub fn rope(
         &heads_i,
         &head_dim_i,
         &rotary_i,
-        &seq_i
+        &seq_i,
+        &attention_scaling
     )
 }

@@ -64,7 +64,11 @@ pub fn run(
         request,
         threads: cpu.threads,
         hidden_states: initial_hidden_states(model, request, on_disk)?,
-        rope: RopeTable::new(&spec.rope.inv_freq, request.seq_len),
+        rope: RopeTable::new(
+            &spec.rope.inv_freq,
+            request.seq_len,
+            spec.rope.attention_scaling,
+        ),
         budget,
         shapes,
         on_disk,

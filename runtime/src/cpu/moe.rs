@@ -308,7 +308,7 @@ pub fn moe_block(
 ) -> Routing {
     let mut input = input.to_vec();
     let tokens = input.len() / hidden;
-    let rope = RopeTable::new(&[], 0);
+    let rope = RopeTable::new(&[], 0, 1.0);
     let shapes = LayerShapes {
         hidden,
         q_width: 0,

@@ -9,16 +9,17 @@ pub struct RopeTable {
 }
 
 impl RopeTable {
-    /// Angles in f32 (`position as f32 * inv_freq`), as transformers computes them.
-    pub fn new(inv_freq: &[f32], seq_len: usize) -> Self {
+    /// Angles in f32 (`position as f32 * inv_freq`), as transformers computes them; cos and
+    /// sin multiplied by `attention_scaling` (YaRN's factor, 1 otherwise).
+    pub fn new(inv_freq: &[f32], seq_len: usize, attention_scaling: f32) -> Self {
         let half_dim = inv_freq.len();
         let mut cos = Vec::with_capacity(seq_len * half_dim);
         let mut sin = Vec::with_capacity(seq_len * half_dim);
         for position in 0..seq_len {
             for &freq in inv_freq {
                 let angle = position as f32 * freq;
-                cos.push(angle.cos());
-                sin.push(angle.sin());
+                cos.push(angle.cos() * attention_scaling);
+                sin.push(angle.sin() * attention_scaling);
             }
         }
         RopeTable { half_dim, cos, sin }
@@ -56,7 +57,7 @@ mod tests {
 
     #[test]
     fn rotation_keeps_pair_norms_and_position_zero_is_identity() {
-        let table = RopeTable::new(&[1.0, 0.1], 3);
+        let table = RopeTable::new(&[1.0, 0.1], 3, 1.0);
         let original: Vec<f32> = (0..12).map(|i| i as f32 - 5.5).collect(); // 3 rows, 1 head of 4
         let mut rotated = original.clone();
         table.apply(&mut rotated, 1, 4, 3);
@@ -71,5 +72,20 @@ mod tests {
         // Position 1, pair 0: angle 1 rad.
         let (x1, x2) = (original[4], original[6]);
         assert!((rotated[4] - (x1 * 1f32.cos() - x2 * 1f32.sin())).abs() < 1e-6);
+    }
+
+    #[test]
+    fn yarn_scaling_multiplies_cos_and_sin() {
+        let (plain, scaled) = (
+            RopeTable::new(&[0.3], 4, 1.0),
+            RopeTable::new(&[0.3], 4, 1.5),
+        );
+        let original = vec![1.0f32, -2.0, 0.5, 3.0]; // 2 rows, 1 head of 2
+        let (mut a, mut b) = (original.clone(), original.clone());
+        plain.apply(&mut a, 1, 2, 2);
+        scaled.apply(&mut b, 1, 2, 2);
+        for (x, y) in a.iter().zip(&b) {
+            assert!((x * 1.5 - y).abs() < 1e-6, "{x} {y}");
+        }
     }
 }

@@ -118,6 +118,7 @@ pub(crate) fn run_part(
         gpu,
         weights,
         inv_freq,
+        rope_scaling: spec.rope.attention_scaling,
         buffers: BufferSet {
             hidden: hidden.slice_mut(..),
             normed: s.normed.slice_mut(..rows * d),

@@ -26,6 +26,8 @@ pub(crate) struct CudaOps<'a, 'v, 'c> {
     pub weights: &'a DeviceLayer,
     /// RoPE inverse frequencies, `(head_dim / 2)` or fewer (partial rotary).
     pub inv_freq: &'a CudaSlice<f32>,
+    /// What RoPE's cos and sin are multiplied by (YaRN's attention factor, 1 otherwise).
+    pub rope_scaling: f32,
     /// The micro-batch's buffers.
     pub buffers: BufferSet<CudaViewMut<'v, f32>>,
     /// bf16 copies of GEMM inputs.
@@ -115,6 +117,7 @@ impl BlockOps for CudaOps<'_, '_, '_> {
             heads,
             head_dim,
             self.seq_len,
+            self.rope_scaling,
         )?;
         Ok(())
     }
