@@ -104,17 +104,22 @@ fn sequence_medians_are_exact() {
 
 /// The attention-sink mass of both attention kernels (f32, and bf16 on tensor cores) against
 /// the CPU's, per (sequence, head): causal, sliding windows that hide key 0 and the
-/// delimiter from later queries, grouped-query heads, a sequence without a delimiter. The
-/// attention output itself is unchanged by asking for the sinks.
+/// delimiter from later queries, grouped-query heads, a sequence without a delimiter; with
+/// and without learned sink logits (GPT-OSS), whose output is checked against the CPU's too.
+/// The attention output itself is unchanged by asking for the statistics.
 #[test]
 fn attention_sink_mass_matches_the_cpu() {
     use layerstream_kernels::ops::attention::{
         AttentionDims, SinkScratch, causal_attention, reduce_sink_mass, sink_scratch_len,
     };
-    use layerstream_runtime::cpu::attention::{self as cpu_attention, AttentionShape};
+    use layerstream_runtime::cpu::attention::{
+        self as cpu_attention, AttentionExtras, AttentionShape,
+    };
+    use layerstream_tests::assert_all_close;
     let Some(gpu) = gpu_or_skip("attention sinks") else {
         return;
     };
+    let learned_logits = [-2.0f32, 0.5, 3.0, 8.0];
     for (seq_len, head_dim, window) in [
         (1, 16, None),
         (7, 64, None),
@@ -124,7 +129,8 @@ fn attention_sink_mass_matches_the_cpu() {
         (70, 256, Some(40)),
         (33, 80, None),
     ] {
-        for tensor_cores in [false, true] {
+        for (tensor_cores, learned) in [(false, false), (true, false), (false, true), (true, true)]
+        {
             let dims = AttentionDims {
                 sequences: 3,
                 seq_len,
@@ -163,16 +169,14 @@ fn attention_sink_mass_matches_the_cpu() {
                 sliding_window: window,
                 scale: dims.scale,
             };
+            let learned_sinks = learned.then_some(&learned_logits[..]);
             let mut expect_out = vec![0f32; q.len()];
-            let expect = cpu_attention::causal_attention(
-                &q,
-                &k,
-                &v,
-                &mut expect_out,
-                shape,
-                2,
-                Some(&delimiters),
-            );
+            let extras = AttentionExtras {
+                learned_sinks,
+                delimiters: Some(&delimiters),
+            };
+            let expect =
+                cpu_attention::causal_attention(&q, &k, &v, &mut expect_out, shape, 2, extras);
             let as_i32: Vec<i32> = delimiters
                 .iter()
                 .map(|d| d.map_or(-1, |d| d as i32))
@@ -184,6 +188,8 @@ fn attention_sink_mass_matches_the_cpu() {
                 .alloc_zeros::<f32>(sink_scratch_len(&dims))
                 .unwrap();
             let (qd, kd, vd) = (upload(&gpu, &q), upload(&gpu, &k), upload(&gpu, &v));
+            let learned_device = upload(&gpu, &learned_logits);
+            let learned_view = learned_device.as_view();
             let mut scratch_view = scratch.as_view_mut();
             let sinks = SinkScratch {
                 scratch: &mut scratch_view,
@@ -197,19 +203,26 @@ fn attention_sink_mass_matches_the_cpu() {
                     &vd.as_view(),
                     &mut out.as_view_mut(),
                     dims,
+                    learned.then_some(&learned_view),
                     sinks,
                 )
                 .unwrap()
             };
             run(&mut out, Some(sinks));
             run(&mut plain, None);
-            let what =
-                format!("T={seq_len} d={head_dim} w={window:?} tensor cores {on_tensor_cores}");
-            assert_eq!(
-                gpu.stream.clone_dtoh(&out).unwrap(),
-                gpu.stream.clone_dtoh(&plain).unwrap(),
-                "{what}: the output does not change with the sinks"
+            let what = format!(
+                "T={seq_len} d={head_dim} w={window:?} tensor cores {on_tensor_cores} learned {learned}"
             );
+            let got_out = gpu.stream.clone_dtoh(&out).unwrap();
+            assert_eq!(
+                got_out,
+                gpu.stream.clone_dtoh(&plain).unwrap(),
+                "{what}: the output does not change with the statistics"
+            );
+            match on_tensor_cores {
+                true => assert_all_close(&what, &got_out, &expect_out, 0.02, 0.01),
+                false => assert_all_close(&what, &got_out, &expect_out, 1e-5, 1e-4),
+            }
             let got = reduce_sink_mass(&gpu, &mut scratch_view, &dims).unwrap();
             assert_eq!(got.len(), expect.len());
             // f32: rounding only; bf16 probabilities on tensor cores: < 2^-8 relative each.
@@ -222,8 +235,15 @@ fn attention_sink_mass_matches_the_cpu() {
                     );
                 }
             }
-            // Query 0 puts everything on key 0: each sum is at least 1 where key 0 is seen.
-            assert!(expect.iter().all(|m| m[0] >= 1.0 - 1e-6), "{what}");
+            match learned {
+                // Query 0 puts everything on key 0: each sum is at least 1 where key 0 is seen.
+                false => assert!(
+                    expect.iter().all(|m| m[0] >= 1.0 - 1e-6 && m[2] == 0.0),
+                    "{what}"
+                ),
+                // The learned sink takes mass from every query.
+                true => assert!(expect.iter().all(|m| m[2] > 0.0), "{what}"),
+            }
         }
     }
 }

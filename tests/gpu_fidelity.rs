@@ -195,7 +195,7 @@ fn bf16_fixtures_match_pytorch_within_bf16_tolerance() {
 #[derive(Default)]
 struct KeepStatistics(
     BTreeMap<(usize, CapturePoint), PointStatistics>,
-    BTreeMap<usize, Vec<[f64; 2]>>,
+    BTreeMap<usize, Vec<[f64; 3]>>,
 );
 
 impl RunObserver for KeepStatistics {

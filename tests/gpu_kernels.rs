@@ -336,7 +336,7 @@ fn attention_matches_cpu_for_every_shape_and_window() {
             sliding_window: window,
             scale: dims.scale,
         };
-        cpu::attention::causal_attention(&q, &k, &v, &mut expect, shape, 2, None);
+        cpu::attention::causal_attention(&q, &k, &v, &mut expect, shape, 2, Default::default());
         let mut out = zeros(&gpu, q.len());
         causal_attention(
             &gpu,
@@ -345,6 +345,7 @@ fn attention_matches_cpu_for_every_shape_and_window() {
             &upload(&gpu, &v).as_view(),
             &mut out.as_view_mut(),
             dims,
+            None,
             None,
         )
         .unwrap();
@@ -368,7 +369,15 @@ fn attention_matches_cpu_for_every_shape_and_window() {
         };
         let (qr, kr, vr) = (rounded(&q), rounded(&k), rounded(&v));
         let mut expect_bf16 = vec![0f32; q.len()];
-        cpu::attention::causal_attention(&qr, &kr, &vr, &mut expect_bf16, shape, 2, None);
+        cpu::attention::causal_attention(
+            &qr,
+            &kr,
+            &vr,
+            &mut expect_bf16,
+            shape,
+            2,
+            Default::default(),
+        );
         let mut out = zeros(&gpu, q.len());
         causal_attention(
             &gpu,
@@ -377,6 +386,7 @@ fn attention_matches_cpu_for_every_shape_and_window() {
             &upload(&gpu, &v).as_view(),
             &mut out.as_view_mut(),
             tensor,
+            None,
             None,
         )
         .unwrap();

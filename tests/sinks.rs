@@ -100,6 +100,7 @@ fn sink_mass_equals_the_probabilities_from_captured_queries_and_keys() {
                     "{name} layer {layer}"
                 );
                 for (i, (g, e)) in got.iter().zip(&expect).enumerate() {
+                    assert_eq!(g[2], 0.0, "{name}: no learned sink");
                     for (a, b) in g.iter().zip(e) {
                         assert!(
                             (a - b).abs() <= 1e-5 * b.abs().max(1.0),

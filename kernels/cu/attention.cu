@@ -7,27 +7,33 @@
 // Shared memory (floats): k_tile[key_tile][head_dim + 1] (padded: lanes read different keys),
 // v_tile[key_tile][head_dim], q_rows[ATTN_WARPS][head_dim].
 //
-// Attention sinks (want_sinks != 0): `sinks` is scratch laid out as SINK_LAYOUT below; the
-// lane that holds key 0 (and the sequence's first delimiter) keeps its score, and once the
-// row's softmax normaliser is known the row's probability on those keys is written.
+// Learned sinks (`learned_sinks` not null, GPT-OSS): one logit per query head joins every
+// row's softmax as an extra column and is dropped after it (the normaliser grows, the output
+// shrinks).
+//
+// Attention-sink statistics (want_sinks != 0): `sinks` is scratch laid out as SINK_LAYOUT
+// below; the lane that holds key 0 (and the sequence's first delimiter) keeps its score, and
+// once the row's softmax normaliser is known the row's probability on those keys and on the
+// learned sink is written.
 #define ATTN_WARPS 8
 #define ATTN_MAX_DIMS_PER_LANE 8  // head_dim <= 256
 
 // SINK_LAYOUT of the scratch (floats), for sequences x heads (sequence, head) rows:
-//   [rows * seq_len * 2]: per query, p(key 0) and p(first delimiter);
-//   [rows * 4] after it: per row the two sums, each as a (hi, lo) float pair; before the
+//   [rows * seq_len * 3]: per query, p(key 0), p(first delimiter), p(learned sink);
+//   [rows * 6] after it: per row the three sums, each as a (hi, lo) float pair; before the
 //   sums are written, its first `sequences` floats hold each sequence's first delimiter as
 //   int bits (-1: none).
+#define SINK_VALUES 3
 __device__ __forceinline__ int sink_delimiter(const float* sinks, int sequences, int heads,
                                               int seq_len, int sequence) {
-    const unsigned long long tail = (unsigned long long)sequences * heads * seq_len * 2;
+    const unsigned long long tail = (unsigned long long)sequences * heads * seq_len * SINK_VALUES;
     return __float_as_int(sinks[tail + sequence]);
 }
 
 extern "C" __global__ void attention_kernel(
     const float* q, const float* k, const float* v, float* out,
     int seq_len, int heads, int kv_heads, int head_dim, int key_tile, int window, float scale,
-    float* sinks, int want_sinks) {
+    const float* learned_sinks, float* sinks, int want_sinks) {
     extern __shared__ float shared[];
     const int k_stride = head_dim + 1;
     float* k_tile = shared;
@@ -100,13 +106,25 @@ extern "C" __global__ void attention_kernel(
         }
         running_max = new_max;
     }
+    // The learned sink: one more logit in the normaliser (every active row saw a key, so
+    // running_max is finite).
+    const float sink_logit = learned_sinks != nullptr ? learned_sinks[head] : -INFINITY;
+    if (active && learned_sinks != nullptr) {
+        const float new_max = fmaxf(running_max, sink_logit);
+        const float correction = expf(running_max - new_max);
+        running_sum = running_sum * correction + expf(sink_logit - new_max);
+#pragma unroll
+        for (int i = 0; i < ATTN_MAX_DIMS_PER_LANE; i++) acc[i] *= correction;
+        running_max = new_max;
+    }
     if (want_sinks) {
         first_score = warp_max(first_score);
         delimiter_score = warp_max(delimiter_score);
         if (active && lane == 0) {
-            float* row = sinks + (((unsigned long long)sequence * heads + head) * seq_len + query) * 2;
+            float* row = sinks + (((unsigned long long)sequence * heads + head) * seq_len + query) * SINK_VALUES;
             row[0] = first_score == -INFINITY ? 0.0f : expf(first_score - running_max) / running_sum;
             row[1] = delimiter_score == -INFINITY ? 0.0f : expf(delimiter_score - running_max) / running_sum;
+            row[2] = learned_sinks == nullptr ? 0.0f : expf(sink_logit - running_max) / running_sum;
         }
     }
     if (active) {
@@ -125,27 +143,27 @@ extern "C" __global__ void attention_kernel(
 // after the per-query values. One block of SINK_REDUCE_THREADS per row.
 #define SINK_REDUCE_THREADS 256
 extern "C" __global__ void sink_mass_reduce_kernel(float* sinks, int rows, int seq_len) {
-    __shared__ double partial[2][SINK_REDUCE_THREADS];
+    __shared__ double partial[SINK_VALUES][SINK_REDUCE_THREADS];
     const int row = blockIdx.x;
-    const float* values = sinks + (unsigned long long)row * seq_len * 2;
-    double first = 0.0, delimiter = 0.0;
+    const float* values = sinks + (unsigned long long)row * seq_len * SINK_VALUES;
+    double sum[SINK_VALUES] = {0.0, 0.0, 0.0};
     for (int t = threadIdx.x; t < seq_len; t += SINK_REDUCE_THREADS) {
-        first += values[2 * t];
-        delimiter += values[2 * t + 1];
+        for (int i = 0; i < SINK_VALUES; i++) sum[i] += values[SINK_VALUES * t + i];
     }
-    partial[0][threadIdx.x] = first;
-    partial[1][threadIdx.x] = delimiter;
+    for (int i = 0; i < SINK_VALUES; i++) partial[i][threadIdx.x] = sum[i];
     __syncthreads();
     for (int stride = SINK_REDUCE_THREADS / 2; stride > 0; stride >>= 1) {
         if (threadIdx.x < stride) {
-            partial[0][threadIdx.x] += partial[0][threadIdx.x + stride];
-            partial[1][threadIdx.x] += partial[1][threadIdx.x + stride];
+            for (int i = 0; i < SINK_VALUES; i++) {
+                partial[i][threadIdx.x] += partial[i][threadIdx.x + stride];
+            }
         }
         __syncthreads();
     }
     if (threadIdx.x == 0) {
-        float* sums = sinks + (unsigned long long)rows * seq_len * 2 + (unsigned long long)row * 4;
-        for (int i = 0; i < 2; i++) {
+        float* sums = sinks + (unsigned long long)rows * seq_len * SINK_VALUES
+            + (unsigned long long)row * 2 * SINK_VALUES;
+        for (int i = 0; i < SINK_VALUES; i++) {
             const float hi = (float)partial[i][0];
             sums[2 * i] = hi;
             sums[2 * i + 1] = (float)(partial[i][0] - (double)hi);

@@ -10,7 +10,10 @@
 // of P V wants consecutive keys). The +8 padding spreads a warp's fragment loads over all
 // banks.
 //
-// Attention sinks (want_sinks != 0, `sinks` laid out as attention.cu's SINK_LAYOUT): the
+// Learned sinks (`learned_sinks` not null): one logit per query head joins each row's
+// softmax (in log2 units, unscaled by `scale`) and is dropped after it.
+//
+// Attention-sink statistics (want_sinks != 0, `sinks` laid out as attention.cu's SINK_LAYOUT): the
 // thread whose S fragment holds key 0 (or the sequence's first delimiter) for a row keeps its
 // scaled score, and once the row's max and sum are final writes the row's probability on it.
 //
@@ -41,7 +44,7 @@ __device__ __forceinline__ void mma_bf16_16x8x16(float* c, const u32* a, u32 b0,
 extern "C" __global__ void attention_mma_kernel(
     const float* q, const float* k, const float* v, float* out,
     int seq_len, int heads, int kv_heads, int head_dim, int window, float scale,
-    float* sinks, int want_sinks) {
+    const float* learned_sinks, float* sinks, int want_sinks) {
     extern __shared__ u16 mma_shared[];
     const int k_stride = head_dim + 8;
     const int v_stride = MMA_KEYS + 8;
@@ -91,7 +94,7 @@ extern "C" __global__ void attention_mma_kernel(
     // Sinks: the scaled scores (log2 units) of key 0 and the delimiter for rows lo and hi,
     // kept by the thread whose fragment holds them.
     const int delimiter = want_sinks
-        ? __float_as_int(sinks[(unsigned long long)gridDim.z * heads * seq_len * 2 + sequence])
+        ? __float_as_int(sinks[(unsigned long long)gridDim.z * heads * seq_len * 3 + sequence])
         : -1;
     float first_lo = -INFINITY, first_hi = -INFINITY, delim_lo = -INFINITY, delim_hi = -INFINITY;
 
@@ -221,6 +224,24 @@ extern "C" __global__ void attention_mma_kernel(
             }
         }
     }
+    // The learned sink joins the normaliser (rows past the sequence are never written).
+    const float sink_log2 =
+        learned_sinks != nullptr ? learned_sinks[head] * 1.4426950408889634f : -INFINITY;
+    if (learned_sinks != nullptr) {
+        const float new_lo = fmaxf(max_lo, sink_log2), new_hi = fmaxf(max_hi, sink_log2);
+        const float correction_lo = exp2f(max_lo - new_lo), correction_hi = exp2f(max_hi - new_hi);
+        sum_lo = sum_lo * correction_lo + exp2f(sink_log2 - new_lo);
+        sum_hi = sum_hi * correction_hi + exp2f(sink_log2 - new_hi);
+#pragma unroll
+        for (int t = 0; t < MMA_MAX_HEAD_DIM / 8; t++) {
+            o[t][0] *= correction_lo;
+            o[t][1] *= correction_lo;
+            o[t][2] *= correction_hi;
+            o[t][3] *= correction_hi;
+        }
+        max_lo = new_lo;
+        max_hi = new_hi;
+    }
     const float inv_lo = sum_lo > 0.0f ? 1.0f / sum_lo : 0.0f;
     const float inv_hi = sum_hi > 0.0f ? 1.0f / sum_hi : 0.0f;
     if (want_sinks) {
@@ -236,15 +257,18 @@ extern "C" __global__ void attention_mma_kernel(
         const float p_delim_lo = delim_lo == -INFINITY ? 0.0f : exp2f(delim_lo - max_lo) * inv_lo;
         const float p_first_hi = first_hi == -INFINITY ? 0.0f : exp2f(first_hi - max_hi) * inv_hi;
         const float p_delim_hi = delim_hi == -INFINITY ? 0.0f : exp2f(delim_hi - max_hi) * inv_hi;
+        const bool learned = learned_sinks != nullptr;
         if (c == 0 && row_lo < seq_len) {
-            float* r = sinks + (head_row * seq_len + row_lo) * 2;
+            float* r = sinks + (head_row * seq_len + row_lo) * 3;
             r[0] = p_first_lo;
             r[1] = p_delim_lo;
+            r[2] = learned ? exp2f(sink_log2 - max_lo) * inv_lo : 0.0f;
         }
         if (c == 0 && row_hi < seq_len) {
-            float* r = sinks + (head_row * seq_len + row_hi) * 2;
+            float* r = sinks + (head_row * seq_len + row_hi) * 3;
             r[0] = p_first_hi;
             r[1] = p_delim_hi;
+            r[2] = learned ? exp2f(sink_log2 - max_hi) * inv_hi : 0.0f;
         }
     }
 #pragma unroll

@@ -184,9 +184,12 @@ pub struct SinkMass {
     pub heads: usize,
     /// Queries per sequence and head (the sequence length).
     pub queries: usize,
+    /// Whether the layer has learned sink logits (GPT-OSS).
+    pub learned: bool,
     /// `(sequences, heads)`: `[sum over queries of the probability on position 0, on the
-    /// sequence's first delimiter (0 for a sequence without one)]`.
-    pub mass: Vec<[f64; 2]>,
+    /// sequence's first delimiter (0 for a sequence without one), on the learned sink (0
+    /// without one)]`.
+    pub mass: Vec<[f64; 3]>,
 }
 
 /// Receives what one layer produces for one micro-batch.

@@ -18,7 +18,7 @@ fn group_of(role: WeightRole) -> Group {
     use WeightRole::*;
     match role {
         AttnInputNorm | QProj | QBias | KProj | KBias | VProj | VBias | QNorm | KNorm | OProj
-        | OBias | AttnOutputNorm => Group::Attention,
+        | OBias | AttnSinks | AttnOutputNorm => Group::Attention,
         MlpInputNorm | MlpOutputNorm | Router => Group::Routing,
         GateProj | GateBias | UpProj | UpBias | DownProj | DownBias | SharedGate | SharedUp
         | SharedDown | SharedExpertGate => Group::Last,

@@ -205,8 +205,9 @@ pub struct KeepEverything {
     pub routing: HashMap<usize, Routing>,
     /// Layers reported as running in parts.
     pub split: Vec<usize>,
-    /// Attention-sink mass per layer, `(sequences, heads)` in workload order.
-    pub sinks: HashMap<usize, Vec<[f64; 2]>>,
+    /// Attention-sink mass per layer, `(sequences, heads)` in workload order: position 0,
+    /// delimiter, learned sink.
+    pub sinks: HashMap<usize, Vec<[f64; 3]>>,
 }
 
 impl KeepEverything {

@@ -7,7 +7,7 @@ use super::{check_len, launch};
 use crate::error::{KernelError, Result};
 use crate::gpu::Gpu;
 use crate::sources::{ATTENTION, ATTENTION_MMA};
-use cudarc::driver::{CudaView, CudaViewMut, DevicePtrMut, LaunchConfig};
+use cudarc::driver::{CudaView, CudaViewMut, DevicePtr, DevicePtrMut, LaunchConfig};
 
 /// Query rows per block of the tensor-core kernel (`MMA_ROWS`).
 const MMA_ROWS_PER_BLOCK: usize = 64;
@@ -54,10 +54,13 @@ impl AttentionDims {
     }
 }
 
+/// Probabilities per query in the sink scratch: key 0, the delimiter, the learned sink.
+const SINK_VALUES: usize = 3;
+
 /// Floats of the attention-sink scratch for `dims` (`SINK_LAYOUT` in attention.cu): per
-/// query two probabilities, then per (sequence, head) two sums as (hi, lo) float pairs.
+/// query three probabilities, then per (sequence, head) three sums as (hi, lo) float pairs.
 pub fn sink_scratch_len(dims: &AttentionDims) -> usize {
-    dims.sequences * dims.heads * (2 * dims.seq_len + 4)
+    dims.sequences * dims.heads * SINK_VALUES * (dims.seq_len + 2)
 }
 
 /// Where the kernels put the attention-sink probabilities, and the keys they are on.
@@ -68,9 +71,12 @@ pub struct SinkScratch<'a, 'b> {
     pub delimiters: &'a [i32],
 }
 
-/// `out = softmax(q k^T * scale + causal mask) v` per sequence and head;
-/// q, out `(sequences * seq_len, heads * head_dim)`, k, v `(.., kv_heads * head_dim)`. With
-/// `sinks`, every query's probability on key 0 and on its sequence's delimiter too.
+/// `out = softmax(q k^T * scale + causal mask [, learned sink]) v` per sequence and head;
+/// q, out `(sequences * seq_len, heads * head_dim)`, k, v `(.., kv_heads * head_dim)`;
+/// `learned_sinks (heads)`: a logit per head appended to every row's softmax and dropped
+/// after it. With `sinks`, every query's probability on key 0, on its sequence's delimiter
+/// and on the learned sink too.
+#[allow(clippy::too_many_arguments)]
 pub fn causal_attention(
     gpu: &Gpu,
     q: &CudaView<f32>,
@@ -78,6 +84,7 @@ pub fn causal_attention(
     v: &CudaView<f32>,
     out: &mut CudaViewMut<f32>,
     dims: AttentionDims,
+    learned_sinks: Option<&CudaView<f32>>,
     sinks: Option<SinkScratch>,
 ) -> Result<()> {
     let AttentionDims {
@@ -101,6 +108,16 @@ pub fn causal_attention(
     check_len("attention v", v, rows * kv_heads * head_dim)?;
     check_len("attention out", out, rows * heads * head_dim)?;
     let window = sliding_window.map_or(0, |w| w as i32);
+    let mut _learned_guard = None;
+    let learned_ptr = match learned_sinks {
+        None => 0,
+        Some(learned) => {
+            check_len("attention learned sinks", learned, heads)?;
+            let (pointer, guard) = learned.device_ptr(&gpu.stream);
+            _learned_guard = Some(guard);
+            pointer
+        }
+    };
     let want_sinks = sinks.is_some() as i32;
     let mut _sink_guard = None;
     let sink_ptr = match sinks {
@@ -122,7 +139,7 @@ pub fn causal_attention(
                 .iter()
                 .map(|&d| f32::from_bits(d as u32))
                 .collect();
-            let tail = sequences * heads * seq_len * 2;
+            let tail = sequences * heads * seq_len * SINK_VALUES;
             gpu.stream
                 .memcpy_htod(&bits, &mut scratch.slice_mut(tail..tail + sequences))?;
             let (pointer, guard) = scratch.device_ptr_mut(&gpu.stream);
@@ -164,6 +181,7 @@ pub fn causal_attention(
             &dim_i,
             &window,
             &scale,
+            &learned_ptr,
             &sink_ptr,
             &want_sinks
         );
@@ -204,18 +222,19 @@ pub fn causal_attention(
         &tile_i,
         &window,
         &scale,
+        &learned_ptr,
         &sink_ptr,
         &want_sinks
     )
 }
 
-/// Per (sequence, head), `[sum over queries of p(key 0), of p(delimiter)]` from a scratch
-/// the attention filled (`dims` as it was called with).
+/// Per (sequence, head), `[sum over queries of p(key 0), of p(delimiter), of p(learned
+/// sink)]` from a scratch the attention filled (`dims` as it was called with).
 pub fn reduce_sink_mass(
     gpu: &Gpu,
     scratch: &mut CudaViewMut<f32>,
     dims: &AttentionDims,
-) -> Result<Vec<[f64; 2]>> {
+) -> Result<Vec<[f64; 3]>> {
     check_len("attention sinks", scratch, sink_scratch_len(dims))?;
     let rows = dims.sequences * dims.heads;
     let (rows_i, seq_i) = (rows as i32, dims.seq_len as i32);
@@ -233,13 +252,13 @@ pub fn reduce_sink_mass(
         &rows_i,
         &seq_i
     )?;
-    let tail = rows * dims.seq_len * 2;
+    let tail = rows * dims.seq_len * SINK_VALUES;
     let sums = gpu
         .stream
-        .clone_dtoh(&scratch.slice(tail..tail + 4 * rows))?;
+        .clone_dtoh(&scratch.slice(tail..tail + 2 * SINK_VALUES * rows))?;
     Ok(sums
-        .chunks_exact(4)
-        .map(|s| [s[0] as f64 + s[1] as f64, s[2] as f64 + s[3] as f64])
+        .chunks_exact(2 * SINK_VALUES)
+        .map(|s| std::array::from_fn(|i| s[2 * i] as f64 + s[2 * i + 1] as f64))
         .collect())
 }
 

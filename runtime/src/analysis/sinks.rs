@@ -1,7 +1,7 @@
 //! Attention sinks (Sun et al. 2024 §3, Xiao et al. 2023): per layer and query head, the
 //! mean attention probability the queries put on the first token, on the first delimiter
-//! token (as the massive-activation position classes define it, `massive_report.rs`), and
-//! on everything else; and the share of heads whose mean mass on the first token exceeds
+//! token (as the massive-activation position classes define it, `massive_report.rs`), on a
+//! learned sink (GPT-OSS's extra softmax column) and on everything else; and the share of heads whose mean mass on the first token exceeds
 //! 0.5. The attention kernels sum each row's probability on those keys while they run (from
 //! the row's softmax normaliser, no `T x T` matrix); here the sums of the workload are kept
 //! per layer (`SinkSummary`, in the layer's record) and turned into means
@@ -27,6 +27,10 @@ pub struct SinkSummary {
     /// `(heads)`: sum of the probability on the sequence's first delimiter.
     #[serde(with = "nan_as_null")]
     pub first_delimiter: Vec<f64>,
+    /// `(heads)`: sum of the probability on the learned sink (GPT-OSS); empty for layers
+    /// without one.
+    #[serde(default, with = "nan_as_null", skip_serializing_if = "Vec::is_empty")]
+    pub learned_sink: Vec<f64>,
 }
 
 impl SinkSummary {
@@ -37,11 +41,15 @@ impl SinkSummary {
             self.heads = mass.heads;
             self.first = vec![0.0; mass.heads];
             self.first_delimiter = vec![0.0; mass.heads];
+            self.learned_sink = vec![0.0; if mass.learned { mass.heads } else { 0 }];
         }
         for sequence in mass.mass.chunks_exact(mass.heads) {
-            for (h, [first, delimiter]) in sequence.iter().enumerate() {
+            for (h, [first, delimiter, learned]) in sequence.iter().enumerate() {
                 self.first[h] += first;
                 self.first_delimiter[h] += delimiter;
+                if let Some(sum) = self.learned_sink.get_mut(h) {
+                    *sum += learned;
+                }
             }
             self.queries += mass.queries as u64;
         }
@@ -57,8 +65,12 @@ pub struct SinkAnalysis {
     /// `(heads)`: mean probability on the first delimiter.
     #[serde(with = "nan_as_null")]
     pub first_delimiter: Vec<f64>,
-    /// `(heads)`: on everything else (1 minus the two; the delimiter is looked for after
-    /// position 0, so the two never overlap).
+    /// `(heads)`: mean probability on the learned sink (GPT-OSS: the softmax's extra
+    /// column, dropped after it); absent for layers without one.
+    #[serde(default, with = "nan_as_null", skip_serializing_if = "Vec::is_empty")]
+    pub learned_sink: Vec<f64>,
+    /// `(heads)`: on every other key (1 minus the first token, the delimiter and the learned
+    /// sink; the delimiter is looked for after position 0, so none overlap).
     #[serde(with = "nan_as_null")]
     pub other: Vec<f64>,
     /// Share of the heads whose mean probability on position 0 exceeds 0.5.
@@ -84,10 +96,12 @@ impl SinkAnalysis {
             .iter()
             .map(|s| s / queries)
             .collect();
-        let other: Vec<f64> = first
-            .iter()
-            .zip(&first_delimiter)
-            .map(|(f, d)| (1.0 - f - d).max(0.0))
+        let learned_sink: Vec<f64> = summary.learned_sink.iter().map(|s| s / queries).collect();
+        let other: Vec<f64> = (0..first.len())
+            .map(|h| {
+                let learned = learned_sink.get(h).copied().unwrap_or(0.0);
+                (1.0 - first[h] - first_delimiter[h] - learned).max(0.0)
+            })
             .collect();
         let heads = summary.heads.max(1) as f64;
         let mean = |v: &[f64]| v.iter().sum::<f64>() / heads;
@@ -99,6 +113,7 @@ impl SinkAnalysis {
             mean_other: mean(&other),
             first,
             first_delimiter,
+            learned_sink,
             other,
         }
     }
@@ -143,7 +158,13 @@ mod tests {
         summary.add(&SinkMass {
             heads: 2,
             queries: 4,
-            mass: vec![[3.0, 0.5], [1.0, 0.0], [2.0, 1.0], [0.5, 0.5]],
+            learned: false,
+            mass: vec![
+                [3.0, 0.5, 0.0],
+                [1.0, 0.0, 0.0],
+                [2.0, 1.0, 0.0],
+                [0.5, 0.5, 0.0],
+            ],
         });
         assert_eq!(summary.queries, 8);
         assert_eq!(summary.first, vec![5.0, 1.5]);
@@ -152,6 +173,19 @@ mod tests {
         assert_eq!(a.first_delimiter, vec![1.5 / 8.0, 0.5 / 8.0]);
         assert_eq!(a.other[0], 1.0 - 5.0 / 8.0 - 1.5 / 8.0);
         assert_eq!(a.sink_head_share, 0.5);
+        assert!(a.learned_sink.is_empty());
+        assert!(!serde_json::to_string(&a).unwrap().contains("learned_sink"));
+        // A layer with learned sinks: their mass is its own column, out of `other`.
+        let mut learned = SinkSummary::default();
+        learned.add(&SinkMass {
+            heads: 1,
+            queries: 2,
+            learned: true,
+            mass: vec![[1.0, 0.2, 0.4]],
+        });
+        let a = SinkAnalysis::of(&learned);
+        assert_eq!(a.learned_sink, vec![0.2]);
+        assert!((a.other[0] - (1.0 - 0.5 - 0.1 - 0.2)).abs() < 1e-12);
     }
 
     #[test]
@@ -161,6 +195,7 @@ mod tests {
             queries: 4,
             first: vec![f64::NAN, 1.0],
             first_delimiter: vec![0.0, f64::NAN],
+            learned_sink: Vec::new(),
         };
         let json = serde_json::to_string(&summary).unwrap();
         assert!(json.contains("[null,1.0]"), "{json}");

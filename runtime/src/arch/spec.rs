@@ -182,6 +182,8 @@ pub enum WeightRole {
     OProj,
     /// Output bias.
     OBias,
+    /// Learned attention-sink logits, one per query head (GPT-OSS's `self_attn.sinks`).
+    AttnSinks,
     /// RMSNorm on the attention output (post-sublayer layouts).
     AttnOutputNorm,
     /// RMSNorm before the MLP (pre-norm layouts).

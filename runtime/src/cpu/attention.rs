@@ -1,8 +1,10 @@
 //! Causal grouped-query attention, tiled over queries: a tile of query rows sees its keys
 //! through one score block `(QUERY_TILE, keys)`, so memory per head grows with T, never T^2.
-//! Optionally the attention-sink mass: per (sequence, head) the sum over queries of the
-//! probability on position 0 and on the sequence's first delimiter, read off the softmaxed
-//! rows (f64 sums in query order).
+//! Optionally a learned sink logit per head joins every row's softmax (GPT-OSS's
+//! `self_attn.sinks`: an extra column, dropped after the softmax, so rows sum to less than 1),
+//! and the attention-sink mass is summed: per (sequence, head) the sum over queries of the
+//! probability on position 0, on the sequence's first delimiter and on the learned sink, read
+//! off the softmaxed rows (f64 sums in query order).
 
 use super::linear::matmul_transposed_b;
 use super::threads::for_each_chunk_mut;
@@ -12,9 +14,19 @@ pub const QUERY_TILE: usize = 64;
 
 pub use crate::block::AttentionShape;
 
-/// `output = softmax(q k^T * scale + causal mask) v` for every sequence and head. With
-/// `delimiters` (each sequence's first delimiter position, if any), also returns the sink
-/// mass `(sequences, heads)`: `[sum over queries of p(position 0), of p(delimiter)]`.
+/// What attention does besides `softmax(q k^T * scale + mask) v`.
+#[derive(Clone, Copy, Default)]
+pub struct AttentionExtras<'a> {
+    /// `(heads)`: a learned logit per query head appended to every row before the softmax
+    /// and dropped after it.
+    pub learned_sinks: Option<&'a [f32]>,
+    /// Each sequence's first delimiter position, if any: asks for the sink mass.
+    pub delimiters: Option<&'a [Option<usize>]>,
+}
+
+/// `output = softmax(q k^T * scale + causal mask [, sink]) v` for every sequence and head.
+/// With `extras.delimiters`, also returns the sink mass `(sequences, heads)`: `[sum over
+/// queries of p(position 0), of p(delimiter), of p(learned sink)]`.
 pub fn causal_attention(
     q: &[f32],          // (sequences * seq_len, heads * head_dim)
     k: &[f32],          // (sequences * seq_len, kv_heads * head_dim)
@@ -22,8 +34,8 @@ pub fn causal_attention(
     output: &mut [f32], // (sequences * seq_len, heads * head_dim)
     shape: AttentionShape,
     threads: usize,
-    delimiters: Option<&[Option<usize>]>,
-) -> Vec<[f64; 2]> {
+    extras: AttentionExtras,
+) -> Vec<[f64; 3]> {
     let AttentionShape {
         sequences,
         seq_len,
@@ -37,18 +49,19 @@ pub fn causal_attention(
     // One contiguous (seq_len, head_dim) block per (sequence, head), so threads write
     // disjoint slices; scattered into the row layout afterwards.
     let mut per_head = vec![0f32; sequences * heads * seq_len * head_dim]; // (sequences, heads, seq_len, head_dim)
-    let mut tasks: Vec<(&mut [f32], [f64; 2])> = per_head
+    let mut tasks: Vec<(&mut [f32], [f64; 3])> = per_head
         .chunks_mut(seq_len * head_dim)
-        .map(|block| (block, [0.0; 2]))
+        .map(|block| (block, [0.0; 3]))
         .collect();
     for_each_chunk_mut(&mut tasks, 1, threads, |task, slot| {
         let (out, mass) = &mut slot[0];
-        let sinks = delimiters.map(|d| SinkKeys {
-            delimiter: d[task / heads],
-        });
-        *mass = attend_one_head(q, k, v, out, task / heads, task % heads, shape, sinks);
+        let head = HeadExtras {
+            learned_sink: extras.learned_sinks.map(|s| s[task % heads]),
+            delimiter: extras.delimiters.map(|d| d[task / heads]),
+        };
+        *mass = attend_one_head(q, k, v, out, task / heads, task % heads, shape, head);
     });
-    let mass = match delimiters {
+    let mass = match extras.delimiters {
         Some(_) => tasks.iter().map(|(_, m)| *m).collect(),
         None => Vec::new(),
     };
@@ -65,15 +78,17 @@ pub fn causal_attention(
     mass
 }
 
-/// The keys whose attention mass is summed besides position 0.
+/// One head's extras.
 #[derive(Clone, Copy)]
-struct SinkKeys {
-    /// The sequence's first delimiter.
-    delimiter: Option<usize>,
+struct HeadExtras {
+    /// Its learned sink logit.
+    learned_sink: Option<f32>,
+    /// `Some`: sum the mass; the sequence's first delimiter, if any.
+    delimiter: Option<Option<usize>>,
 }
 
-/// Attention of one query head of one sequence, tile by tile; with `sinks`, the sums over
-/// queries of the probability on position 0 and on the delimiter.
+/// Attention of one query head of one sequence, tile by tile; the sums over queries of the
+/// probability on position 0, on the delimiter and on the learned sink (when asked).
 #[allow(clippy::too_many_arguments)]
 fn attend_one_head(
     q: &[f32],
@@ -83,9 +98,9 @@ fn attend_one_head(
     sequence: usize,
     head: usize,
     shape: AttentionShape,
-    sinks: Option<SinkKeys>,
-) -> [f64; 2] {
-    let mut mass = [0f64; 2];
+    extras: HeadExtras,
+) -> [f64; 3] {
+    let mut mass = [0f64; 3];
     let AttentionShape {
         seq_len,
         heads,
@@ -130,15 +145,17 @@ fn attend_one_head(
         for (i, row) in scores.chunks_exact_mut(keys).enumerate() {
             let position = tile_start + i;
             let lowest_key = sliding_window.map_or(0, |w| (position + 1).saturating_sub(w));
-            masked_softmax(row, scale, lowest_key - first_key, position + 1 - first_key);
+            let visible = (lowest_key - first_key, position + 1 - first_key);
+            let on_sink = masked_softmax(row, scale, visible, extras.learned_sink);
             // Masked keys hold 0; keys before `first_key` are outside every row's window.
-            if let Some(keys) = sinks {
+            if let Some(delimiter) = extras.delimiter {
                 if first_key == 0 {
                     mass[0] += row[0] as f64;
                 }
-                if let Some(d) = keys.delimiter.filter(|&d| d >= first_key && d < tile_end) {
+                if let Some(d) = delimiter.filter(|&d| d >= first_key && d < tile_end) {
                     mass[1] += row[d - first_key] as f64;
                 }
+                mass[2] += on_sink as f64;
             }
         }
         // out rows = scores (tile_rows, keys) @ v[first_key..tile_end] (keys, head_dim)
@@ -159,15 +176,23 @@ fn attend_one_head(
     mass
 }
 
-/// Scales `row`, keeps entries `visible_start..visible_end`, softmaxes them and zeroes the rest.
-fn masked_softmax(row: &mut [f32], scale: f32, visible_start: usize, visible_end: usize) {
+/// Scales `row`, keeps entries `visible_start..visible_end`, softmaxes them (with the
+/// learned `sink` logit as one more, unscaled, column) and zeroes the rest; returns the
+/// sink's probability (0 without one).
+fn masked_softmax(
+    row: &mut [f32],
+    scale: f32,
+    (visible_start, visible_end): (usize, usize),
+    sink: Option<f32>,
+) -> f32 {
     let visible = &mut row[visible_start..visible_end];
-    let mut max = f32::NEG_INFINITY;
+    let mut max = sink.unwrap_or(f32::NEG_INFINITY);
     for value in visible.iter_mut() {
         *value *= scale;
         max = max.max(*value);
     }
-    let mut sum = 0f32;
+    let on_sink = sink.map_or(0.0, |s| (s - max).exp());
+    let mut sum = on_sink;
     for value in visible.iter_mut() {
         *value = (*value - max).exp();
         sum += *value;
@@ -176,6 +201,7 @@ fn masked_softmax(row: &mut [f32], scale: f32, visible_start: usize, visible_end
     visible.iter_mut().for_each(|value| *value *= inv_sum);
     row[..visible_start].fill(0.0);
     row[visible_end..].fill(0.0);
+    on_sink * inv_sum
 }
 
 fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
@@ -192,14 +218,16 @@ fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 mod tests {
     use super::*;
 
-    /// Query `p` of head `h` of sequence `s`: its lowest visible key and the softmax
-    /// probabilities of keys `lowest..=p`, untiled, in f64 (the textbook formula).
+    /// Query `p` of head `h` of sequence `s`: its lowest visible key, the softmax
+    /// probabilities of keys `lowest..=p` and of the learned sink (0 without one), untiled,
+    /// in f64 (the textbook formula; the sink is one more logit, dropped after the softmax).
     fn probabilities(
         q: &[f32],
         k: &[f32],
         shape: AttentionShape,
         (s, h, p): (usize, usize, usize),
-    ) -> (usize, Vec<f64>) {
+        sink: Option<f32>,
+    ) -> (usize, Vec<f64>, f64) {
         let AttentionShape {
             seq_len,
             heads,
@@ -223,14 +251,22 @@ mod tests {
                     * scale as f64
             })
             .collect();
-        let max = scores.iter().cloned().fold(f64::MIN, f64::max);
+        let sink = sink.map(|x| x as f64);
+        let max = scores.iter().cloned().chain(sink).fold(f64::MIN, f64::max);
         let exps: Vec<f64> = scores.iter().map(|x| (x - max).exp()).collect();
-        let sum: f64 = exps.iter().sum();
-        (lo, exps.iter().map(|e| e / sum).collect())
+        let on_sink = sink.map_or(0.0, |x| (x - max).exp());
+        let sum: f64 = exps.iter().sum::<f64>() + on_sink;
+        (lo, exps.iter().map(|e| e / sum).collect(), on_sink / sum)
     }
 
     /// Untiled attention in f64.
-    fn naive(q: &[f32], k: &[f32], v: &[f32], shape: AttentionShape) -> Vec<f32> {
+    fn naive(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        shape: AttentionShape,
+        sinks: Option<&[f32]>,
+    ) -> Vec<f32> {
         let AttentionShape {
             sequences,
             seq_len,
@@ -245,7 +281,8 @@ mod tests {
             for h in 0..heads {
                 let kvh = h / (heads / kv_heads);
                 for p in 0..seq_len {
-                    let (lo, probabilities) = probabilities(q, k, shape, (s, h, p));
+                    let sink = sinks.map(|x| x[h]);
+                    let (lo, probabilities, _) = probabilities(q, k, shape, (s, h, p), sink);
                     for d in 0..head_dim {
                         let value: f64 = (lo..=p)
                             .zip(&probabilities)
@@ -259,26 +296,29 @@ mod tests {
         out
     }
 
-    /// Per (sequence, head), the sums over queries of the probabilities on position 0 and
-    /// on the delimiter.
+    /// Per (sequence, head), the sums over queries of the probabilities on position 0, on
+    /// the delimiter and on the learned sink.
     fn naive_mass(
         q: &[f32],
         k: &[f32],
         shape: AttentionShape,
         delimiters: &[Option<usize>],
-    ) -> Vec<[f64; 2]> {
+        sinks: Option<&[f32]>,
+    ) -> Vec<[f64; 3]> {
         let mut mass = Vec::new();
         for (s, delimiter) in delimiters.iter().enumerate().take(shape.sequences) {
             for h in 0..shape.heads {
-                let mut sums = [0f64; 2];
+                let mut sums = [0f64; 3];
                 for p in 0..shape.seq_len {
-                    let (lo, probabilities) = probabilities(q, k, shape, (s, h, p));
+                    let sink = sinks.map(|x| x[h]);
+                    let (lo, probabilities, on_sink) = probabilities(q, k, shape, (s, h, p), sink);
                     let on = |j: usize| match j >= lo && j <= p {
                         true => probabilities[j - lo],
                         false => 0.0,
                     };
                     sums[0] += on(0);
                     sums[1] += delimiter.map_or(0.0, on);
+                    sums[2] += on_sink;
                 }
                 mass.push(sums);
             }
@@ -301,26 +341,42 @@ mod tests {
         let q: Vec<f32> = (0..rows * 32).map(|i| pseudo(i, 31)).collect();
         let k: Vec<f32> = (0..rows * 16).map(|i| pseudo(i, 17)).collect();
         let v: Vec<f32> = (0..rows * 16).map(|i| pseudo(i, 7)).collect();
-        let expect = naive(&q, &k, &v, shape);
         let delimiters = [Some(seq_len / 2 + 1).filter(|&d| d < seq_len), None];
-        let expect_mass = naive_mass(&q, &k, shape, &delimiters);
-        for threads in [1, 3] {
-            let mut out = vec![f32::NAN; rows * 32];
-            let mass = causal_attention(&q, &k, &v, &mut out, shape, threads, Some(&delimiters));
-            for (i, (m, e)) in mass.iter().zip(&expect_mass).enumerate() {
-                for (a, b) in m.iter().zip(e) {
+        // Learned sinks from below to above the scores' range.
+        let learned = [-3.0f32, 0.0, 1.5, 4.0];
+        for sinks in [None, Some(&learned[..])] {
+            let expect = naive(&q, &k, &v, shape, sinks);
+            let expect_mass = naive_mass(&q, &k, shape, &delimiters, sinks);
+            for threads in [1, 3] {
+                let mut out = vec![f32::NAN; rows * 32];
+                let extras = AttentionExtras {
+                    learned_sinks: sinks,
+                    delimiters: Some(&delimiters),
+                };
+                let mass = causal_attention(&q, &k, &v, &mut out, shape, threads, extras);
+                assert_eq!(mass.len(), 8);
+                for (i, (m, e)) in mass.iter().zip(&expect_mass).enumerate() {
+                    for (a, b) in m.iter().zip(e) {
+                        assert!(
+                            (a - b).abs() <= 1e-5 * seq_len as f64,
+                            "T={seq_len} w={sliding_window:?} sinks {sinks:?} (sequence, head) {i}: {m:?} vs {e:?}"
+                        );
+                    }
+                }
+                for (i, (o, e)) in out.iter().zip(&expect).enumerate() {
                     assert!(
-                        (a - b).abs() <= 1e-5 * seq_len as f64,
-                        "T={seq_len} w={sliding_window:?} (sequence, head) {i}: {m:?} vs {e:?}"
+                        (o - e).abs() <= 1e-5 + 1e-4 * e.abs(),
+                        "T={seq_len} w={sliding_window:?} sinks {sinks:?} [{i}] {o} vs {e}"
                     );
                 }
-            }
-            assert_eq!(mass.len(), 8);
-            for (i, (o, e)) in out.iter().zip(&expect).enumerate() {
-                assert!(
-                    (o - e).abs() <= 1e-5 + 1e-4 * e.abs(),
-                    "T={seq_len} w={sliding_window:?} [{i}] {o} vs {e}"
-                );
+                if sinks.is_none() {
+                    let mut plain = vec![f32::NAN; rows * 32];
+                    let none = AttentionExtras::default();
+                    assert!(
+                        causal_attention(&q, &k, &v, &mut plain, shape, threads, none).is_empty()
+                    );
+                    assert_eq!(plain, out, "the sums change nothing");
+                }
             }
         }
     }

@@ -1,7 +1,7 @@
 //! The block ops (`block::BlockOps`) on the CPU: plain f32 functions on host slices. The
 //! step order lives in `block/`; this file only says how each op is computed here.
 
-use super::attention::causal_attention;
+use super::attention::{AttentionExtras, causal_attention};
 use super::layer::LayerWeights;
 use super::linear::linear;
 use super::mlp::activate_in_place;
@@ -120,11 +120,17 @@ impl BlockOps for CpuOps<'_, '_> {
         let delimiters = capture
             .as_ref()
             .map(|c| c.request.delimiters(c.first_sequence, shape.sequences));
-        let mass = causal_attention(q, k, v, out, shape, self.threads, delimiters.as_deref());
+        let learned_sinks = self.weights.maybe(WeightRole::AttnSinks);
+        let extras = AttentionExtras {
+            learned_sinks,
+            delimiters: delimiters.as_deref(),
+        };
+        let mass = causal_attention(q, k, v, out, shape, self.threads, extras);
         if let Some(c) = capture {
             let mass = SinkMass {
                 heads: shape.heads,
                 queries: shape.seq_len,
+                learned: learned_sinks.is_some(),
                 mass,
             };
             c.observer

@@ -159,6 +159,10 @@ impl BlockOps for CudaOps<'_, '_, '_> {
             scratch: &mut *sublayer_out,
             delimiters,
         });
+        let learned = self
+            .weights
+            .has(WeightRole::AttnSinks)
+            .then(|| self.weights.vector(WeightRole::AttnSinks).as_view());
         causal_attention(
             self.gpu,
             &q.as_view(),
@@ -166,12 +170,14 @@ impl BlockOps for CudaOps<'_, '_, '_> {
             &v.as_view(),
             attn,
             dims,
+            learned.as_ref(),
             scratch,
         )?;
         if let Some(c) = capture {
             let mass = SinkMass {
                 heads: shape.heads,
                 queries: shape.seq_len,
+                learned: learned.is_some(),
                 mass: reduce_sink_mass(self.gpu, sublayer_out, &dims)?,
             };
             c.observer
