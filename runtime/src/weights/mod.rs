@@ -1,6 +1,8 @@
-//! Weights: memory-mapped safetensors and their conversion to the arithmetic dtype.
+//! Weights: memory-mapped safetensors and their conversion to the arithmetic dtype
+//! (dense floats in `dtype.rs`, MXFP4 blocks in `mxfp4.rs`).
 
 pub mod dtype;
+pub mod mxfp4;
 pub mod store;
 
 pub use store::WeightStore;
