@@ -19,10 +19,11 @@ fn group_of(role: WeightRole) -> Group {
     match role {
         AttnInputNorm | QProj | QBias | KProj | KBias | VProj | VBias | QNorm | KNorm | OProj
         | OBias | AttnSinks | AttnOutputNorm => Group::Attention,
-        MlpInputNorm | MlpOutputNorm | Router => Group::Routing,
+        MlpInputNorm | MlpOutputNorm | Router | RouterBias => Group::Routing,
         GateProj | GateBias | UpProj | UpBias | DownProj | DownBias | SharedGate | SharedUp
         | SharedDown | SharedExpertGate => Group::Last,
-        ExpertGate(e) | ExpertUp(e) | ExpertDown(e) => Group::Expert(e),
+        ExpertGate(e) | ExpertUp(e) | ExpertDown(e) | ExpertGateBias(e) | ExpertUpBias(e)
+        | ExpertDownBias(e) => Group::Expert(e),
     }
 }
 

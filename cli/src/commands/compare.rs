@@ -126,13 +126,9 @@ pub fn compare(args: &CompareArgs) -> Result<()> {
 
 /// Max |x| over ln1/ln2 (else any point) per layer, over relative depth, one line per model.
 fn combined_plot(reports: &[ActivationReport]) -> Svg {
-    let mut svg = Svg::new(760.0, 340.0 + 18.0 * reports.len() as f64);
-    svg.text(
-        380.0,
-        22.0,
-        14.0,
-        "middle",
-        false,
+    let mut svg = Svg::titled(
+        760.0,
+        340.0 + 18.0 * reports.len() as f64,
         "max |x| at ln1/ln2 per layer, by relative depth (layer / layers)",
     );
     let xs: Vec<f64> = (0..=20).map(|i| i as f64 / 20.0).collect();

@@ -216,15 +216,8 @@ fn per_layer_lines(report: &ActivationReport) -> Svg {
         };
     let max_abs = series(&|p| p.distribution.max_abs);
     let kurtosis = series(&|p| p.distribution.rms_kurtosis);
-    let mut svg = Svg::new(760.0, 620.0);
-    svg.text(
-        380.0,
-        22.0,
-        14.0,
-        "middle",
-        false,
-        &format!("{}: per-layer max |x| and RMS kurtosis", short_name(report)),
-    );
+    let title = format!("{}: per-layer max |x| and RMS kurtosis", short_name(report));
+    let mut svg = Svg::titled(760.0, 620.0, &title);
     line_panel(
         &mut svg,
         40.0,
@@ -363,18 +356,11 @@ fn massive_magnitudes(report: &ActivationReport) -> Svg {
         pick(|m| m.top3),
         pick(|m| m.median),
     ];
-    let mut svg = Svg::new(760.0, 340.0);
-    svg.text(
-        380.0,
-        22.0,
-        14.0,
-        "middle",
-        false,
-        &format!(
-            "{}: resid_post magnitudes per layer (mean over sequences)",
-            short_name(report)
-        ),
+    let title = format!(
+        "{}: resid_post magnitudes per layer (mean over sequences)",
+        short_name(report)
     );
+    let mut svg = Svg::titled(760.0, 340.0, &title);
     line_panel(&mut svg, 40.0, ("layer", "|x| (log)"), &xs, &series, true);
     for (i, name) in ["top 1", "top 2", "top 3", "median"].iter().enumerate() {
         let x = 150.0 + i as f64 * 120.0;

@@ -65,6 +65,13 @@ impl Svg {
         svg
     }
 
+    /// An empty picture with `title` centred on top (the plots' common heading).
+    pub fn titled(width: f64, height: f64, title: &str) -> Self {
+        let mut svg = Svg::new(width, height);
+        svg.text(width / 2.0, 22.0, 14.0, "middle", false, title);
+        svg
+    }
+
     /// A filled rectangle.
     pub fn rect(&mut self, x: f64, y: f64, w: f64, h: f64, fill: &str) {
         let _ = writeln!(

@@ -12,12 +12,11 @@
 //! contributions is checked against `mlp_out` in the tests).
 
 use super::massive::{MASSIVE_ATTRIBUTED, MassiveFinds, TokenInput};
-use crate::arch::{Activation, FeedForward, ModelSpec, MoeSpec, WeightRole};
+use crate::arch::{Activation, FeedForward, LayerTensor, ModelSpec, MoeSpec, WeightRole};
 use crate::cpu::layer::LayerWeights;
 use crate::cpu::moe::{SharedScratch, add_shared_expert, expert_mlp, route_tokens};
 use crate::error::Result;
 use crate::weights::WeightStore;
-use layerstream_planner::format::TensorRef;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -73,10 +72,10 @@ pub fn attribute_massive(
     let FeedForward::Moe(moe) = &spec.feed_forward[layer] else {
         return Ok(());
     };
-    let names: BTreeMap<WeightRole, TensorRef> = spec
+    let names: BTreeMap<WeightRole, LayerTensor> = spec
         .layer_tensors(layer)
         .into_iter()
-        .map(|t| (t.role, t.source))
+        .map(|t| (t.role, t))
         .collect();
     if inputs.is_empty() || names.contains_key(&WeightRole::MlpOutputNorm) {
         return Ok(());
@@ -150,15 +149,18 @@ impl BlockOutputs {
         hidden: usize,
         moe: &MoeSpec,
         activation: Activation,
-        names: &BTreeMap<WeightRole, TensorRef>,
+        names: &BTreeMap<WeightRole, LayerTensor>,
         inputs: &[TokenInput],
         threads: usize,
     ) -> Result<Self> {
         use WeightRole::*;
+        // The roles the layer has of `roles` (biases are optional).
         let read = |roles: &[WeightRole]| -> Result<LayerWeights> {
             let mut tensors = BTreeMap::new();
-            for &role in roles {
-                tensors.insert(role, store.read_ref_f32(&names[&role])?);
+            for role in roles {
+                if let Some(tensor) = names.get(role) {
+                    tensors.insert(*role, crate::weights::layout::read_f32(store, tensor)?);
+                }
             }
             Ok(LayerWeights::from_tensors(tensors))
         };
@@ -168,8 +170,9 @@ impl BlockOutputs {
             .flat_map(|i| i.values.iter().copied())
             .collect(); // (tokens, hidden)
         let mut logits = vec![0f32; tokens * moe.num_experts]; // (tokens, num_experts)
-        let router = read(&[Router])?;
-        let routing = route_tokens(&x, router.get(Router), &mut logits, moe, threads);
+        let router = read(&[Router, RouterBias])?;
+        let bias = router.maybe(RouterBias);
+        let routing = route_tokens(&x, router.get(Router), bias, &mut logits, moe, threads);
         let inter = moe.expert_intermediate;
         let mut routed = vec![0f32; tokens * moe.top_k * hidden]; // (tokens, top_k, hidden)
         // Expert by expert, its tokens together.
@@ -179,7 +182,14 @@ impl BlockOutputs {
         }
         for (expert, slots) in slots_of {
             let e = expert as usize;
-            let weights = read(&[ExpertGate(e), ExpertUp(e), ExpertDown(e)])?;
+            let weights = read(&[
+                ExpertGate(e),
+                ExpertUp(e),
+                ExpertDown(e),
+                ExpertGateBias(e),
+                ExpertUpBias(e),
+                ExpertDownBias(e),
+            ])?;
             let n = slots.len();
             let gathered: Vec<f32> = slots
                 .iter()

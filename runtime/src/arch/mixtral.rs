@@ -20,6 +20,7 @@ pub(super) fn spec(config: &ModelConfig) -> Result<ModelSpec> {
         norm_eps: norm_eps(config, 1e-5),
         clip_qkv: None,
         activation: Activation::Silu,
+        learned_sinks: false,
     };
     let moe = moe_spec(
         config,

@@ -1,6 +1,7 @@
 //! Architectures: one file per family turns config.json into a [`ModelSpec`] over shared
 //! blocks (RMSNorm, RoPE, grouped-query attention, gated MLP).
 
+mod gpt_oss;
 mod llama;
 mod mistral;
 mod mixtral;
@@ -19,7 +20,7 @@ use crate::config::ModelConfig;
 use crate::error::{Result, RuntimeError};
 use rope::RopeSpec;
 pub use spec::{
-    Activation, AttentionBias, BlockSpec, ExpertNaming, Family, FeedForward, LayerTensor,
+    Activation, AttentionBias, BlockSpec, ExpertNaming, Family, FeedForward, LayerTensor, Layout,
     ModelSpec, MoeSpec, NormLayout, QkNorm, RouterScoring, SharedExpertSpec, WeightRole,
 };
 
@@ -34,6 +35,7 @@ pub const SUPPORTED_MODEL_TYPES: &[&str] = &[
     "qwen3_moe",
     "qwen2_moe",
     "mixtral",
+    "gpt_oss",
 ];
 
 /// Reads the family-specific options of config.json into a spec.
@@ -48,6 +50,7 @@ pub fn model_spec(config: &ModelConfig) -> Result<ModelSpec> {
         "qwen3_moe" => qwen3_moe::spec(config),
         "qwen2_moe" => qwen2_moe::spec(config),
         "mixtral" => mixtral::spec(config),
+        "gpt_oss" => gpt_oss::spec(config),
         other => Err(RuntimeError::UnsupportedModelType {
             path: config.path.clone(),
             model_type: other.to_string(),

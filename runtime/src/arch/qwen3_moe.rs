@@ -24,6 +24,7 @@ pub(super) fn spec(config: &ModelConfig) -> Result<ModelSpec> {
         norm_eps: norm_eps(config, 1e-6),
         clip_qkv: None,
         activation: Activation::Silu,
+        learned_sinks: false,
     };
     let expert_width = required(
         config,

@@ -26,6 +26,8 @@ pub enum Family {
     Qwen2Moe,
     /// Mixtral (`mixtral`).
     Mixtral,
+    /// GPT-OSS (`gpt_oss`).
+    GptOss,
 }
 
 impl Family {
@@ -41,6 +43,7 @@ impl Family {
             Family::Qwen3Moe => "qwen3_moe",
             Family::Qwen2Moe => "qwen2_moe",
             Family::Mixtral => "mixtral",
+            Family::GptOss => "gpt_oss",
         }
     }
 }
@@ -91,13 +94,23 @@ pub struct BlockSpec {
     pub clip_qkv: Option<f32>,
     /// The gated MLPs' activation (dense MLP, routed and shared experts).
     pub activation: Activation,
+    /// A learned sink logit per query head in every layer's attention (GPT-OSS).
+    pub learned_sinks: bool,
 }
 
 /// The activation of a gated MLP, `act(gate) * up`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Activation {
     /// `silu(gate) * up` (SwiGLU).
     Silu,
+    /// GPT-OSS's: `gate = min(gate, limit)`, `up = clamp(up, -limit, limit)`,
+    /// `(up + 1) * gate * sigmoid(alpha * gate)`.
+    ClampedSwiglu {
+        /// `swiglu_limit` (7).
+        limit: f32,
+        /// 1.702, fixed in transformers' `GptOssExperts`.
+        alpha: f32,
+    },
 }
 
 /// The feed-forward block of one layer.
@@ -118,6 +131,8 @@ pub enum FeedForward {
 pub enum RouterScoring {
     /// Softmax over all experts (in f32), then the top k probabilities.
     Softmax,
+    /// The top k logits (a biased router's), then a softmax over those k (GPT-OSS).
+    TopKSoftmax,
 }
 
 /// How expert tensors are named in the checkpoint.
@@ -127,6 +142,13 @@ pub enum ExpertNaming {
     MlpExperts,
     /// `block_sparse_moe.gate`, `block_sparse_moe.experts.{e}.{w1,w3,w2}` (Mixtral).
     BlockSparseMoe,
+    /// GPT-OSS: `mlp.router.{weight,bias}`, fused `mlp.experts.gate_up_proj [E, H, 2I]`
+    /// (gate and up interleaved by column) and `down_proj [E, I, H]`, in-major, with
+    /// `_bias` tensors; or their MXFP4 `_blocks` / `_scales` (out-major, rows interleaved).
+    GptOss {
+        /// The experts are MXFP4 (`quantization_config.quant_method: mxfp4`).
+        mxfp4: bool,
+    },
 }
 
 /// A shared expert: a gated MLP applied to every token next to the routed ones.
@@ -204,12 +226,20 @@ pub enum WeightRole {
     MlpOutputNorm,
     /// Router `(num_experts, hidden)`.
     Router,
+    /// Router bias `(num_experts)` (GPT-OSS).
+    RouterBias,
     /// Gate projection of routed expert `e`, `(expert_intermediate, hidden)`.
     ExpertGate(usize),
     /// Up projection of routed expert `e`.
     ExpertUp(usize),
     /// Down projection of routed expert `e`, `(hidden, expert_intermediate)`.
     ExpertDown(usize),
+    /// Gate bias of routed expert `e`, `(expert_intermediate)` (GPT-OSS).
+    ExpertGateBias(usize),
+    /// Up bias of routed expert `e`.
+    ExpertUpBias(usize),
+    /// Down bias of routed expert `e`, `(hidden)`.
+    ExpertDownBias(usize),
     /// Shared expert's gate projection.
     SharedGate,
     /// Shared expert's up projection.
@@ -227,10 +257,36 @@ pub struct LayerTensor {
     pub role: WeightRole,
     /// Where its bytes are: a whole tensor (the full safetensors name), or a slice of one.
     pub source: TensorRef,
-    /// Shape config.json implies.
+    /// Shape config.json implies, as stored (an expert's slice of a stacked tensor).
     pub shape: Vec<usize>,
     /// The config.json keys the shape comes from, for error messages.
     pub shape_reason: &'static str,
+    /// How the stored values become the role's `(out, in)` matrix or vector.
+    pub layout: Layout,
+}
+
+/// How a stored tensor (or slice) becomes the matrix a role needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// As stored: `(out, in)` matrices, vectors.
+    AsStored,
+    /// Every `stride`-th column from `offset` of an in-major `(in, stride * out)` slice,
+    /// transposed to `(out, in)` (GPT-OSS's fused `gate_up_proj`: gate the even columns, up
+    /// the odd ones; `down_proj` with stride 1).
+    InMajorColumns {
+        /// Columns apart.
+        stride: usize,
+        /// The first.
+        offset: usize,
+    },
+    /// Every `stride`-th row from `offset` of an out-major `(stride * out, in)` matrix or a
+    /// `(stride * out)` vector (MXFP4 `gate_up`, fused biases).
+    Rows {
+        /// Rows apart.
+        stride: usize,
+        /// The first.
+        offset: usize,
+    },
 }
 
 impl LayerTensor {

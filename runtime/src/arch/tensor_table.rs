@@ -2,9 +2,10 @@
 //! (transformers' `model.layers.{l}.*` naming, shared by every supported family).
 
 use super::spec::{
-    ExpertNaming, FeedForward, LayerTensor, ModelSpec, MoeSpec, NormLayout, QkNorm, WeightRole,
+    ExpertNaming, FeedForward, LayerTensor, Layout, ModelSpec, MoeSpec, NormLayout, QkNorm,
+    WeightRole,
 };
-use layerstream_planner::format::TensorRef;
+use layerstream_planner::format::{TensorRef, WeightFormat};
 
 /// The tensors of one layer, as they are added.
 struct Table {
@@ -19,6 +20,67 @@ impl Table {
             source: TensorRef::Whole(format!("{}.{suffix}", self.prefix)),
             shape,
             shape_reason: reason,
+            layout: Layout::AsStored,
+        });
+    }
+
+    /// Expert `e`'s whole slice of a tensor stacked over `count` experts (`shape`: the
+    /// slice's), read with `layout`.
+    #[allow(clippy::too_many_arguments)]
+    fn add_slice(
+        &mut self,
+        role: WeightRole,
+        suffix: &str,
+        (e, count): (usize, usize),
+        shape: Vec<usize>,
+        reason: &'static str,
+        layout: Layout,
+    ) {
+        let rows = shape[0];
+        self.tensors.push(LayerTensor {
+            role,
+            source: TensorRef::Stacked {
+                name: format!("{}.{suffix}", self.prefix),
+                index: e,
+                count,
+                rows: 0..rows,
+                total_rows: rows,
+            },
+            shape,
+            shape_reason: reason,
+            layout,
+        });
+    }
+}
+
+impl Table {
+    /// Expert `e`'s MXFP4 matrix `(rows, cols)` from `{base}_blocks` and `{base}_scales`
+    /// stacked over `count` experts, read with `layout`.
+    fn add_mxfp4(
+        &mut self,
+        role: WeightRole,
+        base: &str,
+        (e, count): (usize, usize),
+        (rows, cols): (usize, usize),
+        layout: Layout,
+    ) {
+        let part = |suffix: &str| TensorRef::Stacked {
+            name: format!("{}.{base}_{suffix}", self.prefix),
+            index: e,
+            count,
+            rows: 0..rows,
+            total_rows: rows,
+        };
+        self.tensors.push(LayerTensor {
+            role,
+            source: TensorRef::Quantized {
+                format: WeightFormat::Mxfp4,
+                values: Box::new(part("blocks")),
+                scales: Box::new(part("scales")),
+            },
+            shape: vec![rows, cols],
+            shape_reason: "num_local_experts, hidden_size, intermediate_size",
+            layout,
         });
     }
 }
@@ -93,6 +155,15 @@ impl ModelSpec {
         if self.block.attention_bias.output {
             t.add(OBias, "self_attn.o_proj.bias", vec![hidden], HIDDEN);
         }
+        if self.block.learned_sinks {
+            let heads = self.num_heads;
+            t.add(
+                AttnSinks,
+                "self_attn.sinks",
+                vec![heads],
+                "num_attention_heads",
+            );
+        }
         let (q_norm, k_norm, q_reason, k_reason) = match self.block.qk_norm {
             QkNorm::None => return,
             QkNorm::PerHead => (self.head_dim, self.head_dim, "head_dim", "head_dim"),
@@ -148,6 +219,7 @@ impl ModelSpec {
         let (block, [gate, up, down]) = match moe.naming {
             ExpertNaming::MlpExperts => ("mlp", ["gate_proj", "up_proj", "down_proj"]),
             ExpertNaming::BlockSparseMoe => ("block_sparse_moe", ["w1", "w3", "w2"]),
+            ExpertNaming::GptOss { mxfp4 } => return self.gpt_oss_experts(t, moe, mxfp4),
         };
         let router_reason = "number of experts, hidden_size";
         let router = format!("{block}.gate.weight");
@@ -188,6 +260,105 @@ impl ModelSpec {
         if shared.sigmoid_gate {
             let gate_name = format!("{block}.shared_expert_gate.weight");
             t.add(SharedExpertGate, &gate_name, vec![1, hidden], HIDDEN);
+        }
+    }
+
+    /// GPT-OSS's router (weight and bias) and fused experts, per expert: gate and up from
+    /// the interleaved `gate_up_proj` (even and odd columns of the in-major `[H, 2I]` slice,
+    /// or even and odd rows of the MXFP4 out-major `[2I, H]` one), down, and their biases.
+    fn gpt_oss_experts(&self, t: &mut Table, moe: &MoeSpec, mxfp4: bool) {
+        use WeightRole::*;
+        let (hidden, inter, experts) = (self.hidden_size, moe.expert_intermediate, moe.num_experts);
+        let router_reason = "num_local_experts, hidden_size";
+        t.add(
+            Router,
+            "mlp.router.weight",
+            vec![experts, hidden],
+            router_reason,
+        );
+        t.add(
+            RouterBias,
+            "mlp.router.bias",
+            vec![experts],
+            "num_local_experts",
+        );
+        let reason = "num_local_experts, hidden_size, intermediate_size";
+        let rows = |offset| Layout::Rows { stride: 2, offset };
+        for e in 0..experts {
+            let at = (e, experts);
+            let bias = "mlp.experts.gate_up_proj_bias";
+            t.add_slice(
+                ExpertGateBias(e),
+                bias,
+                at,
+                vec![2 * inter],
+                reason,
+                rows(0),
+            );
+            t.add_slice(ExpertUpBias(e), bias, at, vec![2 * inter], reason, rows(1));
+            let down_bias = "mlp.experts.down_proj_bias";
+            t.add_slice(
+                ExpertDownBias(e),
+                down_bias,
+                at,
+                vec![hidden],
+                reason,
+                Layout::AsStored,
+            );
+            if mxfp4 {
+                t.add_mxfp4(
+                    ExpertGate(e),
+                    "mlp.experts.gate_up_proj",
+                    at,
+                    (2 * inter, hidden),
+                    rows(0),
+                );
+                t.add_mxfp4(
+                    ExpertUp(e),
+                    "mlp.experts.gate_up_proj",
+                    at,
+                    (2 * inter, hidden),
+                    rows(1),
+                );
+                t.add_mxfp4(
+                    ExpertDown(e),
+                    "mlp.experts.down_proj",
+                    at,
+                    (hidden, inter),
+                    Layout::AsStored,
+                );
+                continue;
+            }
+            let columns = |offset| Layout::InMajorColumns { stride: 2, offset };
+            let gate_up = "mlp.experts.gate_up_proj";
+            t.add_slice(
+                ExpertGate(e),
+                gate_up,
+                at,
+                vec![hidden, 2 * inter],
+                reason,
+                columns(0),
+            );
+            t.add_slice(
+                ExpertUp(e),
+                gate_up,
+                at,
+                vec![hidden, 2 * inter],
+                reason,
+                columns(1),
+            );
+            let down = Layout::InMajorColumns {
+                stride: 1,
+                offset: 0,
+            };
+            t.add_slice(
+                ExpertDown(e),
+                "mlp.experts.down_proj",
+                at,
+                vec![inter, hidden],
+                reason,
+                down,
+            );
         }
     }
 }

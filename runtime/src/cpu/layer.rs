@@ -34,7 +34,10 @@ impl LayerWeights {
     ) -> Result<Self> {
         let mut tensors = BTreeMap::new();
         for tensor in part_tensors(spec, layer, part) {
-            tensors.insert(tensor.role, store.read_ref_f32(&tensor.source)?);
+            tensors.insert(
+                tensor.role,
+                crate::weights::layout::read_f32(store, &tensor)?,
+            );
         }
         Ok(LayerWeights { tensors })
     }

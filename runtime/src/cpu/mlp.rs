@@ -7,6 +7,19 @@ use crate::arch::Activation;
 pub fn activate_in_place(gate: &mut [f32], up: &[f32], activation: Activation) {
     match activation {
         Activation::Silu => silu_mul_in_place(gate, up),
+        Activation::ClampedSwiglu { limit, alpha } => {
+            clamped_swiglu_in_place(gate, up, limit, alpha)
+        }
+    }
+}
+
+/// GPT-OSS's `(clamp(up, -limit, limit) + 1) * g * sigmoid(alpha * g)` with
+/// `g = min(gate, limit)`, elementwise, into `gate`.
+pub fn clamped_swiglu_in_place(gate: &mut [f32], up: &[f32], limit: f32, alpha: f32) {
+    for (g, &u) in gate.iter_mut().zip(up) {
+        let x = g.min(limit);
+        let glu = x / (1.0 + (-x * alpha).exp());
+        *g = (u.clamp(-limit, limit) + 1.0) * glu;
     }
 }
 
@@ -79,6 +92,33 @@ pub fn gated_mlp(
 
 #[cfg(test)]
 mod tests {
+    /// GPT-OSS's activation at and beyond its clamps: `min(gate, 7)`, `clamp(up, -7, 7)`,
+    /// `(up + 1) * gate * sigmoid(1.702 gate)`.
+    #[test]
+    fn clamped_swiglu_clamps_gate_above_and_up_both_ways() {
+        let sigmoid = |x: f32| 1.0 / (1.0 + (-x).exp());
+        let cases = [
+            (1.0f32, 2.0f32),
+            (9.0, 0.5),
+            (-9.0, 20.0),
+            (7.0, -30.0),
+            (0.0, 3.0),
+        ];
+        let mut gate: Vec<f32> = cases.iter().map(|c| c.0).collect();
+        let up: Vec<f32> = cases.iter().map(|c| c.1).collect();
+        clamped_swiglu_in_place(&mut gate, &up, 7.0, 1.702);
+        for (got, (g, u)) in gate.iter().zip(cases) {
+            let x = g.min(7.0);
+            let expect = (u.clamp(-7.0, 7.0) + 1.0) * x * sigmoid(1.702 * x);
+            assert!(
+                (got - expect).abs() <= 1e-6 * expect.abs().max(1.0),
+                "{g} {u}: {got}"
+            );
+        }
+        // gate has no lower clamp: a very negative gate still gives ~0, not a clamped value.
+        assert!(gate[2].abs() < 1e-4);
+    }
+
     use super::*;
 
     #[test]

@@ -24,19 +24,33 @@ pub fn route(logits: Vec<f32> /* (tokens, num_experts) */, moe: &MoeSpec) -> Rou
     let mut weights = Vec::with_capacity(tokens * top_k);
     let mut probabilities = vec![0f32; num_experts];
     let mut order: Vec<usize> = Vec::with_capacity(num_experts);
+    let mut chosen_logits = vec![0f32; top_k];
     for row in logits.chunks_exact(num_experts) {
+        // Ranked by probability (softmax over all) or by logit (top-k first).
         match moe.scoring {
             RouterScoring::Softmax => softmax(row, &mut probabilities),
+            RouterScoring::TopKSoftmax => probabilities.copy_from_slice(row),
         }
         order.clear();
         order.extend(0..num_experts);
-        // Largest probability first; equal ones by lower expert index.
+        // Largest first; equal ones by lower expert index.
         order.sort_by(|&a, &b| {
             probabilities[b]
                 .total_cmp(&probabilities[a])
                 .then(a.cmp(&b))
         });
         let chosen = &order[..top_k];
+        if moe.scoring == RouterScoring::TopKSoftmax {
+            // The softmax over the chosen logits only (transformers' GptOssTopKRouter).
+            for (c, &e) in chosen_logits.iter_mut().zip(chosen) {
+                *c = row[e];
+            }
+            let mut top = vec![0f32; top_k];
+            softmax(&chosen_logits, &mut top);
+            for (&e, &p) in chosen.iter().zip(&top) {
+                probabilities[e] = p;
+            }
+        }
         let sum: f32 = chosen.iter().map(|&e| probabilities[e]).sum();
         for &e in chosen {
             experts.push(e as u32);
@@ -143,9 +157,10 @@ impl MoeScratch {
 /// The router's logits of `input (tokens, hidden)` into `logits (tokens, num_experts)` and
 /// its top-k choice.
 pub fn route_tokens(
-    input: &[f32],      // (tokens, hidden)
-    router: &[f32],     // (num_experts, hidden)
-    logits: &mut [f32], // (>= tokens * num_experts)
+    input: &[f32],               // (tokens, hidden)
+    router: &[f32],              // (num_experts, hidden)
+    router_bias: Option<&[f32]>, // (num_experts)
+    logits: &mut [f32],          // (>= tokens * num_experts)
     moe: &MoeSpec,
     threads: usize,
 ) -> Routing {
@@ -155,7 +170,7 @@ pub fn route_tokens(
     linear(
         input,
         router,
-        None,
+        router_bias,
         logits,
         hidden,
         moe.num_experts,
@@ -181,11 +196,11 @@ pub fn expert_mlp(
     use WeightRole::*;
     let mlp = GatedMlpWeights {
         gate: weights.get(ExpertGate(expert)),
-        gate_bias: None,
+        gate_bias: weights.maybe(ExpertGateBias(expert)),
         up: weights.get(ExpertUp(expert)),
-        up_bias: None,
+        up_bias: weights.maybe(ExpertUpBias(expert)),
         down: weights.get(ExpertDown(expert)),
-        down_bias: None,
+        down_bias: weights.maybe(ExpertDownBias(expert)),
     };
     let hidden = mlp.gate.len() / moe.expert_intermediate;
     gated_mlp(
@@ -438,6 +453,22 @@ mod tests {
             normalize_top_k,
             shared_expert: None,
             naming: ExpertNaming::MlpExperts,
+        }
+    }
+
+    /// GPT-OSS's router: the top k of the logits, then a softmax over those k only.
+    #[test]
+    fn top_k_then_softmax_weighs_the_chosen_logits_only() {
+        let moe = MoeSpec {
+            scoring: RouterScoring::TopKSoftmax,
+            ..spec(false)
+        };
+        let routing = route(vec![0.5, 3.0, -1.0, 2.0, 1.0, 1.0, 1.0, 0.0], &moe);
+        assert_eq!(routing.experts, vec![1, 3, 0, 1]);
+        let e = (1.0f32).exp();
+        let expect = [e / (e + 1.0), 1.0 / (e + 1.0), 0.5, 0.5];
+        for (got, want) in routing.weights.iter().zip(expect) {
+            assert!((got - want).abs() < 1e-6, "{:?}", routing.weights);
         }
     }
 

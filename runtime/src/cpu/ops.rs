@@ -158,7 +158,8 @@ impl BlockOps for CpuOps<'_, '_> {
         let input = self.buffers.get(input);
         let router = self.weights.get(WeightRole::Router);
         let buffers = self.moe.as_deref_mut().ok_or_else(no_moe_buffers)?;
-        let routing = route_tokens(input, router, &mut buffers.logits, moe, self.threads);
+        let bias = self.weights.maybe(WeightRole::RouterBias);
+        let routing = route_tokens(input, router, bias, &mut buffers.logits, moe, self.threads);
         self.routing = Some(routing);
         Ok(())
     }

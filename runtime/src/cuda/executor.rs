@@ -35,6 +35,18 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Refuses models that need ops the CUDA backend has no kernels for yet (GPT-OSS: MXFP4,
+/// its clamped SwiGLU and biased top-k router), before anything is allocated.
+fn refuse_unsupported(model: &Model) -> Result<()> {
+    if model.spec.family == crate::arch::Family::GptOss {
+        return Err(RuntimeError::InvalidRequest(format!(
+            "{}: gpt_oss runs on the CPU backend in this build; its CUDA kernels (MXFP4 experts, the clamped SwiGLU, the biased top-k router) are not written yet. Use --device cpu",
+            model.dir.display()
+        )));
+    }
+    Ok(())
+}
+
 /// Runs a validated request on the GPU.
 pub fn run(
     model: &Model,
@@ -42,6 +54,7 @@ pub fn run(
     backend: &CudaBackend,
     observer: &mut dyn RunObserver,
 ) -> Result<RunSummary> {
+    refuse_unsupported(model)?;
     let mut summary = RunSummary::default();
     let gpu = &*backend.gpu;
     let spec = &model.spec;

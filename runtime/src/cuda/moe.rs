@@ -149,8 +149,17 @@ pub fn route(
             &mut chosen,
             &mut chosen_weights,
         )?,
+        RouterScoring::TopKSoftmax => return Err(not_on_cuda("the top-k-then-softmax router")),
     }
     Ok(())
+}
+
+/// An op the CUDA backend has no kernel for; the executor refuses such models first
+/// (`executor::refuse_unsupported`), so reaching this is a bug.
+fn not_on_cuda(what: &str) -> RuntimeError {
+    RuntimeError::internal(format!(
+        "{what} reached the CUDA backend, which refuses models needing it before they run"
+    ))
 }
 
 /// Routed experts `run_experts` of the last [`route`] on `x (tokens, hidden)`, their
@@ -207,6 +216,7 @@ pub fn experts(
                 Activation::Silu => {
                     elementwise::silu_mul_to_bf16(gpu, &g.as_view(), &u.as_view(), &mut activated)?
                 }
+                Activation::ClampedSwiglu { .. } => return Err(not_on_cuda("the clamped SwiGLU")),
             }
             let mut y = b.expert_out.slice_mut(start * hidden..(start + n) * hidden);
             let down_w = weights.matrix(ExpertDown(expert));
@@ -325,6 +335,7 @@ pub fn activate(
 ) -> Result<()> {
     match activation {
         Activation::Silu => elementwise::silu_mul(gpu, gate, up)?,
+        Activation::ClampedSwiglu { .. } => return Err(not_on_cuda("the clamped SwiGLU")),
     }
     Ok(())
 }

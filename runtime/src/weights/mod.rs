@@ -2,6 +2,7 @@
 //! (dense floats in `dtype.rs`, MXFP4 blocks in `mxfp4.rs`).
 
 pub mod dtype;
+pub mod layout;
 pub mod mxfp4;
 pub mod store;
 

@@ -60,6 +60,46 @@ fn u8_bytes(store: &WeightStore, source: &TensorRef, what: &str) -> Result<Vec<u
     Ok(bytes)
 }
 
+/// Checks an MXFP4 matrix `expected = [rows, cols]` (an expert's slice or a whole tensor):
+/// its blocks `[.., rows, cols / 32, 16]` and scales `[.., rows, cols / 32]`, both U8.
+pub fn check(
+    store: &WeightStore,
+    (blocks, scales): (&TensorRef, &TensorRef),
+    expected: &[usize],
+    reason: &str,
+) -> Result<()> {
+    let (rows, cols) = (expected[0], expected[1]);
+    if !cols.is_multiple_of(MXFP4_BLOCK) {
+        return Err(RuntimeError::InvalidRequest(format!(
+            "{}: MXFP4 rows of {cols} values are not whole blocks of {MXFP4_BLOCK} ({reason})",
+            blocks.name()
+        )));
+    }
+    let groups = cols / MXFP4_BLOCK;
+    for (part, trailing, what) in [
+        (blocks, vec![rows, groups, BLOCK_BYTES], "blocks"),
+        (scales, vec![rows, groups], "scales"),
+    ] {
+        let mut shape = match part {
+            TensorRef::Stacked { count, .. } => vec![*count],
+            _ => Vec::new(),
+        };
+        shape.extend(trailing);
+        let entry = store.entry(part.name(), "an MXFP4 weight needs its blocks and scales")?;
+        if entry.shape != shape {
+            return Err(RuntimeError::ShapeMismatch {
+                name: part.name().to_string(),
+                path: store.file_of(entry).to_path_buf(),
+                expected: shape,
+                found: entry.shape.clone(),
+                reason: format!("MXFP4 {what} of {reason}"),
+            });
+        }
+        u8_bytes(store, part, what)?;
+    }
+    Ok(())
+}
+
 /// An MXFP4 matrix `(rows, cols)` as f32, from its blocks and scales.
 pub fn read_f32(store: &WeightStore, blocks: &TensorRef, scales: &TensorRef) -> Result<Vec<f32>> {
     let (block_bytes, scale_bytes) = (

@@ -239,6 +239,11 @@ impl WeightStore {
                 stacked.extend(expected.iter().skip(1));
                 self.check(name, &stacked, reason).map(|_| ())
             }
+            TensorRef::Quantized {
+                format: WeightFormat::Mxfp4,
+                values,
+                scales,
+            } => super::mxfp4::check(self, (values, scales), expected, reason),
             TensorRef::Quantized { .. } => self.ranges(source).map(|_| ()),
         }
     }
