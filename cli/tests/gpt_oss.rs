@@ -6,31 +6,14 @@ mod common;
 
 use common::{
     assert_fails_with, assert_succeeds, copy_fixture_model, docs, edit_config, layerstream,
+    small_analyze_args,
 };
 use safetensors::{Dtype, SafeTensors};
 use std::path::Path;
 
 fn analyze(home: &Path, model: &Path, out: &str) -> std::process::Output {
-    let model = model.display().to_string();
-    let data = docs();
-    let args = [
-        "analyze",
-        "--model",
-        &model,
-        "--data",
-        &data,
-        "--device",
-        "cpu",
-        "--num-samples",
-        "2",
-        "--seq-len",
-        "32",
-        "--bootstrap",
-        "0",
-        "--out",
-        out,
-    ];
-    layerstream(&args, home)
+    let (model, data) = (model.display().to_string(), docs());
+    layerstream(&small_analyze_args(&model, &data, out), home)
 }
 
 /// Rewrites `dir/model.safetensors`: `edit(name, dtype, shape, bytes)` returns the tensor to

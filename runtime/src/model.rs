@@ -69,7 +69,12 @@ impl Model {
             t.name.starts_with(&format!("model.layers.{layer}."))
                 && t.name.contains(".experts.gate_up_proj")
         });
-        let reads_fused = self.spec.family == spec::Family::GptOss;
+        // A family whose table names fused tensors (GPT-OSS) reads them: no hint then.
+        let reads_fused = self
+            .spec
+            .layer_tensors(layer)
+            .iter()
+            .any(|t| !matches!(t.source, layerstream_planner::format::TensorRef::Whole(_)));
         if fused && !reads_fused && name.contains(".experts.") {
             return "the checkpoint stores its experts fused (experts.gate_up_proj / experts.down_proj); this build reads the per-expert layout transformers saves (experts.{e}.gate_proj ...): re-save the model with transformers' save_pretrained".into();
         }

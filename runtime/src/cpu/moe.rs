@@ -24,7 +24,7 @@ pub fn route(logits: Vec<f32> /* (tokens, num_experts) */, moe: &MoeSpec) -> Rou
     let mut weights = Vec::with_capacity(tokens * top_k);
     let mut probabilities = vec![0f32; num_experts];
     let mut order: Vec<usize> = Vec::with_capacity(num_experts);
-    let mut chosen_logits = vec![0f32; top_k];
+    let (mut chosen_logits, mut top) = (vec![0f32; top_k], vec![0f32; top_k]);
     for row in logits.chunks_exact(num_experts) {
         // Ranked by probability (softmax over all) or by logit (top-k first).
         match moe.scoring {
@@ -45,7 +45,6 @@ pub fn route(logits: Vec<f32> /* (tokens, num_experts) */, moe: &MoeSpec) -> Rou
             for (c, &e) in chosen_logits.iter_mut().zip(chosen) {
                 *c = row[e];
             }
-            let mut top = vec![0f32; top_k];
             softmax(&chosen_logits, &mut top);
             for (&e, &p) in chosen.iter().zip(&top) {
                 probabilities[e] = p;

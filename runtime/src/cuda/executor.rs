@@ -35,16 +35,40 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Refuses models that need ops the CUDA backend has no kernels for yet (GPT-OSS: MXFP4,
-/// its clamped SwiGLU and biased top-k router), before anything is allocated.
+/// Refuses models that need ops the CUDA backend has no kernels for yet (GPT-OSS's clamped
+/// SwiGLU, biased top-k-then-softmax router, MXFP4 or re-laid-out fused experts), before
+/// anything is allocated. Read off the spec, as every backend decision is.
 fn refuse_unsupported(model: &Model) -> Result<()> {
-    if model.spec.family == crate::arch::Family::GptOss {
-        return Err(RuntimeError::InvalidRequest(format!(
-            "{}: gpt_oss runs on the CPU backend in this build; its CUDA kernels (MXFP4 experts, the clamped SwiGLU, the biased top-k router) are not written yet. Use --device cpu",
-            model.dir.display()
-        )));
+    use crate::arch::{Activation, Layout, RouterScoring};
+    let spec = &model.spec;
+    let missing = if matches!(spec.block.activation, Activation::ClampedSwiglu { .. }) {
+        Some("the clamped SwiGLU")
+    } else if (0..spec.num_layers).any(|l| {
+        spec.moe(l)
+            .is_some_and(|m| m.scoring == RouterScoring::TopKSoftmax)
+    }) {
+        Some("the top-k-then-softmax router")
+    } else if (0..spec.num_layers).any(|l| {
+        spec.layer_tensors(l).iter().any(|t| {
+            t.layout != Layout::AsStored
+                || matches!(
+                    t.source,
+                    layerstream_planner::format::TensorRef::Quantized { .. }
+                )
+        })
+    }) {
+        Some("fused or MXFP4 expert weights")
+    } else {
+        None
+    };
+    match missing {
+        Some(what) => Err(RuntimeError::InvalidRequest(format!(
+            "{}: {} runs on the CPU backend in this build; the CUDA kernels for {what} (and MXFP4 experts) are not written yet. Use --device cpu",
+            model.dir.display(),
+            spec.family.model_type()
+        ))),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// Runs a validated request on the GPU.
