@@ -8,8 +8,8 @@ use layerstream_runtime::cpu::CpuBackend;
 use layerstream_runtime::data::{TextTokenizer, pack_documents};
 use layerstream_runtime::{CapturePoint, FinalStage, Model, RunRequest, run};
 use layerstream_tests::{
-    KeepEverything, MOE_FIXTURES, REFERENCE_POINTS, Reference, assert_all_close,
-    assert_matches_reference, cpu_fixtures, fixture_docs, fixture_model, split_every_layer,
+    FIXTURES, KeepEverything, MOE_FIXTURES, REFERENCE_POINTS, Reference, assert_all_close,
+    assert_matches_reference, fixture_docs, fixture_model, split_every_layer,
 };
 
 fn run_fixture(
@@ -61,7 +61,7 @@ fn run_fixture_split(
 
 #[test]
 fn packing_matches_the_python_reference_for_every_tokenizer() {
-    for name in cpu_fixtures() {
+    for name in FIXTURES {
         let reference = Reference::load(name);
         let model = Model::open(&fixture_model(name)).unwrap();
         let tokenizer = TextTokenizer::load(&model.dir, &model.config).unwrap();
@@ -82,7 +82,7 @@ fn packing_matches_the_python_reference_for_every_tokenizer() {
 
 #[test]
 fn every_family_matches_pytorch_at_every_capture_point_and_the_logits() {
-    for name in cpu_fixtures() {
+    for name in FIXTURES {
         let (reference, kept) = run_fixture(name, FinalStage::Logits, 1);
         let layers = Model::open(&fixture_model(name)).unwrap().spec.num_layers;
         for layer in 0..layers {
@@ -112,7 +112,7 @@ fn every_family_matches_pytorch_at_every_capture_point_and_the_logits() {
 
 #[test]
 fn next_token_nll_and_loss_match_pytorch() {
-    for name in cpu_fixtures() {
+    for name in FIXTURES {
         let (reference, kept) = run_fixture(name, FinalStage::NextTokenNll, 2);
         assert_matches_reference(
             &format!("{name} nll"),
@@ -143,7 +143,7 @@ fn results_do_not_depend_on_the_micro_batch_size() {
 /// the unsplit order.
 #[test]
 fn split_layers_give_the_unsplit_results_bit_for_bit() {
-    for name in cpu_fixtures() {
+    for name in FIXTURES {
         let (_, whole) = run_fixture(name, FinalStage::Logits, 2);
         for experts_per_part in [1, 3] {
             let (_, split) = run_fixture_split(name, FinalStage::Logits, 2, Some(experts_per_part));
@@ -276,6 +276,9 @@ fn moe_layers_are_sparse_or_dense_as_configured() {
         ("qwen3_moe", vec![true, false, true]),
         ("qwen2_moe", vec![false, true]),
         ("mixtral", vec![true, true]),
+        ("gpt_oss", vec![true, true]),
+        ("gpt_oss_bf16", vec![true, true]),
+        ("gpt_oss_mxfp4", vec![true, true]),
     ];
     for (name, sparse) in &expected {
         let model = Model::open(&fixture_model(name)).unwrap();

@@ -145,7 +145,7 @@ fn bf16_fixtures_match_pytorch_within_bf16_tolerance() {
     let Some(backend) = cuda(ComputeChoice::Bf16, "cuda bf16 fidelity") else {
         return;
     };
-    for name in ["llama3", "mixtral"] {
+    for name in ["llama3", "mixtral", "gpt_oss_bf16", "gpt_oss_mxfp4"] {
         let reference = Reference::load(name);
         let model = Model::open(&fixture_model(name)).unwrap();
         let layers = model.spec.num_layers;

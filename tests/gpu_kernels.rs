@@ -6,6 +6,7 @@ use half::{bf16, f16};
 use layerstream_kernels::cudarc::driver::CudaSlice;
 use layerstream_kernels::ops::attention::{AttentionDims, causal_attention};
 use layerstream_kernels::ops::convert::{StoredDtype, embedding_gather, f32_to_bf16, half_to_f32};
+use layerstream_kernels::ops::elementwise::GatedActivation;
 use layerstream_kernels::ops::{elementwise, moe, norm, rope, stats};
 use layerstream_kernels::{Gpu, gemm};
 use layerstream_runtime::arch::{
@@ -134,7 +135,13 @@ fn elementwise_ops_match_cpu() {
     let mut expect = gate.clone();
     cpu::mlp::silu_mul_in_place(&mut expect, &up);
     let mut gd = upload(&gpu, &gate);
-    elementwise::silu_mul(&gpu, &mut gd.as_view_mut(), &upload(&gpu, &up).as_view()).unwrap();
+    elementwise::gated_activation(
+        &gpu,
+        &mut gd.as_view_mut(),
+        &upload(&gpu, &up).as_view(),
+        GatedActivation::Silu,
+    )
+    .unwrap();
     assert_matches_reference("silu_mul", &download(&gpu, &gd), &expect);
 
     let mut acc = upload(&gpu, &gate);
@@ -469,6 +476,7 @@ fn moe_block_matches_cpu() {
             experts,
             top_k,
             normalize,
+            moe::RouterKernelScoring::Softmax,
             &mut chosen.as_view_mut(),
             &mut chosen_weights.as_view_mut(),
         )
@@ -544,10 +552,11 @@ fn moe_block_matches_cpu() {
                 inter,
             )
             .unwrap();
-            elementwise::silu_mul(
+            elementwise::gated_activation(
                 &gpu,
                 &mut gate.slice_mut(..n * inter),
                 &up.slice(..n * inter),
+                GatedActivation::Silu,
             )
             .unwrap();
             let mut out_rows = expert_out.slice_mut(start * hidden..(start + n) * hidden);
@@ -621,7 +630,13 @@ fn moe_block_matches_cpu() {
             shared_inter,
         )
         .unwrap();
-        elementwise::silu_mul(&gpu, &mut sg.as_view_mut(), &su.as_view()).unwrap();
+        elementwise::gated_activation(
+            &gpu,
+            &mut sg.as_view_mut(),
+            &su.as_view(),
+            GatedActivation::Silu,
+        )
+        .unwrap();
         let mut shared = zeros(&gpu, tokens * hidden);
         gemm::linear_f32(
             &gpu,

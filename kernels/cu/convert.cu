@@ -29,3 +29,90 @@ extern "C" __global__ void embedding_gather_kernel(
         out[(unsigned long long)t * width + d] = v;
     }
 }
+
+// 2^e as an f32 for -126 <= e <= 127.
+__device__ __forceinline__ float pow2(int e) {
+    return __int_as_float((e + 127) << 23);
+}
+
+// E2M1 codes: bit 3 the sign, then 2 exponent bits and 1 mantissa bit.
+__device__ __forceinline__ float fp4_value(u32 code) {
+    const float magnitudes[8] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f};
+    float m = magnitudes[code & 7u];
+    return (code & 8u) ? -m : m;
+}
+
+// value * 2^exponent as transformers' torch.ldexp (and the CPU's dequantizer): in two
+// factors, so that no power of two overflows and zero stays zero at every scale.
+__device__ __forceinline__ float ldexp_split(float value, int exponent) {
+    if (value == 0.0f) return value;
+    int half = exponent / 2;
+    return value * pow2(half) * pow2(exponent - half);
+}
+
+// MXFP4 -> bf16 (out_bf16 = 1) or f32: out (out_rows, cols) row r = stored row
+// row_offset + row_stride * r of blocks (stored_rows, cols / 32, 16) U8 (low nibble the even
+// column) with scales (stored_rows, cols / 32) U8 (E8M0, 2^(scale - 127)). One thread per byte.
+extern "C" __global__ void mxfp4_dequant_kernel(
+    const unsigned char* blocks, const unsigned char* scales, void* out, int out_bf16,
+    unsigned long long out_rows, int cols, int row_stride, int row_offset) {
+    unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x;
+    unsigned long long row_bytes = (unsigned long long)cols / 2;
+    if (i >= out_rows * row_bytes) return;
+    unsigned long long r = i / row_bytes, b = i % row_bytes;
+    unsigned long long stored_row = (unsigned long long)row_offset + (unsigned long long)row_stride * r;
+    unsigned char byte = blocks[stored_row * row_bytes + b];
+    int exponent = (int)scales[stored_row * (cols / 32) + b / 16] - 127;
+    float lo = ldexp_split(fp4_value(byte & 0x0fu), exponent);
+    float hi = ldexp_split(fp4_value(byte >> 4), exponent);
+    unsigned long long o = r * cols + 2 * b;
+    if (out_bf16) {
+        ((u16*)out)[o] = f32_to_bf16(lo);
+        ((u16*)out)[o + 1] = f32_to_bf16(hi);
+    } else {
+        ((float*)out)[o] = lo;
+        ((float*)out)[o + 1] = hi;
+    }
+}
+
+// Stored element i of a `dtype` (0 f32, 1 bf16, 2 f16) tensor as f32.
+__device__ __forceinline__ float stored_value(const void* in, int dtype, unsigned long long i) {
+    if (dtype == 0) return ((const float*)in)[i];
+    if (dtype == 1) return bf16_to_f32(((const u16*)in)[i]);
+    return f16_to_f32(((const u16*)in)[i]);
+}
+
+// An in-major (inputs, columns) matrix's every column_stride-th column from column_offset,
+// transposed: out (outputs, inputs)[j][i] = in[i][column_offset + column_stride * j], in
+// bf16 (out_bf16 = 1) or f32. 32 x 32 tiles through shared memory, blocks of 32 x 8.
+extern "C" __global__ void in_major_columns_kernel(
+    const void* in, int dtype, void* out, int out_bf16, int inputs, int columns,
+    int column_stride, int column_offset) {
+    __shared__ float tile[32][33];
+    int outputs = (columns - column_offset + column_stride - 1) / column_stride;
+    int j0 = blockIdx.x * 32, i0 = blockIdx.y * 32;
+    for (int k = threadIdx.y; k < 32; k += 8) {
+        int i = i0 + k, j = j0 + threadIdx.x;
+        if (i < inputs && j < outputs) {
+            unsigned long long at = (unsigned long long)i * columns + column_offset + (unsigned long long)column_stride * j;
+            tile[k][threadIdx.x] = stored_value(in, dtype, at);
+        }
+    }
+    __syncthreads();
+    for (int k = threadIdx.y; k < 32; k += 8) {
+        int j = j0 + k, i = i0 + threadIdx.x;
+        if (i < inputs && j < outputs) {
+            unsigned long long o = (unsigned long long)j * inputs + i;
+            float v = tile[threadIdx.x][k];
+            if (out_bf16) ((u16*)out)[o] = f32_to_bf16(v);
+            else ((float*)out)[o] = v;
+        }
+    }
+}
+
+// out (n) f32 = every stride-th element of a `dtype` tensor from offset (a fused bias's half).
+extern "C" __global__ void strided_to_f32_kernel(
+    const void* in, int dtype, float* out, unsigned long long n, int stride, int offset) {
+    unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x;
+    if (i < n) out[i] = stored_value(in, dtype, (unsigned long long)offset + (unsigned long long)stride * i);
+}

@@ -2,23 +2,28 @@
 
 #define ELEMENT_INDEX unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x
 
-// gate = silu(gate) * up
-extern "C" __global__ void silu_mul_kernel(float* gate, const float* up, unsigned long long n) {
-    ELEMENT_INDEX;
-    if (i < n) {
-        float g = gate[i];
-        gate[i] = g / (1.0f + expf(-g)) * up[i];
-    }
+// The gated activation of gate and up: silu(gate) * up (clamped = 0), or GPT-OSS's clamped
+// SwiGLU (clamped = 1): g = min(gate, limit), (clamp(up, -limit, limit) + 1) * g * sigmoid(alpha g).
+__device__ __forceinline__ float gated(float g, float u, int clamped, float limit, float alpha) {
+    if (!clamped) return g / (1.0f + expf(-g)) * u;
+    float x = fminf(g, limit);
+    float glu = x / (1.0f + expf(-x * alpha));
+    return (fminf(fmaxf(u, -limit), limit) + 1.0f) * glu;
 }
 
-// out = bf16(silu(gate) * up): the next GEMM's bf16 input, in one pass
-extern "C" __global__ void silu_mul_bf16_kernel(
-    const float* gate, const float* up, u16* out, unsigned long long n) {
+// gate = gated(gate, up)
+extern "C" __global__ void gated_activation_kernel(
+    float* gate, const float* up, unsigned long long n, int clamped, float limit, float alpha) {
     ELEMENT_INDEX;
-    if (i < n) {
-        float g = gate[i];
-        out[i] = f32_to_bf16(g / (1.0f + expf(-g)) * up[i]);
-    }
+    if (i < n) gate[i] = gated(gate[i], up[i], clamped, limit, alpha);
+}
+
+// out = bf16(gated(gate, up)): the next GEMM's bf16 input, in one pass
+extern "C" __global__ void gated_activation_bf16_kernel(
+    const float* gate, const float* up, u16* out, unsigned long long n, int clamped, float limit,
+    float alpha) {
+    ELEMENT_INDEX;
+    if (i < n) out[i] = f32_to_bf16(gated(gate[i], up[i], clamped, limit, alpha));
 }
 
 // acc += x

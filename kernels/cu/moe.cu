@@ -3,36 +3,53 @@
 // token order (unpermute) in ascending expert order, the order transformers adds them in.
 
 // One thread per token. chosen/weights: (tokens, top_k), best first; ties: lower index.
+// scoring 0: softmax over all experts, the top k of the probabilities; scoring 1 (GPT-OSS):
+// the top k of the logits, softmax over those k only. normalize: weights divided by their sum.
 extern "C" __global__ void router_topk_kernel(
-    const float* logits, int tokens, int experts, int top_k, int normalize, u32* chosen, float* weights) {
+    const float* logits, int tokens, int experts, int top_k, int normalize, int scoring, u32* chosen,
+    float* weights) {
     int t = blockIdx.x * blockDim.x + threadIdx.x;
     if (t >= tokens) return;
     const float* row = logits + (unsigned long long)t * experts;
     float max_logit = -INFINITY;
     for (int e = 0; e < experts; e++) max_logit = fmaxf(max_logit, row[e]);
     float total = 0.0f;
-    for (int e = 0; e < experts; e++) total += expf(row[e] - max_logit);
+    if (scoring == 0) {
+        for (int e = 0; e < experts; e++) total += expf(row[e] - max_logit);
+    }
     u32* my_chosen = chosen + (unsigned long long)t * top_k;
     float* my_weights = weights + (unsigned long long)t * top_k;
-    float chosen_sum = 0.0f;
     for (int slot = 0; slot < top_k; slot++) {
         int best = -1;
-        float best_probability = -1.0f;
+        float best_score = -INFINITY;
         for (int e = 0; e < experts; e++) {
             bool taken = false;
             for (int s = 0; s < slot; s++) taken |= (my_chosen[s] == (u32)e);
             if (taken) continue;
-            float probability = expf(row[e] - max_logit) / total;
-            if (probability > best_probability) {
+            float score = scoring == 0 ? expf(row[e] - max_logit) / total : row[e];
+            // The first untaken expert stands until a larger score (never an index out of range).
+            if (best < 0 || score > best_score) {
                 best = e;
-                best_probability = probability;
+                best_score = score;
             }
         }
         my_chosen[slot] = (u32)best;
-        my_weights[slot] = best_probability;
-        chosen_sum += best_probability;
+        my_weights[slot] = best_score;
+    }
+    if (scoring == 1) {
+        // Softmax over the chosen logits (the first is their maximum).
+        float chosen_max = -INFINITY;
+        for (int slot = 0; slot < top_k; slot++) chosen_max = fmaxf(chosen_max, my_weights[slot]);
+        float chosen_total = 0.0f;
+        for (int slot = 0; slot < top_k; slot++) {
+            my_weights[slot] = expf(my_weights[slot] - chosen_max);
+            chosen_total += my_weights[slot];
+        }
+        for (int slot = 0; slot < top_k; slot++) my_weights[slot] /= chosen_total;
     }
     if (normalize) {
+        float chosen_sum = 0.0f;
+        for (int slot = 0; slot < top_k; slot++) chosen_sum += my_weights[slot];
         for (int slot = 0; slot < top_k; slot++) my_weights[slot] /= chosen_sum;
     }
 }

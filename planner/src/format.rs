@@ -116,6 +116,63 @@ impl WeightFormat {
     }
 }
 
+/// How a stored tensor (or slice) becomes the matrix a role needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Layout {
+    /// As stored: `(out, in)` matrices, vectors.
+    #[default]
+    AsStored,
+    /// Every `stride`-th column from `offset` of an in-major `(in, stride * out)` slice,
+    /// transposed to `(out, in)` (GPT-OSS's fused `gate_up_proj`: gate the even columns, up
+    /// the odd ones; `down_proj` with stride 1).
+    InMajorColumns {
+        /// Columns apart.
+        stride: usize,
+        /// The first.
+        offset: usize,
+    },
+    /// Every `stride`-th row from `offset` of an out-major `(stride * out, in)` matrix or a
+    /// `(stride * out)` vector (MXFP4 `gate_up`, fused biases).
+    Rows {
+        /// Rows apart.
+        stride: usize,
+        /// The first.
+        offset: usize,
+    },
+}
+
+impl Layout {
+    /// Stored elements per element of the result (1 as stored).
+    pub fn stride(self) -> usize {
+        match self {
+            Layout::AsStored => 1,
+            Layout::InMajorColumns { stride, .. } | Layout::Rows { stride, .. } => stride.max(1),
+        }
+    }
+}
+
+/// Bytes of a weight after conversion for the GEMM, from the shape its values are stored in
+/// (`shape`: a dense tensor or slice; for a quantized one, its matrix `[rows, cols]`):
+/// vectors become f32; matrices the GEMM dtype, used in place (0 bytes) only when stored in
+/// it and not re-laid out.
+pub fn converted_bytes(
+    shape: &[usize],
+    format: WeightFormat,
+    layout: Layout,
+    gemm: GemmDtype,
+) -> u64 {
+    let numel: usize = shape.iter().product();
+    let elements = (numel / layout.stride()) as u64;
+    match shape.len() {
+        1 => align(elements * 4),
+        _ if layout == Layout::AsStored => {
+            let cols = shape.last().copied().unwrap_or(0).max(1);
+            format.converted_bytes(numel / cols, cols, gemm)
+        }
+        _ => align(elements * gemm.size_bytes()),
+    }
+}
+
 /// Stored bytes (staging layout, aligned) and converted bytes of one tensor of `shape`
 /// stored as `dtype` in `byte_len` bytes: 1-D tensors become f32; matrices (the last two
 /// dimensions) the GEMM dtype unless stored in it.
@@ -125,45 +182,35 @@ pub fn tensor_bytes(
     byte_len: u64,
     gemm: GemmDtype,
 ) -> (u64, u64) {
-    let numel: usize = shape.iter().product();
-    let converted = match shape.len() {
-        1 => align(numel as u64 * 4),
-        _ => {
-            let cols = shape.last().copied().unwrap_or(0).max(1);
-            WeightFormat::Dense(dtype).converted_bytes(numel / cols, cols, gemm)
-        }
-    };
+    let converted = converted_bytes(shape, WeightFormat::Dense(dtype), Layout::AsStored, gemm);
     (align(byte_len), converted)
 }
 
 /// Stored bytes (staging layout) and bytes after conversion for the GEMM of the weight
-/// `tensor` refers to (`None`: a tensor it needs is not in `index`).
+/// `tensor` refers to, read with `layout` (`None`: a tensor it needs is not in `index`).
 pub fn ref_bytes(
     tensor: &TensorRef,
+    layout: Layout,
     index: &HashMap<&str, &TensorEntry>,
     gemm: GemmDtype,
 ) -> Option<(u64, u64)> {
     let byte_len = |name: &str| index.get(name).map(|t| t.byte_len);
-    match tensor {
-        TensorRef::Whole(name) => {
-            let t = index.get(name.as_str())?;
-            Some(tensor_bytes(&t.shape, t.dtype, t.byte_len, gemm))
-        }
-        TensorRef::Stacked { name, rows, .. } => {
-            let t = index.get(name.as_str())?;
+    let stored = tensor.staged_bytes(&byte_len)?;
+    let t = index.get(tensor.name())?;
+    let (shape, format) = match tensor {
+        TensorRef::Whole(_) => (t.shape.clone(), WeightFormat::Dense(t.dtype)),
+        TensorRef::Stacked { rows, .. } => {
             // One expert's rows: [rows, ...] of the [count, total_rows, ...] tensor.
             let mut shape = t.shape.get(1..)?.to_vec();
             *shape.first_mut()? = rows.len();
-            let range = tensor.byte_ranges(&byte_len)?;
-            Some(tensor_bytes(&shape, t.dtype, range[0].len, gemm))
+            (shape, WeightFormat::Dense(t.dtype))
         }
-        TensorRef::Quantized { format, values, .. } => {
-            let t = index.get(values.name())?;
+        TensorRef::Quantized { format, .. } => {
             let (rows, cols) = format.matrix_of(&t.shape)?;
-            let stored = tensor.staged_bytes(&byte_len)?;
-            Some((stored, format.converted_bytes(rows, cols, gemm)))
+            (vec![rows, cols], *format)
         }
-    }
+    };
+    Some((stored, converted_bytes(&shape, format, layout, gemm)))
 }
 
 /// Where a weight's bytes are in the checkpoint.

@@ -6,24 +6,43 @@
 //! Which tensor belongs to which part comes from the runtime (it knows each tensor's role);
 //! the sizes come from the safetensors headers, like everything the planner sizes.
 
-use crate::format::{GemmDtype, TensorRef, ref_bytes};
+use crate::format::{GemmDtype, Layout, TensorRef, ref_bytes};
 use crate::inventory::{Inventory, TensorEntry};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::ops::Range;
 
+/// One weight of a layer: where its bytes are and how they are laid out for its role.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupTensor {
+    /// Its bytes.
+    pub source: TensorRef,
+    /// How they become the role's matrix or vector.
+    pub layout: Layout,
+}
+
+impl<T: Into<TensorRef>> From<T> for GroupTensor {
+    fn from(source: T) -> Self {
+        GroupTensor {
+            source: source.into(),
+            layout: Layout::AsStored,
+        }
+    }
+}
+
 /// A layer's weights (by where their bytes are), grouped by the split parts that need them.
+/// Weights read from the same bytes (GPT-OSS's gate and up of one fused tensor) stream once.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct LayerTensorGroups {
     /// Attention: its norms, projections and biases.
-    pub attention: Vec<TensorRef>,
+    pub attention: Vec<GroupTensor>,
     /// What every feed-forward part needs: the MLP's input and output norms, the router.
-    pub routing: Vec<TensorRef>,
+    pub routing: Vec<GroupTensor>,
     /// The dense MLP or the shared expert: in the last feed-forward part only.
-    pub last: Vec<TensorRef>,
+    pub last: Vec<GroupTensor>,
     /// The routed experts' weights, by expert index (slices of one stacked tensor when the
     /// checkpoint fuses them).
-    pub experts: Vec<Vec<TensorRef>>,
+    pub experts: Vec<Vec<GroupTensor>>,
 }
 
 /// One unit of a layer that streams and computes as a whole.
@@ -189,9 +208,12 @@ pub fn needs_accumulator<'a>(parts: impl IntoIterator<Item = &'a LayerPart>) -> 
 }
 
 /// The weights a part needs.
-pub fn part_tensor_refs<'a>(groups: &'a LayerTensorGroups, part: &LayerPart) -> Vec<&'a TensorRef> {
+pub fn part_tensor_refs<'a>(
+    groups: &'a LayerTensorGroups,
+    part: &LayerPart,
+) -> Vec<&'a GroupTensor> {
     let num_experts = groups.experts.len();
-    let mut refs: Vec<&TensorRef> = Vec::new();
+    let mut refs: Vec<&GroupTensor> = Vec::new();
     if part.runs_attention() {
         refs.extend(&groups.attention);
     }
@@ -211,7 +233,7 @@ pub fn part_tensor_refs<'a>(groups: &'a LayerTensorGroups, part: &LayerPart) -> 
 pub fn part_tensor_names<'a>(groups: &'a LayerTensorGroups, part: &LayerPart) -> Vec<&'a str> {
     part_tensor_refs(groups, part)
         .into_iter()
-        .map(TensorRef::name)
+        .map(|t| t.source.name())
         .collect()
 }
 
@@ -250,11 +272,18 @@ impl GroupBytes {
         groups: &LayerTensorGroups,
         gemm: GemmDtype,
     ) -> Self {
-        let sum = |refs: &[TensorRef]| {
-            refs.iter()
-                .filter_map(|r| ref_bytes(r, index, gemm))
-                .map(|(stored, converted)| Bytes { stored, converted })
-                .fold(Bytes::default(), |a, b| a + b)
+        let sum = |tensors: &[GroupTensor]| {
+            let mut bytes = Bytes::default();
+            for (i, t) in tensors.iter().enumerate() {
+                let Some((stored, converted)) = ref_bytes(&t.source, t.layout, index, gemm) else {
+                    continue;
+                };
+                // Bytes another weight of the group reads too are staged once.
+                let staged_before = tensors[..i].iter().any(|o| o.source == t.source);
+                bytes.stored += if staged_before { 0 } else { stored };
+                bytes.converted += converted;
+            }
+            bytes
         };
         GroupBytes {
             attention: sum(&groups.attention),

@@ -4,7 +4,7 @@
 
 use crate::arch::{LayerTensor, ModelSpec, WeightRole};
 use crate::error::{Result, RuntimeError};
-use layerstream_planner::split::{LayerPart, LayerTensorGroups};
+use layerstream_planner::split::{GroupTensor, LayerPart, LayerTensorGroups};
 
 /// The group of the planner's [`LayerTensorGroups`] a role belongs to.
 enum Group {
@@ -39,11 +39,16 @@ pub fn tensor_groups(spec: &ModelSpec, layer: usize) -> LayerTensorGroups {
         ..LayerTensorGroups::default()
     };
     for tensor in spec.layer_tensors(layer) {
-        match group_of(tensor.role) {
-            Group::Attention => groups.attention.push(tensor.source),
-            Group::Routing => groups.routing.push(tensor.source),
-            Group::Last => groups.last.push(tensor.source),
-            Group::Expert(e) => groups.experts[e].push(tensor.source),
+        let role = tensor.role;
+        let weight = GroupTensor {
+            source: tensor.source,
+            layout: tensor.layout,
+        };
+        match group_of(role) {
+            Group::Attention => groups.attention.push(weight),
+            Group::Routing => groups.routing.push(weight),
+            Group::Last => groups.last.push(weight),
+            Group::Expert(e) => groups.experts[e].push(weight),
         }
     }
     groups
@@ -158,7 +163,7 @@ mod tests {
             groups
                 .routing
                 .iter()
-                .any(|n| n.name().ends_with("mlp.gate.weight"))
+                .any(|n| n.source.name().ends_with("mlp.gate.weight"))
         );
     }
 }

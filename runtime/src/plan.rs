@@ -51,7 +51,9 @@ pub fn point_width(spec: &ModelSpec, point: CapturePoint) -> usize {
     }
 }
 
-/// The dtype most layer weight bytes are stored in.
+/// The dtype most layer weight bytes are stored in (MXFP4 blocks and scales, the only U8
+/// weights a model opens with, count as bf16: every value they hold is a bf16 value, and
+/// transformers computes them in bf16).
 pub fn dominant_weight_dtype(model: &Model) -> TensorDtype {
     let mut bytes: Vec<(TensorDtype, u64)> = Vec::new();
     for tensor in model
@@ -61,9 +63,13 @@ pub fn dominant_weight_dtype(model: &Model) -> TensorDtype {
         .iter()
         .filter(|t| matches!(t.class, TensorClass::Layer(_)))
     {
-        match bytes.iter_mut().find(|(d, _)| *d == tensor.dtype) {
+        let dtype = match tensor.dtype {
+            TensorDtype::Other("U8") => TensorDtype::Bf16,
+            dtype => dtype,
+        };
+        match bytes.iter_mut().find(|(d, _)| *d == dtype) {
             Some((_, b)) => *b += tensor.byte_len,
-            None => bytes.push((tensor.dtype, tensor.byte_len)),
+            None => bytes.push((dtype, tensor.byte_len)),
         }
     }
     bytes

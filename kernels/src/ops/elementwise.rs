@@ -6,42 +6,80 @@ use crate::gpu::Gpu;
 use crate::sources::ELEMENTWISE;
 use cudarc::driver::{CudaView, CudaViewMut};
 
-/// `gate = silu(gate) * up`.
-pub fn silu_mul(gpu: &Gpu, gate: &mut CudaViewMut<f32>, up: &CudaView<f32>) -> Result<()> {
+/// The gated activation of a gated MLP, `act(gate, up)` elementwise.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum GatedActivation {
+    /// `silu(gate) * up`.
+    Silu,
+    /// GPT-OSS's `(clamp(up, -limit, limit) + 1) * g * sigmoid(alpha * g)`, `g = min(gate, limit)`.
+    ClampedSwiglu {
+        /// The clamp.
+        limit: f32,
+        /// The sigmoid's slope.
+        alpha: f32,
+    },
+}
+
+impl GatedActivation {
+    /// The kernels' `(clamped, limit, alpha)` arguments.
+    fn arguments(self) -> (i32, f32, f32) {
+        match self {
+            GatedActivation::Silu => (0, 0.0, 0.0),
+            GatedActivation::ClampedSwiglu { limit, alpha } => (1, limit, alpha),
+        }
+    }
+}
+
+/// `gate = act(gate, up)`.
+pub fn gated_activation(
+    gpu: &Gpu,
+    gate: &mut CudaViewMut<f32>,
+    up: &CudaView<f32>,
+    activation: GatedActivation,
+) -> Result<()> {
     let n = up.len();
-    check_len("silu_mul gate", gate, n)?;
+    check_len("gated activation gate", gate, n)?;
     let n64 = n as u64;
+    let (clamped, limit, alpha) = activation.arguments();
     launch!(
         gpu,
         ELEMENTWISE,
-        "silu_mul_kernel",
+        "gated_activation_kernel",
         grid_for(n),
         gate,
         up,
-        &n64
+        &n64,
+        &clamped,
+        &limit,
+        &alpha
     )
 }
 
-/// `out = bf16(silu(gate) * up)`: the same values `silu_mul` then `f32_to_bf16` give.
-pub fn silu_mul_to_bf16(
+/// `out = bf16(act(gate, up))`: the same values `gated_activation` then `f32_to_bf16` give.
+pub fn gated_activation_to_bf16(
     gpu: &Gpu,
     gate: &CudaView<f32>,
     up: &CudaView<f32>,
     out: &mut CudaViewMut<u16>,
+    activation: GatedActivation,
 ) -> Result<()> {
     let n = up.len();
-    check_len("silu_mul gate", gate, n)?;
-    check_len("silu_mul out", out, n)?;
+    check_len("gated activation gate", gate, n)?;
+    check_len("gated activation out", out, n)?;
     let n64 = n as u64;
+    let (clamped, limit, alpha) = activation.arguments();
     launch!(
         gpu,
         ELEMENTWISE,
-        "silu_mul_bf16_kernel",
+        "gated_activation_bf16_kernel",
         grid_for(n),
         gate,
         up,
         out,
-        &n64
+        &n64,
+        &clamped,
+        &limit,
+        &alpha
     )
 }
 

@@ -6,25 +6,38 @@ use crate::gpu::Gpu;
 use crate::sources::MOE;
 use cudarc::driver::{CudaView, CudaViewMut, DeviceRepr};
 
-/// Softmax over `experts` logits per token, top-k (best first, ties to the lower index),
-/// renormalised when `normalize`. `chosen`, `weights`: `(tokens, top_k)`.
+/// How the router turns logits into its choice and weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouterKernelScoring {
+    /// Softmax over every expert, then the top k of the probabilities.
+    Softmax = 0,
+    /// The top k of the logits, then a softmax over those k (GPT-OSS).
+    TopKSoftmax = 1,
+}
+
+/// The router's top-k per token of `logits (tokens, experts)` (best first, ties to the lower
+/// index), weighted by `scoring`, renormalised when `normalize`. `chosen`, `weights`:
+/// `(tokens, top_k)`.
+#[allow(clippy::too_many_arguments)]
 pub fn router_top_k(
     gpu: &Gpu,
     logits: &CudaView<f32>,
     experts: usize,
     top_k: usize,
     normalize: bool,
+    scoring: RouterKernelScoring,
     chosen: &mut CudaViewMut<u32>,
     weights: &mut CudaViewMut<f32>,
 ) -> Result<()> {
     let tokens = logits.len() / experts;
     check_len("router chosen", chosen, tokens * top_k)?;
     check_len("router weights", weights, tokens * top_k)?;
-    let (tokens_i, experts_i, k_i, norm_i) = (
+    let (tokens_i, experts_i, k_i, norm_i, scoring_i) = (
         tokens as i32,
         experts as i32,
         top_k as i32,
         normalize as i32,
+        scoring as i32,
     );
     launch!(
         gpu,
@@ -36,6 +49,7 @@ pub fn router_top_k(
         &experts_i,
         &k_i,
         &norm_i,
+        &scoring_i,
         chosen,
         weights
     )

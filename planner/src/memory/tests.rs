@@ -1,14 +1,13 @@
 //! The memory model's tests.
 
 use super::*;
-use crate::format::TensorRef;
 use crate::inventory::Inventory;
 use crate::inventory::{TensorDtype, TensorEntry, classify_expert, classify_tensor_name};
-use crate::split::{LayerPart, LayerTensorGroups};
+use crate::split::{GroupTensor, LayerPart, LayerTensorGroups};
 use crate::statistics::CapturedPoint;
 
-fn last_name(refs: &[TensorRef]) -> String {
-    refs.last().unwrap().name().to_string()
+fn last_name(refs: &[GroupTensor]) -> String {
+    refs.last().unwrap().source.name().to_string()
 }
 use std::path::PathBuf;
 
@@ -58,7 +57,7 @@ fn dense() -> (Inventory, Vec<LayerShapes>) {
                     .iter()
                     .map(|p| format!("model.layers.{l}.self_attn.{p}_proj.weight"))
                     .chain([format!("model.layers.{l}.input_layernorm.weight")])
-                    .map(TensorRef::from)
+                    .map(GroupTensor::from)
                     .collect(),
                 routing: vec![format!("model.layers.{l}.post_attention_layernorm.weight").into()],
                 last: ["gate", "up", "down"]
@@ -290,7 +289,7 @@ fn moe() -> (Inventory, Vec<LayerShapes>) {
             add(names[2].clone(), vec![1024, 2048]);
             groups
                 .experts
-                .push(names.into_iter().map(TensorRef::from).collect());
+                .push(names.into_iter().map(GroupTensor::from).collect());
         }
         shapes.push(LayerShapes {
             hidden: 1024,

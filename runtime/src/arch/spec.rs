@@ -265,29 +265,7 @@ pub struct LayerTensor {
     pub layout: Layout,
 }
 
-/// How a stored tensor (or slice) becomes the matrix a role needs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Layout {
-    /// As stored: `(out, in)` matrices, vectors.
-    AsStored,
-    /// Every `stride`-th column from `offset` of an in-major `(in, stride * out)` slice,
-    /// transposed to `(out, in)` (GPT-OSS's fused `gate_up_proj`: gate the even columns, up
-    /// the odd ones; `down_proj` with stride 1).
-    InMajorColumns {
-        /// Columns apart.
-        stride: usize,
-        /// The first.
-        offset: usize,
-    },
-    /// Every `stride`-th row from `offset` of an out-major `(stride * out, in)` matrix or a
-    /// `(stride * out)` vector (MXFP4 `gate_up`, fused biases).
-    Rows {
-        /// Rows apart.
-        stride: usize,
-        /// The first.
-        offset: usize,
-    },
-}
+pub use layerstream_planner::format::Layout;
 
 impl LayerTensor {
     /// The safetensors name of the tensor holding it.

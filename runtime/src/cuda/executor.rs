@@ -35,37 +35,25 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Refuses models that need ops the CUDA backend has no kernels for yet (GPT-OSS's clamped
-/// SwiGLU, biased top-k-then-softmax router, MXFP4 or re-laid-out fused experts), before
-/// anything is allocated. Read off the spec, as every backend decision is.
+/// Refuses a model whose weights are in a format the CUDA backend has no kernel for (every
+/// quantized format but MXFP4), before any work starts.
 fn refuse_unsupported(model: &Model) -> Result<()> {
-    use crate::arch::{Activation, Layout, RouterScoring};
+    use layerstream_planner::format::{TensorRef, WeightFormat};
     let spec = &model.spec;
-    let missing = if matches!(spec.block.activation, Activation::ClampedSwiglu { .. }) {
-        Some("the clamped SwiGLU")
-    } else if (0..spec.num_layers).any(|l| {
-        spec.moe(l)
-            .is_some_and(|m| m.scoring == RouterScoring::TopKSoftmax)
-    }) {
-        Some("the top-k-then-softmax router")
-    } else if (0..spec.num_layers).any(|l| {
-        spec.layer_tensors(l).iter().any(|t| {
-            t.layout != Layout::AsStored
-                || matches!(
-                    t.source,
-                    layerstream_planner::format::TensorRef::Quantized { .. }
-                )
-        })
-    }) {
-        Some("fused or MXFP4 expert weights")
-    } else {
-        None
-    };
-    match missing {
-        Some(what) => Err(RuntimeError::InvalidRequest(format!(
-            "{}: {} runs on the CPU backend in this build; the CUDA kernels for {what} (and MXFP4 experts) are not written yet. Use --device cpu",
-            model.dir.display(),
-            spec.family.model_type()
+    let unsupported = (0..spec.num_layers).find_map(|l| {
+        spec.layer_tensors(l)
+            .into_iter()
+            .find_map(|t| match t.source {
+                TensorRef::Quantized { format, .. } if format != WeightFormat::Mxfp4 => {
+                    Some((t.name().to_string(), format))
+                }
+                _ => None,
+            })
+    });
+    match unsupported {
+        Some((name, format)) => Err(RuntimeError::InvalidRequest(format!(
+            "{}: {name} is stored as {format:?}, which the CUDA backend cannot dequantize yet. Use --device cpu",
+            model.dir.display()
         ))),
         None => Ok(()),
     }

@@ -13,6 +13,7 @@ use layerstream_kernels::Gpu;
 use layerstream_kernels::cudarc::driver::{
     CudaSlice, CudaView, CudaViewMut, DeviceRepr, ValidAsZeroBits,
 };
+use layerstream_kernels::ops::elementwise::GatedActivation;
 use layerstream_kernels::ops::{elementwise, moe};
 use layerstream_planner::memory::{BufferName, ScratchManifest};
 use std::ops::Range;
@@ -130,7 +131,7 @@ pub fn route(
         gpu,
         x,
         &weights.matrix(WeightRole::Router),
-        None,
+        weights.maybe_vector(WeightRole::RouterBias),
         &mut logits,
         tokens,
         hidden,
@@ -139,27 +140,44 @@ pub fn route(
     )?;
     let mut chosen = b.chosen.slice_mut(..tokens * top_k);
     let mut chosen_weights = b.weights.slice_mut(..tokens * top_k);
-    match spec.scoring {
-        RouterScoring::Softmax => moe::router_top_k(
-            gpu,
-            &logits.as_view(),
-            experts,
-            top_k,
-            spec.normalize_top_k,
-            &mut chosen,
-            &mut chosen_weights,
-        )?,
-        RouterScoring::TopKSoftmax => return Err(not_on_cuda("the top-k-then-softmax router")),
-    }
+    let scoring = match spec.scoring {
+        RouterScoring::Softmax => moe::RouterKernelScoring::Softmax,
+        RouterScoring::TopKSoftmax => moe::RouterKernelScoring::TopKSoftmax,
+    };
+    moe::router_top_k(
+        gpu,
+        &logits.as_view(),
+        experts,
+        top_k,
+        spec.normalize_top_k,
+        scoring,
+        &mut chosen,
+        &mut chosen_weights,
+    )?;
     Ok(())
 }
 
-/// An op the CUDA backend has no kernel for; the executor refuses such models first
-/// (`executor::refuse_unsupported`), so reaching this is a bug.
-fn not_on_cuda(what: &str) -> RuntimeError {
-    RuntimeError::internal(format!(
-        "{what} reached the CUDA backend, which refuses models needing it before they run"
-    ))
+/// The kernels' form of the block's gated activation.
+pub fn kernel_activation(activation: Activation) -> GatedActivation {
+    match activation {
+        Activation::Silu => GatedActivation::Silu,
+        Activation::ClampedSwiglu { limit, alpha } => {
+            GatedActivation::ClampedSwiglu { limit, alpha }
+        }
+    }
+}
+
+/// `y += bias` when the layer has one for `role`.
+fn add_bias(
+    gpu: &Gpu,
+    weights: &DeviceLayer,
+    role: WeightRole,
+    y: &mut CudaViewMut<f32>,
+) -> Result<()> {
+    if let Some(bias) = weights.maybe_vector(role) {
+        elementwise::add_bias(gpu, y, &bias.as_view())?;
+    }
+    Ok(())
 }
 
 /// Routed experts `run_experts` of the last [`route`] on `x (tokens, hidden)`, their
@@ -209,18 +227,22 @@ pub fn experts(
             let mut u = b.up.slice_mut(..n * inter);
             let gate_w = weights.matrix(ExpertGate(expert));
             linear_bf16_input(gpu, &rows_in, &gate_w, &mut g, n, hidden, inter)?;
+            add_bias(gpu, weights, ExpertGateBias(expert), &mut g)?;
             let up_w = weights.matrix(ExpertUp(expert));
             linear_bf16_input(gpu, &rows_in, &up_w, &mut u, n, hidden, inter)?;
+            add_bias(gpu, weights, ExpertUpBias(expert), &mut u)?;
             let mut activated = bf16.first(n * inter)?;
-            match activation {
-                Activation::Silu => {
-                    elementwise::silu_mul_to_bf16(gpu, &g.as_view(), &u.as_view(), &mut activated)?
-                }
-                Activation::ClampedSwiglu { .. } => return Err(not_on_cuda("the clamped SwiGLU")),
-            }
+            elementwise::gated_activation_to_bf16(
+                gpu,
+                &g.as_view(),
+                &u.as_view(),
+                &mut activated,
+                kernel_activation(activation),
+            )?;
             let mut y = b.expert_out.slice_mut(start * hidden..(start + n) * hidden);
             let down_w = weights.matrix(ExpertDown(expert));
             linear_bf16_input(gpu, &activated.as_view(), &down_w, &mut y, n, inter, hidden)?;
+            add_bias(gpu, weights, ExpertDownBias(expert), &mut y)?;
             continue;
         }
         let rows_in = b.gathered.slice(start * hidden..(start + n) * hidden);
@@ -230,7 +252,7 @@ pub fn experts(
             gpu,
             &rows_in,
             &weights.matrix(ExpertGate(expert)),
-            None,
+            weights.maybe_vector(ExpertGateBias(expert)),
             &mut g,
             n,
             hidden,
@@ -241,7 +263,7 @@ pub fn experts(
             gpu,
             &rows_in,
             &weights.matrix(ExpertUp(expert)),
-            None,
+            weights.maybe_vector(ExpertUpBias(expert)),
             &mut u,
             n,
             hidden,
@@ -254,7 +276,7 @@ pub fn experts(
             gpu,
             &g.as_view(),
             &weights.matrix(ExpertDown(expert)),
-            None,
+            weights.maybe_vector(ExpertDownBias(expert)),
             &mut y,
             n,
             inter,
@@ -333,10 +355,7 @@ pub fn activate(
     up: &CudaView<f32>,
     activation: Activation,
 ) -> Result<()> {
-    match activation {
-        Activation::Silu => elementwise::silu_mul(gpu, gate, up)?,
-        Activation::ClampedSwiglu { .. } => return Err(not_on_cuda("the clamped SwiGLU")),
-    }
+    elementwise::gated_activation(gpu, gate, up, kernel_activation(activation))?;
     Ok(())
 }
 

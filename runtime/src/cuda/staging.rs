@@ -5,14 +5,14 @@
 //! before refilling it. While layer l computes, layer l+1 is read and uploaded. A split
 //! layer streams as its parts, one after the other, in the same two buffers.
 
-use crate::arch::{ModelSpec, WeightRole};
+use crate::arch::{Layout, ModelSpec, WeightRole};
 use crate::error::{Result, RuntimeError};
 use crate::layer_parts::part_tensors;
 use crate::weights::WeightStore;
 use crossbeam::channel::{Receiver, Sender};
 use layerstream_kernels::cudarc::driver::{CudaContext, CudaEvent, PinnedHostSlice};
 use layerstream_planner::TensorDtype;
-use layerstream_planner::format::align;
+use layerstream_planner::format::{TensorRef, WeightFormat, align};
 use layerstream_planner::split::LayerPart;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
@@ -21,15 +21,9 @@ use std::sync::Arc;
 /// Bytes one copy task moves at most.
 const COPY_CHUNK: usize = 16 << 20;
 
-/// Where one tensor sits in a staged layer.
-#[derive(Debug, Clone)]
-pub struct StagedTensor {
-    /// Its role in the layer.
-    pub role: WeightRole,
-    /// Stored shape.
-    pub shape: Vec<usize>,
-    /// Stored dtype.
-    pub dtype: TensorDtype,
+/// One byte range of the checkpoint copied into a staging buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StagedPiece {
     /// Offset in the staging buffer.
     pub offset: usize,
     /// Length in bytes.
@@ -40,6 +34,32 @@ pub struct StagedTensor {
     pub file_offset: u64,
 }
 
+impl StagedPiece {
+    /// Its bytes in the staging buffer.
+    pub fn range(&self) -> std::ops::Range<usize> {
+        self.offset..self.offset + self.len
+    }
+}
+
+/// Where one weight's bytes sit in a staged layer, and how they become its role's matrix
+/// or vector.
+#[derive(Debug, Clone)]
+pub struct StagedTensor {
+    /// Its role in the layer.
+    pub role: WeightRole,
+    /// The shape its values are stored in (the spec's: a tensor or slice; for a quantized
+    /// weight, its matrix `[rows, cols]`).
+    pub shape: Vec<usize>,
+    /// Stored dtype of its values.
+    pub dtype: TensorDtype,
+    /// How the stored values become the role's.
+    pub layout: Layout,
+    /// Its values' bytes.
+    pub values: StagedPiece,
+    /// Its scales' bytes, for a quantized weight (the format).
+    pub scales: Option<(WeightFormat, StagedPiece)>,
+}
+
 /// The layout of one layer (or split part of one) in a staging buffer.
 #[derive(Debug, Clone)]
 pub struct LayerLayout {
@@ -47,13 +67,16 @@ pub struct LayerLayout {
     pub layer: usize,
     /// Which part of it.
     pub part: LayerPart,
-    /// Tensors in buffer order.
+    /// Weights in the spec's table order.
     pub tensors: Vec<StagedTensor>,
+    /// The byte ranges to copy, each once (weights reading the same bytes share a piece).
+    pub pieces: Vec<StagedPiece>,
     /// Bytes used.
     pub bytes: usize,
 }
 
-/// Lays out the tensors `part` of `layer` needs (aligned, in the spec's table order).
+/// Lays out the tensors `part` of `layer` needs (aligned, in the spec's table order; bytes
+/// two weights read, such as GPT-OSS's fused gate and up, are staged once).
 pub fn part_layout(
     store: &WeightStore,
     spec: &ModelSpec,
@@ -61,32 +84,65 @@ pub fn part_layout(
     part: &LayerPart,
 ) -> Result<LayerLayout> {
     let mut offset = 0;
+    let mut pieces: Vec<StagedPiece> = Vec::new();
     let mut tensors = Vec::new();
-    for tensor in part_tensors(spec, layer, part) {
-        // A whole tensor, or one expert's slice of a stacked one: one byte range.
-        let ranges = store.ranges(&tensor.source)?;
+    // A whole tensor, or one expert's slice of a stacked one: one byte range.
+    let mut piece_of = |source: &TensorRef| -> Result<(TensorDtype, StagedPiece)> {
+        let ranges = store.ranges(source)?;
         let [(entry, range)] = ranges.as_slice() else {
             return Err(RuntimeError::internal(format!(
-                "{} has {} byte ranges; the CUDA staging takes one per weight",
-                tensor.name(),
+                "{} has {} byte ranges; the CUDA staging takes one per stored part",
+                source.name(),
                 ranges.len()
             )));
+        };
+        let (file_index, file_offset) = (entry.file_index, entry.byte_offset + range.offset);
+        let len = range.len as usize;
+        if let Some(p) = pieces
+            .iter()
+            .find(|p| (p.file_index, p.file_offset, p.len) == (file_index, file_offset, len))
+        {
+            return Ok((entry.dtype, p.clone()));
+        }
+        let piece = StagedPiece {
+            offset,
+            len,
+            file_index,
+            file_offset,
+        };
+        offset = align(offset as u64 + range.len) as usize;
+        pieces.push(piece.clone());
+        Ok((entry.dtype, piece))
+    };
+    for tensor in part_tensors(spec, layer, part) {
+        let (dtype, values, scales) = match &tensor.source {
+            TensorRef::Quantized {
+                format,
+                values,
+                scales,
+            } => {
+                let (dtype, values) = piece_of(values)?;
+                (dtype, values, Some((*format, piece_of(scales)?.1)))
+            }
+            source => {
+                let (dtype, values) = piece_of(source)?;
+                (dtype, values, None)
+            }
         };
         tensors.push(StagedTensor {
             role: tensor.role,
             shape: tensor.shape.clone(),
-            dtype: entry.dtype,
-            offset,
-            len: range.len as usize,
-            file_index: entry.file_index,
-            file_offset: entry.byte_offset + range.offset,
+            dtype,
+            layout: tensor.layout,
+            values,
+            scales,
         });
-        offset = align(offset as u64 + range.len) as usize;
     }
     Ok(LayerLayout {
         layer,
         part: part.clone(),
         tensors,
+        pieces,
         bytes: offset,
     })
 }
@@ -161,26 +217,26 @@ fn fill(
     let mut tasks: Vec<(&mut [u8], usize, u64)> = Vec::new(); // (destination, file, offset)
     let mut rest = &mut destination[..layout.bytes];
     let mut consumed = 0;
-    for tensor in &layout.tensors {
-        let (_, tail) = rest.split_at_mut(tensor.offset - consumed);
-        let (mine, tail) = tail.split_at_mut(tensor.len);
+    for piece in &layout.pieces {
+        let (_, tail) = rest.split_at_mut(piece.offset - consumed);
+        let (mine, tail) = tail.split_at_mut(piece.len);
         rest = tail;
-        consumed = tensor.offset + tensor.len;
+        consumed = piece.offset + piece.len;
         let file = match files
             .iter()
-            .position(|(index, ..)| *index == tensor.file_index)
+            .position(|(index, ..)| *index == piece.file_index)
         {
             Some(i) => i,
             None => {
-                let path = store.file_path(tensor.file_index);
+                let path = store.file_path(piece.file_index);
                 let opened = std::fs::File::open(path)
                     .map_err(|e| RuntimeError::io("cannot open", path, e))?;
-                files.push((tensor.file_index, opened, path));
+                files.push((piece.file_index, opened, path));
                 files.len() - 1
             }
         };
         for (i, d) in mine.chunks_mut(COPY_CHUNK).enumerate() {
-            tasks.push((d, file, tensor.file_offset + (i * COPY_CHUNK) as u64));
+            tasks.push((d, file, piece.file_offset + (i * COPY_CHUNK) as u64));
         }
     }
     let per_thread = tasks.len().div_ceil(copy_threads.max(1)).max(1);

@@ -4,18 +4,20 @@
 //! tensors to f32 (the planner's `converted` region).
 
 use super::ComputeDtype;
-use super::staging::LayerLayout;
+use super::staging::{LayerLayout, StagedTensor};
 use crate::allocation::{Budget, Reservation};
-use crate::arch::WeightRole;
-use crate::error::Result;
+use crate::arch::{Layout, WeightRole};
+use crate::error::{Result, RuntimeError};
 use crate::weights::WeightStore;
 use crate::weights::dtype::convert_to_f32;
 use crossbeam::channel::Sender;
 use half::bf16;
 use layerstream_kernels::Gpu;
 use layerstream_kernels::cudarc::driver::{CudaEvent, CudaSlice, CudaStream, CudaView};
-use layerstream_kernels::ops::convert::{StoredDtype, f32_to_bf16, half_to_f32};
-use layerstream_planner::format::tensor_bytes;
+use layerstream_kernels::ops::convert::{
+    self, StoredDtype, f32_to_bf16, half_to_f32, mxfp4_dequantize,
+};
+use layerstream_planner::format::{GemmDtype, WeightFormat, converted_bytes};
 use layerstream_planner::{TensorDtype, TensorEntry};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -117,39 +119,51 @@ impl DeviceLayer {
         compute: ComputeDtype,
         budget: &Arc<Budget>,
     ) -> Result<Self> {
-        let converted_bytes: u64 = layout
-            .tensors
-            .iter()
-            .map(|t| tensor_bytes(&t.shape, t.dtype, t.len as u64, compute.gemm()).1)
-            .sum();
+        let gemm = compute.gemm();
+        let converted_bytes: u64 = layout.tensors.iter().map(|t| converted(t, gemm)).sum();
         let what = format!("{} converted weights", layout.part.owner(layout.layer));
         let converted_reservation = budget.reserve(&what, converted_bytes)?;
         gpu.stream.wait(uploaded)?;
         let mut matrices = BTreeMap::new();
         let mut vectors = BTreeMap::new();
         for tensor in &layout.tensors {
-            let bytes = raw.slice(tensor.offset..tensor.offset + tensor.len);
+            let bytes = raw.slice(tensor.values.range());
             let n: usize = tensor.shape.iter().product();
-            if tensor.shape.len() == 1 {
-                vectors.insert(tensor.role, device_to_f32(gpu, &bytes, tensor.dtype, n)?);
+            if let Some((format, scales)) = &tensor.scales {
+                let scales = raw.slice(scales.range());
+                let matrix = dequantize(gpu, tensor, *format, (&bytes, &scales), compute)?;
+                matrices.insert(tensor.role, Placed::Converted(matrix));
                 continue;
             }
-            let placed =
-                match (compute, tensor.dtype) {
-                    (ComputeDtype::Bf16, TensorDtype::Bf16)
-                    | (ComputeDtype::F32, TensorDtype::F32) => {
-                        Placed::InPlace(tensor.offset, n, tensor.dtype)
-                    }
-                    (ComputeDtype::F32, _) => Placed::Converted(DeviceMatrix::F32(device_to_f32(
-                        gpu,
-                        &bytes,
-                        tensor.dtype,
-                        n,
-                    )?)),
-                    (ComputeDtype::Bf16, _) => Placed::Converted(DeviceMatrix::Bf16(
-                        device_to_bf16(gpu, &bytes, tensor.dtype, n)?,
-                    )),
+            if tensor.shape.len() == 1 {
+                let vector = match tensor.layout {
+                    Layout::AsStored => device_to_f32(gpu, &bytes, tensor.dtype, n)?,
+                    layout => strided_vector(gpu, &bytes, tensor.dtype, n, layout)?,
                 };
+                vectors.insert(tensor.role, vector);
+                continue;
+            }
+            let placed = match (compute, tensor.dtype, tensor.layout) {
+                (_, _, Layout::InMajorColumns { stride, offset }) => Placed::Converted(
+                    in_major_columns(gpu, &bytes, tensor, (stride, offset), compute)?,
+                ),
+                (_, _, Layout::Rows { .. }) => {
+                    return Err(RuntimeError::internal(format!(
+                        "{:?}: every other row of a dense matrix is no layout a family uses",
+                        tensor.role
+                    )));
+                }
+                (ComputeDtype::Bf16, TensorDtype::Bf16, Layout::AsStored)
+                | (ComputeDtype::F32, TensorDtype::F32, Layout::AsStored) => {
+                    Placed::InPlace(tensor.values.offset, n, tensor.dtype)
+                }
+                (ComputeDtype::F32, _, Layout::AsStored) => Placed::Converted(DeviceMatrix::F32(
+                    device_to_f32(gpu, &bytes, tensor.dtype, n)?,
+                )),
+                (ComputeDtype::Bf16, _, Layout::AsStored) => Placed::Converted(DeviceMatrix::Bf16(
+                    device_to_bf16(gpu, &bytes, tensor.dtype, n)?,
+                )),
+            };
             matrices.insert(tensor.role, placed);
         }
         Ok(DeviceLayer {
@@ -231,6 +245,150 @@ fn device_to_f32(
         )?,
         other => unreachable!("{} weights are refused when the model opens", other.name()),
     }
+    Ok(out)
+}
+
+/// Device bytes of a staged weight after conversion for the GEMM (the planner's rule).
+fn converted(tensor: &StagedTensor, gemm: GemmDtype) -> u64 {
+    let format = tensor
+        .scales
+        .as_ref()
+        .map_or(WeightFormat::Dense(tensor.dtype), |(format, _)| *format);
+    converted_bytes(&tensor.shape, format, tensor.layout, gemm)
+}
+
+/// The `(stride, offset)` of the rows a layout keeps (every row as stored).
+fn kept_rows(tensor: &StagedTensor) -> Result<(usize, usize)> {
+    match tensor.layout {
+        Layout::AsStored => Ok((1, 0)),
+        Layout::Rows { stride, offset } => Ok((stride, offset)),
+        Layout::InMajorColumns { .. } => Err(RuntimeError::internal(format!(
+            "{:?}: a quantized matrix is out-major; in-major columns are no layout of it",
+            tensor.role
+        ))),
+    }
+}
+
+/// A quantized matrix `(rows, cols)`, the rows its layout keeps, dequantized into the GEMM
+/// dtype.
+fn dequantize(
+    gpu: &Gpu,
+    tensor: &StagedTensor,
+    format: WeightFormat,
+    (blocks, scales): (&CudaView<u8>, &CudaView<u8>),
+    compute: ComputeDtype,
+) -> Result<DeviceMatrix> {
+    let WeightFormat::Mxfp4 = format else {
+        return Err(RuntimeError::internal(format!(
+            "{:?} weights reached the CUDA backend, which refuses them first",
+            format
+        )));
+    };
+    let (rows, cols) = (tensor.shape[0], tensor.shape[1]);
+    let (stride, offset) = kept_rows(tensor)?;
+    let n = rows.saturating_sub(offset).div_ceil(stride) * cols;
+    Ok(match compute {
+        ComputeDtype::Bf16 => {
+            let mut out = gpu.stream.alloc_zeros::<u16>(n)?;
+            mxfp4_dequantize(
+                gpu,
+                blocks,
+                scales,
+                &mut out.as_view_mut(),
+                cols,
+                (stride, offset),
+            )?;
+            DeviceMatrix::Bf16(out)
+        }
+        ComputeDtype::F32 => {
+            let mut out = gpu.stream.alloc_zeros::<f32>(n)?;
+            mxfp4_dequantize(
+                gpu,
+                blocks,
+                scales,
+                &mut out.as_view_mut(),
+                cols,
+                (stride, offset),
+            )?;
+            DeviceMatrix::F32(out)
+        }
+    })
+}
+
+/// The kernels' name for a dense stored dtype.
+fn stored_dtype(dtype: TensorDtype) -> StoredDtype {
+    match dtype {
+        TensorDtype::Bf16 => StoredDtype::Bf16,
+        TensorDtype::F16 => StoredDtype::F16,
+        _ => StoredDtype::F32,
+    }
+}
+
+/// Every `stride`-th column from `offset` of an in-major `(inputs, columns)` weight as an
+/// `(out, in)` matrix in the GEMM dtype.
+fn in_major_columns(
+    gpu: &Gpu,
+    bytes: &CudaView<u8>,
+    tensor: &StagedTensor,
+    (stride, offset): (usize, usize),
+    compute: ComputeDtype,
+) -> Result<DeviceMatrix> {
+    let (inputs, columns) = (tensor.shape[0], tensor.shape[1]);
+    let n = columns.saturating_sub(offset).div_ceil(stride.max(1)) * inputs;
+    let dtype = stored_dtype(tensor.dtype);
+    let shape = (inputs, columns);
+    Ok(match compute {
+        ComputeDtype::Bf16 => {
+            let mut out = gpu.stream.alloc_zeros::<u16>(n)?;
+            convert::in_major_columns(
+                gpu,
+                bytes,
+                dtype,
+                &mut out.as_view_mut(),
+                shape,
+                (stride, offset),
+            )?;
+            DeviceMatrix::Bf16(out)
+        }
+        ComputeDtype::F32 => {
+            let mut out = gpu.stream.alloc_zeros::<f32>(n)?;
+            convert::in_major_columns(
+                gpu,
+                bytes,
+                dtype,
+                &mut out.as_view_mut(),
+                shape,
+                (stride, offset),
+            )?;
+            DeviceMatrix::F32(out)
+        }
+    })
+}
+
+/// Every `stride`-th element from `offset` of a stored vector of `n`, as f32.
+fn strided_vector(
+    gpu: &Gpu,
+    bytes: &CudaView<u8>,
+    dtype: TensorDtype,
+    n: usize,
+    layout: Layout,
+) -> Result<CudaSlice<f32>> {
+    let (stride, offset) = match layout {
+        Layout::Rows { stride, offset } | Layout::InMajorColumns { stride, offset } => {
+            (stride.max(1), offset)
+        }
+        Layout::AsStored => (1, 0),
+    };
+    let mut out = gpu
+        .stream
+        .alloc_zeros::<f32>(n.saturating_sub(offset).div_ceil(stride))?;
+    convert::strided_to_f32(
+        gpu,
+        bytes,
+        stored_dtype(dtype),
+        &mut out.as_view_mut(),
+        (stride, offset),
+    )?;
     Ok(out)
 }
 
