@@ -312,6 +312,59 @@ fn inspect_reports_experts_top_k_active_parameters_and_bytes_per_expert() {
 }
 
 #[test]
+fn inspect_sizes_fused_and_mxfp4_experts_from_the_headers() {
+    let home = tempfile::tempdir().unwrap();
+    let inspect = |name: &str| {
+        let model = fixture_model(name).display().to_string();
+        let out = assert_succeeds(&layerstream(
+            &["inspect", "--model", &model, "--json"],
+            home.path(),
+        ));
+        serde_json::from_str::<Value>(&out).unwrap()
+    };
+    // Per expert, independently: the bytes of layer 0's expert tensors over the expert count,
+    // and parameters counted as values (MXFP4: two per block byte, scales none).
+    let from_headers = |name: &str| {
+        let data = std::fs::read(fixture_model(name).join("model.safetensors")).unwrap();
+        let file = safetensors::SafeTensors::deserialize(&data).unwrap();
+        let (mut expert_bytes, mut parameters) = (0u64, 0u64);
+        for (tensor, view) in file.tensors() {
+            let numel = view.shape().iter().product::<usize>() as u64;
+            parameters += match tensor.as_str() {
+                t if t.ends_with("_blocks") => 2 * numel,
+                t if t.ends_with("_scales") => 0,
+                _ => numel,
+            };
+            if tensor.starts_with("model.layers.0.mlp.experts.") {
+                expert_bytes += view.data().len() as u64;
+            }
+        }
+        (expert_bytes / 4, parameters)
+    };
+    let fused = inspect("gpt_oss");
+    let mxfp4 = inspect("gpt_oss_mxfp4");
+    for (summary, name) in [(&fused, "gpt_oss"), (&mxfp4, "gpt_oss_mxfp4")] {
+        let (expert_bytes, parameters) = from_headers(name);
+        assert_eq!(summary["moe"]["bytes_per_expert"], expert_bytes, "{name}");
+        assert_eq!(summary["parameters"], parameters, "{name}");
+        assert_eq!(summary["moe"]["router_scoring"], "top_k_softmax", "{name}");
+    }
+    // The same model either way: as many parameters, as many active per token.
+    assert_eq!(fused["parameters"], mxfp4["parameters"]);
+    let active = &fused["moe"]["active_parameters_per_token"];
+    assert_eq!(active, &mxfp4["moe"]["active_parameters_per_token"]);
+    assert!(active.as_u64().unwrap() < fused["parameters"].as_u64().unwrap());
+    assert_eq!(fused["moe"]["expert_formats"], serde_json::json!(["F32"]));
+    assert_eq!(mxfp4["moe"]["expert_formats"], serde_json::json!(["MXFP4"]));
+    assert_eq!(fused["moe"]["bytes_per_expert_dequantized"], Value::Null);
+    // Dequantized: gate_up (2 x 32 x 64) and down (64 x 32) in bf16, 64 + 64 bias values in f32.
+    assert_eq!(
+        mxfp4["moe"]["bytes_per_expert_dequantized"],
+        2 * (2 * 32 * 64 + 64 * 32) + 4 * (64 + 64)
+    );
+}
+
+#[test]
 fn analyze_reports_expert_load_that_matches_pytorch_routing() {
     for name in layerstream_tests::MOE_FIXTURES {
         let home = tempfile::tempdir().unwrap();

@@ -252,3 +252,68 @@ fn a_470_gb_moe_model_on_8_gib_is_planned_with_split_layers_in_under_a_second() 
     assert!(plan["peak_bytes"].as_u64().unwrap() <= 8 << 30);
     assert!(plan["regions"]["accumulator"].as_u64().unwrap() > 0);
 }
+
+/// GPT-OSS-120B as the hub ships it (MXFP4 experts, ~65 GB) on an 8 GiB card: each layer
+/// streams as stored (1.7 GB) but dequantizes to bf16 on the GPU (6.4 GB), so the plan sizes
+/// its parts by both and splits every layer; from headers, quickly.
+#[test]
+fn gpt_oss_120b_mxfp4_on_8_gib_is_planned_by_its_dequantized_size_in_under_a_second() {
+    let home = tempfile::tempdir().unwrap();
+    let (dir, data_bytes) = sparse_gpt_oss_120b(home.path());
+    assert!(data_bytes > 60_000_000_000, "{data_bytes}");
+    let model = dir.display().to_string();
+    let started = Instant::now();
+    let out = assert_succeeds(&layerstream(
+        &[
+            "estimate",
+            "--model",
+            &model,
+            "--vram",
+            "8GiB",
+            "--num-samples",
+            "16",
+            "--seq-len",
+            "2048",
+            "--json",
+        ],
+        home.path(),
+    ));
+    let elapsed = started.elapsed();
+    assert!(elapsed.as_secs_f64() < 1.0, "took {elapsed:?}");
+    let e: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(e["weight_bytes"].as_u64().unwrap(), data_bytes);
+    let plan = &e["plan"];
+    assert_eq!(plan["split_layers"].as_array().unwrap().len(), 36);
+    assert!(plan["peak_bytes"].as_u64().unwrap() <= 8 << 30);
+    let layer = &plan["layers"][0];
+    // Stored: 128 experts of 4.25-bit gate_up (5760 x 2880) and down (2880 x 2880), plus
+    // bf16 attention and biases: about 1.7 GB.
+    let stored = layer["weight_bytes"].as_u64().unwrap();
+    assert!(stored > 1_650_000_000 && stored < 1_800_000_000, "{stored}");
+    // Two groups of 64 experts after attention; each group dequantizes its gate, up and
+    // down to bf16 and its three biases to f32, next to the post-attention norm and the
+    // router bias in f32 (the bf16 router weight is used in place).
+    let parts = layer["parts"].as_array().unwrap();
+    assert_eq!(parts.len(), 3, "{layer}");
+    let per_expert: u64 = 2 * (5760 * 2880 + 2880 * 2880) + 3 * 2880 * 4;
+    for part in &parts[1..] {
+        assert_eq!(
+            part["end_expert"].as_u64().unwrap() - part["first_expert"].as_u64().unwrap(),
+            64
+        );
+        assert_eq!(
+            part["converted_bytes"],
+            64 * per_expert + 2880 * 4 + 128 * 4
+        );
+        // Stored: 4.25 bits per expert weight; gate and up read one bias tensor, staged once.
+        let blocks_and_scales: u64 = (5760 + 2880) * 2880 / 32 * 17;
+        let biases = 2 * (5760 + 2880);
+        let part_stored = part["weight_bytes"].as_u64().unwrap();
+        assert!(part_stored >= 64 * (blocks_and_scales + biases), "{part}");
+        assert!(
+            part_stored < 64 * (blocks_and_scales + biases) + (2 << 20),
+            "{part}"
+        );
+    }
+    assert_eq!(plan["regions"]["converted"], parts[1]["converted_bytes"]);
+}

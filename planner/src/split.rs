@@ -359,6 +359,95 @@ mod tests {
         assert_eq!(experts_per_part_candidates(0), vec![1]);
     }
 
+    /// GPT-OSS as the hub ships it: per expert, gate and up are the even and odd rows of one
+    /// MXFP4 `gate_up_proj` and of one fused bias; staged once, converted as two halves.
+    #[test]
+    fn gpt_oss_gate_and_up_stage_their_shared_bytes_once_and_convert_half_each() {
+        use crate::format::{TENSOR_ALIGN, WeightFormat};
+        use crate::inventory::{TensorClass, TensorDtype};
+        let (experts, hidden, inter) = (4usize, 64usize, 32usize);
+        let entry = |name: &str, dtype: TensorDtype, shape: Vec<usize>, element: u64| TensorEntry {
+            name: name.to_string(),
+            byte_len: element * shape.iter().product::<usize>() as u64,
+            shape,
+            dtype,
+            file_index: 0,
+            byte_offset: 0,
+            class: TensorClass::Layer(0),
+            expert: None,
+        };
+        let u8 = TensorDtype::Other("U8");
+        let entries = [
+            entry(
+                "gu_blocks",
+                u8,
+                vec![experts, 2 * inter, hidden / 32, 16],
+                1,
+            ),
+            entry("gu_scales", u8, vec![experts, 2 * inter, hidden / 32], 1),
+            entry("gu_bias", TensorDtype::Bf16, vec![experts, 2 * inter], 2),
+        ];
+        let index: HashMap<&str, &TensorEntry> =
+            entries.iter().map(|t| (t.name.as_str(), t)).collect();
+        let slice = |name: &str, e: usize, rows: usize| TensorRef::Stacked {
+            name: name.into(),
+            index: e,
+            count: experts,
+            rows: 0..rows,
+            total_rows: rows,
+        };
+        let expert = |e: usize| {
+            let matrix = TensorRef::Quantized {
+                format: WeightFormat::Mxfp4,
+                values: Box::new(slice("gu_blocks", e, 2 * inter)),
+                scales: Box::new(slice("gu_scales", e, 2 * inter)),
+            };
+            let bias = slice("gu_bias", e, 2 * inter);
+            let mut weights = Vec::new();
+            for offset in 0..2 {
+                let layout = Layout::Rows { stride: 2, offset };
+                weights.push(GroupTensor {
+                    source: matrix.clone(),
+                    layout,
+                });
+                weights.push(GroupTensor {
+                    source: bias.clone(),
+                    layout,
+                });
+            }
+            weights
+        };
+        let groups = LayerTensorGroups {
+            experts: (0..experts).map(expert).collect(),
+            ..LayerTensorGroups::default()
+        };
+        let bytes = GroupBytes::new(&index, &groups, GemmDtype::Bf16);
+        let one = bytes.part(&LayerPart::FeedForward {
+            first_expert: 1,
+            end_expert: 2,
+        });
+        let aligned = |b: u64| b.div_ceil(TENSOR_ALIGN) * TENSOR_ALIGN;
+        // Staged once: the expert's blocks, its scales and its bias slice.
+        let blocks = (2 * inter * hidden / 2) as u64;
+        let scales = (2 * inter * hidden / 32) as u64;
+        let bias = 2 * 2 * inter as u64;
+        assert_eq!(
+            one.stored,
+            aligned(blocks) + aligned(scales) + aligned(bias)
+        );
+        // Converted twice, half each: gate and up `(inter, hidden)` in bf16, their biases in f32.
+        let half_matrix = aligned((inter * hidden * 2) as u64);
+        let half_bias = aligned(inter as u64 * 4);
+        assert_eq!(one.converted, 2 * (half_matrix + half_bias));
+        assert_eq!(
+            bytes.part(&LayerPart::Whole),
+            Bytes {
+                stored: 4 * one.stored,
+                converted: 4 * one.converted,
+            }
+        );
+    }
+
     #[test]
     fn part_names_put_the_shared_tensors_in_the_last_part_and_routing_in_every_part() {
         let groups = LayerTensorGroups {

@@ -1,11 +1,13 @@
 //! `layerstream inspect`: what a model is and how big, from config.json and the safetensors
 //! headers alone (no tensor data is read).
 
+use super::expert_sizes::{layer_experts, parameter_count};
 use super::open_model;
 use crate::args::InspectArgs;
 use anyhow::Result;
 use layerstream_planner::{ByteSize, TensorClass};
 use layerstream_runtime::Model;
+use layerstream_runtime::arch::{Activation, RouterScoring};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -21,6 +23,7 @@ struct ModelSummary {
     num_kv_heads: usize,
     head_dim: usize,
     intermediate_size: usize,
+    activation: String,
     moe: Option<MoeSummary>,
     vocab_size: usize,
     max_position_embeddings: usize,
@@ -46,14 +49,23 @@ struct MoeSummary {
     experts_per_token: usize,
     /// Whether the chosen experts' weights are renormalised to sum to 1.
     normalize_top_k: bool,
+    /// How router logits become expert weights: `softmax` (over all experts, then the top
+    /// k) or `top_k_softmax` (the top k logits, then a softmax over them).
+    router_scoring: &'static str,
     /// Width of each routed expert's MLP.
     expert_intermediate_size: usize,
     /// Layers with experts.
     moe_layers: Vec<usize>,
     /// Layers with a dense MLP.
     dense_layers: Vec<usize>,
-    /// Bytes of one routed expert (from the headers; the largest, if they differ).
+    /// How the routed experts' matrices are stored (`BF16`, `MXFP4`, ...).
+    expert_formats: Vec<String>,
+    /// Stored bytes of one routed expert (from the headers; the largest, if they differ),
+    /// fused or quantized experts included.
     bytes_per_expert: u64,
+    /// Bytes of one routed expert once dequantized for the GPU: matrices in bf16, biases in
+    /// f32 (absent when no expert matrix is quantized).
+    bytes_per_expert_dequantized: Option<u64>,
     /// Bytes of the shared expert per MoE layer (0 without one).
     shared_expert_bytes: u64,
     /// Bytes of a MoE layer outside its routed experts (attention, norms, router, shared expert).
@@ -63,44 +75,64 @@ struct MoeSummary {
     active_parameters_per_token: u64,
 }
 
-fn moe_summary(model: &Model) -> Option<MoeSummary> {
+fn moe_summary(model: &Model, parameters: u64) -> Option<MoeSummary> {
     let spec = &model.spec;
     let inventory = model.weights.inventory();
     let moe_layers: Vec<usize> = (0..spec.num_layers)
         .filter(|&l| spec.moe(l).is_some())
         .collect();
     let first = spec.moe(*moe_layers.first()?)?;
-    let mut active = inventory.parameter_count();
-    let mut bytes_per_expert = 0;
+    let mut active = parameters;
+    let (mut bytes_per_expert, mut dequantized, mut quantized) = (0, 0, false);
+    let mut formats = std::collections::BTreeSet::new();
     for &layer in &moe_layers {
-        let per_expert = inventory.routed_expert_parameters(layer);
-        let routed: u64 = per_expert.values().sum();
+        let experts = layer_experts(model, layer);
+        let routed: u64 = experts.parameters.iter().sum();
         let top_k = spec.moe(layer).map_or(0, |m| m.top_k) as u64;
-        active = active - routed + routed * top_k / per_expert.len().max(1) as u64;
-        bytes_per_expert = bytes_per_expert.max(
-            inventory
-                .routed_expert_bytes(layer)
-                .values()
-                .copied()
-                .max()
-                .unwrap_or(0),
-        );
+        active = active - routed + routed * top_k / experts.parameters.len().max(1) as u64;
+        let largest = experts.stored_bytes.iter().copied().max().unwrap_or(0);
+        bytes_per_expert = bytes_per_expert.max(largest);
+        dequantized = dequantized.max(experts.bf16_bytes.iter().copied().max().unwrap_or(0));
+        quantized |= experts.quantized();
+        formats.extend(experts.matrix_formats);
     }
+    let first_layer = moe_layers[0];
+    let routed_bytes: u64 = layer_experts(model, first_layer).stored_bytes.iter().sum();
+    let layer_bytes = inventory
+        .layer_bytes()
+        .get(&first_layer)
+        .copied()
+        .unwrap_or(0);
     Some(MoeSummary {
         experts: first.num_experts,
         experts_per_token: first.top_k,
         normalize_top_k: first.normalize_top_k,
+        router_scoring: match first.scoring {
+            RouterScoring::Softmax => "softmax",
+            RouterScoring::TopKSoftmax => "top_k_softmax",
+        },
         expert_intermediate_size: first.expert_intermediate,
         dense_layers: (0..spec.num_layers)
             .filter(|l| !moe_layers.contains(l))
             .collect(),
+        expert_formats: formats.into_iter().collect(),
         bytes_per_expert,
-        shared_expert_bytes: inventory.shared_expert_bytes(moe_layers[0]),
-        bytes_per_layer_outside_routed_experts: inventory
-            .layer_bytes_outside_routed_experts(moe_layers[0]),
+        bytes_per_expert_dequantized: quantized.then_some(dequantized),
+        shared_expert_bytes: inventory.shared_expert_bytes(first_layer),
+        bytes_per_layer_outside_routed_experts: layer_bytes.saturating_sub(routed_bytes),
         moe_layers,
         active_parameters_per_token: active,
     })
+}
+
+/// The gated MLP's activation, for the table.
+fn activation_name(activation: Activation) -> String {
+    match activation {
+        Activation::Silu => "gated SiLU".into(),
+        Activation::ClampedSwiglu { limit, alpha } => {
+            format!("clamped SwiGLU (limit {limit}, alpha {alpha})")
+        }
+    }
 }
 
 /// Runs `inspect`.
@@ -109,6 +141,7 @@ pub fn inspect(args: &InspectArgs) -> Result<()> {
     let model = &named.model;
     let spec = &model.spec;
     let inventory = model.weights.inventory();
+    let parameters = parameter_count(model);
     let summary = ModelSummary {
         model: named.name.clone(),
         model_type: model.config.model_type.clone(),
@@ -124,14 +157,15 @@ pub fn inspect(args: &InspectArgs) -> Result<()> {
         num_kv_heads: spec.num_kv_heads,
         head_dim: spec.head_dim,
         intermediate_size: spec.intermediate_size,
-        moe: moe_summary(model),
+        activation: activation_name(spec.block.activation),
+        moe: moe_summary(model, parameters),
         vocab_size: spec.vocab_size,
         max_position_embeddings: spec.max_position_embeddings,
         rope_type: spec.rope.rope_type.clone(),
         rope_theta: spec.rope.theta,
         sliding_windows: spec.sliding_windows.clone(),
         tied_embeddings: spec.tied_embeddings,
-        parameters: inventory.parameter_count(),
+        parameters,
         total_bytes: inventory.total_bytes(),
         input_bytes: inventory.class_bytes(TensorClass::Input),
         output_bytes: inventory.class_bytes(TensorClass::Output),
@@ -194,8 +228,8 @@ fn print_table(s: &ModelSummary) {
     row(
         "mlp",
         format!(
-            "gated SiLU, intermediate {} (dense layers)",
-            s.intermediate_size
+            "{}, intermediate {} (dense layers)",
+            s.activation, s.intermediate_size
         ),
     );
     match &s.moe {
@@ -207,10 +241,10 @@ fn print_table(s: &ModelSummary) {
                     "{} routed, top-{} per token ({}), expert width {}",
                     moe.experts,
                     moe.experts_per_token,
-                    if moe.normalize_top_k {
-                        "weights renormalised"
-                    } else {
-                        "softmax weights as they are"
+                    match (moe.router_scoring, moe.normalize_top_k) {
+                        ("top_k_softmax", _) => "softmax over the top-k logits",
+                        (_, true) => "weights renormalised",
+                        _ => "softmax weights as they are",
                     },
                     moe.expert_intermediate_size
                 ),
@@ -219,9 +253,17 @@ fn print_table(s: &ModelSummary) {
             if !moe.dense_layers.is_empty() {
                 row("dense layers", format_layers(&moe.dense_layers));
             }
+            let stored = format!(
+                "{} stored ({})",
+                ByteSize(moe.bytes_per_expert),
+                moe.expert_formats.join(", ")
+            );
             row(
                 "bytes per expert",
-                ByteSize(moe.bytes_per_expert).to_string(),
+                match moe.bytes_per_expert_dequantized {
+                    Some(bf16) => format!("{stored}, {} dequantized to bf16", ByteSize(bf16)),
+                    None => stored,
+                },
             );
             if moe.shared_expert_bytes > 0 {
                 row(

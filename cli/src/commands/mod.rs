@@ -4,6 +4,7 @@
 pub mod analyze;
 pub mod compare;
 pub mod estimate;
+pub mod expert_sizes;
 pub mod inspect;
 pub mod plots;
 pub mod report_markdown;

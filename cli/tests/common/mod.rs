@@ -158,11 +158,21 @@ pub fn sparse_llama(into: &Path, layers: usize) -> (PathBuf, u64) {
 /// Writes `model.safetensors` with a real bf16 header for `shapes` and the data left as a
 /// sparse hole; returns the data bytes.
 fn write_sparse_safetensors(dir: &Path, shapes: &[(String, Vec<usize>)]) -> u64 {
+    let typed: Vec<(String, &str, Vec<usize>)> = shapes
+        .iter()
+        .map(|(name, shape)| (name.clone(), "BF16", shape.clone()))
+        .collect();
+    write_sparse_typed(dir, &typed)
+}
+
+/// [`write_sparse_safetensors`] with a dtype per tensor (`BF16` or `U8`).
+fn write_sparse_typed(dir: &Path, tensors: &[(String, &str, Vec<usize>)]) -> u64 {
     let mut header = serde_json::Map::new();
     let mut offset = 0u64;
-    for (name, shape) in shapes {
-        let bytes = 2 * shape.iter().product::<usize>() as u64;
-        header.insert(name.clone(), serde_json::json!({"dtype": "BF16", "shape": shape, "data_offsets": [offset, offset + bytes]}));
+    for (name, dtype, shape) in tensors {
+        let element = if *dtype == "U8" { 1 } else { 2 };
+        let bytes = element * shape.iter().product::<usize>() as u64;
+        header.insert(name.clone(), serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + bytes]}));
         offset += bytes;
     }
     let mut text = serde_json::Value::Object(header).to_string();
@@ -176,6 +186,88 @@ fn write_sparse_safetensors(dir: &Path, shapes: &[(String, Vec<usize>)]) -> u64 
     file.write_all(text.as_bytes()).unwrap();
     file.set_len(8 + text.len() as u64 + offset).unwrap();
     offset
+}
+
+/// A GPT-OSS-120B-shaped model as the hub ships it (36 layers of 128 MXFP4 experts, bf16
+/// attention, router and biases, ~65 GB in all) over a sparse file: only headers can be read.
+pub fn sparse_gpt_oss_120b(into: &Path) -> (PathBuf, u64) {
+    let dir = into.join("sparse-gpt-oss-120b");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (hidden, inter, vocab, heads, kv_heads, head_dim, experts, layers) = (
+        2880usize,
+        2880usize,
+        201088usize,
+        64usize,
+        8usize,
+        64usize,
+        128usize,
+        36usize,
+    );
+    let layer_types: Vec<&str> = (0..layers)
+        .map(|l| {
+            if l % 2 == 0 {
+                "sliding_attention"
+            } else {
+                "full_attention"
+            }
+        })
+        .collect();
+    let config = serde_json::json!({
+        "model_type": "gpt_oss", "architectures": ["GptOssForCausalLM"],
+        "hidden_size": hidden, "intermediate_size": inter, "num_local_experts": experts,
+        "num_experts_per_tok": 4, "num_hidden_layers": layers, "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads, "head_dim": head_dim, "vocab_size": vocab,
+        "max_position_embeddings": 131072, "rms_norm_eps": 1e-5, "sliding_window": 128,
+        "layer_types": layer_types, "attention_bias": true, "swiglu_limit": 7.0,
+        "tie_word_embeddings": false, "hidden_act": "silu",
+        "rope_scaling": {"rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0,
+            "beta_slow": 1.0, "original_max_position_embeddings": 4096, "truncate": false},
+        "rope_theta": 150000.0,
+        "quantization_config": {"quant_method": "mxfp4", "modules_to_not_convert": [
+            "model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens",
+            "lm_head"]}
+    });
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let (q, kv) = (heads * head_dim, kv_heads * head_dim);
+    let bf16 = |name: String, shape: Vec<usize>| (name, "BF16", shape);
+    let mut tensors = vec![
+        bf16("model.embed_tokens.weight".into(), vec![vocab, hidden]),
+        bf16("model.norm.weight".into(), vec![hidden]),
+        bf16("lm_head.weight".into(), vec![vocab, hidden]),
+    ];
+    for l in 0..layers {
+        let p = format!("model.layers.{l}");
+        for (name, shape) in [
+            ("input_layernorm.weight", vec![hidden]),
+            ("post_attention_layernorm.weight", vec![hidden]),
+            ("self_attn.q_proj.weight", vec![q, hidden]),
+            ("self_attn.q_proj.bias", vec![q]),
+            ("self_attn.k_proj.weight", vec![kv, hidden]),
+            ("self_attn.k_proj.bias", vec![kv]),
+            ("self_attn.v_proj.weight", vec![kv, hidden]),
+            ("self_attn.v_proj.bias", vec![kv]),
+            ("self_attn.o_proj.weight", vec![hidden, q]),
+            ("self_attn.o_proj.bias", vec![hidden]),
+            ("self_attn.sinks", vec![heads]),
+            ("mlp.router.weight", vec![experts, hidden]),
+            ("mlp.router.bias", vec![experts]),
+            ("mlp.experts.gate_up_proj_bias", vec![experts, 2 * inter]),
+            ("mlp.experts.down_proj_bias", vec![experts, hidden]),
+        ] {
+            tensors.push(bf16(format!("{p}.{name}"), shape));
+        }
+        for (name, rows, cols) in [
+            ("gate_up_proj", 2 * inter, hidden),
+            ("down_proj", hidden, inter),
+        ] {
+            let blocks = vec![experts, rows, cols / 32, 16];
+            let scales = vec![experts, rows, cols / 32];
+            tensors.push((format!("{p}.mlp.experts.{name}_blocks"), "U8", blocks));
+            tensors.push((format!("{p}.mlp.experts.{name}_scales"), "U8", scales));
+        }
+    }
+    let bytes = write_sparse_typed(&dir, &tensors);
+    (dir, bytes)
 }
 
 /// A Qwen3-235B-A22B-shaped MoE model (94 layers of 128 experts, ~4.9 GB per layer, ~470 GB

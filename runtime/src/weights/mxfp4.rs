@@ -43,10 +43,9 @@ pub fn dequantize(blocks: &[u8], scales: &[u8], out: &mut [f32]) {
     }
 }
 
-/// The bytes of `source` (a whole tensor or an expert's slice), checked to be U8.
-fn u8_bytes(store: &WeightStore, source: &TensorRef, what: &str) -> Result<Vec<u8>> {
-    let mut bytes = Vec::new();
-    for (entry, range) in store.ranges(source)? {
+/// Checks that the tensors of `source` are U8 (reads no data).
+fn check_u8(store: &WeightStore, source: &TensorRef, what: &str) -> Result<()> {
+    for (entry, _) in store.ranges(source)? {
         if entry.dtype.name() != "U8" {
             return Err(RuntimeError::UnsupportedDtype {
                 name: entry.name.clone(),
@@ -54,6 +53,15 @@ fn u8_bytes(store: &WeightStore, source: &TensorRef, what: &str) -> Result<Vec<u
                 dtype: format!("{} (MXFP4 {what} are U8)", entry.dtype.name()),
             });
         }
+    }
+    Ok(())
+}
+
+/// The bytes of `source` (a whole tensor or an expert's slice), checked to be U8.
+fn u8_bytes(store: &WeightStore, source: &TensorRef, what: &str) -> Result<Vec<u8>> {
+    check_u8(store, source, what)?;
+    let mut bytes = Vec::new();
+    for (entry, range) in store.ranges(source)? {
         let start = range.offset as usize;
         bytes.extend_from_slice(&store.bytes(entry)[start..start + range.len as usize]);
     }
@@ -95,7 +103,7 @@ pub fn check(
                 reason: format!("MXFP4 {what} of {reason}"),
             });
         }
-        u8_bytes(store, part, what)?;
+        check_u8(store, part, what)?;
     }
     Ok(())
 }
