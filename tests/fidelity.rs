@@ -289,3 +289,53 @@ fn moe_layers_are_sparse_or_dense_as_configured() {
     }
     assert_eq!(MOE_FIXTURES.len(), expected.len());
 }
+
+/// The bf16 comparisons' near-tie rule (`near_ties.rs`), on a CPU run of the bf16 GPT-OSS
+/// fixture: its routing agrees, so nothing is left out; a flip at the reference's closest
+/// margin (a near-tie) leaves out that token's rows after the router and its sequence's
+/// later rows in later layers; a flip at a clear margin fails.
+#[test]
+fn near_tie_router_flips_are_told_from_wrong_routing() {
+    use layerstream_tests::near_ties::NearTieFlips;
+    let (reference, mut kept) = run_fixture("gpt_oss_bf16", FinalStage::Logits, 2);
+    let flips = NearTieFlips::find(&reference, &kept, 2, "cpu");
+    assert!(flips.flipped.is_empty(), "{:?}", flips.flipped);
+    let logits = &reference.get("blocks.1.router.logits").values;
+    let margin = |t: usize| {
+        let mut row = logits[t * 4..t * 4 + 4].to_vec();
+        row.sort_by(|a, b| b.total_cmp(a));
+        row[1] - row[2]
+    };
+    let tokens = reference.num_sequences * reference.seq_len;
+    let closest = (0..tokens)
+        .min_by(|&a, &b| margin(a).total_cmp(&margin(b)))
+        .unwrap();
+    let widest = (0..tokens)
+        .max_by(|&a, &b| margin(a).total_cmp(&margin(b)))
+        .unwrap();
+    // Swap the second choice for the third-best expert at the closest margin.
+    let third = |t: usize| {
+        let row = &logits[t * 4..t * 4 + 4];
+        let mut order: Vec<u32> = (0..4).collect();
+        order.sort_by(|&a, &b| row[b as usize].total_cmp(&row[a as usize]));
+        order[2]
+    };
+    let routing = kept.routing.get_mut(&1).unwrap();
+    routing.experts[closest * 2 + 1] = third(closest);
+    let flips = NearTieFlips::find(&reference, &kept, 2, "near tie");
+    assert_eq!(flips.flipped, vec![(1, closest)]);
+    assert!(flips.excluded(1, closest, true) && !flips.excluded(1, closest, false));
+    let width = 64;
+    let rows = flips.kept_rows(&kept.captures["blocks.1.mlp_out"], 1, true);
+    assert_eq!(rows.len(), (tokens - 1) * width);
+    let later = tokens.min(closest / reference.seq_len * reference.seq_len + reference.seq_len);
+    let vocab = kept.logits.len() / tokens;
+    assert_eq!(
+        flips.kept_logit_rows(&kept.logits).len(),
+        (tokens - (later - closest)) * vocab
+    );
+    let routing = kept.routing.get_mut(&1).unwrap();
+    routing.experts[widest * 2 + 1] = third(widest);
+    let wrong = std::panic::catch_unwind(|| NearTieFlips::find(&reference, &kept, 2, "wrong"));
+    assert!(wrong.is_err(), "a flip at a clear margin is refused");
+}

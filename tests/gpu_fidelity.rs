@@ -12,6 +12,7 @@ use layerstream_runtime::cuda::{ComputeChoice, CudaBackend};
 use layerstream_runtime::{
     CaptureMode, CapturePoint, FinalStage, Model, RunObserver, RunRequest, run,
 };
+use layerstream_tests::near_ties::NearTieFlips;
 use layerstream_tests::{
     FIXTURES, KeepEverything, REFERENCE_POINTS, Reference, assert_all_close,
     assert_matches_reference, fixture_model, gpu_or_skip, nmse, plant_massive_expert,
@@ -145,7 +146,11 @@ fn bf16_fixtures_match_pytorch_within_bf16_tolerance() {
     let Some(backend) = cuda(ComputeChoice::Bf16, "cuda bf16 fidelity") else {
         return;
     };
-    for name in ["llama3", "mixtral", "gpt_oss_bf16", "gpt_oss_mxfp4"] {
+    // The bf16-stored fixtures (their references computed from bf16 weights). The MXFP4
+    // fixture's attention and router are f32, which bf16 compute rounds: its bf16 run differs
+    // from the f32 reference by that rounding, not by the MXFP4 path, which is checked exactly
+    // in f32 above and per element against the CPU in `gpu_gpt_oss_kernels.rs`.
+    for name in ["llama3", "mixtral", "gpt_oss_bf16"] {
         let reference = Reference::load(name);
         let model = Model::open(&fixture_model(name)).unwrap();
         let layers = model.spec.num_layers;
@@ -163,30 +168,40 @@ fn bf16_fixtures_match_pytorch_within_bf16_tolerance() {
             &mut kept,
         )
         .unwrap();
+        let flips = NearTieFlips::find(&reference, &kept, layers, &format!("bf16 {name}"));
         let mut worst = 0f64;
-        let keys = (0..layers).flat_map(|l| REFERENCE_POINTS.map(|p| p.full_name(l)));
-        for key in keys {
-            let (got, expected) = (&kept.captures[&key], &reference.get(&key).values);
-            let scale = expected.iter().fold(0f32, |m, x| m.max(x.abs()));
-            assert_all_close(
-                &format!("bf16 {name} {key}"),
-                got,
-                expected,
-                0.03 * scale,
-                0.05,
-            );
-            worst = worst.max(nmse(got, expected));
+        for layer in 0..layers {
+            for point in REFERENCE_POINTS {
+                let key = point.full_name(layer);
+                let after_router = matches!(point, CapturePoint::MlpOut | CapturePoint::ResidPost);
+                let got = flips.kept_rows(&kept.captures[&key], layer, after_router);
+                let expected = flips.kept_rows(&reference.get(&key).values, layer, after_router);
+                let scale = expected.iter().fold(0f32, |m, x| m.max(x.abs()));
+                assert_all_close(
+                    &format!("bf16 {name} {key}"),
+                    &got,
+                    &expected,
+                    0.03 * scale,
+                    0.05,
+                );
+                worst = worst.max(nmse(&got, &expected));
+            }
         }
-        let logits = &reference.get("logits").values;
+        let logits = flips.kept_logit_rows(&reference.get("logits").values);
+        let got_logits = flips.kept_logit_rows(&kept.logits);
         let scale = logits.iter().fold(0f32, |m, x| m.max(x.abs()));
         assert_all_close(
             &format!("bf16 {name} logits"),
-            &kept.logits,
-            logits,
+            &got_logits,
+            &logits,
             0.03 * scale,
             0.05,
         );
-        worst = worst.max(nmse(&kept.logits, logits));
+        worst = worst.max(nmse(&got_logits, &logits));
+        eprintln!(
+            "bf16 {name}: near-tie router flips (layer, token) {:?}",
+            flips.flipped
+        );
         eprintln!("bf16 {name}: worst NMSE {worst:.2e}");
         assert!(worst < 1e-3, "bf16 {name}: NMSE {worst}");
     }

@@ -12,6 +12,8 @@ Writes OUT_JSON with the load and forward seconds and a checksum of the statisti
 """
 import argparse
 import json
+import os
+import sys
 import time
 
 STARTED = time.time()
@@ -67,7 +69,21 @@ def main():
         kwargs = dict(device_map="auto", max_memory={0: args.offload, "cpu": "100GiB"})
     else:
         kwargs = dict(device_map=device)
-    model = transformers.AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.bfloat16, **kwargs)
+    with open(os.path.join(args.model, "config.json")) as f:
+        config = json.load(f)
+    if config.get("quantization_config", {}).get("quant_method") == "mxfp4":
+        # What a user without the hub's triton kernels gets: experts dequantized to bf16.
+        kwargs["quantization_config"] = transformers.Mxfp4Config(dequantize=True)
+    experts_implementation = None
+    if any(k in config for k in ("num_local_experts", "num_experts")):
+        experts_implementation = "grouped_mm"
+    try:
+        model = transformers.AutoModelForCausalLM.from_pretrained(
+            args.model, dtype=torch.bfloat16, experts_implementation=experts_implementation, **kwargs)
+    except (TypeError, ValueError) as error:
+        print(f"experts_implementation={experts_implementation} refused ({error}); default", file=sys.stderr)
+        experts_implementation = None
+        model = transformers.AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.bfloat16, **kwargs)
     model.eval()
     if device == "cuda":
         torch.cuda.synchronize()
@@ -102,6 +118,7 @@ def main():
         "in_process_seconds": time.time() - STARTED,
         "torch_peak_allocated_bytes": torch.cuda.max_memory_allocated() if device == "cuda" else 0,
         "checksum": checksum,
+        "experts_implementation": experts_implementation,
         "transformers": transformers.__version__,
         "torch": torch.__version__,
     }

@@ -12,6 +12,9 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     catch_stop_signals();
+    if !matches!(cli.command, Command::Analyze(_) | Command::Score(_)) {
+        end_quietly_on_a_closed_pipe();
+    }
     if let Ok(threads) = std::env::var("LAYERSTREAM_THREADS")
         && !threads.trim().parse::<usize>().is_ok_and(|n| n > 0)
     {
@@ -39,6 +42,17 @@ fn main() -> ExitCode {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The report commands (`inspect`, `estimate`, `status`, `compare`) end as other command-line
+/// tools do when their output's reader goes away (`layerstream estimate ... | head`): by
+/// SIGPIPE, instead of a panic on the failed print. Runs keep Rust's default (the write
+/// fails and the run's error handling applies), so a closed pipe never cuts a layer short.
+fn end_quietly_on_a_closed_pipe() {
+    // SAFETY: restoring a signal's default disposition, before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

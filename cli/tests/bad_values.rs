@@ -342,3 +342,33 @@ fn a_malformed_tensor_entry_is_named() {
     );
     assert_fails_with(&output, &["model.safetensors", "model.norm.weight"]);
 }
+
+/// `layerstream inspect ... | head` with the reader gone: the report commands end quietly by
+/// SIGPIPE, as other command-line tools do, not with a panic on the failed print.
+#[test]
+fn a_report_command_whose_reader_is_gone_ends_without_a_panic() {
+    use std::os::unix::process::ExitStatusExt;
+    let home = tempfile::tempdir().unwrap();
+    let model = common::fixture_model_path("gpt_oss_mxfp4");
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_layerstream"))
+        .args(["inspect", "--model", &model])
+        .env("LAYERSTREAM_CACHE_DIR", home.path().join("cache"))
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(!stderr(&output).contains("panicked"), "{}", stderr(&output));
+    assert_eq!(
+        output.status.signal(),
+        Some(libc_sigpipe()),
+        "{:?}",
+        output.status
+    );
+}
+
+/// SIGPIPE's number on Linux.
+fn libc_sigpipe() -> i32 {
+    13
+}

@@ -219,24 +219,7 @@ fn a_470_gb_moe_model_on_8_gib_is_planned_with_split_layers_in_under_a_second() 
     let home = tempfile::tempdir().unwrap();
     let (dir, data_bytes) = sparse_qwen3_moe(home.path());
     assert!(data_bytes > 400_000_000_000, "{data_bytes}");
-    let model = dir.display().to_string();
-    let started = Instant::now();
-    let out = assert_succeeds(&layerstream(
-        &[
-            "estimate",
-            "--model",
-            &model,
-            "--vram",
-            "8GiB",
-            "--num-samples",
-            "64",
-            "--json",
-        ],
-        home.path(),
-    ));
-    let elapsed = started.elapsed();
-    assert!(elapsed.as_secs_f64() < 1.0, "took {elapsed:?}");
-    let e: Value = serde_json::from_str(&out).unwrap();
+    let e = estimate_in_under_a_second(&dir, home.path(), &["--num-samples", "64"]);
     let plan = &e["plan"];
     assert_eq!(plan["split_layers"].as_array().unwrap().len(), 94);
     let layer = &plan["layers"][0];
@@ -261,26 +244,8 @@ fn gpt_oss_120b_mxfp4_on_8_gib_is_planned_by_its_dequantized_size_in_under_a_sec
     let home = tempfile::tempdir().unwrap();
     let (dir, data_bytes) = sparse_gpt_oss_120b(home.path());
     assert!(data_bytes > 60_000_000_000, "{data_bytes}");
-    let model = dir.display().to_string();
-    let started = Instant::now();
-    let out = assert_succeeds(&layerstream(
-        &[
-            "estimate",
-            "--model",
-            &model,
-            "--vram",
-            "8GiB",
-            "--num-samples",
-            "16",
-            "--seq-len",
-            "2048",
-            "--json",
-        ],
-        home.path(),
-    ));
-    let elapsed = started.elapsed();
-    assert!(elapsed.as_secs_f64() < 1.0, "took {elapsed:?}");
-    let e: Value = serde_json::from_str(&out).unwrap();
+    let args = ["--num-samples", "16", "--seq-len", "2048"];
+    let e = estimate_in_under_a_second(&dir, home.path(), &args);
     assert_eq!(e["weight_bytes"].as_u64().unwrap(), data_bytes);
     let plan = &e["plan"];
     assert_eq!(plan["split_layers"].as_array().unwrap().len(), 36);
@@ -316,4 +281,21 @@ fn gpt_oss_120b_mxfp4_on_8_gib_is_planned_by_its_dequantized_size_in_under_a_sec
         );
     }
     assert_eq!(plan["regions"]["converted"], parts[1]["converted_bytes"]);
+}
+
+/// `estimate --vram 8GiB --json` of the model in `dir` with `extra` flags, checked to answer
+/// in under a second (headers only).
+fn estimate_in_under_a_second(
+    dir: &std::path::Path,
+    home: &std::path::Path,
+    extra: &[&str],
+) -> Value {
+    let model = dir.display().to_string();
+    let mut args = vec!["estimate", "--model", &model, "--vram", "8GiB", "--json"];
+    args.extend(extra);
+    let started = Instant::now();
+    let out = assert_succeeds(&layerstream(&args, home));
+    let elapsed = started.elapsed();
+    assert!(elapsed.as_secs_f64() < 1.0, "took {elapsed:?}");
+    serde_json::from_str(&out).unwrap()
 }

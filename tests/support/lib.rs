@@ -3,6 +3,7 @@
 //! captured activation.
 
 mod edit;
+pub mod near_ties;
 pub mod reference_analysis;
 mod reference_check;
 

@@ -13,9 +13,11 @@ use crate::weights::dtype::convert_to_f32;
 use crossbeam::channel::Sender;
 use half::bf16;
 use layerstream_kernels::Gpu;
-use layerstream_kernels::cudarc::driver::{CudaEvent, CudaSlice, CudaStream, CudaView};
+use layerstream_kernels::cudarc::driver::{
+    CudaEvent, CudaSlice, CudaStream, CudaView, ValidAsZeroBits,
+};
 use layerstream_kernels::ops::convert::{
-    self, StoredDtype, f32_to_bf16, half_to_f32, mxfp4_dequantize,
+    self, MatrixElement, StoredDtype, f32_to_bf16, half_to_f32, mxfp4_dequantize,
 };
 use layerstream_planner::format::{GemmDtype, WeightFormat, converted_bytes};
 use layerstream_planner::{TensorDtype, TensorEntry};
@@ -287,32 +289,37 @@ fn dequantize(
     let (rows, cols) = (tensor.shape[0], tensor.shape[1]);
     let (stride, offset) = kept_rows(tensor)?;
     let n = rows.saturating_sub(offset).div_ceil(stride) * cols;
+    let rows_kept = (stride, offset);
     Ok(match compute {
-        ComputeDtype::Bf16 => {
-            let mut out = gpu.stream.alloc_zeros::<u16>(n)?;
-            mxfp4_dequantize(
-                gpu,
-                blocks,
-                scales,
-                &mut out.as_view_mut(),
-                cols,
-                (stride, offset),
-            )?;
-            DeviceMatrix::Bf16(out)
-        }
-        ComputeDtype::F32 => {
-            let mut out = gpu.stream.alloc_zeros::<f32>(n)?;
-            mxfp4_dequantize(
-                gpu,
-                blocks,
-                scales,
-                &mut out.as_view_mut(),
-                cols,
-                (stride, offset),
-            )?;
-            DeviceMatrix::F32(out)
-        }
+        ComputeDtype::Bf16 => DeviceMatrix::Bf16(mxfp4_into::<u16>(
+            gpu,
+            (blocks, scales),
+            n,
+            cols,
+            rows_kept,
+        )?),
+        ComputeDtype::F32 => DeviceMatrix::F32(mxfp4_into::<f32>(
+            gpu,
+            (blocks, scales),
+            n,
+            cols,
+            rows_kept,
+        )?),
     })
+}
+
+/// `n` values of an MXFP4 matrix with rows of `cols`, dequantized into a new device buffer of
+/// `T` (bf16 bits or f32), every `stride`-th row from `offset`.
+fn mxfp4_into<T: MatrixElement + ValidAsZeroBits>(
+    gpu: &Gpu,
+    (blocks, scales): (&CudaView<u8>, &CudaView<u8>),
+    n: usize,
+    cols: usize,
+    rows_kept: (usize, usize),
+) -> Result<CudaSlice<T>> {
+    let mut out = gpu.stream.alloc_zeros::<T>(n)?;
+    mxfp4_dequantize(gpu, blocks, scales, &mut out.as_view_mut(), cols, rows_kept)?;
+    Ok(out)
 }
 
 /// The kernels' name for a dense stored dtype.
