@@ -27,8 +27,26 @@ fn run_fixture_split(
     micro_batch_sequences: usize,
     experts_per_part: Option<usize>,
 ) -> (Reference, KeepEverything) {
+    let dir = fixture_model(name);
+    run_model_dir(
+        name,
+        &dir,
+        final_stage,
+        micro_batch_sequences,
+        experts_per_part,
+    )
+}
+
+/// As [`run_fixture_split`], on the model folder `dir` holding fixture `name`'s weights.
+fn run_model_dir(
+    name: &str,
+    dir: &std::path::Path,
+    final_stage: FinalStage,
+    micro_batch_sequences: usize,
+    experts_per_part: Option<usize>,
+) -> (Reference, KeepEverything) {
     let reference = Reference::load(name);
-    let model = Model::open(&fixture_model(name)).unwrap();
+    let model = Model::open(dir).unwrap();
     let request = RunRequest {
         token_ids: reference.input_ids.clone(),
         first_delimiters: Vec::new(),
@@ -338,4 +356,32 @@ fn near_tie_router_flips_are_told_from_wrong_routing() {
     routing.experts[widest * 2 + 1] = third(widest);
     let wrong = std::panic::catch_unwind(|| NearTieFlips::find(&reference, &kept, 2, "wrong"));
     assert!(wrong.is_err(), "a flip at a clear margin is refused");
+}
+
+/// Transformers v5's stacked-expert layout (`mlp.experts.gate_up_proj [E, 2I, H]`,
+/// `down_proj [E, H, I]`) for every MoE family but GPT-OSS: the same values as the
+/// per-expert checkpoint give the same results bit for bit, whole and with layers split into
+/// expert groups inside the fused tensors (and so match PyTorch as the per-expert ones do).
+#[test]
+fn stacked_expert_checkpoints_give_the_per_expert_results_bit_for_bit() {
+    let home = tempfile::tempdir().unwrap();
+    for name in ["olmoe", "qwen3_moe", "qwen2_moe", "mixtral"] {
+        let dir = layerstream_tests::stacked::stacked_copy(name, home.path());
+        let model = Model::open(&dir).unwrap();
+        let moe_layer = (0..model.spec.num_layers)
+            .find(|&l| model.spec.moe(l).is_some())
+            .unwrap();
+        let table = model.spec.layer_tensors(moe_layer);
+        assert!(
+            table
+                .iter()
+                .any(|t| t.name().ends_with("mlp.experts.gate_up_proj")),
+            "{name}: reads the stacked tensors"
+        );
+        let (_, per_expert) = run_fixture(name, FinalStage::Logits, 2);
+        let (_, stacked) = run_model_dir(name, &dir, FinalStage::Logits, 2, None);
+        stacked.assert_identical(&per_expert, &format!("{name} stacked"));
+        let (_, split) = run_model_dir(name, &dir, FinalStage::Logits, 2, Some(1));
+        split.assert_identical(&per_expert, &format!("{name} stacked, split"));
+    }
 }

@@ -509,3 +509,35 @@ fn cuda_attributes_massive_activations_like_the_cpu() {
         }
     }
 }
+
+/// Stacked-expert checkpoints (`tests/support/stacked.rs`) on CUDA, f32 and bf16: the same
+/// results bit for bit as the per-expert checkpoint of the same values.
+#[test]
+fn stacked_expert_checkpoints_give_the_per_expert_results_on_cuda() {
+    let home = tempfile::tempdir().unwrap();
+    for compute in [ComputeChoice::F32, ComputeChoice::Bf16] {
+        let Some(backend) = cuda(compute, "cuda stacked experts") else {
+            return;
+        };
+        for name in ["olmoe", "qwen2_moe", "mixtral"] {
+            let reference = Reference::load(name);
+            let dir = layerstream_tests::stacked::stacked_copy(name, home.path());
+            let mut results = Vec::new();
+            for model_dir in [fixture_model(name), dir] {
+                let model = Model::open(&model_dir).unwrap();
+                let layers = model.spec.num_layers;
+                let mut kept = KeepEverything::default();
+                let request = request(
+                    &reference,
+                    layers,
+                    CaptureMode::Activations,
+                    FinalStage::Logits,
+                    2,
+                );
+                run(&model, &request, &backend, &mut kept).unwrap();
+                results.push(kept);
+            }
+            results[1].assert_identical(&results[0], &format!("cuda {compute:?} {name} stacked"));
+        }
+    }
+}

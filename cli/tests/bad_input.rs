@@ -318,7 +318,7 @@ fn moe_config_without_top_k_names_the_key() {
 }
 
 #[test]
-fn fused_expert_checkpoints_are_refused_with_what_to_do() {
+fn a_stacked_expert_tensor_whose_expert_count_disagrees_with_config_is_named() {
     let home = tempfile::tempdir().unwrap();
     let model = copy_fixture_model("olmoe", home.path());
     let path = model.join("model.safetensors");
@@ -329,15 +329,25 @@ fn fused_expert_checkpoints_are_refused_with_what_to_do() {
         .into_iter()
         .filter(|(name, _)| !name.starts_with("model.layers.0.mlp.experts."))
         .collect();
-    // A fused tensor in its place (contents do not matter: the layout is refused).
-    let fused = vec![0u8; 4 * 8 * 64 * 64];
+    // Layer 0's experts stacked, but 4 of them where config.json says 8.
+    let gate_up = vec![0u8; 4 * 4 * 64 * 64];
+    let down = vec![0u8; 4 * 4 * 64 * 32];
     kept.push((
         "model.layers.0.mlp.experts.gate_up_proj".into(),
-        TensorView::new(safetensors::Dtype::F32, vec![8, 64, 64], &fused).unwrap(),
+        TensorView::new(safetensors::Dtype::F32, vec![4, 64, 64], &gate_up).unwrap(),
+    ));
+    kept.push((
+        "model.layers.0.mlp.experts.down_proj".into(),
+        TensorView::new(safetensors::Dtype::F32, vec![4, 64, 32], &down).unwrap(),
     ));
     std::fs::write(&path, safetensors::serialize(kept, None).unwrap()).unwrap();
     assert_fails_with(
         &analyze(&model, &[], home.path()),
-        &["model.layers.0.mlp.experts.0.", "fused", "save_pretrained"],
+        &[
+            "model.layers.0.mlp.experts.gate_up_proj",
+            "[8, 64, 64]",
+            "[4, 64, 64]",
+            "number of experts",
+        ],
     );
 }

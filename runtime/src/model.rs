@@ -2,7 +2,7 @@
 //! every tensor the forward pass will need verified against the shapes config.json implies,
 //! before any work starts.
 
-use crate::arch::{self, ModelSpec, spec};
+use crate::arch::{self, ExpertNaming, FeedForward, ModelSpec, spec};
 use crate::config::ModelConfig;
 use crate::error::{Result, RuntimeError};
 use crate::weights::WeightStore;
@@ -21,12 +21,30 @@ pub struct Model {
     pub weights: WeightStore,
 }
 
+/// MoE layers whose checkpoint holds their experts fused over the expert axis
+/// (`mlp.experts.gate_up_proj`, transformers v5's layout) read them as
+/// [`ExpertNaming::Stacked`]; GPT-OSS names its own fused layout and is left as it is.
+fn read_stacked_experts_where_stored(spec: &mut ModelSpec, weights: &WeightStore) {
+    for (layer, feed_forward) in spec.feed_forward.iter_mut().enumerate() {
+        if let FeedForward::Moe(moe) = feed_forward
+            && matches!(
+                moe.naming,
+                ExpertNaming::MlpExperts | ExpertNaming::BlockSparseMoe
+            )
+            && weights.contains(&format!("model.layers.{layer}.mlp.experts.gate_up_proj"))
+        {
+            moe.naming = ExpertNaming::Stacked;
+        }
+    }
+}
+
 impl Model {
     /// Opens `dir`, reading config.json and the safetensors headers (no tensor data).
     pub fn open(dir: &Path) -> Result<Self> {
         let config = ModelConfig::load(dir)?;
-        let spec = arch::model_spec(&config)?;
+        let mut spec = arch::model_spec(&config)?;
         let weights = WeightStore::open(dir)?;
+        read_stacked_experts_where_stored(&mut spec, &weights);
         let model = Model {
             dir: dir.to_path_buf(),
             config,
@@ -64,20 +82,7 @@ impl Model {
     }
 
     /// Why a layer tensor may be missing, and what to do.
-    fn missing_tensor_hint(&self, layer: usize, name: &str) -> String {
-        let fused = self.weights.inventory().tensors.iter().any(|t| {
-            t.name.starts_with(&format!("model.layers.{layer}."))
-                && t.name.contains(".experts.gate_up_proj")
-        });
-        // A family whose table names fused tensors (GPT-OSS) reads them: no hint then.
-        let reads_fused = self
-            .spec
-            .layer_tensors(layer)
-            .iter()
-            .any(|t| !matches!(t.source, layerstream_planner::format::TensorRef::Whole(_)));
-        if fused && !reads_fused && name.contains(".experts.") {
-            return "the checkpoint stores its experts fused (experts.gate_up_proj / experts.down_proj); this build reads the per-expert layout transformers saves (experts.{e}.gate_proj ...): re-save the model with transformers' save_pretrained".into();
-        }
+    fn missing_tensor_hint(&self, layer: usize) -> String {
         format!(
             "layer {layer} of a {} model as {} describes it needs it; the checkpoint is incomplete, was saved by another architecture, or config.json does not match it",
             self.spec.family.model_type(),
@@ -117,7 +122,7 @@ impl Model {
                         RuntimeError::MissingTensor {
                             name, model_dir, ..
                         } => RuntimeError::MissingTensor {
-                            hint: self.missing_tensor_hint(layer, &name),
+                            hint: self.missing_tensor_hint(layer),
                             name,
                             model_dir,
                         },

@@ -6,6 +6,7 @@ mod edit;
 pub mod near_ties;
 pub mod reference_analysis;
 mod reference_check;
+pub mod stacked;
 
 pub use edit::edit_tensors;
 pub use reference_check::{ReferenceCoverage, assert_report_matches_reference};

@@ -142,6 +142,11 @@ pub enum ExpertNaming {
     MlpExperts,
     /// `block_sparse_moe.gate`, `block_sparse_moe.experts.{e}.{w1,w3,w2}` (Mixtral).
     BlockSparseMoe,
+    /// `mlp.gate`, experts fused over the expert axis as transformers v5 holds them in memory
+    /// (and writes them with `save_original_format=False`): `mlp.experts.gate_up_proj
+    /// [E, 2I, H]` (each expert's gate rows, then its up rows) and `mlp.experts.down_proj
+    /// [E, H, I]`; for every MoE family but GPT-OSS, chosen when the checkpoint holds them.
+    Stacked,
     /// GPT-OSS: `mlp.router.{weight,bias}`, fused `mlp.experts.gate_up_proj [E, H, 2I]`
     /// (gate and up interleaved by column) and `down_proj [E, I, H]`, in-major, with
     /// `_bias` tensors; or their MXFP4 `_blocks` / `_scales` (out-major, rows interleaved).

@@ -54,6 +54,45 @@ impl Table {
 }
 
 impl Table {
+    /// Expert `e` of `count` from [`ExpertNaming::Stacked`] tensors: gate rows `0..I` and up
+    /// rows `I..2I` of its `gate_up_proj [2I, H]` slice, its whole `down_proj [H, I]` slice.
+    fn add_stacked_experts(&mut self, e: usize, count: usize, (inter, hidden): (usize, usize)) {
+        use WeightRole::*;
+        let reason = "number of experts, expert MLP width, hidden_size";
+        let slice = |suffix: &str, rows: std::ops::Range<usize>, total_rows| TensorRef::Stacked {
+            name: format!("{}.mlp.experts.{suffix}", self.prefix),
+            index: e,
+            count,
+            rows,
+            total_rows,
+        };
+        for (role, source, shape) in [
+            (
+                ExpertGate(e),
+                slice("gate_up_proj", 0..inter, 2 * inter),
+                vec![inter, hidden],
+            ),
+            (
+                ExpertUp(e),
+                slice("gate_up_proj", inter..2 * inter, 2 * inter),
+                vec![inter, hidden],
+            ),
+            (
+                ExpertDown(e),
+                slice("down_proj", 0..hidden, hidden),
+                vec![hidden, inter],
+            ),
+        ] {
+            self.tensors.push(LayerTensor {
+                role,
+                source,
+                shape,
+                shape_reason: reason,
+                layout: Layout::AsStored,
+            });
+        }
+    }
+
     /// Expert `e`'s MXFP4 matrix `(rows, cols)` from `{base}_blocks` and `{base}_scales`
     /// stacked over `count` experts, read with `layout`.
     fn add_mxfp4(
@@ -220,6 +259,7 @@ impl ModelSpec {
             ExpertNaming::MlpExperts => ("mlp", ["gate_proj", "up_proj", "down_proj"]),
             ExpertNaming::BlockSparseMoe => ("block_sparse_moe", ["w1", "w3", "w2"]),
             ExpertNaming::GptOss { mxfp4 } => return self.gpt_oss_experts(t, moe, mxfp4),
+            ExpertNaming::Stacked => ("mlp", ["gate_up_proj", "gate_up_proj", "down_proj"]),
         };
         let router_reason = "number of experts, hidden_size";
         let router = format!("{block}.gate.weight");
@@ -231,6 +271,10 @@ impl ModelSpec {
         );
         let (e_inter, reason) = (moe.expert_intermediate, "expert MLP width, hidden_size");
         for e in 0..moe.num_experts {
+            if moe.naming == ExpertNaming::Stacked {
+                t.add_stacked_experts(e, moe.num_experts, (e_inter, hidden));
+                continue;
+            }
             let name = |proj: &str| format!("{block}.experts.{e}.{proj}.weight");
             t.add(ExpertGate(e), &name(gate), vec![e_inter, hidden], reason);
             t.add(ExpertUp(e), &name(up), vec![e_inter, hidden], reason);
