@@ -9,6 +9,9 @@ use safetensors::{Dtype, SafeTensors};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+/// A tensor as stored: dtype, shape, bytes.
+type Stored = (Dtype, Vec<usize>, Vec<u8>);
+
 /// Copies fixture `name`'s model folder into `into` with its experts stacked; returns it.
 pub fn stacked_copy(name: &str, into: &Path) -> PathBuf {
     let source = crate::fixture_model(name);
@@ -22,10 +25,9 @@ pub fn stacked_copy(name: &str, into: &Path) -> PathBuf {
     }
     let bytes = std::fs::read(source.join("model.safetensors")).unwrap();
     let file = SafeTensors::deserialize(&bytes).unwrap();
-    let mut out: BTreeMap<String, (Dtype, Vec<usize>, Vec<u8>)> = BTreeMap::new();
-    // (layer, fused name) -> per expert (gate or w1, up or w3, down or w2) bytes and shapes.
-    let mut experts: BTreeMap<usize, BTreeMap<usize, [Option<(Dtype, Vec<usize>, Vec<u8>)>; 3]>> =
-        BTreeMap::new();
+    let mut out: BTreeMap<String, Stored> = BTreeMap::new();
+    // layer -> expert -> its (gate or w1, up or w3, down or w2) as stored.
+    let mut experts: BTreeMap<usize, BTreeMap<usize, [Option<Stored>; 3]>> = BTreeMap::new();
     for (tensor, view) in file.tensors() {
         let value = (view.dtype(), view.shape().to_vec(), view.data().to_vec());
         let Some((layer, expert, slot)) = expert_slot(&tensor) else {
