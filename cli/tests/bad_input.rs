@@ -130,7 +130,57 @@ fn more_layers_in_the_checkpoint_than_in_config_is_refused() {
     });
     assert_fails_with(
         &analyze(&model, &[], home.path()),
-        &["model.layers.2.", "num_hidden_layers 2"],
+        &[
+            "model.layers.2.",
+            "num_hidden_layers 2",
+            "num_nextn_predict_layers 0",
+        ],
+    );
+}
+
+/// GLM-4.5's checkpoints carry a multi-token-prediction layer after the last decoder layer
+/// (`num_nextn_predict_layers`), which transformers never builds: known and unused, not an
+/// error, not streamed, shown by `inspect`; one more layer than that is still refused.
+#[test]
+fn declared_multi_token_prediction_layers_are_known_and_unused() {
+    let home = tempfile::tempdir().unwrap();
+    let model = copy_fixture_model("llama3", home.path());
+    edit_config(&model, |c| {
+        c.insert("num_hidden_layers".into(), 2.into());
+        c.insert("num_nextn_predict_layers".into(), 1.into());
+    });
+    let out = assert_succeeds(&analyze(&model, &[], home.path()));
+    assert!(
+        out.contains("2 layers") || out.contains("layers 0-1"),
+        "{out}"
+    );
+    let dir = model.display().to_string();
+    let json = assert_succeeds(&layerstream(
+        &["inspect", "--model", &dir, "--json"],
+        home.path(),
+    ));
+    let summary: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(summary["unused_mtp_layers"], serde_json::json!([2]));
+    assert!(summary["unused_mtp_bytes"].as_u64().unwrap() > 0);
+    assert_eq!(summary["layer_bytes"].as_object().unwrap().len(), 2);
+    let table = assert_succeeds(&layerstream(&["inspect", "--model", &dir], home.path()));
+    assert!(
+        table.contains("unused layers") && table.contains("multi-token"),
+        "{table}"
+    );
+    edit_config(&model, |c| {
+        c.insert("num_hidden_layers".into(), 1.into());
+    });
+    assert_fails_with(
+        &analyze(&model, &[], home.path()),
+        &["model.layers.2.", "num_nextn_predict_layers 1"],
+    );
+    edit_config(&model, |c| {
+        c.insert("num_nextn_predict_layers".into(), "one".into());
+    });
+    assert_fails_with(
+        &layerstream(&["inspect", "--model", &dir], home.path()),
+        &["num_nextn_predict_layers", "whole number"],
     );
 }
 

@@ -130,21 +130,17 @@ impl Model {
                     })?;
             }
         }
-        if let Some(extra) = self
-            .weights
-            .inventory()
-            .tensors
-            .iter()
-            .find(|t| matches!(t.class, TensorClass::Layer(l) if l >= s.num_layers))
-        {
+        if let Some(extra) = self.weights.inventory().tensors.iter().find(
+            |t| matches!(t.class, TensorClass::Layer(l) if l >= s.num_layers + s.unused_mtp_layers),
+        ) {
             return Err(RuntimeError::ShapeMismatch {
                 name: extra.name.clone(),
                 path: self.weights.file_of(extra).to_path_buf(),
                 expected: vec![],
                 found: extra.shape.clone(),
                 reason: format!(
-                    "config.json has num_hidden_layers {}, so there is no such layer",
-                    s.num_layers
+                    "config.json has num_hidden_layers {} and num_nextn_predict_layers {}, so there is no such layer (multi-token-prediction layers after the last one are known and unused only when num_nextn_predict_layers declares them)",
+                    s.num_layers, s.unused_mtp_layers
                 ),
             });
         }

@@ -36,6 +36,11 @@ struct ModelSummary {
     input_bytes: u64,
     output_bytes: u64,
     layer_bytes: BTreeMap<usize, u64>,
+    /// Multi-token-prediction layers the checkpoint carries after the last decoder layer
+    /// (`num_nextn_predict_layers`): known, never streamed, not in `layer_bytes`.
+    unused_mtp_layers: Vec<usize>,
+    /// Their bytes (in `total_bytes`).
+    unused_mtp_bytes: u64,
     dtype_bytes: BTreeMap<&'static str, u64>,
     files: Vec<String>,
 }
@@ -169,7 +174,22 @@ pub fn inspect(args: &InspectArgs) -> Result<()> {
         total_bytes: inventory.total_bytes(),
         input_bytes: inventory.class_bytes(TensorClass::Input),
         output_bytes: inventory.class_bytes(TensorClass::Output),
-        layer_bytes: inventory.layer_bytes(),
+        layer_bytes: inventory
+            .layer_bytes()
+            .into_iter()
+            .filter(|(l, _)| *l < spec.num_layers)
+            .collect(),
+        unused_mtp_layers: inventory
+            .layer_bytes()
+            .into_keys()
+            .filter(|l| *l >= spec.num_layers)
+            .collect(),
+        unused_mtp_bytes: inventory
+            .layer_bytes()
+            .into_iter()
+            .filter(|(l, _)| *l >= spec.num_layers)
+            .map(|(_, b)| b)
+            .sum(),
         dtype_bytes: inventory.dtype_bytes(),
         files: inventory
             .files
@@ -337,6 +357,16 @@ fn print_sizes(s: &ModelSummary) {
                 ByteSize(*bytes).to_string(),
             );
         }
+    }
+    if !s.unused_mtp_layers.is_empty() {
+        row(
+            "unused layers",
+            format!(
+                "{} ({}): multi-token prediction, which transformers does not run; not streamed",
+                format_layers(&s.unused_mtp_layers),
+                ByteSize(s.unused_mtp_bytes)
+            ),
+        );
     }
     let dtypes: Vec<String> = s
         .dtype_bytes

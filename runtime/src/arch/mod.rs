@@ -114,7 +114,24 @@ fn shared_spec(
         rope: RopeSpec::from_config(config, head_dim)?,
         sliding_windows,
         tied_embeddings: config.tie_word_embeddings.unwrap_or(false),
+        unused_mtp_layers: mtp_layers(config)?,
     })
+}
+
+/// `num_nextn_predict_layers` (0 when absent).
+fn mtp_layers(config: &ModelConfig) -> Result<usize> {
+    match config.raw.get("num_nextn_predict_layers") {
+        None | Some(serde_json::Value::Null) => Ok(0),
+        Some(value) => value
+            .as_u64()
+            .filter(|&n| n <= 16)
+            .map(|n| n as usize)
+            .ok_or_else(|| {
+                config.error(format!(
+                    "`num_nextn_predict_layers` is {value}; it must be a whole number of layers (0 to 16)"
+                ))
+            }),
+    }
 }
 
 /// Every layer a dense MLP of width `intermediate_size`.

@@ -310,6 +310,10 @@ pub struct ModelSpec {
     pub sliding_windows: Vec<Option<usize>>,
     /// Whether the LM head is the embedding matrix.
     pub tied_embeddings: bool,
+    /// Multi-token-prediction layers the checkpoint may carry after the last decoder layer
+    /// (`num_nextn_predict_layers`, GLM-4.5's `model.layers.46.*`): known, never built by
+    /// transformers, so never streamed, planned or counted as a layer here.
+    pub unused_mtp_layers: usize,
 }
 
 /// Tensor names outside the layers.
