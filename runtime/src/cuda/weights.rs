@@ -344,32 +344,29 @@ fn in_major_columns(
     let n = columns.saturating_sub(offset).div_ceil(stride.max(1)) * inputs;
     let dtype = stored_dtype(tensor.dtype);
     let shape = (inputs, columns);
+    let picked = (stride, offset);
     Ok(match compute {
         ComputeDtype::Bf16 => {
-            let mut out = gpu.stream.alloc_zeros::<u16>(n)?;
-            convert::in_major_columns(
-                gpu,
-                bytes,
-                dtype,
-                &mut out.as_view_mut(),
-                shape,
-                (stride, offset),
-            )?;
-            DeviceMatrix::Bf16(out)
+            DeviceMatrix::Bf16(columns_into::<u16>(gpu, (bytes, dtype), n, shape, picked)?)
         }
         ComputeDtype::F32 => {
-            let mut out = gpu.stream.alloc_zeros::<f32>(n)?;
-            convert::in_major_columns(
-                gpu,
-                bytes,
-                dtype,
-                &mut out.as_view_mut(),
-                shape,
-                (stride, offset),
-            )?;
-            DeviceMatrix::F32(out)
+            DeviceMatrix::F32(columns_into::<f32>(gpu, (bytes, dtype), n, shape, picked)?)
         }
     })
+}
+
+/// `n` values of every `stride`-th column from `offset` of an in-major `(inputs, columns)`
+/// matrix stored as `dtype`, transposed into a new device buffer of `T` (bf16 bits or f32).
+fn columns_into<T: MatrixElement + ValidAsZeroBits>(
+    gpu: &Gpu,
+    (bytes, dtype): (&CudaView<u8>, StoredDtype),
+    n: usize,
+    shape: (usize, usize),
+    picked: (usize, usize),
+) -> Result<CudaSlice<T>> {
+    let mut out = gpu.stream.alloc_zeros::<T>(n)?;
+    convert::in_major_columns(gpu, bytes, dtype, &mut out.as_view_mut(), shape, picked)?;
+    Ok(out)
 }
 
 /// Every `stride`-th element from `offset` of a stored vector of `n`, as f32.
