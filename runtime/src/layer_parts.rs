@@ -27,6 +27,14 @@ fn group_of(role: WeightRole) -> Group {
     }
 }
 
+/// The routed expert a tensor of `role` belongs to, if any.
+pub fn expert_of(role: WeightRole) -> Option<usize> {
+    match group_of(role) {
+        Group::Expert(e) => Some(e),
+        _ => None,
+    }
+}
+
 /// Routed experts of `layer` (0 for a dense layer).
 pub fn num_experts(spec: &ModelSpec, layer: usize) -> usize {
     spec.moe(layer).map_or(0, |m| m.num_experts)

@@ -7,6 +7,7 @@ use layerstream_planner::format::{TensorRef, WeightFormat};
 use layerstream_planner::inventory::TensorEntry;
 use layerstream_runtime::Model;
 use layerstream_runtime::arch::{LayerTensor, WeightRole};
+use layerstream_runtime::layer_parts::expert_of;
 use std::collections::{BTreeSet, HashMap};
 
 /// One layer's routed experts.
@@ -28,16 +29,6 @@ impl LayerExperts {
         self.matrix_formats
             .iter()
             .any(|f| f == "MXFP4" || f == "FP8")
-    }
-}
-
-/// The routed expert `role` belongs to, if any.
-fn expert_of(role: WeightRole) -> Option<usize> {
-    use WeightRole::*;
-    match role {
-        ExpertGate(e) | ExpertUp(e) | ExpertDown(e) | ExpertGateBias(e) | ExpertUpBias(e)
-        | ExpertDownBias(e) => Some(e),
-        _ => None,
     }
 }
 

@@ -89,9 +89,13 @@ fn moe_summary(model: &Model, parameters: u64) -> Option<MoeSummary> {
     let first = spec.moe(*moe_layers.first()?)?;
     let mut active = parameters;
     let (mut bytes_per_expert, mut dequantized, mut quantized) = (0, 0, false);
+    let mut routed_bytes = 0u64;
     let mut formats = std::collections::BTreeSet::new();
     for &layer in &moe_layers {
         let experts = layer_experts(model, layer);
+        if layer == moe_layers[0] {
+            routed_bytes = experts.stored_bytes.iter().sum();
+        }
         let routed: u64 = experts.parameters.iter().sum();
         let top_k = spec.moe(layer).map_or(0, |m| m.top_k) as u64;
         active = active - routed + routed * top_k / experts.parameters.len().max(1) as u64;
@@ -102,7 +106,6 @@ fn moe_summary(model: &Model, parameters: u64) -> Option<MoeSummary> {
         formats.extend(experts.matrix_formats);
     }
     let first_layer = moe_layers[0];
-    let routed_bytes: u64 = layer_experts(model, first_layer).stored_bytes.iter().sum();
     let layer_bytes = inventory
         .layer_bytes()
         .get(&first_layer)
@@ -147,6 +150,11 @@ pub fn inspect(args: &InspectArgs) -> Result<()> {
     let spec = &model.spec;
     let inventory = model.weights.inventory();
     let parameters = parameter_count(model);
+    // Layers past num_hidden_layers are declared MTP layers (the model refuses others).
+    let (layer_bytes, unused_mtp): (BTreeMap<usize, u64>, BTreeMap<usize, u64>) = inventory
+        .layer_bytes()
+        .into_iter()
+        .partition(|(l, _)| *l < spec.num_layers);
     let summary = ModelSummary {
         model: named.name.clone(),
         model_type: model.config.model_type.clone(),
@@ -174,22 +182,9 @@ pub fn inspect(args: &InspectArgs) -> Result<()> {
         total_bytes: inventory.total_bytes(),
         input_bytes: inventory.class_bytes(TensorClass::Input),
         output_bytes: inventory.class_bytes(TensorClass::Output),
-        layer_bytes: inventory
-            .layer_bytes()
-            .into_iter()
-            .filter(|(l, _)| *l < spec.num_layers)
-            .collect(),
-        unused_mtp_layers: inventory
-            .layer_bytes()
-            .into_keys()
-            .filter(|l| *l >= spec.num_layers)
-            .collect(),
-        unused_mtp_bytes: inventory
-            .layer_bytes()
-            .into_iter()
-            .filter(|(l, _)| *l >= spec.num_layers)
-            .map(|(_, b)| b)
-            .sum(),
+        layer_bytes,
+        unused_mtp_bytes: unused_mtp.values().sum(),
+        unused_mtp_layers: unused_mtp.into_keys().collect(),
         dtype_bytes: inventory.dtype_bytes(),
         files: inventory
             .files
