@@ -232,7 +232,7 @@ fn top_k_then_softmax_router_matches_the_cpu() {
         shared_expert: None,
         naming: ExpertNaming::MlpExperts,
     };
-    let expect = cpu::moe::route(logits.clone(), &spec);
+    let expect = cpu::router::route(logits.clone(), &spec, None);
     let logits_d = upload(&gpu, &logits);
     let mut chosen = zeros::<u32>(&gpu, tokens * top_k);
     let mut weights = zeros::<f32>(&gpu, tokens * top_k);

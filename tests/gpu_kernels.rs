@@ -430,6 +430,7 @@ fn moe_block_matches_cpu() {
             shared_expert: Some(SharedExpertSpec {
                 intermediate: shared_inter,
                 sigmoid_gate: true,
+                module: "shared_expert",
             }),
             naming: ExpertNaming::MlpExperts,
         };

@@ -54,6 +54,77 @@ extern "C" __global__ void router_topk_kernel(
     }
 }
 
+// One thread per token, the sigmoid router of GLM-4.5 (DeepSeek-V3's): s = sigmoid(logit);
+// the choice by s + bias[e] (bias: (experts), used only to choose). With groups > 1 the
+// experts are viewed as (groups, experts / groups), a group scored by the sum of its two best
+// biased scores, the best top_groups groups kept (bits of `kept`) and the others' scores -inf;
+// then the top k of the biased scores (ties: the lower index, for groups and experts).
+// weights: the unbiased s of the chosen, divided by their sum + 1e-20 when normalize, times
+// scaling (routed_scaling_factor).
+__device__ __forceinline__ float router_sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+extern "C" __global__ void router_sigmoid_kernel(
+    const float* logits, const float* bias, int tokens, int experts, int top_k, int groups,
+    int top_groups, int normalize, float scaling, u32* chosen, float* weights) {
+    int t = blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= tokens) return;
+    const float* row = logits + (unsigned long long)t * experts;
+    const int per_group = experts / groups;
+    unsigned long long kept = ~0ull;
+    if (groups > 1) {
+        kept = 0ull;
+        for (int pick = 0; pick < top_groups; pick++) {
+            int best = -1;
+            float best_score = -INFINITY;
+            for (int g = 0; g < groups; g++) {
+                if ((kept >> g) & 1ull) continue;
+                float first = -INFINITY, second = -INFINITY;
+                for (int i = g * per_group; i < (g + 1) * per_group; i++) {
+                    float s = router_sigmoid(row[i]) + bias[i];
+                    if (s > first) {
+                        second = first;
+                        first = s;
+                    } else if (s > second) {
+                        second = s;
+                    }
+                }
+                float score = first + second;
+                if (best < 0 || score > best_score) {
+                    best = g;
+                    best_score = score;
+                }
+            }
+            kept |= 1ull << best;
+        }
+    }
+    u32* my_chosen = chosen + (unsigned long long)t * top_k;
+    float* my_weights = weights + (unsigned long long)t * top_k;
+    float chosen_sum = 0.0f;
+    for (int slot = 0; slot < top_k; slot++) {
+        int best = -1;
+        float best_score = -INFINITY;
+        for (int e = 0; e < experts; e++) {
+            bool taken = false;
+            for (int s = 0; s < slot; s++) taken |= (my_chosen[s] == (u32)e);
+            if (taken) continue;
+            float score = ((kept >> (e / per_group)) & 1ull) ? router_sigmoid(row[e]) + bias[e]
+                                                             : -INFINITY;
+            if (best < 0 || score > best_score) {
+                best = e;
+                best_score = score;
+            }
+        }
+        my_chosen[slot] = (u32)best;
+        my_weights[slot] = router_sigmoid(row[best]);
+        chosen_sum += my_weights[slot];
+    }
+    const float denominator = chosen_sum + 1e-20f;
+    for (int slot = 0; slot < top_k; slot++) {
+        if (normalize) my_weights[slot] /= denominator;
+        my_weights[slot] *= scaling;
+    }
+}
+
 // counts[e] += number of assignments to e (counts zeroed by the caller).
 extern "C" __global__ void expert_count_kernel(const u32* chosen, int assignments, u32* counts) {
     int a = blockIdx.x * blockDim.x + threadIdx.x;

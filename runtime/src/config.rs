@@ -75,6 +75,9 @@ pub struct ModelConfig {
     /// Routed experts (Mixtral spelling; transformers 5 writes it for Qwen3-MoE too).
     #[serde(default)]
     pub num_local_experts: Option<usize>,
+    /// Routed experts (glm4_moe, DeepSeek-V3).
+    #[serde(default)]
+    pub n_routed_experts: Option<usize>,
     /// Experts chosen per token.
     #[serde(default)]
     pub num_experts_per_tok: Option<usize>,
@@ -215,7 +218,9 @@ impl ModelConfig {
 
     /// Routed experts from `num_experts` or `num_local_experts`.
     pub fn routed_experts(&self) -> Option<usize> {
-        self.num_experts.or(self.num_local_experts)
+        self.num_experts
+            .or(self.num_local_experts)
+            .or(self.n_routed_experts)
     }
 
     /// The first id of `eos_token_id`, which may be a number or a list.

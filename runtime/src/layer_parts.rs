@@ -19,7 +19,7 @@ fn group_of(role: WeightRole) -> Group {
     match role {
         AttnInputNorm | QProj | QBias | KProj | KBias | VProj | VBias | QNorm | KNorm | OProj
         | OBias | AttnSinks | AttnOutputNorm => Group::Attention,
-        MlpInputNorm | MlpOutputNorm | Router | RouterBias => Group::Routing,
+        MlpInputNorm | MlpOutputNorm | Router | RouterBias | RouterSelectionBias => Group::Routing,
         GateProj | GateBias | UpProj | UpBias | DownProj | DownBias | SharedGate | SharedUp
         | SharedDown | SharedExpertGate => Group::Last,
         ExpertGate(e) | ExpertUp(e) | ExpertDown(e) | ExpertGateBias(e) | ExpertUpBias(e)

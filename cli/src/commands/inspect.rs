@@ -29,6 +29,8 @@ struct ModelSummary {
     max_position_embeddings: usize,
     rope_type: String,
     rope_theta: f64,
+    /// Dimensions of each head that RoPE rotates (`partial_rotary_factor` x head_dim).
+    rotary_dims: usize,
     sliding_windows: Vec<Option<usize>>,
     tied_embeddings: bool,
     parameters: u64,
@@ -55,8 +57,16 @@ struct MoeSummary {
     /// Whether the chosen experts' weights are renormalised to sum to 1.
     normalize_top_k: bool,
     /// How router logits become expert weights: `softmax` (over all experts, then the top
-    /// k) or `top_k_softmax` (the top k logits, then a softmax over them).
+    /// k), `top_k_softmax` (the top k logits, then a softmax over them) or `sigmoid`
+    /// (GLM-4.5: sigmoid scores chosen with a selection bias, weighted without it).
     router_scoring: &'static str,
+    /// The sigmoid router's expert groups (`n_group`) and the groups kept per token
+    /// (`topk_group`); absent for other routers.
+    expert_groups: Option<[usize; 2]>,
+    /// What the chosen weights are multiplied by (`routed_scaling_factor`; 1 otherwise).
+    routed_scaling_factor: f32,
+    /// The shared expert's MLP width (absent without one).
+    shared_expert_intermediate_size: Option<usize>,
     /// Width of each routed expert's MLP.
     expert_intermediate_size: usize,
     /// Layers with experts.
@@ -118,7 +128,19 @@ fn moe_summary(model: &Model, parameters: u64) -> Option<MoeSummary> {
         router_scoring: match first.scoring {
             RouterScoring::Softmax => "softmax",
             RouterScoring::TopKSoftmax => "top_k_softmax",
+            RouterScoring::Sigmoid { .. } => "sigmoid",
         },
+        expert_groups: match first.scoring {
+            RouterScoring::Sigmoid {
+                groups, top_groups, ..
+            } => Some([groups, top_groups]),
+            RouterScoring::Softmax | RouterScoring::TopKSoftmax => None,
+        },
+        routed_scaling_factor: match first.scoring {
+            RouterScoring::Sigmoid { scaling, .. } => scaling,
+            RouterScoring::Softmax | RouterScoring::TopKSoftmax => 1.0,
+        },
+        shared_expert_intermediate_size: first.shared_expert.as_ref().map(|s| s.intermediate),
         expert_intermediate_size: first.expert_intermediate,
         dense_layers: (0..spec.num_layers)
             .filter(|l| !moe_layers.contains(l))
@@ -131,6 +153,29 @@ fn moe_summary(model: &Model, parameters: u64) -> Option<MoeSummary> {
         moe_layers,
         active_parameters_per_token: active,
     })
+}
+
+/// How the router weighs its choice, for the table.
+fn router_description(moe: &MoeSummary) -> String {
+    match (moe.router_scoring, moe.normalize_top_k) {
+        ("top_k_softmax", _) => "softmax over the top-k logits".into(),
+        ("sigmoid", normalize) => {
+            let groups = moe.expert_groups.map_or(String::new(), |[g, kept]| {
+                if g > 1 {
+                    format!(", best {kept} of {g} expert groups")
+                } else {
+                    String::new()
+                }
+            });
+            format!(
+                "sigmoid chosen with a selection bias{groups}, unbiased weights{} x {}",
+                if normalize { " renormalised" } else { "" },
+                moe.routed_scaling_factor
+            )
+        }
+        (_, true) => "weights renormalised".into(),
+        _ => "softmax weights as they are".into(),
+    }
 }
 
 /// The gated MLP's activation, for the table.
@@ -176,6 +221,7 @@ pub fn inspect(args: &InspectArgs) -> Result<()> {
         max_position_embeddings: spec.max_position_embeddings,
         rope_type: spec.rope.rope_type.clone(),
         rope_theta: spec.rope.theta,
+        rotary_dims: spec.rope.inv_freq.len() * 2,
         sliding_windows: spec.sliding_windows.clone(),
         tied_embeddings: spec.tied_embeddings,
         parameters,
@@ -256,11 +302,7 @@ fn print_table(s: &ModelSummary) {
                     "{} routed, top-{} per token ({}), expert width {}",
                     moe.experts,
                     moe.experts_per_token,
-                    match (moe.router_scoring, moe.normalize_top_k) {
-                        ("top_k_softmax", _) => "softmax over the top-k logits",
-                        (_, true) => "weights renormalised",
-                        _ => "softmax weights as they are",
-                    },
+                    router_description(moe),
                     moe.expert_intermediate_size
                 ),
             );
@@ -280,10 +322,13 @@ fn print_table(s: &ModelSummary) {
                     None => stored,
                 },
             );
-            if moe.shared_expert_bytes > 0 {
+            if let Some(width) = moe.shared_expert_intermediate_size {
                 row(
                     "shared expert",
-                    format!("{} per MoE layer", ByteSize(moe.shared_expert_bytes)),
+                    format!(
+                        "width {width}, {} per MoE layer",
+                        ByteSize(moe.shared_expert_bytes)
+                    ),
                 );
             }
             row(
@@ -311,7 +356,13 @@ fn print_sizes(s: &ModelSummary) {
     let row = |key: &str, value: String| println!("{key:<18} {value}");
     row("vocabulary", s.vocab_size.to_string());
     row("max positions", s.max_position_embeddings.to_string());
-    row("rope", format!("{}, theta {}", s.rope_type, s.rope_theta));
+    row(
+        "rope",
+        format!(
+            "{}, theta {}, {} of {} head dims rotated",
+            s.rope_type, s.rope_theta, s.rotary_dims, s.head_dim
+        ),
+    );
     row(
         "embeddings",
         if s.tied_embeddings {

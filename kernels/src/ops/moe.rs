@@ -1,7 +1,7 @@
 //! MoE routing, permutation and unpermutation (`moe.cu`).
 
 use super::{block_per_row, check_len, grid_for, launch};
-use crate::error::Result;
+use crate::error::{KernelError, Result};
 use crate::gpu::Gpu;
 use crate::sources::MOE;
 use cudarc::driver::{CudaView, CudaViewMut, DeviceRepr};
@@ -50,6 +50,59 @@ pub fn router_top_k(
         &k_i,
         &norm_i,
         &scoring_i,
+        chosen,
+        weights
+    )
+}
+
+/// The sigmoid router's top-k per token of `logits (tokens, experts)` chosen by
+/// `sigmoid + selection_bias (experts)` within the best `top_groups` of `groups` expert
+/// groups (best first, ties to the lower index), weighted by the unbiased sigmoid, divided
+/// by its sum + 1e-20 when `normalize`, times `scaling`. `chosen`, `weights`: `(tokens, top_k)`.
+#[allow(clippy::too_many_arguments)]
+pub fn router_sigmoid(
+    gpu: &Gpu,
+    logits: &CudaView<f32>,
+    selection_bias: &CudaView<f32>,
+    top_k: usize,
+    groups: usize,
+    top_groups: usize,
+    normalize: bool,
+    scaling: f32,
+    chosen: &mut CudaViewMut<u32>,
+    weights: &mut CudaViewMut<f32>,
+) -> Result<()> {
+    let experts = selection_bias.len();
+    let tokens = logits.len() / experts;
+    if groups == 0 || groups > 64 || experts % groups != 0 || top_groups > groups {
+        return Err(KernelError::Unsupported(format!(
+            "sigmoid router: {groups} groups ({top_groups} kept) of {experts} experts; the kernel takes 1 to 64 equal groups"
+        )));
+    }
+    check_len("router chosen", chosen, tokens * top_k)?;
+    check_len("router weights", weights, tokens * top_k)?;
+    let (tokens_i, experts_i, k_i, groups_i, top_groups_i, norm_i) = (
+        tokens as i32,
+        experts as i32,
+        top_k as i32,
+        groups as i32,
+        top_groups as i32,
+        normalize as i32,
+    );
+    launch!(
+        gpu,
+        MOE,
+        "router_sigmoid_kernel",
+        grid_for(tokens),
+        logits,
+        selection_bias,
+        &tokens_i,
+        &experts_i,
+        &k_i,
+        &groups_i,
+        &top_groups_i,
+        &norm_i,
+        &scaling,
         chosen,
         weights
     )

@@ -14,7 +14,8 @@
 use super::massive::{MASSIVE_ATTRIBUTED, MassiveFinds, TokenInput};
 use crate::arch::{Activation, FeedForward, LayerTensor, ModelSpec, MoeSpec, WeightRole};
 use crate::cpu::layer::LayerWeights;
-use crate::cpu::moe::{SharedScratch, add_shared_expert, expert_mlp, route_tokens};
+use crate::cpu::moe::{SharedScratch, add_shared_expert, expert_mlp};
+use crate::cpu::router::route_tokens;
 use crate::error::Result;
 use crate::weights::WeightStore;
 use serde::{Deserialize, Serialize};
@@ -170,9 +171,8 @@ impl BlockOutputs {
             .flat_map(|i| i.values.iter().copied())
             .collect(); // (tokens, hidden)
         let mut logits = vec![0f32; tokens * moe.num_experts]; // (tokens, num_experts)
-        let router = read(&[Router, RouterBias])?;
-        let bias = router.maybe(RouterBias);
-        let routing = route_tokens(&x, router.get(Router), bias, &mut logits, moe, threads);
+        let router = read(&[Router, RouterBias, RouterSelectionBias])?;
+        let routing = route_tokens(&x, &router, &mut logits, moe, threads);
         let inter = moe.expert_intermediate;
         let mut routed = vec![0f32; tokens * moe.top_k * hidden]; // (tokens, top_k, hidden)
         // Expert by expert, its tokens together.

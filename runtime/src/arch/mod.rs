@@ -1,6 +1,7 @@
 //! Architectures: one file per family turns config.json into a [`ModelSpec`] over shared
 //! blocks (RMSNorm, RoPE, grouped-query attention, gated MLP).
 
+mod glm4_moe;
 mod gpt_oss;
 mod llama;
 mod mistral;
@@ -36,6 +37,7 @@ pub const SUPPORTED_MODEL_TYPES: &[&str] = &[
     "qwen2_moe",
     "mixtral",
     "gpt_oss",
+    "glm4_moe",
 ];
 
 /// Reads the family-specific options of config.json into a spec.
@@ -51,6 +53,7 @@ pub fn model_spec(config: &ModelConfig) -> Result<ModelSpec> {
         "qwen2_moe" => qwen2_moe::spec(config),
         "mixtral" => mixtral::spec(config),
         "gpt_oss" => gpt_oss::spec(config),
+        "glm4_moe" => glm4_moe::spec(config),
         other => Err(RuntimeError::UnsupportedModelType {
             path: config.path.clone(),
             model_type: other.to_string(),
@@ -111,7 +114,7 @@ fn shared_spec(
         vocab_size: config.vocab_size,
         max_position_embeddings: config.max_position_embeddings,
         block,
-        rope: RopeSpec::from_config(config, head_dim)?,
+        rope: RopeSpec::read(config, head_dim, family.partial_rotary_default())?,
         sliding_windows,
         tied_embeddings: config.tie_word_embeddings.unwrap_or(false),
         unused_mtp_layers: mtp_layers(config)?,

@@ -16,7 +16,7 @@ pub(super) fn moe_spec(
 ) -> Result<MoeSpec> {
     let num_experts = config.routed_experts().ok_or_else(|| {
         config.error(format!(
-            "missing required key `num_experts` (or `num_local_experts`) for model_type {:?}",
+            "missing required key `num_experts` (or `num_local_experts`, `n_routed_experts`) for model_type {:?}",
             config.model_type
         ))
     })?;

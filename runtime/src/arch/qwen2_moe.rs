@@ -37,6 +37,7 @@ pub(super) fn spec(config: &ModelConfig) -> Result<ModelSpec> {
             config.shared_expert_intermediate_size,
         )?,
         sigmoid_gate: true,
+        module: "shared_expert",
     };
     let moe = moe_spec(
         config,

@@ -24,8 +24,22 @@ pub struct RopeSpec {
 
 impl RopeSpec {
     /// Reads RoPE settings from `rope_parameters` (transformers 5) or from `rope_theta` and
-    /// `rope_scaling` (older configs), for heads of width `head_dim`.
+    /// `rope_scaling` (older configs), for heads of width `head_dim` rotated whole (a
+    /// `partial_rotary_factor` other than 1 is refused: these families' transformers code
+    /// rotates whole heads).
     pub fn from_config(config: &ModelConfig, head_dim: usize) -> Result<Self> {
+        Self::read(config, head_dim, None)
+    }
+
+    /// As [`Self::from_config`], and for a family whose attention rotates the first
+    /// `int(head_dim * partial_rotary_factor)` dimensions of each head (NeoX halves within
+    /// them) and passes the rest (`default_partial`: `Some` of the factor when config.json
+    /// does not say), those dimensions only.
+    pub fn read(
+        config: &ModelConfig,
+        head_dim: usize,
+        default_partial: Option<f64>,
+    ) -> Result<Self> {
         let params = config
             .rope_parameters
             .as_ref()
@@ -44,13 +58,21 @@ impl RopeSpec {
         let partial = get("partial_rotary_factor")
             .and_then(Value::as_f64)
             .or(config.partial_rotary_factor)
-            .unwrap_or(1.0);
-        if partial != 1.0 {
+            .unwrap_or(default_partial.unwrap_or(1.0));
+        if default_partial.is_none() && partial != 1.0 {
             return Err(config.unsupported(
                 format!("partial_rotary_factor {partial}"),
                 format!("{} rotates whole heads in transformers; this config would not load there either", config.model_type),
             ));
         }
+        // transformers: `dim = int(head_dim * partial_rotary_factor)`.
+        let rotary_dim = (head_dim as f64 * partial) as usize;
+        if !(partial > 0.0 && partial <= 1.0) || rotary_dim < 2 || !rotary_dim.is_multiple_of(2) {
+            return Err(config.error(format!(
+                "partial_rotary_factor {partial} with head_dim {head_dim} rotates {rotary_dim} dimensions; it must be in (0, 1] and rotate an even number, at least 2"
+            )));
+        }
+        let head_dim = rotary_dim;
         if !SUPPORTED_ROPE_TYPES.contains(&rope_type.as_str()) {
             return Err(config.unsupported(
                 format!("rope_type {rope_type:?}"),

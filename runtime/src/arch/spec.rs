@@ -28,6 +28,8 @@ pub enum Family {
     Mixtral,
     /// GPT-OSS (`gpt_oss`).
     GptOss,
+    /// GLM-4.5 and GLM-4.5-Air (`glm4_moe`).
+    Glm4Moe,
 }
 
 impl Family {
@@ -44,6 +46,16 @@ impl Family {
             Family::Qwen2Moe => "qwen2_moe",
             Family::Mixtral => "mixtral",
             Family::GptOss => "gpt_oss",
+            Family::Glm4Moe => "glm4_moe",
+        }
+    }
+
+    /// `Some(default partial_rotary_factor)` for a family whose attention rotates part of
+    /// each head (`glm4_moe`: 0.5, its config's default); `None` when heads rotate whole.
+    pub fn partial_rotary_default(self) -> Option<f64> {
+        match self {
+            Family::Glm4Moe => Some(0.5),
+            _ => None,
         }
     }
 }
@@ -127,12 +139,26 @@ pub enum FeedForward {
 }
 
 /// How router logits become expert weights.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum RouterScoring {
     /// Softmax over all experts (in f32), then the top k probabilities.
     Softmax,
     /// The top k logits (a biased router's), then a softmax over those k (GPT-OSS).
     TopKSoftmax,
+    /// DeepSeek-V3's (GLM-4.5's `Glm4MoeTopkRouter`), in f32: `s = sigmoid(logits)`; the
+    /// choice by `c = s + e_score_correction_bias` (the bias only chooses): `c` viewed as
+    /// `[groups, E / groups]`, a group's score the sum of its two largest `c`, the best
+    /// `top_groups` groups kept (the others' experts cannot be chosen: transformers fills
+    /// them with -inf), the top k of `c` among the kept; weights the **unbiased** `s` of the
+    /// chosen, divided by their sum + 1e-20 when normalized, times `scaling`.
+    Sigmoid {
+        /// `n_group`.
+        groups: usize,
+        /// `topk_group`.
+        top_groups: usize,
+        /// `routed_scaling_factor`.
+        scaling: f32,
+    },
 }
 
 /// How expert tensors are named in the checkpoint.
@@ -161,6 +187,9 @@ pub enum ExpertNaming {
 pub struct SharedExpertSpec {
     /// Its MLP width.
     pub intermediate: usize,
+    /// Its module under `mlp.`: `shared_expert` (Qwen2-MoE) or `shared_experts` (GLM-4.5,
+    /// `n_shared_experts` experts as one MLP of their summed width).
+    pub module: &'static str,
     /// Whether its output is scaled by `sigmoid(x . w)` (Qwen2-MoE's `shared_expert_gate`).
     pub sigmoid_gate: bool,
 }
@@ -233,6 +262,9 @@ pub enum WeightRole {
     Router,
     /// Router bias `(num_experts)` (GPT-OSS).
     RouterBias,
+    /// The bias added to the router's sigmoid scores to choose experts, never to weigh
+    /// them, `(num_experts)` (GLM-4.5's `mlp.gate.e_score_correction_bias`).
+    RouterSelectionBias,
     /// Gate projection of routed expert `e`, `(expert_intermediate, hidden)`.
     ExpertGate(usize),
     /// Up projection of routed expert `e`.

@@ -3,7 +3,7 @@
 
 use super::spec::{
     ExpertNaming, FeedForward, LayerTensor, Layout, ModelSpec, MoeSpec, NormLayout, QkNorm,
-    WeightRole,
+    RouterScoring, WeightRole,
 };
 use layerstream_planner::format::{TensorRef, WeightFormat};
 
@@ -269,6 +269,15 @@ impl ModelSpec {
             vec![moe.num_experts, hidden],
             router_reason,
         );
+        if let RouterScoring::Sigmoid { .. } = moe.scoring {
+            let bias = format!("{block}.gate.e_score_correction_bias");
+            t.add(
+                RouterSelectionBias,
+                &bias,
+                vec![moe.num_experts],
+                "number of experts",
+            );
+        }
         let (e_inter, reason) = (moe.expert_intermediate, "expert MLP width, hidden_size");
         for e in 0..moe.num_experts {
             if moe.naming == ExpertNaming::Stacked {
@@ -285,9 +294,10 @@ impl ModelSpec {
         };
         let (s_inter, reason) = (
             shared.intermediate,
-            "shared_expert_intermediate_size, hidden_size",
+            "shared expert MLP width, hidden_size",
         );
-        let name = |proj: &str| format!("{block}.shared_expert.{proj}.weight");
+        let module = shared.module;
+        let name = |proj: &str| format!("{block}.{module}.{proj}.weight");
         t.add(
             SharedGate,
             &name("gate_proj"),

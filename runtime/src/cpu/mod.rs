@@ -12,6 +12,7 @@ pub mod norm;
 pub(crate) mod ops;
 pub mod parts;
 pub mod rope;
+pub mod router;
 pub mod threads;
 
 /// Settings of the CPU backend.

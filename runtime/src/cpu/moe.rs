@@ -8,77 +8,13 @@ use super::linear::linear;
 use super::mlp::{GatedMlpWeights, gated_mlp};
 use super::ops::CpuOps;
 use super::rope::RopeTable;
-use crate::arch::{Activation, MoeSpec, RouterScoring, SharedExpertSpec, WeightRole};
+use crate::arch::{Activation, MoeSpec, SharedExpertSpec, WeightRole};
 use crate::block::{self, Buf, BufferSet};
 use crate::capture::Routing;
 use layerstream_planner::memory::{
     BufferName, LayerShapes, MoeShapes, ScratchFor, ScratchManifest,
 };
 use std::ops::Range;
-
-/// Router logits -> top-k experts and weights, per token.
-pub fn route(logits: Vec<f32> /* (tokens, num_experts) */, moe: &MoeSpec) -> Routing {
-    let (num_experts, top_k) = (moe.num_experts, moe.top_k);
-    let tokens = logits.len() / num_experts;
-    let mut experts = Vec::with_capacity(tokens * top_k);
-    let mut weights = Vec::with_capacity(tokens * top_k);
-    let mut probabilities = vec![0f32; num_experts];
-    let mut order: Vec<usize> = Vec::with_capacity(num_experts);
-    let (mut chosen_logits, mut top) = (vec![0f32; top_k], vec![0f32; top_k]);
-    for row in logits.chunks_exact(num_experts) {
-        // Ranked by probability (softmax over all) or by logit (top-k first).
-        match moe.scoring {
-            RouterScoring::Softmax => softmax(row, &mut probabilities),
-            RouterScoring::TopKSoftmax => probabilities.copy_from_slice(row),
-        }
-        order.clear();
-        order.extend(0..num_experts);
-        // Largest first; equal ones by lower expert index.
-        order.sort_by(|&a, &b| {
-            probabilities[b]
-                .total_cmp(&probabilities[a])
-                .then(a.cmp(&b))
-        });
-        let chosen = &order[..top_k];
-        if moe.scoring == RouterScoring::TopKSoftmax {
-            // The softmax over the chosen logits only (transformers' GptOssTopKRouter).
-            for (c, &e) in chosen_logits.iter_mut().zip(chosen) {
-                *c = row[e];
-            }
-            softmax(&chosen_logits, &mut top);
-            for (&e, &p) in chosen.iter().zip(&top) {
-                probabilities[e] = p;
-            }
-        }
-        let sum: f32 = chosen.iter().map(|&e| probabilities[e]).sum();
-        for &e in chosen {
-            experts.push(e as u32);
-            let weight = probabilities[e];
-            weights.push(if moe.normalize_top_k {
-                weight / sum
-            } else {
-                weight
-            });
-        }
-    }
-    Routing {
-        num_experts,
-        top_k,
-        logits,
-        experts,
-        weights,
-    }
-}
-
-fn softmax(logits: &[f32], out: &mut [f32]) {
-    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-    let mut sum = 0f32;
-    for (p, &x) in out.iter_mut().zip(logits) {
-        *p = (x - max).exp();
-        sum += *p;
-    }
-    out.iter_mut().for_each(|p| *p /= sum);
-}
 
 /// The MoE block's buffers of one micro-batch on the CPU, as the planner's manifest lists
 /// them.
@@ -151,31 +87,6 @@ impl MoeScratch {
         let chosen = 2 * self.positions.len();
         4 * (f32s + u32s + shared + chosen) as u64
     }
-}
-
-/// The router's logits of `input (tokens, hidden)` into `logits (tokens, num_experts)` and
-/// its top-k choice.
-pub fn route_tokens(
-    input: &[f32],               // (tokens, hidden)
-    router: &[f32],              // (num_experts, hidden)
-    router_bias: Option<&[f32]>, // (num_experts)
-    logits: &mut [f32],          // (>= tokens * num_experts)
-    moe: &MoeSpec,
-    threads: usize,
-) -> Routing {
-    let hidden = router.len() / moe.num_experts;
-    let tokens = input.len() / hidden;
-    let logits = &mut logits[..tokens * moe.num_experts];
-    linear(
-        input,
-        router,
-        router_bias,
-        logits,
-        hidden,
-        moe.num_experts,
-        threads,
-    );
-    route(logits.to_vec(), moe)
 }
 
 /// One routed expert's gated MLP on its tokens' rows `input (n, hidden)` into
@@ -441,7 +352,7 @@ pub(crate) fn add_shared_expert(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::arch::ExpertNaming;
+    use crate::arch::{ExpertNaming, RouterScoring};
 
     fn spec(normalize_top_k: bool) -> MoeSpec {
         MoeSpec {
@@ -455,36 +366,6 @@ mod tests {
         }
     }
 
-    /// GPT-OSS's router: the top k of the logits, then a softmax over those k only.
-    #[test]
-    fn top_k_then_softmax_weighs_the_chosen_logits_only() {
-        let moe = MoeSpec {
-            scoring: RouterScoring::TopKSoftmax,
-            ..spec(false)
-        };
-        let routing = route(vec![0.5, 3.0, -1.0, 2.0, 1.0, 1.0, 1.0, 0.0], &moe);
-        assert_eq!(routing.experts, vec![1, 3, 0, 1]);
-        let e = (1.0f32).exp();
-        let expect = [e / (e + 1.0), 1.0 / (e + 1.0), 0.5, 0.5];
-        for (got, want) in routing.weights.iter().zip(expect) {
-            assert!((got - want).abs() < 1e-6, "{:?}", routing.weights);
-        }
-    }
-
-    #[test]
-    fn top_k_is_ordered_and_optionally_renormalised() {
-        let logits = vec![0.0, 2.0, 1.0, -1.0, 3.0, 3.0, 0.0, 0.0];
-        let plain = route(logits.clone(), &spec(false));
-        assert_eq!(plain.experts, vec![1, 2, 0, 1]); // tie 3.0/3.0: lower index first
-        let e: Vec<f64> = [0.0f64, 2.0, 1.0, -1.0].iter().map(|x| x.exp()).collect();
-        let total: f64 = e.iter().sum();
-        assert!((plain.weights[0] as f64 - e[1] / total).abs() < 1e-6);
-        assert!((plain.weights[1] as f64 - e[2] / total).abs() < 1e-6);
-        let normalised = route(logits, &spec(true));
-        assert!((normalised.weights[0] + normalised.weights[1] - 1.0).abs() < 1e-6);
-        assert!((normalised.weights[2] - 0.5).abs() < 1e-6);
-    }
-
     #[test]
     fn expert_groups_add_up_to_the_whole_block_bit_for_bit() {
         let (hidden, inter, tokens) = (16, 8, 9);
@@ -492,6 +373,7 @@ mod tests {
             shared_expert: Some(crate::arch::SharedExpertSpec {
                 intermediate: 12,
                 sigmoid_gate: true,
+                module: "shared_expert",
             }),
             ..spec(false)
         };

@@ -5,7 +5,8 @@ use super::attention::{AttentionExtras, causal_attention};
 use super::layer::LayerWeights;
 use super::linear::linear;
 use super::mlp::activate_in_place;
-use super::moe::{MoeScratch, add_shared_expert, route_tokens, run_experts};
+use super::moe::{MoeScratch, add_shared_expert, run_experts};
+use super::router::route_tokens;
 use super::norm::{rms_norm, rms_norm_rows_in_place};
 use super::rope::RopeTable;
 use crate::analysis::PointStatistics;
@@ -156,10 +157,8 @@ impl BlockOps for CpuOps<'_, '_> {
 
     fn route(&mut self, input: Buf, moe: &MoeSpec) -> Result<()> {
         let input = self.buffers.get(input);
-        let router = self.weights.get(WeightRole::Router);
         let buffers = self.moe.as_deref_mut().ok_or_else(no_moe_buffers)?;
-        let bias = self.weights.maybe(WeightRole::RouterBias);
-        let routing = route_tokens(input, router, bias, &mut buffers.logits, moe, self.threads);
+        let routing = route_tokens(input, self.weights, &mut buffers.logits, moe, self.threads);
         self.routing = Some(routing);
         Ok(())
     }

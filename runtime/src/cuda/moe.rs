@@ -143,6 +143,26 @@ pub fn route(
     let scoring = match spec.scoring {
         RouterScoring::Softmax => moe::RouterKernelScoring::Softmax,
         RouterScoring::TopKSoftmax => moe::RouterKernelScoring::TopKSoftmax,
+        RouterScoring::Sigmoid {
+            groups,
+            top_groups,
+            scaling,
+        } => {
+            let bias = weights.vector(WeightRole::RouterSelectionBias); // (experts)
+            moe::router_sigmoid(
+                gpu,
+                &logits.as_view(),
+                &bias.as_view(),
+                top_k,
+                groups,
+                top_groups,
+                spec.normalize_top_k,
+                scaling,
+                &mut chosen,
+                &mut chosen_weights,
+            )?;
+            return Ok(());
+        }
     };
     moe::router_top_k(
         gpu,
