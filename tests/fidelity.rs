@@ -288,7 +288,8 @@ fn check_routing(name: &str, reference: &Reference, kept: &KeepEverything, layer
 
 #[test]
 fn moe_layers_are_sparse_or_dense_as_configured() {
-    // qwen3_moe: mlp_only_layers [1]; qwen2_moe: decoder_sparse_step 2.
+    // qwen3_moe: mlp_only_layers [1]; qwen2_moe: decoder_sparse_step 2; glm4_moe:
+    // first_k_dense_replace 1 (the groups fixture: 0).
     let expected = [
         ("olmoe", vec![true, true]),
         ("qwen3_moe", vec![true, false, true]),
@@ -297,6 +298,8 @@ fn moe_layers_are_sparse_or_dense_as_configured() {
         ("gpt_oss", vec![true, true]),
         ("gpt_oss_bf16", vec![true, true]),
         ("gpt_oss_mxfp4", vec![true, true]),
+        ("glm4_moe", vec![false, true, true]),
+        ("glm4_moe_groups", vec![true, true]),
     ];
     for (name, sparse) in &expected {
         let model = Model::open(&fixture_model(name)).unwrap();
@@ -384,4 +387,67 @@ fn stacked_expert_checkpoints_give_the_per_expert_results_bit_for_bit() {
         let (_, split) = run_model_dir(name, &dir, FinalStage::Logits, 2, Some(1));
         split.assert_identical(&per_expert, &format!("{name} stacked, split"));
     }
+}
+
+/// The GLM-4.5 fixtures test what they are for: PyTorch's choices differ from the ones
+/// without the selection bias for some tokens, and (the groups fixture) from the ones
+/// without the group limit for some tokens, so matching them checks both.
+#[test]
+fn sigmoid_router_fixtures_exercise_the_selection_bias_and_the_groups() {
+    use layerstream_runtime::arch::RouterScoring;
+    use layerstream_runtime::cpu::router::route;
+    for (name, groups) in [("glm4_moe", false), ("glm4_moe_groups", true)] {
+        let model = Model::open(&fixture_model(name)).unwrap();
+        let reference = Reference::load(name);
+        let (mut bias_changed, mut groups_changed) = (0, 0);
+        for layer in (0..model.spec.num_layers).filter(|&l| model.spec.moe(l).is_some()) {
+            let moe = model.spec.moe(layer).unwrap();
+            let logits = reference
+                .get(&format!("blocks.{layer}.router.logits"))
+                .values
+                .clone();
+            let expected = &reference.int_tensors[&format!("blocks.{layer}.router.experts")];
+            let zero = vec![0f32; moe.num_experts];
+            let unbiased = route(logits.clone(), moe, Some(&zero));
+            bias_changed += differing_tokens(&unbiased.experts, expected, moe.top_k);
+            let RouterScoring::Sigmoid { scaling, .. } = moe.scoring else {
+                panic!("{name}: the sigmoid router")
+            };
+            let ungrouped_spec = layerstream_runtime::arch::MoeSpec {
+                scoring: RouterScoring::Sigmoid {
+                    groups: 1,
+                    top_groups: 1,
+                    scaling,
+                },
+                ..moe.clone()
+            };
+            let bias = model
+                .weights
+                .read_f32(&format!(
+                    "model.layers.{layer}.mlp.gate.e_score_correction_bias"
+                ))
+                .unwrap();
+            let ungrouped = route(logits, &ungrouped_spec, Some(&bias));
+            groups_changed += differing_tokens(&ungrouped.experts, expected, moe.top_k);
+        }
+        assert!(bias_changed > 0, "{name}: the bias changes no choice");
+        assert_eq!(
+            groups_changed > 0,
+            groups,
+            "{name}: tokens the group limit changes"
+        );
+    }
+}
+
+/// Tokens whose set of chosen experts differs.
+fn differing_tokens(got: &[u32], expected: &[u32], top_k: usize) -> usize {
+    got.chunks(top_k)
+        .zip(expected.chunks(top_k))
+        .filter(|(a, b)| {
+            let (mut a, mut b) = (a.to_vec(), b.to_vec());
+            a.sort();
+            b.sort();
+            a != b
+        })
+        .count()
 }

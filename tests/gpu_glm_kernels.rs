@@ -61,7 +61,11 @@ fn sigmoid_router_case(gpu: &Gpu, groups: usize, top_groups: usize, normalize: b
     )
     .unwrap();
     let what = format!("{groups} groups, {top_groups} kept, normalize {normalize}");
-    assert_eq!(download(gpu, &chosen), expect.experts, "chosen experts ({what})");
+    assert_eq!(
+        download(gpu, &chosen),
+        expect.experts,
+        "chosen experts ({what})"
+    );
     assert_matches_reference(
         &format!("router weights ({what})"),
         &download(gpu, &weights),

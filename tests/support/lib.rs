@@ -42,6 +42,8 @@ pub const FIXTURES: &[&str] = &[
     "gpt_oss",
     "gpt_oss_bf16",
     "gpt_oss_mxfp4",
+    "glm4_moe",
+    "glm4_moe_groups",
 ];
 
 /// The mixture-of-experts fixtures.
@@ -53,6 +55,8 @@ pub const MOE_FIXTURES: &[&str] = &[
     "gpt_oss",
     "gpt_oss_bf16",
     "gpt_oss_mxfp4",
+    "glm4_moe",
+    "glm4_moe_groups",
 ];
 
 /// `tests/fixtures`, or `LAYERSTREAM_FIXTURES` when set (test binaries built on one machine

@@ -121,9 +121,7 @@ fn whole(config: &ModelConfig, key: &str, default: usize) -> Result<usize> {
             .as_u64()
             .filter(|&n| n <= 1 << 20)
             .map(|n| n as usize)
-            .ok_or_else(|| {
-                config.error(format!("`{key}` is {value}; it must be a whole number"))
-            }),
+            .ok_or_else(|| config.error(format!("`{key}` is {value}; it must be a whole number"))),
     }
 }
 

@@ -292,10 +292,7 @@ impl ModelSpec {
         let Some(shared) = moe.shared_expert else {
             return;
         };
-        let (s_inter, reason) = (
-            shared.intermediate,
-            "shared expert MLP width, hidden_size",
-        );
+        let (s_inter, reason) = (shared.intermediate, "shared expert MLP width, hidden_size");
         let module = shared.module;
         let name = |proj: &str| format!("{block}.{module}.{proj}.weight");
         t.add(

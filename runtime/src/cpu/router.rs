@@ -10,7 +10,7 @@ use crate::capture::Routing;
 /// The router's logits of `input (tokens, hidden)` into `logits (tokens, num_experts)` (with
 /// the layer's router bias, GPT-OSS) and its top-k choice (with its selection bias, GLM-4.5).
 pub fn route_tokens(
-    input: &[f32],  // (tokens, hidden)
+    input: &[f32], // (tokens, hidden)
     weights: &LayerWeights,
     logits: &mut [f32], // (>= tokens * num_experts)
     moe: &MoeSpec,
@@ -21,7 +21,15 @@ pub fn route_tokens(
     let tokens = input.len() / hidden;
     let logits = &mut logits[..tokens * moe.num_experts];
     let bias = weights.maybe(WeightRole::RouterBias);
-    linear(input, router, bias, logits, hidden, moe.num_experts, threads);
+    linear(
+        input,
+        router,
+        bias,
+        logits,
+        hidden,
+        moe.num_experts,
+        threads,
+    );
     let selection_bias = weights.maybe(WeightRole::RouterSelectionBias);
     route(logits.to_vec(), moe, selection_bias)
 }
