@@ -300,6 +300,7 @@ fn moe_layers_are_sparse_or_dense_as_configured() {
         ("gpt_oss_mxfp4", vec![true, true]),
         ("glm4_moe", vec![false, true, true]),
         ("glm4_moe_groups", vec![true, true]),
+        ("glm4_moe_fp8", vec![false, true]),
     ];
     for (name, sparse) in &expected {
         let model = Model::open(&fixture_model(name)).unwrap();
@@ -450,4 +451,39 @@ fn differing_tokens(got: &[u32], expected: &[u32], top_k: usize) -> usize {
             a != b
         })
         .count()
+}
+
+/// The FP8 fixture's matrices are read as FP8 blocks with their scales (the router, stored
+/// in f32 as transformers leaves it unconverted, as it is), so matching PyTorch above checks
+/// the dequantization.
+#[test]
+fn fp8_fixture_reads_its_matrices_as_fp8_blocks() {
+    use layerstream_planner::format::{TensorRef, WeightFormat};
+    use layerstream_runtime::arch::WeightRole;
+    let model = Model::open(&fixture_model("glm4_moe_fp8")).unwrap();
+    let format_of = |layer: usize, role: WeightRole| {
+        let table = model.spec.layer_tensors(layer);
+        match &table.iter().find(|t| t.role == role).unwrap().source {
+            TensorRef::Quantized { format, scales, .. } => {
+                assert!(scales.name().ends_with("weight_scale_inv"));
+                Some(*format)
+            }
+            _ => None,
+        }
+    };
+    let fp8 = Some(WeightFormat::Fp8 {
+        block_rows: 16,
+        block_cols: 32,
+    });
+    for (layer, role) in [
+        (0, WeightRole::QProj),
+        (0, WeightRole::DownProj),
+        (1, WeightRole::OProj),
+        (1, WeightRole::ExpertGate(7)),
+        (1, WeightRole::SharedDown),
+    ] {
+        assert_eq!(format_of(layer, role), fp8, "layer {layer} {role:?}");
+    }
+    assert_eq!(format_of(1, WeightRole::Router), None);
+    assert_eq!(format_of(1, WeightRole::QBias), None);
 }

@@ -2,12 +2,15 @@
 //! every tensor the forward pass will need verified against the shapes config.json implies,
 //! before any work starts.
 
+use crate::arch::quantization::FP8_DTYPE;
 use crate::arch::{self, ExpertNaming, FeedForward, ModelSpec, spec};
 use crate::config::ModelConfig;
 use crate::error::{Result, RuntimeError};
 use crate::weights::WeightStore;
 use layerstream_planner::{TensorClass, TensorEntry};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// An opened, validated model.
 pub struct Model {
@@ -38,6 +41,46 @@ fn read_stacked_experts_where_stored(spec: &mut ModelSpec, weights: &WeightStore
     }
 }
 
+/// Fills the spec's FP8 weights with the decoder-layer tensors stored as F8_E4M3, and
+/// refuses FP8 tensors that config.json does not declare or that are fused over experts.
+fn read_fp8_where_stored(
+    spec: &mut ModelSpec,
+    weights: &WeightStore,
+    config: &ModelConfig,
+) -> Result<()> {
+    let stored: BTreeSet<String> = weights
+        .inventory()
+        .tensors
+        .iter()
+        .filter(|t| t.dtype.name() == FP8_DTYPE)
+        .filter(|t| matches!(t.class, TensorClass::Layer(l) if l < spec.num_layers))
+        .map(|t| t.name.clone())
+        .collect();
+    let Some(first) = stored.first() else {
+        return Ok(());
+    };
+    let file = weights.file_of(weights.entry(first, "")?).to_path_buf();
+    let Some(fp8) = &mut spec.fp8 else {
+        return Err(RuntimeError::UnsupportedFeature {
+            path: file,
+            what: format!("{first} stored as {FP8_DTYPE} while {} has no quantization_config", config.path.display()),
+            hint: "FP8 checkpoints declare `\"quantization_config\": {\"quant_method\": \"fp8\", \"weight_block_size\": [128, 128]}`; restore the config.json that came with these weights".into(),
+        });
+    };
+    if let Some(fused) = stored
+        .iter()
+        .find(|n| n.ends_with("experts.gate_up_proj") || n.ends_with("experts.down_proj"))
+    {
+        return Err(RuntimeError::UnsupportedFeature {
+            path: file,
+            what: format!("FP8 experts fused over the expert axis ({fused})"),
+            hint: "FP8 experts are read per expert (`mlp.experts.{e}.gate_proj.weight` with its weight_scale_inv), as the released FP8 checkpoints store them".into(),
+        });
+    }
+    fp8.stored = Arc::new(stored);
+    Ok(())
+}
+
 impl Model {
     /// Opens `dir`, reading config.json and the safetensors headers (no tensor data).
     pub fn open(dir: &Path) -> Result<Self> {
@@ -45,6 +88,7 @@ impl Model {
         let mut spec = arch::model_spec(&config)?;
         let weights = WeightStore::open(dir)?;
         read_stacked_experts_where_stored(&mut spec, &weights);
+        read_fp8_where_stored(&mut spec, &weights, &config)?;
         let model = Model {
             dir: dir.to_path_buf(),
             config,

@@ -53,7 +53,8 @@ pub fn point_width(spec: &ModelSpec, point: CapturePoint) -> usize {
 
 /// The dtype most layer weight bytes are stored in (MXFP4 blocks and scales, the only U8
 /// weights a model opens with, count as bf16: every value they hold is a bf16 value, and
-/// transformers computes them in bf16).
+/// transformers computes them in bf16; FP8 weights count as bf16, what transformers
+/// dequantizes them to).
 pub fn dominant_weight_dtype(model: &Model) -> TensorDtype {
     let mut bytes: Vec<(TensorDtype, u64)> = Vec::new();
     for tensor in model
@@ -64,7 +65,7 @@ pub fn dominant_weight_dtype(model: &Model) -> TensorDtype {
         .filter(|t| matches!(t.class, TensorClass::Layer(_)))
     {
         let dtype = match tensor.dtype {
-            TensorDtype::Other("U8") => TensorDtype::Bf16,
+            TensorDtype::Other("U8" | "F8_E4M3") => TensorDtype::Bf16,
             dtype => dtype,
         };
         match bytes.iter_mut().find(|(d, _)| *d == dtype) {

@@ -44,6 +44,7 @@ pub const FIXTURES: &[&str] = &[
     "gpt_oss_mxfp4",
     "glm4_moe",
     "glm4_moe_groups",
+    "glm4_moe_fp8",
 ];
 
 /// The mixture-of-experts fixtures.
@@ -57,6 +58,7 @@ pub const MOE_FIXTURES: &[&str] = &[
     "gpt_oss_mxfp4",
     "glm4_moe",
     "glm4_moe_groups",
+    "glm4_moe_fp8",
 ];
 
 /// `tests/fixtures`, or `LAYERSTREAM_FIXTURES` when set (test binaries built on one machine

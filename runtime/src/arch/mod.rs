@@ -9,6 +9,7 @@ mod mixtral;
 mod moe;
 mod olmo2;
 mod olmoe;
+pub mod quantization;
 mod qwen2;
 mod qwen2_moe;
 mod qwen3;
@@ -42,7 +43,7 @@ pub const SUPPORTED_MODEL_TYPES: &[&str] = &[
 
 /// Reads the family-specific options of config.json into a spec.
 pub fn model_spec(config: &ModelConfig) -> Result<ModelSpec> {
-    match config.model_type.as_str() {
+    let mut spec = match config.model_type.as_str() {
         "llama" => llama::spec(config),
         "mistral" => mistral::spec(config),
         "qwen2" => qwen2::spec(config),
@@ -59,7 +60,12 @@ pub fn model_spec(config: &ModelConfig) -> Result<ModelSpec> {
             model_type: other.to_string(),
             supported: SUPPORTED_MODEL_TYPES.to_vec(),
         }),
+    }?;
+    // GPT-OSS reads its own quantization_config (MXFP4).
+    if spec.family != Family::GptOss {
+        spec.fp8 = quantization::fp8_weights(config)?;
     }
+    Ok(spec)
 }
 
 /// The parts of a spec every family reads the same way; the family supplies the block
@@ -118,6 +124,7 @@ fn shared_spec(
         sliding_windows,
         tied_embeddings: config.tie_word_embeddings.unwrap_or(false),
         unused_mtp_layers: mtp_layers(config)?,
+        fp8: None,
     })
 }
 

@@ -346,6 +346,8 @@ pub struct ModelSpec {
     /// (`num_nextn_predict_layers`, GLM-4.5's `model.layers.46.*`): known, never built by
     /// transformers, so never streamed, planned or counted as a layer here.
     pub unused_mtp_layers: usize,
+    /// FP8 block-quantized layer weights (`quantization_config.quant_method: fp8`).
+    pub fp8: Option<super::quantization::Fp8Weights>,
 }
 
 /// Tensor names outside the layers.

@@ -1,6 +1,7 @@
 //! The table of tensors each decoder layer needs, with the shapes config.json implies
 //! (transformers' `model.layers.{l}.*` naming, shared by every supported family).
 
+use super::quantization::{Fp8Weights, scale_name};
 use super::spec::{
     ExpertNaming, FeedForward, LayerTensor, Layout, ModelSpec, MoeSpec, NormLayout, QkNorm,
     RouterScoring, WeightRole,
@@ -124,6 +125,28 @@ impl Table {
     }
 }
 
+impl Table {
+    /// Reads the matrices stored as FP8 (`fp8.stored`) as FP8 blocks with their
+    /// `weight_scale_inv`.
+    fn read_fp8_where_stored(&mut self, fp8: &Fp8Weights) {
+        for tensor in &mut self.tensors {
+            if let TensorRef::Whole(name) = &tensor.source
+                && fp8.stored.contains(name)
+            {
+                let scales = TensorRef::Whole(scale_name(name));
+                tensor.source = TensorRef::Quantized {
+                    format: WeightFormat::Fp8 {
+                        block_rows: fp8.block_rows,
+                        block_cols: fp8.block_cols,
+                    },
+                    values: Box::new(tensor.source.clone()),
+                    scales: Box::new(scales),
+                };
+            }
+        }
+    }
+}
+
 const HIDDEN: &str = "hidden_size";
 const HEADS: &str = "num_attention_heads x head_dim, hidden_size";
 const KV_HEADS: &str = "num_key_value_heads x head_dim, hidden_size";
@@ -140,6 +163,9 @@ impl ModelSpec {
         match &self.feed_forward[layer] {
             FeedForward::Dense { intermediate } => self.mlp_tensors(&mut table, *intermediate),
             FeedForward::Moe(moe) => self.moe_tensors(&mut table, moe),
+        }
+        if let Some(fp8) = &self.fp8 {
+            table.read_fp8_where_stored(fp8);
         }
         table.tensors
     }

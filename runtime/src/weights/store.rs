@@ -169,7 +169,7 @@ impl WeightStore {
     }
 
     /// A layer weight converted to f32 (a whole tensor, its slice of a stacked one, or an
-    /// MXFP4 matrix dequantized).
+    /// MXFP4 or FP8 matrix dequantized).
     pub fn read_ref_f32(&self, source: &TensorRef) -> Result<Vec<f32>> {
         if let TensorRef::Quantized {
             format: WeightFormat::Mxfp4,
@@ -178,6 +178,18 @@ impl WeightStore {
         } = source
         {
             return super::mxfp4::read_f32(self, values, scales);
+        }
+        if let TensorRef::Quantized {
+            format:
+                WeightFormat::Fp8 {
+                    block_rows,
+                    block_cols,
+                },
+            values,
+            scales,
+        } = source
+        {
+            return super::fp8::read_f32(self, (values, scales), (*block_rows, *block_cols));
         }
         let ranges = self.ranges(source)?;
         let mut out = Vec::new();
@@ -244,6 +256,21 @@ impl WeightStore {
                 values,
                 scales,
             } => super::mxfp4::check(self, (values, scales), expected, reason),
+            TensorRef::Quantized {
+                format:
+                    WeightFormat::Fp8 {
+                        block_rows,
+                        block_cols,
+                    },
+                values,
+                scales,
+            } => super::fp8::check(
+                self,
+                (values, scales),
+                (*block_rows, *block_cols),
+                expected,
+                reason,
+            ),
             TensorRef::Quantized { .. } => self.ranges(source).map(|_| ()),
         }
     }
