@@ -75,6 +75,37 @@ extern "C" __global__ void mxfp4_dequant_kernel(
     }
 }
 
+// The value of an E4M3 byte (float8_e4m3fn: bias 7, subnormals, no infinities, NaN for
+// S.1111.111), exact in f32.
+__device__ __forceinline__ float e4m3_value(u32 byte) {
+    u32 exponent = (byte >> 3) & 15u, mantissa = byte & 7u;
+    if (exponent == 15u && mantissa == 7u) return __int_as_float(0x7fc00000);
+    float magnitude = exponent == 0u
+        ? (float)mantissa * 0.001953125f  // m / 8 * 2^-6
+        : __uint_as_float(((exponent + 120u) << 23) | (mantissa << 20));
+    return (byte & 0x80u) ? -magnitude : magnitude;
+}
+
+// FP8 -> bf16 (out_bf16 = 1) or f32: out (rows, cols) = e4m3(values (rows, cols)) times
+// scales (ceil(rows / block_rows), ceil(cols / block_cols)) F32 of the element's block, one
+// f32 product (transformers' `Fp8Dequantize`), rounded once to bf16. One thread per element.
+extern "C" __global__ void fp8_dequant_kernel(
+    const unsigned char* values, const float* scales, void* out, int out_bf16,
+    unsigned long long rows, int cols, int block_rows, int block_cols) {
+    unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x;
+    if (i >= rows * (unsigned long long)cols) return;
+    unsigned long long r = i / cols;
+    int c = (int)(i % cols);
+    int scale_cols = (cols + block_cols - 1) / block_cols;
+    float scale = scales[(r / block_rows) * scale_cols + c / block_cols];
+    float v = e4m3_value(values[i]) * scale;
+    if (out_bf16) {
+        ((u16*)out)[i] = f32_to_bf16(v);
+    } else {
+        ((float*)out)[i] = v;
+    }
+}
+
 // Stored element i of a `dtype` (0 f32, 1 bf16, 2 f16) tensor as f32.
 __device__ __forceinline__ float stored_value(const void* in, int dtype, unsigned long long i) {
     if (dtype == 0) return ((const float*)in)[i];

@@ -40,4 +40,7 @@ pub use executor::{CaptureMode, FinalStage, RunObserver, RunRequest};
 pub use model::Model;
 pub use run::run;
 /// The CPU reference of the stored weight formats, for the CUDA kernels' tests.
-pub use weights::{layout::apply as apply_layout, mxfp4::dequantize as dequantize_mxfp4};
+pub use weights::{
+    fp8::dequantize as dequantize_fp8, layout::apply as apply_layout,
+    mxfp4::dequantize as dequantize_mxfp4,
+};

@@ -150,6 +150,52 @@ pub fn mxfp4_dequantize<T: MatrixElement>(
     )
 }
 
+/// An FP8 matrix dequantized: `out (rows, cols)` from `values (rows, cols)` E4M3 bytes and
+/// `scales (ceil(rows / block_rows), ceil(cols / block_cols))` f32, each value one f32
+/// product (exact as transformers computes it), rounded once to bf16 for a bf16 `out`.
+pub fn fp8_dequantize<T: MatrixElement>(
+    gpu: &Gpu,
+    values: &CudaView<u8>,
+    scales: &CudaView<f32>,
+    out: &mut CudaViewMut<T>,
+    cols: usize,
+    (block_rows, block_cols): (usize, usize),
+) -> Result<()> {
+    if cols == 0 || block_rows == 0 || block_cols == 0 {
+        return Err(crate::error::KernelError::Unsupported(format!(
+            "FP8 rows of {cols} values in blocks of {block_rows} x {block_cols}"
+        )));
+    }
+    let rows = values.len() / cols;
+    check_len(
+        "fp8 scales",
+        scales,
+        rows.div_ceil(block_rows) * cols.div_ceil(block_cols),
+    )?;
+    check_len("fp8 out", out, rows * cols)?;
+    let (flag, rows64, cols_i, block_rows_i, block_cols_i) = (
+        T::BF16,
+        rows as u64,
+        cols as i32,
+        block_rows as i32,
+        block_cols as i32,
+    );
+    launch!(
+        gpu,
+        CONVERT,
+        "fp8_dequant_kernel",
+        grid_for(rows * cols),
+        values,
+        scales,
+        out,
+        &flag,
+        &rows64,
+        &cols_i,
+        &block_rows_i,
+        &block_cols_i
+    )
+}
+
 /// Every `stride`-th column from `offset` of an in-major `(inputs, columns)` matrix stored as
 /// `dtype` bytes, transposed into `out (outputs, inputs)` (an `(out, in)` weight).
 pub fn in_major_columns<T: MatrixElement>(

@@ -35,30 +35,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Refuses a model whose weights are in a format the CUDA backend has no kernel for (every
-/// quantized format but MXFP4), before any work starts.
-fn refuse_unsupported(model: &Model) -> Result<()> {
-    use layerstream_planner::format::{TensorRef, WeightFormat};
-    let spec = &model.spec;
-    let unsupported = (0..spec.num_layers).find_map(|l| {
-        spec.layer_tensors(l)
-            .into_iter()
-            .find_map(|t| match t.source {
-                TensorRef::Quantized { format, .. } if format != WeightFormat::Mxfp4 => {
-                    Some((t.name().to_string(), format))
-                }
-                _ => None,
-            })
-    });
-    match unsupported {
-        Some((name, format)) => Err(RuntimeError::InvalidRequest(format!(
-            "{}: {name} is stored as {format:?}, which the CUDA backend cannot dequantize yet. Use --device cpu",
-            model.dir.display()
-        ))),
-        None => Ok(()),
-    }
-}
-
 /// Runs a validated request on the GPU.
 pub fn run(
     model: &Model,
@@ -66,7 +42,6 @@ pub fn run(
     backend: &CudaBackend,
     observer: &mut dyn RunObserver,
 ) -> Result<RunSummary> {
-    refuse_unsupported(model)?;
     let mut summary = RunSummary::default();
     let gpu = &*backend.gpu;
     let spec = &model.spec;

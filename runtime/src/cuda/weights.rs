@@ -17,7 +17,7 @@ use layerstream_kernels::cudarc::driver::{
     CudaEvent, CudaSlice, CudaStream, CudaView, ValidAsZeroBits,
 };
 use layerstream_kernels::ops::convert::{
-    self, MatrixElement, StoredDtype, f32_to_bf16, half_to_f32, mxfp4_dequantize,
+    self, MatrixElement, StoredDtype, f32_to_bf16, fp8_dequantize, half_to_f32, mxfp4_dequantize,
 };
 use layerstream_planner::format::{GemmDtype, WeightFormat, converted_bytes};
 use layerstream_planner::{TensorDtype, TensorEntry};
@@ -280,46 +280,79 @@ fn dequantize(
     (blocks, scales): (&CudaView<u8>, &CudaView<u8>),
     compute: ComputeDtype,
 ) -> Result<DeviceMatrix> {
-    let WeightFormat::Mxfp4 = format else {
-        return Err(RuntimeError::internal(format!(
-            "{:?} weights reached the CUDA backend, which refuses them first",
-            format
-        )));
-    };
     let (rows, cols) = (tensor.shape[0], tensor.shape[1]);
     let (stride, offset) = kept_rows(tensor)?;
     let n = rows.saturating_sub(offset).div_ceil(stride) * cols;
-    let rows_kept = (stride, offset);
+    let quantized = Quantized {
+        format,
+        values: blocks,
+        scales,
+        cols,
+        rows_kept: (stride, offset),
+    };
     Ok(match compute {
-        ComputeDtype::Bf16 => DeviceMatrix::Bf16(mxfp4_into::<u16>(
-            gpu,
-            (blocks, scales),
-            n,
-            cols,
-            rows_kept,
-        )?),
-        ComputeDtype::F32 => DeviceMatrix::F32(mxfp4_into::<f32>(
-            gpu,
-            (blocks, scales),
-            n,
-            cols,
-            rows_kept,
-        )?),
+        ComputeDtype::Bf16 => DeviceMatrix::Bf16(quantized.dequantize_into::<u16>(gpu, n)?),
+        ComputeDtype::F32 => DeviceMatrix::F32(quantized.dequantize_into::<f32>(gpu, n)?),
     })
 }
 
-/// `n` values of an MXFP4 matrix with rows of `cols`, dequantized into a new device buffer of
-/// `T` (bf16 bits or f32), every `stride`-th row from `offset`.
-fn mxfp4_into<T: MatrixElement + ValidAsZeroBits>(
-    gpu: &Gpu,
-    (blocks, scales): (&CudaView<u8>, &CudaView<u8>),
-    n: usize,
+/// A staged quantized matrix with rows of `cols`, of which every `rows_kept.0`-th row from
+/// `rows_kept.1` is the role's.
+struct Quantized<'a, 'b> {
+    format: WeightFormat,
+    /// MXFP4 blocks or FP8 values.
+    values: &'a CudaView<'b, u8>,
+    /// MXFP4 E8M0 bytes or FP8 f32 inverse scales.
+    scales: &'a CudaView<'b, u8>,
     cols: usize,
     rows_kept: (usize, usize),
-) -> Result<CudaSlice<T>> {
-    let mut out = gpu.stream.alloc_zeros::<T>(n)?;
-    mxfp4_dequantize(gpu, blocks, scales, &mut out.as_view_mut(), cols, rows_kept)?;
-    Ok(out)
+}
+
+impl Quantized<'_, '_> {
+    /// `n` values dequantized into a new device buffer of `T` (bf16 bits or f32).
+    fn dequantize_into<T: MatrixElement + ValidAsZeroBits>(
+        &self,
+        gpu: &Gpu,
+        n: usize,
+    ) -> Result<CudaSlice<T>> {
+        let mut out = gpu.stream.alloc_zeros::<T>(n)?;
+        match self.format {
+            WeightFormat::Mxfp4 => mxfp4_dequantize(
+                gpu,
+                self.values,
+                self.scales,
+                &mut out.as_view_mut(),
+                self.cols,
+                self.rows_kept,
+            )?,
+            WeightFormat::Fp8 {
+                block_rows,
+                block_cols,
+            } => {
+                if self.rows_kept != (1, 0) {
+                    return Err(RuntimeError::internal(
+                        "an FP8 matrix is read whole; no family reads every other row of one",
+                    ));
+                }
+                let scale_count = self.scales.len() / 4;
+                fp8_dequantize(
+                    gpu,
+                    self.values,
+                    &reinterpret::<f32>(self.scales, scale_count),
+                    &mut out.as_view_mut(),
+                    self.cols,
+                    (block_rows, block_cols),
+                )?
+            }
+            WeightFormat::Dense(dtype) => {
+                return Err(RuntimeError::internal(format!(
+                    "a {} matrix reached the dequantizer",
+                    dtype.name()
+                )));
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// The kernels' name for a dense stored dtype.
