@@ -299,3 +299,105 @@ fn estimate_in_under_a_second(
     assert!(elapsed.as_secs_f64() < 1.0, "took {elapsed:?}");
     serde_json::from_str(&out).unwrap()
 }
+
+/// GLM-4.5-Air as the hub ships it (46 layers, the first dense, 128 experts, an MTP layer
+/// 46 with its own embedding), bf16 and FP8, on an 8 GiB card, from headers: the MTP layer
+/// is neither a planned layer nor counted in their bytes, and the FP8 layers stream about
+/// half the bytes of the bf16 ones but dequantize to the same bf16 size on the GPU.
+#[test]
+fn glm_4_5_air_bf16_and_fp8_are_estimated_with_the_mtp_layer_left_out_in_under_a_second() {
+    use common::glm::{AIR, sparse_glm};
+    let home = tempfile::tempdir().unwrap();
+    let args = ["--num-samples", "16", "--seq-len", "2048"];
+    let (bf16_dir, bf16_bytes) = sparse_glm(home.path(), AIR);
+    let bf16 = estimate_in_under_a_second(&bf16_dir, home.path(), &args);
+    let fp8_model = common::glm::Glm { fp8: true, ..AIR };
+    let (fp8_dir, _) = sparse_glm(home.path(), fp8_model);
+    let fp8 = estimate_in_under_a_second(&fp8_dir, home.path(), &args);
+    assert!(bf16_bytes > 215_000_000_000, "{bf16_bytes}");
+    for e in [&bf16, &fp8] {
+        assert_eq!(e["num_layers"], 46);
+        let layers = e["plan"]["layers"].as_array().unwrap();
+        assert_eq!(layers.len(), 46, "the MTP layer is not planned");
+        assert!(e["plan"]["peak_bytes"].as_u64().unwrap() <= 8 << 30);
+    }
+    let layer_bytes =
+        |e: &Value, l: usize| e["plan"]["layers"][l]["weight_bytes"].as_u64().unwrap();
+    // A MoE layer: 129 experts of 3 x 4096 x 1408 plus attention (12288 + 2 x 1024 + 4096
+    // rows of 4096) and the router, about 4.7 GB in bf16.
+    let bf16_layer = layer_bytes(&bf16, 1);
+    assert!(
+        bf16_layer > 4_600_000_000 && bf16_layer < 4_800_000_000,
+        "{bf16_layer}"
+    );
+    let fp8_layer = layer_bytes(&fp8, 1);
+    let ratio = fp8_layer as f64 / bf16_layer as f64;
+    assert!(
+        ratio > 0.5 && ratio < 0.51,
+        "FP8 streams half the bytes: {ratio}"
+    );
+    // The dense first layer is smaller than a MoE one.
+    assert!(layer_bytes(&bf16, 0) < bf16_layer / 4);
+    // Every layer's bytes plus embeddings, final norm and LM head, but not the MTP layer.
+    let planned: u64 = (0..46).map(|l| layer_bytes(&bf16, l)).sum();
+    let outside = 2 * 151552 * 4096 * 2 + 4096 * 2;
+    assert!(
+        planned + outside < bf16_bytes - 4_000_000_000,
+        "the MTP layer's 5.9 GB are left out"
+    );
+    let converted = |e: &Value| -> u64 {
+        e["plan"]["layers"][1]["parts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["converted_bytes"].as_u64().unwrap())
+            .sum()
+    };
+    assert!(
+        converted(&bf16) < 1 << 20,
+        "bf16 matrices are used in place, vectors become f32"
+    );
+    let dequantized = converted(&fp8);
+    assert!(
+        dequantized > bf16_layer - 50_000_000 && dequantized < bf16_layer + 50_000_000,
+        "{dequantized}"
+    );
+}
+
+/// GLM-4.5 (355B: 92 layers, the first 3 dense, 160 experts, q/k norm, scaling 2.5, an MTP
+/// layer 92) on an 8 GiB card with 16 x 2048 tokens: every layer split (the dense ones into
+/// attention and MLP, the MoE ones into expert groups), from headers, in under a second.
+#[test]
+fn glm_4_5_355b_is_planned_on_8_gib_with_split_layers_in_under_a_second() {
+    use common::glm::{FULL, sparse_glm};
+    let home = tempfile::tempdir().unwrap();
+    let (dir, bytes) = sparse_glm(home.path(), FULL);
+    assert!(bytes > 700_000_000_000, "{bytes}");
+    let e = estimate_in_under_a_second(&dir, home.path(), &["--num-samples", "16"]);
+    assert_eq!(e["num_layers"], 92);
+    let plan = &e["plan"];
+    assert_eq!(plan["layers"].as_array().unwrap().len(), 92);
+    assert!(plan["peak_bytes"].as_u64().unwrap() <= 8 << 30);
+    let split: Vec<u64> = plan["split_layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_u64().unwrap())
+        .collect();
+    assert_eq!(split, (0..92).collect::<Vec<u64>>());
+    let parts = |l: usize| plan["layers"][l]["parts"].as_array().unwrap().clone();
+    // A dense layer (0.65 GB): attention, then its MLP as one part without experts.
+    let dense = parts(0);
+    assert_eq!(dense.len(), 2, "{dense:?}");
+    assert_eq!(dense[1]["kind"], "feed_forward");
+    assert_eq!(dense[1]["end_expert"], 0);
+    // A MoE layer (7.3 GB): attention, then groups that cover the 160 experts in order.
+    let moe = parts(3);
+    assert_eq!(moe[0]["kind"], "attention");
+    let mut next = 0;
+    for part in &moe[1..] {
+        assert_eq!(part["first_expert"].as_u64().unwrap(), next, "{part}");
+        next = part["end_expert"].as_u64().unwrap();
+    }
+    assert_eq!(next, 160);
+}

@@ -163,9 +163,10 @@ impl Model {
                 self.weights
                     .check_ref(&tensor.source, &tensor.shape, tensor.shape_reason)
                     .map_err(|e| match e {
+                        // A missing FP8 scale keeps the hint that says what it is.
                         RuntimeError::MissingTensor {
                             name, model_dir, ..
-                        } => RuntimeError::MissingTensor {
+                        } if name == tensor.name() => RuntimeError::MissingTensor {
                             hint: self.missing_tensor_hint(layer),
                             name,
                             model_dir,

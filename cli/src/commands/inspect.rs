@@ -3,6 +3,7 @@
 
 use super::expert_sizes::{layer_experts, parameter_count};
 use super::open_model;
+use super::quantized_sizes::{QuantizedMatrices, quantized_matrices};
 use crate::args::InspectArgs;
 use anyhow::Result;
 use layerstream_planner::{ByteSize, TensorClass};
@@ -43,6 +44,8 @@ struct ModelSummary {
     unused_mtp_layers: Vec<usize>,
     /// Their bytes (in `total_bytes`).
     unused_mtp_bytes: u64,
+    /// Block-quantized layer matrices by format: count, stored and dequantized bytes.
+    quantized: Vec<QuantizedMatrices>,
     dtype_bytes: BTreeMap<&'static str, u64>,
     files: Vec<String>,
 }
@@ -231,6 +234,7 @@ pub fn inspect(args: &InspectArgs) -> Result<()> {
         layer_bytes,
         unused_mtp_bytes: unused_mtp.values().sum(),
         unused_mtp_layers: unused_mtp.into_keys().collect(),
+        quantized: quantized_matrices(model),
         dtype_bytes: inventory.dtype_bytes(),
         files: inventory
             .files
@@ -411,6 +415,18 @@ fn print_sizes(s: &ModelSummary) {
                 "{} ({}): multi-token prediction, which transformers does not run; not streamed",
                 format_layers(&s.unused_mtp_layers),
                 ByteSize(s.unused_mtp_bytes)
+            ),
+        );
+    }
+    for q in &s.quantized {
+        row(
+            "quantized",
+            format!(
+                "{} matrices in {}: {} stored, {} dequantized to bf16 on the GPU",
+                q.matrices,
+                q.format,
+                ByteSize(q.stored_bytes),
+                ByteSize(q.bf16_bytes)
             ),
         );
     }

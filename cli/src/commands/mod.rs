@@ -7,6 +7,7 @@ pub mod estimate;
 pub mod expert_sizes;
 pub mod inspect;
 pub mod plots;
+pub mod quantized_sizes;
 pub mod report_markdown;
 pub mod report_massive;
 pub mod score;

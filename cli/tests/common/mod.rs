@@ -166,11 +166,19 @@ fn write_sparse_safetensors(dir: &Path, shapes: &[(String, Vec<usize>)]) -> u64 
 }
 
 /// [`write_sparse_safetensors`] with a dtype per tensor (`BF16` or `U8`).
-fn write_sparse_typed(dir: &Path, tensors: &[(String, &str, Vec<usize>)]) -> u64 {
+pub mod glm;
+
+/// Writes a sparse `model.safetensors` of `(name, dtype, shape)` tensors in `dir`; returns
+/// the data bytes.
+pub fn write_sparse_typed(dir: &Path, tensors: &[(String, &str, Vec<usize>)]) -> u64 {
     let mut header = serde_json::Map::new();
     let mut offset = 0u64;
     for (name, dtype, shape) in tensors {
-        let element = if *dtype == "U8" { 1 } else { 2 };
+        let element = match *dtype {
+            "U8" | "F8_E4M3" => 1,
+            "F32" => 4,
+            _ => 2,
+        };
         let bytes = element * shape.iter().product::<usize>() as u64;
         header.insert(name.clone(), serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + bytes]}));
         offset += bytes;

@@ -100,10 +100,11 @@ pub fn check(
         });
     }
     if scale.dtype.name() != "F32" {
-        return Err(RuntimeError::UnsupportedDtype {
-            name: scales.name().to_string(),
+        return Err(RuntimeError::UnsupportedFeature {
             path: store.file_of(scale).to_path_buf(),
-            dtype: format!("{} (FP8 inverse scales are F32)", scale.dtype.name()),
+            what: format!("{} stored as {}", scales.name(), scale.dtype.name()),
+            hint: "FP8 inverse scales here are F32, as the released FP8 checkpoints store them"
+                .into(),
         });
     }
     Ok(())
