@@ -1,5 +1,6 @@
 //! Capture points, named as TransformerLens names them so users recognise them.
 
+use crate::arch::RouterScoring;
 use layerstream_planner::statistics::CapturedPoint;
 use std::fmt;
 use std::str::FromStr;
@@ -175,6 +176,9 @@ pub struct Routing {
     pub experts: Vec<u32>,
     /// Their weights in the block output, `(tokens, top_k)`.
     pub weights: Vec<f32>,
+    /// How the router scored the logits (the analysis recomputes the sigmoid router's choice
+    /// without its selection bias from them).
+    pub scoring: RouterScoring,
 }
 
 /// What one micro-batch's attention put on the sink positions (attention-sink statistics).

@@ -239,5 +239,37 @@ fn routing_section(md: &mut String, report: &ActivationReport) {
                 r.load.get(busiest).copied().unwrap_or(0.0)
             );
         }
+        selection_bias_section(md, report);
+    }
+}
+
+/// What the sigmoid router's selection bias changed per layer (GLM-4.5).
+fn selection_bias_section(md: &mut String, report: &ActivationReport) {
+    let layers: Vec<_> = report
+        .layers
+        .iter()
+        .filter_map(|l| Some((l.layer, l.router.as_ref()?.selection_bias.as_ref()?)))
+        .collect();
+    if layers.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "\nThe router chooses by its sigmoid scores plus a selection bias and weighs by the scores alone; without the bias it would choose:\n"
+    );
+    let _ = writeln!(
+        md,
+        "| layer | assignments the bias changed | tokens changed | load entropy / ln E without it | MaxVio without it |"
+    );
+    let _ = writeln!(md, "| --- | --- | --- | --- | --- |");
+    for (layer, b) in layers {
+        let _ = writeln!(
+            md,
+            "| {layer} | {} | {} | {} | {} |",
+            interval(&b.assignments_changed, 4),
+            b.tokens_changed,
+            interval(&b.unbiased_load_entropy, 3),
+            interval(&b.unbiased_max_violation, 2)
+        );
     }
 }

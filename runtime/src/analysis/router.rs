@@ -1,10 +1,14 @@
 //! What a MoE layer's router did with the workload, kept per sequence so the analysis can
-//! resample sequences: tokens per expert (top-k assignments) and the per-token entropy of
-//! the router's probabilities. Filled from the routing decisions both backends hand over per
-//! micro-batch; a micro-batch handed over again (after an out-of-memory retry) replaces its
-//! sequences' entries instead of adding to them.
+//! resample sequences: tokens per expert (top-k assignments), the per-token entropy of the
+//! router's probabilities (the softmax of the logits; for the sigmoid router, its sigmoid
+//! scores normalized to sum to 1), and for the sigmoid router what its selection bias
+//! changed (the choice recomputed without it). Filled from the routing decisions both
+//! backends hand over per micro-batch; a micro-batch handed over again (after an
+//! out-of-memory retry) replaces its sequences' entries instead of adding to them.
 
+use crate::arch::RouterScoring;
 use crate::capture::Routing;
+use crate::cpu::router::{choose_sigmoid, sigmoid};
 use serde::{Deserialize, Serialize};
 
 /// Bins of the per-token entropy histogram, over [0, ln E].
@@ -19,6 +23,20 @@ pub struct SequenceRouting {
     pub entropy_sum: f64,
     /// Tokens per bin of entropy / ln E (`ENTROPY_BINS` equal bins over [0, 1]).
     pub entropy_histogram: Vec<u64>,
+    /// The sigmoid router's choice without its selection bias (absent for other routers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unbiased: Option<UnbiasedChoice>,
+}
+
+/// One sequence's routing had the sigmoid router chosen by its scores alone.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct UnbiasedChoice {
+    /// Per expert: tokens that would have chosen it.
+    pub tokens_per_expert: Vec<u64>,
+    /// Tokens whose set of chosen experts the bias changed.
+    pub tokens_changed: u64,
+    /// Top-k assignments the bias changed (experts chosen with it, not without).
+    pub assignments_changed: u64,
 }
 
 /// How a MoE layer's router spread the workload over its experts.
@@ -34,6 +52,66 @@ pub struct RouterSummary {
     pub tokens_per_expert: Vec<u64>,
     /// Per sequence of the workload (empty entries for sequences not seen).
     pub per_sequence: Vec<SequenceRouting>,
+}
+
+/// Entropy (nats) of `scores` normalized to sum to 1 (the sigmoid router's scores).
+pub fn normalized_entropy_of(scores: &[f64]) -> f64 {
+    let total: f64 = scores.iter().sum();
+    scores
+        .iter()
+        .filter(|&&s| s > 0.0)
+        .map(|&s| {
+            let p = s / total;
+            -p * p.ln()
+        })
+        .sum()
+}
+
+/// Entropy (nats) of the router's probabilities for one token's `logits`.
+fn router_entropy(logits: &[f32], scoring: RouterScoring) -> f64 {
+    match scoring {
+        RouterScoring::Softmax | RouterScoring::TopKSoftmax => softmax_entropy(logits),
+        RouterScoring::Sigmoid { .. } => {
+            let scores: Vec<f64> = logits.iter().map(|&l| sigmoid(l) as f64).collect();
+            normalized_entropy_of(&scores)
+        }
+    }
+}
+
+/// What the sigmoid router's selection bias changed for tokens `tokens` of `routing`.
+fn unbiased_choice(routing: &Routing, tokens: std::ops::Range<usize>) -> Option<UnbiasedChoice> {
+    let RouterScoring::Sigmoid { .. } = routing.scoring else {
+        return None;
+    };
+    let (experts, top_k) = (routing.num_experts, routing.top_k);
+    let zero = vec![0f32; experts];
+    let (mut scores, mut order) = (vec![0f32; experts], Vec::with_capacity(experts));
+    let mut choice = UnbiasedChoice {
+        tokens_per_expert: vec![0; experts],
+        ..UnbiasedChoice::default()
+    };
+    for t in tokens {
+        let logits = &routing.logits[t * experts..(t + 1) * experts];
+        choose_sigmoid(
+            logits,
+            &zero,
+            routing.scoring,
+            top_k,
+            &mut scores,
+            &mut order,
+        );
+        let chosen = &routing.experts[t * top_k..(t + 1) * top_k];
+        let changed = chosen
+            .iter()
+            .filter(|&&e| !order.contains(&(e as usize)))
+            .count() as u64;
+        for &e in &order {
+            choice.tokens_per_expert[e] += 1;
+        }
+        choice.assignments_changed += changed;
+        choice.tokens_changed += u64::from(changed > 0);
+    }
+    Some(choice)
 }
 
 /// Entropy (nats) of the softmax of `logits`.
@@ -118,12 +196,14 @@ impl RouterSummary {
                 tokens_per_expert: vec![0; experts],
                 entropy_sum: 0.0,
                 entropy_histogram: vec![0; ENTROPY_BINS],
+                unbiased: unbiased_choice(routing, s * seq_len..(s + 1) * seq_len),
             };
             for t in s * seq_len..(s + 1) * seq_len {
                 for &e in &routing.experts[t * top_k..(t + 1) * top_k] {
                     entry.tokens_per_expert[e as usize] += 1;
                 }
-                let entropy = softmax_entropy(&routing.logits[t * experts..(t + 1) * experts]);
+                let logits = &routing.logits[t * experts..(t + 1) * experts];
+                let entropy = router_entropy(logits, routing.scoring);
                 entry.entropy_sum += entropy;
                 let fraction = if ln_experts > 0.0 {
                     entropy / ln_experts
@@ -184,6 +264,7 @@ mod tests {
             logits: vec![0.0; 12],
             experts: vec![0, 2, 2, 2],
             weights: vec![1.0; 4],
+            scoring: RouterScoring::Softmax,
         };
         let mut summary = RouterSummary::empty_like(&routing);
         summary.add(&routing, 0, 2);
@@ -197,5 +278,46 @@ mod tests {
             summary.per_sequence[0].entropy_histogram[ENTROPY_BINS - 1],
             2
         );
+    }
+
+    #[test]
+    fn the_sigmoid_routers_choice_without_its_bias_is_recorded() {
+        // 1 sequence of 2 tokens, 4 experts, top-1. Token 0's best score is expert 0, but
+        // the bias chose 1; token 1 chose its best, 1.
+        let routing = Routing {
+            num_experts: 4,
+            top_k: 1,
+            logits: vec![2.0, 0.0, 0.0, 0.0, 0.0, 3.0, 0.0, 0.0],
+            experts: vec![1, 1],
+            weights: vec![0.5, 0.95],
+            scoring: RouterScoring::Sigmoid {
+                groups: 1,
+                top_groups: 1,
+                scaling: 1.0,
+            },
+        };
+        let mut summary = RouterSummary::empty_like(&routing);
+        summary.add(&routing, 0, 2);
+        let unbiased = summary.per_sequence[0].unbiased.as_ref().unwrap();
+        assert_eq!(unbiased.tokens_per_expert, vec![1, 1, 0, 0]);
+        assert_eq!(
+            (unbiased.tokens_changed, unbiased.assignments_changed),
+            (1, 1)
+        );
+        // The entropy is that of the sigmoid scores normalized: token 0's are
+        // (s(2), 1/2, 1/2, 1/2).
+        let s = [sigmoid(2.0) as f64, 0.5, 0.5, 0.5];
+        let expected = normalized_entropy_of(&s);
+        let token1 = normalized_entropy_of(&[0.5, sigmoid(3.0) as f64, 0.5, 0.5]);
+        let got = summary.per_sequence[0].entropy_sum;
+        assert!((got - expected - token1).abs() < 1e-12, "{got}");
+        // A softmax router records none.
+        let softmax = Routing {
+            scoring: RouterScoring::Softmax,
+            ..routing
+        };
+        let mut summary = RouterSummary::empty_like(&softmax);
+        summary.add(&softmax, 0, 2);
+        assert!(summary.per_sequence[0].unbiased.is_none());
     }
 }

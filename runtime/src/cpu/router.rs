@@ -65,7 +65,7 @@ pub fn route(
             }
             RouterScoring::Sigmoid { .. } => {
                 let bias = selection_bias.expect("the sigmoid router's selection bias is loaded");
-                choose_sigmoid(row, bias, moe, &mut scores, &mut order);
+                choose_sigmoid(row, bias, moe.scoring, top_k, &mut scores, &mut order);
                 for (w, &e) in chosen_weights.iter_mut().zip(&order) {
                     *w = sigmoid(row[e]);
                 }
@@ -81,6 +81,7 @@ pub fn route(
         logits,
         experts,
         weights,
+        scoring: moe.scoring,
     }
 }
 
@@ -116,20 +117,21 @@ pub fn sigmoid(x: f32) -> f32 {
 pub fn choose_sigmoid(
     logits: &[f32], // (num_experts)
     bias: &[f32],   // (num_experts)
-    moe: &MoeSpec,
+    scoring: RouterScoring,
+    top_k: usize,
     scores: &mut [f32], // (num_experts)
     order: &mut Vec<usize>,
 ) {
     let RouterScoring::Sigmoid {
         groups, top_groups, ..
-    } = moe.scoring
+    } = scoring
     else {
         unreachable!("choose_sigmoid is called for the sigmoid router only");
     };
     for ((s, &l), &b) in scores.iter_mut().zip(logits).zip(bias) {
         *s = sigmoid(l) + b;
     }
-    let per_group = moe.num_experts / groups;
+    let per_group = logits.len() / groups;
     if groups > 1 {
         let group_score: Vec<f32> = scores
             .chunks_exact(per_group)
@@ -153,7 +155,7 @@ pub fn choose_sigmoid(
             }
         }
     }
-    top_k_of(scores, moe.top_k, order);
+    top_k_of(scores, top_k, order);
 }
 
 /// The indices of the `k` largest `values` into `order`, largest first; equal ones by the

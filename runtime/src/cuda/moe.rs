@@ -73,14 +73,16 @@ impl MoeBuffers {
         })
     }
 
-    /// The decisions of the last [`route`] of `tokens` tokens.
-    pub fn routing(&self, experts: usize, top_k: usize, tokens: usize) -> DeviceRouting<'_> {
+    /// The decisions of the last [`route`] of `tokens` tokens by a router of `spec`.
+    pub fn routing(&self, spec: &MoeSpec, tokens: usize) -> DeviceRouting<'_> {
+        let (experts, top_k) = (spec.num_experts, spec.top_k);
         DeviceRouting {
             num_experts: experts,
             top_k,
             logits: self.logits.slice(..tokens * experts),
             chosen: self.chosen.slice(..tokens * top_k),
             weights: self.weights.slice(..tokens * top_k),
+            scoring: spec.scoring,
         }
     }
 }
@@ -97,6 +99,8 @@ pub struct DeviceRouting<'a> {
     pub chosen: CudaView<'a, u32>,
     /// `(tokens, top_k)`.
     pub weights: CudaView<'a, f32>,
+    /// How the router scored the logits.
+    pub scoring: RouterScoring,
 }
 
 impl DeviceRouting<'_> {
@@ -108,6 +112,7 @@ impl DeviceRouting<'_> {
             logits: gpu.stream.clone_dtoh(&self.logits)?,
             experts: gpu.stream.clone_dtoh(&self.chosen)?,
             weights: gpu.stream.clone_dtoh(&self.weights)?,
+            scoring: self.scoring,
         })
     }
 }

@@ -38,8 +38,8 @@ pub(crate) struct CudaOps<'a, 'v, 'c> {
     pub hidden_size: usize,
     /// Tokens per sequence.
     pub seq_len: usize,
-    /// `(num_experts, top_k, tokens)` of the last `route`.
-    pub routed: Option<(usize, usize, usize)>,
+    /// The spec and the tokens of the last `route`.
+    pub routed: Option<(MoeSpec, usize)>,
     /// `None`: captures are not wanted.
     pub capture: Option<CudaCapture<'c>>,
 }
@@ -203,7 +203,7 @@ impl BlockOps for CudaOps<'_, '_, '_> {
         let buffers = self.moe.as_deref_mut().ok_or_else(no_moe_buffers)?;
         let x = self.buffers.get(input).as_view();
         moe::route(gpu, &x, weights, spec, hidden, buffers, self.bf16)?;
-        self.routed = Some((spec.num_experts, spec.top_k, tokens));
+        self.routed = Some((spec.clone(), tokens));
         Ok(())
     }
 
@@ -279,11 +279,11 @@ impl BlockOps for CudaOps<'_, '_, '_> {
     }
 
     fn hand_over_routing(&mut self) -> Result<()> {
-        let (num_experts, top_k, tokens) = self.routed.ok_or_else(|| {
+        let (spec, tokens) = self.routed.as_ref().ok_or_else(|| {
             RuntimeError::internal("the routing was captured before the router ran")
         })?;
         let buffers = self.moe.as_deref().ok_or_else(no_moe_buffers)?;
-        let routing = buffers.routing(num_experts, top_k, tokens);
+        let routing = buffers.routing(spec, *tokens);
         match &mut self.capture {
             Some(capture) => capture.routing(&routing),
             None => Ok(()),
