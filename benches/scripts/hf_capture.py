@@ -71,11 +71,17 @@ def main():
         kwargs = dict(device_map=device)
     with open(os.path.join(args.model, "config.json")) as f:
         config = json.load(f)
-    if config.get("quantization_config", {}).get("quant_method") == "mxfp4":
+    method = config.get("quantization_config", {}).get("quant_method")
+    if method == "mxfp4":
         # What a user without the hub's triton kernels gets: experts dequantized to bf16.
         kwargs["quantization_config"] = transformers.Mxfp4Config(dequantize=True)
+    if method == "fp8":
+        # transformers' FP8 matmuls come from the hub's `kernels-community/finegrained-fp8`,
+        # which cannot be fetched here (nor on an offline cluster): dequantized to bf16 at load.
+        kwargs["quantization_config"] = transformers.FineGrainedFP8Config(
+            dequantize=True, weight_block_size=tuple(config["quantization_config"]["weight_block_size"]))
     experts_implementation = None
-    if any(k in config for k in ("num_local_experts", "num_experts")):
+    if any(k in config for k in ("num_local_experts", "num_experts", "n_routed_experts")):
         experts_implementation = "grouped_mm"
     try:
         model = transformers.AutoModelForCausalLM.from_pretrained(
