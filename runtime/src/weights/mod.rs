@@ -3,6 +3,7 @@
 
 pub mod dtype;
 pub mod fp8;
+mod header;
 pub mod layout;
 pub mod mxfp4;
 pub mod store;
