@@ -448,7 +448,7 @@ mod tests {
     }
 
     #[test]
-    fn a_quantized_weight_without_a_reader_is_refused_naming_its_format() {
+    fn a_quantized_weight_is_not_read_as_byte_ranges_and_its_shape_is_checked() {
         let dir = stacked_model();
         let store = WeightStore::open(dir.path()).unwrap();
         let quantized = TensorRef::Quantized {
@@ -459,7 +459,14 @@ mod tests {
             values: Box::new(TensorRef::Whole("experts.gate_up".into())),
             scales: Box::new(TensorRef::Whole("experts.gate_up".into())),
         };
-        let error = store.read_ref_f32(&quantized).unwrap_err();
+        // The GPU stages a quantized matrix's values and scales separately, never as one.
+        let error = store.ranges(&quantized).unwrap_err();
         assert!(error.to_string().contains("Fp8"), "{error}");
+        let error = store.check_ref(&quantized, &[6, 8], "test").unwrap_err();
+        assert!(
+            error.to_string().contains("experts.gate_up")
+                && error.to_string().contains("[4, 6, 8]"),
+            "{error}"
+        );
     }
 }
