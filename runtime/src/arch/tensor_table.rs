@@ -123,9 +123,7 @@ impl Table {
             layout,
         });
     }
-}
 
-impl Table {
     /// Reads the matrices stored as FP8 (`fp8.stored`) as FP8 blocks with their
     /// `weight_scale_inv`.
     fn read_fp8_where_stored(&mut self, fp8: &Fp8Weights) {
