@@ -8,8 +8,8 @@ use layerstream_runtime::cpu::CpuBackend;
 use layerstream_runtime::data::{TextTokenizer, pack_documents};
 use layerstream_runtime::{CapturePoint, FinalStage, Model, RunRequest, run};
 use layerstream_tests::{
-    FIXTURES, KeepEverything, MOE_FIXTURES, REFERENCE_POINTS, Reference, assert_all_close,
-    assert_matches_reference, fixture_docs, fixture_model, split_every_layer,
+    FIXTURES, KeepEverything, MOE_FIXTURES, OPTIONAL_REFERENCE_POINTS, REFERENCE_POINTS, Reference,
+    assert_all_close, assert_matches_reference, fixture_docs, fixture_model, split_every_layer,
 };
 
 fn run_fixture(
@@ -112,6 +112,16 @@ fn every_family_matches_pytorch_at_every_capture_point_and_the_logits() {
                     .get(&key)
                     .unwrap_or_else(|| panic!("{name}: {key} not captured"));
                 assert_matches_reference(&format!("{name} {key}"), got, &expected.values);
+            }
+            for point in OPTIONAL_REFERENCE_POINTS {
+                let key = point.full_name(layer);
+                if let Some(expected) = reference.maybe(&key) {
+                    let got = kept
+                        .captures
+                        .get(&key)
+                        .unwrap_or_else(|| panic!("{name}: {key}"));
+                    assert_matches_reference(&format!("{name} {key}"), got, &expected.values);
+                }
             }
         }
         assert_matches_reference(
@@ -289,7 +299,7 @@ fn check_routing(name: &str, reference: &Reference, kept: &KeepEverything, layer
 #[test]
 fn moe_layers_are_sparse_or_dense_as_configured() {
     // qwen3_moe: mlp_only_layers [1]; qwen2_moe: decoder_sparse_step 2; glm4_moe:
-    // first_k_dense_replace 1 (the groups fixture: 0).
+    // first_k_dense_replace 1 (the groups fixture: 0); qwen3_next: mlp_only_layers [1].
     let expected = [
         ("olmoe", vec![true, true]),
         ("qwen3_moe", vec![true, false, true]),
@@ -301,6 +311,7 @@ fn moe_layers_are_sparse_or_dense_as_configured() {
         ("glm4_moe", vec![false, true, true]),
         ("glm4_moe_groups", vec![true, true]),
         ("glm4_moe_fp8", vec![false, true]),
+        ("qwen3_next", vec![true, false, true, true]),
     ];
     for (name, sparse) in &expected {
         let model = Model::open(&fixture_model(name)).unwrap();

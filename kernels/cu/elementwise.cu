@@ -43,3 +43,37 @@ extern "C" __global__ void add_bias_kernel(float* y, const float* bias, unsigned
     ELEMENT_INDEX;
     if (i < n) y[i] += bias[i % width];
 }
+
+// x = sigmoid(x) (kind 0, gated attention) or silu(x) (kind 1, DeltaNet's z)
+extern "C" __global__ void gate_activation_kernel(float* x, unsigned long long n, int kind) {
+    ELEMENT_INDEX;
+    if (i >= n) return;
+    float s = 1.0f / (1.0f + expf(-x[i]));
+    x[i] = kind == 0 ? s : x[i] * s;
+}
+
+// x *= gate
+extern "C" __global__ void multiply_kernel(float* x, const float* gate, unsigned long long n) {
+    ELEMENT_INDEX;
+    if (i < n) x[i] *= gate[i];
+}
+
+// x += value (zero-centred norm weights: 1 + w)
+extern "C" __global__ void add_scalar_kernel(float* x, unsigned long long n, float value) {
+    ELEMENT_INDEX;
+    if (i < n) x[i] += value;
+}
+
+// One piece of a regrouping: out[row, to + g * width + j] = in[row, g * group_width + from + j]
+// for every row, group g < groups and j < width.
+extern "C" __global__ void regroup_kernel(
+    const float* in, float* out, unsigned long long n, int groups, int group_width, int out_width,
+    int from, int width, int to) {
+    ELEMENT_INDEX;
+    if (i >= n) return;
+    unsigned long long j = i % width;
+    unsigned long long g = (i / width) % groups;
+    unsigned long long row = i / ((unsigned long long)width * groups);
+    out[row * out_width + to + g * width + j] =
+        in[row * (unsigned long long)groups * group_width + g * group_width + from + j];
+}

@@ -111,3 +111,87 @@ pub fn linear_bf16(
     }
     Ok(())
 }
+
+/// One operand of [`batched_row_major`]: a row-major matrix at a device address, its row
+/// stride, the distance between batch members (elements), and whether it is used transposed.
+#[derive(Debug, Clone, Copy)]
+pub struct Operand {
+    /// Device address of the first member's first element.
+    pub ptr: u64,
+    /// Row stride (elements).
+    pub ld: usize,
+    /// Elements between batch members.
+    pub stride: usize,
+    /// `op(X) = X^T` (the stored matrix is `cols x rows` of the product's view).
+    pub transposed: bool,
+}
+
+/// `C (m, n) = alpha op(A) (m, k) op(B) (k, n) + beta C` for `batch` members, all f32
+/// row-major. `tf32`: tensor cores with TF32 inputs (bf16 runs); otherwise full f32.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchedGemm {
+    /// Rows of C.
+    pub m: usize,
+    /// Columns of C.
+    pub n: usize,
+    /// The shared dimension.
+    pub k: usize,
+    /// Left operand.
+    pub a: Operand,
+    /// Right operand.
+    pub b: Operand,
+    /// Output (never transposed).
+    pub c: Operand,
+    /// Members.
+    pub batch: usize,
+    /// Scale of the product.
+    pub alpha: f32,
+    /// Scale of C's old values.
+    pub beta: f32,
+    /// TF32 tensor cores.
+    pub tf32: bool,
+}
+
+/// Runs a [`BatchedGemm`]: as cuBLAS is column-major, `C^T = op(B)^T op(A)^T`.
+///
+/// # Safety
+/// Every operand's address must be valid for `batch` members of its extent, and `c` may
+/// overlap neither input.
+pub unsafe fn batched_row_major(gpu: &Gpu, g: &BatchedGemm) -> Result<()> {
+    use sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
+    let op = |t: bool| if t { CUBLAS_OP_T } else { CUBLAS_OP_N };
+    let compute = match g.tf32 {
+        true => sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32,
+        false => sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+    };
+    let f32_type = sys::cudaDataType::CUDA_R_32F;
+    // SAFETY: the caller's contract; the handle is bound to the compute stream.
+    unsafe {
+        result::gemm_strided_batched_ex(
+            *gpu.blas.handle(),
+            op(g.b.transposed),
+            op(g.a.transposed),
+            g.n as i32,
+            g.m as i32,
+            g.k as i32,
+            (&g.alpha as *const f32).cast::<c_void>(),
+            g.b.ptr as *const c_void,
+            f32_type,
+            g.b.ld as i32,
+            g.b.stride as i64,
+            g.a.ptr as *const c_void,
+            f32_type,
+            g.a.ld as i32,
+            g.a.stride as i64,
+            (&g.beta as *const f32).cast::<c_void>(),
+            g.c.ptr as *mut c_void,
+            f32_type,
+            g.c.ld as i32,
+            g.c.stride as i64,
+            g.batch as i32,
+            compute,
+            sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+        )?;
+    }
+    Ok(())
+}

@@ -48,11 +48,14 @@ pub const STATS: ModuleSource = module!("stats");
 /// Row top-3 and per-sequence median of |x|.
 pub const MAGNITUDES: ModuleSource = module!("magnitudes");
 
+/// Gated DeltaNet: convolution and the chunked delta rule's non-GEMM steps.
+pub const DELTA_NET: ModuleSource = module!("delta_net");
+
 /// Online log-sum-exp for next-token NLL.
 pub const LOSS: ModuleSource = module!("loss");
 
 /// Every module.
-pub const ALL_MODULES: [ModuleSource; 10] = [
+pub const ALL_MODULES: [ModuleSource; 11] = [
     CONVERT,
     NORM,
     ROPE,
@@ -63,4 +66,5 @@ pub const ALL_MODULES: [ModuleSource; 10] = [
     STATS,
     MAGNITUDES,
     LOSS,
+    DELTA_NET,
 ];

@@ -145,6 +145,11 @@ pub fn classify_expert(name: &str) -> Option<ExpertSlot> {
 
 /// Places a tensor name in the forward pass by the pattern table above.
 pub fn classify_tensor_name(name: &str) -> TensorClass {
+    // Qwen3-Next's multi-token-prediction module (`mtp.layers.0.*`, `mtp.fc.weight`, ...):
+    // transformers ignores it on load, so its layer is not one of the model's.
+    if name.starts_with("mtp.") {
+        return TensorClass::Unclassified;
+    }
     for pattern in LAYER_PATTERNS {
         let start = if pattern.starts_with('.') {
             name.find(pattern).map(|i| i + pattern.len())
@@ -350,6 +355,10 @@ mod tests {
             None
         );
         assert_eq!(classify_expert("model.layers.0.mlp.gate.weight"), None);
+        assert_eq!(
+            classify_tensor_name("mtp.layers.0.mlp.experts.3.up_proj.weight"),
+            TensorClass::Unclassified
+        );
         assert_eq!(
             classify_expert("model.layers.0.mlp.experts.gate_up_proj"),
             None

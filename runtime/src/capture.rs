@@ -31,14 +31,19 @@ pub enum CapturePoint {
     /// Attention-sink mass: per head, the attention probability on the first token and on
     /// the first delimiter (not an activation: summed inside the attention kernels).
     AttnSinks,
+    /// The mixer's output gate, what its heads' output is multiplied by before the output
+    /// projection: `sigmoid(gate)` in a gated-attention layer, `silu(z)` in a Gated DeltaNet
+    /// layer (Qwen3-Next; other layers have none), as wide as `attn_in_o`.
+    AttnGate,
 }
 
 impl CapturePoint {
     /// Every activation point (one `(tokens, width)` tensor each), in forward order.
-    pub const ACTIVATIONS: [CapturePoint; 8] = [
+    pub const ACTIVATIONS: [CapturePoint; 9] = [
         CapturePoint::Ln1,
         CapturePoint::Q,
         CapturePoint::K,
+        CapturePoint::AttnGate,
         CapturePoint::AttnInO,
         CapturePoint::AttnOut,
         CapturePoint::Ln2,
@@ -47,10 +52,11 @@ impl CapturePoint {
     ];
 
     /// Every point: the activations, the router and the attention sinks.
-    pub const ALL: [CapturePoint; 10] = [
+    pub const ALL: [CapturePoint; 11] = [
         CapturePoint::Ln1,
         CapturePoint::Q,
         CapturePoint::K,
+        CapturePoint::AttnGate,
         CapturePoint::AttnInO,
         CapturePoint::AttnSinks,
         CapturePoint::AttnOut,
@@ -60,8 +66,8 @@ impl CapturePoint {
         CapturePoint::Router,
     ];
 
-    /// What `--points all` captures: every point but `q` and `k` (as wide as the attention
-    /// and rarely wanted as statistics; name them to get them).
+    /// What `--points all` captures: every point but `q`, `k` and `attn_gate` (as wide as
+    /// the attention and rarely wanted as statistics; name them to get them).
     pub const DEFAULT: [CapturePoint; 8] = [
         CapturePoint::Ln1,
         CapturePoint::AttnInO,
@@ -86,6 +92,7 @@ impl CapturePoint {
             CapturePoint::Q => "q",
             CapturePoint::K => "k",
             CapturePoint::AttnSinks => "attn_sinks",
+            CapturePoint::AttnGate => "attn_gate",
         }
     }
 

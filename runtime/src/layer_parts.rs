@@ -18,7 +18,8 @@ fn group_of(role: WeightRole) -> Group {
     use WeightRole::*;
     match role {
         AttnInputNorm | QProj | QBias | KProj | KBias | VProj | VBias | QNorm | KNorm | OProj
-        | OBias | AttnSinks | AttnOutputNorm => Group::Attention,
+        | OBias | AttnSinks | AttnOutputNorm | DeltaInProjQkvz | DeltaInProjBa | DeltaConv
+        | DeltaDtBias | DeltaALog | DeltaNorm => Group::Attention,
         MlpInputNorm | MlpOutputNorm | Router | RouterBias | RouterSelectionBias => Group::Routing,
         GateProj | GateBias | UpProj | UpBias | DownProj | DownBias | SharedGate | SharedUp
         | SharedDown | SharedExpertGate => Group::Last,

@@ -113,6 +113,16 @@ impl Model {
             .expect("validated when the model was opened")
     }
 
+    /// The final norm's weight in f32, as the norm multiplies by it (`1 + w` for zero-centred
+    /// norms, added in f32 as transformers does).
+    pub fn final_norm(&self) -> Result<Vec<f32>> {
+        let mut weight = self.weights.read_f32(spec::FINAL_NORM)?;
+        if self.spec.zero_centred_norms {
+            weight.iter_mut().for_each(|w| *w += 1.0);
+        }
+        Ok(weight)
+    }
+
     /// Refuses sequences longer than the model supports.
     pub fn check_seq_len(&self, seq_len: usize) -> Result<()> {
         let max = self.spec.max_position_embeddings;

@@ -1,17 +1,19 @@
 //! From a model and a request to the planner's inputs, and the run's time estimate.
 
-use crate::arch::{FeedForward, ModelSpec};
+use crate::arch::{FeedForward, Mixer, ModelSpec};
 use crate::capture::CapturePoint;
 use crate::layer_parts::tensor_groups;
 use crate::model::Model;
 use layerstream_planner::memory::{
-    self, GemmDtype, LayerShapes, MemoryPlan, MoeShapes, PlanError, Workload,
+    self, BlockWidths, GemmDtype, LayerShapes, MemoryPlan, MixerShapes, MoeShapes, PlanError,
+    Workload,
 };
 use layerstream_planner::{TensorClass, TensorDtype};
 use serde::Serialize;
 
-/// The block shapes of every layer.
-pub fn layer_shapes(spec: &ModelSpec) -> Vec<LayerShapes> {
+/// The block shapes of every layer, for a workload of `seq_len`-token sequences (the
+/// DeltaNet's chunked form pads each sequence to whole chunks).
+pub fn layer_shapes(spec: &ModelSpec, seq_len: usize) -> Vec<LayerShapes> {
     spec.feed_forward
         .iter()
         .enumerate()
@@ -33,6 +35,7 @@ pub fn layer_shapes(spec: &ModelSpec) -> Vec<LayerShapes> {
                 q_width: spec.q_width(),
                 kv_width: spec.kv_width(),
                 dense_intermediate,
+                mixer: mixer_shapes(spec, layer, seq_len),
                 moe,
                 tensors: tensor_groups(spec, layer),
             }
@@ -40,15 +43,46 @@ pub fn layer_shapes(spec: &ModelSpec) -> Vec<LayerShapes> {
         .collect()
 }
 
-/// Width of a capture point's activations (0 for the router and the attention sinks, which
-/// keep no accumulators).
-pub fn point_width(spec: &ModelSpec, point: CapturePoint) -> usize {
-    match point {
-        CapturePoint::AttnInO | CapturePoint::Q => spec.q_width(),
-        CapturePoint::K => spec.kv_width(),
-        CapturePoint::Router | CapturePoint::AttnSinks => 0,
+/// The planner's shapes of `layer`'s mixer for `seq_len`-token sequences.
+pub fn mixer_shapes(spec: &ModelSpec, layer: usize, seq_len: usize) -> MixerShapes {
+    match spec.mixers[layer] {
+        Mixer::Attention { gated } => MixerShapes::Attention { gated },
+        Mixer::DeltaNet(delta) => MixerShapes::DeltaNet(delta.shapes(seq_len)),
+    }
+}
+
+/// The row widths of `layer`'s block buffers.
+pub fn block_widths(spec: &ModelSpec, layer: usize) -> BlockWidths {
+    BlockWidths::for_mixer(
+        mixer_shapes(spec, layer, 1),
+        spec.q_width(),
+        spec.kv_width(),
+    )
+}
+
+/// Width of a capture point's activations in `layer` (0 for the router and the attention
+/// sinks, which keep no accumulators, and for a point the layer does not have: the output
+/// gate of an ungated attention layer, the sinks of a DeltaNet layer).
+pub fn point_width(spec: &ModelSpec, layer: usize, point: CapturePoint) -> usize {
+    let delta = spec.delta_net(layer).map(|d| d.shapes(1));
+    let gated = matches!(spec.mixers[layer], Mixer::Attention { gated: true });
+    match (point, delta) {
+        (CapturePoint::Router | CapturePoint::AttnSinks, _) => 0,
+        (CapturePoint::Q | CapturePoint::K, Some(d)) => d.key_width(),
+        (CapturePoint::AttnInO | CapturePoint::AttnGate, Some(d)) => d.value_width(),
+        (CapturePoint::AttnGate, None) if !gated => 0,
+        (CapturePoint::AttnInO | CapturePoint::Q | CapturePoint::AttnGate, None) => spec.q_width(),
+        (CapturePoint::K, None) => spec.kv_width(),
         _ => spec.hidden_size,
     }
+}
+
+/// The widest a capture point is in any of the first `layers` layers.
+pub fn widest_point(spec: &ModelSpec, layers: usize, point: CapturePoint) -> usize {
+    (0..layers.min(spec.num_layers))
+        .map(|layer| point_width(spec, layer, point))
+        .max()
+        .unwrap_or(0)
 }
 
 /// The dtype most layer weight bytes are stored in (MXFP4 blocks and scales, the only U8
@@ -91,7 +125,7 @@ pub fn plan_model(
 ) -> Result<MemoryPlan, PlanError> {
     memory::plan(
         model.weights.inventory(),
-        &layer_shapes(&model.spec),
+        &layer_shapes(&model.spec, workload.seq_len),
         workload,
         gemm,
         budget_bytes,

@@ -10,7 +10,7 @@ use layerstream_planner::statistics::CapturedPoint;
 use layerstream_planner::{ByteSize, TensorDtype};
 use layerstream_runtime::cuda::ComputeChoice;
 use layerstream_runtime::plan::{
-    Rates, TimeEstimate, dominant_weight_dtype, estimate_time, plan_model, point_width,
+    Rates, TimeEstimate, dominant_weight_dtype, estimate_time, plan_model, widest_point,
 };
 use layerstream_runtime::selection::{parse_layers, parse_points};
 use serde::Serialize;
@@ -76,7 +76,7 @@ pub fn make_estimate(
     };
     let captured: Vec<CapturedPoint> = points
         .iter()
-        .map(|&p| p.statistics_shape(point_width(spec, p)))
+        .map(|&p| p.statistics_shape(widest_point(spec, layers_run, p)))
         .filter(|p| p.width > 0)
         .collect();
     let workload = Workload {

@@ -121,3 +121,113 @@ pub fn add_bias(gpu: &Gpu, y: &mut CudaViewMut<f32>, bias: &CudaView<f32>) -> Re
         &width
     )
 }
+
+/// An activation applied to a gate in place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GateKind {
+    /// `sigmoid(x)`.
+    Sigmoid,
+    /// `silu(x) = x sigmoid(x)`.
+    Silu,
+}
+
+/// `x = act(x)`.
+pub fn gate_activation(gpu: &Gpu, x: &mut CudaViewMut<f32>, kind: GateKind) -> Result<()> {
+    let n = x.len();
+    let (n64, kind) = (n as u64, kind as i32);
+    launch!(
+        gpu,
+        ELEMENTWISE,
+        "gate_activation_kernel",
+        grid_for(n),
+        x,
+        &n64,
+        &kind
+    )
+}
+
+/// `x *= gate`, elementwise.
+pub fn multiply(gpu: &Gpu, x: &mut CudaViewMut<f32>, gate: &CudaView<f32>) -> Result<()> {
+    let n = x.len();
+    check_len("multiply gate", gate, n)?;
+    let n64 = n as u64;
+    launch!(
+        gpu,
+        ELEMENTWISE,
+        "multiply_kernel",
+        grid_for(n),
+        x,
+        gate,
+        &n64
+    )
+}
+
+/// `x += value`.
+pub fn add_scalar(gpu: &Gpu, x: &mut CudaViewMut<f32>, value: f32) -> Result<()> {
+    let n = x.len();
+    let n64 = n as u64;
+    launch!(
+        gpu,
+        ELEMENTWISE,
+        "add_scalar_kernel",
+        grid_for(n),
+        x,
+        &n64,
+        &value
+    )
+}
+
+/// Where one piece of a regrouping goes: input rows of `groups x group_width`, output rows
+/// of `out_width`; columns `from .. from + width` of group `g` go to `to + g * width ..`.
+#[derive(Debug, Clone, Copy)]
+pub struct RegroupPiece {
+    /// Groups per input row.
+    pub groups: usize,
+    /// Values per group.
+    pub group_width: usize,
+    /// Output row width.
+    pub out_width: usize,
+    /// First column within a group.
+    pub from: usize,
+    /// Columns per group.
+    pub width: usize,
+    /// First output column.
+    pub to: usize,
+}
+
+/// Copies one piece of every row's groups of `input` into `out` (`rows` rows).
+pub fn regroup(
+    gpu: &Gpu,
+    input: &CudaView<f32>,
+    out: &mut CudaViewMut<f32>,
+    rows: usize,
+    piece: RegroupPiece,
+) -> Result<()> {
+    let p = piece;
+    if p.from + p.width > p.group_width || p.to + p.groups * p.width > p.out_width {
+        return Err(crate::error::KernelError::Unsupported(format!(
+            "regroup: piece {p:?} outside its rows"
+        )));
+    }
+    check_len("regroup input", input, rows * p.groups * p.group_width)?;
+    check_len("regroup out", out, rows * p.out_width)?;
+    let n = rows * p.groups * p.width;
+    let n64 = n as u64;
+    let [groups, group_width, out_width, from, width, to] =
+        [p.groups, p.group_width, p.out_width, p.from, p.width, p.to].map(|v| v as i32);
+    launch!(
+        gpu,
+        ELEMENTWISE,
+        "regroup_kernel",
+        grid_for(n),
+        input,
+        out,
+        &n64,
+        &groups,
+        &group_width,
+        &out_width,
+        &from,
+        &width,
+        &to
+    )
+}

@@ -3,6 +3,7 @@
 
 pub mod attention;
 pub mod convert;
+pub mod delta_net;
 pub mod elementwise;
 pub mod loss;
 pub mod magnitudes;

@@ -25,6 +25,7 @@
 //! refusal), `report.rs` (the plan's types).
 
 mod assemble;
+mod mixer_buffers;
 mod regions;
 mod report;
 mod search;
@@ -34,9 +35,13 @@ mod tests;
 
 pub use crate::format::{GemmDtype, TENSOR_ALIGN};
 pub use assemble::plan;
+pub use mixer_buffers::BlockWidths;
 pub use regions::{
     BufferName, ElementType, Regions, ScratchFor, ScratchManifest, activation_bytes, head_bytes,
     layer_weight_bytes,
 };
 pub use report::{LayerPlan, MemoryPlan, PartPlan, PlanError};
-pub use shapes::{DEFAULT_OVERHEAD_BYTES, HiddenPlacement, LayerShapes, MoeShapes, Workload};
+pub use shapes::{
+    DEFAULT_OVERHEAD_BYTES, DELTA_CHUNK, DeltaNetShapes, HiddenPlacement, LayerShapes, MixerShapes,
+    MoeShapes, Workload,
+};

@@ -4,6 +4,7 @@
 //! reserve, so the plan and the allocation cannot drift apart.
 
 use super::LayerShapes;
+use super::mixer_buffers::{BlockWidths, delta_net_buffers};
 use crate::format::{GemmDtype, align, tensor_bytes};
 use crate::inventory::{Inventory, TensorClass};
 use serde::Serialize;
@@ -118,6 +119,38 @@ pub enum BufferName {
     SharedOut,
     /// `(rows)`: the shared expert's gate logits.
     SharedGateLogits,
+    /// `(rows, projected width)`: an in-projection's output (see `BlockWidths`).
+    Projected,
+    /// `(rows, gate width)`: the mixer's output gate.
+    MixerGate,
+    /// `(rows, conv channels)`: DeltaNet's convolution input.
+    Mixed,
+    /// `(rows, value heads)`: DeltaNet's b, then beta.
+    Beta,
+    /// `(rows, value heads)`: DeltaNet's a.
+    Decay,
+    /// `(rows, value width)`: the delta rule's output.
+    DeltaCore,
+    /// `(sequences, value heads, key_dim, value_dim)`: the delta rule's recurrent state.
+    DeltaState,
+    /// GPU, chunked delta rule: `(value heads, padded rows, key_dim)` queries.
+    DeltaChunkQ,
+    /// `(value heads, padded rows, key_dim)` keys.
+    DeltaChunkK,
+    /// `(value heads, padded rows, value_dim + key_dim)`: `[beta v | beta exp(g) k]`.
+    DeltaChunkW,
+    /// `(value heads, padded rows, value_dim + key_dim)`: the chunk's `T` times `W`.
+    DeltaChunkU,
+    /// `(value heads, padded rows, 64)`: each chunk's `T` matrix.
+    DeltaChunkT,
+    /// `(value heads, padded rows, 64)`: each chunk's decayed `q k^T`.
+    DeltaChunkA,
+    /// `(value heads, padded rows)`: cumulative log decay within the chunk.
+    DeltaChunkG,
+    /// `(value heads, padded rows)`: beta.
+    DeltaChunkBeta,
+    /// `(value heads, padded rows, value_dim)`: the chunked output.
+    DeltaChunkOut,
 }
 
 impl BufferName {
@@ -134,6 +167,22 @@ impl BufferName {
                 | BufferName::Gate
                 | BufferName::Up
                 | BufferName::Bf16Inputs
+                | BufferName::Projected
+                | BufferName::MixerGate
+                | BufferName::Mixed
+                | BufferName::Beta
+                | BufferName::Decay
+                | BufferName::DeltaCore
+                | BufferName::DeltaState
+                | BufferName::DeltaChunkQ
+                | BufferName::DeltaChunkK
+                | BufferName::DeltaChunkW
+                | BufferName::DeltaChunkU
+                | BufferName::DeltaChunkT
+                | BufferName::DeltaChunkA
+                | BufferName::DeltaChunkG
+                | BufferName::DeltaChunkBeta
+                | BufferName::DeltaChunkOut
         )
     }
 
@@ -169,26 +218,21 @@ impl ScratchManifest {
     /// The buffers one layer of `shapes` needs for `rows` tokens.
     pub fn for_layer(shapes: &LayerShapes, rows: usize, backend: ScratchFor) -> Self {
         use BufferName::*;
-        let (d, q, kv, dense) = (
-            shapes.hidden,
-            shapes.q_width,
-            shapes.kv_width,
-            shapes.dense_intermediate,
-        );
+        let (d, dense) = (shapes.hidden, shapes.dense_intermediate);
+        let widths = BlockWidths::of(shapes);
         let mut counts = BTreeMap::new();
-        for (name, width) in [
-            (Normed, d),
-            (Q, q),
-            (K, kv),
-            (V, kv),
-            (Attn, q),
-            (SublayerOut, d),
-            (Gate, dense),
-            (Up, dense),
-        ] {
+        for (name, width) in [(Normed, d), (SublayerOut, d), (Gate, dense), (Up, dense)] {
             counts.insert(name, rows * width);
         }
-        let mut widest_input = d.max(q).max(dense);
+        for (name, width) in widths.buffers() {
+            if width > 0 || matches!(name, Q | K | V | Attn) {
+                counts.insert(name, rows * width);
+            }
+        }
+        for (name, count) in delta_net_buffers(shapes, rows, backend) {
+            counts.insert(name, count);
+        }
+        let mut widest_input = d.max(widths.attn).max(dense);
         if let Some(m) = shapes.moe {
             let (e, k) = (m.experts, m.top_k);
             widest_input = widest_input

@@ -19,10 +19,75 @@ pub struct LayerShapes {
     pub kv_width: usize,
     /// Dense MLP width (0 for a MoE layer).
     pub dense_intermediate: usize,
+    /// The token mixer: softmax attention (of `q_width` / `kv_width`) or a Gated DeltaNet.
+    pub mixer: MixerShapes,
     /// Experts, if the layer is MoE.
     pub moe: Option<MoeShapes>,
     /// Its tensors by split part.
     pub tensors: LayerTensorGroups,
+}
+
+/// The token mixer of a layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MixerShapes {
+    /// Softmax attention; `gated`: q_proj emits a gate of `q_width` next to the queries
+    /// (Qwen3-Next), and the heads' output is multiplied by its sigmoid.
+    Attention {
+        /// Whether the attention has an output gate.
+        gated: bool,
+    },
+    /// A Gated DeltaNet (Qwen3-Next's linear attention).
+    DeltaNet(DeltaNetShapes),
+}
+
+/// The shapes of a Gated DeltaNet mixer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeltaNetShapes {
+    /// Query/key heads.
+    pub key_heads: usize,
+    /// Value heads (a multiple of the key heads).
+    pub value_heads: usize,
+    /// Per-head query/key width.
+    pub key_dim: usize,
+    /// Per-head value width.
+    pub value_dim: usize,
+    /// Tokens per sequence of the workload (the chunked form pads each to whole chunks).
+    pub seq_len: usize,
+}
+
+/// Tokens per chunk of the chunked delta rule (transformers' and fla's 64).
+pub const DELTA_CHUNK: usize = 64;
+
+impl DeltaNetShapes {
+    /// All query (or key) heads together.
+    pub fn key_width(&self) -> usize {
+        self.key_heads * self.key_dim
+    }
+
+    /// All value heads together.
+    pub fn value_width(&self) -> usize {
+        self.value_heads * self.value_dim
+    }
+
+    /// Channels of the causal convolution: queries, keys and values.
+    pub fn conv_channels(&self) -> usize {
+        2 * self.key_width() + self.value_width()
+    }
+
+    /// Width of `in_proj_qkvz`'s output: queries, keys, values and the output gate z.
+    pub fn qkvz_width(&self) -> usize {
+        2 * self.key_width() + 2 * self.value_width()
+    }
+
+    /// Sequences in a micro-batch of `rows` tokens.
+    pub fn sequences(&self, rows: usize) -> usize {
+        rows.div_ceil(self.seq_len.max(1))
+    }
+
+    /// Rows of a micro-batch of `rows` tokens with every sequence padded to whole chunks.
+    pub fn padded_rows(&self, rows: usize) -> usize {
+        self.sequences(rows) * self.seq_len.div_ceil(DELTA_CHUNK) * DELTA_CHUNK
+    }
 }
 
 /// The shapes of a MoE block.

@@ -51,6 +51,7 @@ fn dense() -> (Inventory, Vec<LayerShapes>) {
             q_width: 1024,
             kv_width: 256,
             dense_intermediate: 4096,
+            mixer: MixerShapes::Attention { gated: false },
             moe: None,
             tensors: LayerTensorGroups {
                 attention: ["q", "k", "v", "o"]
@@ -296,6 +297,7 @@ fn moe() -> (Inventory, Vec<LayerShapes>) {
             q_width: 1024,
             kv_width: 1024,
             dense_intermediate: 0,
+            mixer: MixerShapes::Attention { gated: false },
             moe: Some(MoeShapes {
                 experts: 8,
                 top_k: 2,
@@ -444,6 +446,7 @@ fn moe_buffers_grow_with_top_k_and_tokens() {
         q_width: 2048,
         kv_width: 2048,
         dense_intermediate: 0,
+        mixer: MixerShapes::Attention { gated: false },
         moe: Some(MoeShapes {
             experts: 64,
             top_k: 8,
@@ -461,4 +464,52 @@ fn moe_buffers_grow_with_top_k_and_tokens() {
     );
     // gathered + expert outputs dominate: 2 x tokens x top_k x hidden x 4 bytes.
     assert!(one > 2 * 2048 * 8 * 2048 * 4);
+}
+
+#[test]
+fn delta_net_layers_list_their_buffers_and_chunked_state() {
+    use crate::memory::{DeltaNetShapes, MixerShapes};
+    let delta = DeltaNetShapes {
+        key_heads: 16,
+        value_heads: 32,
+        key_dim: 128,
+        value_dim: 128,
+        seq_len: 100,
+    };
+    let shapes = LayerShapes {
+        hidden: 2048,
+        q_width: 4096,
+        kv_width: 512,
+        dense_intermediate: 0,
+        mixer: MixerShapes::DeltaNet(delta),
+        moe: None,
+        tensors: LayerTensorGroups::default(),
+    };
+    let rows = 300; // 3 sequences of 100, padded to 128 each
+    let gpu = ScratchManifest::for_layer(&shapes, rows, ScratchFor::Gpu);
+    assert_eq!(gpu.count(BufferName::Projected), rows * 12288);
+    assert_eq!(gpu.count(BufferName::Mixed), rows * 8192);
+    assert_eq!(gpu.count(BufferName::Q), rows * 2048);
+    assert_eq!(gpu.count(BufferName::V), rows * 4096);
+    assert_eq!(gpu.count(BufferName::Beta), rows * 32);
+    assert_eq!(gpu.count(BufferName::DeltaState), 3 * 32 * 128 * 128);
+    assert_eq!(gpu.count(BufferName::DeltaChunkU), 32 * 384 * 256);
+    assert_eq!(gpu.count(BufferName::DeltaChunkT), 32 * 384 * 64);
+    assert_eq!(gpu.count(BufferName::Bf16Inputs), rows * 4096);
+    let cpu = ScratchManifest::for_layer(&shapes, rows, ScratchFor::Cpu);
+    assert!(cpu.lists(BufferName::DeltaState) && !cpu.lists(BufferName::DeltaChunkQ));
+    let attention = LayerShapes {
+        mixer: MixerShapes::Attention { gated: true },
+        ..shapes.clone()
+    };
+    let gated = ScratchManifest::for_layer(&attention, rows, ScratchFor::Cpu);
+    assert_eq!(gated.count(BufferName::Projected), rows * 8192);
+    assert_eq!(gated.count(BufferName::MixerGate), rows * 4096);
+    assert!(!gated.lists(BufferName::DeltaState));
+    let plain = LayerShapes {
+        mixer: MixerShapes::Attention { gated: false },
+        ..shapes
+    };
+    let plain = ScratchManifest::for_layer(&plain, rows, ScratchFor::Cpu);
+    assert!(!plain.lists(BufferName::Projected) && !plain.lists(BufferName::MixerGate));
 }

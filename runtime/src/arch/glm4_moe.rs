@@ -12,7 +12,7 @@
 use super::moe::{moe_spec, required};
 use super::{
     Activation, AttentionBias, BlockSpec, ExpertNaming, Family, FeedForward, ModelSpec, NormLayout,
-    QkNorm, RouterScoring, SharedExpertSpec, norm_eps, shared_spec,
+    QkNorm, RouterScoring, SharedExpertSpec, flag, norm_eps, shared_spec, whole,
 };
 use crate::config::ModelConfig;
 use crate::error::Result;
@@ -111,26 +111,4 @@ fn sigmoid_scoring(config: &ModelConfig, experts: usize, top_k: usize) -> Result
         top_groups,
         scaling: scaling as f32,
     })
-}
-
-/// A whole-number key of config.json, `default` when absent.
-fn whole(config: &ModelConfig, key: &str, default: usize) -> Result<usize> {
-    match config.raw.get(key) {
-        None | Some(Value::Null) => Ok(default),
-        Some(value) => value
-            .as_u64()
-            .filter(|&n| n <= 1 << 20)
-            .map(|n| n as usize)
-            .ok_or_else(|| config.error(format!("`{key}` is {value}; it must be a whole number"))),
-    }
-}
-
-/// A true/false key of config.json, `default` when absent.
-fn flag(config: &ModelConfig, key: &str, default: bool) -> Result<bool> {
-    match config.raw.get(key) {
-        None | Some(Value::Null) => Ok(default),
-        Some(value) => value
-            .as_bool()
-            .ok_or_else(|| config.error(format!("`{key}` is {value}; it must be true or false"))),
-    }
 }

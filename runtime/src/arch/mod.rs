@@ -14,6 +14,7 @@ mod qwen2;
 mod qwen2_moe;
 mod qwen3;
 mod qwen3_moe;
+mod qwen3_next;
 pub mod rope;
 pub mod spec;
 mod tensor_table;
@@ -21,9 +22,11 @@ mod tensor_table;
 use crate::config::ModelConfig;
 use crate::error::{Result, RuntimeError};
 use rope::RopeSpec;
+use serde_json::Value;
 pub use spec::{
-    Activation, AttentionBias, BlockSpec, ExpertNaming, Family, FeedForward, LayerTensor, Layout,
-    ModelSpec, MoeSpec, NormLayout, QkNorm, RouterScoring, SharedExpertSpec, WeightRole,
+    Activation, AttentionBias, BlockSpec, DeltaNetSpec, ExpertNaming, Family, FeedForward,
+    LayerTensor, Layout, Mixer, ModelSpec, MoeSpec, NormLayout, QkNorm, RouterScoring,
+    SharedExpertSpec, WeightRole,
 };
 
 /// `model_type` values this build implements.
@@ -39,6 +42,7 @@ pub const SUPPORTED_MODEL_TYPES: &[&str] = &[
     "mixtral",
     "gpt_oss",
     "glm4_moe",
+    "qwen3_next",
 ];
 
 /// Reads the family-specific options of config.json into a spec.
@@ -55,6 +59,7 @@ pub fn model_spec(config: &ModelConfig) -> Result<ModelSpec> {
         "mixtral" => mixtral::spec(config),
         "gpt_oss" => gpt_oss::spec(config),
         "glm4_moe" => glm4_moe::spec(config),
+        "qwen3_next" => qwen3_next::spec(config),
         other => Err(RuntimeError::UnsupportedModelType {
             path: config.path.clone(),
             model_type: other.to_string(),
@@ -125,6 +130,8 @@ fn shared_spec(
         tied_embeddings: config.tie_word_embeddings.unwrap_or(false),
         unused_mtp_layers: mtp_layers(config)?,
         fp8: None,
+        mixers: vec![Mixer::Attention { gated: false }; config.num_hidden_layers],
+        zero_centred_norms: false,
     })
 }
 
@@ -201,4 +208,26 @@ fn windows_from_layer_types(config: &ModelConfig) -> Result<Vec<Option<usize>>> 
             )),
         })
         .collect()
+}
+
+/// A whole-number key of config.json, `default` when absent.
+pub(super) fn whole(config: &ModelConfig, key: &str, default: usize) -> Result<usize> {
+    match config.raw.get(key) {
+        None | Some(Value::Null) => Ok(default),
+        Some(value) => value
+            .as_u64()
+            .filter(|&n| n <= 1 << 20)
+            .map(|n| n as usize)
+            .ok_or_else(|| config.error(format!("`{key}` is {value}; it must be a whole number"))),
+    }
+}
+
+/// A true/false key of config.json, `default` when absent.
+pub(super) fn flag(config: &ModelConfig, key: &str, default: bool) -> Result<bool> {
+    match config.raw.get(key) {
+        None | Some(Value::Null) => Ok(default),
+        Some(value) => value
+            .as_bool()
+            .ok_or_else(|| config.error(format!("`{key}` is {value}; it must be true or false"))),
+    }
 }

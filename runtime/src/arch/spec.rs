@@ -30,6 +30,8 @@ pub enum Family {
     GptOss,
     /// GLM-4.5 and GLM-4.5-Air (`glm4_moe`).
     Glm4Moe,
+    /// Qwen3-Next (`qwen3_next`): Gated DeltaNet and gated attention layers.
+    Qwen3Next,
 }
 
 impl Family {
@@ -47,14 +49,17 @@ impl Family {
             Family::Mixtral => "mixtral",
             Family::GptOss => "gpt_oss",
             Family::Glm4Moe => "glm4_moe",
+            Family::Qwen3Next => "qwen3_next",
         }
     }
 
     /// `Some(default partial_rotary_factor)` for a family whose attention rotates part of
-    /// each head (`glm4_moe`: 0.5, its config's default); `None` when heads rotate whole.
+    /// each head (`glm4_moe`: 0.5, `qwen3_next`: 0.25, their configs' defaults); `None` when
+    /// heads rotate whole.
     pub fn partial_rotary_default(self) -> Option<f64> {
         match self {
             Family::Glm4Moe => Some(0.5),
+            Family::Qwen3Next => Some(0.25),
             _ => None,
         }
     }
@@ -136,6 +141,52 @@ pub enum FeedForward {
     /// A router choosing `top_k` of `num_experts` gated MLPs per token, optionally plus a
     /// shared expert every token goes through.
     Moe(MoeSpec),
+}
+
+/// The token mixer of one layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mixer {
+    /// Grouped-query softmax attention. `gated` (Qwen3-Next): q_proj emits per head
+    /// `[query (head_dim) | gate (head_dim)]`, and the heads' output is multiplied by
+    /// `sigmoid(gate)` before o_proj.
+    Attention {
+        /// Whether the attention has an output gate.
+        gated: bool,
+    },
+    /// A Gated DeltaNet (Qwen3-Next's `linear_attn`): in_proj_qkvz / in_proj_ba grouped per
+    /// key head, a causal depthwise convolution with SiLU over queries | keys | values, the
+    /// gated delta rule per value head (L2-normed q and k, `beta = sigmoid(b)`,
+    /// `g = -exp(A_log) softplus(a + dt_bias)`), a gated RMSNorm with `silu(z)`, out_proj.
+    DeltaNet(DeltaNetSpec),
+}
+
+/// The shapes of a Gated DeltaNet mixer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeltaNetSpec {
+    /// `linear_num_key_heads`.
+    pub key_heads: usize,
+    /// `linear_num_value_heads` (a multiple of the key heads; value head `h` reads key head
+    /// `h / (value_heads / key_heads)`).
+    pub value_heads: usize,
+    /// `linear_key_head_dim`.
+    pub key_dim: usize,
+    /// `linear_value_head_dim`.
+    pub value_dim: usize,
+    /// `linear_conv_kernel_dim`.
+    pub conv_kernel: usize,
+}
+
+impl DeltaNetSpec {
+    /// The planner's shapes for a workload of `seq_len`-token sequences (its width helpers).
+    pub fn shapes(&self, seq_len: usize) -> layerstream_planner::memory::DeltaNetShapes {
+        layerstream_planner::memory::DeltaNetShapes {
+            key_heads: self.key_heads,
+            value_heads: self.value_heads,
+            key_dim: self.key_dim,
+            value_dim: self.value_dim,
+            seq_len,
+        }
+    }
 }
 
 /// How router logits become expert weights.
@@ -285,6 +336,20 @@ pub enum WeightRole {
     SharedDown,
     /// The sigmoid gate of the shared expert, `(1, hidden)`.
     SharedExpertGate,
+    /// DeltaNet's `in_proj_qkvz`, `(2 key width + 2 value width, hidden)`, grouped per key
+    /// head as `[q | k | v (its value heads) | z (its value heads)]`.
+    DeltaInProjQkvz,
+    /// DeltaNet's `in_proj_ba`, `(2 value heads, hidden)`, grouped per key head as
+    /// `[b (its value heads) | a (its value heads)]`.
+    DeltaInProjBa,
+    /// DeltaNet's depthwise causal convolution, `(conv channels, 1, kernel)`.
+    DeltaConv,
+    /// DeltaNet's `dt_bias`, `(value heads)`.
+    DeltaDtBias,
+    /// DeltaNet's `A_log`, `(value heads)`.
+    DeltaALog,
+    /// DeltaNet's gated RMSNorm weight, `(value_dim)` (plain `w`, not zero-centred).
+    DeltaNorm,
 }
 
 /// One tensor a layer needs: its role, full name and the shape config.json implies.
@@ -300,6 +365,9 @@ pub struct LayerTensor {
     pub shape_reason: &'static str,
     /// How the stored values become the role's `(out, in)` matrix or vector.
     pub layout: Layout,
+    /// A zero-centred norm weight (Qwen3-Next): the role's values are `1 + stored`, added
+    /// in f32 after the conversion, as transformers' `(1.0 + self.weight.float())`.
+    pub unit_offset: bool,
 }
 
 pub use layerstream_planner::format::Layout;
@@ -348,6 +416,11 @@ pub struct ModelSpec {
     pub unused_mtp_layers: usize,
     /// FP8 block-quantized layer weights (`quantization_config.quant_method: fp8`).
     pub fp8: Option<super::quantization::Fp8Weights>,
+    /// Per layer: its token mixer.
+    pub mixers: Vec<Mixer>,
+    /// Zero-centred RMSNorms (Qwen3-Next): the block, q/k and final norms multiply by
+    /// `1 + w` (in f32); DeltaNet's gated norm is plain.
+    pub zero_centred_norms: bool,
 }
 
 /// Tensor names outside the layers.
@@ -366,6 +439,14 @@ impl ModelSpec {
     /// Width of all key (or value) heads together.
     pub fn kv_width(&self) -> usize {
         self.num_kv_heads * self.head_dim
+    }
+
+    /// The DeltaNet of `layer`, if its mixer is one.
+    pub fn delta_net(&self, layer: usize) -> Option<&DeltaNetSpec> {
+        match &self.mixers[layer] {
+            Mixer::DeltaNet(d) => Some(d),
+            Mixer::Attention { .. } => None,
+        }
     }
 
     /// The MoE block of `layer`, if it has one.

@@ -3,8 +3,8 @@
 
 use super::quantization::{Fp8Weights, scale_name};
 use super::spec::{
-    ExpertNaming, FeedForward, LayerTensor, Layout, ModelSpec, MoeSpec, NormLayout, QkNorm,
-    RouterScoring, WeightRole,
+    DeltaNetSpec, ExpertNaming, FeedForward, LayerTensor, Layout, Mixer, ModelSpec, MoeSpec,
+    NormLayout, QkNorm, RouterScoring, WeightRole,
 };
 use layerstream_planner::format::{TensorRef, WeightFormat};
 
@@ -22,6 +22,7 @@ impl Table {
             shape,
             shape_reason: reason,
             layout: Layout::AsStored,
+            unit_offset: false,
         });
     }
 
@@ -50,6 +51,7 @@ impl Table {
             shape,
             shape_reason: reason,
             layout,
+            unit_offset: false,
         });
     }
 }
@@ -90,6 +92,7 @@ impl Table {
                 shape,
                 shape_reason: reason,
                 layout: Layout::AsStored,
+                unit_offset: false,
             });
         }
     }
@@ -121,6 +124,7 @@ impl Table {
             shape: vec![rows, cols],
             shape_reason: "num_local_experts, hidden_size, intermediate_size",
             layout,
+            unit_offset: false,
         });
     }
 
@@ -147,6 +151,8 @@ impl Table {
 
 const HIDDEN: &str = "hidden_size";
 const HEADS: &str = "num_attention_heads x head_dim, hidden_size";
+const GATED_HEADS: &str =
+    "2 x num_attention_heads x head_dim (each head's query, then its output gate), hidden_size";
 const KV_HEADS: &str = "num_key_value_heads x head_dim, hidden_size";
 
 impl ModelSpec {
@@ -157,7 +163,10 @@ impl ModelSpec {
             tensors: Vec::new(),
         };
         self.norm_tensors(&mut table);
-        self.attention_tensors(&mut table);
+        match self.mixers[layer] {
+            Mixer::Attention { gated } => self.attention_tensors(&mut table, gated),
+            Mixer::DeltaNet(delta) => self.delta_net_tensors(&mut table, &delta),
+        }
         match &self.feed_forward[layer] {
             FeedForward::Dense { intermediate } => self.mlp_tensors(&mut table, *intermediate),
             FeedForward::Moe(moe) => self.moe_tensors(&mut table, moe),
@@ -165,7 +174,64 @@ impl ModelSpec {
         if let Some(fp8) = &self.fp8 {
             table.read_fp8_where_stored(fp8);
         }
+        if self.zero_centred_norms {
+            use WeightRole::*;
+            for tensor in &mut table.tensors {
+                tensor.unit_offset = matches!(
+                    tensor.role,
+                    AttnInputNorm | MlpInputNorm | QNorm | KNorm | AttnOutputNorm | MlpOutputNorm
+                );
+            }
+        }
         table.tensors
+    }
+
+    /// A Gated DeltaNet's tensors (`linear_attn.*`); out_proj is the layer's `OProj`.
+    fn delta_net_tensors(&self, t: &mut Table, delta: &DeltaNetSpec) {
+        use WeightRole::*;
+        let (hidden, shapes) = (self.hidden_size, delta.shapes(1));
+        let heads = "linear_num_value_heads";
+        let (qkvz, ba) = (shapes.qkvz_width(), 2 * delta.value_heads);
+        let reason = "linear_num_key_heads x linear_key_head_dim and linear_num_value_heads x linear_value_head_dim, hidden_size";
+        let prefix = "linear_attn";
+        let name = |suffix: &str| format!("{prefix}.{suffix}");
+        t.add(
+            DeltaInProjQkvz,
+            &name("in_proj_qkvz.weight"),
+            vec![qkvz, hidden],
+            reason,
+        );
+        t.add(
+            DeltaInProjBa,
+            &name("in_proj_ba.weight"),
+            vec![ba, hidden],
+            "2 x linear_num_value_heads, hidden_size",
+        );
+        t.add(
+            DeltaConv,
+            &name("conv1d.weight"),
+            vec![shapes.conv_channels(), 1, delta.conv_kernel],
+            "2 x linear_num_key_heads x linear_key_head_dim + linear_num_value_heads x linear_value_head_dim, 1, linear_conv_kernel_dim",
+        );
+        t.add(
+            DeltaDtBias,
+            &name("dt_bias"),
+            vec![delta.value_heads],
+            heads,
+        );
+        t.add(DeltaALog, &name("A_log"), vec![delta.value_heads], heads);
+        t.add(
+            DeltaNorm,
+            &name("norm.weight"),
+            vec![delta.value_dim],
+            "linear_value_head_dim",
+        );
+        t.add(
+            OProj,
+            &name("out_proj.weight"),
+            vec![hidden, shapes.value_width()],
+            "hidden_size, linear_num_value_heads x linear_value_head_dim",
+        );
     }
 
     fn norm_tensors(&self, t: &mut Table) {
@@ -203,15 +269,24 @@ impl ModelSpec {
         }
     }
 
-    fn attention_tensors(&self, t: &mut Table) {
+    fn attention_tensors(&self, t: &mut Table, gated: bool) {
         use WeightRole::*;
         let (hidden, q, kv) = (self.hidden_size, self.q_width(), self.kv_width());
-        t.add(QProj, "self_attn.q_proj.weight", vec![q, hidden], HEADS);
+        match gated {
+            true => t.add(
+                QProj,
+                "self_attn.q_proj.weight",
+                vec![2 * q, hidden],
+                GATED_HEADS,
+            ),
+            false => t.add(QProj, "self_attn.q_proj.weight", vec![q, hidden], HEADS),
+        }
         t.add(KProj, "self_attn.k_proj.weight", vec![kv, hidden], KV_HEADS);
         t.add(VProj, "self_attn.v_proj.weight", vec![kv, hidden], KV_HEADS);
         t.add(OProj, "self_attn.o_proj.weight", vec![hidden, q], HEADS);
         if self.block.attention_bias.qkv {
-            t.add(QBias, "self_attn.q_proj.bias", vec![q], HEADS);
+            let q_bias = if gated { 2 * q } else { q };
+            t.add(QBias, "self_attn.q_proj.bias", vec![q_bias], HEADS);
             t.add(KBias, "self_attn.k_proj.bias", vec![kv], KV_HEADS);
             t.add(VBias, "self_attn.v_proj.bias", vec![kv], KV_HEADS);
         }

@@ -1,11 +1,12 @@
-//! The attention sublayer: `hidden += attention(norm(hidden))`.
+//! The attention sublayer: `hidden += attention(norm(hidden))`; a gated attention's heads
+//! are multiplied by `sigmoid(gate)` before o_proj.
 
-use super::{AttentionShape, BlockOps, BlockStep, Buf};
+use super::{AttentionShape, BlockOps, BlockStep, Buf, GateActivation, Piece, Regroup};
 use crate::arch::{QkNorm, WeightRole};
 use crate::capture::CapturePoint;
 use crate::error::Result;
 
-pub(super) fn sublayer<O: BlockOps>(ops: &mut O, step: &BlockStep) -> Result<()> {
+pub(super) fn sublayer<O: BlockOps>(ops: &mut O, step: &BlockStep, gated: bool) -> Result<()> {
     use WeightRole::*;
     let spec = step.spec;
     let d = spec.hidden_size;
@@ -20,7 +21,27 @@ pub(super) fn sublayer<O: BlockOps>(ops: &mut O, step: &BlockStep) -> Result<()>
         false => Buf::Hidden,
     };
     step.capture.activation(ops, CapturePoint::Ln1, input, d)?;
-    ops.linear(input, QProj, Some(QBias), Buf::Q, d, q_width)?;
+    match gated {
+        // q_proj emits per head [query (head_dim) | gate (head_dim)].
+        true => {
+            ops.linear(input, QProj, Some(QBias), Buf::Projected, d, 2 * q_width)?;
+            let hd = spec.head_dim;
+            for (out, from) in [(Buf::Q, 0), (Buf::MixerGate, hd)] {
+                let heads = Regroup {
+                    groups: spec.num_heads,
+                    group_width: 2 * hd,
+                    out_width: q_width,
+                    pieces: &[Piece {
+                        from,
+                        width: hd,
+                        to: 0,
+                    }],
+                };
+                ops.regroup(Buf::Projected, out, &heads)?;
+            }
+        }
+        false => ops.linear(input, QProj, Some(QBias), Buf::Q, d, q_width)?,
+    }
     ops.linear(input, KProj, Some(KBias), Buf::K, d, kv_width)?;
     ops.linear(input, VProj, Some(VBias), Buf::V, d, kv_width)?;
     match spec.block.qk_norm {
@@ -52,6 +73,12 @@ pub(super) fn sublayer<O: BlockOps>(ops: &mut O, step: &BlockStep) -> Result<()>
         scale: (spec.head_dim as f32).powf(-0.5),
     };
     ops.attention(shape, step.capture.captures(CapturePoint::AttnSinks))?;
+    if gated {
+        ops.gate_activation(Buf::MixerGate, GateActivation::Sigmoid)?;
+        step.capture
+            .activation(ops, CapturePoint::AttnGate, Buf::MixerGate, q_width)?;
+        ops.multiply(Buf::Attn, Buf::MixerGate)?;
+    }
     step.capture
         .activation(ops, CapturePoint::AttnInO, Buf::Attn, q_width)?;
     ops.linear(Buf::Attn, OProj, Some(OBias), Buf::SublayerOut, q_width, d)?;

@@ -26,6 +26,19 @@ pub(crate) enum Buf {
     Gate,
     /// `(rows, dense intermediate)`.
     Up,
+    /// `(rows, projected width)`: an in-projection's output (gated attention's q_proj;
+    /// DeltaNet's in_proj_qkvz, then in_proj_ba, then the convolution's output).
+    Projected,
+    /// `(rows, gate width)`: the mixer's output gate (gated attention's gate, DeltaNet's z).
+    MixerGate,
+    /// `(rows, conv channels)`: DeltaNet's convolution input, queries | keys | values.
+    Mixed,
+    /// `(rows, value heads)`: DeltaNet's b.
+    Beta,
+    /// `(rows, value heads)`: DeltaNet's a.
+    Decay,
+    /// `(rows, value heads * value_dim)`: the delta rule's output.
+    DeltaCore,
 }
 
 /// Storage for every [`Buf`], each already cut to the micro-batch's rows.
@@ -50,9 +63,27 @@ pub(crate) struct BufferSet<T> {
     pub up: T,
     /// `(rows, hidden)`: a split layer's feed-forward accumulator.
     pub accumulator: Option<T>,
+    /// The mixer's own buffers (empty where the layer's mixer does not use them).
+    pub mixer: MixerBuffers<T>,
 }
 
-const SLOTS: usize = 10;
+/// The buffers only gated attention and the Gated DeltaNet use.
+pub(crate) struct MixerBuffers<T> {
+    /// `(rows, projected width)`.
+    pub projected: T,
+    /// `(rows, gate width)`.
+    pub mixer_gate: T,
+    /// `(rows, conv channels)`.
+    pub mixed: T,
+    /// `(rows, value heads)`.
+    pub beta: T,
+    /// `(rows, value heads)`.
+    pub decay: T,
+    /// `(rows, value width)`.
+    pub delta_core: T,
+}
+
+const SLOTS: usize = 16;
 const ACCUMULATOR: usize = 9;
 
 impl<T> BufferSet<T> {
@@ -69,6 +100,12 @@ impl<T> BufferSet<T> {
             Buf::FeedForwardOut => 6,
             Buf::Gate => 7,
             Buf::Up => 8,
+            Buf::Projected => 10,
+            Buf::MixerGate => 11,
+            Buf::Mixed => 12,
+            Buf::Beta => 13,
+            Buf::Decay => 14,
+            Buf::DeltaCore => 15,
         }
     }
 
@@ -84,6 +121,12 @@ impl<T> BufferSet<T> {
             Some(&mut self.gate),
             Some(&mut self.up),
             self.accumulator.as_mut(),
+            Some(&mut self.mixer.projected),
+            Some(&mut self.mixer.mixer_gate),
+            Some(&mut self.mixer.mixed),
+            Some(&mut self.mixer.beta),
+            Some(&mut self.mixer.decay),
+            Some(&mut self.mixer.delta_core),
         ]
     }
 
@@ -141,6 +184,14 @@ mod tests {
             gate: 7,
             up: 8,
             accumulator: accumulator.then_some(9),
+            mixer: MixerBuffers {
+                projected: 10,
+                mixer_gate: 11,
+                mixed: 12,
+                beta: 13,
+                decay: 14,
+                delta_core: 15,
+            },
         }
     }
 
@@ -158,6 +209,8 @@ mod tests {
         let ([hidden, also_hidden], out) =
             buffers.split([Buf::Hidden, Buf::Hidden], Buf::FeedForwardOut);
         assert_eq!((*hidden, *also_hidden, *out), (0, 0, 9));
+        let ([mixed, gate], core) = buffers.split([Buf::Mixed, Buf::MixerGate], Buf::DeltaCore);
+        assert_eq!((*mixed, *gate, *core), (12, 11, 15));
     }
 
     #[test]

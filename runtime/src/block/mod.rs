@@ -5,9 +5,13 @@
 //! backend matches exhaustively, so a new variant does not compile until both handle it.
 //!
 //! ```text
-//! attention part:     ln1 = norm(h) | h          q, k, v = ln1 W^T (+ b)
+//! attention part:     ln1 = norm(h) | h          q [| gate], k, v = ln1 W^T (+ b)
 //!                     q, k = qk_norm, clip, rope  attn_in_o = attention(q, k, v) [sinks]
+//!                     [attn_in_o *= sigmoid(gate)]
 //!                     attn_out = [norm](attn_in_o W_o^T)          h += attn_out
+//!   or DeltaNet:      ln1 = norm(h)   q|k|v|z, b|a = ln1 W^T   q, k, v = silu(conv(q|k|v))
+//!                     core = delta_rule(q, k, v, b, a)   attn_in_o = gated_norm(core, silu(z))
+//!                     attn_out = attn_in_o W_out^T                 h += attn_out
 //! feed-forward part:  ln2 = norm(h) | h          dense: down(act(gate) * up)
 //!                     MoE: route, experts of the part's range, [shared expert]
 //!                     (last part) mlp_out = [norm](out)   h += mlp_out -> resid_post
@@ -16,13 +20,16 @@
 mod attention;
 pub(crate) mod buffers;
 mod capture;
+mod delta_net;
 mod feed_forward;
 
-pub(crate) use buffers::{Buf, BufferSet};
+pub(crate) use buffers::{Buf, BufferSet, MixerBuffers};
 pub(crate) use capture::CapturePolicy;
 pub(crate) use feed_forward::moe_block;
 
-use crate::arch::{Activation, ModelSpec, MoeSpec, SharedExpertSpec, WeightRole};
+use crate::arch::{
+    Activation, DeltaNetSpec, Mixer, ModelSpec, MoeSpec, SharedExpertSpec, WeightRole,
+};
 use crate::capture::CapturePoint;
 use crate::error::Result;
 use layerstream_planner::split::LayerPart;
@@ -45,6 +52,53 @@ pub struct AttentionShape {
     pub sliding_window: Option<usize>,
     /// Score scale, 1/sqrt(head_dim).
     pub scale: f32,
+}
+
+/// One piece of a [`Regroup`]: columns `from .. from + width` of every input group go to
+/// columns `to + g * width ..` of the output row (group `g`).
+#[derive(Debug, Clone, Copy)]
+pub struct Piece {
+    /// First column within an input group.
+    pub from: usize,
+    /// Columns per group.
+    pub width: usize,
+    /// First output column of group 0.
+    pub to: usize,
+}
+
+/// A regrouping of columns: input rows are `groups` groups of `group_width` values, output
+/// rows are `out_width` wide (gated attention's per-head `[query | gate]`, DeltaNet's per
+/// key head `[q | k | v | z]` and `[b | a]`).
+#[derive(Debug, Clone, Copy)]
+pub struct Regroup<'a> {
+    /// Groups per input row.
+    pub groups: usize,
+    /// Values per group.
+    pub group_width: usize,
+    /// Width of an output row.
+    pub out_width: usize,
+    /// What goes where.
+    pub pieces: &'a [Piece],
+}
+
+/// An elementwise activation of a gate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GateActivation {
+    /// `1 / (1 + exp(-x))` (gated attention).
+    Sigmoid,
+    /// `x / (1 + exp(-x))` (DeltaNet's z).
+    Silu,
+}
+
+/// Shape of one delta-rule call.
+#[derive(Debug, Clone, Copy)]
+pub struct DeltaRuleShape {
+    /// Sequences in the micro-batch.
+    pub sequences: usize,
+    /// Tokens per sequence.
+    pub seq_len: usize,
+    /// The mixer.
+    pub delta: DeltaNetSpec,
 }
 
 /// The ops a backend runs for the block, on the buffers [`Buf`] names (each cut to the
@@ -101,6 +155,36 @@ pub(crate) trait BlockOps {
         shared: SharedExpertSpec,
         activation: Activation,
         out: Buf,
+    ) -> Result<()>;
+    /// Copies columns of `input` into `out` as `layout` says (`out` columns no piece names
+    /// are left as they are).
+    fn regroup(&mut self, input: Buf, out: Buf, layout: &Regroup) -> Result<()>;
+    /// `values = act(values)`.
+    fn gate_activation(&mut self, values: Buf, activation: GateActivation) -> Result<()>;
+    /// `values *= gate`, elementwise.
+    fn multiply(&mut self, values: Buf, gate: Buf) -> Result<()>;
+    /// DeltaNet's depthwise causal convolution and SiLU of `input (rows, channels)` into
+    /// `out (rows, channels)`, per sequence from zero history: `out[t, c] = silu(sum_j
+    /// w[c, j] input[t - kernel + 1 + j, c])`, with the `DeltaConv` weight.
+    fn causal_conv_silu(
+        &mut self,
+        input: Buf,
+        out: Buf,
+        delta: &DeltaNetSpec,
+        seq_len: usize,
+    ) -> Result<()>;
+    /// The gated delta rule of every sequence and value head, from zero state: reads `Q`,
+    /// `K` (rows, key width), `V` (rows, value width), `Beta` (b) and `Decay` (a) with
+    /// `DeltaALog` and `DeltaDtBias`; writes `DeltaCore (rows, value width)`.
+    fn delta_rule(&mut self, shape: DeltaRuleShape) -> Result<()>;
+    /// `out = (DeltaNorm * rms_norm(values)) * gate` over each `head_width` slice of a row.
+    fn gated_rms_norm(
+        &mut self,
+        values: Buf,
+        gate: Buf,
+        out: Buf,
+        head_width: usize,
+        eps: f32,
     ) -> Result<()>;
     /// Hands the values at `point`, `(rows, width)`, to the run's observer.
     fn hand_over(&mut self, point: CapturePoint, values: Buf, width: usize) -> Result<()>;
@@ -159,7 +243,10 @@ impl<'a> BlockStep<'a> {
 /// Runs `step.part` of a decoder layer on one micro-batch (`Buf::Hidden`, updated in place).
 pub(crate) fn run_part<O: BlockOps>(ops: &mut O, step: &BlockStep) -> Result<()> {
     if step.part.runs_attention() {
-        attention::sublayer(ops, step)?;
+        match &step.spec.mixers[step.layer] {
+            Mixer::Attention { gated } => attention::sublayer(ops, step, *gated)?,
+            Mixer::DeltaNet(delta) => delta_net::sublayer(ops, step, delta)?,
+        }
     }
     if step.part.runs_feed_forward() {
         feed_forward::sublayer(ops, step)?;

@@ -10,7 +10,6 @@ use super::parts::{choose_parts, hidden_states_need_disk, part_f32_bytes, worklo
 use super::rope::RopeTable;
 use crate::allocation::{Budget, Reservation};
 use crate::analysis::PointStatistics;
-use crate::arch::spec::FINAL_NORM;
 use crate::capture::CapturePoint;
 use crate::error::{Result, RuntimeError};
 use crate::executor::layer_loop::{LayerRunner, run_layers};
@@ -33,7 +32,7 @@ pub fn run(
 ) -> Result<()> {
     let spec = &model.spec;
     let budget = Budget::new(request.memory_budget);
-    let shapes = layer_shapes(spec);
+    let shapes = layer_shapes(spec, request.seq_len);
     let layers_to_run = request.layers_to_run(spec.num_layers);
     let first_layer = request.first_layer();
     // The workload's hidden states stay in memory across layers (reserved against --ram), or
@@ -97,7 +96,7 @@ fn final_stage(
     observer: &mut dyn RunObserver,
 ) -> Result<()> {
     let (seq_len, d) = (request.seq_len, model.spec.hidden_size);
-    let final_norm = model.weights.read_f32(FINAL_NORM)?;
+    let final_norm = model.final_norm()?;
     let head = OutputHead {
         store: &model.weights,
         final_norm: &final_norm,

@@ -5,7 +5,7 @@ use super::moe::MoeScratch;
 use super::ops::{CpuCapture, CpuOps};
 use super::rope::RopeTable;
 use crate::arch::{ModelSpec, WeightRole};
-use crate::block::{self, BlockStep, BufferSet};
+use crate::block::{self, BlockStep, BufferSet, MixerBuffers};
 use crate::error::Result;
 use crate::layer_parts::part_tensors;
 use crate::weights::WeightStore;
@@ -58,14 +58,16 @@ impl LayerWeights {
 /// buffers the planner's manifest lists for the layer ([`ScratchManifest::for_layer`]).
 pub struct LayerScratch {
     rows: usize,
-    pub(crate) normed: Vec<f32>,       // (rows, hidden)
-    pub(crate) q: Vec<f32>,            // (rows, heads * head_dim)
-    pub(crate) k: Vec<f32>,            // (rows, kv_heads * head_dim)
-    pub(crate) v: Vec<f32>,            // (rows, kv_heads * head_dim)
-    pub(crate) attn: Vec<f32>,         // (rows, heads * head_dim)
-    pub(crate) sublayer_out: Vec<f32>, // (rows, hidden)
-    pub(crate) gate: Vec<f32>,         // (rows, dense intermediate)
-    pub(crate) up: Vec<f32>,           // (rows, dense intermediate)
+    pub(crate) normed: Vec<f32>,              // (rows, hidden)
+    pub(crate) q: Vec<f32>,                   // (rows, heads * head_dim)
+    pub(crate) k: Vec<f32>,                   // (rows, kv_heads * head_dim)
+    pub(crate) v: Vec<f32>,                   // (rows, kv_heads * head_dim)
+    pub(crate) attn: Vec<f32>,                // (rows, heads * head_dim)
+    pub(crate) sublayer_out: Vec<f32>,        // (rows, hidden)
+    pub(crate) gate: Vec<f32>,                // (rows, dense intermediate)
+    pub(crate) up: Vec<f32>,                  // (rows, dense intermediate)
+    pub(crate) mixer: MixerBuffers<Vec<f32>>, // gated attention's and DeltaNet's buffers
+    pub(crate) delta_state: Vec<f32>,         // (sequences, value heads, key_dim, value_dim)
     pub(crate) moe: Option<MoeScratch>,
 }
 
@@ -84,6 +86,15 @@ impl LayerScratch {
             sublayer_out: zeros(SublayerOut),
             gate: zeros(Gate),
             up: zeros(Up),
+            mixer: MixerBuffers {
+                projected: zeros(Projected),
+                mixer_gate: zeros(MixerGate),
+                mixed: zeros(Mixed),
+                beta: zeros(Beta),
+                decay: zeros(Decay),
+                delta_core: zeros(DeltaCore),
+            },
+            delta_state: zeros(DeltaState),
             moe: manifest
                 .lists(RouterLogits)
                 .then(|| MoeScratch::new(manifest)),
@@ -101,10 +112,23 @@ impl LayerScratch {
             &self.sublayer_out,
             &self.gate,
             &self.up,
+            &self.mixer.projected,
+            &self.mixer.mixer_gate,
+            &self.mixer.mixed,
+            &self.mixer.beta,
+            &self.mixer.decay,
+            &self.mixer.delta_core,
+            &self.delta_state,
         ];
         let block: usize = f32s.iter().map(|b| b.len() * 4).sum();
         block as u64 + self.moe.as_ref().map_or(0, MoeScratch::allocated_bytes)
     }
+}
+
+/// The first `rows` rows of a buffer holding `max_rows` rows.
+fn rows_of(buffer: &mut [f32], rows: usize, max_rows: usize) -> &mut [f32] {
+    let width = buffer.len() / max_rows;
+    &mut buffer[..rows * width]
 }
 
 /// One micro-batch's rows of the workload.
@@ -140,25 +164,35 @@ pub(crate) fn run_part(
         seq_len,
     } = batch;
     let rows = sequences * seq_len;
-    let (d, q_width, kv_width) = (spec.hidden_size, spec.q_width(), spec.kv_width());
-    let dense_width = scratch.gate.len() / scratch.rows.max(1);
+    let d = spec.hidden_size;
     let request = capture.request;
     let s = scratch;
+    // Each buffer holds `s.rows` rows of this layer's width (its manifest's).
+    let max_rows = s.rows.max(1);
     let mut ops = CpuOps {
         weights,
         rope,
         buffers: BufferSet {
             hidden,
-            normed: &mut s.normed[..rows * d],
-            q: &mut s.q[..rows * q_width],
-            k: &mut s.k[..rows * kv_width],
-            v: &mut s.v[..rows * kv_width],
-            attn: &mut s.attn[..rows * q_width],
-            sublayer_out: &mut s.sublayer_out[..rows * d],
-            gate: &mut s.gate[..rows * dense_width],
-            up: &mut s.up[..rows * dense_width],
+            normed: rows_of(&mut s.normed, rows, max_rows),
+            q: rows_of(&mut s.q, rows, max_rows),
+            k: rows_of(&mut s.k, rows, max_rows),
+            v: rows_of(&mut s.v, rows, max_rows),
+            attn: rows_of(&mut s.attn, rows, max_rows),
+            sublayer_out: rows_of(&mut s.sublayer_out, rows, max_rows),
+            gate: rows_of(&mut s.gate, rows, max_rows),
+            up: rows_of(&mut s.up, rows, max_rows),
             accumulator,
+            mixer: MixerBuffers {
+                projected: rows_of(&mut s.mixer.projected, rows, max_rows),
+                mixer_gate: rows_of(&mut s.mixer.mixer_gate, rows, max_rows),
+                mixed: rows_of(&mut s.mixer.mixed, rows, max_rows),
+                beta: rows_of(&mut s.mixer.beta, rows, max_rows),
+                decay: rows_of(&mut s.mixer.decay, rows, max_rows),
+                delta_core: rows_of(&mut s.mixer.delta_core, rows, max_rows),
+            },
         },
+        delta_state: &mut s.delta_state,
         hidden_size: d,
         seq_len,
         threads,

@@ -2,6 +2,7 @@
 //! that reads top to bottom, multithreaded with scoped threads.
 
 pub mod attention;
+pub mod delta_net;
 pub mod executor;
 pub mod head;
 pub mod layer;

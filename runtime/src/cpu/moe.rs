@@ -9,7 +9,7 @@ use super::mlp::{GatedMlpWeights, gated_mlp};
 use super::ops::CpuOps;
 use super::rope::RopeTable;
 use crate::arch::{Activation, MoeSpec, SharedExpertSpec, WeightRole};
-use crate::block::{self, Buf, BufferSet};
+use crate::block::{self, Buf, BufferSet, MixerBuffers};
 use crate::capture::Routing;
 use layerstream_planner::memory::{
     BufferName, LayerShapes, MoeShapes, ScratchFor, ScratchManifest,
@@ -239,6 +239,7 @@ pub fn moe_block(
         q_width: 0,
         kv_width: 0,
         dense_intermediate: 0,
+        mixer: layerstream_planner::memory::MixerShapes::Attention { gated: false },
         moe: Some(MoeShapes {
             experts: moe.num_experts,
             top_k: moe.top_k,
@@ -266,7 +267,16 @@ pub fn moe_block(
             gate: &mut [],
             up: &mut [],
             accumulator: Some(output),
+            mixer: MixerBuffers {
+                projected: &mut [],
+                mixer_gate: &mut [],
+                mixed: &mut [],
+                beta: &mut [],
+                decay: &mut [],
+                delta_core: &mut [],
+            },
         },
+        delta_state: &mut [],
         hidden_size: hidden,
         seq_len: 1,
         threads,

@@ -2,6 +2,7 @@
 //! step order lives in `block/`; this file only says how each op is computed here.
 
 use super::attention::{AttentionExtras, causal_attention};
+use super::delta_net;
 use super::layer::LayerWeights;
 use super::linear::linear;
 use super::mlp::activate_in_place;
@@ -10,8 +11,11 @@ use super::norm::{rms_norm, rms_norm_rows_in_place};
 use super::rope::RopeTable;
 use super::router::route_tokens;
 use crate::analysis::PointStatistics;
+use crate::arch::DeltaNetSpec;
 use crate::arch::{Activation, MoeSpec, SharedExpertSpec, WeightRole};
-use crate::block::{AttentionShape, BlockOps, Buf, BufferSet};
+use crate::block::{
+    AttentionShape, BlockOps, Buf, BufferSet, DeltaRuleShape, GateActivation, Regroup,
+};
 use crate::capture::{CapturePoint, Routing, SinkMass};
 use crate::error::{Result, RuntimeError};
 use crate::executor::{RunObserver, RunRequest};
@@ -49,6 +53,9 @@ pub(crate) struct CpuOps<'a, 'c> {
     pub threads: usize,
     /// The MoE buffers (layers with experts).
     pub moe: Option<&'a mut MoeScratch>,
+    /// `(sequences, value heads, key_dim, value_dim)`: DeltaNet's recurrent states (empty
+    /// for other layers).
+    pub delta_state: &'a mut [f32],
     /// The last `route`'s decisions.
     pub routing: Option<Routing>,
     /// `None`: captures are not wanted (a block run alone).
@@ -89,6 +96,8 @@ impl BlockOps for CpuOps<'_, '_> {
         out_features: usize,
     ) -> Result<()> {
         let ([input], out) = self.buffers.split([input], out);
+        // `out` may be longer: DeltaNet's Projected holds in_proj_qkvz, then in_proj_ba.
+        let out = &mut out[..input.len() / in_features * out_features];
         let bias = bias.and_then(|b| self.weights.maybe(b));
         let weight = self.weights.get(weight);
         linear(
@@ -210,6 +219,85 @@ impl BlockOps for CpuOps<'_, '_> {
             shared_buffers,
             self.threads,
         );
+        Ok(())
+    }
+
+    fn regroup(&mut self, input: Buf, out: Buf, layout: &Regroup) -> Result<()> {
+        let ([input], out) = self.buffers.split([input], out);
+        delta_net::regroup(input, out, layout);
+        Ok(())
+    }
+
+    fn gate_activation(&mut self, values: Buf, activation: GateActivation) -> Result<()> {
+        let f = match activation {
+            GateActivation::Sigmoid => delta_net::sigmoid,
+            GateActivation::Silu => delta_net::silu,
+        };
+        self.buffers.get(values).iter_mut().for_each(|x| *x = f(*x));
+        Ok(())
+    }
+
+    fn multiply(&mut self, values: Buf, gate: Buf) -> Result<()> {
+        let ([gate], values) = self.buffers.split([gate], values);
+        values
+            .iter_mut()
+            .zip(gate.iter())
+            .for_each(|(v, g)| *v *= g);
+        Ok(())
+    }
+
+    fn causal_conv_silu(
+        &mut self,
+        input: Buf,
+        out: Buf,
+        delta: &DeltaNetSpec,
+        seq_len: usize,
+    ) -> Result<()> {
+        let ([input], out) = self.buffers.split([input], out);
+        let weight = self.weights.get(WeightRole::DeltaConv);
+        let channels = delta.shapes(seq_len).conv_channels();
+        let rows = input.len() / channels;
+        let out = &mut out[..rows * channels];
+        delta_net::causal_conv_silu(input, weight, out, delta.conv_kernel, seq_len);
+        Ok(())
+    }
+
+    fn delta_rule(&mut self, shape: DeltaRuleShape) -> Result<()> {
+        let reads = [Buf::Q, Buf::K, Buf::V, Buf::Beta, Buf::Decay];
+        let ([q, k, v, b, a], out) = self.buffers.split(reads, Buf::DeltaCore);
+        let inputs = delta_net::DeltaInputs {
+            q,
+            k,
+            v,
+            b,
+            a,
+            a_log: self.weights.get(WeightRole::DeltaALog),
+            dt_bias: self.weights.get(WeightRole::DeltaDtBias),
+        };
+        let workload = (shape.sequences, shape.seq_len);
+        delta_net::delta_rule(
+            &inputs,
+            &shape.delta,
+            workload,
+            self.delta_state,
+            out,
+            self.threads,
+        );
+        Ok(())
+    }
+
+    fn gated_rms_norm(
+        &mut self,
+        values: Buf,
+        gate: Buf,
+        out: Buf,
+        head_width: usize,
+        eps: f32,
+    ) -> Result<()> {
+        let ([values, gate], out) = self.buffers.split([values, gate], out);
+        let weight = self.weights.get(WeightRole::DeltaNorm);
+        debug_assert_eq!(weight.len(), head_width);
+        delta_net::gated_rms_norm(values, weight, gate, eps, out, self.threads);
         Ok(())
     }
 

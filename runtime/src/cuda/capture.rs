@@ -32,7 +32,7 @@ pub(crate) fn statistics_accumulators(
     };
     let mut accumulators = BTreeMap::new();
     for &point in &request.capture_points {
-        let width = point_width(spec, point);
+        let width = point_width(spec, layer, point);
         if width == 0 || !request.captures(layer, point) {
             continue;
         }

@@ -68,7 +68,7 @@ pub fn run(
 
     let layers_to_run = request.layers_to_run(spec.num_layers);
     let first_layer = request.first_layer();
-    let shapes = layer_shapes(spec);
+    let shapes = layer_shapes(spec, request.seq_len);
     // The upload order: every layer whole, or its parts one after the other.
     let layouts = (first_layer..layers_to_run)
         .flat_map(|layer| request.parts(layer).into_iter().map(move |p| (layer, p)))

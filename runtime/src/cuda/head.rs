@@ -4,8 +4,7 @@
 
 use super::ComputeDtype;
 use super::linear::{Bf16Scratch, linear};
-use super::weights::{DeviceMatrix, upload_matrix, upload_vector};
-use crate::arch::spec::FINAL_NORM;
+use super::weights::{DeviceMatrix, upload_matrix};
 use crate::error::Result;
 use crate::model::Model;
 use layerstream_kernels::Gpu;
@@ -24,12 +23,9 @@ pub struct DeviceHead {
 impl DeviceHead {
     /// Uploads the final norm and the LM head (the embedding when tied).
     pub fn upload(gpu: &Gpu, model: &Model, compute: ComputeDtype) -> Result<Self> {
-        let norm_entry = model
-            .weights
-            .entry(FINAL_NORM, "checked when the model opened")?;
         let lm_head = model.lm_head();
         Ok(DeviceHead {
-            final_norm: upload_vector(gpu, &model.weights, norm_entry)?,
+            final_norm: gpu.stream.clone_htod(&model.final_norm()?)?,
             lm_head: upload_matrix(gpu, &model.weights, lm_head, compute)?,
             vocab: lm_head.shape[0],
             width: lm_head.shape[1],

@@ -8,10 +8,12 @@ use super::ops::CudaOps;
 use super::weights::DeviceLayer;
 use crate::allocation::{Budget, Reservation};
 use crate::arch::ModelSpec;
-use crate::block::{self, BlockStep, BufferSet};
+use crate::block::{self, BlockStep, BufferSet, MixerBuffers};
 use crate::error::Result;
+use crate::plan::block_widths;
 use layerstream_kernels::Gpu;
 use layerstream_kernels::cudarc::driver::{CudaSlice, CudaViewMut};
+use layerstream_kernels::ops::delta_net::ChunkBuffers;
 use layerstream_planner::memory::{BufferName, LayerShapes, ScratchFor, ScratchManifest};
 use layerstream_planner::split::LayerPart;
 use std::sync::Arc;
@@ -29,6 +31,8 @@ pub struct DeviceScratch {
     gate: CudaSlice<f32>,         // (rows, dense intermediate)
     up: CudaSlice<f32>,           // (rows, dense intermediate)
     dense_width: usize,
+    mixer: MixerBuffers<CudaSlice<f32>>, // gated attention's and DeltaNet's block buffers
+    delta: DeltaScratch,
     /// bf16 copies of GEMM inputs, `(rows, widest input)`.
     pub bf16: Bf16Scratch,
     moe: Option<MoeBuffers>,
@@ -64,6 +68,26 @@ impl DeviceScratch {
             gate: f32s(Gate)?,
             up: f32s(Up)?,
             dense_width: manifest.count(Gate) / rows.max(1),
+            mixer: MixerBuffers {
+                projected: f32s(Projected)?,
+                mixer_gate: f32s(MixerGate)?,
+                mixed: f32s(Mixed)?,
+                beta: f32s(Beta)?,
+                decay: f32s(Decay)?,
+                delta_core: f32s(DeltaCore)?,
+            },
+            delta: DeltaScratch {
+                q: f32s(DeltaChunkQ)?,
+                k: f32s(DeltaChunkK)?,
+                w: f32s(DeltaChunkW)?,
+                u: f32s(DeltaChunkU)?,
+                t: f32s(DeltaChunkT)?,
+                a: f32s(DeltaChunkA)?,
+                g: f32s(DeltaChunkG)?,
+                beta: f32s(DeltaChunkBeta)?,
+                out: f32s(DeltaChunkOut)?,
+                state: f32s(DeltaState)?,
+            },
             bf16: Bf16Scratch::new(
                 gpu.stream
                     .alloc_zeros::<u16>(manifest.count(Bf16Inputs).max(1))?,
@@ -74,6 +98,39 @@ impl DeviceScratch {
             },
             _reservation: reservation,
         })
+    }
+}
+
+/// The Gated DeltaNet's chunked-form buffers and recurrent state (the manifest's
+/// `DeltaChunk*` and `DeltaState`; one element each for models without a DeltaNet).
+pub(crate) struct DeltaScratch {
+    q: CudaSlice<f32>,     // (S, H, P, dk)
+    k: CudaSlice<f32>,     // (S, H, P, dk)
+    w: CudaSlice<f32>,     // (S, H, P, dv + dk)
+    u: CudaSlice<f32>,     // (S, H, P, dv + dk)
+    t: CudaSlice<f32>,     // (S, H, P, 64)
+    a: CudaSlice<f32>,     // (S, H, P, 64)
+    g: CudaSlice<f32>,     // (S, H, P)
+    beta: CudaSlice<f32>,  // (S, H, P)
+    out: CudaSlice<f32>,   // (S, H, P, dv)
+    state: CudaSlice<f32>, // (S, H, dk, dv)
+}
+
+impl DeltaScratch {
+    /// Views of every buffer for the chunked delta rule.
+    pub fn views(&mut self) -> ChunkBuffers<'_> {
+        ChunkBuffers {
+            q: self.q.as_view_mut(),
+            k: self.k.as_view_mut(),
+            w: self.w.as_view_mut(),
+            u: self.u.as_view_mut(),
+            t: self.t.as_view_mut(),
+            a: self.a.as_view_mut(),
+            g: self.g.as_view_mut(),
+            beta: self.beta.as_view_mut(),
+            out: self.out.as_view_mut(),
+            state: self.state.as_view_mut(),
+        }
     }
 }
 
@@ -110,7 +167,8 @@ pub(crate) fn run_part(
         seq_len,
     } = batch;
     let rows = sequences * seq_len;
-    let (d, q_width, kv_width) = (spec.hidden_size, spec.q_width(), spec.kv_width());
+    let d = spec.hidden_size;
+    let w = block_widths(spec, layer);
     let request = capture.request;
     let s = scratch;
     let dense_width = s.dense_width;
@@ -122,15 +180,24 @@ pub(crate) fn run_part(
         buffers: BufferSet {
             hidden: hidden.slice_mut(..),
             normed: s.normed.slice_mut(..rows * d),
-            q: s.q.slice_mut(..rows * q_width),
-            k: s.k.slice_mut(..rows * kv_width),
-            v: s.v.slice_mut(..rows * kv_width),
-            attn: s.attn.slice_mut(..rows * q_width),
+            q: s.q.slice_mut(..rows * w.q),
+            k: s.k.slice_mut(..rows * w.k),
+            v: s.v.slice_mut(..rows * w.v),
+            attn: s.attn.slice_mut(..rows * w.attn),
             sublayer_out: s.sublayer_out.slice_mut(..rows * d),
             gate: s.gate.slice_mut(..rows * dense_width),
             up: s.up.slice_mut(..rows * dense_width),
             accumulator: accumulator.map(|a| a.slice_mut(..rows * d)),
+            mixer: MixerBuffers {
+                projected: s.mixer.projected.slice_mut(..(rows * w.projected).max(1)),
+                mixer_gate: s.mixer.mixer_gate.slice_mut(..(rows * w.mixer_gate).max(1)),
+                mixed: s.mixer.mixed.slice_mut(..(rows * w.mixed).max(1)),
+                beta: s.mixer.beta.slice_mut(..(rows * w.per_value_head).max(1)),
+                decay: s.mixer.decay.slice_mut(..(rows * w.per_value_head).max(1)),
+                delta_core: s.mixer.delta_core.slice_mut(..(rows * w.delta_core).max(1)),
+            },
         },
+        delta: &mut s.delta,
         bf16: &mut s.bf16,
         moe: s.moe.as_mut(),
         hidden_size: d,

@@ -3,6 +3,7 @@
 //! `layerstream-kernels`, GEMMs through cuBLAS and statistics accumulated on the device.
 
 mod capture;
+mod delta_net;
 pub mod executor;
 mod head;
 mod hidden;

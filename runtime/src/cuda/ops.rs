@@ -3,11 +3,16 @@
 //! each op is launched here.
 
 use super::capture::CudaCapture;
+use super::delta_net;
+use super::layer::DeltaScratch;
 use super::linear::{Bf16Scratch, linear};
 use super::moe::{self, MoeBuffers, activate};
 use super::weights::DeviceLayer;
+use crate::arch::DeltaNetSpec;
 use crate::arch::{Activation, MoeSpec, SharedExpertSpec, WeightRole};
-use crate::block::{AttentionShape, BlockOps, Buf, BufferSet};
+use crate::block::{
+    AttentionShape, BlockOps, Buf, BufferSet, DeltaRuleShape, GateActivation, Regroup,
+};
 use crate::capture::{CapturePoint, SinkMass};
 use crate::error::{Result, RuntimeError};
 use layerstream_kernels::Gpu;
@@ -15,6 +20,7 @@ use layerstream_kernels::cudarc::driver::{CudaSlice, CudaViewMut};
 use layerstream_kernels::ops::attention::{
     AttentionDims, SinkScratch, causal_attention, reduce_sink_mass, sink_scratch_len,
 };
+use layerstream_kernels::ops::elementwise::GateKind;
 use layerstream_kernels::ops::{elementwise, norm, rope};
 use std::ops::Range;
 
@@ -34,6 +40,8 @@ pub(crate) struct CudaOps<'a, 'v, 'c> {
     pub bf16: &'a mut Bf16Scratch,
     /// The MoE buffers, for models with MoE layers.
     pub moe: Option<&'a mut MoeBuffers>,
+    /// The Gated DeltaNet's chunk buffers and state.
+    pub delta: &'a mut DeltaScratch,
     /// Width of the hidden states.
     pub hidden_size: usize,
     /// Tokens per sequence.
@@ -253,6 +261,57 @@ impl BlockOps for CudaOps<'_, '_, '_> {
             buffers,
             self.bf16,
         )
+    }
+
+    fn regroup(&mut self, input: Buf, out: Buf, layout: &Regroup) -> Result<()> {
+        let ([input], out) = self.buffers.split([input], out);
+        delta_net::regroup(self.gpu, &input.as_view(), out, layout)
+    }
+
+    fn gate_activation(&mut self, values: Buf, activation: GateActivation) -> Result<()> {
+        let kind = match activation {
+            GateActivation::Sigmoid => GateKind::Sigmoid,
+            GateActivation::Silu => GateKind::Silu,
+        };
+        elementwise::gate_activation(self.gpu, self.buffers.get(values), kind)?;
+        Ok(())
+    }
+
+    fn multiply(&mut self, values: Buf, gate: Buf) -> Result<()> {
+        let ([gate], values) = self.buffers.split([gate], values);
+        elementwise::multiply(self.gpu, values, &gate.as_view())?;
+        Ok(())
+    }
+
+    fn causal_conv_silu(
+        &mut self,
+        input: Buf,
+        out: Buf,
+        delta: &DeltaNetSpec,
+        seq_len: usize,
+    ) -> Result<()> {
+        let channels = delta.shapes(seq_len).conv_channels();
+        let ([input], out) = self.buffers.split([input], out);
+        let shape = (channels, delta.conv_kernel, seq_len);
+        delta_net::causal_conv_silu(self.gpu, self.weights, &input.as_view(), out, shape)
+    }
+
+    fn delta_rule(&mut self, shape: DeltaRuleShape) -> Result<()> {
+        let reads = [Buf::Q, Buf::K, Buf::V, Buf::Beta, Buf::Decay];
+        let (inputs, core) = self.buffers.split(reads, Buf::DeltaCore);
+        delta_net::delta_rule(self.gpu, self.weights, inputs, core, self.delta, shape)
+    }
+
+    fn gated_rms_norm(
+        &mut self,
+        values: Buf,
+        gate: Buf,
+        out: Buf,
+        _head_width: usize,
+        eps: f32,
+    ) -> Result<()> {
+        let (inputs, out) = self.buffers.split([values, gate], out);
+        delta_net::gated_rms_norm(self.gpu, self.weights, inputs, out, eps)
     }
 
     fn hand_over(&mut self, point: CapturePoint, values: Buf, width: usize) -> Result<()> {

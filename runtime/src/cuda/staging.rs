@@ -58,6 +58,8 @@ pub struct StagedTensor {
     pub values: StagedPiece,
     /// Its scales' bytes, for a quantized weight (the format).
     pub scales: Option<(WeightFormat, StagedPiece)>,
+    /// A zero-centred norm weight: `1 + w` after the conversion to f32.
+    pub unit_offset: bool,
 }
 
 /// The layout of one layer (or split part of one) in a staging buffer.
@@ -136,6 +138,7 @@ pub fn part_layout(
             layout: tensor.layout,
             values,
             scales,
+            unit_offset: tensor.unit_offset,
         });
     }
     Ok(LayerLayout {

@@ -19,6 +19,7 @@ use layerstream_kernels::cudarc::driver::{
 use layerstream_kernels::ops::convert::{
     self, MatrixElement, StoredDtype, f32_to_bf16, fp8_dequantize, half_to_f32, mxfp4_dequantize,
 };
+use layerstream_kernels::ops::elementwise::add_scalar;
 use layerstream_planner::format::{GemmDtype, WeightFormat, converted_bytes};
 use layerstream_planner::{TensorDtype, TensorEntry};
 use std::collections::BTreeMap;
@@ -138,10 +139,13 @@ impl DeviceLayer {
                 continue;
             }
             if tensor.shape.len() == 1 {
-                let vector = match tensor.layout {
+                let mut vector = match tensor.layout {
                     Layout::AsStored => device_to_f32(gpu, &bytes, tensor.dtype, n)?,
                     layout => strided_vector(gpu, &bytes, tensor.dtype, n, layout)?,
                 };
+                if tensor.unit_offset {
+                    add_scalar(gpu, &mut vector.as_view_mut(), 1.0)?;
+                }
                 vectors.insert(tensor.role, vector);
                 continue;
             }

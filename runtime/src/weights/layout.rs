@@ -36,10 +36,15 @@ pub fn apply(layout: Layout, shape: &[usize], values: Vec<f32>) -> Vec<f32> {
     }
 }
 
-/// A layer tensor read as f32 and laid out for its role.
+/// A layer tensor read as f32 and laid out for its role (a zero-centred norm weight as
+/// `1 + w`, added in f32 as transformers does).
 pub fn read_f32(store: &WeightStore, tensor: &LayerTensor) -> Result<Vec<f32>> {
     let values = store.read_ref_f32(&tensor.source)?;
-    Ok(apply(tensor.layout, &tensor.shape, values))
+    let mut values = apply(tensor.layout, &tensor.shape, values);
+    if tensor.unit_offset {
+        values.iter_mut().for_each(|w| *w += 1.0);
+    }
+    Ok(values)
 }
 
 #[cfg(test)]
