@@ -14,7 +14,7 @@ use layerstream_runtime::{
 };
 use layerstream_tests::near_ties::NearTieFlips;
 use layerstream_tests::{
-    FIXTURES, KeepEverything, REFERENCE_POINTS, Reference, assert_all_close,
+    FIXTURES, KeepEverything, OPTIONAL_REFERENCE_POINTS, REFERENCE_POINTS, Reference, assert_all_close,
     assert_matches_reference, fixture_model, gpu_or_skip, nmse, plant_massive_expert,
     split_every_layer,
 };
@@ -89,6 +89,13 @@ fn every_family_matches_pytorch_on_cuda_in_f32() {
                     &kept.captures[&key],
                     &reference.get(&key).values,
                 );
+            }
+            for point in OPTIONAL_REFERENCE_POINTS {
+                let key = point.full_name(layer);
+                if let Some(expected) = reference.maybe(&key) {
+                    let what = format!("cuda {name} {key}");
+                    assert_matches_reference(&what, &kept.captures[&key], &expected.values);
+                }
             }
             if let Some(experts) = reference
                 .int_tensors

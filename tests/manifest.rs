@@ -17,7 +17,7 @@ use layerstream_tests::{FIXTURES, KeepEverything, fixture_model};
 fn cpu_micro_batch_buffers_are_exactly_the_manifest_for_every_fixture_and_layer() {
     for fixture in FIXTURES {
         let model = Model::open(&fixture_model(fixture)).unwrap();
-        for (layer, shapes) in layer_shapes(&model.spec).iter().enumerate() {
+        for (layer, shapes) in layer_shapes(&model.spec, 32).iter().enumerate() {
             for rows in [1, 17, 64, 256] {
                 let manifest = ScratchManifest::for_layer(shapes, rows, ScratchFor::Cpu);
                 let allocated = LayerScratch::new(&manifest, rows).allocated_bytes();
@@ -26,11 +26,27 @@ fn cpu_micro_batch_buffers_are_exactly_the_manifest_for_every_fixture_and_layer(
                     manifest.total_bytes(),
                     "{fixture} layer {layer}, {rows} rows: allocated vs manifest"
                 );
-                // The GPU manifest adds exactly the bf16 copies of GEMM inputs.
+                // The GPU manifest adds exactly the bf16 copies of GEMM inputs and the
+                // chunked delta rule's buffers (f32).
+                use layerstream_planner::memory::BufferName::*;
                 let gpu = ScratchManifest::for_layer(shapes, rows, ScratchFor::Gpu);
+                let chunked: usize = [
+                    DeltaChunkQ,
+                    DeltaChunkK,
+                    DeltaChunkW,
+                    DeltaChunkU,
+                    DeltaChunkT,
+                    DeltaChunkA,
+                    DeltaChunkG,
+                    DeltaChunkBeta,
+                    DeltaChunkOut,
+                ]
+                .map(|name| gpu.count(name))
+                .iter()
+                .sum();
                 assert_eq!(
                     gpu.total_bytes() - manifest.total_bytes(),
-                    2 * gpu.count(layerstream_planner::memory::BufferName::Bf16Inputs) as u64,
+                    2 * gpu.count(Bf16Inputs) as u64 + 4 * chunked as u64,
                     "{fixture} layer {layer}"
                 );
             }
