@@ -262,11 +262,14 @@ fn cuda_statistics_match_cpu_statistics() {
             on_gpu.0.len(),
             "{name}: same points reported"
         );
-        // Attention sinks, per layer and (sequence, head).
+        // Attention sinks, per attention layer (a DeltaNet has none) and (sequence, head).
+        let attention_layers = (0..model.spec.num_layers)
+            .filter(|&l| model.spec.delta_net(l).is_none())
+            .count();
         assert_eq!(
-            on_cpu.1.len(),
-            model.spec.num_layers,
-            "{name}: sinks of every layer"
+            (on_cpu.1.len(), on_gpu.1.len()),
+            (attention_layers, attention_layers),
+            "{name}: sinks of every attention layer"
         );
         for (layer, c) in &on_cpu.1 {
             let g = &on_gpu.1[layer];

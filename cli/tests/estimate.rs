@@ -401,3 +401,33 @@ fn glm_4_5_355b_is_planned_on_8_gib_with_split_layers_in_under_a_second() {
     }
     assert_eq!(next, 160);
 }
+
+/// Qwen3-Next-80B-A3B as the hub ships it on an 8 GiB card, from headers in under a second:
+/// 48 layers of about 3.1 GiB (512 experts of 6 MiB), the DeltaNet and gated-attention layers
+/// planned with their own buffers, the `mtp.*` module not a layer.
+#[test]
+fn qwen3_next_80b_is_estimated_from_its_headers_in_under_a_second() {
+    use common::qwen3_next::sparse_qwen3_next_80b;
+    let home = tempfile::tempdir().unwrap();
+    let (dir, bytes) = sparse_qwen3_next_80b(home.path());
+    let args = ["--num-samples", "16", "--seq-len", "2048"];
+    let e = estimate_in_under_a_second(&dir, home.path(), &args);
+    assert!(bytes > 159_000_000_000, "{bytes}");
+    assert_eq!(e["num_layers"], 48);
+    let layers = e["plan"]["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 48);
+    assert!(e["plan"]["peak_bytes"].as_u64().unwrap() <= 8 << 30);
+    let layer_bytes = |l: usize| layers[l]["weight_bytes"].as_u64().unwrap();
+    // 513 expert MLPs of 3 x 512 x 2048 bf16 (3.2 GB), the router (2 MiB) and the mixer.
+    for l in [0, 3] {
+        assert!(layer_bytes(l) > 3_260_000_000 && layer_bytes(l) < 3_320_000_000, "{l}: {}", layer_bytes(l));
+    }
+    // DeltaNet in_proj + out_proj (64 MiB) against gated attention's 4 projections (52 MiB).
+    assert!(layer_bytes(0) > layer_bytes(3));
+    let planned: u64 = (0..48).map(layer_bytes).sum();
+    let outside = 2 * VOCAB_QWEN * 2048 * 2 + 2048 * 2;
+    assert!(planned + outside < bytes, "the mtp.* module is not planned");
+    assert!(planned + outside + 1_000_000_000 > bytes, "every layer is");
+}
+
+const VOCAB_QWEN: u64 = 151936;

@@ -84,7 +84,12 @@ pub fn assert_report_matches_reference(out: &Path, threshold: f32) -> ReferenceC
             .iter()
             .map(|p| p.as_str().unwrap().to_string())
             .collect();
-        let activations: Vec<Vec<SavedActivations>> = layers
+        // A hybrid model's attn_in_o group covers the layers of one kind of mixer.
+        let of: Vec<usize> = match group["layer_indices"].as_array() {
+            Some(of) => of.iter().map(|l| l.as_u64().unwrap() as usize).collect(),
+            None => layers.clone(),
+        };
+        let activations: Vec<Vec<SavedActivations>> = of
             .iter()
             .map(|&l| {
                 points

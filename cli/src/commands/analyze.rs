@@ -237,8 +237,9 @@ fn print_summary(report: &ActivationReport, threshold: f32) {
         let primary = &group.readings[0];
         let dims: Vec<String> = primary.dims.iter().map(|d| d.dim.to_string()).collect();
         println!(
-            "outlier features at {} over {} layers (>= 25% of layers, >= 6% of positions; sublayers, union): {} dimension(s){}; {}",
+            "outlier features at {}{} over {} layers (>= 25% of layers, >= 6% of positions; sublayers, union): {} dimension(s){}; {}",
             group.points.join("+"),
+            group.mixer.as_ref().map_or(String::new(), |m| format!(" of {m} layers")),
             group.layers,
             primary.dims.len(),
             if dims.is_empty() {
@@ -461,6 +462,7 @@ fn write_outputs(
             num_layers: model.spec.num_layers,
             hidden_size: model.spec.hidden_size,
             parameters: model.weights.inventory().parameter_count(),
+            layer_mixers: model.spec.mixer_names(),
         },
         ReportData {
             name: workload.data_name.clone(),

@@ -15,7 +15,10 @@ pub fn write_plots(report: &ActivationReport, dir: &Path) -> Result<Vec<String>>
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let mut written = Vec::new();
     for group in &report.outlier_features {
-        let name = format!("outlier_heatmap_{}", group.points.join("_"));
+        let mut name = format!("outlier_heatmap_{}", group.points.join("_"));
+        if let Some(mixer) = &group.mixer {
+            name = format!("{name}_{mixer}");
+        }
         written.extend(outlier_heatmap(group, &short_name(report)).save(dir, &name)?);
     }
     if !report.layers.is_empty() {
@@ -169,9 +172,12 @@ fn outlier_heatmap(group: &OutlierGroupReport, model: &str) -> Svg {
             }
         })
         .collect();
-    let rows: Vec<String> = (0..group.heatmap.max_abs.len())
-        .map(|l| l.to_string())
-        .collect();
+    let rows: Vec<String> = match group.layer_indices.is_empty() {
+        true => (0..group.heatmap.max_abs.len())
+            .map(|l| l.to_string())
+            .collect(),
+        false => group.layer_indices.iter().map(|l| l.to_string()).collect(),
+    };
     let values: Vec<Vec<f64>> = group
         .heatmap
         .max_abs
@@ -180,8 +186,9 @@ fn outlier_heatmap(group: &OutlierGroupReport, model: &str) -> Svg {
         .collect();
     heatmap(
         &format!(
-            "{model}: max |x| at {} (* outlier feature)",
-            group.points.join(" + ")
+            "{model}: max |x| at {}{} (* outlier feature)",
+            group.points.join(" + "),
+            group.mixer.as_ref().map_or(String::new(), |m| format!(" ({m})"))
         ),
         &rows,
         &columns,

@@ -55,7 +55,11 @@ pub fn report_markdown(report: &ActivationReport) -> String {
 /// Outlier features, one section per group of points.
 fn outlier_sections(md: &mut String, report: &ActivationReport) {
     for group in &report.outlier_features {
-        let _ = writeln!(md, "## Outlier features at {}\n", group.points.join(" + "));
+        let of = match &group.mixer {
+            Some(mixer) => format!(" ({mixer} layers {:?})", group.layer_indices),
+            None => String::new(),
+        };
+        let _ = writeln!(md, "## Outlier features at {}{of}\n", group.points.join(" + "));
         let c = &group.classification;
         let _ = writeln!(
             md,
@@ -187,8 +191,11 @@ fn per_layer_section(md: &mut String, report: &ActivationReport) {
         md,
         "max |x| / RMS kurtosis [95% interval] / max over median, per capture point.\n"
     );
-    let _ = writeln!(md, "| layer | {} |", names.join(" | "));
-    let _ = writeln!(md, "| --- |{}", " --- |".repeat(names.len()));
+    // Hybrid models (Qwen3-Next) name each layer's mixer.
+    let mixers = report.layers.iter().any(|l| l.mixer.is_some());
+    let (mixer_head, mixer_rule) = if mixers { (" mixer |", " --- |") } else { ("", "") };
+    let _ = writeln!(md, "| layer |{mixer_head} {} |", names.join(" | "));
+    let _ = writeln!(md, "| --- |{mixer_rule}{}", " --- |".repeat(names.len()));
     for layer in &report.layers {
         let cells: Vec<String> = names
             .iter()
@@ -207,7 +214,11 @@ fn per_layer_section(md: &mut String, report: &ActivationReport) {
                 })
             })
             .collect();
-        let _ = writeln!(md, "| {} | {} |", layer.layer, cells.join(" | "));
+        let mixer = match (mixers, &layer.mixer) {
+            (false, _) => String::new(),
+            (true, m) => format!(" {} |", m.as_deref().unwrap_or("-")),
+        };
+        let _ = writeln!(md, "| {} |{mixer} {} |", layer.layer, cells.join(" | "));
     }
 }
 

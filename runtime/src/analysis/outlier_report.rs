@@ -125,6 +125,13 @@ pub struct OutlierGroupReport {
     pub cross_batch: Option<CrossBatch>,
     /// Per layer, the magnitudes of the dimensions worth showing.
     pub heatmap: LayerDimMagnitudes,
+    /// The kind of mixer whose layers the group covers, when the model names them
+    /// (`attn_in_o` of a hybrid model is one group per kind).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mixer: Option<String>,
+    /// The layers the group covers when they are not all the analysed ones.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layer_indices: Vec<usize>,
 }
 
 /// Jaccard overlap of two sets (1 when both are empty).
@@ -178,6 +185,8 @@ pub fn outlier_group_report(
         classification,
         cross_batch,
         heatmap,
+        mixer: None,
+        layer_indices: Vec::new(),
     }
 }
 

@@ -40,6 +40,10 @@ pub struct ReportModel {
     pub hidden_size: usize,
     /// Parameters in the checkpoint (from the headers).
     pub parameters: u64,
+    /// Per layer, its token mixer (`attention`, `gated_attention`, `delta_net`) for models
+    /// whose layers are not all plain attention (Qwen3-Next); empty otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layer_mixers: Vec<String>,
 }
 
 /// The workload, as the report names it.
@@ -163,6 +167,9 @@ pub struct LayerAnalysis {
     /// With `attn_sinks` captured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attention_sinks: Option<SinkAnalysis>,
+    /// Its token mixer, for models that name them ([`ReportModel::layer_mixers`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mixer: Option<String>,
 }
 
 /// Massive activations over the analysed layers (the primary reading, with the second
@@ -203,7 +210,10 @@ pub fn assemble_report(
         settings.seed,
     );
     let mut ln_counts = OutlierCounts::default();
-    let mut o_counts = OutlierCounts::default();
+    // attn_in_o per kind of mixer (its dimensions mean different things in a DeltaNet and
+    // an attention layer, and their widths may differ), with the layers of each.
+    let mut o_counts: BTreeMap<Option<String>, (OutlierCounts, Vec<usize>)> = BTreeMap::new();
+    let mixer_of = |layer: usize| model.layer_mixers.get(layer).cloned();
     let mut analysed = Vec::new();
     let mut looked_for_massive = false;
     for &layer in layers {
@@ -216,7 +226,9 @@ pub fn assemble_report(
             ln_counts.add_layer(&ln);
         }
         if let Some(o) = statistics.get(&CapturePoint::AttnInO) {
-            o_counts.add_layer(&[o]);
+            let (counts, of) = o_counts.entry(mixer_of(layer)).or_default();
+            counts.add_layer(&[o]);
+            of.push(layer);
         }
         let points = report
             .points
@@ -240,13 +252,18 @@ pub fn assemble_report(
                 .map(|r| RouterAnalysis::of(r, &resamples)),
             massive: report.massive.as_ref().map(|m| LayerMassive::of(m, tokens)),
             attention_sinks: report.sinks.as_ref().map(SinkAnalysis::of),
+            mixer: mixer_of(layer),
         });
     }
     let mut outlier_features = Vec::new();
-    for (mut counts, names) in [
-        (ln_counts, vec!["ln1", "ln2"]),
-        (o_counts, vec!["attn_in_o"]),
-    ] {
+    let groups = std::iter::once((ln_counts, vec!["ln1", "ln2"], None, Vec::new())).chain(
+        o_counts.into_iter().map(|(mixer, (counts, of))| {
+            // A group over some of the layers names them.
+            let of = if mixer.is_some() { of } else { Vec::new() };
+            (counts, vec!["attn_in_o"], mixer, of)
+        }),
+    );
+    for (mut counts, names, mixer, of) in groups {
         if counts.layers == 0 {
             continue;
         }
@@ -256,12 +273,10 @@ pub fn assemble_report(
             .filter(|n| analysed.first().is_some_and(|l| l.points.contains_key(**n)))
             .map(|n| n.to_string())
             .collect();
-        outlier_features.push(outlier_group_report(
-            captured,
-            &counts,
-            &resamples,
-            settings.batches,
-        ));
+        let mut group = outlier_group_report(captured, &counts, &resamples, settings.batches);
+        group.mixer = mixer;
+        group.layer_indices = of;
+        outlier_features.push(group);
     }
     let massive_activations = massive_overview(&analysed, looked_for_massive);
     let non_finite = super::non_finite::NonFiniteOverview::of(&analysed);

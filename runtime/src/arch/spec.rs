@@ -449,6 +449,21 @@ impl ModelSpec {
         }
     }
 
+    /// Each layer's mixer by name (`attention`, `gated_attention`, `delta_net`) when they
+    /// are not all plain attention; empty otherwise (what reports name).
+    pub fn mixer_names(&self) -> Vec<String> {
+        let plain = Mixer::Attention { gated: false };
+        if self.mixers.iter().all(|m| *m == plain) {
+            return Vec::new();
+        }
+        let name = |m: &Mixer| match m {
+            Mixer::Attention { gated: false } => "attention",
+            Mixer::Attention { gated: true } => "gated_attention",
+            Mixer::DeltaNet(_) => "delta_net",
+        };
+        self.mixers.iter().map(|m| name(m).to_string()).collect()
+    }
+
     /// The MoE block of `layer`, if it has one.
     pub fn moe(&self, layer: usize) -> Option<&MoeSpec> {
         match &self.feed_forward[layer] {
