@@ -38,7 +38,10 @@ fn causal_convolution_matches_the_cpu_with_f32_and_bf16_weights() {
     let mut expect = vec![0f32; rows * channels];
     cpu::causal_conv_silu(&input, &weight, &mut expect, kernel, seq_len);
     let input_d = upload(&gpu, &input);
-    let bits: Vec<u16> = weight.iter().map(|w| half::bf16::from_f32(*w).to_bits()).collect();
+    let bits: Vec<u16> = weight
+        .iter()
+        .map(|w| half::bf16::from_f32(*w).to_bits())
+        .collect();
     let (w32, w16) = (upload(&gpu, &weight), upload(&gpu, &bits));
     for (what, w) in [
         ("f32", ConvWeight::F32(w32.as_view())),
@@ -55,9 +58,19 @@ fn causal_convolution_matches_the_cpu_with_f32_and_bf16_weights() {
 
 /// One configuration: `tf32` or full f32 GEMMs, checked against the CPU's recurrent form
 /// with `atol` of the output's largest magnitude plus `rtol`.
-fn delta_rule_case(gpu: &Gpu, delta: DeltaNetSpec, (sequences, seq_len): (usize, usize), tf32: bool) {
+fn delta_rule_case(
+    gpu: &Gpu,
+    delta: DeltaNetSpec,
+    (sequences, seq_len): (usize, usize),
+    tf32: bool,
+) {
     let rows = sequences * seq_len;
-    let (h, kh, dk, dv) = (delta.value_heads, delta.key_heads, delta.key_dim, delta.value_dim);
+    let (h, kh, dk, dv) = (
+        delta.value_heads,
+        delta.key_heads,
+        delta.key_dim,
+        delta.value_dim,
+    );
     let seed = (dk + seq_len) as u64 + tf32 as u64;
     let q = random_values(rows * kh * dk, seed, 1.0);
     let k = random_values(rows * kh * dk, seed + 1, 1.0);
@@ -66,7 +79,9 @@ fn delta_rule_case(gpu: &Gpu, delta: DeltaNetSpec, (sequences, seq_len): (usize,
     let a = random_values(rows * h, seed + 4, 2.0);
     // Decay rates from slow to fast (A = 0.05 ... 8), dt_bias around 0: g from about -0.01
     // to -20 per token, so some heads forget within a chunk and others carry across chunks.
-    let a_log: Vec<f32> = (0..h).map(|i| (0.05f32 * 160f32.powf(i as f32 / (h - 1) as f32)).ln()).collect();
+    let a_log: Vec<f32> = (0..h)
+        .map(|i| (0.05f32 * 160f32.powf(i as f32 / (h - 1) as f32)).ln())
+        .collect();
     let dt_bias = random_values(h, seed + 5, 0.5);
     let inputs = cpu::DeltaInputs {
         q: &q,
@@ -79,7 +94,14 @@ fn delta_rule_case(gpu: &Gpu, delta: DeltaNetSpec, (sequences, seq_len): (usize,
     };
     let mut states = vec![0f32; sequences * h * dk * dv];
     let mut expect = vec![0f32; rows * h * dv];
-    cpu::delta_rule(&inputs, &delta, (sequences, seq_len), &mut states, &mut expect, 4);
+    cpu::delta_rule(
+        &inputs,
+        &delta,
+        (sequences, seq_len),
+        &mut states,
+        &mut expect,
+        4,
+    );
 
     let dims = DeltaDims {
         sequences,
@@ -128,8 +150,15 @@ fn delta_rule_case(gpu: &Gpu, delta: DeltaNetSpec, (sequences, seq_len): (usize,
         state: ss.as_view_mut(),
     };
     let mut core = zeros(gpu, rows * h * dv);
-    delta_net::chunked_delta_rule(gpu, &gpu_inputs, &mut buffers, &mut core.as_view_mut(), dims, tf32)
-        .unwrap();
+    delta_net::chunked_delta_rule(
+        gpu,
+        &gpu_inputs,
+        &mut buffers,
+        &mut core.as_view_mut(),
+        dims,
+        tf32,
+    )
+    .unwrap();
     let got = gpu.stream.clone_dtoh(&core).unwrap();
     let scale = expect.iter().fold(0f32, |m, x| m.max(x.abs()));
     let what = format!("delta rule dk {dk}, {sequences} x {seq_len}, tf32 {tf32}");
@@ -137,7 +166,10 @@ fn delta_rule_case(gpu: &Gpu, delta: DeltaNetSpec, (sequences, seq_len): (usize,
     assert_all_close(&what, &got, &expect, atol * scale, rtol);
     let error = nmse(&got, &expect);
     println!("{what}: max |out| {scale:.3}, NMSE {error:.3e}");
-    assert!(error < if tf32 { 1e-5 } else { 1e-10 }, "{what}: NMSE {error}");
+    assert!(
+        error < if tf32 { 1e-5 } else { 1e-10 },
+        "{what}: NMSE {error}"
+    );
 }
 
 #[test]

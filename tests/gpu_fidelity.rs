@@ -14,9 +14,9 @@ use layerstream_runtime::{
 };
 use layerstream_tests::near_ties::NearTieFlips;
 use layerstream_tests::{
-    FIXTURES, KeepEverything, OPTIONAL_REFERENCE_POINTS, REFERENCE_POINTS, Reference, assert_all_close,
-    assert_matches_reference, fixture_model, gpu_or_skip, nmse, plant_massive_expert,
-    split_every_layer,
+    FIXTURES, KeepEverything, OPTIONAL_REFERENCE_POINTS, REFERENCE_POINTS, Reference,
+    assert_all_close, assert_matches_reference, fixture_model, gpu_or_skip, nmse,
+    plant_massive_expert, split_every_layer,
 };
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -420,7 +420,11 @@ fn qwen3_next_80b_is_estimated_from_its_headers_in_under_a_second() {
     let layer_bytes = |l: usize| layers[l]["weight_bytes"].as_u64().unwrap();
     // 513 expert MLPs of 3 x 512 x 2048 bf16 (3.2 GB), the router (2 MiB) and the mixer.
     for l in [0, 3] {
-        assert!(layer_bytes(l) > 3_260_000_000 && layer_bytes(l) < 3_320_000_000, "{l}: {}", layer_bytes(l));
+        assert!(
+            layer_bytes(l) > 3_260_000_000 && layer_bytes(l) < 3_320_000_000,
+            "{l}: {}",
+            layer_bytes(l)
+        );
     }
     // DeltaNet in_proj + out_proj (64 MiB) against gated attention's 4 projections (52 MiB).
     assert!(layer_bytes(0) > layer_bytes(3));

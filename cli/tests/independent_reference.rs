@@ -46,7 +46,11 @@ fn every_fixture_agrees_with_the_independent_reference() {
         // ln1 + ln2, and attn_in_o once per kind of mixer (qwen3_next: DeltaNet, gated
         // attention).
         let groups = if *fixture == "qwen3_next" { 3 } else { 2 };
-        assert_eq!(coverage.outlier_groups.len(), groups, "{fixture}: {coverage:?}");
+        assert_eq!(
+            coverage.outlier_groups.len(),
+            groups,
+            "{fixture}: {coverage:?}"
+        );
         compared_outliers += coverage
             .outlier_groups
             .iter()
@@ -71,7 +75,10 @@ fn attention_sinks_are_reported(out: &std::path::Path, fixture: &str) {
     let heads = config["num_attention_heads"].as_u64().unwrap() as usize;
     for layer in report["layers"].as_array().unwrap() {
         if layer["mixer"] == "delta_net" {
-            assert!(layer["attention_sinks"].is_null(), "{fixture}: a DeltaNet has no sinks");
+            assert!(
+                layer["attention_sinks"].is_null(),
+                "{fixture}: a DeltaNet has no sinks"
+            );
             continue;
         }
         let a = &layer["attention_sinks"];

@@ -137,8 +137,21 @@ impl Model {
 
     /// Why a layer tensor may be missing, and what to do.
     fn missing_tensor_hint(&self, layer: usize) -> String {
+        // A hybrid model's schedule says which mixer a layer has.
+        let mixer = match (
+            self.spec.mixer_names().get(layer),
+            self.spec.delta_net(layer),
+        ) {
+            (None, _) => String::new(),
+            (Some(_), Some(_)) => {
+                " (a Gated DeltaNet layer by its layer_types / full_attention_interval)".to_string()
+            }
+            (Some(_), None) => {
+                " (a full attention layer by its layer_types / full_attention_interval)".to_string()
+            }
+        };
         format!(
-            "layer {layer} of a {} model as {} describes it needs it; the checkpoint is incomplete, was saved by another architecture, or config.json does not match it",
+            "layer {layer} of a {} model as {} describes it{mixer} needs it; the checkpoint is incomplete, was saved by another architecture, or config.json does not match it",
             self.spec.family.model_type(),
             self.config.path.display()
         )

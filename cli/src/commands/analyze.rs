@@ -62,6 +62,13 @@ pub fn analyze(args: &AnalyzeArgs) -> Result<()> {
     let model = &named.model;
     let layers = parse_layers(&args.layers, model.spec.num_layers)?;
     let points = parse_points(&args.points)?;
+    if points.contains(&CapturePoint::AttnGate) && model.spec.mixer_names().is_empty() {
+        anyhow::bail!(
+            "--points attn_gate: {} ({}) has no output gate; attn_gate exists in gated-attention and Gated DeltaNet layers (qwen3_next)",
+            named.name,
+            model.config.model_type
+        );
+    }
     let saved_points = saved_points(args, &points)?;
     let workload = pack_workload(model, &args.workload)?;
     timeline::mark(|| "workload tokenized and packed".into());
@@ -239,7 +246,10 @@ fn print_summary(report: &ActivationReport, threshold: f32) {
         println!(
             "outlier features at {}{} over {} layers (>= 25% of layers, >= 6% of positions; sublayers, union): {} dimension(s){}; {}",
             group.points.join("+"),
-            group.mixer.as_ref().map_or(String::new(), |m| format!(" of {m} layers")),
+            group
+                .mixer
+                .as_ref()
+                .map_or(String::new(), |m| format!(" of {m} layers")),
             group.layers,
             primary.dims.len(),
             if dims.is_empty() {

@@ -188,7 +188,10 @@ fn outlier_heatmap(group: &OutlierGroupReport, model: &str) -> Svg {
         &format!(
             "{model}: max |x| at {}{} (* outlier feature)",
             group.points.join(" + "),
-            group.mixer.as_ref().map_or(String::new(), |m| format!(" ({m})"))
+            group
+                .mixer
+                .as_ref()
+                .map_or(String::new(), |m| format!(" ({m})"))
         ),
         &rows,
         &columns,

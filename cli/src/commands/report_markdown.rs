@@ -59,7 +59,11 @@ fn outlier_sections(md: &mut String, report: &ActivationReport) {
             Some(mixer) => format!(" ({mixer} layers {:?})", group.layer_indices),
             None => String::new(),
         };
-        let _ = writeln!(md, "## Outlier features at {}{of}\n", group.points.join(" + "));
+        let _ = writeln!(
+            md,
+            "## Outlier features at {}{of}\n",
+            group.points.join(" + ")
+        );
         let c = &group.classification;
         let _ = writeln!(
             md,
@@ -193,7 +197,11 @@ fn per_layer_section(md: &mut String, report: &ActivationReport) {
     );
     // Hybrid models (Qwen3-Next) name each layer's mixer.
     let mixers = report.layers.iter().any(|l| l.mixer.is_some());
-    let (mixer_head, mixer_rule) = if mixers { (" mixer |", " --- |") } else { ("", "") };
+    let (mixer_head, mixer_rule) = if mixers {
+        (" mixer |", " --- |")
+    } else {
+        ("", "")
+    };
     let _ = writeln!(md, "| layer |{mixer_head} {} |", names.join(" | "));
     let _ = writeln!(md, "| --- |{mixer_rule}{}", " --- |".repeat(names.len()));
     for layer in &report.layers {

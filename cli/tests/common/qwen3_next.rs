@@ -43,7 +43,8 @@ pub fn sparse_qwen3_next_80b(into: &Path) -> (PathBuf, u64) {
     }
     for layer in 0..LAYERS {
         let p = format!("model.layers.{layer}");
-        let mut add = |suffix: &str, shape: Vec<usize>| tensors.push(bf16(format!("{p}.{suffix}"), shape));
+        let mut add =
+            |suffix: &str, shape: Vec<usize>| tensors.push(bf16(format!("{p}.{suffix}"), shape));
         add("input_layernorm.weight", vec![HIDDEN]);
         add("post_attention_layernorm.weight", vec![HIDDEN]);
         if (layer + 1) % 4 == 0 {
