@@ -33,6 +33,13 @@ struct ModelSummary {
     /// Dimensions of each head that RoPE rotates (`partial_rotary_factor` x head_dim).
     rotary_dims: usize,
     sliding_windows: Vec<Option<usize>>,
+    /// Per layer, its token mixer, for hybrid models (`attention`, `gated_attention`,
+    /// `delta_net`); absent otherwise.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    layer_mixers: Vec<String>,
+    /// The Gated DeltaNet's shapes, for models with DeltaNet layers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    delta_net: Option<String>,
     tied_embeddings: bool,
     parameters: u64,
     total_bytes: u64,
@@ -226,6 +233,15 @@ pub fn inspect(args: &InspectArgs) -> Result<()> {
         rope_theta: spec.rope.theta,
         rotary_dims: spec.rope.inv_freq.len() * 2,
         sliding_windows: spec.sliding_windows.clone(),
+        layer_mixers: spec.mixer_names(),
+        delta_net: (0..spec.num_layers)
+            .find_map(|l| spec.delta_net(l))
+            .map(|d| {
+                format!(
+                    "{} key heads of {}, {} value heads of {}, conv kernel {}",
+                    d.key_heads, d.key_dim, d.value_heads, d.value_dim, d.conv_kernel
+                )
+            }),
         tied_embeddings: spec.tied_embeddings,
         parameters,
         total_bytes: inventory.total_bytes(),
@@ -290,6 +306,27 @@ fn print_table(s: &ModelSummary) {
             windows.join(", ")
         },
     );
+    if !s.layer_mixers.is_empty() {
+        let layers_of = |kind: &str| -> Vec<usize> {
+            (0..s.layer_mixers.len())
+                .filter(|&l| s.layer_mixers[l] == kind)
+                .collect()
+        };
+        let kinds = [
+            ("attention", "attn layers"),
+            ("gated_attention", "gated attn layers"),
+            ("delta_net", "deltanet layers"),
+        ];
+        for (kind, key) in kinds {
+            let of = layers_of(kind);
+            if !of.is_empty() {
+                row(key, format_layers(&of));
+            }
+        }
+    }
+    if let Some(delta) = &s.delta_net {
+        row("gated deltanet", delta.clone());
+    }
     row(
         "mlp",
         format!(
