@@ -187,7 +187,18 @@ pub fn estimate_time(
         active_parameters += (total - routed_total) as f64
             + (routed_total * top_k) as f64 / routed.len().max(1) as f64;
     }
-    let attention = 2.0 * seq_len as f64 * spec.q_width() as f64 * layers_run as f64; // per token, causal
+    // Per token: causal attention's two products over half the sequence on average; a
+    // DeltaNet's chunked products (chunks of 64) and its state reads and updates.
+    let attention: f64 = (0..layers_run.min(spec.num_layers))
+        .map(|layer| match spec.delta_net(layer) {
+            None => 2.0 * seq_len as f64 * spec.q_width() as f64,
+            Some(d) => {
+                let (chunk, dk, dv) = (64.0, d.key_dim as f64, d.value_dim as f64);
+                let per_head = 2.0 * (2.0 * chunk * dk + chunk * (dk + dv) + chunk * dv + 3.0 * dk * dv);
+                per_head * d.value_heads as f64
+            }
+        })
+        .sum();
     let flops = tokens as f64 * (2.0 * active_parameters + attention);
     let transfer = weight_bytes as f64 / (rates.host_to_device_gbps * 1e9);
     let disk = weight_bytes as f64 / (rates.disk_gbps * 1e9);
