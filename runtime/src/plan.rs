@@ -194,7 +194,8 @@ pub fn estimate_time(
             None => 2.0 * seq_len as f64 * spec.q_width() as f64,
             Some(d) => {
                 let (chunk, dk, dv) = (64.0, d.key_dim as f64, d.value_dim as f64);
-                let per_head = 2.0 * (2.0 * chunk * dk + chunk * (dk + dv) + chunk * dv + 3.0 * dk * dv);
+                let per_head =
+                    2.0 * (2.0 * chunk * dk + chunk * (dk + dv) + chunk * dv + 3.0 * dk * dv);
                 per_head * d.value_heads as f64
             }
         })
