@@ -132,6 +132,9 @@ fn score_matches_the_pytorch_loss_for_every_family() {
         let home = tempfile::tempdir().unwrap();
         let model = fixture_model(name).display().to_string();
         let docs = docs();
+        // The fixture's own workload (qwen3_next's sequences are 72 tokens).
+        let reference = Reference::load(name);
+        let seq_len = reference.seq_len.to_string();
         let out = assert_succeeds(&layerstream(
             &[
                 "score",
@@ -142,7 +145,7 @@ fn score_matches_the_pytorch_loss_for_every_family() {
                 "--num-samples",
                 "2",
                 "--seq-len",
-                "32",
+                &seq_len,
                 "--device",
                 "cpu",
             ],
@@ -150,7 +153,6 @@ fn score_matches_the_pytorch_loss_for_every_family() {
         ));
         assert!(out.contains("overall"), "{out}");
         let score = read_json(&home.path().join("layerstream-out/score.json"));
-        let reference = Reference::load(name);
         let loss = reference.get("loss").values[0] as f64;
         let mean_nll = score["overall"]["mean_nll"].as_f64().unwrap();
         assert!(
@@ -162,18 +164,19 @@ fn score_matches_the_pytorch_loss_for_every_family() {
                 <= 1e-4 * loss.exp()
         );
         let nll = &reference.get("nll").values;
+        let scored = reference.seq_len - 1;
         for (i, sequence) in score["sequences"].as_array().unwrap().iter().enumerate() {
-            let expected: f64 = nll[i * 31..(i + 1) * 31]
+            let expected: f64 = nll[i * scored..(i + 1) * scored]
                 .iter()
                 .map(|&x| x as f64)
                 .sum::<f64>()
-                / 31.0;
+                / scored as f64;
             let got = sequence["mean_nll"].as_f64().unwrap();
             assert!(
                 (got - expected).abs() <= 1e-5 * expected,
                 "{name} sequence {i}: {got} vs {expected}"
             );
-            assert_eq!(sequence["tokens_scored"], 31);
+            assert_eq!(sequence["tokens_scored"], scored);
         }
     }
 }
@@ -370,6 +373,8 @@ fn analyze_reports_expert_load_that_matches_pytorch_routing() {
         let home = tempfile::tempdir().unwrap();
         let model = fixture_model(name).display().to_string();
         let docs = docs();
+        let reference = Reference::load(name);
+        let seq_len = reference.seq_len.to_string();
         assert_succeeds(&layerstream(
             &[
                 "analyze",
@@ -380,16 +385,15 @@ fn analyze_reports_expert_load_that_matches_pytorch_routing() {
                 "--num-samples",
                 "2",
                 "--seq-len",
-                "32",
+                &seq_len,
                 "--device",
                 "cpu",
                 "--micro-batch-tokens",
-                "32",
+                &seq_len,
             ],
             home.path(),
         ));
         let report = read_json(&home.path().join("layerstream-out/report.json"));
-        let reference = Reference::load(name);
         for layer in report["layers"].as_array().unwrap() {
             let l = layer["layer"].as_u64().unwrap();
             let Some(chosen) = reference
@@ -412,7 +416,7 @@ fn analyze_reports_expert_load_that_matches_pytorch_routing() {
                 .map(|v| v.as_u64().unwrap())
                 .collect();
             assert_eq!(got, expected, "{name} layer {l}: tokens per expert");
-            assert_eq!(router["tokens"], 64);
+            assert_eq!(router["tokens"], 2 * reference.seq_len);
         }
     }
 }
