@@ -312,6 +312,7 @@ fn moe_layers_are_sparse_or_dense_as_configured() {
         ("glm4_moe_groups", vec![true, true]),
         ("glm4_moe_fp8", vec![false, true]),
         ("qwen3_next", vec![true, false, true, true]),
+        ("qwen3_next_bf16", vec![true, false, true, true]),
     ];
     for (name, sparse) in &expected {
         let model = Model::open(&fixture_model(name)).unwrap();

@@ -12,6 +12,7 @@ use layerstream_runtime::cuda::{ComputeChoice, CudaBackend};
 use layerstream_runtime::{
     CaptureMode, CapturePoint, FinalStage, Model, RunObserver, RunRequest, run,
 };
+use layerstream_tests::bf16_peer::{assert_no_worse_than_the_bf16_peer, has_bf16_peer};
 use layerstream_tests::near_ties::NearTieFlips;
 use layerstream_tests::{
     FIXTURES, KeepEverything, OPTIONAL_REFERENCE_POINTS, REFERENCE_POINTS, Reference,
@@ -84,11 +85,18 @@ fn every_family_matches_pytorch_on_cuda_in_f32() {
         for layer in 0..layers {
             for point in REFERENCE_POINTS {
                 let key = point.full_name(layer);
-                assert_matches_reference(
-                    &format!("cuda {name} {key}"),
-                    &kept.captures[&key],
-                    &reference.get(&key).values,
-                );
+                let (got, expected) = (&kept.captures[&key], &reference.get(&key).values);
+                let what = format!("cuda {name} {key}");
+                if point == CapturePoint::AttnInO && model.spec.delta_net(layer).is_some() {
+                    // Both chunked forms (transformers' and this one, in f32) are within
+                    // 1.1e-5 of the point's max |x| from a float64 run where the gated norm
+                    // divides a head of small RMS (benches/scripts/delta_net_precision.py),
+                    // so they may differ by twice that.
+                    let scale = expected.iter().fold(0f32, |m, x| m.max(x.abs()));
+                    assert_all_close(&what, got, expected, 3e-5 * scale, 1e-4);
+                    continue;
+                }
+                assert_matches_reference(&what, got, expected);
             }
             for point in OPTIONAL_REFERENCE_POINTS {
                 let key = point.full_name(layer);
@@ -147,7 +155,8 @@ fn every_family_matches_pytorch_on_cuda_in_f32() {
 /// bf16 GEMMs (bf16-rounded inputs, f32 accumulation) on the bf16 checkpoints, against the
 /// f32 PyTorch computation on the same weights: bf16 rounding of every GEMM input makes
 /// errors of about 2^-8 relative per product, so the bound is relative to each tensor's
-/// scale, plus NMSE.
+/// scale, plus NMSE. Fixtures with a recorded transformers bf16 run (Qwen3-Next, whose gated
+/// norm amplifies rounding) are held to no more than twice its error instead (`bf16_peer.rs`).
 #[test]
 fn bf16_fixtures_match_pytorch_within_bf16_tolerance() {
     let Some(backend) = cuda(ComputeChoice::Bf16, "cuda bf16 fidelity") else {
@@ -157,7 +166,7 @@ fn bf16_fixtures_match_pytorch_within_bf16_tolerance() {
     // fixture's attention and router are f32, which bf16 compute rounds: its bf16 run differs
     // from the f32 reference by that rounding, not by the MXFP4 path, which is checked exactly
     // in f32 above and per element against the CPU in `gpu_gpt_oss_kernels.rs`.
-    for name in ["llama3", "mixtral", "gpt_oss_bf16"] {
+    for name in ["llama3", "mixtral", "gpt_oss_bf16", "qwen3_next_bf16"] {
         let reference = Reference::load(name);
         let model = Model::open(&fixture_model(name)).unwrap();
         let layers = model.spec.num_layers;
@@ -175,6 +184,24 @@ fn bf16_fixtures_match_pytorch_within_bf16_tolerance() {
             &mut kept,
         )
         .unwrap();
+        if has_bf16_peer(&reference) {
+            assert_no_worse_than_the_bf16_peer(name, &reference, &kept, layers);
+            continue;
+        }
+        for (layer, routing) in &kept.routing {
+            let expected = &reference
+                .get(&format!("blocks.{layer}.router.logits"))
+                .values;
+            let scale = expected.iter().fold(0f32, |m, x| m.max(x.abs()));
+            let worst = routing
+                .logits
+                .iter()
+                .zip(expected)
+                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            eprintln!(
+                "bf16 {name} layer {layer}: router logits max |x| {scale:.3}, largest error {worst:.4}"
+            );
+        }
         let flips = NearTieFlips::find(&reference, &kept, layers, &format!("bf16 {name}"));
         let mut worst = 0f64;
         for layer in 0..layers {

@@ -2,6 +2,7 @@
 //! `tests/fixtures/generate.py`, per-element comparison, and an observer that keeps every
 //! captured activation.
 
+pub mod bf16_peer;
 mod edit;
 pub mod near_ties;
 pub mod reference_analysis;
@@ -51,6 +52,7 @@ pub const FIXTURES: &[&str] = &[
     "glm4_moe_groups",
     "glm4_moe_fp8",
     "qwen3_next",
+    "qwen3_next_bf16",
 ];
 
 /// The mixture-of-experts fixtures.
@@ -66,6 +68,7 @@ pub const MOE_FIXTURES: &[&str] = &[
     "glm4_moe_groups",
     "glm4_moe_fp8",
     "qwen3_next",
+    "qwen3_next_bf16",
 ];
 
 /// `tests/fixtures`, or `LAYERSTREAM_FIXTURES` when set (test binaries built on one machine

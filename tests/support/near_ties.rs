@@ -60,7 +60,8 @@ impl NearTieFlips {
                 assert!(
                     margin <= TIE_FRACTION * scale,
                     "{what}: layer {layer} token {t} chose experts {ours:?}, the reference {theirs:?}, \
-                     with a margin of {margin} between its {k}th and next logit (not a near-tie)"
+                     with a margin of {margin} between its {k}th and next logit (not a near-tie: \
+                     the token's largest |logit| is {scale})"
                 );
                 flips.flipped.push((layer, t));
                 let (s, p) = (t / flips.seq_len, t % flips.seq_len);
