@@ -1,5 +1,6 @@
 //! Command-line interface. Flags mean the same in every command that takes them.
 
+use crate::commands::shard::ShardArg;
 use clap::{Args, Parser, Subcommand};
 use layerstream_planner::ByteSize;
 use layerstream_runtime::DeviceChoice;
@@ -64,6 +65,12 @@ pub struct WorkloadArgs {
     /// starts with the tokens the tokenizer puts before a text (BOS for Llama-style ones).
     #[arg(long, value_name = "T", default_value_t = 2048, value_parser = parse_count)]
     pub seq_len: usize,
+    /// Run one contiguous range of the packed sequences: I/N (zero-based shard I of N;
+    /// shard i of S sequences holds floor(i S / N) .. floor((i + 1) S / N)), or `env`
+    /// (`env/N`) to take them from SLURM_ARRAY_TASK_ID / _COUNT (or _MIN / _MAX),
+    /// JOB_COMPLETION_INDEX (Kubernetes, with N) or SKYPILOT_NODE_RANK / _NUM_NODES.
+    #[arg(long, value_name = "I/N|env")]
+    pub shard: Option<ShardArg>,
 }
 
 /// Where and how the forward pass runs.

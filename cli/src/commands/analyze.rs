@@ -18,12 +18,12 @@ use layerstream_runtime::analysis::massive::{MASSIVE_MEDIAN_RATIO, MASSIVE_MIN_M
 use layerstream_runtime::analysis::massive_report::TokenInfo;
 use layerstream_runtime::analysis::outliers::{MIN_LAYER_FRACTION, MIN_POSITION_FRACTION};
 use layerstream_runtime::analysis::report::{
-    ActivationReport, AnalysisSettings, ReportData, ReportModel,
+    ActivationReport, AnalysisSettings, ReportData, ReportModel, ReportShard,
 };
 use layerstream_runtime::checkpoint::activations::activation_path;
 use layerstream_runtime::checkpoint::write_file;
 use layerstream_runtime::checkpoint::{
-    AnalysisFolder, FolderOptions, RunIdentity, data_fingerprint, model_fingerprint,
+    AnalysisFolder, FolderOptions, RunIdentity, model_fingerprint,
 };
 use layerstream_runtime::data::TextTokenizer;
 use layerstream_runtime::selection::{parse_layers, parse_points};
@@ -413,9 +413,9 @@ fn run_identity(
         model_fingerprint: fingerprint.digest,
         weight_digests: fingerprint.weights,
         model_name: named.name.clone(),
-        data_fingerprint: data_fingerprint(&packed.token_ids, packed.num_sequences, packed.seq_len),
+        data_fingerprint: workload.data_fingerprint.clone(),
         data_name: workload.data_name.clone(),
-        settings: BTreeMap::from([
+        settings: BTreeMap::from_iter(shard_setting(workload).into_iter().chain([
             ("num_samples".to_string(), packed.num_sequences.to_string()),
             ("seq_len".to_string(), packed.seq_len.to_string()),
             ("threshold".to_string(), args.threshold.to_string()),
@@ -424,12 +424,21 @@ fn run_identity(
                 "arithmetic".to_string(),
                 arithmetic(backend, &args.run.compute_dtype),
             ),
-        ]),
+        ])),
         plan: BTreeMap::from([
             ("micro_batch_sequences".to_string(), micro_batch.to_string()),
             ("backend".to_string(), backend.to_string()),
         ]),
     }
+}
+
+/// A shard's range, as the run's identity records it (a whole run records none, so its
+/// progress.json is as before).
+fn shard_setting(workload: &Workload) -> Option<(String, String)> {
+    workload
+        .shard
+        .as_ref()
+        .map(|s| ("shard".to_string(), s.describe()))
 }
 
 /// How long the run took, for the closing line.
@@ -479,6 +488,12 @@ fn write_outputs(
             num_sequences: packed.num_sequences,
             seq_len: packed.seq_len,
             documents: packed.documents_used,
+            shard: workload.shard.as_ref().map(|s| ReportShard {
+                index: s.shard.index,
+                count: s.shard.count,
+                first_sequence: s.range.start,
+                total_sequences: s.total,
+            }),
         },
         AnalysisSettings {
             threshold: args.threshold,

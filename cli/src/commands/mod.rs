@@ -11,6 +11,7 @@ pub mod quantized_sizes;
 pub mod report_markdown;
 pub mod report_massive;
 pub mod score;
+pub mod shard;
 pub mod status;
 pub mod svg;
 
@@ -46,10 +47,34 @@ pub fn open_model(args: &ModelArgs) -> Result<NamedModel> {
 
 /// The packed workload and where it came from.
 pub struct Workload {
-    /// Token ids and shape.
+    /// Token ids and shape (of the shard, with `--shard`).
     pub packed: PackedTokens,
     /// `--data` as given, or the embedded text's description.
     pub data_name: String,
+    /// The fingerprint of the whole packed data (every shard's the same).
+    pub data_fingerprint: String,
+    /// With `--shard`: which shard, and its range of the whole data's sequences.
+    pub shard: Option<ShardRun>,
+}
+
+/// A shard of the packed data.
+pub struct ShardRun {
+    /// Index, count and where they came from.
+    pub shard: shard::Shard,
+    /// Its sequences of the whole data.
+    pub range: std::ops::Range<usize>,
+    /// Sequences of the whole data.
+    pub total: usize,
+}
+
+impl ShardRun {
+    /// `I/N (sequences a..b of S)`, what the run's identity and its lines say.
+    pub fn describe(&self) -> String {
+        format!(
+            "{}/{} (sequences {}..{} of {})",
+            self.shard.index, self.shard.count, self.range.start, self.range.end, self.total
+        )
+    }
 }
 
 /// Refuses a workload whose `(sequences * seq_len, width)` f32 values this machine cannot
@@ -79,15 +104,47 @@ pub fn pack_workload(model: &Model, args: &WorkloadArgs) -> Result<Workload> {
             embedded::DEFAULT_DATA_NAME.to_string(),
         ),
     };
+    // The shard's variables are read before any work, so a bad array fails at once.
+    let shard = args
+        .shard
+        .map(|arg| shard::resolve(arg, |name| std::env::var(name).ok()))
+        .transpose()?;
     let tokenizer = TextTokenizer::load(&model.dir, &model.config)?;
-    let packed = pack_documents(
+    let mut packed = pack_documents(
         &path,
         &args.text_field,
         &tokenizer,
         args.num_samples,
         args.seq_len,
     )?;
-    Ok(Workload { packed, data_name })
+    let data_fingerprint = layerstream_runtime::checkpoint::data_fingerprint(
+        &packed.token_ids,
+        packed.num_sequences,
+        packed.seq_len,
+    );
+    let shard = match shard {
+        None => None,
+        Some(shard) => {
+            let total = packed.num_sequences;
+            let range = shard.range(total)?;
+            let t = packed.seq_len;
+            packed.token_ids = packed.token_ids[range.start * t..range.end * t].to_vec();
+            packed.num_sequences = range.len();
+            let run = ShardRun {
+                shard,
+                range,
+                total,
+            };
+            eprintln!("shard {} from {}", run.describe(), run.shard.source);
+            Some(run)
+        }
+    };
+    Ok(Workload {
+        packed,
+        data_name,
+        data_fingerprint,
+        shard,
+    })
 }
 
 /// The backend for `--device`, printing one line when `auto` fell back to the CPU.

@@ -55,6 +55,9 @@ struct ScoreReport {
     model: String,
     data: String,
     seq_len: usize,
+    /// With `--shard`: the shard (its sequences are numbered as in the whole data).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shard: Option<String>,
     overall: ScoreLine,
     sequences: Vec<ScoreLine>,
 }
@@ -106,11 +109,12 @@ pub fn score(args: &ScoreArgs) -> Result<()> {
             perplexity: mean_nll.exp(),
         }
     };
+    let first_sequence = workload.shard.as_ref().map_or(0, |s| s.range.start);
     let sequences: Vec<ScoreLine> = sums
         .per_sequence
         .iter()
         .enumerate()
-        .map(|(i, &(sum, tokens))| line(Some(i), sum, tokens))
+        .map(|(i, &(sum, tokens))| line(Some(first_sequence + i), sum, tokens))
         .collect();
     let total: f64 = sums.per_sequence.iter().map(|s| s.0).sum();
     let tokens: usize = sums.per_sequence.iter().map(|s| s.1).sum();
@@ -120,6 +124,7 @@ pub fn score(args: &ScoreArgs) -> Result<()> {
         model: named.name.clone(),
         data: workload.data_name.clone(),
         seq_len: request.seq_len,
+        shard: workload.shard.as_ref().map(|s| s.describe()),
         overall: line(None, total, tokens),
         sequences,
     };

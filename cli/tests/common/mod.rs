@@ -15,6 +15,30 @@ pub fn layerstream(args: &[&str], home: &Path) -> Output {
         .expect("the binary runs")
 }
 
+/// As [`layerstream`] with only the scheduler variables `env` set (any the test process
+/// inherited are removed).
+pub fn layerstream_with_env(args: &[&str], home: &Path, env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_layerstream"));
+    command
+        .args(args)
+        .env("LAYERSTREAM_CACHE_DIR", home.join("cache"))
+        .env("LAYERSTREAM_THREADS", "2")
+        .current_dir(home);
+    for name in [
+        "SLURM_ARRAY_TASK_ID",
+        "SLURM_ARRAY_TASK_COUNT",
+        "SLURM_ARRAY_TASK_MIN",
+        "SLURM_ARRAY_TASK_MAX",
+        "JOB_COMPLETION_INDEX",
+        "SKYPILOT_NODE_RANK",
+        "SKYPILOT_NUM_NODES",
+    ] {
+        command.env_remove(name);
+    }
+    command.envs(env.iter().copied());
+    command.output().expect("the binary runs")
+}
+
 /// stderr as text.
 pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()

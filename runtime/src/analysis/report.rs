@@ -57,6 +57,22 @@ pub struct ReportData {
     pub seq_len: usize,
     /// Documents the sequences were packed from.
     pub documents: usize,
+    /// With `--shard`: which shard of the packed data the sequences are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<ReportShard>,
+}
+
+/// A shard's place in the whole packed data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReportShard {
+    /// Zero-based index.
+    pub index: usize,
+    /// Shards in all.
+    pub count: usize,
+    /// Its first sequence in the whole data.
+    pub first_sequence: usize,
+    /// Sequences of the whole data.
+    pub total_sequences: usize,
 }
 
 /// One layer's summaries, keyed by capture point name.
