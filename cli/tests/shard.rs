@@ -195,3 +195,20 @@ fn shard_env_reads_the_scheduler_and_bad_shards_are_refused() {
     assert_eq!(malformed.status.code(), Some(2));
     assert!(common::stderr(&malformed).contains("expected I/N"));
 }
+
+#[test]
+fn a_shard_is_planned_for_its_own_sequences() {
+    let home = tempfile::tempdir().unwrap();
+    let model = fixture_model_path("llama3");
+    let out = analyze(home.path(), &model, "out", &["--shard", "1/2", "--dry-run"]);
+    let stdout = common::stdout(&assert_succeeds_output(out));
+    assert!(
+        stdout.contains("workload         3 sequences x 20 tokens"),
+        "{stdout}"
+    );
+}
+
+fn assert_succeeds_output(out: std::process::Output) -> std::process::Output {
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    out
+}

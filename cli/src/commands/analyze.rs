@@ -44,7 +44,7 @@ pub fn analyze(args: &AnalyzeArgs) -> Result<()> {
         (false, None) => None,
         _ => Some(make_estimate(
             &named,
-            args.workload.num_samples,
+            super::shard::planned_sequences(&args.workload)?,
             args.workload.seq_len,
             &args.layers,
             &args.points,

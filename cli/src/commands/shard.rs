@@ -80,6 +80,18 @@ impl Shard {
     }
 }
 
+/// Sequences the run computes: the shard's of `--num-samples`, or all of them (what the
+/// memory plan sizes; packing gives exactly `--num-samples` or fails).
+pub fn planned_sequences(args: &crate::args::WorkloadArgs) -> Result<usize> {
+    match args.shard {
+        None => Ok(args.num_samples),
+        Some(arg) => {
+            let shard = resolve(arg, |name| std::env::var(name).ok())?;
+            Ok(shard.range(args.num_samples)?.len())
+        }
+    }
+}
+
 /// Resolves `--shard` with the environment `var` (the process's, in a run).
 pub fn resolve(arg: ShardArg, var: impl Fn(&str) -> Option<String>) -> Result<Shard> {
     let shard = match arg {
