@@ -36,6 +36,9 @@ pub enum Command {
     /// Where an analysis output folder stands: layers done and remaining, settings, whether
     /// its files are intact and the run can continue.
     Status(StatusArgs),
+    /// Join the output folders of `--shard` runs of one analysis into the folder and report
+    /// one run over all their sequences writes (report.json byte for byte).
+    Merge(MergeArgs),
 }
 
 /// `--model`.
@@ -304,6 +307,23 @@ pub struct StatusArgs {
     /// An output folder of `layerstream analyze`.
     #[arg(value_name = "OUT")]
     pub out: PathBuf,
+}
+
+/// `layerstream merge`.
+#[derive(Debug, Args)]
+pub struct MergeArgs {
+    /// Output folders of the shards (or of earlier merges), in any order.
+    #[arg(value_name = "SHARD_OUT", required = true)]
+    pub shards: Vec<PathBuf>,
+    /// Folder for the merged results and report.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Merge the layers every shard has finished, leaving the others out.
+    #[arg(long)]
+    pub partial: bool,
+    /// The model the shards ran, for its tokenizer (default: the one they record).
+    #[arg(long, value_name = "DIR")]
+    pub model: Option<PathBuf>,
 }
 
 /// `layerstream score`.

@@ -30,6 +30,7 @@ fn main() -> ExitCode {
         Command::Status(args) => commands::status::status(args),
         Command::Estimate(args) => commands::estimate::estimate(args),
         Command::Compare(args) => commands::compare::compare(args),
+        Command::Merge(args) => commands::merge::merge(args),
     };
     match (result, layerstream_runtime::stop::stop_requested()) {
         (Ok(()), _) => ExitCode::SUCCESS,
@@ -40,7 +41,18 @@ fn main() -> ExitCode {
         }
         (Err(error), None) => {
             eprintln!("error: {error:#}");
-            ExitCode::FAILURE
+            // A shard still running: the scheduler may retry later (EX_TEMPFAIL).
+            let busy = error.chain().any(|e| {
+                matches!(
+                    e.downcast_ref::<layerstream_runtime::RuntimeError>(),
+                    Some(layerstream_runtime::RuntimeError::ShardBusy(_))
+                )
+            });
+            if busy {
+                ExitCode::from(75)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -124,6 +124,9 @@ pub enum RuntimeError {
     /// The request (sequence length, layers, sample count) does not fit the model or data.
     #[error("{0}")]
     InvalidRequest(String),
+    /// A shard folder is in use by a running shard: merge again when it has finished.
+    #[error("a shard is still running: {0}; merge again when it has finished")]
+    ShardBusy(String),
     /// Memory ran out: a reservation past the run's budget, or an injected fault.
     #[error("out of memory: {0}")]
     OutOfMemory(String),

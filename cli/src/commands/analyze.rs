@@ -23,7 +23,7 @@ use layerstream_runtime::analysis::report::{
 use layerstream_runtime::checkpoint::activations::activation_path;
 use layerstream_runtime::checkpoint::write_file;
 use layerstream_runtime::checkpoint::{
-    AnalysisFolder, FolderOptions, RunIdentity, model_fingerprint,
+    AnalysisFolder, FolderOptions, RunIdentity, merge::TOKENS_FILE, model_fingerprint,
 };
 use layerstream_runtime::data::TextTokenizer;
 use layerstream_runtime::selection::{parse_layers, parse_points};
@@ -99,6 +99,17 @@ pub fn analyze(args: &AnalyzeArgs) -> Result<()> {
     )?;
     for note in &folder.notes {
         eprintln!("{note}");
+    }
+    if workload.shard.is_some() {
+        // A shard keeps its token ids: `merge` joins them into the whole data's (checked
+        // against the data fingerprint) for the report's token strings and positions.
+        folder.record_outputs([TOKENS_FILE.to_string()])?;
+        let bytes: Vec<u8> = packed
+            .token_ids
+            .iter()
+            .flat_map(|t| t.to_le_bytes())
+            .collect();
+        write_file(&args.run.out, TOKENS_FILE, &bytes)?;
     }
     let mut to_compute = folder.layers_to_compute(&layers);
     to_compute.extend(layers_missing_activations(
@@ -489,8 +500,8 @@ fn write_outputs(
             seq_len: packed.seq_len,
             documents: packed.documents_used,
             shard: workload.shard.as_ref().map(|s| ReportShard {
-                index: s.shard.index,
-                count: s.shard.count,
+                index: Some(s.shard.index),
+                count: Some(s.shard.count),
                 first_sequence: s.range.start,
                 total_sequences: s.total,
             }),

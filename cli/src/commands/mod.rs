@@ -6,6 +6,7 @@ pub mod compare;
 pub mod estimate;
 pub mod expert_sizes;
 pub mod inspect;
+pub mod merge;
 pub mod plots;
 pub mod quantized_sizes;
 pub mod report_markdown;

@@ -60,7 +60,7 @@ pub struct MassiveReading {
 
 impl MassiveReading {
     /// Sorts (largest first) and keeps [`MASSIVE_KEPT`].
-    fn keep_largest(&mut self) {
+    pub(crate) fn keep_largest(&mut self) {
         self.values.sort_by(|a, b| {
             b.value
                 .abs()

@@ -8,6 +8,7 @@ pub mod layer_analysis;
 pub mod magnitudes;
 pub mod massive;
 pub mod massive_report;
+pub mod merge;
 pub mod non_finite;
 pub mod outlier_report;
 pub mod outliers;

@@ -62,13 +62,15 @@ pub struct ReportData {
     pub shard: Option<ReportShard>,
 }
 
-/// A shard's place in the whole packed data.
+/// A shard's place in the whole packed data (or a merge of consecutive shards').
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReportShard {
-    /// Zero-based index.
-    pub index: usize,
-    /// Shards in all.
-    pub count: usize,
+    /// Zero-based index (absent for a merge of several shards).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<usize>,
+    /// Shards in all (absent for a merge of several shards).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<usize>,
     /// Its first sequence in the whole data.
     pub first_sequence: usize,
     /// Sequences of the whole data.

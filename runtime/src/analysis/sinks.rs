@@ -31,28 +31,58 @@ pub struct SinkSummary {
     /// without one.
     #[serde(default, with = "nan_as_null", skip_serializing_if = "Vec::is_empty")]
     pub learned_sink: Vec<f64>,
+    /// `(sequences, heads, 3)`: each sequence's masses in the order they were added, so the
+    /// sums of consecutive shards can be added again exactly as one run adds them.
+    #[serde(default, with = "nan_as_null", skip_serializing_if = "Vec::is_empty")]
+    pub per_sequence: Vec<f64>,
 }
 
 impl SinkSummary {
     /// Adds one micro-batch's mass, sequence after sequence (the same order whatever the
     /// micro-batch size).
     pub fn add(&mut self, mass: &SinkMass) {
-        if self.first.is_empty() {
-            self.heads = mass.heads;
-            self.first = vec![0.0; mass.heads];
-            self.first_delimiter = vec![0.0; mass.heads];
-            self.learned_sink = vec![0.0; if mass.learned { mass.heads } else { 0 }];
-        }
         for sequence in mass.mass.chunks_exact(mass.heads) {
-            for (h, [first, delimiter, learned]) in sequence.iter().enumerate() {
-                self.first[h] += first;
-                self.first_delimiter[h] += delimiter;
-                if let Some(sum) = self.learned_sink.get_mut(h) {
-                    *sum += learned;
-                }
-            }
-            self.queries += mass.queries as u64;
+            self.add_sequence(sequence, mass.queries, mass.learned);
         }
+    }
+
+    /// Adds one sequence's `(heads)` masses over its `queries` queries.
+    pub fn add_sequence(&mut self, sequence: &[[f64; 3]], queries: usize, learned: bool) {
+        if self.first.is_empty() {
+            let heads = sequence.len();
+            self.heads = heads;
+            self.first = vec![0.0; heads];
+            self.first_delimiter = vec![0.0; heads];
+            self.learned_sink = vec![0.0; if learned { heads } else { 0 }];
+        }
+        for (h, [first, delimiter, learned]) in sequence.iter().enumerate() {
+            self.first[h] += first;
+            self.first_delimiter[h] += delimiter;
+            if let Some(sum) = self.learned_sink.get_mut(h) {
+                *sum += learned;
+            }
+            self.per_sequence.extend([*first, *delimiter, *learned]);
+        }
+        self.queries += queries as u64;
+    }
+
+    /// Each added sequence's `(heads)` masses, in order.
+    pub fn sequences(&self) -> Vec<Vec<[f64; 3]>> {
+        self.per_sequence
+            .chunks_exact(3 * self.heads.max(1))
+            .map(|s| s.chunks_exact(3).map(|m| [m[0], m[1], m[2]]).collect())
+            .collect()
+    }
+
+    /// Queries per sequence (the sequence length).
+    pub fn queries_per_sequence(&self) -> usize {
+        let sequences = self.per_sequence.len() / (3 * self.heads.max(1));
+        (self.queries as usize).checked_div(sequences).unwrap_or(0)
+    }
+
+    /// Whether the layer has learned sinks.
+    pub fn learned(&self) -> bool {
+        !self.learned_sink.is_empty()
     }
 }
 

@@ -9,6 +9,7 @@ mod fingerprint;
 mod folder;
 mod layer_record;
 mod lock;
+pub mod merge;
 mod ownership;
 pub mod statistics_file;
 mod writer;

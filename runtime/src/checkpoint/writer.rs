@@ -219,6 +219,30 @@ impl<'a> CheckpointObserver<'a> {
         }
     }
 
+    /// Records a finished layer given whole (a merge of shards), as a run records it.
+    pub fn record_layer(
+        &mut self,
+        layer: usize,
+        statistics: BTreeMap<CapturePoint, PointStatistics>,
+        router: Option<RouterSummary>,
+        sinks: Option<SinkSummary>,
+    ) -> Result<()> {
+        let job = LayerJob {
+            layer,
+            statistics,
+            router,
+            sinks,
+            hidden_states: None,
+        };
+        if let Some(jobs) = &self.jobs {
+            let _ = jobs.send(job);
+        }
+        match self.take_failure() {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+
     /// Waits for every write, updates the folder's progress, and reports a write that failed.
     pub fn finish(mut self) -> Result<()> {
         self.close()
