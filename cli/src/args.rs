@@ -223,6 +223,11 @@ pub struct AnalyzeArgs {
     /// bytes per point and layer.
     #[arg(long, value_name = "POINTS", num_args = 0..=1, default_missing_value = "all")]
     pub save_activations: Option<String>,
+    /// Run on several GPUs of this host: one shard process per GPU (0,1 or all), each with
+    /// its own CUDA_VISIBLE_DEVICES and part of --ram, started again if it dies, merged into
+    /// --out at the end (shard folders in OUT/shards/).
+    #[arg(long, value_name = "GPUS")]
+    pub devices: Option<String>,
 }
 
 /// What the planner needs besides the model (shared by `estimate` and `analyze`).

@@ -31,6 +31,17 @@ pub struct Gpu {
     functions: Mutex<HashMap<(&'static str, &'static str), CudaFunction>>,
 }
 
+/// GPUs the driver sees; an error without a driver (checked before cudarc could panic).
+pub fn gpu_count() -> std::result::Result<usize, KernelError> {
+    // SAFETY: only tries to dlopen libcuda by its usual names.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return Err(KernelError::NoDriver);
+    }
+    CudaContext::device_count()
+        .map(|n| n.max(0) as usize)
+        .map_err(|e| KernelError::NoDevice(format!("{e:?}")))
+}
+
 /// Why no GPU can be used, without touching cudarc where it would panic.
 pub fn gpu_unavailable_reason() -> Option<KernelError> {
     // SAFETY: only tries to dlopen libcuda by its usual names.

@@ -18,7 +18,7 @@ pub mod ops;
 pub mod sources;
 
 pub use error::{KernelError, Result};
-pub use gpu::{Gpu, gpu_unavailable_reason};
+pub use gpu::{Gpu, gpu_count, gpu_unavailable_reason};
 
 /// Re-exported so users of this crate name the same cudarc types.
 pub use cudarc;

@@ -37,6 +37,7 @@ pub use backend::{Backend, BackendSelection, DeviceChoice, select_backend};
 pub use capture::{CapturePoint, PointSet};
 pub use error::{Result, RuntimeError};
 pub use executor::{CaptureMode, FinalStage, RunObserver, RunRequest};
+pub use layerstream_kernels::gpu_count;
 pub use model::Model;
 pub use run::run;
 /// The CPU reference of the stored weight formats, for the CUDA kernels' tests.

@@ -36,6 +36,9 @@ use std::time::Instant;
 
 /// Runs `analyze`.
 pub fn analyze(args: &AnalyzeArgs) -> Result<()> {
+    if let Some(devices) = &args.devices {
+        return super::devices::analyze_on_devices(args, devices);
+    }
     let started = Instant::now();
     timeline::mark(|| "analyze started".into());
     let named = open_model(&args.model)?;

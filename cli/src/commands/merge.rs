@@ -25,6 +25,18 @@ pub fn merge(args: &MergeArgs) -> Result<()> {
             args.out.display()
         );
     }
+    let _out_lock = super::prepare_out_dir(&args.out)?;
+    merge_into(args)
+}
+
+/// Merges into `args.out`, whose lock the caller holds.
+pub fn merge_into(args: &MergeArgs) -> Result<()> {
+    if args.shards.iter().any(|s| s == &args.out) {
+        bail!(
+            "--out {} is one of the shards; merge into another folder",
+            args.out.display()
+        );
+    }
     let mut shards = args
         .shards
         .iter()

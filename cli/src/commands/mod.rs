@@ -3,6 +3,7 @@
 
 pub mod analyze;
 pub mod compare;
+pub mod devices;
 pub mod estimate;
 pub mod expert_sizes;
 pub mod inspect;

@@ -23,7 +23,10 @@ pub(super) fn refuse_foreign_folder(dir: &Path) -> Result<()> {
     let mut found: Vec<String> = entries
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|name| name != LOCK_FILE && !name.starts_with(WRITE_PROBE_PREFIX))
+        // `shards/`: the shard folders of an `analyze --devices` run, merged into this one.
+        .filter(|name| {
+            name != LOCK_FILE && !name.starts_with(WRITE_PROBE_PREFIX) && name != "shards"
+        })
         .collect();
     if found.is_empty() {
         return Ok(());
