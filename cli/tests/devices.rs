@@ -61,7 +61,7 @@ fn devices_run_one_shard_per_device_and_merge_to_the_unsharded_report() {
 fn a_shard_process_killed_mid_run_is_started_again_and_the_report_is_unchanged() {
     let home = tempfile::tempdir().unwrap();
     assert_succeeds(&layerstream(&args("whole", &[]), home.path()));
-    let mut supervisor = Command::new(env!("CARGO_BIN_EXE_layerstream"))
+    let supervisor = Command::new(env!("CARGO_BIN_EXE_layerstream"))
         .args(args("multi", &["--devices", "0,1"]))
         .env("LAYERSTREAM_CACHE_DIR", home.path().join("cache"))
         .env("LAYERSTREAM_THREADS", "1")

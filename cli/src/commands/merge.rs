@@ -84,7 +84,7 @@ pub fn merge_into(args: &MergeArgs) -> Result<()> {
     };
     let mut data = report.data.clone();
     data.num_sequences = plan.range.len();
-    data.shard = (plan.range != (0..plan.total)).then(|| ReportShard {
+    data.shard = (plan.range != (0..plan.total)).then_some(ReportShard {
         index: None,
         count: None,
         first_sequence: plan.range.start,

@@ -186,7 +186,7 @@ fn merge_massive(parts: &[Part<PointStatistics>]) -> Result<MassiveFinds> {
         .flat_map(|(first, m)| {
             m.sequences.iter().map(move |s| SequenceMagnitudes {
                 sequence: s.sequence + first,
-                ..s.clone()
+                ..*s
             })
         })
         .collect();

@@ -226,6 +226,7 @@ mod tests {
             first: vec![f64::NAN, 1.0],
             first_delimiter: vec![0.0, f64::NAN],
             learned_sink: Vec::new(),
+            per_sequence: vec![f64::NAN, 0.0, 0.0, 1.0, f64::NAN, 0.0],
         };
         let json = serde_json::to_string(&summary).unwrap();
         assert!(json.contains("[null,1.0]"), "{json}");
