@@ -119,11 +119,16 @@ pub fn pack_workload(model: &Model, args: &WorkloadArgs) -> Result<Workload> {
         args.num_samples,
         args.seq_len,
     )?;
-    let data_fingerprint = layerstream_runtime::checkpoint::data_fingerprint(
+    let mut data_fingerprint = layerstream_runtime::checkpoint::data_fingerprint(
         &packed.token_ids,
         packed.num_sequences,
         packed.seq_len,
     );
+    // A folder or glob: the files' names count too (the same text in other files is other data).
+    if let Some(names) = layerstream_runtime::data::DataSource::resolve(&path)?.names() {
+        let names = layerstream_planner::progress::sha256_hex(names.join("\n").as_bytes());
+        data_fingerprint = format!("{data_fingerprint}+files:{}", &names[..16]);
+    }
     let shard = match shard {
         None => None,
         Some(shard) => {

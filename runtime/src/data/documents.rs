@@ -11,6 +11,8 @@ use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::Arc;
 
+use super::sources::DataSource;
+
 /// Data file formats, by extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DataFormat {
@@ -42,9 +44,48 @@ impl DataFormat {
     }
 }
 
-/// Calls `visit` with each non-empty document until it breaks or the file ends; returns
-/// the number of documents visited.
+/// Calls `visit` with each non-empty document of `--data` (a file, a folder, a glob or `-`:
+/// [`DataSource`]) until it breaks or the data ends; returns the number visited.
 pub fn for_each_document(
+    spec: &Path,
+    text_field: &str,
+    mut visit: impl FnMut(&str) -> Result<ControlFlow<()>>,
+) -> Result<usize> {
+    let files = match DataSource::resolve(spec)? {
+        DataSource::Files(files) => files,
+        DataSource::Stdin => {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).map_err(|e| {
+                RuntimeError::Data {
+                    path: spec.to_path_buf(),
+                    message: format!("standard input cannot be read as UTF-8 text: {e}"),
+                }
+            })?;
+            let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+            if text.trim().is_empty() {
+                return Ok(0);
+            }
+            let _ = visit(text)?;
+            return Ok(1);
+        }
+    };
+    let mut count = 0;
+    for path in &files {
+        let mut stop = false;
+        count += for_each_in_file(path, text_field, &mut |text: &str| {
+            let flow = visit(text)?;
+            stop = flow.is_break();
+            Ok(flow)
+        })?;
+        if stop {
+            break;
+        }
+    }
+    Ok(count)
+}
+
+/// [`for_each_document`] of one file.
+fn for_each_in_file(
     path: &Path,
     text_field: &str,
     mut visit: impl FnMut(&str) -> Result<ControlFlow<()>>,

@@ -3,8 +3,10 @@
 
 pub mod documents;
 pub mod packing;
+pub mod sources;
 pub mod tokenizer;
 
 pub use documents::{DataFormat, for_each_document};
 pub use packing::{PackedTokens, pack_documents};
+pub use sources::DataSource;
 pub use tokenizer::TextTokenizer;
