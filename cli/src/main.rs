@@ -1,8 +1,26 @@
 //! `layerstream`: analyse the activations of language models larger than your GPU.
 
+// Printing that survives a closed pipe (`output.rs`); defined before the modules so that
+// every `println!` and `eprintln!` in them is one of these.
+macro_rules! println {
+    () => { $crate::output::to_stdout(format_args!(""), true) };
+    ($($arg:tt)*) => { $crate::output::to_stdout(format_args!($($arg)*), true) };
+}
+macro_rules! print {
+    ($($arg:tt)*) => { $crate::output::to_stdout(format_args!($($arg)*), false) };
+}
+macro_rules! eprintln {
+    () => { $crate::output::to_stderr(format_args!(""), true) };
+    ($($arg:tt)*) => { $crate::output::to_stderr(format_args!($($arg)*), true) };
+}
+macro_rules! eprint {
+    ($($arg:tt)*) => { $crate::output::to_stderr(format_args!($($arg)*), false) };
+}
+
 mod args;
 mod commands;
 mod embedded;
+mod output;
 mod progress;
 
 use args::{Cli, Command};
