@@ -95,9 +95,18 @@ pub struct RunArgs {
     /// Output folder; created if missing.
     #[arg(long, value_name = "DIR", default_value = "layerstream-out")]
     pub out: PathBuf,
+    /// Progress on stderr: auto (a bar on a terminal, else lines), bar, lines (one line per
+    /// finished layer and at least every 30 s inside a long one), json (one object per event)
+    /// or none.
+    #[arg(long, value_name = "MODE", default_value = "auto", value_parser = parse_progress)]
+    pub progress: crate::progress::ProgressMode,
 }
 
 fn parse_device(text: &str) -> Result<DeviceChoice, String> {
+    text.parse()
+}
+
+fn parse_progress(text: &str) -> Result<crate::progress::ProgressMode, String> {
     text.parse()
 }
 

@@ -1,34 +1,178 @@
-//! A progress bar (layers done, tokens per second, ETA) around any run observer. Hidden
-//! when stderr is not a terminal.
+//! Progress around any run observer, on stderr (`--progress`): a bar (layers done, tokens
+//! per second, ETA) on a terminal; lines (one per finished layer, and one at least every
+//! 30 s inside a long layer) in logs (a Kaggle cell, a Slurm log, `nohup`); json (one object
+//! per event: run started, layer finished, layer still running, layer split, micro-batch
+//! halved, notices) for notebooks and dashboards; or none.
 
 use indicatif::{ProgressBar, ProgressStyle};
 use layerstream_planner::split::{LayerPart, describe_parts};
 use layerstream_runtime::analysis::PointStatistics;
 use layerstream_runtime::capture::{Routing, SinkMass};
 use layerstream_runtime::{CapturePoint, RunObserver, RuntimeError};
+use serde_json::json;
+use std::io::IsTerminal;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use std::time::Instant;
 
-/// Forwards everything to `inner` and advances a bar per finished layer.
+/// `--progress`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProgressMode {
+    /// The bar on a terminal, lines otherwise.
+    Auto,
+    /// A bar.
+    Bar,
+    /// Lines.
+    Lines,
+    /// One JSON object per event.
+    Json,
+    /// Nothing.
+    None,
+}
+
+impl FromStr for ProgressMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(ProgressMode::Auto),
+            "bar" => Ok(ProgressMode::Bar),
+            "lines" => Ok(ProgressMode::Lines),
+            "json" => Ok(ProgressMode::Json),
+            "none" => Ok(ProgressMode::None),
+            other => Err(format!(
+                "unknown progress mode {other:?}; choose auto, bar, lines, json or none"
+            )),
+        }
+    }
+}
+
+/// A line inside a long layer at least this often (lines and json).
+const STILL_RUNNING_EVERY: Duration = Duration::from_secs(30);
+
+/// What the still-running ticker knows.
+struct Ticker {
+    /// The layer running and since when; the last line's time.
+    state: Arc<Mutex<(usize, Instant, Instant, bool)>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Ticker {
+    fn start(json: bool, started: Instant) -> Self {
+        let state = Arc::new(Mutex::new((0usize, Instant::now(), Instant::now(), false)));
+        let shared = Arc::clone(&state);
+        let every = std::env::var("LAYERSTREAM_PROGRESS_EVERY_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map_or(STILL_RUNNING_EVERY, Duration::from_millis);
+        let thread = std::thread::spawn(move || {
+            loop {
+                std::thread::sleep(Duration::from_millis(100).min(every));
+                let mut s = shared.lock().expect("not poisoned");
+                if s.3 {
+                    return;
+                }
+                if s.2.elapsed() < every {
+                    continue;
+                }
+                let (layer, running, elapsed) = (
+                    s.0,
+                    s.1.elapsed().as_secs_f64(),
+                    started.elapsed().as_secs_f64(),
+                );
+                s.2 = Instant::now();
+                drop(s);
+                match json {
+                    true => eprintln!(
+                        "{}",
+                        json!({"event": "layer_running", "layer": layer, "running_s": round(running), "elapsed_s": round(elapsed)})
+                    ),
+                    false => eprintln!(
+                        "layer {layer} still running: {running:.0} s in it, {elapsed:.0} s elapsed"
+                    ),
+                }
+            }
+        });
+        Ticker {
+            state,
+            thread: Some(thread),
+        }
+    }
+
+    /// A line was printed (the next still-running line is due in 30 s), `layer` now runs.
+    fn printed(&self, layer: Option<usize>) {
+        let mut s = self.state.lock().expect("not poisoned");
+        s.2 = Instant::now();
+        if let Some(layer) = layer {
+            s.0 = layer;
+            s.1 = Instant::now();
+        }
+    }
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.state.lock().expect("not poisoned").3 = true;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn round(seconds: f64) -> f64 {
+    (seconds * 10.0).round() / 10.0
+}
+
+/// How progress is shown, `auto` resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shown {
+    Bar,
+    Lines,
+    Json,
+    Nothing,
+}
+
+/// Forwards everything to `inner` and shows progress per finished layer.
 pub struct WithProgress<'a> {
     inner: &'a mut dyn RunObserver,
     bar: ProgressBar,
+    shown: Shown,
+    ticker: Option<Ticker>,
     started: Instant,
     /// The parts of the last split layer announced (a line only when they change).
     announced_split: Option<Vec<LayerPart>>,
 }
 
 impl<'a> WithProgress<'a> {
-    /// A bar over `layers` layers.
-    pub fn new(inner: &'a mut dyn RunObserver, layers: usize) -> Self {
-        let bar = ProgressBar::new(layers as u64);
+    /// Progress over `layers` layers, shown as `mode` says.
+    pub fn new(inner: &'a mut dyn RunObserver, layers: usize, mode: ProgressMode) -> Self {
+        let shown = match mode {
+            ProgressMode::Auto if std::io::stderr().is_terminal() => Shown::Bar,
+            ProgressMode::Auto | ProgressMode::Lines => Shown::Lines,
+            ProgressMode::Bar => Shown::Bar,
+            ProgressMode::Json => Shown::Json,
+            ProgressMode::None => Shown::Nothing,
+        };
+        let bar = match shown {
+            Shown::Bar => ProgressBar::new(layers as u64),
+            _ => ProgressBar::hidden(),
+        };
         bar.set_style(
             ProgressStyle::with_template("{bar:30} {pos}/{len} layers  {msg}  ETA {eta}")
                 .expect("valid template"),
         );
+        let started = Instant::now();
+        if shown == Shown::Json {
+            eprintln!("{}", json!({"event": "run_started", "layers": layers}));
+        }
+        let ticker = matches!(shown, Shown::Lines | Shown::Json)
+            .then(|| Ticker::start(shown == Shown::Json, started));
         WithProgress {
             inner,
             bar,
-            started: Instant::now(),
+            shown,
+            ticker,
+            started,
             announced_split: None,
         }
     }
@@ -36,6 +180,19 @@ impl<'a> WithProgress<'a> {
     /// Removes the bar.
     pub fn finish(self) {
         self.bar.finish_and_clear();
+    }
+
+    /// A message: above the bar, as a line, or as a json event built by `event`.
+    fn say(&self, line: String, event: impl FnOnce() -> serde_json::Value) {
+        match self.shown {
+            Shown::Bar => self.bar.suspend(|| eprintln!("{line}")),
+            Shown::Lines => eprintln!("{line}"),
+            Shown::Json => eprintln!("{}", event()),
+            Shown::Nothing => {}
+        }
+        if let Some(ticker) = &self.ticker {
+            ticker.printed(None);
+        }
     }
 }
 
@@ -84,7 +241,10 @@ impl RunObserver for WithProgress<'_> {
     }
 
     fn on_notice(&mut self, message: &str) {
-        self.bar.suspend(|| eprintln!("{message}"));
+        self.say(
+            message.to_string(),
+            || json!({"event": "notice", "message": message}),
+        );
         self.inner.on_notice(message);
     }
 
@@ -93,24 +253,27 @@ impl RunObserver for WithProgress<'_> {
     }
 
     fn on_micro_batch_halved(&mut self, layer: usize, from: usize, to: usize, reason: &str) {
-        self.bar.suspend(|| {
-            eprintln!(
-                "layer {layer}: {reason}; micro-batch {from} -> {to} sequence{} for the rest of the run",
-                if to == 1 { "" } else { "s" }
-            )
-        });
+        let line = format!(
+            "layer {layer}: {reason}; micro-batch {from} -> {to} sequence{} for the rest of the run",
+            if to == 1 { "" } else { "s" }
+        );
+        let event = || json!({"event": "micro_batch_halved", "layer": layer, "from": from, "to": to, "reason": reason});
+        self.say(line, event);
         self.inner.on_micro_batch_halved(layer, from, to, reason);
     }
 
     fn on_layer_split(&mut self, layer: usize, parts: &[LayerPart]) {
-        if self.announced_split.as_deref() != Some(parts) {
-            self.bar.suspend(|| {
-                eprintln!(
-                    "layer {layer} runs in {} parts to fit the budget ({}); later layers split the same way are not listed",
-                    parts.len(),
-                    describe_parts(parts)
-                )
-            });
+        if self.announced_split.as_deref() != Some(parts) || self.shown == Shown::Json {
+            let line = format!(
+                "layer {layer} runs in {} parts to fit the budget ({}); later layers split the same way are not listed",
+                parts.len(),
+                describe_parts(parts)
+            );
+            let names: Vec<String> = parts.iter().map(|p| p.describe()).collect();
+            self.say(
+                line,
+                || json!({"event": "layer_split", "layer": layer, "parts": names}),
+            );
             self.announced_split = Some(parts.to_vec());
         }
         self.inner.on_layer_split(layer, parts);
@@ -125,5 +288,17 @@ impl RunObserver for WithProgress<'_> {
         let tokens_per_second = tokens as f64 * (layer + 1) as f64 / layers as f64 / seconds;
         self.bar
             .set_message(format!("{tokens_per_second:.0} tokens/s"));
+        let eta = seconds / (layer + 1) as f64 * layers.saturating_sub(layer + 1) as f64;
+        let line = format!(
+            "layer {layer} done ({}/{layers}), {tokens_per_second:.0} tokens/s, {seconds:.1} s elapsed, ETA {eta:.0} s",
+            layer + 1
+        );
+        let event = || json!({"event": "layer_finished", "layer": layer, "layers": layers, "tokens_per_second": tokens_per_second.round(), "elapsed_s": round(seconds), "eta_s": round(eta)});
+        if self.shown != Shown::Bar {
+            self.say(line, event);
+        }
+        if let Some(ticker) = &self.ticker {
+            ticker.printed(Some(layer + 1));
+        }
     }
 }

@@ -336,8 +336,11 @@ fn compute_layers(
         if !saved_points.is_empty() {
             observer.save_activations(saved_points, request.token_ids.clone());
         }
-        let mut progress =
-            WithProgress::new(&mut observer, request.layers_to_run(model.spec.num_layers));
+        let mut progress = WithProgress::new(
+            &mut observer,
+            request.layers_to_run(model.spec.num_layers),
+            args.run.progress,
+        );
         let outcome = run(model, request, backend, &mut progress);
         progress.finish();
         // Workload files on disk are deleted when the run ends; their folder with them.

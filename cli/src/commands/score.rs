@@ -95,7 +95,7 @@ pub fn score(args: &ScoreArgs) -> Result<()> {
         ..NllSums::default()
     };
     {
-        let mut progress = WithProgress::new(&mut sums, model.spec.num_layers);
+        let mut progress = WithProgress::new(&mut sums, model.spec.num_layers, args.run.progress);
         let summary = run(model, &request, &backend, &mut progress)?;
         progress.finish();
         super::print_transfer(&summary);
