@@ -20,6 +20,7 @@ macro_rules! eprint {
 mod args;
 mod commands;
 mod embedded;
+mod hub_cache;
 mod output;
 mod progress;
 

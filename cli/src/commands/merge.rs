@@ -116,7 +116,7 @@ fn open_recorded_model(args: &MergeArgs, recorded: &str) -> Result<Model> {
     let dir = match &args.model {
         Some(dir) => dir.clone(),
         None if recorded == embedded::DEFAULT_MODEL_NAME => embedded::default_model_dir()?,
-        None => recorded.into(),
+        None => super::model_dir(std::path::Path::new(recorded))?,
     };
     Model::open(&dir).with_context(|| {
         format!("the shards ran {recorded}; merge needs its tokenizer: pass --model DIR")

@@ -37,7 +37,7 @@ pub struct NamedModel {
 /// Opens `--model`, or the embedded default.
 pub fn open_model(args: &ModelArgs) -> Result<NamedModel> {
     let (dir, name) = match &args.model {
-        Some(dir) => (dir.clone(), dir.display().to_string()),
+        Some(dir) => (model_dir(dir)?, dir.display().to_string()),
         None => (
             embedded::default_model_dir()?,
             embedded::DEFAULT_MODEL_NAME.to_string(),
@@ -45,6 +45,12 @@ pub fn open_model(args: &ModelArgs) -> Result<NamedModel> {
     };
     let model = Model::open(&dir)?;
     Ok(NamedModel { model, name })
+}
+
+/// `--model` as a folder: itself, or a model id's snapshot in the Hugging Face cache.
+pub fn model_dir(spec: &Path) -> Result<PathBuf> {
+    let found = crate::hub_cache::resolve(spec, |name| std::env::var(name).ok())?;
+    Ok(found.unwrap_or_else(|| spec.to_path_buf()))
 }
 
 /// The packed workload and where it came from.
