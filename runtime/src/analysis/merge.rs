@@ -26,11 +26,15 @@ fn mismatch(what: &str) -> RuntimeError {
     ))
 }
 
-/// `(rows per sequence, width)` values of `sequences` sequences each, concatenated.
-fn concat<T: Copy>(parts: &[(&[T], usize)], per_sequence: usize) -> Vec<T> {
-    let mut out = Vec::with_capacity(parts.iter().map(|(v, _)| v.len()).sum());
-    for (values, sequences) in parts {
-        out.extend_from_slice(&values[..sequences * per_sequence]);
+/// A `(sequences, width)` field of every part's statistics, concatenated.
+fn concat<T: Copy>(
+    parts: &[Part<PointStatistics>],
+    width: usize,
+    field: impl Fn(&PointStatistics) -> &[T],
+) -> Vec<T> {
+    let mut out = Vec::new();
+    for p in parts {
+        out.extend_from_slice(&field(p.value)[..p.value.sequences * width]);
     }
     out
 }
@@ -49,33 +53,6 @@ pub fn merge_statistics(parts: &[Part<PointStatistics>]) -> Result<PointStatisti
         return Err(mismatch("statistics shapes"));
     }
     let sequences: usize = parts.iter().map(|p| p.value.sequences).sum();
-    let rows = |f: &dyn Fn(&PointStatistics) -> &[f32]| {
-        concat(
-            &parts
-                .iter()
-                .map(|p| (f(p.value), p.value.sequences))
-                .collect::<Vec<_>>(),
-            width,
-        )
-    };
-    let rows_u64 = |f: &dyn Fn(&PointStatistics) -> &[u64]| {
-        concat(
-            &parts
-                .iter()
-                .map(|p| (f(p.value), p.value.sequences))
-                .collect::<Vec<_>>(),
-            width,
-        )
-    };
-    let rows_f64 = |f: &dyn Fn(&PointStatistics) -> &[f64]| {
-        concat(
-            &parts
-                .iter()
-                .map(|p| (f(p.value), p.value.sequences))
-                .collect::<Vec<_>>(),
-            width,
-        )
-    };
     // sums: (4, sequences, width) — each moment's rows concatenated.
     let mut sums = Vec::with_capacity(4 * sequences * width);
     for moment in 0..4 {
@@ -103,11 +80,11 @@ pub fn merge_statistics(parts: &[Part<PointStatistics>]) -> Result<PointStatisti
         seq_len,
         width,
         threshold: first.threshold,
-        max_abs: rows(&|s| &s.max_abs),
-        count_ge: rows_u64(&|s| &s.count_ge),
-        count_pos_ge: rows_u64(&|s| &s.count_pos_ge),
-        sum_abs_ge: rows_f64(&|s| &s.sum_abs_ge),
-        non_finite: rows_u64(&|s| &s.non_finite),
+        max_abs: concat(parts, width, |s| &s.max_abs),
+        count_ge: concat(parts, width, |s| &s.count_ge),
+        count_pos_ge: concat(parts, width, |s| &s.count_pos_ge),
+        sum_abs_ge: concat(parts, width, |s| &s.sum_abs_ge),
+        non_finite: concat(parts, width, |s| &s.non_finite),
         sums,
         histogram,
         positions,

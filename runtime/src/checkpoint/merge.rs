@@ -312,47 +312,46 @@ fn merge_layer(shards: &[ShardFolder], layer: usize) -> Result<LayerResults> {
             .collect::<Result<_>>()?;
         merged.insert(point, merge_statistics(&parts)?);
     }
-    let router = match reports[0].router.is_some() {
-        false => None,
-        true => {
-            let parts: Vec<_> = reports
-                .iter()
-                .enumerate()
-                .map(|(i, r)| {
-                    r.router.as_ref().map(|value| Part {
-                        first_sequence: offset(i),
-                        value,
-                    })
-                })
-                .collect::<Option<_>>()
-                .ok_or_else(|| {
-                    RuntimeError::InvalidRequest(format!(
-                        "layer {layer}: a shard has no router summary"
-                    ))
-                })?;
-            Some(merge_router(&parts)?)
-        }
-    };
-    let sinks = match reports[0].sinks.is_some() {
-        false => None,
-        true => {
-            let parts: Vec<_> = reports
-                .iter()
-                .enumerate()
-                .map(|(i, r)| {
-                    r.sinks.as_ref().map(|value| Part {
-                        first_sequence: offset(i),
-                        value,
-                    })
-                })
-                .collect::<Option<_>>()
-                .ok_or_else(|| {
-                    RuntimeError::InvalidRequest(format!(
-                        "layer {layer}: a shard has no attention-sink sums"
-                    ))
-                })?;
-            Some(merge_sinks(&parts)?)
-        }
-    };
+    let router = summary_parts(&reports, &offset, |r| r.router.as_ref(), "router summary")?
+        .map(|parts| merge_router(&parts))
+        .transpose()?;
+    let sinks = summary_parts(
+        &reports,
+        &offset,
+        |r| r.sinks.as_ref(),
+        "attention-sink sums",
+    )?
+    .map(|parts| merge_sinks(&parts))
+    .transpose()?;
     Ok((merged, router, sinks))
+}
+
+/// Every shard's `what` of a layer (`None` when the first shard's layer has none), or an
+/// error when only some have it.
+fn summary_parts<'a, T>(
+    reports: &'a [crate::analysis::LayerReport],
+    offset: &impl Fn(usize) -> usize,
+    get: impl Fn(&'a crate::analysis::LayerReport) -> Option<&'a T>,
+    what: &str,
+) -> Result<Option<Vec<Part<'a, T>>>> {
+    if get(&reports[0]).is_none() {
+        return Ok(None);
+    }
+    reports
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            get(r).map(|value| Part {
+                first_sequence: offset(i),
+                value,
+            })
+        })
+        .collect::<Option<Vec<_>>>()
+        .map(Some)
+        .ok_or_else(|| {
+            RuntimeError::InvalidRequest(format!(
+                "layer {}: a shard has no {what}",
+                reports[0].layer
+            ))
+        })
 }
