@@ -4,6 +4,7 @@ use crate::commands::shard::ShardArg;
 use clap::{Args, Parser, Subcommand};
 use layerstream_planner::ByteSize;
 use layerstream_runtime::DeviceChoice;
+use layerstream_runtime::checkpoint::activations::ActivationDtype;
 use layerstream_runtime::cuda::ComputeChoice;
 use std::path::PathBuf;
 
@@ -18,6 +19,8 @@ pub struct Cli {
 
 /// The commands.
 #[derive(Debug, Subcommand)]
+// One value, parsed once per process: the size of its largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Run a workload through the model layer by layer and report activation statistics
     /// (max |x|, values at or above the threshold, top dimensions) per layer and capture point.
@@ -49,6 +52,12 @@ pub struct ModelArgs {
     /// layerstream.
     #[arg(long, value_name = "DIR")]
     pub model: Option<PathBuf>,
+    /// With --model ORG/NAME: fetch what the command needs into the Hugging Face cache when
+    /// it is not there (a run: config, tokenizer and weights; inspect and estimate: config
+    /// and the safetensors headers only), resuming partial files; HF_ENDPOINT and HF_TOKEN
+    /// apply. Also LAYERSTREAM_DOWNLOAD=1.
+    #[arg(long)]
+    pub download: bool,
 }
 
 /// The workload: data file and how it is packed.
@@ -115,6 +124,27 @@ fn parse_compute(text: &str) -> Result<ComputeChoice, String> {
 }
 
 /// A count of at least 1 (sequences, tokens, threads), at most 2^32.
+/// `--save-tokens`: all positions, or this many per sequence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SaveTokens(pub Option<usize>);
+
+fn parse_save_tokens(text: &str) -> Result<SaveTokens, String> {
+    match text.trim() {
+        "all" => Ok(SaveTokens(None)),
+        n => parse_count(n).map(|n| SaveTokens(Some(n))),
+    }
+}
+
+fn parse_activation_dtype(text: &str) -> Result<ActivationDtype, String> {
+    match text.trim() {
+        "f32" => Ok(ActivationDtype::F32),
+        "bf16" => Ok(ActivationDtype::Bf16),
+        other => Err(format!(
+            "{other:?} is not an activation type: write f32 or bf16"
+        )),
+    }
+}
+
 fn parse_count(text: &str) -> Result<usize, String> {
     match text.trim().parse::<u64>() {
         Ok(0) => Err("must be at least 1".into()),
@@ -227,11 +257,29 @@ pub struct AnalyzeArgs {
     /// needs at least as many sequences; below 2: none).
     #[arg(long, value_name = "N", default_value_t = 2)]
     pub batches: usize,
-    /// Also write the raw activations of these points (all, or a list) as
-    /// OUT/activations/layer_{l}.safetensors, f32, with the token ids. Large: tokens x width x 4
-    /// bytes per point and layer.
+    /// Also write the raw activations of these points (all, or a list) into OUT/activations/:
+    /// per layer and point, rows of (token, width) values in safetensors shards with each
+    /// row's token id, sequence and position, and index.json listing them (for training an
+    /// SAE). Large: tokens x width x 4 bytes per point and layer in f32.
     #[arg(long, value_name = "POINTS", num_args = 0..=1, default_missing_value = "all")]
     pub save_activations: Option<String>,
+    /// Element type of the saved activations: f32 (as computed) or bf16 (each value rounded
+    /// to the nearest bf16, as torch rounds; half the bytes).
+    #[arg(long, value_name = "TYPE", default_value = "f32", value_parser = parse_activation_dtype, requires = "save_activations")]
+    pub activation_dtype: ActivationDtype,
+    /// Token positions saved per sequence: all, or a sample of N drawn with --seed (the same
+    /// positions at every layer and point).
+    #[arg(long, value_name = "N", default_value = "all", value_parser = parse_save_tokens, requires = "save_activations")]
+    pub save_tokens: SaveTokens,
+    /// Largest activation file: a layer and point's rows are split into shards of at most
+    /// this size (each named in OUT/activations/index.json).
+    #[arg(
+        long,
+        value_name = "SIZE",
+        default_value = "2GiB",
+        requires = "save_activations"
+    )]
+    pub shard_bytes: ByteSize,
     /// Run on several GPUs of this host: one shard process per GPU (0,1 or all), each with
     /// its own CUDA_VISIBLE_DEVICES and part of --ram, started again if it dies, merged into
     /// --out at the end (shard folders in OUT/shards/).

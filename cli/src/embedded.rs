@@ -47,7 +47,7 @@ pub fn default_data_file() -> Result<PathBuf> {
 
 /// Where embedded files are written: `LAYERSTREAM_CACHE_DIR`, else `XDG_CACHE_HOME/layerstream`,
 /// else `~/.cache/layerstream`, else the temp folder.
-fn cache_root() -> PathBuf {
+pub fn cache_root() -> PathBuf {
     let from_env = |key: &str| {
         std::env::var_os(key)
             .filter(|v| !v.is_empty())

@@ -3,6 +3,7 @@
 //! `~/.cache/huggingface/hub`; `models--ORG--NAME/refs/<revision>` holds a commit, whose files
 //! are `snapshots/<commit>/` (symlinks into `blobs/`). A revision may also be a commit.
 
+use crate::hub_download::{HubModel, Need, download as fetch};
 use anyhow::{Result, bail};
 use std::path::{Path, PathBuf};
 
@@ -34,9 +35,16 @@ fn parse_id(spec: &str) -> Option<(&str, &str, &str)> {
     (valid(org) && valid(name)).then_some((org, name, revision))
 }
 
-/// The snapshot folder of `spec` when it is a model id (and no folder of that name exists);
-/// `None` for anything else (a path, used as given). Prints which snapshot it used.
-pub fn resolve(spec: &Path, var: impl Fn(&str) -> Option<String>) -> Result<Option<PathBuf>> {
+/// The folder to open for `spec` when it is a model id (and no folder of that name exists):
+/// its snapshot in the cache, fetched first when `download` (`--download`) and what `need`
+/// reads is not there; `None` for anything else (a path, used as given). Says which
+/// snapshot it used.
+pub fn resolve(
+    spec: &Path,
+    need: Need,
+    download: bool,
+    var: impl Fn(&str) -> Option<String>,
+) -> Result<Option<PathBuf>> {
     if spec.exists() {
         return Ok(None);
     }
@@ -49,10 +57,34 @@ pub fn resolve(spec: &Path, var: impl Fn(&str) -> Option<String>) -> Result<Opti
             "--model {id}: no Hugging Face cache to look in (set HF_HUB_CACHE or HF_HOME), and no folder of that name"
         );
     };
+    match (local_snapshot(&cache, &id, revision, need), download) {
+        (Ok(snapshot), _) => {
+            eprintln!(
+                "model {id}: snapshot {} (revision {revision}) from {}",
+                snapshot.file_name().unwrap_or_default().to_string_lossy(),
+                cache.display()
+            );
+            Ok(Some(snapshot))
+        }
+        (Err(_), true) => {
+            let model = HubModel {
+                id: &id,
+                revision,
+                cache: &cache,
+            };
+            fetch(&model, need, var).map(Some)
+        }
+        (Err(why), false) => Err(why),
+    }
+}
+
+/// The snapshot of `id` at `revision` in `cache` when it holds what `need` reads, else why
+/// not (with the command that fetches it).
+fn local_snapshot(cache: &Path, id: &str, revision: &str, need: Need) -> Result<PathBuf> {
     let fetch = format!(
-        "download it with `huggingface-cli download {id}` (or `hf download {id}`), or give --model a folder"
+        "add --download (or set LAYERSTREAM_DOWNLOAD=1) to fetch what this command needs, download it with `huggingface-cli download {id}` (or `hf download {id}`), or give --model a folder"
     );
-    let repo = cache.join(format!("models--{org}--{name}"));
+    let repo = cache.join(format!("models--{}", id.replace('/', "--")));
     if !repo.is_dir() {
         bail!(
             "--model {id}: not in the Hugging Face cache {} and no folder of that name; {fetch}",
@@ -102,11 +134,47 @@ pub fn resolve(spec: &Path, var: impl Fn(&str) -> Option<String>) -> Result<Opti
             }
         }
     }
-    eprintln!(
-        "model {id}: snapshot {commit} (revision {revision}) from {}",
-        cache.display()
-    );
-    Ok(Some(snapshot))
+    if let Some(missing) = snapshot_missing(&snapshot, need) {
+        bail!(
+            "--model {id}: the snapshot {} {missing}; {fetch}",
+            snapshot.display()
+        );
+    }
+    Ok(snapshot)
+}
+
+/// What a snapshot lacks of what `need` reads (`None`: nothing): config.json, the tokenizer
+/// (for a run), and the weights: model.safetensors, or the index and every shard it names.
+pub fn snapshot_missing(snapshot: &Path, need: Need) -> Option<String> {
+    let lacks = |file: &str| !snapshot.join(file).exists();
+    if lacks("config.json") {
+        return Some("has no config.json".into());
+    }
+    if need == Need::Run && lacks("tokenizer.json") {
+        return Some("has no tokenizer.json".into());
+    }
+    let index = snapshot.join("model.safetensors.index.json");
+    let Ok(text) = std::fs::read(&index) else {
+        return lacks("model.safetensors")
+            .then(|| "has no model.safetensors and no model.safetensors.index.json".into());
+    };
+    let json: serde_json::Value = serde_json::from_slice(&text).ok()?;
+    let mut missing: Vec<&str> = json["weight_map"]
+        .as_object()?
+        .values()
+        .filter_map(|v| v.as_str())
+        .filter(|shard| lacks(shard))
+        .collect();
+    missing.sort();
+    missing.dedup();
+    (!missing.is_empty()).then(|| {
+        format!(
+            "lacks {} of the shards its index names ({}{})",
+            missing.len(),
+            missing[..missing.len().min(3)].join(", "),
+            if missing.len() > 3 { ", ..." } else { "" }
+        )
+    })
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ mod args;
 mod commands;
 mod embedded;
 mod hub_cache;
+mod hub_download;
 mod output;
 mod progress;
 

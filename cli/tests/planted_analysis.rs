@@ -47,9 +47,9 @@ fn workload_tokens(home: &Path) -> Vec<u32> {
     let bytes = std::fs::read(home.join("base/activations/layer_0_ln1.safetensors")).unwrap();
     let file = SafeTensors::deserialize(&bytes).unwrap();
     let ids = file.tensor("token_ids").unwrap();
-    assert_eq!(ids.shape(), &[4, 512]);
+    assert_eq!(ids.shape(), &[4 * 512]);
     let values = file.tensor("activations").unwrap();
-    assert_eq!(values.shape(), &[4, 512, HIDDEN]);
+    assert_eq!(values.shape(), &[4 * 512, HIDDEN]);
     ids.data()
         .chunks_exact(4)
         .map(|c| u32::from_le_bytes(c.try_into().unwrap()))

@@ -13,8 +13,8 @@
 mod common;
 
 use common::{assert_succeeds, copy_fixture_model, layerstream};
+use layerstream_tests::reference_analysis::SavedActivations;
 use layerstream_tests::{PLANTED_MASSIVE_DIM as DIM, plant_massive_expert};
-use safetensors::SafeTensors;
 use serde_json::Value;
 use std::path::Path;
 
@@ -45,20 +45,13 @@ fn analyze(home: &Path, model: &Path, out: &str, extra: &[&str]) -> Value {
     serde_json::from_str(&text).unwrap()
 }
 
-/// `(sequences, seq_len, hidden)` f32 values of a saved-activations file.
+/// `(sequences, seq_len, hidden)` f32 values of saved activations.
 fn saved(home: &Path, out: &str, layer: usize, point: &str) -> (Vec<usize>, Vec<f32>) {
-    let path = home.join(format!(
-        "{out}/activations/layer_{layer}_{point}.safetensors"
-    ));
-    let bytes = std::fs::read(path).unwrap();
-    let file = SafeTensors::deserialize(&bytes).unwrap();
-    let values = file.tensor("activations").unwrap();
-    let data = values
-        .data()
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-        .collect();
-    (values.shape().to_vec(), data)
+    let saved = SavedActivations::read(&home.join(out), layer, point);
+    (
+        vec![saved.sequences, saved.seq_len, saved.width],
+        saved.values,
+    )
 }
 
 /// The expert of `layer` most tokens are routed to in the unedited model (the edit does

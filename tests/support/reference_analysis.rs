@@ -29,23 +29,43 @@ pub struct SavedActivations {
 }
 
 impl SavedActivations {
-    /// Reads `OUT/activations/layer_{layer}_{point}.safetensors`.
+    /// Reads a layer and point's shards of `OUT/activations/` (every token saved) through
+    /// `index.json`, in row order.
     pub fn read(out: &Path, layer: usize, point: &str) -> Self {
-        let path = out.join(format!("activations/layer_{layer}_{point}.safetensors"));
-        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        let file = SafeTensors::deserialize(&bytes).unwrap();
-        let tensor = file.tensor("activations").unwrap();
-        let shape = tensor.shape().to_vec();
-        assert_eq!(shape.len(), 3, "{}", path.display());
-        let values = tensor
-            .data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-            .collect();
+        let dir = out.join("activations");
+        let index: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
+        let layout = &index["layout"];
+        let (sequences, seq_len) = (
+            layout["sequences"].as_u64().unwrap() as usize,
+            layout["seq_len"].as_u64().unwrap() as usize,
+        );
+        let mut values = Vec::new();
+        let mut width = 0;
+        for shard in index["shards"].as_array().unwrap() {
+            if shard["layer"] != layer || shard["point"] != point {
+                continue;
+            }
+            let path = dir.join(shard["path"].as_str().unwrap());
+            let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let file = SafeTensors::deserialize(&bytes).unwrap();
+            let tensor = file.tensor("activations").unwrap();
+            width = tensor.shape()[1];
+            assert_eq!(
+                values.len(),
+                shard["first_row"].as_u64().unwrap() as usize * width
+            );
+            values.extend(read_values(&tensor));
+        }
+        assert_eq!(
+            values.len(),
+            sequences * seq_len * width,
+            "layer {layer} {point}: every token saved"
+        );
         SavedActivations {
-            sequences: shape[0],
-            seq_len: shape[1],
-            width: shape[2],
+            sequences,
+            seq_len,
+            width,
             values,
         }
     }
@@ -53,6 +73,23 @@ impl SavedActivations {
     /// Value at (sequence, position, dim).
     pub fn at(&self, s: usize, t: usize, d: usize) -> f32 {
         self.values[(s * self.seq_len + t) * self.width + d]
+    }
+}
+
+/// A saved `activations` tensor's values (F32, or BF16 widened exactly).
+pub fn read_values(tensor: &safetensors::tensor::TensorView<'_>) -> Vec<f32> {
+    match tensor.dtype() {
+        safetensors::Dtype::F32 => tensor
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect(),
+        safetensors::Dtype::BF16 => tensor
+            .data()
+            .chunks_exact(2)
+            .map(|b| half::bf16::from_le_bytes(b.try_into().unwrap()).to_f32())
+            .collect(),
+        other => panic!("activations saved as {other:?}"),
     }
 }
 

@@ -3,6 +3,7 @@
 //! again after a crash continues where it stopped; writes `OUT/report.json` and prints a
 //! short summary.
 
+use super::activation_dump::{activation_layout, layers_missing_activations, saved_points};
 use super::estimate::{make_estimate, print_estimate};
 use super::plots::write_plots;
 use super::report_markdown::report_markdown;
@@ -20,7 +21,7 @@ use layerstream_runtime::analysis::outliers::{MIN_LAYER_FRACTION, MIN_POSITION_F
 use layerstream_runtime::analysis::report::{
     ActivationReport, AnalysisSettings, ReportData, ReportModel, ReportShard,
 };
-use layerstream_runtime::checkpoint::activations::activation_path;
+use layerstream_runtime::checkpoint::activations::ActivationLayout;
 use layerstream_runtime::checkpoint::write_file;
 use layerstream_runtime::checkpoint::{
     AnalysisFolder, FolderOptions, RunIdentity, merge::TOKENS_FILE, model_fingerprint,
@@ -31,7 +32,7 @@ use layerstream_runtime::timeline;
 use layerstream_runtime::{
     Backend, CaptureMode, CapturePoint, FinalStage, PointSet, RunRequest, run,
 };
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 /// Runs `analyze`.
@@ -41,7 +42,11 @@ pub fn analyze(args: &AnalyzeArgs) -> Result<()> {
     }
     let started = Instant::now();
     timeline::mark(|| "analyze started".into());
-    let named = open_model(&args.model)?;
+    let need = match args.dry_run {
+        true => crate::hub_download::Need::Headers,
+        false => crate::hub_download::Need::Run,
+    };
+    let named = open_model(&args.model, need)?;
     timeline::mark(|| "model opened (headers checked)".into());
     let plan = match (args.dry_run, args.plan.vram) {
         (false, None) => None,
@@ -114,12 +119,15 @@ pub fn analyze(args: &AnalyzeArgs) -> Result<()> {
             .collect();
         write_file(&args.run.out, TOKENS_FILE, &bytes)?;
     }
+    let dump = activation_layout(args, model, &workload, &saved_points, &layers)?;
     let mut to_compute = folder.layers_to_compute(&layers);
     to_compute.extend(layers_missing_activations(
         args,
+        model,
         &layers,
         &to_compute,
         &saved_points,
+        dump.as_ref(),
     ));
     let tokens = packed.num_sequences * packed.seq_len;
     let start = folder.start_point(&to_compute, tokens, model.spec.hidden_size)?;
@@ -167,7 +175,8 @@ pub fn analyze(args: &AnalyzeArgs) -> Result<()> {
     let run_started = Instant::now();
     let layers_run =
         (request.layers_to_run(model.spec.num_layers)).saturating_sub(request.first_layer());
-    compute_layers(args, &named, &request, &backend, &mut folder, saved_points)?;
+    let saved = dump.map(|layout| (saved_points, layout));
+    compute_layers(args, &named, &request, &backend, &mut folder, saved)?;
     let run_seconds = run_started.elapsed().as_secs_f64();
     let timing = Timing {
         started,
@@ -312,7 +321,7 @@ fn compute_layers(
     request: &RunRequest,
     backend: &Backend,
     folder: &mut AnalysisFolder,
-    saved_points: Vec<CapturePoint>,
+    saved: Option<(Vec<CapturePoint>, ActivationLayout)>,
 ) -> Result<()> {
     let model = &named.model;
     let seq_len = request.seq_len;
@@ -333,8 +342,8 @@ fn compute_layers(
         );
         let interval = std::time::Duration::from_secs_f64(args.checkpoint_every.max(0.0));
         let mut observer = folder.observer(model.spec.hidden_size, seq_len, interval);
-        if !saved_points.is_empty() {
-            observer.save_activations(saved_points, request.token_ids.clone());
+        if let Some((points, layout)) = saved {
+            observer.save_activations(points, request.token_ids.clone(), layout);
         }
         let mut progress = WithProgress::new(
             &mut observer,
@@ -365,53 +374,6 @@ fn compute_layers(
         super::print_transfer(&summary);
     }
     Ok(())
-}
-
-/// The points whose raw activations `--save-activations` asks for (all captured).
-fn saved_points(args: &AnalyzeArgs, points: &[CapturePoint]) -> Result<Vec<CapturePoint>> {
-    let Some(list) = &args.save_activations else {
-        return Ok(Vec::new());
-    };
-    let listed = parse_points(list)?;
-    if let Some(p) = listed.iter().find(|p| !points.contains(p)) {
-        anyhow::bail!("--save-activations {p}: the point is not captured; add it to --points");
-    }
-    if let Some(p) = listed.iter().find(|p| !p.is_activation())
-        && list.trim() != "all"
-    {
-        anyhow::bail!(
-            "--save-activations {p}: {p} is not an activation and is not saved as one; report.json summarises it per layer. Save one of ln1, q, k, attn_in_o, attn_out, ln2, mlp_out, resid_post"
-        );
-    }
-    Ok(listed.into_iter().filter(|p| p.is_activation()).collect())
-}
-
-/// Finished layers an earlier run computed without the activations `--save-activations`
-/// asks for now: computed again to save them (said on stderr).
-fn layers_missing_activations(
-    args: &AnalyzeArgs,
-    layers: &BTreeSet<usize>,
-    to_compute: &BTreeSet<usize>,
-    saved_points: &[CapturePoint],
-) -> BTreeSet<usize> {
-    let missing: BTreeSet<usize> = layers
-        .iter()
-        .copied()
-        .filter(|layer| !to_compute.contains(layer))
-        .filter(|&layer| {
-            saved_points
-                .iter()
-                .any(|&point| !activation_path(&args.run.out, layer, point).exists())
-        })
-        .collect();
-    if !missing.is_empty() {
-        let list: Vec<String> = missing.iter().map(usize::to_string).collect();
-        eprintln!(
-            "--save-activations: layer(s) {} were finished by an earlier run without these activations; computing them again to save them",
-            list.join(", ")
-        );
-    }
-    missing
 }
 
 /// What progress.json records of the run: model, data, settings and plan.

@@ -77,6 +77,9 @@ pub fn analyze_on_devices(args: &AnalyzeArgs, devices: &str) -> Result<()> {
     let devices = parse_devices(devices)?;
     let out = args.run.out.clone();
     let _lock = super::prepare_out_dir(&out)?;
+    // Opened once here: a model id is resolved (and with --download fetched) before the
+    // shards start, so they find it in the cache instead of downloading it side by side.
+    super::open_model(&args.model, crate::hub_download::Need::Run)?;
     let count = devices.len();
     let common = child_arguments(&["--devices", "--out", "--ram"]);
     let ram = args.plan.ram.map(|r| r.0 / count as u64);

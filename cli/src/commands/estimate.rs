@@ -349,7 +349,7 @@ fn layer_ranges(layers: &[usize]) -> String {
 
 /// Runs `estimate`.
 pub fn estimate(args: &EstimateArgs) -> Result<()> {
-    let named = open_model(&args.model)?;
+    let named = open_model(&args.model, crate::hub_download::Need::Headers)?;
     let estimate = make_estimate(
         &named,
         args.num_samples,

@@ -200,7 +200,7 @@ fn activation_name(activation: Activation) -> String {
 
 /// Runs `inspect`.
 pub fn inspect(args: &InspectArgs) -> Result<()> {
-    let named = open_model(&args.model)?;
+    let named = open_model(&args.model, crate::hub_download::Need::Headers)?;
     let model = &named.model;
     let spec = &model.spec;
     let inventory = model.weights.inventory();

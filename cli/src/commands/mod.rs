@@ -1,6 +1,7 @@
 //! The commands, and the setup they share: opening the model, packing the workload,
 //! choosing the backend, preparing the output folder.
 
+pub mod activation_dump;
 pub mod analyze;
 pub mod compare;
 pub mod devices;
@@ -19,6 +20,7 @@ pub mod svg;
 
 use crate::args::{ModelArgs, RunArgs, WorkloadArgs};
 use crate::embedded;
+use crate::hub_download::Need;
 use anyhow::{Context, Result};
 use layerstream_runtime::checkpoint::{FolderLock, WRITE_PROBE_PREFIX};
 use layerstream_runtime::data::{PackedTokens, TextTokenizer, pack_documents};
@@ -34,10 +36,20 @@ pub struct NamedModel {
     pub name: String,
 }
 
-/// Opens `--model`, or the embedded default.
-pub fn open_model(args: &ModelArgs) -> Result<NamedModel> {
+/// Opens `--model`, or the embedded default; `need`: what the command reads of it (what
+/// `--download` fetches).
+pub fn open_model(args: &ModelArgs, need: Need) -> Result<NamedModel> {
     let (dir, name) = match &args.model {
-        Some(dir) => (model_dir(dir)?, dir.display().to_string()),
+        Some(dir) => {
+            let download = args.download
+                || std::env::var("LAYERSTREAM_DOWNLOAD").is_ok_and(|v| !v.is_empty() && v != "0");
+            let found =
+                crate::hub_cache::resolve(dir, need, download, |name| std::env::var(name).ok())?;
+            (
+                found.unwrap_or_else(|| dir.to_path_buf()),
+                dir.display().to_string(),
+            )
+        }
         None => (
             embedded::default_model_dir()?,
             embedded::DEFAULT_MODEL_NAME.to_string(),
@@ -47,9 +59,10 @@ pub fn open_model(args: &ModelArgs) -> Result<NamedModel> {
     Ok(NamedModel { model, name })
 }
 
-/// `--model` as a folder: itself, or a model id's snapshot in the Hugging Face cache.
+/// A recorded `--model` as a folder: itself, or a model id's snapshot in the Hugging Face
+/// cache (never downloaded).
 pub fn model_dir(spec: &Path) -> Result<PathBuf> {
-    let found = crate::hub_cache::resolve(spec, |name| std::env::var(name).ok())?;
+    let found = crate::hub_cache::resolve(spec, Need::Run, false, |name| std::env::var(name).ok())?;
     Ok(found.unwrap_or_else(|| spec.to_path_buf()))
 }
 

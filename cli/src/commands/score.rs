@@ -65,7 +65,7 @@ struct ScoreReport {
 /// Runs `score`.
 pub fn score(args: &ScoreArgs) -> Result<()> {
     let _out_lock = prepare_out_dir(&args.run.out)?;
-    let named = open_model(&args.model)?;
+    let named = open_model(&args.model, crate::hub_download::Need::Run)?;
     let model = &named.model;
     let workload = pack_workload(model, &args.workload)?;
     let backend = choose_backend(&args.run)?;

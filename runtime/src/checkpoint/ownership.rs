@@ -110,6 +110,9 @@ pub(super) fn is_run_file_name(sub: &str, name: &str) -> bool {
         "layers" => numbered("layer_", &[".json", ".safetensors", ".record.json"]),
         "hidden" => numbered("after_layer_", &[".safetensors"]),
         "plots" => name.ends_with(".svg") || name.ends_with(".png"),
+        "activations" => {
+            numbered("layer_", &[".json"]) || matches!(name, "index.json" | "tokens.safetensors")
+        }
         _ => false,
     }
 }
@@ -117,8 +120,8 @@ pub(super) fn is_run_file_name(sub: &str, name: &str) -> bool {
 /// Whether `name` in `sub` is the temp file of an atomic write of a run file
 /// (`.{name}.tmp-{pid}`) or of a raw-activation file (`activations/.layer_…tmp`).
 pub(super) fn is_run_temp_name(sub: &str, name: &str) -> bool {
-    if sub == "activations" {
-        return name.starts_with(".layer_") && name.ends_with(".tmp");
+    if sub == "activations" && name.starts_with(".layer_") && name.ends_with(".tmp") {
+        return true;
     }
     let Some((base, pid)) = name
         .strip_prefix('.')

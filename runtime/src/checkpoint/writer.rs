@@ -5,7 +5,7 @@
 //! A write failure (full disk) stops the run after the next layer; what progress.json names
 //! stays valid.
 
-use super::activations::ActivationSaver;
+use super::activations::{ActivationLayout, ActivationSaver};
 use super::files::{hidden_path, layer_json_path, layer_statistics_path, write_file, write_hidden};
 use super::folder::{AnalysisFolder, save_progress};
 use super::layer_record::LayerSelfRecord;
@@ -206,10 +206,15 @@ impl<'a> CheckpointObserver<'a> {
         }
     }
 
-    /// Also writes the raw activations of `points` (see [`ActivationSaver`]).
-    pub fn save_activations(&mut self, points: Vec<CapturePoint>, token_ids: Vec<u32>) {
+    /// Also writes the raw activations of `points` under `layout` (see [`ActivationSaver`]).
+    pub fn save_activations(
+        &mut self,
+        points: Vec<CapturePoint>,
+        token_ids: Vec<u32>,
+        layout: ActivationLayout,
+    ) {
         let dir = self.folder.dir().to_path_buf();
-        self.activations = Some(ActivationSaver::new(&dir, points, token_ids, self.seq_len));
+        self.activations = Some(ActivationSaver::new(&dir, points, token_ids, layout));
     }
 
     fn record_failure(&mut self, error: RuntimeError) {
