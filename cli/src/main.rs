@@ -35,6 +35,14 @@ fn main() -> ExitCode {
     if !matches!(cli.command, Command::Analyze(_) | Command::Score(_)) {
         end_quietly_on_a_closed_pipe();
     }
+    let progress = match &cli.command {
+        Command::Analyze(args) => Some(args.run.progress),
+        Command::Score(args) => Some(args.run.progress),
+        _ => None,
+    };
+    if progress == Some(progress::ProgressMode::Json) {
+        output::json_stderr();
+    }
     if let Ok(threads) = std::env::var("LAYERSTREAM_THREADS")
         && !threads.trim().parse::<usize>().is_ok_and(|n| n > 0)
     {

@@ -2,12 +2,18 @@
 //! per second, ETA) on a terminal; lines (one per finished layer, and one at least every
 //! 30 s inside a long layer) in logs (a Kaggle cell, a Slurm log, `nohup`); json (one object
 //! per event: run started, layer finished, layer still running, layer split, micro-batch
-//! halved, notices) for notebooks and dashboards; or none.
+//! halved, checkpoint written, resume, notices; with `--progress json` every other stderr
+//! line is an event too, see `output.rs`) for notebooks and dashboards; or none. Layer lines
+//! give the parts of a split layer and the memory the run's regions took (device memory on
+//! a GPU, against --vram; host memory on the CPU, against --ram).
 
 use indicatif::{ProgressBar, ProgressStyle};
+use layerstream_planner::ByteSize;
 use layerstream_planner::split::{LayerPart, describe_parts};
 use layerstream_runtime::analysis::PointStatistics;
 use layerstream_runtime::capture::{Routing, SinkMass};
+use layerstream_runtime::checkpoint::CheckpointWritten;
+use layerstream_runtime::executor::MemoryUse;
 use layerstream_runtime::{CapturePoint, RunObserver, RuntimeError};
 use serde_json::json;
 use std::io::IsTerminal;
@@ -119,6 +125,21 @@ impl Drop for Ticker {
     }
 }
 
+/// `, device memory peak 3.9 GiB of 8.0 GiB` (what the run's regions reserved).
+fn describe_memory(memory: MemoryUse) -> String {
+    let place = if memory.device { "device" } else { "host" };
+    let peak = ByteSize(memory.peak_bytes);
+    match memory.budget_bytes {
+        Some(budget) => format!(", {place} memory peak {peak} of {}", ByteSize(budget)),
+        None => format!(", {place} memory peak {peak}"),
+    }
+}
+
+/// The `checkpoint_written` event (json progress): the layers progress.json now records.
+pub fn checkpoint_event(written: &CheckpointWritten) -> String {
+    json!({"event": "checkpoint_written", "layers": written.layers, "hidden_after_layer": written.hidden_after_layer}).to_string()
+}
+
 fn round(seconds: f64) -> f64 {
     (seconds * 10.0).round() / 10.0
 }
@@ -141,6 +162,10 @@ pub struct WithProgress<'a> {
     started: Instant,
     /// The parts of the last split layer announced (a line only when they change).
     announced_split: Option<Vec<LayerPart>>,
+    /// Parts of the layer running (1 unless split).
+    parts: usize,
+    /// The memory reported at the last layer's end.
+    memory: Option<MemoryUse>,
 }
 
 impl<'a> WithProgress<'a> {
@@ -174,6 +199,8 @@ impl<'a> WithProgress<'a> {
             ticker,
             started,
             announced_split: None,
+            parts: 1,
+            memory: None,
         }
     }
 
@@ -262,7 +289,13 @@ impl RunObserver for WithProgress<'_> {
         self.inner.on_micro_batch_halved(layer, from, to, reason);
     }
 
+    fn on_memory(&mut self, layer: usize, memory: MemoryUse) {
+        self.memory = Some(memory);
+        self.inner.on_memory(layer, memory);
+    }
+
     fn on_layer_split(&mut self, layer: usize, parts: &[LayerPart]) {
+        self.parts = parts.len();
         if self.announced_split.as_deref() != Some(parts) || self.shown == Shown::Json {
             let line = format!(
                 "layer {layer} runs in {} parts to fit the budget ({}); later layers split the same way are not listed",
@@ -289,11 +322,24 @@ impl RunObserver for WithProgress<'_> {
         self.bar
             .set_message(format!("{tokens_per_second:.0} tokens/s"));
         let eta = seconds / (layer + 1) as f64 * layers.saturating_sub(layer + 1) as f64;
+        let parts = std::mem::replace(&mut self.parts, 1);
+        let memory = self.memory.map(describe_memory).unwrap_or_default();
         let line = format!(
-            "layer {layer} done ({}/{layers}), {tokens_per_second:.0} tokens/s, {seconds:.1} s elapsed, ETA {eta:.0} s",
-            layer + 1
+            "layer {layer} done ({}/{layers}{}), {tokens_per_second:.0} tokens/s, {seconds:.1} s elapsed, ETA {eta:.0} s{memory}",
+            layer + 1,
+            if parts > 1 {
+                format!(", {parts} parts")
+            } else {
+                String::new()
+            }
         );
-        let event = || json!({"event": "layer_finished", "layer": layer, "layers": layers, "tokens_per_second": tokens_per_second.round(), "elapsed_s": round(seconds), "eta_s": round(eta)});
+        let event = || {
+            let mut event = json!({"event": "layer_finished", "layer": layer, "layers": layers, "parts": parts, "tokens_per_second": tokens_per_second.round(), "elapsed_s": round(seconds), "eta_s": round(eta)});
+            if let Some(m) = self.memory {
+                event["memory"] = json!({"where": if m.device { "device" } else { "host" }, "peak_bytes": m.peak_bytes, "budget_bytes": m.budget_bytes});
+            }
+            event
+        };
         if self.shown != Shown::Bar {
             self.say(line, event);
         }

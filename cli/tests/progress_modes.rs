@@ -45,7 +45,10 @@ fn lines_arrive_while_the_run_is_going() {
             );
         }
         assert!(
-            line.contains("(1/4)") && line.contains("tokens/s") && line.contains("ETA"),
+            line.contains("(1/4)")
+                && line.contains("tokens/s")
+                && line.contains("ETA")
+                && line.contains("host memory peak"),
             "{line}"
         );
         assert!(
@@ -69,16 +72,32 @@ fn json_is_one_object_per_event_and_none_is_silent() {
     let output = child.wait_with_output().unwrap();
     assert!(output.status.success());
     let text = String::from_utf8_lossy(&output.stderr);
+    // Every line is an event: the run's own lines too.
     let events: Vec<serde_json::Value> = text
         .lines()
-        .filter(|l| l.starts_with('{'))
-        .map(|l| serde_json::from_str(l).unwrap())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
         .collect();
     let kinds: Vec<&str> = events
         .iter()
         .map(|e| e["event"].as_str().unwrap())
         .collect();
-    assert_eq!(kinds[0], "run_started");
+    assert!(kinds.contains(&"run_started"), "{kinds:?}");
+    assert!(events.iter().any(
+        |e| e["event"] == "message" && e["message"].as_str().unwrap().starts_with("analyzing")
+    ));
+    // progress.json recorded every layer, each said as it happened.
+    let recorded: Vec<u64> = events
+        .iter()
+        .filter(|e| e["event"] == "checkpoint_written")
+        .flat_map(|e| {
+            e["layers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|l| l.as_u64().unwrap())
+        })
+        .collect();
+    assert_eq!(recorded, vec![0, 1, 2, 3], "{kinds:?}");
     assert_eq!(
         kinds.iter().filter(|k| **k == "layer_finished").count(),
         4,
@@ -95,6 +114,40 @@ fn json_is_one_object_per_event_and_none_is_silent() {
         (Some(3), Some(4))
     );
     assert!(last["tokens_per_second"].as_f64().unwrap() > 0.0);
+    assert_eq!(last["memory"]["where"], "host");
+    assert!(last["memory"]["peak_bytes"].as_u64().unwrap() > 0);
+    // The same command again: a resume event with the finished layers.
+    let again = spawn(home.path(), "json", "50").wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&again.stderr);
+    let resume: serde_json::Value = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|e| e["event"] == "resume")
+        .unwrap_or_else(|| panic!("{text}"));
+    assert_eq!(resume["layers_finished"], serde_json::json!([0, 1, 2, 3]));
+    // The error a run ends with is an event too.
+    let failed = Command::new(env!("CARGO_BIN_EXE_layerstream"))
+        .args([
+            "analyze",
+            "--device",
+            "cpu",
+            "--data",
+            "missing.txt",
+            "--progress",
+            "json",
+        ])
+        .env("LAYERSTREAM_CACHE_DIR", home.path().join("cache"))
+        .current_dir(home.path())
+        .output()
+        .unwrap();
+    assert_eq!(failed.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&failed.stderr);
+    let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(last["event"], "error", "{text}");
+    assert!(
+        last["message"].as_str().unwrap().contains("missing.txt"),
+        "{text}"
+    );
     let quiet = spawn(home.path(), "none", "50").wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&quiet.stderr);
     assert!(

@@ -75,6 +75,11 @@ impl Budget {
             .map(|limit| limit.saturating_sub(self.used.load(Ordering::SeqCst)))
     }
 
+    /// The limit (`None`: only the machine limits).
+    pub fn limit(&self) -> Option<u64> {
+        self.limit
+    }
+
     /// Most bytes reserved at once.
     pub fn peak(&self) -> u64 {
         self.peak.load(Ordering::SeqCst)

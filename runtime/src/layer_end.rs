@@ -6,7 +6,7 @@ use crate::analysis::PointStatistics;
 use crate::analysis::attribution::attribute_massive;
 use crate::capture::CapturePoint;
 use crate::error::Result;
-use crate::executor::{RunObserver, RunRequest};
+use crate::executor::{MemoryUse, RunObserver, RunRequest};
 use crate::model::Model;
 use crate::workload_buffer::WorkloadBuffer;
 use std::borrow::Cow;
@@ -23,6 +23,7 @@ pub(crate) fn finish_layer<'a>(
     mut statistics: BTreeMap<CapturePoint, PointStatistics>,
     hidden_states: impl FnOnce() -> Result<HiddenSnapshot<'a>>,
     threads: usize,
+    memory: MemoryUse,
 ) -> Result<()> {
     for point in statistics.values_mut() {
         point.finish();
@@ -40,6 +41,7 @@ pub(crate) fn finish_layer<'a>(
         let snapshot = hidden_states()?;
         observer.on_hidden_states(layer, &snapshot.values, snapshot.in_file);
     }
+    observer.on_memory(layer, memory);
     observer.on_layer_done(
         layer,
         layers_to_run,

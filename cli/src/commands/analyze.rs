@@ -12,7 +12,7 @@ use super::{
     prepare_out_dir,
 };
 use crate::args::AnalyzeArgs;
-use crate::progress::WithProgress;
+use crate::progress::{ProgressMode, WithProgress};
 use anyhow::Result;
 use layerstream_planner::memory::HiddenPlacement;
 use layerstream_runtime::analysis::massive::{MASSIVE_MEDIAN_RATIO, MASSIVE_MIN_MAGNITUDE};
@@ -107,6 +107,13 @@ pub fn analyze(args: &AnalyzeArgs) -> Result<()> {
     )?;
     for note in &folder.notes {
         eprintln!("{note}");
+    }
+    let finished: Vec<usize> = folder.progress().layers.keys().copied().collect();
+    if args.run.progress == ProgressMode::Json && folder.progress().runs > 1 {
+        eprintln!(
+            "{}",
+            serde_json::json!({"event": "resume", "folder": args.run.out, "layers_finished": finished})
+        );
     }
     if workload.shard.is_some() {
         // A shard keeps its token ids: `merge` joins them into the whole data's (checked
@@ -344,6 +351,11 @@ fn compute_layers(
         let mut observer = folder.observer(model.spec.hidden_size, seq_len, interval);
         if let Some((points, layout)) = saved {
             observer.save_activations(points, request.token_ids.clone(), layout);
+        }
+        if args.run.progress == ProgressMode::Json {
+            observer.on_written(Box::new(|written| {
+                eprintln!("{}", crate::progress::checkpoint_event(written))
+            }));
         }
         let mut progress = WithProgress::new(
             &mut observer,

@@ -19,4 +19,4 @@ pub use fingerprint::{ModelFingerprint, data_fingerprint, model_fingerprint};
 pub use folder::{AnalysisFolder, FolderOptions, PROGRESS_FILE, RunIdentity};
 pub use layer_record::recorded_layers;
 pub use lock::{FolderLock, LOCK_FILE, WRITE_PROBE_PREFIX};
-pub use writer::CheckpointObserver;
+pub use writer::{CheckpointObserver, CheckpointWritten};

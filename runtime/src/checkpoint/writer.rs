@@ -25,6 +25,19 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+/// What one save of progress.json recorded: the layers whose files it names now, and the
+/// layer after which hidden states were checkpointed (if any).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointWritten {
+    /// Layers recorded.
+    pub layers: Vec<usize>,
+    /// A hidden-state checkpoint after this layer was recorded too.
+    pub hidden_after_layer: Option<usize>,
+}
+
+/// Called on the writer thread after each save of progress.json.
+pub type WrittenCallback = Box<dyn Fn(&CheckpointWritten) + Send>;
+
 /// One finished layer, for the writer thread.
 struct LayerJob {
     layer: usize,
@@ -58,6 +71,7 @@ pub struct CheckpointObserver<'a> {
     jobs: Option<Sender<LayerJob>>,
     writer: Option<JoinHandle<Progress>>,
     failure: Arc<Mutex<Option<RuntimeError>>>,
+    written: Arc<Mutex<Option<WrittenCallback>>>,
 }
 
 struct Writer {
@@ -65,6 +79,7 @@ struct Writer {
     progress: Progress,
     keep_hidden: bool,
     hidden_width: usize,
+    written: Arc<Mutex<Option<WrittenCallback>>>,
 }
 
 impl Writer {
@@ -73,9 +88,20 @@ impl Writer {
     fn write(&mut self, batch: Vec<LayerJob>) -> Result<()> {
         let mut obsolete: Vec<FileRecord> = Vec::new();
         let mut outcome = Ok(());
+        let mut written = CheckpointWritten {
+            layers: Vec::new(),
+            hidden_after_layer: None,
+        };
         for job in batch {
+            let (layer, hidden) = (job.layer, job.hidden_states.is_some());
             match self.write_files(job) {
-                Ok(stale) => obsolete.extend(stale),
+                Ok(stale) => {
+                    obsolete.extend(stale);
+                    written.layers.push(layer);
+                    if hidden {
+                        written.hidden_after_layer = Some(layer);
+                    }
+                }
                 Err(error) => {
                     outcome = Err(error);
                     break;
@@ -84,6 +110,9 @@ impl Writer {
         }
         self.progress.updated_unix = unix_now();
         save_progress(&self.dir, &self.progress)?;
+        if let Some(callback) = self.written.lock().expect("not poisoned").as_ref() {
+            callback(&written);
+        }
         for file in obsolete {
             let _ = std::fs::remove_file(self.dir.join(&file.path));
         }
@@ -169,11 +198,13 @@ impl<'a> CheckpointObserver<'a> {
         // and progress.json is saved once for them.
         let (jobs, queue) = bounded::<LayerJob>(4);
         let failure = Arc::new(Mutex::new(None));
+        let written = Arc::new(Mutex::new(None));
         let mut writer = Writer {
             dir: folder.dir().to_path_buf(),
             progress: folder.progress().clone(),
             keep_hidden: folder.keep_hidden(),
             hidden_width,
+            written: Arc::clone(&written),
         };
         let failure_slot = Arc::clone(&failure);
         let handle = std::thread::spawn(move || {
@@ -203,7 +234,14 @@ impl<'a> CheckpointObserver<'a> {
             jobs: Some(jobs),
             writer: Some(handle),
             failure,
+            written,
         }
+    }
+
+    /// Calls `callback` on the writer thread each time progress.json records layers (for
+    /// progress events).
+    pub fn on_written(&mut self, callback: WrittenCallback) {
+        *self.written.lock().expect("not poisoned") = Some(callback);
     }
 
     /// Also writes the raw activations of `points` under `layout` (see [`ActivationSaver`]).

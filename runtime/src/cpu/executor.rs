@@ -13,7 +13,7 @@ use crate::analysis::PointStatistics;
 use crate::capture::CapturePoint;
 use crate::error::{Result, RuntimeError};
 use crate::executor::layer_loop::{LayerRunner, run_layers};
-use crate::executor::{FinalStage, RunObserver, RunRequest};
+use crate::executor::{FinalStage, MemoryUse, RunObserver, RunRequest};
 use crate::layer_end::{HiddenSnapshot, finish_layer, initial_hidden_states};
 use crate::model::Model;
 use crate::plan::layer_shapes;
@@ -278,6 +278,11 @@ impl LayerRunner for CpuRunner<'_> {
             state.statistics,
             snapshot,
             self.threads,
+            MemoryUse {
+                peak_bytes: self.budget.peak(),
+                budget_bytes: self.budget.limit(),
+                device: false,
+            },
         )
     }
 }

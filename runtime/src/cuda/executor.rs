@@ -18,7 +18,9 @@ use crate::capture::CapturePoint;
 use crate::cpu::threads::default_thread_count;
 use crate::error::{Result, RuntimeError};
 use crate::executor::layer_loop::{LayerRunner, run_layers};
-use crate::executor::{FinalStage, RunObserver, RunRequest, RunSummary, TransferSummary};
+use crate::executor::{
+    FinalStage, MemoryUse, RunObserver, RunRequest, RunSummary, TransferSummary,
+};
 use crate::layer_end::{finish_layer, initial_hidden_states};
 use crate::model::Model;
 use crate::plan::{dominant_weight_dtype, layer_shapes};
@@ -434,6 +436,11 @@ impl LayerRunner for CudaRunner<'_, '_> {
             statistics,
             snapshot,
             default_thread_count(),
+            MemoryUse {
+                peak_bytes: self.budget.peak(),
+                budget_bytes: self.budget.limit(),
+                device: true,
+            },
         )?;
         timeline::mark(|| format!("layer {layer} done (statistics on the host)"));
         Ok(())

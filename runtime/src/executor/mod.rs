@@ -152,6 +152,17 @@ impl StartHidden {
     }
 }
 
+/// Memory a run's regions took (reserved against its budget), reported at each layer's end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryUse {
+    /// Most bytes reserved at once so far.
+    pub peak_bytes: u64,
+    /// The budget (`--vram` less the context overhead, or `--ram`); `None`: none given.
+    pub budget_bytes: Option<u64>,
+    /// Device memory (GPU) rather than host memory (CPU).
+    pub device: bool,
+}
+
 /// Receives what the run produces. Every method has a default that ignores it.
 pub trait RunObserver {
     /// Activations at `point` of `layer` for sequences `first_sequence..`:
@@ -199,6 +210,9 @@ pub trait RunObserver {
     /// Something about how the run goes that the person running it should see (hidden
     /// states moved to disk).
     fn on_notice(&mut self, _message: &str) {}
+    /// The memory the run's regions took up to the end of `layer` (called before
+    /// [`Self::on_layer_done`]).
+    fn on_memory(&mut self, _layer: usize, _memory: MemoryUse) {}
     /// Layer `layer` finished for the whole workload (`layers_to_run` in all).
     fn on_layer_done(&mut self, _layer: usize, _layers_to_run: usize, _tokens: usize) {}
     /// The micro-batch was halved after an out-of-memory at `layer` (`reason`); the run goes on
