@@ -3,6 +3,7 @@
 
 use layerstream_planner::memory::HiddenPlacement;
 use layerstream_runtime::CaptureMode;
+use layerstream_runtime::Sequences;
 use layerstream_runtime::backend::Backend;
 use layerstream_runtime::cpu::CpuBackend;
 use layerstream_runtime::data::{TextTokenizer, pack_documents};
@@ -50,13 +51,13 @@ fn run_model_dir(
     let request = RunRequest {
         token_ids: reference.input_ids.clone(),
         first_delimiters: Vec::new(),
-        num_sequences: reference.num_sequences,
-        seq_len: reference.seq_len,
+        sequences: Sequences::uniform(reference.num_sequences, reference.seq_len),
         capture_layers: (0..model.spec.num_layers).collect(),
         capture_points: CapturePoint::ALL.to_vec(),
         capture_mode: CaptureMode::Activations,
         final_stage,
-        micro_batch_sequences,
+        top_logprobs: None,
+        micro_batch_tokens: micro_batch_sequences * reference.seq_len,
         start: None,
         checkpoint_hidden_states: false,
         hidden_placement: HiddenPlacement::Device,
@@ -194,13 +195,13 @@ fn hidden_states_on_disk_give_the_same_results() {
             let request = RunRequest {
                 token_ids: reference.input_ids.clone(),
                 first_delimiters: Vec::new(),
-                num_sequences: reference.num_sequences,
-                seq_len: reference.seq_len,
+                sequences: Sequences::uniform(reference.num_sequences, reference.seq_len),
                 capture_layers: (0..model.spec.num_layers).collect(),
                 capture_points: CapturePoint::ALL.to_vec(),
                 capture_mode: CaptureMode::Activations,
                 final_stage: FinalStage::Logits,
-                micro_batch_sequences: 2,
+                top_logprobs: None,
+                micro_batch_tokens: 2 * reference.seq_len,
                 start: None,
                 checkpoint_hidden_states: false,
                 hidden_placement: HiddenPlacement::Disk,
@@ -234,13 +235,13 @@ fn only_layers_up_to_the_last_captured_one_run() {
     let request = RunRequest {
         token_ids: reference.input_ids.clone(),
         first_delimiters: Vec::new(),
-        num_sequences: reference.num_sequences,
-        seq_len: reference.seq_len,
+        sequences: Sequences::uniform(reference.num_sequences, reference.seq_len),
         capture_layers: [0, 1].into_iter().collect(),
         capture_points: vec![CapturePoint::ResidPost],
         capture_mode: CaptureMode::Activations,
         final_stage: FinalStage::None,
-        micro_batch_sequences: 1,
+        top_logprobs: None,
+        micro_batch_tokens: reference.seq_len,
         start: None,
         checkpoint_hidden_states: false,
         hidden_placement: HiddenPlacement::Device,

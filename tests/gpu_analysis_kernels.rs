@@ -160,9 +160,9 @@ fn attention_sink_mass_matches_the_cpu() {
                 None,
                 Some(seq_len - 1),
             ];
+            let batch = layerstream_runtime::Sequences::uniform(3, seq_len);
             let shape = AttentionShape {
-                sequences: 3,
-                seq_len,
+                batch: &batch,
                 heads: 4,
                 kv_heads: 2,
                 head_dim,
@@ -205,6 +205,7 @@ fn attention_sink_mass_matches_the_cpu() {
                     dims,
                     learned.then_some(&learned_view),
                     sinks,
+                    None,
                 )
                 .unwrap()
             };

@@ -36,7 +36,8 @@ fn causal_convolution_matches_the_cpu_with_f32_and_bf16_weights() {
         .map(|w| half::bf16::from_f32(*w).to_f32())
         .collect();
     let mut expect = vec![0f32; rows * channels];
-    cpu::causal_conv_silu(&input, &weight, &mut expect, kernel, seq_len);
+    let packed = layerstream_runtime::Sequences::uniform(sequences, seq_len);
+    cpu::causal_conv_silu(&input, &weight, &mut expect, kernel, &packed);
     let input_d = upload(&gpu, &input);
     let bits: Vec<u16> = weight
         .iter()
@@ -97,7 +98,7 @@ fn delta_rule_case(
     cpu::delta_rule(
         &inputs,
         &delta,
-        (sequences, seq_len),
+        &layerstream_runtime::Sequences::uniform(sequences, seq_len),
         &mut states,
         &mut expect,
         4,

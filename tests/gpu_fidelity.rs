@@ -3,6 +3,7 @@
 //! says it skipped; with LAYERSTREAM_REQUIRE_GPU=1 it fails instead.
 
 use layerstream_planner::memory::HiddenPlacement;
+use layerstream_runtime::Sequences;
 use layerstream_runtime::analysis::PointStatistics;
 use layerstream_runtime::analysis::attribution::ExpertAttribution;
 use layerstream_runtime::backend::Backend;
@@ -43,13 +44,13 @@ fn request(
         first_delimiters: (0..reference.num_sequences)
             .map(|s| Some(if s == 0 { 5 } else { reference.seq_len - 3 }))
             .collect(),
-        num_sequences: reference.num_sequences,
-        seq_len: reference.seq_len,
+        sequences: Sequences::uniform(reference.num_sequences, reference.seq_len),
         capture_layers: (0..layers).collect(),
         capture_points: CapturePoint::ALL.to_vec(),
         capture_mode: mode,
         final_stage,
-        micro_batch_sequences: micro_batch,
+        top_logprobs: None,
+        micro_batch_tokens: micro_batch * reference.seq_len,
         start: None,
         checkpoint_hidden_states: false,
         hidden_placement: HiddenPlacement::Device,

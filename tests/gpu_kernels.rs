@@ -4,37 +4,19 @@
 
 use half::{bf16, f16};
 use layerstream_kernels::cudarc::driver::CudaSlice;
-use layerstream_kernels::ops::attention::{AttentionDims, causal_attention};
+use layerstream_kernels::gemm;
 use layerstream_kernels::ops::convert::{StoredDtype, embedding_gather, f32_to_bf16, half_to_f32};
 use layerstream_kernels::ops::elementwise::GatedActivation;
-use layerstream_kernels::ops::{elementwise, moe, norm, rope, stats};
-use layerstream_kernels::{Gpu, gemm};
+use layerstream_kernels::ops::{elementwise, moe, norm, stats};
 use layerstream_runtime::arch::{
     ExpertNaming, MoeSpec, RouterScoring, SharedExpertSpec, WeightRole,
 };
 use layerstream_runtime::cpu;
+use layerstream_tests::device::{download, upload, zeros};
 use layerstream_tests::{
     assert_all_close, assert_matches_reference, gpu_or_skip, nmse, random_values,
 };
 use std::collections::BTreeMap;
-
-fn upload<T: layerstream_kernels::cudarc::driver::DeviceRepr>(
-    gpu: &Gpu,
-    values: &[T],
-) -> CudaSlice<T> {
-    gpu.stream.clone_htod(values).unwrap()
-}
-
-fn download<T: layerstream_kernels::cudarc::driver::DeviceRepr + Default + Clone>(
-    gpu: &Gpu,
-    buffer: &CudaSlice<T>,
-) -> Vec<T> {
-    gpu.stream.clone_dtoh(buffer).unwrap()
-}
-
-fn zeros(gpu: &Gpu, n: usize) -> CudaSlice<f32> {
-    gpu.stream.alloc_zeros(n).unwrap()
-}
 
 #[test]
 fn norms_match_cpu() {
@@ -81,45 +63,6 @@ fn norms_match_cpu() {
         assert_matches_reference(
             &format!("layer_norm {rows}x{width}"),
             &download(&gpu, &y),
-            &expect,
-        );
-    }
-}
-
-#[test]
-fn rope_matches_cpu_including_partial_rotary() {
-    let Some(gpu) = gpu_or_skip("rope") else {
-        return;
-    };
-    let (sequences, seq_len, heads) = (2, 37, 3);
-    for (head_dim, rotary_pairs, scaling) in [(16, 8, 1.0), (64, 32, 1.346_573_6), (80, 16, 1.0)] {
-        let inv_freq: Vec<f32> = (0..rotary_pairs)
-            .map(|i| 10000f32.powf(-(i as f32) / rotary_pairs as f32))
-            .collect();
-        let rows = sequences * seq_len;
-        let x = random_values(rows * heads * head_dim, 4, 3.0);
-        let mut expect = x.clone();
-        cpu::rope::RopeTable::new(&inv_freq, seq_len, scaling).apply(
-            &mut expect,
-            heads,
-            head_dim,
-            seq_len,
-        );
-        let mut xd = upload(&gpu, &x);
-        rope::rope(
-            &gpu,
-            &mut xd.as_view_mut(),
-            &upload(&gpu, &inv_freq).as_view(),
-            rows,
-            heads,
-            head_dim,
-            seq_len,
-            scaling,
-        )
-        .unwrap();
-        assert_matches_reference(
-            &format!("rope head_dim {head_dim}"),
-            &download(&gpu, &xd),
             &expect,
         );
     }
@@ -306,114 +249,6 @@ fn gemms_match_cpu() {
     }
 }
 
-#[test]
-fn attention_matches_cpu_for_every_shape_and_window() {
-    let Some(gpu) = gpu_or_skip("attention") else {
-        return;
-    };
-    for (seq_len, head_dim, window) in [
-        (1, 16, None),
-        (7, 64, None),
-        (100, 128, None),
-        (100, 128, Some(5)),
-        (70, 256, Some(40)),
-        (33, 80, None),
-    ] {
-        let dims = AttentionDims {
-            sequences: 2,
-            seq_len,
-            heads: 4,
-            kv_heads: 2,
-            head_dim,
-            sliding_window: window,
-            scale: (head_dim as f32).powf(-0.5),
-            tensor_cores: false,
-        };
-        let rows = 2 * seq_len;
-        let q = random_values(rows * 4 * head_dim, 12, 2.0);
-        let k = random_values(rows * 2 * head_dim, 13, 2.0);
-        let v = random_values(rows * 2 * head_dim, 14, 2.0);
-        let mut expect = vec![0f32; q.len()];
-        let shape = cpu::attention::AttentionShape {
-            sequences: 2,
-            seq_len,
-            heads: 4,
-            kv_heads: 2,
-            head_dim,
-            sliding_window: window,
-            scale: dims.scale,
-        };
-        cpu::attention::causal_attention(&q, &k, &v, &mut expect, shape, 2, Default::default());
-        let mut out = zeros(&gpu, q.len());
-        causal_attention(
-            &gpu,
-            &upload(&gpu, &q).as_view(),
-            &upload(&gpu, &k).as_view(),
-            &upload(&gpu, &v).as_view(),
-            &mut out.as_view_mut(),
-            dims,
-            None,
-            None,
-        )
-        .unwrap();
-        assert_matches_reference(
-            &format!("attention T={seq_len} d={head_dim} w={window:?}"),
-            &download(&gpu, &out),
-            &expect,
-        );
-
-        // Tensor cores (bf16 q, k, v and probabilities, f32 accumulation and softmax) against
-        // the CPU on the same bf16-rounded q, k, v: what is left is the rounding of the
-        // probabilities (< 2^-8 relative) and the order of the sums.
-        let tensor = AttentionDims {
-            tensor_cores: true,
-            ..dims
-        };
-        let rounded = |x: &[f32]| -> Vec<f32> {
-            x.iter()
-                .map(|&v| half::bf16::from_f32(v).to_f32())
-                .collect()
-        };
-        let (qr, kr, vr) = (rounded(&q), rounded(&k), rounded(&v));
-        let mut expect_bf16 = vec![0f32; q.len()];
-        cpu::attention::causal_attention(
-            &qr,
-            &kr,
-            &vr,
-            &mut expect_bf16,
-            shape,
-            2,
-            Default::default(),
-        );
-        let mut out = zeros(&gpu, q.len());
-        causal_attention(
-            &gpu,
-            &upload(&gpu, &q).as_view(),
-            &upload(&gpu, &k).as_view(),
-            &upload(&gpu, &v).as_view(),
-            &mut out.as_view_mut(),
-            tensor,
-            None,
-            None,
-        )
-        .unwrap();
-        let what = format!(
-            "attention on tensor cores ({}) T={seq_len} d={head_dim} w={window:?}",
-            tensor.uses_tensor_cores(&gpu)
-        );
-        if gpu.has_bf16_math() {
-            assert_eq!(
-                tensor.uses_tensor_cores(&gpu),
-                head_dim % 16 == 0 && head_dim <= 128,
-                "{what}"
-            );
-        }
-        assert_all_close(&what, &download(&gpu, &out), &expect_bf16, 0.02, 0.01);
-    }
-}
-
-/// The GPU MoE path (route, count, positions, gather, per-expert GEMMs, unpermute, gated
-/// shared expert) against `cpu::moe::moe_block`.
 #[test]
 fn moe_block_matches_cpu() {
     let Some(gpu) = gpu_or_skip("moe") else {

@@ -5,6 +5,7 @@
 //! if allocation and manifest drift apart.
 
 use layerstream_planner::memory::{HiddenPlacement, ScratchFor, ScratchManifest};
+use layerstream_runtime::Sequences;
 use layerstream_runtime::cpu::CpuBackend;
 use layerstream_runtime::cpu::layer::LayerScratch;
 use layerstream_runtime::plan::layer_shapes;
@@ -63,8 +64,7 @@ fn runs_under_several_budgets_allocate_what_they_reserve() {
             let request = RunRequest {
                 token_ids: (0..sequences * seq_len).map(|i| (i % 50) as u32).collect(),
                 first_delimiters: Vec::new(),
-                num_sequences: sequences,
-                seq_len,
+                sequences: Sequences::uniform(sequences, seq_len),
                 capture_layers: (0..model.spec.num_layers).collect(),
                 capture_points: CapturePoint::ALL.to_vec(),
                 capture_mode: CaptureMode::Statistics {
@@ -72,7 +72,8 @@ fn runs_under_several_budgets_allocate_what_they_reserve() {
                     save: PointSet::EMPTY,
                 },
                 final_stage: FinalStage::None,
-                micro_batch_sequences: 2,
+                top_logprobs: None,
+                micro_batch_tokens: 2 * seq_len,
                 start: None,
                 checkpoint_hidden_states: false,
                 hidden_placement: HiddenPlacement::Device,

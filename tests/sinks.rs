@@ -8,6 +8,7 @@
 
 use layerstream_planner::memory::HiddenPlacement;
 use layerstream_runtime::CaptureMode;
+use layerstream_runtime::Sequences;
 use layerstream_runtime::backend::Backend;
 use layerstream_runtime::cpu::CpuBackend;
 use layerstream_runtime::{CapturePoint, FinalStage, Model, RunRequest, run};
@@ -70,13 +71,13 @@ fn sink_mass_equals_the_probabilities_from_captured_queries_and_keys() {
             let request = RunRequest {
                 token_ids: reference.input_ids.clone(),
                 first_delimiters: delimiters.clone(),
-                num_sequences: sequences,
-                seq_len,
+                sequences: Sequences::uniform(sequences, seq_len),
                 capture_layers: (0..layers).collect(),
                 capture_points: vec![CapturePoint::Q, CapturePoint::K, CapturePoint::AttnSinks],
                 capture_mode: CaptureMode::Activations,
                 final_stage: FinalStage::None,
-                micro_batch_sequences: micro_batch,
+                top_logprobs: None,
+                micro_batch_tokens: micro_batch * seq_len,
                 start: None,
                 checkpoint_hidden_states: false,
                 hidden_placement: HiddenPlacement::Device,

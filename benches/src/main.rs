@@ -9,6 +9,7 @@
 //!   `(NUM_SAMPLES, SEQ_LEN)` little-endian u32.
 
 use layerstream_runtime::CaptureMode;
+use layerstream_runtime::Sequences;
 use layerstream_runtime::data::{TextTokenizer, pack_documents};
 use layerstream_runtime::{
     CapturePoint, DeviceChoice, FinalStage, Model, RunObserver, RunRequest, run, select_backend,
@@ -73,8 +74,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let request = RunRequest {
             token_ids: token_ids.clone(),
             first_delimiters: Vec::new(),
-            num_sequences: num_samples,
-            seq_len,
+            sequences: Sequences::uniform(num_samples, seq_len),
             capture_layers: (0..model.spec.num_layers).collect(),
             capture_points: CapturePoint::ALL.to_vec(),
             capture_mode: CaptureMode::Statistics {
@@ -82,7 +82,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 save: Default::default(),
             },
             final_stage: FinalStage::None,
-            micro_batch_sequences: micro_batch,
+            top_logprobs: None,
+            micro_batch_tokens: micro_batch * seq_len,
             start: None,
             checkpoint_hidden_states: false,
             hidden_placement: layerstream_planner::memory::HiddenPlacement::Device,

@@ -397,6 +397,57 @@ pub struct ScoreArgs {
     pub workload: WorkloadArgs,
     #[command(flatten)]
     pub run: RunArgs,
+    /// Score each record (a .jsonl line, a .parquet row, a .txt line with --txt-lines) as a
+    /// sequence of its own length, never packed or padded; writes OUT/scores.jsonl, one line
+    /// per record in input order (--num-samples and --seq-len do not apply).
+    #[arg(long)]
+    pub per_record: bool,
+    /// With --per-record: each non-blank line of a .txt file (or standard input) is a record.
+    #[arg(long, requires = "per_record")]
+    pub txt_lines: bool,
+    /// With --per-record: records longer than this keep their first tokens and are flagged
+    /// truncated (default: the model's max_position_embeddings).
+    #[arg(long, value_name = "TOKENS", value_parser = parse_count, requires = "per_record")]
+    pub max_length: Option<usize>,
+    /// With --per-record: the field holding the prompt; only the completion's tokens are
+    /// scored, given it.
+    #[arg(long, value_name = "NAME", requires_all = ["per_record", "completion_field"])]
+    pub prompt_field: Option<String>,
+    /// With --per-record: the field holding the completion scored given the prompt (or given
+    /// the record's `messages`).
+    #[arg(long, value_name = "NAME", requires = "per_record")]
+    pub completion_field: Option<String>,
+    /// With --per-record: a field copied to each output line as the record's id.
+    #[arg(long, value_name = "NAME", requires = "per_record")]
+    pub id_field: Option<String>,
+    /// With --per-record: the chat template for records with a `messages` field, or for the
+    /// prompt as a user turn (generation prompt added; the rendered text is in the output):
+    /// auto (the model's chat_template.jinja or tokenizer_config.json's, if it has one), none,
+    /// or a Jinja file.
+    #[arg(
+        long,
+        value_name = "auto|none|FILE",
+        default_value = "auto",
+        requires = "per_record"
+    )]
+    pub chat_template: crate::chat_template::TemplateChoice,
+    /// With --per-record: also the K most likely next tokens (id, string, log-probability)
+    /// at the last prompt position (the last token without a completion).
+    #[arg(long, value_name = "K", default_value_t = 0, requires = "per_record")]
+    pub top_logprobs: usize,
+    #[command(flatten)]
+    pub plan: PlanArgs,
+    /// Print the plan (as `layerstream estimate --score` does) and stop.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Delete what an earlier run left in --out and start over (otherwise the same command
+    /// continues an interrupted run at its layer, and a different one is refused).
+    #[arg(long)]
+    pub restart: bool,
+    /// Seconds between hidden-state checkpoints (0: after every layer); a resumed run starts
+    /// from the latest.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30.0, value_parser = parse_seconds)]
+    pub checkpoint_every: f64,
 }
 
 /// `layerstream inspect`.

@@ -18,6 +18,7 @@ macro_rules! eprint {
 }
 
 mod args;
+mod chat_template;
 mod commands;
 mod embedded;
 mod hub_cache;

@@ -255,6 +255,10 @@ impl RunObserver for WithProgress<'_> {
         self.inner.on_next_token_nll(first, nll);
     }
 
+    fn on_top_logprobs(&mut self, first: usize, top: &[Vec<(u32, f32)>]) {
+        self.inner.on_top_logprobs(first, top);
+    }
+
     fn on_logits(&mut self, first: usize, logits: &[f32]) {
         self.inner.on_logits(first, logits);
     }
@@ -279,14 +283,20 @@ impl RunObserver for WithProgress<'_> {
         self.inner.take_failure()
     }
 
-    fn on_micro_batch_halved(&mut self, layer: usize, from: usize, to: usize, reason: &str) {
+    fn on_micro_batch_halved(
+        &mut self,
+        layer: usize,
+        (from, to, unit): (usize, usize, &str),
+        reason: &str,
+    ) {
         let line = format!(
-            "layer {layer}: {reason}; micro-batch {from} -> {to} sequence{} for the rest of the run",
+            "layer {layer}: {reason}; micro-batch {from} -> {to} {unit}{} for the rest of the run",
             if to == 1 { "" } else { "s" }
         );
-        let event = || json!({"event": "micro_batch_halved", "layer": layer, "from": from, "to": to, "reason": reason});
+        let event = || json!({"event": "micro_batch_halved", "layer": layer, "from": from, "to": to, "unit": unit, "reason": reason});
         self.say(line, event);
-        self.inner.on_micro_batch_halved(layer, from, to, reason);
+        self.inner
+            .on_micro_batch_halved(layer, (from, to, unit), reason);
     }
 
     fn on_memory(&mut self, layer: usize, memory: MemoryUse) {

@@ -33,7 +33,7 @@ __device__ __forceinline__ int sink_delimiter(const float* sinks, int sequences,
 extern "C" __global__ void attention_kernel(
     const float* q, const float* k, const float* v, float* out,
     int seq_len, int heads, int kv_heads, int head_dim, int key_tile, int window, float scale,
-    const float* learned_sinks, float* sinks, int want_sinks) {
+    const float* learned_sinks, float* sinks, int want_sinks, const int* offsets) {
     extern __shared__ float shared[];
     const int k_stride = head_dim + 1;
     float* k_tile = shared;
@@ -45,10 +45,17 @@ extern "C" __global__ void attention_kernel(
     const int kv_head = head / (heads / kv_heads);
     const int first_query = blockIdx.x * ATTN_WARPS;
     const int query = first_query + warp;
-    const bool active = query < seq_len;
     const unsigned long long q_width = (unsigned long long)heads * head_dim;
     const unsigned long long kv_width = (unsigned long long)kv_heads * head_dim;
-    const unsigned long long base_row = (unsigned long long)sequence * seq_len;
+    // Packed data: sequence s at rows s * seq_len; records (offsets != nullptr): rows
+    // offsets[s] - offsets[0] .. offsets[s + 1] - offsets[0] (a slice of the workload's
+    // offsets), the grid sized by the longest.
+    const unsigned long long base_row = offsets != nullptr
+        ? (unsigned long long)(offsets[sequence] - offsets[0])
+        : (unsigned long long)sequence * seq_len;
+    const int len = offsets != nullptr ? offsets[sequence + 1] - offsets[sequence] : seq_len;
+    if (first_query >= len) return;  // the whole block is past this sequence's end
+    const bool active = query < len;
 
     float* q_row = q_rows + warp * head_dim;
     if (active) {
@@ -61,10 +68,10 @@ extern "C" __global__ void attention_kernel(
     for (int i = 0; i < ATTN_MAX_DIMS_PER_LANE; i++) acc[i] = 0.0f;
     float running_max = -INFINITY, running_sum = 0.0f;
     const int delimiter =
-        want_sinks ? sink_delimiter(sinks, gridDim.z, heads, seq_len, sequence) : -1;
+        want_sinks ? sink_delimiter(sinks, gridDim.z, heads, len, sequence) : -1;
     float first_score = -INFINITY, delimiter_score = -INFINITY;  // the lane holding the key
 
-    const int last_query = min(first_query + ATTN_WARPS, seq_len) - 1;
+    const int last_query = min(first_query + ATTN_WARPS, len) - 1;
     const int key_begin = window > 0 ? max(0, first_query - window + 1) : 0;
     const int key_end = last_query + 1;
     for (int tile = key_begin; tile < key_end; tile += key_tile) {
@@ -121,7 +128,7 @@ extern "C" __global__ void attention_kernel(
         first_score = warp_max(first_score);
         delimiter_score = warp_max(delimiter_score);
         if (active && lane == 0) {
-            float* row = sinks + (((unsigned long long)sequence * heads + head) * seq_len + query) * SINK_VALUES;
+            float* row = sinks + (((unsigned long long)sequence * heads + head) * len + query) * SINK_VALUES;
             row[0] = first_score == -INFINITY ? 0.0f : expf(first_score - running_max) / running_sum;
             row[1] = delimiter_score == -INFINITY ? 0.0f : expf(delimiter_score - running_max) / running_sum;
             row[2] = learned_sinks == nullptr ? 0.0f : expf(sink_logit - running_max) / running_sum;

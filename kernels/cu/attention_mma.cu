@@ -44,7 +44,7 @@ __device__ __forceinline__ void mma_bf16_16x8x16(float* c, const u32* a, u32 b0,
 extern "C" __global__ void attention_mma_kernel(
     const float* q, const float* k, const float* v, float* out,
     int seq_len, int heads, int kv_heads, int head_dim, int window, float scale,
-    const float* learned_sinks, float* sinks, int want_sinks) {
+    const float* learned_sinks, float* sinks, int want_sinks, const int* offsets) {
     extern __shared__ u16 mma_shared[];
     const int k_stride = head_dim + 8;
     const int v_stride = MMA_KEYS + 8;
@@ -60,7 +60,14 @@ extern "C" __global__ void attention_mma_kernel(
     const int row_lo = warp_first + g, row_hi = warp_first + g + 8;  // this thread's rows
     const unsigned long long q_width = (unsigned long long)heads * head_dim;
     const unsigned long long kv_width = (unsigned long long)kv_heads * head_dim;
-    const unsigned long long base_row = (unsigned long long)sequence * seq_len;
+    // Packed data: sequence s at rows s * seq_len; records (offsets != nullptr): rows
+    // offsets[s] - offsets[0] .. offsets[s + 1] - offsets[0] (a slice of the workload's
+    // offsets), the grid sized by the longest.
+    const unsigned long long base_row = offsets != nullptr
+        ? (unsigned long long)(offsets[sequence] - offsets[0])
+        : (unsigned long long)sequence * seq_len;
+    const int len = offsets != nullptr ? offsets[sequence + 1] - offsets[sequence] : seq_len;
+    if (block_first >= len) return;  // the whole block is past this sequence's end
     const int chunks = head_dim / 16;  // k-chunks of Q K^T
     const int dim_tiles = head_dim / 8;  // n-tiles of O
 
@@ -71,11 +78,11 @@ extern "C" __global__ void attention_mma_kernel(
         if (kc < chunks) {
             const int d0 = kc * 16 + 2 * c;
             float lo[4] = {0.0f, 0.0f, 0.0f, 0.0f}, hi[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-            if (row_lo < seq_len) {
+            if (row_lo < len) {
                 const float* r = q + (base_row + row_lo) * q_width + (unsigned long long)head * head_dim;
                 lo[0] = r[d0]; lo[1] = r[d0 + 1]; lo[2] = r[d0 + 8]; lo[3] = r[d0 + 9];
             }
-            if (row_hi < seq_len) {
+            if (row_hi < len) {
                 const float* r = q + (base_row + row_hi) * q_width + (unsigned long long)head * head_dim;
                 hi[0] = r[d0]; hi[1] = r[d0 + 1]; hi[2] = r[d0 + 8]; hi[3] = r[d0 + 9];
             }
@@ -94,12 +101,12 @@ extern "C" __global__ void attention_mma_kernel(
     // Sinks: the scaled scores (log2 units) of key 0 and the delimiter for rows lo and hi,
     // kept by the thread whose fragment holds them.
     const int delimiter = want_sinks
-        ? __float_as_int(sinks[(unsigned long long)gridDim.z * heads * seq_len * 3 + sequence])
+        ? __float_as_int(sinks[(unsigned long long)gridDim.z * heads * len * 3 + sequence])
         : -1;
     float first_lo = -INFINITY, first_hi = -INFINITY, delim_lo = -INFINITY, delim_hi = -INFINITY;
 
-    const int block_last = min(block_first + MMA_ROWS, seq_len) - 1;
-    const int warp_last = min(warp_first + 15, seq_len - 1);
+    const int block_last = min(block_first + MMA_ROWS, len) - 1;
+    const int warp_last = min(warp_first + 15, len - 1);
     const int key_begin = window > 0 ? max(0, block_first - window + 1) / MMA_KEYS * MMA_KEYS : 0;
     for (int tile = key_begin; tile <= block_last; tile += MMA_KEYS) {
         __syncthreads();  // the previous tile is consumed
@@ -109,7 +116,7 @@ extern "C" __global__ void attention_mma_kernel(
         for (int idx = threadIdx.x; idx < MMA_KEYS * quads; idx += blockDim.x) {
             const int j = idx / quads, d = (idx - j * quads) * 4;
             float4 kv = make_float4(0.0f, 0.0f, 0.0f, 0.0f), vv = kv;
-            if (tile + j < seq_len) {
+            if (tile + j < len) {
                 const unsigned long long src =
                     (base_row + tile + j) * kv_width + (unsigned long long)kv_head * head_dim + d;
                 kv = *reinterpret_cast<const float4*>(k + src);
@@ -152,7 +159,7 @@ extern "C" __global__ void attention_mma_kernel(
             for (int e = 0; e < 4; e++) {
                 const int key = tile + n * 8 + 2 * c + (e & 1);
                 const int row = e < 2 ? row_lo : row_hi;
-                const bool visible = key <= row && key < seq_len && (window <= 0 || key > row - window);
+                const bool visible = key <= row && key < len && (window <= 0 || key > row - window);
                 s[n][e] = visible ? s[n][e] * scale_log2 : -INFINITY;
             }
             tile_max_lo = fmaxf(tile_max_lo, fmaxf(s[n][0], s[n][1]));
@@ -258,14 +265,14 @@ extern "C" __global__ void attention_mma_kernel(
         const float p_first_hi = first_hi == -INFINITY ? 0.0f : exp2f(first_hi - max_hi) * inv_hi;
         const float p_delim_hi = delim_hi == -INFINITY ? 0.0f : exp2f(delim_hi - max_hi) * inv_hi;
         const bool learned = learned_sinks != nullptr;
-        if (c == 0 && row_lo < seq_len) {
-            float* r = sinks + (head_row * seq_len + row_lo) * 3;
+        if (c == 0 && row_lo < len) {
+            float* r = sinks + (head_row * len + row_lo) * 3;
             r[0] = p_first_lo;
             r[1] = p_delim_lo;
             r[2] = learned ? exp2f(sink_log2 - max_lo) * inv_lo : 0.0f;
         }
-        if (c == 0 && row_hi < seq_len) {
-            float* r = sinks + (head_row * seq_len + row_hi) * 3;
+        if (c == 0 && row_hi < len) {
+            float* r = sinks + (head_row * len + row_hi) * 3;
             r[0] = p_first_hi;
             r[1] = p_delim_hi;
             r[2] = learned ? exp2f(sink_log2 - max_hi) * inv_hi : 0.0f;
@@ -275,12 +282,12 @@ extern "C" __global__ void attention_mma_kernel(
     for (int t = 0; t < MMA_MAX_HEAD_DIM / 8; t++) {
         if (t < dim_tiles) {
             const int d = t * 8 + 2 * c;
-            if (row_lo < seq_len) {
+            if (row_lo < len) {
                 float* r = out + (base_row + row_lo) * q_width + (unsigned long long)head * head_dim + d;
                 r[0] = o[t][0] * inv_lo;
                 r[1] = o[t][1] * inv_lo;
             }
-            if (row_hi < seq_len) {
+            if (row_hi < len) {
                 float* r = out + (base_row + row_hi) * q_width + (unsigned long long)head * head_dim + d;
                 r[0] = o[t][2] * inv_hi;
                 r[1] = o[t][3] * inv_hi;

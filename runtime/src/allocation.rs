@@ -6,6 +6,7 @@
 //! process fails) is an out-of-memory error the executor answers by halving the micro-batch.
 
 use crate::error::{Result, RuntimeError};
+use crate::sequences::Sequences;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
@@ -97,17 +98,18 @@ pub fn is_out_of_memory(error: &RuntimeError) -> bool {
     }
 }
 
-/// Decides the next micro-batch after an out-of-memory at `layer`, or gives up below one
-/// sequence.
+/// Decides the next micro-batch (tokens) after an out-of-memory at `layer`: half of it, or
+/// an error when it already holds only the longest sequence.
 pub fn halve_micro_batch(
     layer: usize,
     micro_batch: usize,
     error: &RuntimeError,
-    seq_len: usize,
+    sequences: &Sequences,
 ) -> Result<usize> {
-    if micro_batch <= 1 {
+    let longest = sequences.longest();
+    if micro_batch / 2 < longest {
         return Err(RuntimeError::InvalidRequest(format!(
-            "layer {layer} does not fit even with one sequence ({seq_len} tokens) per micro-batch ({error}); raise --vram (or --ram) or use a shorter --seq-len"
+            "layer {layer} does not fit even with one sequence ({longest} tokens) per micro-batch ({error}); raise --vram (or --ram) or use a shorter --seq-len"
         )));
     }
     Ok(micro_batch / 2)
@@ -132,12 +134,23 @@ mod tests {
     #[test]
     fn halving_stops_below_one_sequence() {
         let oom = RuntimeError::OutOfMemory("x".into());
-        assert_eq!(halve_micro_batch(3, 4, &oom, 128).unwrap(), 2);
-        assert_eq!(halve_micro_batch(3, 3, &oom, 128).unwrap(), 1);
-        let message = halve_micro_batch(3, 1, &oom, 128).unwrap_err().to_string();
+        let packed = Sequences::uniform(8, 128);
+        assert_eq!(
+            halve_micro_batch(3, 4 * 128, &oom, &packed).unwrap(),
+            2 * 128
+        );
+        // 3 sequences halve to 1.5, which holds one.
+        assert_eq!(halve_micro_batch(3, 3 * 128, &oom, &packed).unwrap(), 192);
+        let message = halve_micro_batch(3, 128, &oom, &packed)
+            .unwrap_err()
+            .to_string();
         assert!(
             message.contains("layer 3") && message.contains("one sequence"),
             "{message}"
         );
+        // Records of their own lengths: never below the longest.
+        let records = Sequences::from_lengths([50, 300, 120]);
+        assert_eq!(halve_micro_batch(0, 800, &oom, &records).unwrap(), 400);
+        assert!(halve_micro_batch(0, 500, &oom, &records).is_err());
     }
 }

@@ -42,11 +42,7 @@ pub(crate) fn finish_layer<'a>(
         observer.on_hidden_states(layer, &snapshot.values, snapshot.in_file);
     }
     observer.on_memory(layer, memory);
-    observer.on_layer_done(
-        layer,
-        layers_to_run,
-        request.num_sequences * request.seq_len,
-    );
+    observer.on_layer_done(layer, layers_to_run, request.tokens());
     match observer.take_failure() {
         Some(failure) => Err(failure),
         None => Ok(()),
@@ -78,7 +74,7 @@ pub(crate) fn initial_hidden_states(
     request: &RunRequest,
     on_disk: bool,
 ) -> Result<WorkloadBuffer> {
-    let len = request.num_sequences * request.seq_len * model.spec.hidden_size;
+    let len = request.tokens() * model.spec.hidden_size;
     let spill = request.spill_dir.as_deref().filter(|_| on_disk);
     let mut buffer = WorkloadBuffer::zeros_in(spill, "hidden_states.f32", len)?;
     match &request.start {

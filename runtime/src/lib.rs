@@ -28,8 +28,10 @@ pub(crate) mod model;
 pub mod plan;
 mod run;
 pub mod selection;
+pub mod sequences;
 pub mod stop;
 pub mod timeline;
+pub mod top_logprobs;
 pub(crate) mod weights;
 pub(crate) mod workload_buffer;
 
@@ -40,6 +42,7 @@ pub use executor::{CaptureMode, FinalStage, RunObserver, RunRequest};
 pub use layerstream_kernels::gpu_count;
 pub use model::Model;
 pub use run::run;
+pub use sequences::Sequences;
 /// The CPU reference of the stored weight formats, for the CUDA kernels' tests.
 pub use weights::{
     fp8::dequantize as dequantize_fp8, layout::apply as apply_layout,

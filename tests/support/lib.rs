@@ -3,8 +3,10 @@
 //! captured activation.
 
 pub mod bf16_peer;
+pub mod device;
 mod edit;
 pub mod near_ties;
+pub mod records;
 pub mod reference_analysis;
 mod reference_check;
 pub mod stacked;

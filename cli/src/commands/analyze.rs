@@ -15,6 +15,7 @@ use crate::args::AnalyzeArgs;
 use crate::progress::{ProgressMode, WithProgress};
 use anyhow::Result;
 use layerstream_planner::memory::HiddenPlacement;
+use layerstream_runtime::Sequences;
 use layerstream_runtime::analysis::massive::{MASSIVE_MEDIAN_RATIO, MASSIVE_MIN_MAGNITUDE};
 use layerstream_runtime::analysis::massive_report::TokenInfo;
 use layerstream_runtime::analysis::outliers::{MIN_LAYER_FRACTION, MIN_POSITION_FRACTION};
@@ -149,8 +150,7 @@ pub fn analyze(args: &AnalyzeArgs) -> Result<()> {
     let request = RunRequest {
         token_ids: packed.token_ids.clone(),
         first_delimiters,
-        num_sequences: packed.num_sequences,
-        seq_len: packed.seq_len,
+        sequences: Sequences::uniform(packed.num_sequences, packed.seq_len),
         capture_layers: to_compute.clone(),
         capture_points: points,
         capture_mode: CaptureMode::Statistics {
@@ -158,7 +158,8 @@ pub fn analyze(args: &AnalyzeArgs) -> Result<()> {
             save: PointSet::of(&saved_points),
         },
         final_stage: FinalStage::None,
-        micro_batch_sequences: micro_batch,
+        top_logprobs: None,
+        micro_batch_tokens: micro_batch * packed.seq_len,
         start,
         checkpoint_hidden_states: true,
         hidden_placement: plan
@@ -331,7 +332,7 @@ fn compute_layers(
     saved: Option<(Vec<CapturePoint>, ActivationLayout)>,
 ) -> Result<()> {
     let model = &named.model;
-    let seq_len = request.seq_len;
+    let seq_len = request.seq_len();
     if request.capture_layers.is_empty() {
         eprintln!(
             "every requested layer is finished in {}; writing the report",
@@ -342,8 +343,8 @@ fn compute_layers(
             "analyzing {} ({} layers) on {} sequences x {} tokens, {backend}; running layers {}-{}",
             named.name,
             model.spec.num_layers,
-            request.num_sequences,
-            request.seq_len,
+            request.num_sequences(),
+            request.seq_len(),
             request.first_layer(),
             request.layers_to_run(model.spec.num_layers) - 1
         );

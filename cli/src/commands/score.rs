@@ -1,37 +1,16 @@
-//! `layerstream score`: mean next-token negative log-likelihood and perplexity per sequence
-//! and overall, written to `OUT/score.json` and printed.
+//! `layerstream score`: mean next-token negative log-likelihood and perplexity per packed
+//! sequence and overall, written to `OUT/score.json` and printed; with `--per-record`, one
+//! line per record (`score_per_record.rs`). Both run through `score_run.rs` (budgets,
+//! checkpoints, resume).
 
-use super::{choose_backend, micro_batch_sequences, open_model, pack_workload, prepare_out_dir};
+use super::score_run::{ScoreJob, run_scoring};
+use super::{open_model, pack_workload, prepare_out_dir};
 use crate::args::ScoreArgs;
-use crate::progress::WithProgress;
 use anyhow::{Context, Result};
-use layerstream_planner::memory::HiddenPlacement;
 use layerstream_planner::write_atomically;
-use layerstream_runtime::CaptureMode;
-use layerstream_runtime::{FinalStage, RunObserver, RunRequest, run};
+use layerstream_runtime::Sequences;
 use serde::Serialize;
-use std::collections::BTreeSet;
-
-/// Sums of next-token NLL per sequence.
-#[derive(Default)]
-struct NllSums {
-    per_sequence: Vec<(f64, usize)>, // (sum of NLL, tokens scored)
-    seq_len: usize,
-}
-
-impl RunObserver for NllSums {
-    fn on_next_token_nll(&mut self, first: usize, nll: &[f32]) {
-        let per = self.seq_len - 1;
-        for (offset, values) in nll.chunks_exact(per).enumerate() {
-            let sum: f64 = values.iter().map(|&x| x as f64).sum();
-            let index = first + offset;
-            if self.per_sequence.len() <= index {
-                self.per_sequence.resize(index + 1, (0.0, 0));
-            }
-            self.per_sequence[index] = (sum, values.len());
-        }
-    }
-}
+use std::collections::BTreeMap;
 
 /// One line of the score.
 #[derive(Debug, Serialize)]
@@ -66,40 +45,44 @@ struct ScoreReport {
 pub fn score(args: &ScoreArgs) -> Result<()> {
     let _out_lock = prepare_out_dir(&args.run.out)?;
     let named = open_model(&args.model, crate::hub_download::Need::Run)?;
+    if args.per_record {
+        return super::score_per_record::score_per_record(args, &named);
+    }
     let model = &named.model;
     let workload = pack_workload(model, &args.workload)?;
-    let backend = choose_backend(&args.run)?;
-    let request = RunRequest {
-        token_ids: workload.packed.token_ids.clone(),
-        first_delimiters: Vec::new(),
-        num_sequences: workload.packed.num_sequences,
-        seq_len: workload.packed.seq_len,
-        capture_layers: BTreeSet::new(),
-        capture_points: Vec::new(),
-        capture_mode: CaptureMode::Activations,
-        final_stage: FinalStage::NextTokenNll,
-        micro_batch_sequences: micro_batch_sequences(&args.run, &workload),
-        start: None,
-        checkpoint_hidden_states: false,
-        hidden_placement: HiddenPlacement::Device,
-        spill_dir: None,
-        memory_budget: None,
-        split_layers: Default::default(),
+    let packed = &workload.packed;
+    let job = ScoreJob {
+        token_ids: packed.token_ids.clone(),
+        sequences: Sequences::uniform(packed.num_sequences, packed.seq_len),
+        top_logprobs: None,
+        data_name: workload.data_name.clone(),
+        data_fingerprint: workload.data_fingerprint.clone(),
+        settings: BTreeMap::from_iter(
+            [
+                ("num_samples".to_string(), packed.num_sequences.to_string()),
+                ("seq_len".to_string(), packed.seq_len.to_string()),
+            ]
+            .into_iter()
+            .chain(
+                workload
+                    .shard
+                    .as_ref()
+                    .map(|s| ("shard".to_string(), s.describe())),
+            ),
+        ),
     };
     eprintln!(
-        "scoring {} sequences x {} tokens with {}, {backend}",
-        request.num_sequences, request.seq_len, named.name
+        "scoring {} sequences x {} tokens with {}",
+        packed.num_sequences, packed.seq_len, named.name
     );
-    let mut sums = NllSums {
-        seq_len: request.seq_len,
-        ..NllSums::default()
+    let Some((results, _)) = run_scoring(args, &named, job, &["score.json"])? else {
+        return Ok(());
     };
-    {
-        let mut progress = WithProgress::new(&mut sums, model.spec.num_layers, args.run.progress);
-        let summary = run(model, &request, &backend, &mut progress)?;
-        progress.finish();
-        super::print_transfer(&summary);
-    }
+    let sums: Vec<(f64, usize)> = results
+        .nll
+        .iter()
+        .map(|nll| (nll.iter().map(|&x| x as f64).sum(), nll.len()))
+        .collect();
     let line = |sequence: Option<usize>, sum: f64, tokens: usize| {
         let mean_nll = sum / tokens as f64;
         ScoreLine {
@@ -111,19 +94,18 @@ pub fn score(args: &ScoreArgs) -> Result<()> {
     };
     let first_sequence = workload.shard.as_ref().map_or(0, |s| s.range.start);
     let sequences: Vec<ScoreLine> = sums
-        .per_sequence
         .iter()
         .enumerate()
         .map(|(i, &(sum, tokens))| line(Some(first_sequence + i), sum, tokens))
         .collect();
-    let total: f64 = sums.per_sequence.iter().map(|s| s.0).sum();
-    let tokens: usize = sums.per_sequence.iter().map(|s| s.1).sum();
+    let total: f64 = sums.iter().map(|s| s.0).sum();
+    let tokens: usize = sums.iter().map(|s| s.1).sum();
     let report = ScoreReport {
         schema_version: 1,
         tool: format!("layerstream {}", env!("CARGO_PKG_VERSION")),
         model: named.name.clone(),
         data: workload.data_name.clone(),
-        seq_len: request.seq_len,
+        seq_len: packed.seq_len,
         shard: workload.shard.as_ref().map(|s| s.describe()),
         overall: line(None, total, tokens),
         sequences,

@@ -71,11 +71,23 @@ pub struct SinkScratch<'a, 'b> {
     pub delimiters: &'a [i32],
 }
 
+/// Sequences of their own lengths in one call: sequence `s` at rows `offsets[s] - offsets[0]
+/// .. offsets[s + 1] - offsets[0]` (`dims.sequences + 1` offsets, a slice of the workload's;
+/// `dims.seq_len` the longest).
+#[derive(Clone, Copy)]
+pub struct RaggedRows<'a, 'b> {
+    /// `(sequences + 1)` row offsets on the device.
+    pub offsets: &'a CudaView<'b, i32>,
+    /// Rows in all (`offsets[sequences]`).
+    pub rows: usize,
+}
+
 /// `out = softmax(q k^T * scale + causal mask [, learned sink]) v` per sequence and head;
 /// q, out `(sequences * seq_len, heads * head_dim)`, k, v `(.., kv_heads * head_dim)`;
 /// `learned_sinks (heads)`: a logit per head appended to every row's softmax and dropped
 /// after it. With `sinks`, every query's probability on key 0, on its sequence's delimiter
-/// and on the learned sink too.
+/// and on the learned sink too. With `ragged`, the sequences have their own lengths (each
+/// attends within itself; no sinks then).
 #[allow(clippy::too_many_arguments)]
 pub fn causal_attention(
     gpu: &Gpu,
@@ -86,6 +98,7 @@ pub fn causal_attention(
     dims: AttentionDims,
     learned_sinks: Option<&CudaView<f32>>,
     sinks: Option<SinkScratch>,
+    ragged: Option<RaggedRows>,
 ) -> Result<()> {
     let AttentionDims {
         sequences,
@@ -102,7 +115,22 @@ pub fn causal_attention(
             "attention: head_dim {head_dim} (max {MAX_HEAD_DIM}), {heads} heads over {kv_heads} kv heads"
         )));
     }
-    let rows = sequences * seq_len;
+    let rows = ragged.map_or(sequences * seq_len, |r| r.rows);
+    let mut _offsets_guard = None;
+    let offsets_ptr = match ragged {
+        None => 0,
+        Some(ragged) => {
+            check_len("attention offsets", ragged.offsets, sequences + 1)?;
+            if sinks.is_some() {
+                return Err(KernelError::Unsupported(
+                    "attention sinks of sequences of different lengths".into(),
+                ));
+            }
+            let (pointer, guard) = ragged.offsets.device_ptr(&gpu.stream);
+            _offsets_guard = Some(guard);
+            pointer
+        }
+    };
     check_len("attention q", q, rows * heads * head_dim)?;
     check_len("attention k", k, rows * kv_heads * head_dim)?;
     check_len("attention v", v, rows * kv_heads * head_dim)?;
@@ -183,7 +211,8 @@ pub fn causal_attention(
             &scale,
             &learned_ptr,
             &sink_ptr,
-            &want_sinks
+            &want_sinks,
+            &offsets_ptr
         );
     }
     // 32 keys per tile while the tiles fit in 48 KiB of shared memory, 16 beyond.
@@ -224,7 +253,8 @@ pub fn causal_attention(
         &scale,
         &learned_ptr,
         &sink_ptr,
-        &want_sinks
+        &want_sinks,
+        &offsets_ptr
     )
 }
 

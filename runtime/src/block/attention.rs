@@ -57,15 +57,14 @@ pub(super) fn sublayer<O: BlockOps>(ops: &mut O, step: &BlockStep, gated: bool) 
             ops.clamp(values, limit)?;
         }
     }
-    ops.rope(Buf::Q, spec.num_heads, spec.head_dim)?;
-    ops.rope(Buf::K, spec.num_kv_heads, spec.head_dim)?;
+    ops.rope(Buf::Q, spec.num_heads, spec.head_dim, step.batch)?;
+    ops.rope(Buf::K, spec.num_kv_heads, spec.head_dim, step.batch)?;
     step.capture
         .activation(ops, CapturePoint::Q, Buf::Q, q_width)?;
     step.capture
         .activation(ops, CapturePoint::K, Buf::K, kv_width)?;
     let shape = AttentionShape {
-        sequences: step.sequences,
-        seq_len: step.seq_len,
+        batch: step.batch,
         heads: spec.num_heads,
         kv_heads: spec.num_kv_heads,
         head_dim: spec.head_dim,

@@ -17,7 +17,7 @@ pub(super) fn sublayer<O: BlockOps>(
     use WeightRole::*;
     let spec = step.spec;
     let (d, eps) = (spec.hidden_size, spec.block.norm_eps);
-    let shapes = delta.shapes(step.seq_len);
+    let shapes = delta.shapes(step.batch.longest());
     let (kw, vw) = (shapes.key_width(), shapes.value_width());
     let (dk, dv, kh) = (delta.key_dim, delta.value_dim, delta.key_heads);
     let per_key = delta.value_heads / kh; // value heads per key head
@@ -86,7 +86,7 @@ pub(super) fn sublayer<O: BlockOps>(
         ops.regroup(Buf::Projected, out, &ba)?;
     }
     // The convolution over q | k | v, then back to separate buffers.
-    ops.causal_conv_silu(Buf::Mixed, Buf::Projected, delta, step.seq_len)?;
+    ops.causal_conv_silu(Buf::Mixed, Buf::Projected, delta, step.batch)?;
     let channels = shapes.conv_channels();
     for (out, from, width) in [(Buf::Q, 0, kw), (Buf::K, kw, kw), (Buf::V, 2 * kw, vw)] {
         let take = Regroup {
@@ -100,8 +100,7 @@ pub(super) fn sublayer<O: BlockOps>(
     step.capture.activation(ops, CapturePoint::Q, Buf::Q, kw)?;
     step.capture.activation(ops, CapturePoint::K, Buf::K, kw)?;
     ops.delta_rule(DeltaRuleShape {
-        sequences: step.sequences,
-        seq_len: step.seq_len,
+        batch: step.batch,
         delta: *delta,
     })?;
     ops.gate_activation(Buf::MixerGate, GateActivation::Silu)?;

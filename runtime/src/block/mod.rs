@@ -32,16 +32,15 @@ use crate::arch::{
 };
 use crate::capture::CapturePoint;
 use crate::error::Result;
+use crate::sequences::Sequences;
 use layerstream_planner::split::LayerPart;
 use std::ops::Range;
 
 /// Shape of one attention call.
 #[derive(Debug, Clone, Copy)]
-pub struct AttentionShape {
-    /// Sequences in the micro-batch.
-    pub sequences: usize,
-    /// Tokens per sequence.
-    pub seq_len: usize,
+pub struct AttentionShape<'a> {
+    /// The micro-batch's sequences (each attends within itself only).
+    pub batch: &'a Sequences,
     /// Query heads.
     pub heads: usize,
     /// Key/value heads; query head `h` reads kv head `h / (heads / kv_heads)`.
@@ -92,11 +91,9 @@ pub enum GateActivation {
 
 /// Shape of one delta-rule call.
 #[derive(Debug, Clone, Copy)]
-pub struct DeltaRuleShape {
-    /// Sequences in the micro-batch.
-    pub sequences: usize,
-    /// Tokens per sequence.
-    pub seq_len: usize,
+pub struct DeltaRuleShape<'a> {
+    /// The micro-batch's sequences (each from zero state).
+    pub batch: &'a Sequences,
     /// The mixer.
     pub delta: DeltaNetSpec,
 }
@@ -124,12 +121,14 @@ pub(crate) trait BlockOps {
     ) -> Result<()>;
     /// Clamps every value to `[-limit, limit]`.
     fn clamp(&mut self, values: Buf, limit: f32) -> Result<()>;
-    /// Rotary embedding of `heads` heads per row (row `r` at position `r % seq_len`).
-    fn rope(&mut self, values: Buf, heads: usize, head_dim: usize) -> Result<()>;
+    /// Rotary embedding of `heads` heads per row, each row at its position in its sequence
+    /// of `batch`.
+    fn rope(&mut self, values: Buf, heads: usize, head_dim: usize, batch: &Sequences)
+    -> Result<()>;
     /// `Attn = softmax(Q K^T * scale + mask) V` per sequence and head; with `sinks`, also
     /// hands each head's attention mass on position 0 and on each sequence's first delimiter
     /// (summed over queries) to the run's observer. `SublayerOut` is free scratch here.
-    fn attention(&mut self, shape: AttentionShape, sinks: bool) -> Result<()>;
+    fn attention(&mut self, shape: AttentionShape<'_>, sinks: bool) -> Result<()>;
     /// `gate = act(gate) * up`.
     fn gated_activation(&mut self, gate: Buf, up: Buf, activation: Activation) -> Result<()>;
     /// `accumulator += addend`.
@@ -171,12 +170,12 @@ pub(crate) trait BlockOps {
         input: Buf,
         out: Buf,
         delta: &DeltaNetSpec,
-        seq_len: usize,
+        batch: &Sequences,
     ) -> Result<()>;
     /// The gated delta rule of every sequence and value head, from zero state: reads `Q`,
     /// `K` (rows, key width), `V` (rows, value width), `Beta` (b) and `Decay` (a) with
     /// `DeltaALog` and `DeltaDtBias`; writes `DeltaCore (rows, value width)`.
-    fn delta_rule(&mut self, shape: DeltaRuleShape) -> Result<()>;
+    fn delta_rule(&mut self, shape: DeltaRuleShape<'_>) -> Result<()>;
     /// `out = (DeltaNorm * rms_norm(values)) * gate` over each `head_width` slice of a row.
     fn gated_rms_norm(
         &mut self,
@@ -211,30 +210,27 @@ pub(crate) struct BlockStep<'a> {
     pub layer: usize,
     /// Which part of it (a whole layer, attention, or a group of experts).
     pub part: &'a LayerPart,
-    /// Sequences in the micro-batch.
-    pub sequences: usize,
-    /// Tokens per sequence.
-    pub seq_len: usize,
+    /// The micro-batch's sequences (offsets from its first row).
+    pub batch: &'a Sequences,
     /// What to capture.
     pub capture: CapturePolicy<'a>,
 }
 
 impl<'a> BlockStep<'a> {
-    /// `part` of `layer` on a micro-batch of `sequences` x `seq_len` tokens, capturing what
-    /// `request` asks for.
+    /// `part` of `layer` on a micro-batch of `batch`'s sequences, capturing what `request`
+    /// asks for.
     pub fn new(
         spec: &'a ModelSpec,
         layer: usize,
         part: &'a LayerPart,
-        (sequences, seq_len): (usize, usize),
+        batch: &'a Sequences,
         request: &'a crate::executor::RunRequest,
     ) -> Self {
         BlockStep {
             spec,
             layer,
             part,
-            sequences,
-            seq_len,
+            batch,
             capture: CapturePolicy { request, layer },
         }
     }

@@ -69,6 +69,16 @@ pub fn model_fingerprint(model: &Model) -> ModelFingerprint {
     }
 }
 
+/// sha256 of records' token ids and their lengths (sequences of their own lengths).
+pub fn records_fingerprint(token_ids: &[u32], sequences: &crate::sequences::Sequences) -> String {
+    let lengths: Vec<String> = sequences.lengths().map(|l| l.to_string()).collect();
+    let mut bytes = format!("records {}\n", lengths.join(",")).into_bytes();
+    for id in token_ids {
+        bytes.extend_from_slice(&id.to_le_bytes());
+    }
+    sha256_hex(&bytes)
+}
+
 /// sha256 of the packed token ids and their shape.
 pub fn data_fingerprint(token_ids: &[u32], num_sequences: usize, seq_len: usize) -> String {
     let mut bytes = format!("{num_sequences}x{seq_len}\n").into_bytes();

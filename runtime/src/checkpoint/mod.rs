@@ -15,7 +15,7 @@ pub mod statistics_file;
 mod writer;
 
 pub use files::write_file;
-pub use fingerprint::{ModelFingerprint, data_fingerprint, model_fingerprint};
+pub use fingerprint::{ModelFingerprint, data_fingerprint, model_fingerprint, records_fingerprint};
 pub use folder::{AnalysisFolder, FolderOptions, PROGRESS_FILE, RunIdentity};
 pub use layer_record::recorded_layers;
 pub use lock::{FolderLock, LOCK_FILE, WRITE_PROBE_PREFIX};

@@ -24,35 +24,43 @@ pub struct AttentionExtras<'a> {
     pub delimiters: Option<&'a [Option<usize>]>,
 }
 
-/// `output = softmax(q k^T * scale + causal mask [, sink]) v` for every sequence and head.
-/// With `extras.delimiters`, also returns the sink mass `(sequences, heads)`: `[sum over
-/// queries of p(position 0), of p(delimiter), of p(learned sink)]`.
+/// `output = softmax(q k^T * scale + causal mask [, sink]) v` for every sequence of
+/// `shape.batch` (each attends within itself) and head. With `extras.delimiters`, also
+/// returns the sink mass `(sequences, heads)`: `[sum over queries of p(position 0), of
+/// p(delimiter), of p(learned sink)]`.
 pub fn causal_attention(
-    q: &[f32],          // (sequences * seq_len, heads * head_dim)
-    k: &[f32],          // (sequences * seq_len, kv_heads * head_dim)
-    v: &[f32],          // (sequences * seq_len, kv_heads * head_dim)
-    output: &mut [f32], // (sequences * seq_len, heads * head_dim)
+    q: &[f32],          // (rows, heads * head_dim)
+    k: &[f32],          // (rows, kv_heads * head_dim)
+    v: &[f32],          // (rows, kv_heads * head_dim)
+    output: &mut [f32], // (rows, heads * head_dim)
     shape: AttentionShape,
     threads: usize,
     extras: AttentionExtras,
 ) -> Vec<[f64; 3]> {
     let AttentionShape {
-        sequences,
-        seq_len,
+        batch,
         heads,
         head_dim,
         ..
     } = shape;
     let q_width = heads * head_dim;
-    assert_eq!(q.len(), sequences * seq_len * q_width);
+    assert_eq!(q.len(), batch.tokens() * q_width);
     assert_eq!(output.len(), q.len());
-    // One contiguous (seq_len, head_dim) block per (sequence, head), so threads write
-    // disjoint slices; scattered into the row layout afterwards.
-    let mut per_head = vec![0f32; sequences * heads * seq_len * head_dim]; // (sequences, heads, seq_len, head_dim)
-    let mut tasks: Vec<(&mut [f32], [f64; 3])> = per_head
-        .chunks_mut(seq_len * head_dim)
-        .map(|block| (block, [0.0; 3]))
-        .collect();
+    // One contiguous (len, head_dim) block per (sequence, head), so threads write disjoint
+    // slices; scattered into the row layout afterwards. Sequence s's blocks start at
+    // start(s) * heads * head_dim.
+    let mut per_head = vec![0f32; batch.tokens() * q_width]; // (sequence, heads, len, head_dim)
+    let mut blocks: Vec<&mut [f32]> = Vec::with_capacity(batch.count() * heads);
+    let mut rest = per_head.as_mut_slice();
+    for len in batch.lengths() {
+        for _ in 0..heads {
+            let (block, after) = rest.split_at_mut(len * head_dim);
+            blocks.push(block);
+            rest = after;
+        }
+    }
+    let mut tasks: Vec<(&mut [f32], [f64; 3])> =
+        blocks.into_iter().map(|block| (block, [0.0; 3])).collect();
     for_each_chunk_mut(&mut tasks, 1, threads, |task, slot| {
         let (out, mass) = &mut slot[0];
         let head = HeadExtras {
@@ -65,11 +73,12 @@ pub fn causal_attention(
         Some(_) => tasks.iter().map(|(_, m)| *m).collect(),
         None => Vec::new(),
     };
-    for s in 0..sequences {
+    for span in batch.spans() {
+        let len = span.len();
         for h in 0..heads {
-            let block = &per_head[(s * heads + h) * seq_len * head_dim..][..seq_len * head_dim];
-            for t in 0..seq_len {
-                let row = (s * seq_len + t) * q_width + h * head_dim;
+            let block = &per_head[(span.start * heads + h * len) * head_dim..][..len * head_dim];
+            for t in 0..len {
+                let row = (span.start + t) * q_width + h * head_dim;
                 output[row..row + head_dim]
                     .copy_from_slice(&block[t * head_dim..(t + 1) * head_dim]);
             }
@@ -94,7 +103,7 @@ fn attend_one_head(
     q: &[f32],
     k: &[f32],
     v: &[f32],
-    out: &mut [f32], // (seq_len, head_dim)
+    out: &mut [f32], // (len, head_dim)
     sequence: usize,
     head: usize,
     shape: AttentionShape,
@@ -102,18 +111,17 @@ fn attend_one_head(
 ) -> [f64; 3] {
     let mut mass = [0f64; 3];
     let AttentionShape {
-        seq_len,
+        batch,
         heads,
         kv_heads,
         head_dim,
         sliding_window,
         scale,
-        ..
     } = shape;
     let q_width = heads * head_dim;
     let kv_width = kv_heads * head_dim;
     let kv_head = head / (heads / kv_heads);
-    let row0 = sequence * seq_len;
+    let (row0, seq_len) = (batch.start(sequence), batch.len_of(sequence));
     // Gathered contiguous copies: (seq_len, head_dim) each.
     let gather = |src: &[f32], width: usize, offset: usize| -> Vec<f32> {
         let mut dst = Vec::with_capacity(seq_len * head_dim);
@@ -217,6 +225,7 @@ fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sequences::Sequences;
 
     /// Query `p` of head `h` of sequence `s`: its lowest visible key, the softmax
     /// probabilities of keys `lowest..=p` and of the learned sink (0 without one), untiled,
@@ -229,23 +238,23 @@ mod tests {
         sink: Option<f32>,
     ) -> (usize, Vec<f64>, f64) {
         let AttentionShape {
-            seq_len,
+            batch,
             heads,
             kv_heads,
             head_dim,
             sliding_window,
             scale,
-            ..
         } = shape;
         let (qw, kw) = (heads * head_dim, kv_heads * head_dim);
         let kvh = h / (heads / kv_heads);
+        let row0 = batch.start(s);
         let lo = sliding_window.map_or(0, |w| (p + 1).saturating_sub(w));
         let scores: Vec<f64> = (lo..=p)
             .map(|j| {
                 (0..head_dim)
                     .map(|d| {
-                        q[(s * seq_len + p) * qw + h * head_dim + d] as f64
-                            * k[(s * seq_len + j) * kw + kvh * head_dim + d] as f64
+                        q[(row0 + p) * qw + h * head_dim + d] as f64
+                            * k[(row0 + j) * kw + kvh * head_dim + d] as f64
                     })
                     .sum::<f64>()
                     * scale as f64
@@ -268,27 +277,27 @@ mod tests {
         sinks: Option<&[f32]>,
     ) -> Vec<f32> {
         let AttentionShape {
-            sequences,
-            seq_len,
+            batch,
             heads,
             kv_heads,
             head_dim,
             ..
         } = shape;
         let (qw, kw) = (heads * head_dim, kv_heads * head_dim);
-        let mut out = vec![0f32; sequences * seq_len * qw];
-        for s in 0..sequences {
+        let mut out = vec![0f32; batch.tokens() * qw];
+        for (s, span) in batch.spans().enumerate() {
+            let row0 = span.start;
             for h in 0..heads {
                 let kvh = h / (heads / kv_heads);
-                for p in 0..seq_len {
+                for p in 0..span.len() {
                     let sink = sinks.map(|x| x[h]);
                     let (lo, probabilities, _) = probabilities(q, k, shape, (s, h, p), sink);
                     for d in 0..head_dim {
                         let value: f64 = (lo..=p)
                             .zip(&probabilities)
-                            .map(|(j, w)| w * v[(s * seq_len + j) * kw + kvh * head_dim + d] as f64)
+                            .map(|(j, w)| w * v[(row0 + j) * kw + kvh * head_dim + d] as f64)
                             .sum();
-                        out[(s * seq_len + p) * qw + h * head_dim + d] = value as f32;
+                        out[(row0 + p) * qw + h * head_dim + d] = value as f32;
                     }
                 }
             }
@@ -306,10 +315,10 @@ mod tests {
         sinks: Option<&[f32]>,
     ) -> Vec<[f64; 3]> {
         let mut mass = Vec::new();
-        for (s, delimiter) in delimiters.iter().enumerate().take(shape.sequences) {
+        for (s, delimiter) in delimiters.iter().enumerate().take(shape.batch.count()) {
             for h in 0..shape.heads {
                 let mut sums = [0f64; 3];
-                for p in 0..shape.seq_len {
+                for p in 0..shape.batch.len_of(s) {
                     let sink = sinks.map(|x| x[h]);
                     let (lo, probabilities, on_sink) = probabilities(q, k, shape, (s, h, p), sink);
                     let on = |j: usize| match j >= lo && j <= p {
@@ -327,21 +336,28 @@ mod tests {
     }
 
     fn check(seq_len: usize, sliding_window: Option<usize>) {
+        check_lengths(&[seq_len, seq_len], sliding_window);
+    }
+
+    /// Sequences of `lengths` in one micro-batch against the untiled f64 formula.
+    fn check_lengths(lengths: &[usize], sliding_window: Option<usize>) {
+        let batch = Sequences::from_lengths(lengths.iter().copied());
+        let seq_len = batch.longest();
         let shape = AttentionShape {
-            sequences: 2,
-            seq_len,
+            batch: &batch,
             heads: 4,
             kv_heads: 2,
             head_dim: 8,
             sliding_window,
             scale: 8f32.powf(-0.5),
         };
-        let rows = 2 * seq_len;
+        let rows = batch.tokens();
         let pseudo = |i: usize, m: usize| ((i * m % 97) as f32 / 97.0 - 0.5) * 3.0;
         let q: Vec<f32> = (0..rows * 32).map(|i| pseudo(i, 31)).collect();
         let k: Vec<f32> = (0..rows * 16).map(|i| pseudo(i, 17)).collect();
         let v: Vec<f32> = (0..rows * 16).map(|i| pseudo(i, 7)).collect();
-        let delimiters = [Some(seq_len / 2 + 1).filter(|&d| d < seq_len), None];
+        let mut delimiters: Vec<Option<usize>> = vec![None; batch.count()];
+        delimiters[0] = Some(lengths[0] / 2 + 1).filter(|&d| d < lengths[0]);
         // Learned sinks from below to above the scores' range.
         let learned = [-3.0f32, 0.0, 1.5, 4.0];
         for sinks in [None, Some(&learned[..])] {
@@ -354,7 +370,7 @@ mod tests {
                     delimiters: Some(&delimiters),
                 };
                 let mass = causal_attention(&q, &k, &v, &mut out, shape, threads, extras);
-                assert_eq!(mass.len(), 8);
+                assert_eq!(mass.len(), 4 * batch.count());
                 for (i, (m, e)) in mass.iter().zip(&expect_mass).enumerate() {
                     for (a, b) in m.iter().zip(e) {
                         assert!(
@@ -379,6 +395,12 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn sequences_of_their_own_lengths_attend_within_themselves() {
+        check_lengths(&[5, 1, 2 * QUERY_TILE + 3, 70], None);
+        check_lengths(&[130, 7, 64], Some(9));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 use super::norm::rms_norm;
 use crate::arch::DeltaNetSpec;
 use crate::block::Regroup;
+use crate::sequences::Sequences;
 
 /// `x / (1 + exp(-x))`.
 pub fn silu(x: f32) -> f32 {
@@ -43,18 +44,18 @@ pub(crate) fn regroup(
 }
 
 /// `out[t, c] = silu(sum_j weight[c, j] * input[t - kernel + 1 + j, c])` within each
-/// sequence of `seq_len` rows (earlier positions are zero).
+/// sequence of `batch` (earlier positions are zero).
 pub fn causal_conv_silu(
     input: &[f32],   // (rows, channels)
     weight: &[f32],  // (channels, 1, kernel)
     out: &mut [f32], // (rows, channels)
     kernel: usize,
-    seq_len: usize,
+    batch: &Sequences,
 ) {
     let channels = weight.len() / kernel;
-    let rows = input.len() / channels;
-    for row in 0..rows {
-        let t = row % seq_len;
+    let positions = batch.positions();
+    for (row, &t) in positions.iter().enumerate() {
+        let t = t as usize;
         for c in 0..channels {
             let mut sum = 0f32;
             for j in 0..kernel {
@@ -150,17 +151,24 @@ fn one_head(
 pub fn delta_rule(
     inputs: &DeltaInputs,
     delta: &DeltaNetSpec,
-    (sequences, seq_len): (usize, usize),
+    batch: &Sequences,
     states: &mut [f32], // (sequences, value heads, key_dim, value_dim)
     out: &mut [f32],    // (rows, value heads * value_dim)
     threads: usize,
 ) {
     let per_state = delta.key_dim * delta.value_dim;
     let value_width = delta.value_heads * delta.value_dim;
-    let mut work: Vec<(usize, &mut [f32], &mut [f32])> = out
-        .chunks_mut(seq_len * value_width)
+    // Each sequence's output rows, in order.
+    let mut outputs: Vec<&mut [f32]> = Vec::with_capacity(batch.count());
+    let mut rest = &mut out[..batch.tokens() * value_width];
+    for len in batch.lengths() {
+        let (mine, after) = rest.split_at_mut(len * value_width);
+        outputs.push(mine);
+        rest = after;
+    }
+    let mut work: Vec<(usize, &mut [f32], &mut [f32])> = outputs
+        .into_iter()
         .zip(states.chunks_mut(delta.value_heads * per_state))
-        .take(sequences)
         .enumerate()
         .map(|(s, (o, st))| (s, o, st))
         .collect();
@@ -170,7 +178,7 @@ pub fn delta_rule(
             scope.spawn(move || {
                 for (sequence, out, states) in share.iter_mut() {
                     for (head, state) in states.chunks_mut(per_state).enumerate() {
-                        let rows = (*sequence * seq_len, seq_len);
+                        let rows = (batch.start(*sequence), batch.len_of(*sequence));
                         one_head(inputs, delta, rows, head, state, out);
                     }
                 }
@@ -223,8 +231,20 @@ mod tests {
         // and the second sequence starts from zero history.
         let input = [1.0, 2.0, 3.0, 4.0];
         let mut out = [0.0; 4];
-        causal_conv_silu(&input, &[0.5, 1.0], &mut out, 2, 2);
+        causal_conv_silu(&input, &[0.5, 1.0], &mut out, 2, &Sequences::uniform(2, 2));
         let expected = [silu(1.0), silu(2.5), silu(3.0), silu(5.5)];
+        for (o, e) in out.iter().zip(expected) {
+            assert!((o - e).abs() < 1e-6, "{out:?}");
+        }
+        // Sequences of 3 and 1 tokens.
+        causal_conv_silu(
+            &input,
+            &[0.5, 1.0],
+            &mut out,
+            2,
+            &Sequences::from_lengths([3, 1]),
+        );
+        let expected = [silu(1.0), silu(2.5), silu(4.0), silu(4.0)];
         for (o, e) in out.iter().zip(expected) {
             assert!((o - e).abs() < 1e-6, "{out:?}");
         }
@@ -250,7 +270,14 @@ mod tests {
             dt_bias: &[0.0],
         };
         let (mut states, mut out) = (vec![0.0; 8], vec![0.0; 2]);
-        delta_rule(&inputs, &delta, (1, 1), &mut states, &mut out, 1);
+        delta_rule(
+            &inputs,
+            &delta,
+            &Sequences::uniform(1, 1),
+            &mut states,
+            &mut out,
+            1,
+        );
         let unit = 1.0 / (1.0f32 + 1e-6).sqrt();
         let k_unit = 2.0 / (4.0f32 + 1e-6).sqrt();
         let scale = 0.5 * k_unit * unit * 0.5; // beta 0.5, q scaled by 4^-0.5

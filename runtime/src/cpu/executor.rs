@@ -17,6 +17,7 @@ use crate::executor::{FinalStage, MemoryUse, RunObserver, RunRequest};
 use crate::layer_end::{HiddenSnapshot, finish_layer, initial_hidden_states};
 use crate::model::Model;
 use crate::plan::layer_shapes;
+use crate::top_logprobs::top_k_logprobs;
 use crate::workload_buffer::WorkloadBuffer;
 use layerstream_planner::memory::{HiddenPlacement, LayerShapes, ScratchFor, ScratchManifest};
 use layerstream_planner::split::{LayerPart, needs_accumulator};
@@ -32,7 +33,7 @@ pub fn run(
 ) -> Result<()> {
     let spec = &model.spec;
     let budget = Budget::new(request.memory_budget);
-    let shapes = layer_shapes(spec, request.seq_len);
+    let shapes = layer_shapes(spec, request.seq_len());
     let layers_to_run = request.layers_to_run(spec.num_layers);
     let first_layer = request.first_layer();
     // The workload's hidden states stay in memory across layers (reserved against --ram), or
@@ -65,7 +66,7 @@ pub fn run(
         hidden_states: initial_hidden_states(model, request, on_disk)?,
         rope: RopeTable::new(
             &spec.rope.inv_freq,
-            request.seq_len,
+            request.seq_len(),
             spec.rope.attention_scaling,
         ),
         budget,
@@ -76,8 +77,7 @@ pub fn run(
     let micro_batch = run_layers(
         &mut runner,
         first_layer..layers_to_run,
-        0..request.num_sequences,
-        request.seq_len,
+        (&request.sequences, 0..request.num_sequences()),
         request.micro_batch(),
         observer,
     )?;
@@ -95,7 +95,7 @@ fn final_stage(
     micro_batch: usize,
     observer: &mut dyn RunObserver,
 ) -> Result<()> {
-    let (seq_len, d) = (request.seq_len, model.spec.hidden_size);
+    let d = model.spec.hidden_size;
     let final_norm = model.final_norm()?;
     let head = OutputHead {
         store: &model.weights,
@@ -104,21 +104,36 @@ fn final_stage(
         lm_head: model.lm_head(),
         threads: runner.threads,
     };
-    for (batch_index, batch) in runner
-        .hidden_states
-        .as_slice()
-        .chunks(micro_batch * seq_len * d)
-        .enumerate()
-    {
-        let first_sequence = batch_index * micro_batch;
-        let rows = batch.len() / d;
-        let ids = &request.token_ids[first_sequence * seq_len..first_sequence * seq_len + rows];
+    let all = &request.sequences;
+    let hidden = runner.hidden_states.as_slice();
+    let mut first_sequence = 0;
+    while first_sequence < all.count() {
+        let count = all.batch_from(first_sequence, all.count(), micro_batch);
+        let sequences = first_sequence..first_sequence + count;
+        let rows = all.rows(sequences.clone());
+        let batch = &hidden[rows.start * d..rows.end * d];
+        let ids = &request.token_ids[rows];
+        let spans = all.slice(sequences);
         match request.final_stage {
-            FinalStage::NextTokenNll => observer
-                .on_next_token_nll(first_sequence, &head.next_token_nll(batch, ids, seq_len)),
+            FinalStage::NextTokenNll => {
+                observer.on_next_token_nll(first_sequence, &head.next_token_nll(batch, ids, &spans))
+            }
             FinalStage::Logits => observer.on_logits(first_sequence, &head.logits(batch)),
             FinalStage::None => {}
         }
+        if let Some(top) = &request.top_logprobs {
+            // The hidden state of each sequence's chosen position, `(count, hidden)`.
+            let gathered: Vec<f32> = (first_sequence..first_sequence + count)
+                .flat_map(|s| {
+                    let row = all.start(s) + top.positions[s];
+                    hidden[row * d..(row + 1) * d].iter().copied()
+                })
+                .collect();
+            let vocab = model.lm_head().shape[0];
+            let best = top_k_logprobs(&head.logits(&gathered), vocab, top.k);
+            observer.on_top_logprobs(first_sequence, &best);
+        }
+        first_sequence += count;
     }
     Ok(())
 }
@@ -176,7 +191,7 @@ impl LayerRunner for CpuRunner<'_> {
                     )?),
                 };
                 let spill = request.spill_dir.as_deref().filter(|_| self.on_disk);
-                let len = request.num_sequences * request.seq_len * spec.hidden_size;
+                let len = request.tokens() * spec.hidden_size;
                 let values = WorkloadBuffer::zeros_in(spill, "accumulator.f32", len)?;
                 Some((reservation, values))
             }
@@ -199,8 +214,7 @@ impl LayerRunner for CpuRunner<'_> {
         Ok((reservation, weights))
     }
 
-    fn make_scratch(&mut self, layer: usize, sequences: usize) -> Result<Self::Scratch> {
-        let rows = sequences * self.request.seq_len;
+    fn make_scratch(&mut self, layer: usize, rows: usize) -> Result<Self::Scratch> {
         let manifest = ScratchManifest::for_layer(&self.shapes[layer], rows, ScratchFor::Cpu);
         let reservation = self.budget.reserve(
             &format!("layer {layer}'s micro-batch buffers"),
@@ -229,12 +243,14 @@ impl LayerRunner for CpuRunner<'_> {
         sequences: usize,
         observer: &mut dyn RunObserver,
     ) -> Result<()> {
-        let (seq_len, d) = (self.request.seq_len, self.model.spec.hidden_size);
-        let rows = first_sequence * seq_len * d..(first_sequence + sequences) * seq_len * d;
+        let d = self.model.spec.hidden_size;
+        let range = first_sequence..first_sequence + sequences;
+        let tokens = self.request.sequences.rows(range.clone());
+        let rows = tokens.start * d..tokens.end * d;
+        let spans = self.request.sequences.slice(range);
         let batch = MicroBatch {
             hidden: &mut self.hidden_states.as_mut_slice()[rows.clone()],
-            sequences,
-            seq_len,
+            batch: &spans,
         };
         let capture = CpuCapture {
             observer,

@@ -3,6 +3,7 @@
 
 use super::linear::linear;
 use super::norm::rms_norm;
+use crate::sequences::Sequences;
 use crate::weights::WeightStore;
 use layerstream_planner::TensorEntry;
 
@@ -80,14 +81,20 @@ impl OutputHead<'_> {
     }
 
     /// Negative log-likelihood of each next token: for a sequence of T tokens, T-1 values
-    /// `-log softmax(logits[t])[tokens[t+1]]`, as transformers' causal-LM loss computes them.
+    /// `-log softmax(logits[t])[tokens[t+1]]`, as transformers' causal-LM loss computes them;
+    /// the sequences of `batch`, back to back.
     pub fn next_token_nll(
         &self,
-        hidden: &[f32],    // (sequences * seq_len, hidden)
-        token_ids: &[u32], // (sequences * seq_len)
-        seq_len: usize,
-    ) -> Vec<f32> /* (sequences, seq_len - 1) */ {
+        hidden: &[f32],    // (rows, hidden)
+        token_ids: &[u32], // (rows)
+        batch: &Sequences,
+    ) -> Vec<f32> /* (rows - sequences) */ {
         let rows = token_ids.len();
+        // Rows whose next token is in the same sequence.
+        let mut predicts = vec![true; rows];
+        for span in batch.spans() {
+            predicts[span.end - 1] = false;
+        }
         let mut running_max = vec![f64::NEG_INFINITY; rows];
         let mut running_sum = vec![0f64; rows];
         let mut target_logit = vec![0f64; rows];
@@ -100,7 +107,7 @@ impl OutputHead<'_> {
                 let added: f64 = logits.iter().map(|&x| (x as f64 - new_max).exp()).sum();
                 running_sum[r] = rescaled + added;
                 running_max[r] = new_max;
-                if (r + 1) % seq_len != 0 {
+                if predicts[r] {
                     let target = token_ids[r + 1] as usize;
                     if (first..first + n).contains(&target) {
                         target_logit[r] = logits[target - first] as f64;
@@ -108,15 +115,12 @@ impl OutputHead<'_> {
                 }
             }
         });
-        let sequences = rows / seq_len;
-        let mut nll = Vec::with_capacity(sequences * (seq_len - 1));
-        for s in 0..sequences {
-            for t in 0..seq_len - 1 {
-                let r = s * seq_len + t;
+        (0..rows)
+            .filter(|&r| predicts[r])
+            .map(|r| {
                 let log_sum_exp = running_max[r] + running_sum[r].ln();
-                nll.push((log_sum_exp - target_logit[r]) as f32);
-            }
-        }
-        nll
+                (log_sum_exp - target_logit[r]) as f32
+            })
+            .collect()
     }
 }

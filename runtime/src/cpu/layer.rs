@@ -8,6 +8,7 @@ use crate::arch::{ModelSpec, WeightRole};
 use crate::block::{self, BlockStep, BufferSet, MixerBuffers};
 use crate::error::Result;
 use crate::layer_parts::part_tensors;
+use crate::sequences::Sequences;
 use crate::weights::WeightStore;
 use layerstream_planner::memory::{BufferName, ScratchManifest};
 use layerstream_planner::split::LayerPart;
@@ -133,12 +134,10 @@ fn rows_of(buffer: &mut [f32], rows: usize, max_rows: usize) -> &mut [f32] {
 
 /// One micro-batch's rows of the workload.
 pub struct MicroBatch<'a> {
-    /// Hidden states `(sequences * seq_len, hidden)`, updated in place.
+    /// Hidden states `(rows, hidden)`, updated in place.
     pub hidden: &'a mut [f32],
-    /// Sequences in it.
-    pub sequences: usize,
-    /// Tokens per sequence.
-    pub seq_len: usize,
+    /// Its sequences (offsets from its first row).
+    pub batch: &'a Sequences,
 }
 
 /// Runs `part` of decoder layer `layer` on one micro-batch (the steps in `block/`).
@@ -158,12 +157,8 @@ pub(crate) fn run_part(
     threads: usize,
     capture: CpuCapture,
 ) -> Result<()> {
-    let MicroBatch {
-        hidden,
-        sequences,
-        seq_len,
-    } = batch;
-    let rows = sequences * seq_len;
+    let MicroBatch { hidden, batch } = batch;
+    let rows = batch.tokens();
     let d = spec.hidden_size;
     let request = capture.request;
     let s = scratch;
@@ -194,12 +189,11 @@ pub(crate) fn run_part(
         },
         delta_state: &mut s.delta_state,
         hidden_size: d,
-        seq_len,
         threads,
         moe: s.moe.as_mut(),
         routing: None,
         capture: Some(capture),
     };
-    let step = BlockStep::new(spec, layer, part, (sequences, seq_len), request);
+    let step = BlockStep::new(spec, layer, part, batch, request);
     block::run_part(&mut ops, &step)
 }

@@ -278,7 +278,6 @@ pub fn moe_block(
         },
         delta_state: &mut [],
         hidden_size: hidden,
-        seq_len: 1,
         threads,
         moe: Some(&mut buffers),
         routing: None,

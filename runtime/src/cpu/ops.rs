@@ -19,6 +19,7 @@ use crate::block::{
 use crate::capture::{CapturePoint, Routing, SinkMass};
 use crate::error::{Result, RuntimeError};
 use crate::executor::{RunObserver, RunRequest};
+use crate::sequences::Sequences;
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::ops::Range;
@@ -47,8 +48,6 @@ pub(crate) struct CpuOps<'a, 'c> {
     pub buffers: BufferSet<&'a mut [f32]>,
     /// Width of the hidden states.
     pub hidden_size: usize,
-    /// Tokens per sequence.
-    pub seq_len: usize,
     /// Worker threads per op.
     pub threads: usize,
     /// The MoE buffers (layers with experts).
@@ -118,18 +117,24 @@ impl BlockOps for CpuOps<'_, '_> {
         Ok(())
     }
 
-    fn rope(&mut self, values: Buf, heads: usize, head_dim: usize) -> Result<()> {
+    fn rope(
+        &mut self,
+        values: Buf,
+        heads: usize,
+        head_dim: usize,
+        batch: &Sequences,
+    ) -> Result<()> {
         let values = self.buffers.get(values);
-        self.rope.apply(values, heads, head_dim, self.seq_len);
+        self.rope.apply(values, heads, head_dim, batch);
         Ok(())
     }
 
-    fn attention(&mut self, shape: AttentionShape, sinks: bool) -> Result<()> {
+    fn attention(&mut self, shape: AttentionShape<'_>, sinks: bool) -> Result<()> {
         let ([q, k, v], out) = self.buffers.split([Buf::Q, Buf::K, Buf::V], Buf::Attn);
         let capture = self.capture.as_mut().filter(|_| sinks);
         let delimiters = capture
             .as_ref()
-            .map(|c| c.request.delimiters(c.first_sequence, shape.sequences));
+            .map(|c| c.request.delimiters(c.first_sequence, shape.batch.count()));
         let learned_sinks = self.weights.maybe(WeightRole::AttnSinks);
         let extras = AttentionExtras {
             learned_sinks,
@@ -139,7 +144,7 @@ impl BlockOps for CpuOps<'_, '_> {
         if let Some(c) = capture {
             let mass = SinkMass {
                 heads: shape.heads,
-                queries: shape.seq_len,
+                queries: shape.batch.longest(),
                 learned: learned_sinks.is_some(),
                 mass,
             };
@@ -251,18 +256,18 @@ impl BlockOps for CpuOps<'_, '_> {
         input: Buf,
         out: Buf,
         delta: &DeltaNetSpec,
-        seq_len: usize,
+        batch: &Sequences,
     ) -> Result<()> {
         let ([input], out) = self.buffers.split([input], out);
         let weight = self.weights.get(WeightRole::DeltaConv);
-        let channels = delta.shapes(seq_len).conv_channels();
+        let channels = delta.shapes(batch.longest()).conv_channels();
         let rows = input.len() / channels;
         let out = &mut out[..rows * channels];
-        delta_net::causal_conv_silu(input, weight, out, delta.conv_kernel, seq_len);
+        delta_net::causal_conv_silu(input, weight, out, delta.conv_kernel, batch);
         Ok(())
     }
 
-    fn delta_rule(&mut self, shape: DeltaRuleShape) -> Result<()> {
+    fn delta_rule(&mut self, shape: DeltaRuleShape<'_>) -> Result<()> {
         let reads = [Buf::Q, Buf::K, Buf::V, Buf::Beta, Buf::Decay];
         let ([q, k, v, b, a], out) = self.buffers.split(reads, Buf::DeltaCore);
         let inputs = delta_net::DeltaInputs {
@@ -274,11 +279,10 @@ impl BlockOps for CpuOps<'_, '_> {
             a_log: self.weights.get(WeightRole::DeltaALog),
             dt_bias: self.weights.get(WeightRole::DeltaDtBias),
         };
-        let workload = (shape.sequences, shape.seq_len);
         delta_net::delta_rule(
             &inputs,
             &shape.delta,
-            workload,
+            shape.batch,
             self.delta_state,
             out,
             self.threads,
@@ -320,7 +324,7 @@ impl BlockOps for CpuOps<'_, '_> {
         let Some(c) = &mut self.capture else {
             return Ok(());
         };
-        let (sequences, seq_len) = (c.request.num_sequences, c.request.seq_len);
+        let (sequences, seq_len) = (c.request.num_sequences(), c.request.seq_len());
         c.statistics
             .entry(point)
             .or_insert_with(|| {
@@ -349,7 +353,7 @@ impl BlockOps for CpuOps<'_, '_> {
         {
             let values = self.buffers.get(values);
             let rows = |r: usize| Ok::<_, Infallible>(values[r * width..(r + 1) * width].to_vec());
-            let Ok(()) = massive.keep_inputs(c.first_sequence, c.request.seq_len, rows);
+            let Ok(()) = massive.keep_inputs(c.first_sequence, c.request.seq_len(), rows);
         }
         Ok(())
     }

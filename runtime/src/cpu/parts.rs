@@ -22,7 +22,7 @@ pub fn part_f32_bytes(spec: &ModelSpec, layer: usize, part: &LayerPart) -> u64 {
 
 /// Bytes of a workload-sized buffer (hidden states, a split layer's accumulator).
 pub fn workload_bytes(spec: &ModelSpec, request: &RunRequest) -> u64 {
-    (request.num_sequences * request.seq_len * spec.hidden_size * 4) as u64
+    (request.tokens() * spec.hidden_size * 4) as u64
 }
 
 /// The ways `layer` can run, fewest parts first.
@@ -57,7 +57,7 @@ fn need(
     } else {
         0
     };
-    let buffers = ScratchManifest::for_layer(shapes, request.seq_len, ScratchFor::Cpu);
+    let buffers = ScratchManifest::for_layer(shapes, request.seq_len(), ScratchFor::Cpu);
     largest + accumulator + buffers.total_bytes()
 }
 

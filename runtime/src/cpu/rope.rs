@@ -1,6 +1,8 @@
 //! Rotary position embedding, `rotate_half` convention: dimension `i` of a head is rotated
 //! with dimension `i + head_dim / 2` by the angle `position * inv_freq[i]`.
 
+use crate::sequences::Sequences;
+
 /// cos and sin for every position of a sequence and every rotated pair.
 pub struct RopeTable {
     half_dim: usize,
@@ -26,17 +28,19 @@ impl RopeTable {
     }
 
     /// Rotates the first `2 * inv_freq.len()` dimensions of every head of every row (the
-    /// rest of a head, under partial rotary, is left alone); row `r` is at position `r % seq_len`.
+    /// rest of a head, under partial rotary, is left alone); each row is at its position in
+    /// its sequence of `batch`.
     pub fn apply(
         &self,
         values: &mut [f32], // (rows, heads * head_dim)
         heads: usize,
         head_dim: usize,
-        seq_len: usize,
+        batch: &Sequences,
     ) {
         let row_width = heads * head_dim;
-        for (row_index, row) in values.chunks_exact_mut(row_width).enumerate() {
-            let position = row_index % seq_len;
+        let positions = batch.positions();
+        for (row, &position) in values.chunks_exact_mut(row_width).zip(&positions) {
+            let position = position as usize;
             let cos = &self.cos[position * self.half_dim..(position + 1) * self.half_dim];
             let sin = &self.sin[position * self.half_dim..(position + 1) * self.half_dim];
             for head in row.chunks_exact_mut(head_dim) {
@@ -60,7 +64,7 @@ mod tests {
         let table = RopeTable::new(&[1.0, 0.1], 3, 1.0);
         let original: Vec<f32> = (0..12).map(|i| i as f32 - 5.5).collect(); // 3 rows, 1 head of 4
         let mut rotated = original.clone();
-        table.apply(&mut rotated, 1, 4, 3);
+        table.apply(&mut rotated, 1, 4, &Sequences::uniform(1, 3));
         assert_eq!(&rotated[..4], &original[..4]);
         for row in 0..3 {
             for i in 0..2 {
@@ -82,8 +86,8 @@ mod tests {
         );
         let original = vec![1.0f32, -2.0, 0.5, 3.0]; // 2 rows, 1 head of 2
         let (mut a, mut b) = (original.clone(), original.clone());
-        plain.apply(&mut a, 1, 2, 2);
-        scaled.apply(&mut b, 1, 2, 2);
+        plain.apply(&mut a, 1, 2, &Sequences::uniform(1, 2));
+        scaled.apply(&mut b, 1, 2, &Sequences::uniform(1, 2));
         for (x, y) in a.iter().zip(&b) {
             assert!((x * 1.5 - y).abs() < 1e-6, "{x} {y}");
         }

@@ -37,19 +37,19 @@ pub(crate) fn statistics_accumulators(
             continue;
         }
         let shape = point.statistics_shape(width);
-        let bytes = shape.accumulator_bytes(request.num_sequences, request.seq_len);
+        let bytes = shape.accumulator_bytes(request.num_sequences(), request.seq_len());
         let reservation = budget.reserve(&format!("layer {layer}'s {point} statistics"), bytes)?;
-        let tokens = request.num_sequences * request.seq_len;
+        let tokens = request.tokens();
         let words = if shape.positions {
             PointStatistics::words_for(tokens)
         } else {
             0
         };
-        let stats = StatsAccumulators::new(gpu, request.num_sequences, width, words)?;
+        let stats = StatsAccumulators::new(gpu, request.num_sequences(), width, words)?;
         let magnitudes = match shape.magnitudes {
             true => Some(DeviceMagnitudes {
                 row_top: gpu.stream.alloc_zeros(3 * tokens)?,
-                median: MedianScratch::new(gpu, request.num_sequences)?,
+                median: MedianScratch::new(gpu, request.num_sequences())?,
             }),
             false => None,
         };
@@ -108,7 +108,7 @@ pub(crate) fn download_statistics(
             point,
             PointStatistics {
                 sequences: accumulator.total_sequences,
-                seq_len: request.seq_len,
+                seq_len: request.seq_len(),
                 width: accumulator.width,
                 threshold: *threshold,
                 max_abs: host.max_abs,
@@ -249,14 +249,14 @@ impl CudaCapture<'_> {
             self.gpu,
             values,
             self.sequences,
-            self.request.seq_len,
+            self.request.seq_len(),
             self.first_sequence,
             threshold,
         )?;
         if let (Some(massive), Some(device)) =
             (&mut accumulator.massive, &mut accumulator.magnitudes)
         {
-            let shape = (width, self.request.seq_len, self.first_sequence);
+            let shape = (width, self.request.seq_len(), self.first_sequence);
             find_massive(self.gpu, values, shape, device, massive)?;
         }
         Ok(())
@@ -272,7 +272,7 @@ impl CudaCapture<'_> {
             return Ok(());
         };
         let stream = &self.gpu.stream;
-        massive.keep_inputs(self.first_sequence, self.request.seq_len, |r| {
+        massive.keep_inputs(self.first_sequence, self.request.seq_len(), |r| {
             Ok::<_, RuntimeError>(stream.clone_dtoh(&values.slice(r * width..(r + 1) * width))?)
         })
     }

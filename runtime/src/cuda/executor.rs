@@ -9,6 +9,7 @@ use super::head::DeviceHead;
 use super::hidden::HiddenStates;
 use super::layer::{DeviceMicroBatch, DeviceScratch, run_part};
 use super::linear::Bf16Scratch;
+use super::ops::RaggedDevice;
 use super::staging::{
     LayerLayout, StagedLayer, StagingBuffer, part_layout, read_layers, staging_buffers,
 };
@@ -24,7 +25,9 @@ use crate::executor::{
 use crate::layer_end::{finish_layer, initial_hidden_states};
 use crate::model::Model;
 use crate::plan::{dominant_weight_dtype, layer_shapes};
+use crate::sequences::Sequences;
 use crate::timeline;
+use crate::top_logprobs::top_k_logprobs;
 use crossbeam::channel::{Receiver, Sender, bounded};
 use layerstream_kernels::Gpu;
 use layerstream_kernels::cudarc::driver::result::memcpy_htod_async;
@@ -48,12 +51,13 @@ pub fn run(
     let gpu = &*backend.gpu;
     let spec = &model.spec;
     let compute = backend.compute_dtype(dominant_weight_dtype(model));
-    let (seq_len, d) = (request.seq_len, spec.hidden_size);
+    let d = spec.hidden_size;
     let micro_batch = request.micro_batch();
-    let tokens = request.num_sequences * seq_len;
+    let tokens = request.tokens();
     let budget = Budget::new(request.memory_budget);
     let placement = request.hidden_placement;
-    let batch_elements = micro_batch * seq_len * d;
+    let all = &request.sequences;
+    let batch_elements = all.largest_batch(0..all.count(), micro_batch) * d;
     let hidden_bytes = if placement.off_device() {
         batch_elements * 4
     } else {
@@ -67,10 +71,11 @@ pub fn run(
     let mut hidden_states = HiddenStates::new(gpu, initial, placement, batch_elements)?;
     timeline::mark(|| "embeddings on the device".into());
     let inv_freq = gpu.stream.clone_htod(&spec.rope.inv_freq)?;
+    let ragged = ragged_rows(gpu, &request.sequences, &budget)?;
 
     let layers_to_run = request.layers_to_run(spec.num_layers);
     let first_layer = request.first_layer();
-    let shapes = layer_shapes(spec, request.seq_len);
+    let shapes = layer_shapes(spec, request.seq_len());
     // The upload order: every layer whole, or its parts one after the other.
     let layouts = (first_layer..layers_to_run)
         .flat_map(|layer| request.parts(layer).into_iter().map(move |p| (layer, p)))
@@ -122,6 +127,7 @@ pub fn run(
                 compute,
                 shapes: &shapes,
                 inv_freq: &inv_freq,
+                ragged: ragged.as_ref().map(|r| (&r.positions, &r.offsets)),
                 hidden_states: &mut hidden_states,
                 ff_accumulator: &mut ff_accumulator,
                 uploads: &uploads,
@@ -135,8 +141,7 @@ pub fn run(
             run_layers(
                 &mut runner,
                 first_layer..layers_to_run,
-                0..request.num_sequences,
-                seq_len,
+                (&request.sequences, 0..request.num_sequences()),
                 micro_batch,
                 observer,
             )
@@ -165,6 +170,39 @@ pub fn run(
     gpu.stream.synchronize()?;
     summary.peak_reserved_bytes = Some(budget.peak());
     Ok(summary)
+}
+
+/// For sequences of their own lengths: every row's position in its sequence and the row
+/// offsets on the device, reserved against the budget.
+struct RaggedOnDevice {
+    _reservation: Reservation,
+    /// `(tokens)`.
+    positions: CudaSlice<i32>,
+    /// `(sequences + 1)`.
+    offsets: CudaSlice<i32>,
+}
+
+/// The workload's [`RaggedOnDevice`] (`None` for packed data, whose kernels compute
+/// positions and offsets from the one length).
+fn ragged_rows(
+    gpu: &Gpu,
+    sequences: &Sequences,
+    budget: &Arc<Budget>,
+) -> Result<Option<RaggedOnDevice>> {
+    if sequences.uniform_len().is_some() {
+        return Ok(None);
+    }
+    let bytes = 4 * (sequences.tokens() + sequences.count() + 1) as u64;
+    let reservation = budget.reserve("the sequences' row positions and offsets", bytes)?;
+    let positions: Vec<i32> = sequences.positions().iter().map(|&p| p as i32).collect();
+    let offsets: Vec<i32> = sequences.offsets().iter().map(|&o| o as i32).collect();
+    let positions = gpu.stream.clone_htod(&positions)?;
+    let offsets = gpu.stream.clone_htod(&offsets)?;
+    Ok(Some(RaggedOnDevice {
+        _reservation: reservation,
+        positions,
+        offsets,
+    }))
 }
 
 /// The feed-forward output of layers whose experts are split over several parts, for the
@@ -242,32 +280,50 @@ impl HeadRun<'_> {
             compute,
             budget,
         } = *self;
-        let (seq_len, d) = (request.seq_len, model.spec.hidden_size);
-        let tokens = request.num_sequences * seq_len;
-        let rows = micro_batch * seq_len;
+        let d = model.spec.hidden_size;
+        let all = &request.sequences;
+        let rows = all.largest_batch(0..all.count(), micro_batch);
         let head_bytes = memory::head_bytes(model.weights.inventory(), compute.gemm(), rows);
         let _head_reservation = budget.reserve("the output head", head_bytes)?;
         let head = DeviceHead::upload(gpu, model, compute)?;
         let mut scratch = Bf16Scratch::new(gpu.stream.alloc_zeros::<u16>(rows * d)?);
-        let batch_len = micro_batch * seq_len * d;
-        for (batch_index, start) in (0..tokens * d).step_by(batch_len).enumerate() {
-            let end = (start + batch_len).min(tokens * d);
-            let rows = (end - start) / d;
-            let first_sequence = batch_index * micro_batch;
+        let mut first_sequence = 0;
+        while first_sequence < all.count() {
+            let count = all.batch_from(first_sequence, all.count(), micro_batch);
+            let sequences = first_sequence..first_sequence + count;
+            let tokens = all.rows(sequences.clone());
+            let (start, end) = (tokens.start * d, tokens.end * d);
             let batch = hidden_states.begin(gpu, start..end)?;
             let batch = batch.as_view();
-            let ids = &request.token_ids[first_sequence * seq_len..first_sequence * seq_len + rows];
+            let ids = &request.token_ids[tokens.clone()];
             match request.final_stage {
                 FinalStage::NextTokenNll => {
-                    let nll = head.next_token_nll(gpu, &batch, ids, seq_len, &mut scratch)?;
+                    let spans = all.slice(sequences);
+                    let nll = head.next_token_nll(gpu, &batch, ids, &spans, &mut scratch)?;
                     observer.on_next_token_nll(first_sequence, &nll);
                 }
                 FinalStage::Logits => {
-                    let logits = head.logits(gpu, &batch, rows, &mut scratch)?;
+                    let logits = head.logits(gpu, &batch, tokens.len(), &mut scratch)?;
                     observer.on_logits(first_sequence, &logits);
                 }
                 FinalStage::None => {}
             }
+            if let Some(top) = &request.top_logprobs {
+                // The hidden state of each sequence's chosen position, `(count, hidden)`.
+                let mut gathered = Vec::with_capacity(count * d);
+                for s in first_sequence..first_sequence + count {
+                    let row = all.start(s) + top.positions[s] - tokens.start;
+                    gathered.extend(
+                        gpu.stream
+                            .clone_dtoh(&batch.slice(row * d..(row + 1) * d))?,
+                    );
+                }
+                let gathered = gpu.stream.clone_htod(&gathered)?;
+                let logits = head.logits(gpu, &gathered.as_view(), count, &mut scratch)?;
+                let vocab = model.lm_head().shape[0];
+                observer.on_top_logprobs(first_sequence, &top_k_logprobs(&logits, vocab, top.k));
+            }
+            first_sequence += count;
         }
         Ok(())
     }
@@ -291,6 +347,8 @@ struct CudaRunner<'a, 'u> {
     shapes: &'a [LayerShapes],
     /// RoPE inverse frequencies on the device.
     inv_freq: &'a CudaSlice<f32>,
+    /// Sequences of their own lengths: the workload's row positions and offsets.
+    ragged: Option<(&'a CudaSlice<i32>, &'a CudaSlice<i32>)>,
     hidden_states: &'a mut HiddenStates,
     /// The split layers' feed-forward accumulator, `(num_sequences * seq_len, hidden)`.
     ff_accumulator: &'a mut Option<(Reservation, HiddenStates)>,
@@ -355,8 +413,7 @@ impl LayerRunner for CudaRunner<'_, '_> {
         Ok(weights)
     }
 
-    fn make_scratch(&mut self, layer: usize, sequences: usize) -> Result<DeviceScratch> {
-        let rows = sequences * self.request.seq_len;
+    fn make_scratch(&mut self, layer: usize, rows: usize) -> Result<DeviceScratch> {
         DeviceScratch::new(self.gpu, self.shapes, rows, self.budget, layer)
     }
 
@@ -372,8 +429,15 @@ impl LayerRunner for CudaRunner<'_, '_> {
         observer: &mut dyn RunObserver,
     ) -> Result<()> {
         let (gpu, request) = (self.gpu, self.request);
-        let (seq_len, d) = (request.seq_len, self.model.spec.hidden_size);
-        let range = first_sequence * seq_len * d..(first_sequence + sequences) * seq_len * d;
+        let d = self.model.spec.hidden_size;
+        let all = &request.sequences;
+        let tokens = all.rows(first_sequence..first_sequence + sequences);
+        let range = tokens.start * d..tokens.end * d;
+        let spans = all.slice(first_sequence..first_sequence + sequences);
+        let ragged = self.ragged.map(|(positions, offsets)| RaggedDevice {
+            positions: positions.slice(tokens.clone()),
+            offsets: offsets.slice(first_sequence..first_sequence + sequences + 1),
+        });
         let accumulates = state.accumulates;
         let mut hidden = self.hidden_states.begin(gpu, range.clone())?;
         let mut accumulator = match &mut *self.ff_accumulator {
@@ -391,8 +455,9 @@ impl LayerRunner for CudaRunner<'_, '_> {
         };
         let batch = DeviceMicroBatch {
             hidden: &mut hidden,
-            sequences,
-            seq_len,
+            batch: &spans,
+            ragged,
+            longest: all.longest(),
         };
         run_part(
             gpu,

@@ -7,6 +7,7 @@ use super::linear::{Bf16Scratch, linear};
 use super::weights::{DeviceMatrix, upload_matrix};
 use crate::error::Result;
 use crate::model::Model;
+use crate::sequences::Sequences;
 use layerstream_kernels::Gpu;
 use layerstream_kernels::cudarc::driver::{CudaSlice, CudaView};
 use layerstream_kernels::ops::{loss, norm};
@@ -98,25 +99,24 @@ impl DeviceHead {
         Ok(all)
     }
 
-    /// Next-token NLL `(sequences, seq_len - 1)` for `token_ids (sequences * seq_len)`.
+    /// Next-token NLL for `token_ids (rows)` of the sequences of `batch`: each sequence's
+    /// `len - 1` values, back to back.
     pub fn next_token_nll(
         &self,
         gpu: &Gpu,
         hidden: &CudaView<f32>,
         token_ids: &[u32],
-        seq_len: usize,
+        batch: &Sequences,
         scratch: &mut Bf16Scratch,
     ) -> Result<Vec<f32>> {
         let rows = token_ids.len();
-        let targets: Vec<u32> = (0..rows)
-            .map(|r| {
-                if (r + 1) % seq_len == 0 {
-                    u32::MAX
-                } else {
-                    token_ids[r + 1]
-                }
-            })
+        // The last row of each sequence predicts nothing.
+        let mut targets: Vec<u32> = (0..rows)
+            .map(|r| token_ids.get(r + 1).copied().unwrap_or(u32::MAX))
             .collect();
+        for span in batch.spans() {
+            targets[span.end - 1] = u32::MAX;
+        }
         let upload = |v: &[f32]| gpu.stream.clone_htod(v);
         let targets_device = gpu.stream.clone_htod(&targets)?;
         let mut running_max = upload(&vec![f32::NEG_INFINITY; rows])?;
@@ -143,7 +143,7 @@ impl DeviceHead {
             download(&target_logit)?,
         );
         let mut nll = Vec::with_capacity(rows);
-        for r in (0..rows).filter(|r| (r + 1) % seq_len != 0) {
+        for r in (0..rows).filter(|&r| targets[r] != u32::MAX) {
             nll.push(((max[r] as f64 + (sum[r] as f64).ln()) - target[r] as f64) as f32);
         }
         Ok(nll)

@@ -5,12 +5,14 @@ use super::capture::CudaCapture;
 use super::linear::Bf16Scratch;
 use super::moe::MoeBuffers;
 use super::ops::CudaOps;
+use super::ops::RaggedDevice;
 use super::weights::DeviceLayer;
 use crate::allocation::{Budget, Reservation};
 use crate::arch::ModelSpec;
 use crate::block::{self, BlockStep, BufferSet, MixerBuffers};
 use crate::error::Result;
 use crate::plan::block_widths;
+use crate::sequences::Sequences;
 use layerstream_kernels::Gpu;
 use layerstream_kernels::cudarc::driver::{CudaSlice, CudaViewMut};
 use layerstream_kernels::ops::delta_net::ChunkBuffers;
@@ -135,13 +137,15 @@ impl DeltaScratch {
 }
 
 /// One micro-batch's rows of the workload on the device.
-pub struct DeviceMicroBatch<'a, 'b> {
-    /// Hidden states `(sequences * seq_len, hidden)`, updated in place.
+pub(crate) struct DeviceMicroBatch<'a, 'b> {
+    /// Hidden states `(rows, hidden)`, updated in place.
     pub hidden: &'a mut CudaViewMut<'b, f32>,
-    /// Sequences in it.
-    pub sequences: usize,
-    /// Tokens per sequence.
-    pub seq_len: usize,
+    /// Its sequences (offsets from its first row).
+    pub batch: &'a Sequences,
+    /// Sequences of their own lengths: their positions and offsets on the device.
+    pub ragged: Option<RaggedDevice<'a>>,
+    /// The workload's longest sequence.
+    pub longest: usize,
 }
 
 /// Runs `part` of decoder layer `layer` on one micro-batch (the steps in `block/`).
@@ -163,10 +167,11 @@ pub(crate) fn run_part(
 ) -> Result<()> {
     let DeviceMicroBatch {
         hidden,
-        sequences,
-        seq_len,
+        batch,
+        ragged,
+        longest,
     } = batch;
-    let rows = sequences * seq_len;
+    let rows = batch.tokens();
     let d = spec.hidden_size;
     let w = block_widths(spec, layer);
     let request = capture.request;
@@ -201,10 +206,11 @@ pub(crate) fn run_part(
         bf16: &mut s.bf16,
         moe: s.moe.as_mut(),
         hidden_size: d,
-        seq_len,
+        longest,
+        ragged,
         routed: None,
         capture: Some(capture),
     };
-    let step = BlockStep::new(spec, layer, part, (sequences, seq_len), request);
+    let step = BlockStep::new(spec, layer, part, batch, request);
     block::run_part(&mut ops, &step)
 }

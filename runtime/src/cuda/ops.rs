@@ -15,14 +15,24 @@ use crate::block::{
 };
 use crate::capture::{CapturePoint, SinkMass};
 use crate::error::{Result, RuntimeError};
+use crate::sequences::Sequences;
 use layerstream_kernels::Gpu;
-use layerstream_kernels::cudarc::driver::{CudaSlice, CudaViewMut};
+use layerstream_kernels::cudarc::driver::{CudaSlice, CudaView, CudaViewMut};
 use layerstream_kernels::ops::attention::{
-    AttentionDims, SinkScratch, causal_attention, reduce_sink_mass, sink_scratch_len,
+    AttentionDims, RaggedRows, SinkScratch, causal_attention, reduce_sink_mass, sink_scratch_len,
 };
 use layerstream_kernels::ops::elementwise::GateKind;
 use layerstream_kernels::ops::{elementwise, norm, rope};
 use std::ops::Range;
+
+/// A micro-batch of sequences of their own lengths, on the device.
+pub(crate) struct RaggedDevice<'a> {
+    /// `(rows)`: each row's position in its sequence.
+    pub positions: CudaView<'a, i32>,
+    /// `(sequences + 1)`: the workload's row offsets of the micro-batch's sequences and the
+    /// one after (kernels subtract the first).
+    pub offsets: CudaView<'a, i32>,
+}
 
 /// One micro-batch of one layer part on the GPU.
 pub(crate) struct CudaOps<'a, 'v, 'c> {
@@ -44,8 +54,11 @@ pub(crate) struct CudaOps<'a, 'v, 'c> {
     pub delta: &'a mut DeltaScratch,
     /// Width of the hidden states.
     pub hidden_size: usize,
-    /// Tokens per sequence.
-    pub seq_len: usize,
+    /// The workload's longest sequence (what the DeltaNet chunk buffers are sized by).
+    pub longest: usize,
+    /// Sequences of their own lengths: the micro-batch's slice of the workload's row
+    /// positions `(rows)` and offsets `(sequences + 1)` on the device; `None` for packed data.
+    pub ragged: Option<RaggedDevice<'a>>,
     /// The spec and the tokens of the last `route`.
     pub routed: Option<(MoeSpec, usize)>,
     /// `None`: captures are not wanted.
@@ -113,10 +126,17 @@ impl BlockOps for CudaOps<'_, '_, '_> {
         Ok(())
     }
 
-    fn rope(&mut self, values: Buf, heads: usize, head_dim: usize) -> Result<()> {
+    fn rope(
+        &mut self,
+        values: Buf,
+        heads: usize,
+        head_dim: usize,
+        batch: &Sequences,
+    ) -> Result<()> {
         let rows = self.rows(values, heads * head_dim);
         let values = self.buffers.get(values);
         let inv_freq = self.inv_freq.as_view();
+        let positions = self.ragged.as_ref().map(|r| &r.positions);
         rope::rope(
             self.gpu,
             values,
@@ -124,16 +144,17 @@ impl BlockOps for CudaOps<'_, '_, '_> {
             rows,
             heads,
             head_dim,
-            self.seq_len,
+            batch.longest(),
             self.rope_scaling,
+            positions,
         )?;
         Ok(())
     }
 
-    fn attention(&mut self, shape: AttentionShape, sinks: bool) -> Result<()> {
+    fn attention(&mut self, shape: AttentionShape<'_>, sinks: bool) -> Result<()> {
         let dims = AttentionDims {
-            sequences: shape.sequences,
-            seq_len: shape.seq_len,
+            sequences: shape.batch.count(),
+            seq_len: shape.batch.longest(),
             heads: shape.heads,
             kv_heads: shape.kv_heads,
             head_dim: shape.head_dim,
@@ -144,7 +165,7 @@ impl BlockOps for CudaOps<'_, '_, '_> {
         };
         let capture = self.capture.as_mut().filter(|_| sinks);
         let delimiters: Option<Vec<i32>> = capture.as_ref().map(|c| {
-            let known = c.request.delimiters(c.first_sequence, shape.sequences);
+            let known = c.request.delimiters(c.first_sequence, shape.batch.count());
             known.iter().map(|d| d.map_or(-1, |d| d as i32)).collect()
         });
         // The sinks' scratch is SublayerOut (free until o_proj writes it).
@@ -171,6 +192,10 @@ impl BlockOps for CudaOps<'_, '_, '_> {
             .weights
             .has(WeightRole::AttnSinks)
             .then(|| self.weights.vector(WeightRole::AttnSinks).as_view());
+        let ragged = self.ragged.as_ref().map(|r| RaggedRows {
+            offsets: &r.offsets,
+            rows: shape.batch.tokens(),
+        });
         causal_attention(
             self.gpu,
             &q.as_view(),
@@ -180,11 +205,12 @@ impl BlockOps for CudaOps<'_, '_, '_> {
             dims,
             learned.as_ref(),
             scratch,
+            ragged,
         )?;
         if let Some(c) = capture {
             let mass = SinkMass {
                 heads: shape.heads,
-                queries: shape.seq_len,
+                queries: shape.batch.longest(),
                 learned: learned.is_some(),
                 mass: reduce_sink_mass(self.gpu, sublayer_out, &dims)?,
             };
@@ -288,18 +314,27 @@ impl BlockOps for CudaOps<'_, '_, '_> {
         input: Buf,
         out: Buf,
         delta: &DeltaNetSpec,
-        seq_len: usize,
+        batch: &Sequences,
     ) -> Result<()> {
-        let channels = delta.shapes(seq_len).conv_channels();
+        let channels = delta.shapes(batch.longest()).conv_channels();
         let ([input], out) = self.buffers.split([input], out);
-        let shape = (channels, delta.conv_kernel, seq_len);
-        delta_net::causal_conv_silu(self.gpu, self.weights, &input.as_view(), out, shape)
+        let shape = (channels, delta.conv_kernel);
+        delta_net::causal_conv_silu(self.gpu, self.weights, &input.as_view(), out, shape, batch)
     }
 
-    fn delta_rule(&mut self, shape: DeltaRuleShape) -> Result<()> {
+    fn delta_rule(&mut self, shape: DeltaRuleShape<'_>) -> Result<()> {
         let reads = [Buf::Q, Buf::K, Buf::V, Buf::Beta, Buf::Decay];
         let (inputs, core) = self.buffers.split(reads, Buf::DeltaCore);
-        delta_net::delta_rule(self.gpu, self.weights, inputs, core, self.delta, shape)
+        let longest = self.longest;
+        delta_net::delta_rule(
+            self.gpu,
+            self.weights,
+            inputs,
+            core,
+            self.delta,
+            shape,
+            longest,
+        )
     }
 
     fn gated_rms_norm(

@@ -101,6 +101,13 @@ impl TextTokenizer {
             .unwrap_or_else(|| format!("<{id}>"))
     }
 
+    /// The text one token decodes to (special tokens as their text), for score outputs.
+    pub fn decode_one(&self, id: u32) -> String {
+        self.tokenizer
+            .decode(&[id], false)
+            .unwrap_or_else(|_| self.token_text(id))
+    }
+
     /// Number of tokens in the vocabulary, added tokens included.
     pub fn vocab_size(&self) -> usize {
         self.tokenizer.get_vocab_size(true)

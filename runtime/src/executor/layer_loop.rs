@@ -8,6 +8,7 @@
 use crate::allocation::{halve_micro_batch, is_out_of_memory};
 use crate::error::Result;
 use crate::executor::RunObserver;
+use crate::sequences::Sequences;
 use layerstream_planner::split::LayerPart;
 use std::ops::Range;
 
@@ -29,9 +30,9 @@ pub(crate) trait LayerRunner {
     fn begin_layer(&mut self, layer: usize, parts: &[LayerPart]) -> Result<Self::LayerState>;
     /// Brings `part` of `layer` where the backend computes.
     fn load_part(&mut self, layer: usize, part: &LayerPart) -> Result<Self::Weights>;
-    /// The buffers of micro-batches of `sequences` sequences (an out-of-memory error halves
+    /// The buffers of micro-batches of up to `rows` tokens (an out-of-memory error halves
     /// the micro-batch).
-    fn make_scratch(&mut self, layer: usize, sequences: usize) -> Result<Self::Scratch>;
+    fn make_scratch(&mut self, layer: usize, rows: usize) -> Result<Self::Scratch>;
     /// Runs `part` of `layer` on sequences `first_sequence..first_sequence + sequences`.
     #[allow(clippy::too_many_arguments)]
     fn run_micro_batch(
@@ -54,13 +55,12 @@ pub(crate) trait LayerRunner {
     ) -> Result<()>;
 }
 
-/// Runs `layers` over `sequences` with micro-batches of up to `micro_batch` sequences of
-/// `seq_len` tokens; returns the micro-batch size the run ended with (after any halving).
+/// Runs `layers` over sequences `range` of `all`, in micro-batches of whole sequences up to
+/// `micro_batch` tokens; returns the micro-batch the run ended with (after any halving).
 pub(crate) fn run_layers<R: LayerRunner>(
     runner: &mut R,
     layers: Range<usize>,
-    sequences: Range<usize>,
-    seq_len: usize,
+    (all, sequences): (&Sequences, Range<usize>),
     mut micro_batch: usize,
     observer: &mut dyn RunObserver,
 ) -> Result<usize> {
@@ -78,14 +78,20 @@ pub(crate) fn run_layers<R: LayerRunner>(
             while next_sequence < sequences.end {
                 let buffers = match scratch.take() {
                     Some(buffers) => buffers,
-                    None => match runner.make_scratch(layer, micro_batch) {
+                    None => match runner
+                        .make_scratch(layer, all.largest_batch(sequences.clone(), micro_batch))
+                    {
                         Ok(made) => made,
                         Err(error) if is_out_of_memory(&error) => {
-                            let halved = halve_micro_batch(layer, micro_batch, &error, seq_len)?;
+                            let halved = halve_micro_batch(layer, micro_batch, &error, all)?;
+                            // Packed data counts in sequences, records in tokens.
+                            let (from, to, unit) = match all.uniform_len() {
+                                Some(len) => (micro_batch / len, halved / len, "sequence"),
+                                None => (micro_batch, halved, "token"),
+                            };
                             observer.on_micro_batch_halved(
                                 layer,
-                                micro_batch,
-                                halved,
+                                (from, to, unit),
                                 &error.to_string(),
                             );
                             micro_batch = halved;
@@ -97,7 +103,7 @@ pub(crate) fn run_layers<R: LayerRunner>(
                 let buffers = scratch.insert(buffers);
                 while next_sequence < sequences.end {
                     crate::stop::check_stop()?;
-                    let batch = micro_batch.min(sequences.end - next_sequence);
+                    let batch = all.batch_from(next_sequence, sequences.end, micro_batch);
                     runner.run_micro_batch(
                         layer,
                         part,

@@ -5,12 +5,15 @@
 //! on. A layer's weights are read only while that layer runs.
 
 pub(crate) mod layer_loop;
+pub mod tee;
 
 use crate::analysis::PointStatistics;
 use crate::capture::{CapturePoint, PointSet, Routing, SinkMass};
 use crate::error::{Result, RuntimeError};
 use crate::layer_parts::check_parts;
 use crate::model::Model;
+use crate::sequences::Sequences;
+use crate::top_logprobs::TopLogprobs;
 use layerstream_planner::memory::HiddenPlacement;
 use layerstream_planner::split::LayerPart;
 use std::collections::{BTreeMap, BTreeSet};
@@ -47,16 +50,14 @@ pub enum CaptureMode {
 /// A workload and what to observe of it.
 #[derive(Debug, Clone)]
 pub struct RunRequest {
-    /// Token ids, `(num_sequences, seq_len)`.
+    /// Token ids, `(tokens,)`: sequence `s` at rows `sequences.span(s)`.
     pub token_ids: Vec<u32>,
     /// Per sequence, the position of its first delimiter token after position 0, for the
     /// attention-sink statistics (`analysis::massive_report::first_delimiters`); empty: none
     /// known (the mass on delimiters is 0).
     pub first_delimiters: Vec<Option<usize>>,
-    /// Sequences in the workload.
-    pub num_sequences: usize,
-    /// Tokens per sequence.
-    pub seq_len: usize,
+    /// The workload's sequences: one length (packed data) or each its own (per record).
+    pub sequences: Sequences,
     /// Layers whose capture points are reported.
     pub capture_layers: BTreeSet<usize>,
     /// Which points of those layers.
@@ -65,8 +66,11 @@ pub struct RunRequest {
     pub capture_mode: CaptureMode,
     /// After the last layer.
     pub final_stage: FinalStage,
-    /// Sequences per micro-batch.
-    pub micro_batch_sequences: usize,
+    /// With [`FinalStage::NextTokenNll`]: also the most likely next tokens at one position
+    /// of each sequence ([`RunObserver::on_top_logprobs`]).
+    pub top_logprobs: Option<TopLogprobs>,
+    /// Tokens per micro-batch: whole sequences up to this many (at least one sequence).
+    pub micro_batch_tokens: usize,
     /// Continue from saved hidden states instead of embedding the tokens.
     pub start: Option<StartPoint>,
     /// Hand the hidden states to the observer after every layer (checkpoints).
@@ -91,7 +95,7 @@ pub struct RunRequest {
 pub struct StartPoint {
     /// The first layer to run.
     pub first_layer: usize,
-    /// The hidden states entering it, `(num_sequences * seq_len, hidden)`.
+    /// The hidden states entering it, `(tokens, hidden)`.
     pub hidden_states: StartHidden,
 }
 
@@ -166,7 +170,7 @@ pub struct MemoryUse {
 /// Receives what the run produces. Every method has a default that ignores it.
 pub trait RunObserver {
     /// Activations at `point` of `layer` for sequences `first_sequence..`:
-    /// `values` is `(sequences * seq_len, width)` ([`CaptureMode::Activations`]).
+    /// `values` is `(rows of those sequences, width)` ([`CaptureMode::Activations`]).
     fn on_capture(
         &mut self,
         _layer: usize,
@@ -193,16 +197,20 @@ pub trait RunObserver {
     fn on_router(&mut self, _layer: usize, _first_sequence: usize, _routing: &Routing) {}
     /// Attention-sink mass of `layer` for sequences `first_sequence..` (`attn_sinks`).
     fn on_attention_sinks(&mut self, _layer: usize, _first_sequence: usize, _mass: &SinkMass) {}
-    /// Next-token NLL of sequences `first_sequence..`: `(sequences, seq_len - 1)`.
+    /// Next-token NLL of sequences `first_sequence..`: each sequence's `len - 1` values
+    /// (position `p` predicts token `p + 1`), back to back.
     fn on_next_token_nll(&mut self, _first_sequence: usize, _nll: &[f32]) {}
-    /// Logits of sequences `first_sequence..`: `(sequences * seq_len, vocab)`.
+    /// The most likely next tokens (id, log-probability; most likely first) at the requested
+    /// position of sequences `first_sequence..`, one list per sequence.
+    fn on_top_logprobs(&mut self, _first_sequence: usize, _top: &[Vec<(u32, f32)>]) {}
+    /// Logits of sequences `first_sequence..`: `(rows of those sequences, vocab)`.
     fn on_logits(&mut self, _first_sequence: usize, _logits: &[f32]) {}
     /// Whether the observer wants the hidden states after `layer` (a checkpoint is due);
     /// asked only when the request has `checkpoint_hidden_states`.
     fn wants_hidden_states(&mut self, _layer: usize) -> bool {
         false
     }
-    /// The hidden states after `layer`, `(num_sequences * seq_len, hidden)`, when wanted;
+    /// The hidden states after `layer`, `(tokens, hidden)`, when wanted;
     /// called before `on_layer_done`. `in_file`: they are a mapped file (hidden states on
     /// disk), so copying them into memory may not be possible; the next layer changes them
     /// after this returns.
@@ -216,8 +224,15 @@ pub trait RunObserver {
     /// Layer `layer` finished for the whole workload (`layers_to_run` in all).
     fn on_layer_done(&mut self, _layer: usize, _layers_to_run: usize, _tokens: usize) {}
     /// The micro-batch was halved after an out-of-memory at `layer` (`reason`); the run goes on
-    /// with `to` sequences per micro-batch.
-    fn on_micro_batch_halved(&mut self, _layer: usize, _from: usize, _to: usize, _reason: &str) {}
+    /// with micro-batches of `to` (from `from`) `unit`s: sequences for packed data, tokens for
+    /// sequences of their own lengths.
+    fn on_micro_batch_halved(
+        &mut self,
+        _layer: usize,
+        (_from, _to, _unit): (usize, usize, &str),
+        _reason: &str,
+    ) {
+    }
     /// `layer` is about to run in `parts` (it does not fit whole).
     fn on_layer_split(&mut self, _layer: usize, _parts: &[LayerPart]) {}
     /// A failure the observer met (a checkpoint that could not be written); the executor
@@ -233,34 +248,68 @@ impl RunRequest {
     pub fn delimiters(&self, first_sequence: usize, sequences: usize) -> Vec<Option<usize>> {
         (first_sequence..first_sequence + sequences)
             .map(|s| self.first_delimiters.get(s).copied().flatten())
-            .map(|d| d.filter(|&d| d < self.seq_len))
+            .zip(first_sequence..)
+            .map(|(d, s)| d.filter(|&d| d < self.sequences.len_of(s)))
             .collect()
+    }
+
+    /// Sequences in the workload.
+    pub fn num_sequences(&self) -> usize {
+        self.sequences.count()
+    }
+
+    /// Tokens of the longest sequence (of every sequence, for packed data).
+    pub fn seq_len(&self) -> usize {
+        self.sequences.longest()
+    }
+
+    /// Tokens in the workload.
+    pub fn tokens(&self) -> usize {
+        self.sequences.tokens()
     }
 
     /// Checks the request against the model before anything runs.
     pub fn validate(&self, model: &Model) -> Result<()> {
         let spec = &model.spec;
-        if self.num_sequences == 0 || self.seq_len == 0 {
+        if self.sequences.count() == 0 || self.sequences.shortest() == 0 {
             return Err(RuntimeError::InvalidRequest(
                 "the workload is empty: --num-samples and --seq-len must be at least 1".into(),
             ));
         }
-        if self.token_ids.len() != self.num_sequences * self.seq_len {
+        if self.token_ids.len() != self.sequences.tokens() {
             return Err(RuntimeError::InvalidRequest(format!(
-                "{} token ids given for {} sequences of {} tokens",
+                "{} token ids given for {} sequences of {} tokens in all",
                 self.token_ids.len(),
-                self.num_sequences,
-                self.seq_len
+                self.sequences.count(),
+                self.sequences.tokens()
             )));
         }
-        model.check_seq_len(self.seq_len)?;
-        if self.final_stage == FinalStage::NextTokenNll && self.seq_len < 2 {
+        model.check_seq_len(self.sequences.longest())?;
+        if self.final_stage == FinalStage::NextTokenNll && self.sequences.shortest() < 2 {
             return Err(RuntimeError::InvalidRequest(
-                "scoring needs --seq-len of at least 2 (each token is predicted from the ones before it)".into(),
+                "scoring needs sequences of at least 2 tokens (each token is predicted from the ones before it)".into(),
+            ));
+        }
+        if let Some(top) = &self.top_logprobs {
+            let bad = top.positions.len() != self.sequences.count()
+                || top
+                    .positions
+                    .iter()
+                    .enumerate()
+                    .any(|(s, &p)| p >= self.sequences.len_of(s));
+            if bad || self.final_stage != FinalStage::NextTokenNll || top.k == 0 {
+                return Err(RuntimeError::internal(
+                    "top log-probabilities asked at positions outside the sequences".to_string(),
+                ));
+            }
+        }
+        if self.sequences.uniform_len().is_none() && self.collects_statistics() {
+            return Err(RuntimeError::InvalidRequest(
+                "statistics and attention-sink captures need sequences of one length (per-record analysis is not built yet); score per record, or pack the data".into(),
             ));
         }
         if let Some(start) = &self.start {
-            let expected = self.num_sequences * self.seq_len * spec.hidden_size;
+            let expected = self.sequences.tokens() * spec.hidden_size;
             let given = start.hidden_states.len()?;
             if given != expected || start.first_layer > spec.num_layers {
                 return Err(RuntimeError::InvalidRequest(format!(
@@ -301,9 +350,17 @@ impl RunRequest {
         }
     }
 
-    /// Sequences per micro-batch, at least 1 and at most all of them.
+    /// Tokens per micro-batch: at least the longest sequence, at most the workload.
     pub fn micro_batch(&self) -> usize {
-        self.micro_batch_sequences.clamp(1, self.num_sequences)
+        self.micro_batch_tokens
+            .clamp(self.sequences.longest(), self.sequences.tokens().max(1))
+    }
+
+    /// Whether anything is captured as statistics or sinks (which need one sequence length).
+    pub fn collects_statistics(&self) -> bool {
+        !self.capture_layers.is_empty()
+            && (matches!(self.capture_mode, CaptureMode::Statistics { .. })
+                || self.capture_points.contains(&CapturePoint::AttnSinks))
     }
 
     /// The first layer to run.

@@ -1,0 +1,199 @@
+//! RoPE and causal attention on the GPU against the CPU reference, per element: sequences of
+//! one length (packed data) and of their own lengths in one micro-batch (per-record
+//! workloads: row positions and offsets on the device, offsets sliced out of a workload's as
+//! the executor slices them). Without a GPU each test says it skipped; with
+//! LAYERSTREAM_REQUIRE_GPU=1 it fails instead.
+
+use layerstream_kernels::Gpu;
+use layerstream_kernels::ops::attention::{AttentionDims, RaggedRows, causal_attention};
+use layerstream_kernels::ops::rope;
+use layerstream_runtime::{Sequences, cpu};
+use layerstream_tests::device::{download, upload, zeros};
+use layerstream_tests::{assert_all_close, assert_matches_reference, gpu_or_skip, random_values};
+
+#[test]
+fn rope_matches_cpu_including_partial_rotary_and_own_lengths() {
+    let Some(gpu) = gpu_or_skip("rope") else {
+        return;
+    };
+    let heads = 3;
+    let packed = Sequences::uniform(2, 37);
+    let records = Sequences::from_lengths([5, 37, 1, 20]);
+    for (head_dim, rotary_pairs, scaling) in [(16, 8, 1.0), (64, 32, 1.346_573_6), (80, 16, 1.0)] {
+        let inv_freq: Vec<f32> = (0..rotary_pairs)
+            .map(|i| 10000f32.powf(-(i as f32) / rotary_pairs as f32))
+            .collect();
+        for batch in [&packed, &records] {
+            let rows = batch.tokens();
+            let x = random_values(rows * heads * head_dim, 4, 3.0);
+            let mut expect = x.clone();
+            cpu::rope::RopeTable::new(&inv_freq, batch.longest(), scaling).apply(
+                &mut expect,
+                heads,
+                head_dim,
+                batch,
+            );
+            let positions: Vec<i32> = batch.positions().iter().map(|&p| p as i32).collect();
+            let positions = upload(&gpu, &positions);
+            let ragged = batch.uniform_len().is_none();
+            let mut xd = upload(&gpu, &x);
+            rope::rope(
+                &gpu,
+                &mut xd.as_view_mut(),
+                &upload(&gpu, &inv_freq).as_view(),
+                rows,
+                heads,
+                head_dim,
+                batch.longest(),
+                scaling,
+                ragged.then(|| positions.as_view()).as_ref(),
+            )
+            .unwrap();
+            assert_matches_reference(
+                &format!("rope head_dim {head_dim}, lengths {:?}", batch.offsets()),
+                &download(&gpu, &xd),
+                &expect,
+            );
+        }
+    }
+}
+
+/// The f32 and tensor-core kernels against the CPU on `batch` (a slice of `workload`'s
+/// sequences `range` when ragged).
+fn check_attention(
+    gpu: &Gpu,
+    workload: &Sequences,
+    range: std::ops::Range<usize>,
+    head_dim: usize,
+    window: Option<usize>,
+) {
+    let batch = workload.slice(range.clone());
+    let ragged = batch.uniform_len().is_none();
+    let dims = AttentionDims {
+        sequences: batch.count(),
+        seq_len: batch.longest(),
+        heads: 4,
+        kv_heads: 2,
+        head_dim,
+        sliding_window: window,
+        scale: (head_dim as f32).powf(-0.5),
+        tensor_cores: false,
+    };
+    let rows = batch.tokens();
+    let q = random_values(rows * 4 * head_dim, 12, 2.0);
+    let k = random_values(rows * 2 * head_dim, 13, 2.0);
+    let v = random_values(rows * 2 * head_dim, 14, 2.0);
+    let shape = cpu::attention::AttentionShape {
+        batch: &batch,
+        heads: 4,
+        kv_heads: 2,
+        head_dim,
+        sliding_window: window,
+        scale: dims.scale,
+    };
+    // The workload's offsets, sliced as the executor slices them (not starting at 0).
+    let offsets: Vec<i32> = workload.offsets().iter().map(|&o| o as i32).collect();
+    let offsets = upload(gpu, &offsets);
+    let offsets = offsets.slice(range.start..range.end + 1);
+    let what = format!("T {:?} d={head_dim} w={window:?}", batch.offsets());
+    let run = |dims: AttentionDims, q: &[f32], k: &[f32], v: &[f32]| {
+        let mut out = zeros(gpu, q.len());
+        let ragged = ragged.then_some(RaggedRows {
+            offsets: &offsets,
+            rows,
+        });
+        causal_attention(
+            gpu,
+            &upload(gpu, q).as_view(),
+            &upload(gpu, k).as_view(),
+            &upload(gpu, v).as_view(),
+            &mut out.as_view_mut(),
+            dims,
+            None,
+            None,
+            ragged,
+        )
+        .unwrap();
+        download(gpu, &out)
+    };
+    let mut expect = vec![0f32; q.len()];
+    cpu::attention::causal_attention(&q, &k, &v, &mut expect, shape, 2, Default::default());
+    assert_matches_reference(
+        &format!("attention {what}"),
+        &run(dims, &q, &k, &v),
+        &expect,
+    );
+
+    // Tensor cores (bf16 q, k, v and probabilities, f32 accumulation and softmax) against
+    // the CPU on the same bf16-rounded q, k, v: what is left is the rounding of the
+    // probabilities (< 2^-8 relative) and the order of the sums.
+    let tensor = AttentionDims {
+        tensor_cores: true,
+        ..dims
+    };
+    let rounded = |x: &[f32]| -> Vec<f32> {
+        x.iter()
+            .map(|&v| half::bf16::from_f32(v).to_f32())
+            .collect()
+    };
+    let (qr, kr, vr) = (rounded(&q), rounded(&k), rounded(&v));
+    let mut expect_bf16 = vec![0f32; q.len()];
+    cpu::attention::causal_attention(
+        &qr,
+        &kr,
+        &vr,
+        &mut expect_bf16,
+        shape,
+        2,
+        Default::default(),
+    );
+    let what = format!(
+        "attention on tensor cores ({}) {what}",
+        tensor.uses_tensor_cores(gpu)
+    );
+    if gpu.has_bf16_math() {
+        assert_eq!(
+            tensor.uses_tensor_cores(gpu),
+            head_dim.is_multiple_of(16) && head_dim <= 128,
+            "{what}"
+        );
+    }
+    assert_all_close(&what, &run(tensor, &q, &k, &v), &expect_bf16, 0.02, 0.01);
+}
+
+#[test]
+fn attention_matches_cpu_for_every_shape_and_window() {
+    let Some(gpu) = gpu_or_skip("attention") else {
+        return;
+    };
+    for (seq_len, head_dim, window) in [
+        (1, 16, None),
+        (7, 64, None),
+        (100, 128, None),
+        (100, 128, Some(5)),
+        (70, 256, Some(40)),
+        (33, 80, None),
+    ] {
+        check_attention(
+            &gpu,
+            &Sequences::uniform(2, seq_len),
+            0..2,
+            head_dim,
+            window,
+        );
+    }
+}
+
+#[test]
+fn attention_of_sequences_of_their_own_lengths_stays_within_each() {
+    let Some(gpu) = gpu_or_skip("attention, own lengths") else {
+        return;
+    };
+    // Shorter than a block, longer than several, one token; sliced from the middle of a
+    // workload so the offsets do not start at 0.
+    let workload = Sequences::from_lengths([9, 3, 130, 1, 64, 77, 20]);
+    for (head_dim, window) in [(64, None), (128, Some(33)), (80, None), (256, Some(50))] {
+        check_attention(&gpu, &workload, 1..6, head_dim, window);
+        check_attention(&gpu, &workload, 0..7, head_dim, window);
+    }
+}
