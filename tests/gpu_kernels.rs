@@ -7,7 +7,7 @@ use layerstream_kernels::cudarc::driver::CudaSlice;
 use layerstream_kernels::gemm;
 use layerstream_kernels::ops::convert::{StoredDtype, embedding_gather, f32_to_bf16, half_to_f32};
 use layerstream_kernels::ops::elementwise::GatedActivation;
-use layerstream_kernels::ops::{elementwise, moe, norm, stats};
+use layerstream_kernels::ops::{elementwise, moe, norm};
 use layerstream_runtime::arch::{
     ExpertNaming, MoeSpec, RouterScoring, SharedExpertSpec, WeightRole,
 };
@@ -508,86 +508,6 @@ fn moe_block_matches_cpu() {
             &download(&gpu, &out),
             &expect,
         );
-    }
-}
-
-#[test]
-fn statistics_accumulate_like_the_cpu_summary() {
-    let Some(gpu) = gpu_or_skip("stats") else {
-        return;
-    };
-    let (sequences, seq_len, width) = (5, 129, 70);
-    let mut x = random_values(sequences * seq_len * width, 15, 9.0);
-    x[3 * width + 4] = f32::NAN;
-    // Positions kept (the outlier-feature points' accumulators).
-    let words = (sequences * seq_len).div_ceil(32);
-    let mut acc = stats::StatsAccumulators::new(&gpu, sequences, width, words).unwrap();
-    // Two micro-batches: sequences 0-2, then 3-4.
-    for (first, count) in [(0, 3), (3, 2)] {
-        let part = upload(
-            &gpu,
-            &x[first * seq_len * width..(first + count) * seq_len * width],
-        );
-        acc.accumulate(&gpu, &part.as_view(), count, seq_len, first, 6.0)
-            .unwrap();
-    }
-    let host = acc.download(&gpu).unwrap();
-    let shape = layerstream_planner::statistics::CapturedPoint {
-        width,
-        positions: true,
-        magnitudes: false,
-    };
-    let mut reference =
-        layerstream_runtime::analysis::PointStatistics::new(sequences, seq_len, shape, 6.0);
-    reference.accumulate(&x, 0);
-    assert_eq!(
-        host.count_pos_ge, reference.count_pos_ge,
-        "positive >= threshold"
-    );
-    assert_eq!(host.histogram, reference.histogram, "|x| histogram");
-    assert_eq!(host.positions, reference.positions, "position bits");
-    assert!(host.positions.iter().any(|&w| w != 0));
-    for (i, (got, expect)) in host
-        .sum_abs_ge
-        .iter()
-        .zip(&reference.sum_abs_ge)
-        .enumerate()
-    {
-        assert!(
-            (got - expect).abs() <= 1e-9 * expect.abs().max(1.0),
-            "sum |x| >= threshold at {i}: {got} vs {expect}"
-        );
-    }
-    assert_eq!(
-        host.max_abs, reference.max_abs,
-        "max |x| per (sequence, dim)"
-    );
-    assert_eq!(
-        host.count_ge, reference.count_ge,
-        "count >= threshold per (sequence, dim)"
-    );
-    assert_eq!(
-        host.non_finite, reference.non_finite,
-        "non-finite per (sequence, dim)"
-    );
-    assert_eq!(host.non_finite.iter().sum::<u64>(), 1);
-    // Sums of powers per (sequence, dim), against f64 on the CPU.
-    let plane = sequences * width;
-    for s in 0..sequences {
-        for d in 0..width {
-            let column: Vec<f64> = (0..seq_len)
-                .map(|t| x[(s * seq_len + t) * width + d] as f64)
-                .filter(|v| v.is_finite())
-                .collect();
-            for power in 1..=4 {
-                let expect: f64 = column.iter().map(|v| v.powi(power as i32)).sum();
-                let got = host.sums[(power - 1) * plane + s * width + d];
-                assert!(
-                    (got - expect).abs() <= 1e-9 * expect.abs().max(1.0),
-                    "sum x^{power} ({s},{d}): {got} vs {expect}"
-                );
-            }
-        }
     }
 }
 

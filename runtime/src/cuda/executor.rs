@@ -5,10 +5,9 @@
 use super::ComputeDtype;
 use super::CudaBackend;
 use super::capture::{Accumulator, CudaCapture, download_statistics, statistics_accumulators};
-use super::head::DeviceHead;
+use super::head_run::HeadRun;
 use super::hidden::HiddenStates;
 use super::layer::{DeviceMicroBatch, DeviceScratch, run_part};
-use super::linear::Bf16Scratch;
 use super::ops::RaggedDevice;
 use super::staging::{
     LayerLayout, StagedLayer, StagingBuffer, part_layout, read_layers, staging_buffers,
@@ -27,13 +26,11 @@ use crate::model::Model;
 use crate::plan::{dominant_weight_dtype, layer_shapes};
 use crate::sequences::Sequences;
 use crate::timeline;
-use crate::top_logprobs::top_k_logprobs;
 use crossbeam::channel::{Receiver, Sender, bounded};
 use layerstream_kernels::Gpu;
 use layerstream_kernels::cudarc::driver::result::memcpy_htod_async;
 use layerstream_kernels::cudarc::driver::sys::CUevent_flags;
 use layerstream_kernels::cudarc::driver::{CudaEvent, CudaSlice, CudaStream, DevicePtrMut};
-use layerstream_planner::memory;
 use layerstream_planner::memory::{HiddenPlacement, LayerShapes};
 use layerstream_planner::split::{LayerPart, needs_accumulator};
 use std::collections::BTreeMap;
@@ -255,78 +252,6 @@ fn device_staging(
         device_free_tx.send(free).expect("receiver alive");
     }
     Ok((device_free_tx, device_free_rx))
-}
-
-/// The final norm and LM head over the hidden states after the last layer (score, tests).
-struct HeadRun<'a> {
-    gpu: &'a Gpu,
-    model: &'a Model,
-    request: &'a RunRequest,
-    compute: ComputeDtype,
-    budget: &'a Arc<Budget>,
-}
-
-impl HeadRun<'_> {
-    fn run(
-        &self,
-        hidden_states: &mut HiddenStates,
-        micro_batch: usize,
-        observer: &mut dyn RunObserver,
-    ) -> Result<()> {
-        let HeadRun {
-            gpu,
-            model,
-            request,
-            compute,
-            budget,
-        } = *self;
-        let d = model.spec.hidden_size;
-        let all = &request.sequences;
-        let rows = all.largest_batch(0..all.count(), micro_batch);
-        let head_bytes = memory::head_bytes(model.weights.inventory(), compute.gemm(), rows);
-        let _head_reservation = budget.reserve("the output head", head_bytes)?;
-        let head = DeviceHead::upload(gpu, model, compute)?;
-        let mut scratch = Bf16Scratch::new(gpu.stream.alloc_zeros::<u16>(rows * d)?);
-        let mut first_sequence = 0;
-        while first_sequence < all.count() {
-            let count = all.batch_from(first_sequence, all.count(), micro_batch);
-            let sequences = first_sequence..first_sequence + count;
-            let tokens = all.rows(sequences.clone());
-            let (start, end) = (tokens.start * d, tokens.end * d);
-            let batch = hidden_states.begin(gpu, start..end)?;
-            let batch = batch.as_view();
-            let ids = &request.token_ids[tokens.clone()];
-            match request.final_stage {
-                FinalStage::NextTokenNll => {
-                    let spans = all.slice(sequences);
-                    let nll = head.next_token_nll(gpu, &batch, ids, &spans, &mut scratch)?;
-                    observer.on_next_token_nll(first_sequence, &nll);
-                }
-                FinalStage::Logits => {
-                    let logits = head.logits(gpu, &batch, tokens.len(), &mut scratch)?;
-                    observer.on_logits(first_sequence, &logits);
-                }
-                FinalStage::None => {}
-            }
-            if let Some(top) = &request.top_logprobs {
-                // The hidden state of each sequence's chosen position, `(count, hidden)`.
-                let mut gathered = Vec::with_capacity(count * d);
-                for s in first_sequence..first_sequence + count {
-                    let row = all.start(s) + top.positions[s] - tokens.start;
-                    gathered.extend(
-                        gpu.stream
-                            .clone_dtoh(&batch.slice(row * d..(row + 1) * d))?,
-                    );
-                }
-                let gathered = gpu.stream.clone_htod(&gathered)?;
-                let logits = head.logits(gpu, &gathered.as_view(), count, &mut scratch)?;
-                let vocab = model.lm_head().shape[0];
-                observer.on_top_logprobs(first_sequence, &top_k_logprobs(&logits, vocab, top.k));
-            }
-            first_sequence += count;
-        }
-        Ok(())
-    }
 }
 
 /// A layer in progress on the GPU.

@@ -6,6 +6,7 @@ mod capture;
 mod delta_net;
 pub mod executor;
 mod head;
+mod head_run;
 mod hidden;
 mod layer;
 mod linear;
