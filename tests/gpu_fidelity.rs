@@ -50,6 +50,7 @@ fn request(
         capture_mode: mode,
         final_stage,
         top_logprobs: None,
+        head_vocab_rows: None,
         micro_batch_tokens: micro_batch * reference.seq_len,
         start: None,
         checkpoint_hidden_states: false,

@@ -18,5 +18,19 @@ fn records_of_their_own_lengths_match_pytorch_on_cuda() {
         gpu: Arc::new(gpu),
         compute: ComputeChoice::F32,
     });
-    check_records_against_pytorch(&backend, "cuda");
+    check_records_against_pytorch(&backend, "cuda", false);
+}
+
+/// The output head split by vocabulary rows (three parts, each uploaded once, every
+/// micro-batch through each): the same NLL and top-k as PyTorch's.
+#[test]
+fn a_head_split_by_vocabulary_rows_scores_as_pytorch_does_on_cuda() {
+    let Some(gpu) = gpu_or_skip("cuda split head") else {
+        return;
+    };
+    let backend = Backend::Cuda(CudaBackend {
+        gpu: Arc::new(gpu),
+        compute: ComputeChoice::F32,
+    });
+    check_records_against_pytorch(&backend, "cuda split head", true);
 }

@@ -73,6 +73,7 @@ fn runs_under_several_budgets_allocate_what_they_reserve() {
                 },
                 final_stage: FinalStage::None,
                 top_logprobs: None,
+                head_vocab_rows: None,
                 micro_batch_tokens: 2 * seq_len,
                 start: None,
                 checkpoint_hidden_states: false,

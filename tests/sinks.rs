@@ -77,6 +77,7 @@ fn sink_mass_equals_the_probabilities_from_captured_queries_and_keys() {
                 capture_mode: CaptureMode::Activations,
                 final_stage: FinalStage::None,
                 top_logprobs: None,
+                head_vocab_rows: None,
                 micro_batch_tokens: micro_batch * seq_len,
                 start: None,
                 checkpoint_hidden_states: false,

@@ -83,6 +83,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             },
             final_stage: FinalStage::None,
             top_logprobs: None,
+            head_vocab_rows: None,
             micro_batch_tokens: micro_batch * seq_len,
             start: None,
             checkpoint_hidden_states: false,

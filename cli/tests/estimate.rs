@@ -435,3 +435,29 @@ fn qwen3_next_80b_is_estimated_from_its_headers_in_under_a_second() {
 }
 
 const VOCAB_QWEN: u64 = 151936;
+
+/// A 70B-shaped model's 2.1 GB output head does not fit next to a layer at 6 GiB: `--score`
+/// plans it split by vocabulary rows (and says so); at 12 GiB it stays whole.
+#[test]
+fn a_score_plan_splits_an_output_head_that_does_not_fit() {
+    let home = tempfile::tempdir().unwrap();
+    let (dir, _) = sparse_llama(home.path(), 3);
+    let model = dir.display().to_string();
+    let plan = |vram: &str| -> Value {
+        let out = assert_succeeds(&layerstream(
+            &["estimate", "--model", &model, "--score", "--vram", vram, "--json"],
+            home.path(),
+        ));
+        serde_json::from_str(&out).unwrap()
+    };
+    let tight = plan("6GiB");
+    let rows = tight["plan"]["head_vocab_rows"].as_u64().expect("split head");
+    assert!(rows < 128256 && rows >= 1024, "{rows}");
+    assert!(tight["plan"]["peak_bytes"].as_u64().unwrap() <= 6 << 30);
+    assert!(plan("12GiB")["plan"].get("head_vocab_rows").is_none());
+    let text = assert_succeeds(&layerstream(
+        &["estimate", "--model", &model, "--score", "--vram", "6GiB"],
+        home.path(),
+    ));
+    assert!(text.contains("split by vocabulary rows"), "{text}");
+}

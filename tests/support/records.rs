@@ -59,8 +59,9 @@ fn log_softmax(row: &[f32]) -> Vec<f64> {
 
 /// Runs records of their own lengths (prefixes of the reference's sequences, mixed in
 /// micro-batches) of every fixture on `backend` and checks every activation point, the
-/// next-token NLL and the top-k log-probabilities against PyTorch's.
-pub fn check_records_against_pytorch(backend: &Backend, what: &str) {
+/// next-token NLL and the top-k log-probabilities against PyTorch's; with `split_head`, the
+/// output head in parts of about a third of the vocabulary.
+pub fn check_records_against_pytorch(backend: &Backend, what: &str, split_head: bool) {
     for name in FIXTURES {
         let reference = Reference::load(name);
         let model = Model::open(&fixture_model(name)).unwrap();
@@ -86,6 +87,7 @@ pub fn check_records_against_pytorch(backend: &Backend, what: &str) {
                 k,
                 positions: positions.clone(),
             }),
+            head_vocab_rows: split_head.then(|| model.lm_head().shape[0] / 3 + 1),
             // Micro-batches of mixed lengths.
             micro_batch_tokens: t + t / 2,
             start: None,

@@ -159,6 +159,7 @@ pub fn analyze(args: &AnalyzeArgs) -> Result<()> {
         },
         final_stage: FinalStage::None,
         top_logprobs: None,
+        head_vocab_rows: None,
         micro_batch_tokens: micro_batch * packed.seq_len,
         start,
         checkpoint_hidden_states: true,

@@ -202,6 +202,15 @@ pub fn print_estimate(e: &Estimate) {
             p.micro_batch_sequences * e.seq_len
         ),
     );
+    if let Some(rows) = p.head_vocab_rows {
+        row(
+            "output head",
+            format!(
+                "split by vocabulary rows, {rows} at a time ({} on the device): the whole head does not fit next to the micro-batch",
+                size(p.regions.head)
+            ),
+        );
+    }
     row(
         "hidden states",
         match p.hidden_placement {

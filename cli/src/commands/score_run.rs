@@ -135,6 +135,10 @@ pub fn run_scoring(
         capture_mode: CaptureMode::Activations,
         final_stage: FinalStage::NextTokenNll,
         top_logprobs: job.top_logprobs,
+        head_vocab_rows: plan
+            .as_ref()
+            .and_then(|e| e.plan.head_vocab_rows)
+            .map(|rows| rows as usize),
         micro_batch_tokens,
         start,
         checkpoint_hidden_states: true,

@@ -1,7 +1,7 @@
 //! `plan`: the search's choice written out as the plan (per-layer rows, regions, host and
 //! disk bytes), or the refusal that says what the smallest arrangement needs.
 
-use super::regions::{Regions, ScratchFor, ScratchManifest};
+use super::regions::{Regions, ScratchFor, ScratchManifest, head_shape};
 use super::report::{LayerPlan, MemoryPlan, PartPlan, PlanError};
 use super::search::{Cut, Search, Units, part_cost};
 use super::shapes::{HiddenPlacement, LayerShapes, Workload};
@@ -23,7 +23,7 @@ pub fn plan(
     host_budget: Option<u64>,
     overhead_bytes: u64,
 ) -> Result<MemoryPlan, PlanError> {
-    let search = Search::new(
+    let mut search = Search::new(
         inventory,
         layers,
         workload,
@@ -32,17 +32,38 @@ pub fn plan(
         host_budget,
         overhead_bytes,
     );
-    for placement in [
-        HiddenPlacement::Device,
-        HiddenPlacement::PinnedHost,
-        HiddenPlacement::Disk,
-    ] {
-        if let Some((units, sequences)) = search.choose(placement) {
-            return Ok(memory_plan(&search, &units, sequences, placement, budget));
+    // The whole output head first; when nothing fits with it, the head split by vocabulary
+    // rows, halved until it fits (down to HEAD_MIN_ROWS rows at a time).
+    let (vocab, _) = head_shape(inventory);
+    let mut heads = vec![None];
+    if workload.lm_head {
+        let mut rows = vocab.div_ceil(2);
+        while rows >= HEAD_MIN_ROWS {
+            heads.push(Some(rows));
+            rows = rows.div_ceil(2);
         }
     }
+    let smallest = *heads.last().expect("the whole head");
+    for head_rows in heads {
+        search.head_rows = head_rows;
+        for placement in [
+            HiddenPlacement::Device,
+            HiddenPlacement::PinnedHost,
+            HiddenPlacement::Disk,
+        ] {
+            if let Some((units, sequences)) = search.choose(placement) {
+                return Ok(memory_plan(&search, &units, sequences, placement, budget));
+            }
+        }
+    }
+    // What the smallest arrangement needs, with the head at its smallest.
+    search.head_rows = smallest;
     Err(refusal(&search))
 }
+
+/// The fewest vocabulary rows the output head is split into (smaller parts would spend the
+/// run re-reading the micro-batches).
+pub const HEAD_MIN_ROWS: u64 = 1024;
 
 fn memory_plan(
     search: &Search,
@@ -98,6 +119,7 @@ fn memory_plan(
     MemoryPlan {
         budget_bytes: budget,
         micro_batch_sequences: sequences,
+        head_vocab_rows: search.head_rows,
         hidden_placement: placement,
         split_layers: units
             .iter()

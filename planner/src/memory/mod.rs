@@ -34,11 +34,11 @@ mod shapes;
 mod tests;
 
 pub use crate::format::{GemmDtype, TENSOR_ALIGN};
-pub use assemble::plan;
+pub use assemble::{HEAD_MIN_ROWS, plan};
 pub use mixer_buffers::BlockWidths;
 pub use regions::{
     BufferName, ElementType, Regions, ScratchFor, ScratchManifest, activation_bytes, head_bytes,
-    layer_weight_bytes,
+    head_shape, layer_weight_bytes,
 };
 pub use report::{LayerPlan, MemoryPlan, PartPlan, PlanError};
 pub use shapes::{

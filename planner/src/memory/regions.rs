@@ -329,9 +329,9 @@ pub fn layer_weight_bytes(inventory: &Inventory, layer: usize, gemm: GemmDtype) 
         .fold((0, 0), |(s, c), (s2, c2)| (s + s2, c + c2))
 }
 
-/// The output head on the device: the LM head matrix in the GEMM dtype (the embedding when
-/// no output-class matrix exists: tied), the final norm, normed rows and one logits chunk.
-pub fn head_bytes(inventory: &Inventory, gemm: GemmDtype, rows: usize) -> u64 {
+/// The output head's shape: `(vocab, width)` of the LM head matrix (the embedding when no
+/// output-class matrix exists: tied).
+pub fn head_shape(inventory: &Inventory) -> (u64, u64) {
     let matrices: Vec<_> = inventory
         .of_class(TensorClass::Output)
         .filter(|t| t.shape.len() == 2)
@@ -344,16 +344,33 @@ pub fn head_bytes(inventory: &Inventory, gemm: GemmDtype, rows: usize) -> u64 {
     } else {
         matrices
     };
-    let (vocab, width) = head
-        .first()
-        .map_or((0, 0), |t| (t.shape[0] as u64, t.shape[1] as u64));
+    head.first()
+        .map_or((0, 0), |t| (t.shape[0] as u64, t.shape[1] as u64))
+}
+
+/// The output head on the device for micro-batches of `rows`: the LM head matrix in the GEMM
+/// dtype (whole, or `vocab_rows` of its rows at a time when it is split by vocabulary rows,
+/// with the rows' running log-sum-exp), the final norm, normed rows and one logits chunk.
+pub fn head_bytes(
+    inventory: &Inventory,
+    gemm: GemmDtype,
+    rows: usize,
+    vocab_rows: Option<u64>,
+) -> u64 {
+    let (vocab, width) = head_shape(inventory);
+    let held = vocab_rows.map_or(vocab, |r| r.min(vocab));
     let rows = rows as u64;
     let chunk = ((64u64 << 20) / rows.max(1))
-        .clamp(256, vocab.max(1))
-        .min(vocab);
-    align(vocab * width * gemm.size_bytes())
+        .clamp(256, held.max(1))
+        .min(held);
+    let running = match vocab_rows {
+        Some(_) => 3 * 4 * rows,
+        None => 0,
+    };
+    align(held * width * gemm.size_bytes())
         + align(width * 4)
         + 4 * rows * width
         + 4 * rows * chunk
         + 2 * rows * width
+        + running
 }

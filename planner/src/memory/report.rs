@@ -44,6 +44,10 @@ pub struct MemoryPlan {
     pub budget_bytes: Option<u64>,
     /// Sequences per micro-batch.
     pub micro_batch_sequences: usize,
+    /// The output head split by vocabulary rows: this many on the device at a time (absent:
+    /// the whole head, or no head).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub head_vocab_rows: Option<u64>,
     /// Where hidden states live.
     pub hidden_placement: HiddenPlacement,
     /// Layers that stream in parts because they do not fit whole.

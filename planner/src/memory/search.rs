@@ -42,6 +42,9 @@ pub(super) struct Search<'a> {
     pub host_limit: u64,
     /// Largest micro-batch asked for, in sequences.
     pub target: usize,
+    /// The output head split by vocabulary rows: this many rows on the device at a time
+    /// (`None`: the whole head).
+    pub head_rows: Option<u64>,
 }
 
 /// A cost that orders parts: two staging buffers and the conversions.
@@ -83,6 +86,7 @@ impl<'a> Search<'a> {
             host_limit: host_budget.unwrap_or(u64::MAX),
             target: (workload.target_micro_batch_tokens / workload.seq_len.max(1))
                 .clamp(1, workload.sequences.max(1)),
+            head_rows: None,
         }
     }
 
@@ -135,7 +139,7 @@ impl<'a> Search<'a> {
         let rows = sequences * self.workload.seq_len;
         let (block, moe) = self.scratch(sequences).bytes();
         let head = match self.workload.lm_head {
-            true => head_bytes(self.inventory, self.gemm, rows),
+            true => head_bytes(self.inventory, self.gemm, rows, self.head_rows),
             false => 0,
         };
         let workload_rows = match placement {

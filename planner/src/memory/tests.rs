@@ -513,3 +513,82 @@ fn delta_net_layers_list_their_buffers_and_chunked_state() {
     let plain = ScratchManifest::for_layer(&plain, rows, ScratchFor::Cpu);
     assert!(!plain.lists(BufferName::Projected) && !plain.lists(BufferName::MixerGate));
 }
+
+/// A head that does not fit next to a layer is split by vocabulary rows, halved until the
+/// run fits; the plan's peak is then its regions with the head's part.
+#[test]
+fn an_output_head_that_does_not_fit_is_split_by_vocabulary_rows() {
+    let (inventory, shapes) = dense();
+    let scoring = Workload {
+        captured_points: Vec::new(),
+        lm_head: true,
+        ..workload()
+    };
+    let whole_head = plan(
+        &inventory,
+        &shapes,
+        &scoring,
+        GemmDtype::Bf16,
+        None,
+        None,
+        0,
+    )
+    .unwrap();
+    assert_eq!(whole_head.head_vocab_rows, None);
+    // The head alone is 32000 x 1024 bf16 = 62.5 MiB: a budget below what the whole head
+    // needs with one sequence, but above what a part of it needs.
+    let one_sequence_whole = {
+        let mut search = search::Search::new(
+            &inventory,
+            &shapes,
+            &scoring,
+            GemmDtype::Bf16,
+            None,
+            None,
+            0,
+        );
+        search.head_rows = None;
+        let units = search.units(search::Cut::Whole);
+        search.regions(&units, 1, HiddenPlacement::Disk).total()
+    };
+    let budget = one_sequence_whole - (40 << 20);
+    let split = plan(
+        &inventory,
+        &shapes,
+        &scoring,
+        GemmDtype::Bf16,
+        Some(budget),
+        None,
+        0,
+    )
+    .unwrap();
+    let rows = split.head_vocab_rows.expect("split");
+    assert!(rows < 32000 && rows >= HEAD_MIN_ROWS, "{rows}");
+    assert!(split.peak_bytes <= budget);
+    assert_eq!(split.peak_bytes, split.regions.total());
+    assert_eq!(
+        split.regions.head,
+        head_bytes(
+            &inventory,
+            GemmDtype::Bf16,
+            split.micro_batch_sequences * 2048,
+            Some(rows)
+        )
+    );
+    // Twice the rows would not have fitted (the largest part that fits is taken).
+    let mut bigger = split.regions;
+    bigger.head = head_bytes(&inventory, GemmDtype::Bf16, 2048, Some(rows * 2));
+    assert!(rows * 2 >= 32000 || bigger.total() > budget);
+    // Analysis runs never split a head they do not have.
+    let analysis = plan(
+        &inventory,
+        &shapes,
+        &workload(),
+        GemmDtype::Bf16,
+        Some(budget),
+        None,
+        0,
+    )
+    .unwrap();
+    assert_eq!(analysis.head_vocab_rows, None);
+}

@@ -4,7 +4,7 @@
 
 use super::ComputeDtype;
 use super::linear::{Bf16Scratch, linear};
-use super::weights::{DeviceMatrix, upload_matrix};
+use super::weights::{DeviceMatrix, upload_matrix_rows};
 use crate::error::Result;
 use crate::model::Model;
 use crate::sequences::Sequences;
@@ -12,30 +12,84 @@ use layerstream_kernels::Gpu;
 use layerstream_kernels::cudarc::driver::{CudaSlice, CudaView};
 use layerstream_kernels::ops::{loss, norm};
 
-/// The output head on the device.
+/// The output head on the device: all of it, or a range of its vocabulary rows (a head
+/// split because it does not fit next to the micro-batch).
 pub struct DeviceHead {
     final_norm: CudaSlice<f32>, // (hidden)
-    lm_head: DeviceMatrix,      // (vocab, hidden)
+    lm_head: DeviceMatrix,      // (vocab rows held, hidden)
+    /// Vocabulary rows held.
     vocab: usize,
+    /// The first of them in the vocabulary.
+    first_row: usize,
     width: usize,
     eps: f32,
+}
+
+/// The running log-sum-exp of rows over the vocabulary chunks seen so far, and each row's
+/// target logit, on the host (`(rows)` each; carried across the parts of a split head).
+pub struct RunningLogSumExp {
+    /// Largest logit so far.
+    pub max: Vec<f32>,
+    /// Sum of `exp(logit - max)` so far.
+    pub sum: Vec<f32>,
+    /// The target token's logit, once its chunk was seen.
+    pub target: Vec<f32>,
+}
+
+impl RunningLogSumExp {
+    /// Nothing seen yet, for `rows` rows.
+    pub fn new(rows: usize) -> Self {
+        RunningLogSumExp {
+            max: vec![f32::NEG_INFINITY; rows],
+            sum: vec![0.0; rows],
+            target: vec![0.0; rows],
+        }
+    }
+
+    /// `log(sum(exp(logits)))` of row `r`.
+    pub fn log_norm(&self, r: usize) -> f64 {
+        self.max[r] as f64 + (self.sum[r] as f64).ln()
+    }
+}
+
+/// The targets of `token_ids` of `batch`'s sequences: the next token, or `u32::MAX` for each
+/// sequence's last row (it predicts nothing).
+pub fn next_tokens(token_ids: &[u32], batch: &Sequences) -> Vec<u32> {
+    let mut targets: Vec<u32> = (0..token_ids.len())
+        .map(|r| token_ids.get(r + 1).copied().unwrap_or(u32::MAX))
+        .collect();
+    for span in batch.spans() {
+        targets[span.end - 1] = u32::MAX;
+    }
+    targets
 }
 
 impl DeviceHead {
     /// Uploads the final norm and the LM head (the embedding when tied).
     pub fn upload(gpu: &Gpu, model: &Model, compute: ComputeDtype) -> Result<Self> {
+        Self::upload_rows(gpu, model, compute, 0..model.lm_head().shape[0])
+    }
+
+    /// Uploads the final norm and vocabulary rows `rows` of the LM head.
+    pub fn upload_rows(
+        gpu: &Gpu,
+        model: &Model,
+        compute: ComputeDtype,
+        rows: std::ops::Range<usize>,
+    ) -> Result<Self> {
         let lm_head = model.lm_head();
         Ok(DeviceHead {
             final_norm: gpu.stream.clone_htod(&model.final_norm()?)?,
-            lm_head: upload_matrix(gpu, &model.weights, lm_head, compute)?,
-            vocab: lm_head.shape[0],
+            lm_head: upload_matrix_rows(gpu, &model.weights, lm_head, compute, rows.clone())?,
+            vocab: rows.len(),
+            first_row: rows.start,
             width: lm_head.shape[1],
             eps: model.spec.block.norm_eps,
         })
     }
 
     /// Normalises `hidden (rows, width)` and calls `visit(first_vocab, logits (rows, n), n)`
-    /// per vocabulary chunk.
+    /// per vocabulary chunk of the rows held (`first_vocab` in the whole vocabulary).
     fn for_each_chunk(
         &self,
         gpu: &Gpu,
@@ -73,12 +127,12 @@ impl DeviceHead {
                 n,
                 scratch,
             )?;
-            visit(first, &logits, n)?;
+            visit(self.first_row + first, &logits, n)?;
         }
         Ok(())
     }
 
-    /// Full logits `(rows, vocab)` on the host (small vocabularies, tests).
+    /// Logits `(rows, vocabulary rows held)` on the host (small vocabularies, tests, top-k).
     pub fn logits(
         &self,
         gpu: &Gpu,
@@ -89,6 +143,7 @@ impl DeviceHead {
         let vocab = self.vocab;
         let mut all = vec![0f32; rows * vocab];
         self.for_each_chunk(gpu, hidden, rows, scratch, |first, logits, n| {
+            let first = first - self.first_row;
             let chunk = gpu.stream.clone_dtoh(&logits.slice(..rows * n))?;
             for r in 0..rows {
                 all[r * vocab + first..r * vocab + first + n]
@@ -109,19 +164,27 @@ impl DeviceHead {
         batch: &Sequences,
         scratch: &mut Bf16Scratch,
     ) -> Result<Vec<f32>> {
-        let rows = token_ids.len();
-        // The last row of each sequence predicts nothing.
-        let mut targets: Vec<u32> = (0..rows)
-            .map(|r| token_ids.get(r + 1).copied().unwrap_or(u32::MAX))
-            .collect();
-        for span in batch.spans() {
-            targets[span.end - 1] = u32::MAX;
-        }
-        let upload = |v: &[f32]| gpu.stream.clone_htod(v);
-        let targets_device = gpu.stream.clone_htod(&targets)?;
-        let mut running_max = upload(&vec![f32::NEG_INFINITY; rows])?;
-        let mut running_sum = upload(&vec![0f32; rows])?;
-        let mut target_logit = upload(&vec![0f32; rows])?;
+        let targets = next_tokens(token_ids, batch);
+        let mut running = RunningLogSumExp::new(token_ids.len());
+        self.update_running(gpu, hidden, &targets, &mut running, scratch)?;
+        Ok(nll_of(&targets, &running))
+    }
+
+    /// Folds the vocabulary rows held into `running` for `hidden (rows, width)` and their
+    /// `targets` (`u32::MAX`: none).
+    pub fn update_running(
+        &self,
+        gpu: &Gpu,
+        hidden: &CudaView<f32>,
+        targets: &[u32],
+        running: &mut RunningLogSumExp,
+        scratch: &mut Bf16Scratch,
+    ) -> Result<()> {
+        let rows = targets.len();
+        let targets_device = gpu.stream.clone_htod(targets)?;
+        let mut running_max = gpu.stream.clone_htod(&running.max)?;
+        let mut running_sum = gpu.stream.clone_htod(&running.sum)?;
+        let mut target_logit = gpu.stream.clone_htod(&running.target)?;
         self.for_each_chunk(gpu, hidden, rows, scratch, |first, logits, n| {
             loss::logsumexp_update(
                 gpu,
@@ -136,16 +199,17 @@ impl DeviceHead {
             )?;
             Ok(())
         })?;
-        let download = |s: &CudaSlice<f32>| gpu.stream.clone_dtoh(s);
-        let (max, sum, target) = (
-            download(&running_max)?,
-            download(&running_sum)?,
-            download(&target_logit)?,
-        );
-        let mut nll = Vec::with_capacity(rows);
-        for r in (0..rows).filter(|&r| targets[r] != u32::MAX) {
-            nll.push(((max[r] as f64 + (sum[r] as f64).ln()) - target[r] as f64) as f32);
-        }
-        Ok(nll)
+        running.max = gpu.stream.clone_dtoh(&running_max)?;
+        running.sum = gpu.stream.clone_dtoh(&running_sum)?;
+        running.target = gpu.stream.clone_dtoh(&target_logit)?;
+        Ok(())
     }
+}
+
+/// The NLL of every row with a target, from its running log-sum-exp.
+pub fn nll_of(targets: &[u32], running: &RunningLogSumExp) -> Vec<f32> {
+    (0..targets.len())
+        .filter(|&r| targets[r] != u32::MAX)
+        .map(|r| (running.log_norm(r) - running.target[r] as f64) as f32)
+        .collect()
 }

@@ -450,25 +450,31 @@ fn device_to_bf16(
     Ok(out)
 }
 
-/// Uploads a tensor as f32 (output head).
-pub fn upload_vector(
-    gpu: &Gpu,
-    store: &WeightStore,
-    entry: &TensorEntry,
-) -> Result<CudaSlice<f32>> {
-    let mut values = vec![0f32; entry.numel()];
-    convert_to_f32(entry.dtype, store.bytes(entry), &mut values);
-    Ok(gpu.stream.clone_htod(&values)?)
-}
-
-/// Uploads a matrix in the GEMM dtype (output head).
-pub fn upload_matrix(
+/// Uploads rows `rows` of a matrix in the GEMM dtype (a part of a split output head).
+pub fn upload_matrix_rows(
     gpu: &Gpu,
     store: &WeightStore,
     entry: &TensorEntry,
     compute: ComputeDtype,
+    rows: std::ops::Range<usize>,
 ) -> Result<DeviceMatrix> {
+    let width: usize = entry.shape[1..].iter().product();
     let bytes = store.bytes(entry);
+    let bytes = match (
+        rows.start,
+        rows.end == entry.shape[0],
+        entry.dtype.size_bytes(),
+    ) {
+        (0, true, _) => bytes,
+        (_, _, Some(size)) => &bytes[rows.start * width * size..rows.end * width * size],
+        (_, _, None) => {
+            return Err(RuntimeError::InvalidRequest(format!(
+                "{}: the output head is stored as {:?}; it can be split by vocabulary rows only in f32, f16 or bf16",
+                entry.name, entry.dtype
+            )));
+        }
+    };
+    let numel = rows.len() * width;
     Ok(match (compute, entry.dtype) {
         (ComputeDtype::Bf16, TensorDtype::Bf16) => {
             let bits: Vec<u16> = bytes
@@ -478,7 +484,7 @@ pub fn upload_matrix(
             DeviceMatrix::Bf16(gpu.stream.clone_htod(&bits)?)
         }
         (ComputeDtype::Bf16, _) => {
-            let mut values = vec![0f32; entry.numel()];
+            let mut values = vec![0f32; numel];
             convert_to_f32(entry.dtype, bytes, &mut values);
             let bits: Vec<u16> = values
                 .iter()
@@ -486,6 +492,10 @@ pub fn upload_matrix(
                 .collect();
             DeviceMatrix::Bf16(gpu.stream.clone_htod(&bits)?)
         }
-        (ComputeDtype::F32, _) => DeviceMatrix::F32(upload_vector(gpu, store, entry)?),
+        (ComputeDtype::F32, _) => {
+            let mut values = vec![0f32; numel];
+            convert_to_f32(entry.dtype, bytes, &mut values);
+            DeviceMatrix::F32(gpu.stream.clone_htod(&values)?)
+        }
     })
 }

@@ -69,6 +69,9 @@ pub struct RunRequest {
     /// With [`FinalStage::NextTokenNll`]: also the most likely next tokens at one position
     /// of each sequence ([`RunObserver::on_top_logprobs`]).
     pub top_logprobs: Option<TopLogprobs>,
+    /// The output head split by vocabulary rows, this many on the device at a time (the
+    /// plan's, when the whole head does not fit); `None`: the whole head.
+    pub head_vocab_rows: Option<usize>,
     /// Tokens per micro-batch: whole sequences up to this many (at least one sequence).
     pub micro_batch_tokens: usize,
     /// Continue from saved hidden states instead of embedding the tokens.
