@@ -234,18 +234,11 @@ pub struct AnalyzeArgs {
     /// Print the plan (as `layerstream estimate` does) and stop.
     #[arg(long)]
     pub dry_run: bool,
-    /// Delete what an earlier run left in --out and start over (otherwise the same command
-    /// continues an interrupted run, and a different one is refused).
-    #[arg(long)]
-    pub restart: bool,
+    #[command(flatten)]
+    pub resume: ResumeArgs,
     /// Keep every hidden-state checkpoint in OUT/hidden/, not only the latest.
     #[arg(long)]
     pub keep_hidden: bool,
-    /// Seconds between hidden-state checkpoints (0: after every layer). Layer results are
-    /// recorded after every layer; a resumed run starts from the latest hidden states and
-    /// runs the layers after them forward again without recomputing their results.
-    #[arg(long, value_name = "SECONDS", default_value_t = 30.0, value_parser = parse_seconds)]
-    pub checkpoint_every: f64,
     /// Bootstrap resamples of the sequences for the report's intervals and selection
     /// probabilities (0: none).
     #[arg(long, value_name = "N", default_value_t = 1000, value_parser = parse_resamples)]
@@ -440,12 +433,20 @@ pub struct ScoreArgs {
     /// Print the plan (as `layerstream estimate --score` does) and stop.
     #[arg(long)]
     pub dry_run: bool,
+    #[command(flatten)]
+    pub resume: ResumeArgs,
+}
+
+/// How a run keeps its work for a resume (`analyze`, `score`).
+#[derive(Debug, Args)]
+pub struct ResumeArgs {
     /// Delete what an earlier run left in --out and start over (otherwise the same command
-    /// continues an interrupted run at its layer, and a different one is refused).
+    /// continues an interrupted run, and a different one is refused).
     #[arg(long)]
     pub restart: bool,
-    /// Seconds between hidden-state checkpoints (0: after every layer); a resumed run starts
-    /// from the latest.
+    /// Seconds between hidden-state checkpoints (0: after every layer). Layer results are
+    /// recorded after every layer; a resumed run starts from the latest hidden states and
+    /// runs the layers after them forward again without recomputing their results.
     #[arg(long, value_name = "SECONDS", default_value_t = 30.0, value_parser = parse_seconds)]
     pub checkpoint_every: f64,
 }

@@ -4,7 +4,7 @@
 //! short summary.
 
 use super::activation_dump::{activation_layout, layers_missing_activations, saved_points};
-use super::estimate::{make_estimate, print_estimate};
+use super::estimate::{make_estimate, planned_run, print_estimate};
 use super::plots::write_plots;
 use super::report_markdown::report_markdown;
 use super::{
@@ -14,7 +14,6 @@ use super::{
 use crate::args::AnalyzeArgs;
 use crate::progress::{ProgressMode, WithProgress};
 use anyhow::Result;
-use layerstream_planner::memory::HiddenPlacement;
 use layerstream_runtime::Sequences;
 use layerstream_runtime::analysis::massive::{MASSIVE_MEDIAN_RATIO, MASSIVE_MIN_MAGNITUDE};
 use layerstream_runtime::analysis::massive_report::TokenInfo;
@@ -96,7 +95,7 @@ pub fn analyze(args: &AnalyzeArgs) -> Result<()> {
     };
     let identity = run_identity(&named, args, &workload, &points, &backend, micro_batch);
     let options = FolderOptions {
-        restart: args.restart,
+        restart: args.resume.restart,
         keep_hidden: args.keep_hidden,
     };
     let mut folder = AnalysisFolder::open(
@@ -147,6 +146,7 @@ pub fn analyze(args: &AnalyzeArgs) -> Result<()> {
         text: &text,
     }
     .first_delimiters();
+    let planned = planned_run(plan.as_ref(), &backend, &args.plan);
     let request = RunRequest {
         token_ids: packed.token_ids.clone(),
         first_delimiters,
@@ -163,23 +163,11 @@ pub fn analyze(args: &AnalyzeArgs) -> Result<()> {
         micro_batch_tokens: micro_batch * packed.seq_len,
         start,
         checkpoint_hidden_states: true,
-        hidden_placement: plan
-            .as_ref()
-            .map_or(HiddenPlacement::Device, |e| e.plan.hidden_placement),
+        hidden_placement: planned.hidden_placement,
         // Workload-sized files when the hidden states live on disk.
         spill_dir: Some(args.run.out.join("work")),
-        memory_budget: match &backend {
-            Backend::Cuda(_) => args
-                .plan
-                .vram
-                .map(|v| v.0.saturating_sub(args.plan.overhead.0)),
-            Backend::Cpu(_) => args.plan.ram.map(|r| r.0),
-        },
-        // The GPU plan's split layers; the CPU backend splits by --ram on its own.
-        split_layers: match (&backend, &plan) {
-            (Backend::Cuda(_), Some(estimate)) => estimate.plan.split_parts(),
-            _ => BTreeMap::new(),
-        },
+        memory_budget: planned.memory_budget,
+        split_layers: planned.split_layers,
     };
     let run_started = Instant::now();
     let layers_run =
@@ -349,7 +337,7 @@ fn compute_layers(
             request.first_layer(),
             request.layers_to_run(model.spec.num_layers) - 1
         );
-        let interval = std::time::Duration::from_secs_f64(args.checkpoint_every.max(0.0));
+        let interval = std::time::Duration::from_secs_f64(args.resume.checkpoint_every.max(0.0));
         let mut observer = folder.observer(model.spec.hidden_size, seq_len, interval);
         if let Some((points, layout)) = saved {
             observer.save_activations(points, request.token_ids.clone(), layout);

@@ -377,3 +377,34 @@ pub fn estimate(args: &EstimateArgs) -> Result<()> {
     }
     Ok(())
 }
+
+/// What a plan decides of a run: where the hidden states live, the backend's memory budget
+/// (GPU: `--vram` less the context overhead; CPU: `--ram`) and the layers that run in parts.
+pub struct PlannedRun {
+    /// Where the workload's hidden states live.
+    pub hidden_placement: HiddenPlacement,
+    /// Bytes the backend's regions may take.
+    pub memory_budget: Option<u64>,
+    /// The GPU plan's split layers; the CPU backend splits by `--ram` on its own.
+    pub split_layers: std::collections::BTreeMap<usize, Vec<layerstream_planner::split::LayerPart>>,
+}
+
+/// The run `plan` (if any) asks of `backend`.
+pub fn planned_run(
+    plan: Option<&Estimate>,
+    backend: &layerstream_runtime::Backend,
+    args: &PlanArgs,
+) -> PlannedRun {
+    use layerstream_runtime::Backend;
+    PlannedRun {
+        hidden_placement: plan.map_or(HiddenPlacement::Device, |e| e.plan.hidden_placement),
+        memory_budget: match backend {
+            Backend::Cuda(_) => args.vram.map(|v| v.0.saturating_sub(args.overhead.0)),
+            Backend::Cpu(_) => args.ram.map(|r| r.0),
+        },
+        split_layers: match (backend, plan) {
+            (Backend::Cuda(_), Some(estimate)) => estimate.plan.split_parts(),
+            _ => Default::default(),
+        },
+    }
+}

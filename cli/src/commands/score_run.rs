@@ -4,12 +4,11 @@
 //! hidden states every `--checkpoint-every` seconds), so a crashed or killed scoring run
 //! resumes at its layer when the same command runs again, and a different one is refused.
 
-use super::estimate::{make_estimate, print_estimate};
+use super::estimate::{make_estimate, planned_run, print_estimate};
 use super::{NamedModel, choose_backend};
 use crate::args::ScoreArgs;
 use crate::progress::{ProgressMode, WithProgress};
 use anyhow::Result;
-use layerstream_planner::memory::HiddenPlacement;
 use layerstream_runtime::checkpoint::{
     AnalysisFolder, FolderOptions, RunIdentity, model_fingerprint,
 };
@@ -112,7 +111,7 @@ pub fn run_scoring(
     let all_layers: BTreeSet<usize> = (0..num_layers).collect();
     let identity = identity(named, &job, &backend, args, micro_batch_tokens);
     let options = FolderOptions {
-        restart: args.restart,
+        restart: args.resume.restart,
         keep_hidden: false,
     };
     let mut folder =
@@ -126,6 +125,7 @@ pub fn run_scoring(
     let mut wanted = folder.layers_to_compute(&all_layers);
     wanted.insert(num_layers);
     let start = folder.start_point(&wanted, all.tokens(), d)?;
+    let planned = planned_run(plan.as_ref(), &backend, &args.plan);
     let request = RunRequest {
         token_ids: job.token_ids,
         first_delimiters: Vec::new(),
@@ -142,21 +142,10 @@ pub fn run_scoring(
         micro_batch_tokens,
         start,
         checkpoint_hidden_states: true,
-        hidden_placement: plan
-            .as_ref()
-            .map_or(HiddenPlacement::Device, |e| e.plan.hidden_placement),
+        hidden_placement: planned.hidden_placement,
         spill_dir: Some(args.run.out.join("work")),
-        memory_budget: match &backend {
-            Backend::Cuda(_) => args
-                .plan
-                .vram
-                .map(|v| v.0.saturating_sub(args.plan.overhead.0)),
-            Backend::Cpu(_) => args.plan.ram.map(|r| r.0),
-        },
-        split_layers: match (&backend, &plan) {
-            (Backend::Cuda(_), Some(estimate)) => estimate.plan.split_parts(),
-            _ => BTreeMap::new(),
-        },
+        memory_budget: planned.memory_budget,
+        split_layers: planned.split_layers,
     };
     let mut results = ScoreResults {
         nll: vec![Vec::new(); all.count()],
@@ -164,7 +153,7 @@ pub fn run_scoring(
         sequences: job.sequences,
     };
     let backend_name = backend.to_string();
-    let interval = std::time::Duration::from_secs_f64(args.checkpoint_every.max(0.0));
+    let interval = std::time::Duration::from_secs_f64(args.resume.checkpoint_every.max(0.0));
     let mut observer = folder.observer(d, longest, interval);
     if args.run.progress == ProgressMode::Json {
         observer.on_written(Box::new(|written| {

@@ -123,19 +123,17 @@ fn for_each_in_file(
     Ok(count)
 }
 
-fn read_jsonl(
+/// Calls `visit(line number, line)` for each non-blank line of a JSON-lines file (a
+/// byte-order mark at its start dropped) until it breaks; `error` builds the errors that name
+/// a line.
+pub(super) fn for_each_jsonl_line(
     path: &Path,
-    text_field: &str,
-    visit: &mut dyn FnMut(&str) -> Result<ControlFlow<()>>,
+    visit: &mut dyn FnMut(usize, &str) -> Result<ControlFlow<()>>,
 ) -> Result<()> {
-    let error = |line: usize, message: String| RuntimeError::Data {
-        path: path.to_path_buf(),
-        message: format!("line {line}: {message}"),
-    };
     let file = std::fs::File::open(path).map_err(|e| RuntimeError::io("cannot open", path, e))?;
     for (index, line) in BufReader::new(file).lines().enumerate() {
         let number = index + 1;
-        let line = line.map_err(|e| error(number, format!("cannot be read: {e}")))?;
+        let line = line.map_err(|e| jsonl_error(path, number, format!("cannot be read: {e}")))?;
         // A byte-order mark some editors put at the start of the file.
         let line = match number {
             1 => line.strip_prefix('\u{feff}').unwrap_or(&line),
@@ -144,6 +142,28 @@ fn read_jsonl(
         if line.trim().is_empty() {
             continue;
         }
+        if visit(number, line)?.is_break() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// An error about line `line` of a JSON-lines file.
+pub(super) fn jsonl_error(path: &Path, line: usize, message: String) -> RuntimeError {
+    RuntimeError::Data {
+        path: path.to_path_buf(),
+        message: format!("line {line}: {message}"),
+    }
+}
+
+fn read_jsonl(
+    path: &Path,
+    text_field: &str,
+    visit: &mut dyn FnMut(&str) -> Result<ControlFlow<()>>,
+) -> Result<()> {
+    let error = |line: usize, message: String| jsonl_error(path, line, message);
+    for_each_jsonl_line(path, &mut |number, line| {
         let record: serde_json::Value = serde_json::from_str(line)
             .map_err(|e| error(number, format!("not valid JSON: {e}")))?;
         let text = match record.get(text_field) {
@@ -168,11 +188,8 @@ fn read_jsonl(
                 ));
             }
         };
-        if visit(text)?.is_break() {
-            break;
-        }
-    }
-    Ok(())
+        visit(text)
+    })
 }
 
 fn read_parquet(

@@ -4,13 +4,13 @@
 //! `{"text": line}`), with where it came from so errors can name it. Blank lines are not
 //! records; a record whose fields are empty is (the scorer refuses it, naming it).
 
-use super::documents::DataFormat;
+use super::documents::{DataFormat, for_each_jsonl_line, jsonl_error};
 use super::sources::DataSource;
 use crate::error::{Result, RuntimeError};
 use parquet::file::reader::{FileReader, SerializedFileReader};
 use parquet::record::Field;
 use serde_json::{Map, Value};
-use std::io::{BufRead, BufReader};
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 /// One record and where it is.
@@ -110,33 +110,17 @@ fn text_records(path: &Path, all: &str, lines: bool, push: &mut dyn FnMut(&Path,
 type Push<'a> = dyn FnMut(&Path, String, Map<String, Value>, Option<&str>) + 'a;
 
 fn jsonl_records(path: &Path, push: &mut Push) -> Result<()> {
-    let error = |line: usize, message: String| RuntimeError::Data {
-        path: path.to_path_buf(),
-        message: format!("line {line}: {message}"),
-    };
-    let file = std::fs::File::open(path).map_err(|e| RuntimeError::io("cannot open", path, e))?;
-    for (index, line) in BufReader::new(file).lines().enumerate() {
-        let number = index + 1;
-        let line = line.map_err(|e| error(number, format!("cannot be read: {e}")))?;
-        let line = match number {
-            1 => line.strip_prefix('\u{feff}').unwrap_or(&line),
-            _ => &line,
-        };
-        if line.trim().is_empty() {
-            continue;
-        }
+    for_each_jsonl_line(path, &mut |number, line| {
         match serde_json::from_str::<Value>(line) {
             Ok(Value::Object(fields)) => push(path, format!("line {number}"), fields, Some(line)),
             Ok(other) => {
-                return Err(error(
-                    number,
-                    format!("a record must be a JSON object, not {other}"),
-                ));
+                let message = format!("a record must be a JSON object, not {other}");
+                return Err(jsonl_error(path, number, message));
             }
-            Err(e) => return Err(error(number, format!("not valid JSON: {e}"))),
+            Err(e) => return Err(jsonl_error(path, number, format!("not valid JSON: {e}"))),
         }
-    }
-    Ok(())
+        Ok(ControlFlow::Continue(()))
+    })
 }
 
 fn parquet_records(path: &Path, push: &mut Push) -> Result<()> {
