@@ -11,7 +11,7 @@ use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::Arc;
 
-use super::sources::DataSource;
+use super::sources::{DataSource, read_stdin};
 
 /// Data file formats, by extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,18 +54,11 @@ pub fn for_each_document(
     let files = match DataSource::resolve(spec)? {
         DataSource::Files(files) => files,
         DataSource::Stdin => {
-            let mut text = String::new();
-            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).map_err(|e| {
-                RuntimeError::Data {
-                    path: spec.to_path_buf(),
-                    message: format!("standard input cannot be read as UTF-8 text: {e}"),
-                }
-            })?;
-            let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+            let text = read_stdin(spec)?;
             if text.trim().is_empty() {
                 return Ok(0);
             }
-            let _ = visit(text)?;
+            let _ = visit(&text)?;
             return Ok(1);
         }
     };

@@ -5,7 +5,7 @@
 //! records; a record whose fields are empty is (the scorer refuses it, naming it).
 
 use super::documents::{DataFormat, for_each_jsonl_line, jsonl_error};
-use super::sources::DataSource;
+use super::sources::{DataSource, read_stdin};
 use crate::error::{Result, RuntimeError};
 use parquet::file::reader::{FileReader, SerializedFileReader};
 use parquet::record::Field;
@@ -60,13 +60,7 @@ pub fn read_records(spec: &Path, txt_lines: bool) -> Result<Vec<Record>> {
     let text = |t: &str| Map::from_iter([("text".to_string(), Value::String(t.to_string()))]);
     match DataSource::resolve(spec)? {
         DataSource::Stdin => {
-            let mut all = String::new();
-            std::io::Read::read_to_string(&mut std::io::stdin(), &mut all).map_err(|e| {
-                RuntimeError::Data {
-                    path: spec.to_path_buf(),
-                    message: format!("standard input cannot be read as UTF-8 text: {e}"),
-                }
-            })?;
+            let all = read_stdin(spec)?;
             text_records(spec, &all, txt_lines, &mut |p, place, t| {
                 push(p, place, text(t), None)
             });

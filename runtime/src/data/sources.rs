@@ -50,6 +50,22 @@ impl DataSource {
     }
 }
 
+/// Standard input as UTF-8 text (a byte-order mark at its start dropped); `spec` (`-`) names
+/// it in errors.
+pub fn read_stdin(spec: &Path) -> Result<String> {
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).map_err(|e| {
+        data_error(
+            spec,
+            format!("standard input cannot be read as UTF-8 text: {e}"),
+        )
+    })?;
+    Ok(match text.strip_prefix('\u{feff}') {
+        Some(rest) => rest.to_string(),
+        None => text,
+    })
+}
+
 /// A folder's data files, sorted by name; anything else in it is refused (naming it) so a
 /// stray file is not silently skipped or read as text.
 fn folder(dir: &Path) -> Result<Vec<PathBuf>> {
