@@ -27,6 +27,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
+MAX_LENGTH = 512
 TEXT = os.path.join(REPO, "cli", "assets", "default-data.txt")
 
 
@@ -55,8 +56,8 @@ def make_records(tokenizer, count, path, seed=0):
 
 def run_layerstream(args, data, out):
     command = [args.layerstream, "score", "--per-record", "--model", args.model, "--data", data,
-               "--device", args.device, "--vram", args.vram, "--max-length", "512", "--out", out,
-               "--restart", "--progress", "none", "--id-field", "id"]
+               "--device", args.device, "--vram", args.vram, "--max-length", str(args.max_length), "--out", out,
+               "--restart", "--progress", "none", "--id-field", "id"] + args.extra.split()
     started = time.time()
     result = subprocess.run(command, capture_output=True, text=True)
     seconds = time.time() - started
@@ -70,7 +71,7 @@ def run_layerstream(args, data, out):
 def hf_scores(model, tokenizer, records, device, batch, dtype):
     """Per-record mean NLL: sorted by length, right-padded batches."""
     import torch
-    encoded = [tokenizer(r["text"], truncation=True, max_length=512).input_ids for r in records]
+    encoded = [tokenizer(r["text"], truncation=True, max_length=MAX_LENGTH).input_ids for r in records]
     order = sorted(range(len(records)), key=lambda i: len(encoded[i]))
     means = [None] * len(records)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -135,36 +136,61 @@ def main():
     parser.add_argument("--cpu-records", type=int, default=16)
     parser.add_argument("--gpu-batches", default="16,64")
     parser.add_argument("--device", default="cuda", help="cpu: a smoke test of the script")
+    parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--stage", choices=["layerstream", "transformers", "all"], default="all",
+                        help="run one side (its results kept in OUT) so the two fit device calls")
+    parser.add_argument("--prompts", help="an earlier stage's prompts.jsonl to score again")
+    parser.add_argument("--extra", default="", help="more layerstream flags, space-separated")
     args = parser.parse_args()
+    global MAX_LENGTH
+    MAX_LENGTH = args.max_length
     import transformers
     os.makedirs(args.out, exist_ok=True)
     tokenizer = transformers.AutoTokenizer.from_pretrained(args.model)
     data = os.path.join(args.out, "prompts.jsonl")
-    lengths = make_records(tokenizer, args.records, data)
+    if args.prompts:
+        if os.path.abspath(args.prompts) != os.path.abspath(data):
+            with open(args.prompts) as src, open(data, "w") as dst:
+                dst.write(src.read())
+    else:
+        make_records(tokenizer, args.records, data)
     records = [json.loads(line) for line in open(data)]
+    lengths = [min(args.max_length, len(tokenizer(r["text"]).input_ids)) for r in records]
     tokens = sum(lengths)
     print(f"{len(records)} records, {tokens} tokens ({min(lengths)}-{max(lengths)})", flush=True)
 
-    ls, scores = run_layerstream(args, data, os.path.join(args.out, "ls-out"))
-    print(f"layerstream: {ls['wall_seconds']:.1f} s", flush=True)
-    ls_means = [s["mean_nll"] for s in scores]
-
-    batches = [int(b) for b in args.gpu_batches.split(",")]
-    gpu = run_transformers(args, records, args.device, batches, "bfloat16")
-    print(f"transformers GPU: load {gpu['load_seconds']:.1f} s, score {gpu['score_seconds']:.1f} s "
-          f"(batch {gpu['batch']})", flush=True)
-    subset = records[:args.cpu_records]
-    cpu = run_transformers(args, subset, "cpu", [1], "float32")
-    subset_tokens = sum(lengths[:args.cpu_records])
-    cpu["extrapolated_seconds"] = cpu["score_seconds"] * tokens / subset_tokens
-    print(f"transformers CPU f32: {cpu['score_seconds']:.1f} s for {len(subset)} records "
-          f"({subset_tokens} tokens); extrapolated {cpu['extrapolated_seconds']:.0f} s", flush=True)
-
-    diff_gpu = max(abs(a - b) for a, b in zip(ls_means, gpu["means"]))
-    diff_cpu = max(abs(a - b) for a, b in zip(ls_means[:len(subset)], cpu["means"]))
+    ls_path = os.path.join(args.out, "layerstream.json")
+    hf_path = os.path.join(args.out, "transformers.json")
+    if args.stage in ("layerstream", "all"):
+        ls, scores = run_layerstream(args, data, os.path.join(args.out, "ls-out"))
+        ls["means"] = [s["mean_nll"] for s in scores]
+        ls["score_summary"] = json.load(open(os.path.join(args.out, "ls-out", "score.json")))
+        json.dump(ls, open(ls_path, "w"))
+        print(f"layerstream: {ls['wall_seconds']:.1f} s", flush=True)
+    if args.stage in ("transformers", "all"):
+        batches = [int(b) for b in args.gpu_batches.split(",")]
+        gpu = run_transformers(args, records, args.device, batches, "bfloat16")
+        print(f"transformers GPU: load {gpu['load_seconds']:.1f} s, score "
+              f"{gpu['score_seconds']:.1f} s (batch {gpu['batch']})", flush=True)
+        subset = records[:args.cpu_records]
+        cpu = run_transformers(args, subset, "cpu", [1], "float32")
+        subset_tokens = sum(lengths[:args.cpu_records])
+        cpu["tokens"] = subset_tokens
+        cpu["extrapolated_seconds"] = cpu["score_seconds"] * tokens / subset_tokens
+        print(f"transformers CPU f32: {cpu['score_seconds']:.1f} s for {len(subset)} records "
+              f"({subset_tokens} tokens); extrapolated {cpu['extrapolated_seconds']:.0f} s",
+              flush=True)
+        json.dump({"gpu": gpu, "cpu": cpu}, open(hf_path, "w"))
+    if not (os.path.exists(ls_path) and os.path.exists(hf_path)):
+        return 0
+    ls = json.load(open(ls_path))
+    hf = json.load(open(hf_path))
+    gpu, cpu = hf["gpu"], hf["cpu"]
+    diff_gpu = max(abs(a - b) for a, b in zip(ls["means"], gpu["means"]))
+    diff_cpu = max(abs(a - b) for a, b in zip(ls["means"], cpu["means"]))
     summary = {
         "records": len(records), "tokens": tokens, "min_len": min(lengths), "max_len": max(lengths),
-        "layerstream": ls,
+        "layerstream": {k: v for k, v in ls.items() if k != "means"},
         "transformers_gpu": {k: v for k, v in gpu.items() if k != "means"},
         "transformers_cpu_f32": {k: v for k, v in cpu.items() if k != "means"},
         "max_abs_mean_nll_diff_vs_gpu_bf16": diff_gpu,
@@ -173,6 +199,7 @@ def main():
     with open(os.path.join(args.out, "score_bench.json"), "w") as f:
         json.dump(summary, f, indent=1)
     print(json.dumps({k: v for k, v in summary.items() if k != "layerstream"}, indent=1))
+    return 0
 
 
 if __name__ == "__main__":

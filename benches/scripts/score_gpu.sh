@@ -9,7 +9,9 @@
 #                                     PyTorch loader on bf16 activation shards
 #   score_gpu.sh bench BINS_TAR OUT   score_bench.py: N prompts of 50-512 tokens through a
 #                                     Llama-3.1-8B shape, layerstream at --vram 4GiB beside
-#                                     transformers on the GPU (whole model) and on the CPU
+#                                     transformers on the GPU (whole model) and on the CPU;
+#                                     STAGE=layerstream|transformers runs one side (PROMPTS: an
+#                                     earlier stage's prompts.jsonl; EXTRA: layerstream flags)
 # BINS_TAR holds layerstream, layerstream-before and the gpu_* test binaries.
 set -u
 step=$1 tar=$2 out=$3
@@ -63,7 +65,10 @@ EOF
     model=/tmp/ls-work/llama-3.1-8b
     mkdir -p /tmp/ls-work
     [ -f "$model/config.json" ] || python3 "$here/make_random_model.py" llama-3.1-8b "$model" 2>&1 | tail -1
+    prompts=()
+    [ -n "${PROMPTS:-}" ] && prompts=(--prompts "$PROMPTS")
     python3 "$here/score_bench.py" "$bins/layerstream" "$model" "$out" --records "${RECORDS:-10000}" \
-      --vram 4GiB --cpu-records "${CPU_RECORDS:-8}" 2>&1 | tail -40
+      --vram 4GiB --cpu-records "${CPU_RECORDS:-8}" --stage "${STAGE:-all}" "${prompts[@]}" \
+      --gpu-batches "${GPU_BATCHES:-16,64}" --extra "${EXTRA:-}" 2>&1 | tail -40
     ;;
 esac

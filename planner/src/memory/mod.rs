@@ -38,7 +38,7 @@ pub use assemble::{HEAD_MIN_ROWS, plan};
 pub use mixer_buffers::BlockWidths;
 pub use regions::{
     BufferName, ElementType, Regions, ScratchFor, ScratchManifest, activation_bytes, head_bytes,
-    head_shape, layer_weight_bytes,
+    head_logits_chunk, head_shape, layer_weight_bytes,
 };
 pub use report::{LayerPlan, MemoryPlan, PartPlan, PlanError};
 pub use shapes::{

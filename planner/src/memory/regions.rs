@@ -348,6 +348,13 @@ pub fn head_shape(inventory: &Inventory) -> (u64, u64) {
         .map_or((0, 0), |t| (t.shape[0] as u64, t.shape[1] as u64))
 }
 
+/// Vocabulary rows of one logits chunk for `rows` hidden rows against a head holding `held`
+/// vocabulary rows: about 64 Mi f32 logits (256 MiB), at least 256 vocabulary rows, never more than
+/// the head holds (a split head's part may hold fewer than 256).
+pub fn head_logits_chunk(rows: usize, held: usize) -> usize {
+    ((64usize << 20) / rows.max(1)).max(256).min(held).max(1)
+}
+
 /// The output head on the device for micro-batches of `rows`: the LM head matrix in the GEMM
 /// dtype (whole, or `vocab_rows` of its rows at a time when it is split by vocabulary rows,
 /// with the rows' running log-sum-exp), the final norm, normed rows and one logits chunk.
@@ -360,9 +367,7 @@ pub fn head_bytes(
     let (vocab, width) = head_shape(inventory);
     let held = vocab_rows.map_or(vocab, |r| r.min(vocab));
     let rows = rows as u64;
-    let chunk = ((64u64 << 20) / rows.max(1))
-        .clamp(256, held.max(1))
-        .min(held);
+    let chunk = head_logits_chunk(rows as usize, held as usize) as u64;
     let running = match vocab_rows {
         Some(_) => 3 * 4 * rows,
         None => 0,
@@ -373,4 +378,20 @@ pub fn head_bytes(
         + 4 * rows * chunk
         + 2 * rows * width
         + running
+}
+
+#[cfg(test)]
+mod head_chunk_tests {
+    use super::head_logits_chunk;
+
+    #[test]
+    fn a_logits_chunk_never_exceeds_the_rows_a_head_part_holds() {
+        // A split head's part of 107 vocabulary rows (fewer than the 256-row floor).
+        assert_eq!(head_logits_chunk(24, 107), 107);
+        assert_eq!(head_logits_chunk(24, 0), 1);
+        // 64 Mi logits (256 MiB of f32) per chunk, at least 256 rows.
+        assert_eq!(head_logits_chunk(4096, 1 << 20), 16384);
+        assert_eq!(head_logits_chunk(1 << 20, 128_256), 256);
+        assert_eq!(head_logits_chunk(1, 1000), 1000);
+    }
 }

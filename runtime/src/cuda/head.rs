@@ -11,6 +11,7 @@ use crate::sequences::Sequences;
 use layerstream_kernels::Gpu;
 use layerstream_kernels::cudarc::driver::{CudaSlice, CudaView};
 use layerstream_kernels::ops::{loss, norm};
+use layerstream_planner::memory::head_logits_chunk;
 
 /// The output head on the device: all of it, or a range of its vocabulary rows (a head
 /// split because it does not fit next to the micro-batch).
@@ -108,9 +109,7 @@ impl DeviceHead {
             rows,
             self.eps,
         )?;
-        let chunk = ((64usize << 20) / rows.max(1))
-            .clamp(256, self.vocab.max(1))
-            .min(self.vocab);
+        let chunk = head_logits_chunk(rows, self.vocab);
         let mut logits = alloc(rows * chunk)?; // (rows, chunk)
         for first in (0..self.vocab).step_by(chunk) {
             let n = chunk.min(self.vocab - first);
