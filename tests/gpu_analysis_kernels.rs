@@ -186,7 +186,7 @@ fn attention_sink_mass_matches_the_cpu() {
             let mut plain = gpu.stream.alloc_zeros::<f32>(q.len()).unwrap();
             let mut scratch = gpu
                 .stream
-                .alloc_zeros::<f32>(sink_scratch_len(&dims))
+                .alloc_zeros::<f32>(sink_scratch_len(&dims, dims.sequences * dims.seq_len))
                 .unwrap();
             let (qd, kd, vd) = (upload(&gpu, &q), upload(&gpu, &k), upload(&gpu, &v));
             let learned_device = upload(&gpu, &learned_logits);
@@ -225,7 +225,7 @@ fn attention_sink_mass_matches_the_cpu() {
                 true => assert_all_close(&what, &got_out, &expect_out, 0.02, 0.01),
                 false => assert_all_close(&what, &got_out, &expect_out, 1e-5, 1e-4),
             }
-            let got = reduce_sink_mass(&gpu, &mut scratch_view, &dims).unwrap();
+            let got = reduce_sink_mass(&gpu, &mut scratch_view, &dims, None).unwrap();
             assert_eq!(got.len(), expect.len());
             // f32: rounding only; bf16 probabilities on tensor cores: < 2^-8 relative each.
             let tolerance = if on_tensor_cores { 0.01 } else { 1e-5 };
@@ -267,7 +267,7 @@ fn statistics_accumulate_like_the_cpu_summary() {
             &gpu,
             &x[first * seq_len * width..(first + count) * seq_len * width],
         );
-        acc.accumulate(&gpu, &part.as_view(), count, seq_len, first, 6.0)
+        acc.accumulate(&gpu, &part.as_view(), count, seq_len, first, 6.0, None)
             .unwrap();
     }
     let host = acc.download(&gpu).unwrap();
@@ -327,5 +327,52 @@ fn statistics_accumulate_like_the_cpu_summary() {
                 );
             }
         }
+    }
+}
+
+/// Records of their own lengths (`analyze --per-record`): the kernel reads each sequence's
+/// rows from the workload's offsets and sets the position bits of its own tokens, exactly as
+/// the CPU's statistics of the same rows.
+#[test]
+fn ragged_statistics_accumulate_like_the_cpu() {
+    let Some(gpu) = gpu_or_skip("ragged stats") else {
+        return;
+    };
+    let (lengths, width) = ([129usize, 1, 40, 77, 33], 70);
+    let rows = layerstream_runtime::Sequences::from_lengths(lengths);
+    let x = random_values(rows.tokens() * width, 16, 9.0);
+    let words = rows.tokens().div_ceil(32);
+    let mut acc = stats::StatsAccumulators::new(&gpu, lengths.len(), width, words).unwrap();
+    let offsets: Vec<i32> = rows.offsets().iter().map(|&o| o as i32).collect();
+    let offsets = gpu.stream.clone_htod(&offsets).unwrap();
+    for (first, count) in [(0, 3), (3, 2)] {
+        let span = rows.rows(first..first + count);
+        let part = upload(&gpu, &x[span.start * width..span.end * width]);
+        let ragged = layerstream_kernels::ops::attention::RaggedRows {
+            offsets: &offsets.slice(first..first + count + 1),
+            rows: span.len(),
+        };
+        acc.accumulate(&gpu, &part.as_view(), count, 129, first, 6.0, Some(ragged))
+            .unwrap();
+    }
+    let host = acc.download(&gpu).unwrap();
+    let shape = layerstream_planner::statistics::CapturedPoint {
+        width,
+        positions: true,
+        magnitudes: false,
+    };
+    let mut reference = layerstream_runtime::analysis::PointStatistics::of_rows(rows, shape, 6.0);
+    reference.accumulate(&x, 0);
+    assert!(host.positions.iter().any(|&w| w != 0));
+    assert_eq!(host.positions, reference.positions, "position bits");
+    assert_eq!(host.histogram, reference.histogram, "|x| histogram");
+    assert_eq!(host.max_abs, reference.max_abs, "max |x|");
+    assert_eq!(host.count_ge, reference.count_ge, "count >= threshold");
+    assert_eq!(host.count_pos_ge, reference.count_pos_ge, "positive");
+    for (i, (got, expect)) in host.sums.iter().zip(&reference.sums).enumerate() {
+        assert!(
+            (got - expect).abs() <= 1e-9 * expect.abs().max(1.0),
+            "sums at {i}: {got} vs {expect}"
+        );
     }
 }

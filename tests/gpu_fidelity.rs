@@ -4,17 +4,14 @@
 
 use layerstream_planner::memory::HiddenPlacement;
 use layerstream_runtime::Sequences;
-use layerstream_runtime::analysis::PointStatistics;
 use layerstream_runtime::analysis::attribution::ExpertAttribution;
 use layerstream_runtime::backend::Backend;
-use layerstream_runtime::capture::SinkMass;
 use layerstream_runtime::cpu::CpuBackend;
 use layerstream_runtime::cuda::{ComputeChoice, CudaBackend};
-use layerstream_runtime::{
-    CaptureMode, CapturePoint, FinalStage, Model, RunObserver, RunRequest, run,
-};
+use layerstream_runtime::{CaptureMode, CapturePoint, FinalStage, Model, RunRequest, run};
 use layerstream_tests::bf16_peer::{assert_no_worse_than_the_bf16_peer, has_bf16_peer};
 use layerstream_tests::near_ties::NearTieFlips;
+use layerstream_tests::record_statistics::{KeepStatistics, assert_statistics_close};
 use layerstream_tests::{
     FIXTURES, KeepEverything, OPTIONAL_REFERENCE_POINTS, REFERENCE_POINTS, Reference,
     assert_all_close, assert_matches_reference, fixture_model, gpu_or_skip, nmse,
@@ -243,25 +240,6 @@ fn bf16_fixtures_match_pytorch_within_bf16_tolerance() {
     }
 }
 
-#[derive(Default)]
-struct KeepStatistics(
-    BTreeMap<(usize, CapturePoint), PointStatistics>,
-    BTreeMap<usize, Vec<[f64; 3]>>,
-);
-
-impl RunObserver for KeepStatistics {
-    fn on_statistics(&mut self, layer: usize, point: CapturePoint, statistics: &PointStatistics) {
-        self.0.insert((layer, point), statistics.clone());
-    }
-
-    fn on_attention_sinks(&mut self, layer: usize, _first: usize, mass: &SinkMass) {
-        self.1
-            .entry(layer)
-            .or_default()
-            .extend_from_slice(&mass.mass);
-    }
-}
-
 /// The analysis report's statistics are the same on both backends (within f32 tolerance;
 /// counts may differ only for values within rounding of the threshold).
 #[test]
@@ -286,99 +264,7 @@ fn cuda_statistics_match_cpu_statistics() {
         let (mut on_cpu, mut on_gpu) = (KeepStatistics::default(), KeepStatistics::default());
         run(&model, &req, &cpu, &mut on_cpu).unwrap();
         run(&model, &req, &backend, &mut on_gpu).unwrap();
-        assert_eq!(
-            on_cpu.0.len(),
-            on_gpu.0.len(),
-            "{name}: same points reported"
-        );
-        // Attention sinks, per attention layer (a DeltaNet has none) and (sequence, head).
-        let attention_layers = (0..model.spec.num_layers)
-            .filter(|&l| model.spec.delta_net(l).is_none())
-            .count();
-        assert_eq!(
-            (on_cpu.1.len(), on_gpu.1.len()),
-            (attention_layers, attention_layers),
-            "{name}: sinks of every attention layer"
-        );
-        for (layer, c) in &on_cpu.1 {
-            let g = &on_gpu.1[layer];
-            assert_eq!(c.len(), g.len(), "{name} layer {layer}: sinks");
-            for (i, (a, b)) in c.iter().zip(g).enumerate() {
-                for (x, y) in a.iter().zip(b) {
-                    assert!(
-                        (x - y).abs() <= 1e-5 * x.abs().max(1.0),
-                        "{name} layer {layer} (sequence, head) {i}: sinks {a:?} vs {b:?}"
-                    );
-                }
-            }
-        }
-        for (key, c) in &on_cpu.0 {
-            let g = &on_gpu.0[key];
-            let what = format!("{name} layer {} {}", key.0, key.1);
-            assert_matches_reference(&format!("{what} max |x|"), &g.max_abs, &c.max_abs);
-            let sums_c: Vec<f32> = c.sums.iter().map(|&v| v as f32).collect();
-            let sums_g: Vec<f32> = g.sums.iter().map(|&v| v as f32).collect();
-            assert!(
-                nmse(&sums_g, &sums_c) < 1e-9,
-                "{what}: sums NMSE {}",
-                nmse(&sums_g, &sums_c)
-            );
-            let (cs, gs) = (c.summary(5), g.summary(5));
-            let diff = cs.count_ge_threshold.abs_diff(gs.count_ge_threshold);
-            assert!(diff <= 2, "{what}: count >= 6 differs by {diff}");
-            assert_eq!(cs.non_finite, gs.non_finite, "{what}");
-            assert_eq!(cs.numel, gs.numel, "{what}");
-            // Histogram bins (32 per octave): a value moves when the backends' rounding puts
-            // it across a bin edge, which near-zero values (large relative differences) do
-            // most; allow 0.5% of the values (each move changes two bins). The binning itself
-            // is checked element by element on identical inputs in gpu_kernels.
-            let moved: u64 = c
-                .histogram
-                .iter()
-                .zip(&g.histogram)
-                .map(|(a, b)| a.abs_diff(*b))
-                .sum();
-            assert!(
-                moved <= 2 * (cs.numel / 200).max(4),
-                "{what}: histogram moved {moved} of {} values",
-                cs.numel
-            );
-            let ones = |bits: &[u32]| bits.iter().map(|w| w.count_ones() as u64).sum::<u64>();
-            let bits_diff = ones(&c.positions).abs_diff(ones(&g.positions));
-            assert!(
-                bits_diff <= 2,
-                "{what}: position bits differ by {bits_diff}"
-            );
-            let positive = |s: &PointStatistics| s.count_pos_ge.iter().sum::<u64>();
-            assert!(
-                positive(c).abs_diff(positive(g)) <= 2,
-                "{what}: positive counts"
-            );
-            let massive = |s: &PointStatistics| {
-                s.massive
-                    .as_ref()
-                    .map(|m| (m.primary.total, m.per_token.total))
-            };
-            assert_eq!(massive(c), massive(g), "{what}: massive activations");
-            if let (Some(mc), Some(mg)) = (&c.massive, &g.massive) {
-                assert_eq!(
-                    mc.sequences.len(),
-                    cs.numel as usize / (c.seq_len * c.width)
-                );
-                assert_eq!(mc.sequences.len(), mg.sequences.len(), "{what}");
-                for (a, b) in mc.sequences.iter().zip(&mg.sequences) {
-                    assert_eq!(a.sequence, b.sequence, "{what}");
-                    let pairs = a.top.iter().zip(&b.top).chain([(&a.median, &b.median)]);
-                    for (x, y) in pairs {
-                        assert!(
-                            (x - y).abs() <= 1e-4 * x.abs().max(1e-6),
-                            "{what}: sequence {} magnitudes {a:?} vs {b:?}",
-                            a.sequence
-                        );
-                    }
-                }
-            }
-        }
+        assert_statistics_close(name, &model, &on_cpu, &on_gpu);
     }
 }
 
@@ -502,7 +388,7 @@ fn cuda_attributes_massive_activations_like_the_cpu() {
     run(&model, &req, &backend, &mut on_gpu).unwrap();
     for layer in 0..2 {
         let finds = |kept: &KeepStatistics| {
-            kept.0[&(layer, CapturePoint::ResidPost)]
+            kept.statistics[&(layer, CapturePoint::ResidPost)]
                 .massive
                 .clone()
                 .unwrap()

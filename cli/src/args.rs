@@ -219,6 +219,8 @@ pub struct AnalyzeArgs {
     pub workload: WorkloadArgs,
     #[command(flatten)]
     pub run: RunArgs,
+    #[command(flatten)]
+    pub records: RecordArgs,
     /// Layers to analyse: all, a list (0,6,11), a range (0-11) or a mix (0-3,8).
     #[arg(long, value_name = "LAYERS", default_value = "all")]
     pub layers: String,
@@ -381,18 +383,12 @@ pub struct MergeArgs {
     pub model: Option<PathBuf>,
 }
 
-/// `layerstream score`.
+/// One sequence per record (`analyze`, `score`).
 #[derive(Debug, Args)]
-pub struct ScoreArgs {
-    #[command(flatten)]
-    pub model: ModelArgs,
-    #[command(flatten)]
-    pub workload: WorkloadArgs,
-    #[command(flatten)]
-    pub run: RunArgs,
-    /// Score each record (a .jsonl line, a .parquet row, a .txt line with --txt-lines) as a
-    /// sequence of its own length, never packed or padded; writes OUT/scores.jsonl, one line
-    /// per record in input order (--num-samples and --seq-len do not apply).
+pub struct RecordArgs {
+    /// Each record (a .jsonl line, a .parquet row, a .txt line with --txt-lines) is a
+    /// sequence of its own length, never packed or padded (--num-samples and --seq-len do
+    /// not apply); score writes OUT/scores.jsonl, one line per record in input order.
     #[arg(long)]
     pub per_record: bool,
     /// With --per-record: each non-blank line of a .txt file (or standard input) is a record.
@@ -402,6 +398,19 @@ pub struct ScoreArgs {
     /// truncated (default: the model's max_position_embeddings).
     #[arg(long, value_name = "TOKENS", value_parser = parse_count, requires = "per_record")]
     pub max_length: Option<usize>,
+}
+
+/// `layerstream score`.
+#[derive(Debug, Args)]
+pub struct ScoreArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub workload: WorkloadArgs,
+    #[command(flatten)]
+    pub run: RunArgs,
+    #[command(flatten)]
+    pub records: RecordArgs,
     /// With --per-record: the field holding the prompt; only the completion's tokens are
     /// scored, given it.
     #[arg(long, value_name = "NAME", requires_all = ["per_record", "completion_field"])]

@@ -19,15 +19,16 @@
 #define ATTN_MAX_DIMS_PER_LANE 8  // head_dim <= 256
 
 // SINK_LAYOUT of the scratch (floats), for sequences x heads (sequence, head) rows:
-//   [rows * seq_len * 3]: per query, p(key 0), p(first delimiter), p(learned sink);
+//   [rows * seq_len * 3]: per query, p(key 0), p(first delimiter), p(learned sink)
+//   (sequences of their own lengths: each row its own length, common.cuh's
+//   sink_values_base);
 //   [rows * 6] after it: per row the three sums, each as a (hi, lo) float pair; before the
 //   sums are written, its first `sequences` floats hold each sequence's first delimiter as
 //   int bits (-1: none).
 #define SINK_VALUES 3
 __device__ __forceinline__ int sink_delimiter(const float* sinks, int sequences, int heads,
-                                              int seq_len, int sequence) {
-    const unsigned long long tail = (unsigned long long)sequences * heads * seq_len * SINK_VALUES;
-    return __float_as_int(sinks[tail + sequence]);
+                                              int seq_len, int sequence, const int* offsets) {
+    return __float_as_int(sinks[sink_tail(sequences, heads, seq_len, offsets) + sequence]);
 }
 
 extern "C" __global__ void attention_kernel(
@@ -68,7 +69,7 @@ extern "C" __global__ void attention_kernel(
     for (int i = 0; i < ATTN_MAX_DIMS_PER_LANE; i++) acc[i] = 0.0f;
     float running_max = -INFINITY, running_sum = 0.0f;
     const int delimiter =
-        want_sinks ? sink_delimiter(sinks, gridDim.z, heads, len, sequence) : -1;
+        want_sinks ? sink_delimiter(sinks, gridDim.z, heads, seq_len, sequence, offsets) : -1;
     float first_score = -INFINITY, delimiter_score = -INFINITY;  // the lane holding the key
 
     const int last_query = min(first_query + ATTN_WARPS, len) - 1;
@@ -128,7 +129,8 @@ extern "C" __global__ void attention_kernel(
         first_score = warp_max(first_score);
         delimiter_score = warp_max(delimiter_score);
         if (active && lane == 0) {
-            float* row = sinks + (((unsigned long long)sequence * heads + head) * len + query) * SINK_VALUES;
+            float* row = sinks + sink_values_base(sequence, head, heads, seq_len, offsets)
+                + (unsigned long long)query * SINK_VALUES;
             row[0] = first_score == -INFINITY ? 0.0f : expf(first_score - running_max) / running_sum;
             row[1] = delimiter_score == -INFINITY ? 0.0f : expf(delimiter_score - running_max) / running_sum;
             row[2] = learned_sinks == nullptr ? 0.0f : expf(sink_logit - running_max) / running_sum;
@@ -149,12 +151,15 @@ extern "C" __global__ void attention_kernel(
 // double in a fixed order (strided per thread, then a tree), written as (hi, lo) float pairs
 // after the per-query values. One block of SINK_REDUCE_THREADS per row.
 #define SINK_REDUCE_THREADS 256
-extern "C" __global__ void sink_mass_reduce_kernel(float* sinks, int rows, int seq_len) {
+extern "C" __global__ void sink_mass_reduce_kernel(float* sinks, int rows, int seq_len, int heads,
+                                                   const int* offsets) {
     __shared__ double partial[SINK_VALUES][SINK_REDUCE_THREADS];
     const int row = blockIdx.x;
-    const float* values = sinks + (unsigned long long)row * seq_len * SINK_VALUES;
+    const int sequence = row / heads;
+    const float* values = sinks + sink_values_base(sequence, row % heads, heads, seq_len, offsets);
+    const int len = offsets != nullptr ? offsets[sequence + 1] - offsets[sequence] : seq_len;
     double sum[SINK_VALUES] = {0.0, 0.0, 0.0};
-    for (int t = threadIdx.x; t < seq_len; t += SINK_REDUCE_THREADS) {
+    for (int t = threadIdx.x; t < len; t += SINK_REDUCE_THREADS) {
         for (int i = 0; i < SINK_VALUES; i++) sum[i] += values[SINK_VALUES * t + i];
     }
     for (int i = 0; i < SINK_VALUES; i++) partial[i][threadIdx.x] = sum[i];
@@ -168,7 +173,7 @@ extern "C" __global__ void sink_mass_reduce_kernel(float* sinks, int rows, int s
         __syncthreads();
     }
     if (threadIdx.x == 0) {
-        float* sums = sinks + (unsigned long long)rows * seq_len * SINK_VALUES
+        float* sums = sinks + sink_tail(rows / heads, heads, seq_len, offsets)
             + (unsigned long long)row * 2 * SINK_VALUES;
         for (int i = 0; i < SINK_VALUES; i++) {
             const float hi = (float)partial[i][0];

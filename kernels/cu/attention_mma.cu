@@ -101,7 +101,7 @@ extern "C" __global__ void attention_mma_kernel(
     // Sinks: the scaled scores (log2 units) of key 0 and the delimiter for rows lo and hi,
     // kept by the thread whose fragment holds them.
     const int delimiter = want_sinks
-        ? __float_as_int(sinks[(unsigned long long)gridDim.z * heads * len * 3 + sequence])
+        ? __float_as_int(sinks[sink_tail(gridDim.z, heads, seq_len, offsets) + sequence])
         : -1;
     float first_lo = -INFINITY, first_hi = -INFINITY, delim_lo = -INFINITY, delim_hi = -INFINITY;
 
@@ -259,20 +259,20 @@ extern "C" __global__ void attention_mma_kernel(
             delim_lo = fmaxf(delim_lo, __shfl_xor_sync(0xffffffffu, delim_lo, offset));
             delim_hi = fmaxf(delim_hi, __shfl_xor_sync(0xffffffffu, delim_hi, offset));
         }
-        const unsigned long long head_row = (unsigned long long)sequence * heads + head;
+        float* head_values = sinks + sink_values_base(sequence, head, heads, seq_len, offsets);
         const float p_first_lo = first_lo == -INFINITY ? 0.0f : exp2f(first_lo - max_lo) * inv_lo;
         const float p_delim_lo = delim_lo == -INFINITY ? 0.0f : exp2f(delim_lo - max_lo) * inv_lo;
         const float p_first_hi = first_hi == -INFINITY ? 0.0f : exp2f(first_hi - max_hi) * inv_hi;
         const float p_delim_hi = delim_hi == -INFINITY ? 0.0f : exp2f(delim_hi - max_hi) * inv_hi;
         const bool learned = learned_sinks != nullptr;
         if (c == 0 && row_lo < len) {
-            float* r = sinks + (head_row * len + row_lo) * 3;
+            float* r = head_values + (unsigned long long)row_lo * 3;
             r[0] = p_first_lo;
             r[1] = p_delim_lo;
             r[2] = learned ? exp2f(sink_log2 - max_lo) * inv_lo : 0.0f;
         }
         if (c == 0 && row_hi < len) {
-            float* r = sinks + (head_row * len + row_hi) * 3;
+            float* r = head_values + (unsigned long long)row_hi * 3;
             r[0] = p_first_hi;
             r[1] = p_delim_hi;
             r[2] = learned ? exp2f(sink_log2 - max_hi) * inv_hi : 0.0f;

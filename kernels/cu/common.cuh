@@ -59,3 +59,26 @@ __device__ __forceinline__ float block_sum(float value, float* scratch) {
     __syncthreads();
     return scratch[0];
 }
+
+// The attention-sink scratch (attention.cu's SINK_LAYOUT) for sequences of one length
+// (offsets == nullptr: sequence s at rows s * seq_len) or of their own (offsets: a slice of
+// the workload's, sequence s at rows offsets[s] - offsets[0]): (sequence, head)'s per-query
+// values start at float (first_row * heads + head * len) * 3, which for one length is the
+// ((sequence * heads + head) * seq_len) * 3 of the packed layout.
+__device__ __forceinline__ unsigned long long sink_values_base(int sequence, int head, int heads,
+                                                               int seq_len, const int* offsets) {
+    const unsigned long long first_row = offsets != nullptr
+        ? (unsigned long long)(offsets[sequence] - offsets[0])
+        : (unsigned long long)sequence * seq_len;
+    const int len = offsets != nullptr ? offsets[sequence + 1] - offsets[sequence] : seq_len;
+    return (first_row * heads + (unsigned long long)head * len) * 3;
+}
+
+// The first float after the per-query values: the sums (and, before them, the delimiters).
+__device__ __forceinline__ unsigned long long sink_tail(int sequences, int heads, int seq_len,
+                                                        const int* offsets) {
+    const unsigned long long rows = offsets != nullptr
+        ? (unsigned long long)(offsets[sequences] - offsets[0])
+        : (unsigned long long)sequences * seq_len;
+    return rows * heads * 3;
+}

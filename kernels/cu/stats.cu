@@ -7,8 +7,8 @@
 //
 // Accumulators are indexed by the workload's sequence (first_sequence + s), laid out
 // (total_sequences, width); sums are 4 consecutive planes of that shape. Position bits are
-// (width, position_words) u32 words over the workload's tokens (sequence * seq_len + t);
-// position_words == 0 keeps none. The histogram has HIST_BINS bins (see histogram_bin).
+// (width, position_words) u32 words over the workload's tokens (sequence * seq_len + t, or
+// offsets[s] + t for sequences of their own lengths); position_words == 0 keeps none. The histogram has HIST_BINS bins (see histogram_bin).
 // Shared memory: the histogram (6 KiB) and the warps' partial results (14 KiB).
 
 #define HIST_BINS 1538
@@ -33,7 +33,8 @@ extern "C" __global__ void stats_accumulate_kernel(
     const float* x, int sequences, int seq_len, int width, int first_sequence, int total_sequences,
     float threshold, float* max_abs, unsigned long long* count_ge,
     unsigned long long* count_pos_ge, double* sum_abs_ge, unsigned long long* non_finite,
-    double* sums, unsigned long long* histogram, unsigned int* positions, int position_words) {
+    double* sums, unsigned long long* histogram, unsigned int* positions, int position_words,
+    const int* offsets) {
     __shared__ unsigned int local_histogram[HIST_BINS];
     __shared__ double partial_sums[STATS_WARPS][5][32];
     __shared__ unsigned long long partial_counts[STATS_WARPS][3][32];
@@ -43,17 +44,26 @@ extern "C" __global__ void stats_accumulate_kernel(
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int s = blockIdx.y, d = blockIdx.x * 32 + lane;
     const bool active = d < width && s < sequences;
+    // Packed data: sequence s at rows s * seq_len of x, tokens (first_sequence + s) * seq_len
+    // of the workload. Records (offsets != nullptr, the workload's offsets from
+    // first_sequence): rows offsets[s] - offsets[0] of x, tokens offsets[s].
+    const int len = offsets != nullptr ? offsets[s + 1] - offsets[s] : seq_len;
+    const unsigned long long base_row = offsets != nullptr
+        ? (unsigned long long)(offsets[s] - offsets[0])
+        : (unsigned long long)s * seq_len;
     // Tokens of this warp: a chunk of whole 32-token words.
-    const int words_per_sequence = (seq_len + 31) / 32;
+    const int words_per_sequence = (len + 31) / 32;
     const int chunk = ((words_per_sequence + STATS_WARPS - 1) / STATS_WARPS) * 32;
-    const int t_begin = min(warp * chunk, seq_len), t_end = min(t_begin + chunk, seq_len);
+    const int t_begin = min(warp * chunk, len), t_end = min(t_begin + chunk, len);
     float local_max = 0.0f;
     unsigned long long local_count = 0, local_positive = 0, local_bad = 0;
     double s1 = 0.0, s2 = 0.0, s3 = 0.0, s4 = 0.0, abs_ge = 0.0;
     if (active) {
         unsigned int word = 0;
-        const unsigned long long token0 = (unsigned long long)(first_sequence + s) * seq_len;
-        const float* column = x + (unsigned long long)s * seq_len * width + d;
+        const unsigned long long token0 = offsets != nullptr
+            ? (unsigned long long)offsets[s]
+            : (unsigned long long)(first_sequence + s) * seq_len;
+        const float* column = x + base_row * width + d;
         for (int t = t_begin; t < t_end; t++) {
             const float value = column[(unsigned long long)t * width];
             const float magnitude = fabsf(value);

@@ -32,8 +32,8 @@ pub struct CapturedPoint {
 
 impl CapturedPoint {
     /// Device bytes of its accumulators for a workload of `sequences` x `seq_len` tokens.
-    pub fn accumulator_bytes(&self, sequences: usize, seq_len: usize) -> u64 {
-        let tokens = (sequences * seq_len) as u64;
+    pub fn accumulator_bytes(&self, sequences: usize, tokens: usize) -> u64 {
+        let tokens = tokens as u64;
         let width = self.width as u64;
         let mut bytes = BYTES_PER_ENTRY * sequences as u64 * width + 8 * HISTOGRAM_BINS as u64;
         if self.positions {

@@ -193,8 +193,8 @@ pub struct Routing {
 pub struct SinkMass {
     /// Query heads.
     pub heads: usize,
-    /// Queries per sequence and head (the sequence length).
-    pub queries: usize,
+    /// `(sequences)`: queries per head of each sequence (its length).
+    pub queries: Vec<usize>,
     /// Whether the layer has learned sink logits (GPT-OSS).
     pub learned: bool,
     /// `(sequences, heads)`: `[sum over queries of the probability on position 0, on the

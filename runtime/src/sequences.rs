@@ -13,6 +13,13 @@ pub struct Sequences {
     offsets: Vec<usize>,
 }
 
+impl Default for Sequences {
+    /// No sequences.
+    fn default() -> Self {
+        Sequences { offsets: vec![0] }
+    }
+}
+
 impl Sequences {
     /// `count` sequences of `len` tokens.
     pub fn uniform(count: usize, len: usize) -> Self {
@@ -100,6 +107,11 @@ impl Sequences {
                 .map(|o| o - base)
                 .collect(),
         }
+    }
+
+    /// The sequence holding row `row`.
+    pub fn sequence_of(&self, row: usize) -> usize {
+        self.offsets.partition_point(|&o| o <= row) - 1
     }
 
     /// Each row's position within its sequence.

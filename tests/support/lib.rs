@@ -6,6 +6,7 @@ pub mod bf16_peer;
 pub mod device;
 mod edit;
 pub mod near_ties;
+pub mod record_statistics;
 pub mod records;
 pub mod reference_analysis;
 mod reference_check;

@@ -6,6 +6,7 @@
 use super::activation_dump::{activation_layout, layers_missing_activations, saved_points};
 use super::estimate::{make_estimate, planned_run, print_estimate};
 use super::plots::write_plots;
+use super::record_workload::record_workload;
 use super::report_markdown::report_markdown;
 use super::{
     NamedModel, Workload, choose_backend, micro_batch_sequences, open_model, pack_workload,
@@ -14,7 +15,6 @@ use super::{
 use crate::args::AnalyzeArgs;
 use crate::progress::{ProgressMode, WithProgress};
 use anyhow::Result;
-use layerstream_runtime::Sequences;
 use layerstream_runtime::analysis::massive::{MASSIVE_MEDIAN_RATIO, MASSIVE_MIN_MAGNITUDE};
 use layerstream_runtime::analysis::massive_report::TokenInfo;
 use layerstream_runtime::analysis::outliers::{MIN_LAYER_FRACTION, MIN_POSITION_FRACTION};
@@ -38,6 +38,11 @@ use std::time::Instant;
 /// Runs `analyze`.
 pub fn analyze(args: &AnalyzeArgs) -> Result<()> {
     if let Some(devices) = &args.devices {
+        if args.records.per_record {
+            anyhow::bail!(
+                "--per-record with --devices is not supported yet (the devices run shards of packed data); analyse the records on one device"
+            );
+        }
         return super::devices::analyze_on_devices(args, devices);
     }
     let started = Instant::now();
@@ -48,12 +53,29 @@ pub fn analyze(args: &AnalyzeArgs) -> Result<()> {
     };
     let named = open_model(&args.model, need)?;
     timeline::mark(|| "model opened (headers checked)".into());
+    // Records are read before planning: their count and tokens are the workload's shape.
+    let records = match args.records.per_record {
+        true => Some(record_workload(
+            &named.model,
+            &args.workload,
+            &args.records,
+        )?),
+        false => None,
+    };
+    // Records are planned as sequences of their mean length (rounded up).
+    let (planned_sequences, planned_len) = match &records {
+        Some(w) => (w.rows.count(), w.rows.tokens().div_ceil(w.rows.count())),
+        None => (
+            super::shard::planned_sequences(&args.workload)?,
+            args.workload.seq_len,
+        ),
+    };
     let plan = match (args.dry_run, args.plan.vram) {
         (false, None) => None,
         _ => Some(make_estimate(
             &named,
-            super::shard::planned_sequences(&args.workload)?,
-            args.workload.seq_len,
+            planned_sequences,
+            planned_len,
             &args.layers,
             &args.points,
             false,
@@ -78,7 +100,15 @@ pub fn analyze(args: &AnalyzeArgs) -> Result<()> {
         );
     }
     let saved_points = saved_points(args, &points)?;
-    let workload = pack_workload(model, &args.workload)?;
+    if records.is_some() && !saved_points.is_empty() {
+        anyhow::bail!(
+            "--save-activations with --per-record is not supported yet: activation dumps keep sequences of one length; drop --per-record (packed data) or --save-activations"
+        );
+    }
+    let workload = match records {
+        Some(records) => records,
+        None => pack_workload(model, &args.workload)?,
+    };
     timeline::mark(|| "workload tokenized and packed".into());
     if args.batches >= 2 && args.batches > workload.packed.num_sequences {
         eprintln!(
@@ -92,6 +122,12 @@ pub fn analyze(args: &AnalyzeArgs) -> Result<()> {
     let micro_batch = match &plan {
         Some(estimate) => estimate.plan.micro_batch_sequences,
         None => micro_batch_sequences(&args.run, &workload),
+    };
+    // Micro-batches of whole sequences up to this many tokens.
+    let micro_batch_tokens = match (&plan, workload.rows.uniform_len()) {
+        (_, Some(len)) => micro_batch * len,
+        (Some(_), None) => micro_batch * planned_len,
+        (None, None) => args.run.micro_batch_tokens,
     };
     let identity = run_identity(&named, args, &workload, &points, &backend, micro_batch);
     let options = FolderOptions {
@@ -136,13 +172,13 @@ pub fn analyze(args: &AnalyzeArgs) -> Result<()> {
         &saved_points,
         dump.as_ref(),
     ));
-    let tokens = packed.num_sequences * packed.seq_len;
+    let tokens = workload.rows.tokens();
     let start = folder.start_point(&to_compute, tokens, model.spec.hidden_size)?;
     let tokenizer = TextTokenizer::load(&model.dir, &model.config)?;
     let text = |id: u32| tokenizer.token_text(id);
     let first_delimiters = TokenInfo {
         token_ids: &packed.token_ids,
-        seq_len: packed.seq_len,
+        rows: &workload.rows,
         text: &text,
     }
     .first_delimiters();
@@ -150,7 +186,7 @@ pub fn analyze(args: &AnalyzeArgs) -> Result<()> {
     let request = RunRequest {
         token_ids: packed.token_ids.clone(),
         first_delimiters,
-        sequences: Sequences::uniform(packed.num_sequences, packed.seq_len),
+        sequences: workload.rows.clone(),
         capture_layers: to_compute.clone(),
         capture_points: points,
         capture_mode: CaptureMode::Statistics {
@@ -160,7 +196,7 @@ pub fn analyze(args: &AnalyzeArgs) -> Result<()> {
         final_stage: FinalStage::None,
         top_logprobs: None,
         head_vocab_rows: None,
-        micro_batch_tokens: micro_batch * packed.seq_len,
+        micro_batch_tokens,
         start,
         checkpoint_hidden_states: true,
         hidden_placement: planned.hidden_placement,
@@ -321,7 +357,6 @@ fn compute_layers(
     saved: Option<(Vec<CapturePoint>, ActivationLayout)>,
 ) -> Result<()> {
     let model = &named.model;
-    let seq_len = request.seq_len();
     if request.capture_layers.is_empty() {
         eprintln!(
             "every requested layer is finished in {}; writing the report",
@@ -338,7 +373,8 @@ fn compute_layers(
             request.layers_to_run(model.spec.num_layers) - 1
         );
         let interval = std::time::Duration::from_secs_f64(args.resume.checkpoint_every.max(0.0));
-        let mut observer = folder.observer(model.spec.hidden_size, seq_len, interval);
+        let mut observer =
+            folder.observer(model.spec.hidden_size, request.sequences.clone(), interval);
         if let Some((points, layout)) = saved {
             observer.save_activations(points, request.token_ids.clone(), layout);
         }
@@ -396,16 +432,21 @@ fn run_identity(
         model_name: named.name.clone(),
         data_fingerprint: workload.data_fingerprint.clone(),
         data_name: workload.data_name.clone(),
-        settings: BTreeMap::from_iter(shard_setting(workload).into_iter().chain([
-            ("num_samples".to_string(), packed.num_sequences.to_string()),
-            ("seq_len".to_string(), packed.seq_len.to_string()),
-            ("threshold".to_string(), args.threshold.to_string()),
-            ("points".to_string(), point_names.join(",")),
-            (
-                "arithmetic".to_string(),
-                arithmetic(backend, &args.run.compute_dtype),
-            ),
-        ])),
+        settings: BTreeMap::from_iter(
+            shard_setting(workload)
+                .into_iter()
+                .chain(records_setting(workload))
+                .chain([
+                    ("num_samples".to_string(), packed.num_sequences.to_string()),
+                    ("seq_len".to_string(), packed.seq_len.to_string()),
+                    ("threshold".to_string(), args.threshold.to_string()),
+                    ("points".to_string(), point_names.join(",")),
+                    (
+                        "arithmetic".to_string(),
+                        arithmetic(backend, &args.run.compute_dtype),
+                    ),
+                ]),
+        ),
         plan: BTreeMap::from([
             ("micro_batch_sequences".to_string(), micro_batch.to_string()),
             ("backend".to_string(), backend.to_string()),
@@ -420,6 +461,17 @@ fn shard_setting(workload: &Workload) -> Option<(String, String)> {
         .shard
         .as_ref()
         .map(|s| ("shard".to_string(), s.describe()))
+}
+
+/// `--per-record` and its `--max-length`, as the run's identity records them (packed data
+/// records none, so its progress.json is as before).
+fn records_setting(workload: &Workload) -> Option<(String, String)> {
+    workload.records.as_ref().map(|r| {
+        (
+            "per_record_max_length".to_string(),
+            r.max_length.to_string(),
+        )
+    })
 }
 
 /// How long the run took, for the closing line.
@@ -452,7 +504,7 @@ fn write_outputs(
     let text = |id: u32| tokenizer.token_text(id);
     let token_info = TokenInfo {
         token_ids: &packed.token_ids,
-        seq_len: packed.seq_len,
+        rows: &workload.rows,
         text: &text,
     };
     let (path, report) = folder.write_report(
@@ -475,6 +527,7 @@ fn write_outputs(
                 first_sequence: s.range.start,
                 total_sequences: s.total,
             }),
+            per_record: workload.records.clone(),
         },
         AnalysisSettings {
             threshold: args.threshold,

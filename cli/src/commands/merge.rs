@@ -8,7 +8,6 @@ use super::report_markdown::report_markdown;
 use crate::args::MergeArgs;
 use crate::embedded;
 use anyhow::{Context, Result, bail};
-use layerstream_runtime::Model;
 use layerstream_runtime::analysis::massive_report::TokenInfo;
 use layerstream_runtime::analysis::report::{ActivationReport, ReportShard};
 use layerstream_runtime::checkpoint::merge::{
@@ -16,6 +15,7 @@ use layerstream_runtime::checkpoint::merge::{
 };
 use layerstream_runtime::checkpoint::{data_fingerprint, write_file};
 use layerstream_runtime::data::TextTokenizer;
+use layerstream_runtime::{Model, Sequences};
 
 /// Runs `merge`.
 pub fn merge(args: &MergeArgs) -> Result<()> {
@@ -77,9 +77,10 @@ pub fn merge_into(args: &MergeArgs) -> Result<()> {
     write_file(&args.out, TOKENS_FILE, &bytes)?;
     let tokenizer = TextTokenizer::load(&model.dir, &model.config)?;
     let text = |id: u32| tokenizer.token_text(id);
+    let rows = Sequences::uniform(tokens.len() / seq_len.max(1), seq_len);
     let token_info = TokenInfo {
         token_ids: &tokens,
-        seq_len,
+        rows: &rows,
         text: &text,
     };
     let mut data = report.data.clone();

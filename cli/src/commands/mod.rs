@@ -11,6 +11,7 @@ pub mod inspect;
 pub mod merge;
 pub mod plots;
 pub mod quantized_sizes;
+pub mod record_workload;
 pub mod report_markdown;
 pub mod report_massive;
 pub mod score;
@@ -25,10 +26,11 @@ use crate::args::{ModelArgs, RunArgs, WorkloadArgs};
 use crate::embedded;
 use crate::hub_download::Need;
 use anyhow::{Context, Result};
+use layerstream_runtime::analysis::report::ReportRecords;
 use layerstream_runtime::checkpoint::{FolderLock, WRITE_PROBE_PREFIX};
 use layerstream_runtime::data::{PackedTokens, TextTokenizer, pack_documents};
 use layerstream_runtime::executor::RunSummary;
-use layerstream_runtime::{Backend, DeviceChoice, Model, select_backend};
+use layerstream_runtime::{Backend, DeviceChoice, Model, Sequences, select_backend};
 use std::path::{Path, PathBuf};
 
 /// An opened model and the name reports give it.
@@ -71,8 +73,13 @@ pub fn model_dir(spec: &Path) -> Result<PathBuf> {
 
 /// The packed workload and where it came from.
 pub struct Workload {
-    /// Token ids and shape (of the shard, with `--shard`).
+    /// Token ids and shape (of the shard, with `--shard`); with `--per-record`, every
+    /// record's ids one after the other, `seq_len` the longest record.
     pub packed: PackedTokens,
+    /// Where each sequence's tokens sit: one length, or each record's own.
+    pub rows: Sequences,
+    /// With `--per-record`: the records' lengths as the report gives them.
+    pub records: Option<ReportRecords>,
     /// `--data` as given, or the embedded text's description.
     pub data_name: String,
     /// The fingerprint of the whole packed data (every shard's the same).
@@ -169,6 +176,8 @@ pub fn pack_workload(model: &Model, args: &WorkloadArgs) -> Result<Workload> {
         }
     };
     Ok(Workload {
+        rows: Sequences::uniform(packed.num_sequences, packed.seq_len),
+        records: None,
         packed,
         data_name,
         data_fingerprint,

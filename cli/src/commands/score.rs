@@ -45,7 +45,7 @@ struct ScoreReport {
 pub fn score(args: &ScoreArgs) -> Result<()> {
     let _out_lock = prepare_out_dir(&args.run.out)?;
     let named = open_model(&args.model, crate::hub_download::Need::Run)?;
-    if args.per_record {
+    if args.records.per_record {
         return super::score_per_record::score_per_record(args, &named);
     }
     let model = &named.model;

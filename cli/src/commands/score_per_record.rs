@@ -3,7 +3,8 @@
 //! input order) and `OUT/score.json` (the run's summary), and prints the summary line.
 
 use super::NamedModel;
-use super::score_records::{PreparedRecord, RecordFields, prepare};
+use super::record_workload::{RecordData, read_prepared};
+use super::score_records::{PreparedRecord, RecordFields};
 use super::score_run::{ScoreJob, run_scoring};
 use crate::args::ScoreArgs;
 use crate::chat_template;
@@ -11,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use layerstream_planner::write_atomically;
 use layerstream_runtime::Sequences;
 use layerstream_runtime::checkpoint::records_fingerprint;
-use layerstream_runtime::data::{TextTokenizer, read_records};
+use layerstream_runtime::data::TextTokenizer;
 use layerstream_runtime::top_logprobs::TopLogprobs;
 use serde::Serialize;
 use serde_json::json;
@@ -43,32 +44,24 @@ pub fn score_per_record(args: &ScoreArgs, named: &NamedModel) -> Result<()> {
     let model = &named.model;
     let tokenizer = TextTokenizer::load(&model.dir, &model.config)?;
     let template = chat_template::choose(&args.chat_template, &model.dir)?;
-    let max = model.spec.max_position_embeddings;
-    let max_length = args.max_length.unwrap_or(max);
-    if max_length > max {
-        bail!("--max-length {max_length} is above the model's max_position_embeddings {max}");
-    }
-    let data = match &args.workload.data {
-        Some(path) => path.clone(),
-        None => crate::embedded::default_data_file()?,
-    };
-    let records = read_records(&data, args.txt_lines)?;
-    if records.is_empty() {
-        bail!(
-            "{}: no records (empty data); --per-record scores each .jsonl line, .parquet row, or .txt line with --txt-lines",
-            data.display()
-        );
-    }
     let fields = RecordFields {
         text: &args.workload.text_field,
         prompt: args.prompt_field.as_deref(),
         completion: args.completion_field.as_deref(),
         id: args.id_field.as_deref(),
     };
-    let prepared: Vec<PreparedRecord> = records
-        .iter()
-        .map(|r| prepare(r, &fields, &tokenizer, template.as_ref(), max_length))
-        .collect::<Result<_>>()?;
+    let RecordData {
+        path: data,
+        max_length,
+        prepared,
+    } = read_prepared(
+        model,
+        &args.workload,
+        &args.records,
+        &fields,
+        template.as_ref(),
+        &tokenizer,
+    )?;
     let sequences = Sequences::from_lengths(prepared.iter().map(|r| r.tokens.len()));
     let token_ids: Vec<u32> = prepared
         .iter()

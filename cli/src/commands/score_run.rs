@@ -154,7 +154,7 @@ pub fn run_scoring(
     };
     let backend_name = backend.to_string();
     let interval = std::time::Duration::from_secs_f64(args.resume.checkpoint_every.max(0.0));
-    let mut observer = folder.observer(d, longest, interval);
+    let mut observer = folder.observer(d, request.sequences.clone(), interval);
     if args.run.progress == ProgressMode::Json {
         observer.on_written(Box::new(|written| {
             eprintln!("{}", crate::progress::checkpoint_event(written))

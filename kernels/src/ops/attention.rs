@@ -57,10 +57,11 @@ impl AttentionDims {
 /// Probabilities per query in the sink scratch: key 0, the delimiter, the learned sink.
 const SINK_VALUES: usize = 3;
 
-/// Floats of the attention-sink scratch for `dims` (`SINK_LAYOUT` in attention.cu): per
-/// query three probabilities, then per (sequence, head) three sums as (hi, lo) float pairs.
-pub fn sink_scratch_len(dims: &AttentionDims) -> usize {
-    dims.sequences * dims.heads * SINK_VALUES * (dims.seq_len + 2)
+/// Floats of the attention-sink scratch for `dims` over `rows` query rows in all
+/// (`SINK_LAYOUT` in attention.cu): per query three probabilities, then per (sequence, head)
+/// three sums as (hi, lo) float pairs.
+pub fn sink_scratch_len(dims: &AttentionDims, rows: usize) -> usize {
+    dims.heads * SINK_VALUES * (rows + 2 * dims.sequences)
 }
 
 /// Where the kernels put the attention-sink probabilities, and the keys they are on.
@@ -121,11 +122,6 @@ pub fn causal_attention(
         None => 0,
         Some(ragged) => {
             check_len("attention offsets", ragged.offsets, sequences + 1)?;
-            if sinks.is_some() {
-                return Err(KernelError::Unsupported(
-                    "attention sinks of sequences of different lengths".into(),
-                ));
-            }
             let (pointer, guard) = ragged.offsets.device_ptr(&gpu.stream);
             _offsets_guard = Some(guard);
             pointer
@@ -154,7 +150,7 @@ pub fn causal_attention(
             scratch,
             delimiters,
         }) => {
-            check_len("attention sinks", scratch, sink_scratch_len(&dims))?;
+            check_len("attention sinks", scratch, sink_scratch_len(&dims, rows))?;
             if delimiters.len() != sequences {
                 return Err(KernelError::Unsupported(format!(
                     "attention sinks: {} delimiters for {sequences} sequences",
@@ -167,7 +163,7 @@ pub fn causal_attention(
                 .iter()
                 .map(|&d| f32::from_bits(d as u32))
                 .collect();
-            let tail = sequences * heads * seq_len * SINK_VALUES;
+            let tail = rows * heads * SINK_VALUES;
             gpu.stream
                 .memcpy_htod(&bits, &mut scratch.slice_mut(tail..tail + sequences))?;
             let (pointer, guard) = scratch.device_ptr_mut(&gpu.stream);
@@ -259,15 +255,31 @@ pub fn causal_attention(
 }
 
 /// Per (sequence, head), `[sum over queries of p(key 0), of p(delimiter), of p(learned
-/// sink)]` from a scratch the attention filled (`dims` as it was called with).
+/// sink)]` from a scratch the attention filled (`dims` and `ragged` as it was called with).
 pub fn reduce_sink_mass(
     gpu: &Gpu,
     scratch: &mut CudaViewMut<f32>,
     dims: &AttentionDims,
+    ragged: Option<RaggedRows>,
 ) -> Result<Vec<[f64; 3]>> {
-    check_len("attention sinks", scratch, sink_scratch_len(dims))?;
+    let query_rows = ragged.map_or(dims.sequences * dims.seq_len, |r| r.rows);
+    check_len(
+        "attention sinks",
+        scratch,
+        sink_scratch_len(dims, query_rows),
+    )?;
+    let mut _offsets_guard = None;
+    let offsets_ptr = match ragged {
+        None => 0,
+        Some(ragged) => {
+            check_len("attention offsets", ragged.offsets, dims.sequences + 1)?;
+            let (pointer, guard) = ragged.offsets.device_ptr(&gpu.stream);
+            _offsets_guard = Some(guard);
+            pointer
+        }
+    };
     let rows = dims.sequences * dims.heads;
-    let (rows_i, seq_i) = (rows as i32, dims.seq_len as i32);
+    let (rows_i, seq_i, heads_i) = (rows as i32, dims.seq_len as i32, dims.heads as i32);
     let config = LaunchConfig {
         grid_dim: (rows.max(1) as u32, 1, 1),
         block_dim: (SINK_REDUCE_THREADS, 1, 1),
@@ -280,9 +292,11 @@ pub fn reduce_sink_mass(
         config,
         &mut *scratch,
         &rows_i,
-        &seq_i
+        &seq_i,
+        &heads_i,
+        &offsets_ptr
     )?;
-    let tail = rows * dims.seq_len * SINK_VALUES;
+    let tail = query_rows * dims.heads * SINK_VALUES;
     let sums = gpu
         .stream
         .clone_dtoh(&scratch.slice(tail..tail + 2 * SINK_VALUES * rows))?;

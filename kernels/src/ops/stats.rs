@@ -1,11 +1,12 @@
 //! Statistics accumulated on the device (`stats.cu`): per sequence and dimension, a
 //! histogram of |x| per point, optionally the positions of values >= threshold.
 
+use super::attention::RaggedRows;
 use super::{check_len, launch};
 use crate::error::Result;
 use crate::gpu::Gpu;
 use crate::sources::STATS;
-use cudarc::driver::{CudaSlice, CudaView, LaunchConfig};
+use cudarc::driver::{CudaSlice, CudaView, DevicePtr, LaunchConfig};
 
 /// Bins of the |x| histogram (`HIST_BINS` in stats.cu).
 pub const HISTOGRAM_BINS: usize = 1538;
@@ -82,7 +83,10 @@ impl StatsAccumulators {
         })
     }
 
-    /// Adds a micro-batch `x (sequences * seq_len, width)` of sequences `first_sequence..`.
+    /// Adds a micro-batch `x (sequences * seq_len, width)` of sequences `first_sequence..`;
+    /// with `ragged`, `x (rows, width)` of sequences of their own lengths (`ragged.offsets`
+    /// the workload's from `first_sequence`, so position bits go to the workload's tokens).
+    #[allow(clippy::too_many_arguments)]
     pub fn accumulate(
         &mut self,
         gpu: &Gpu,
@@ -91,9 +95,21 @@ impl StatsAccumulators {
         seq_len: usize,
         first_sequence: usize,
         threshold: f32,
+        ragged: Option<RaggedRows>,
     ) -> Result<()> {
-        check_len("stats x", x, sequences * seq_len * self.width)?;
-        if self.position_words > 0 {
+        let rows = ragged.map_or(sequences * seq_len, |r| r.rows);
+        check_len("stats x", x, rows * self.width)?;
+        let mut _offsets_guard = None;
+        let offsets_ptr = match ragged {
+            None => 0,
+            Some(ragged) => {
+                check_len("stats offsets", ragged.offsets, sequences + 1)?;
+                let (pointer, guard) = ragged.offsets.device_ptr(&gpu.stream);
+                _offsets_guard = Some(guard);
+                pointer
+            }
+        };
+        if self.position_words > 0 && ragged.is_none() {
             check_len(
                 "stats positions",
                 &self.positions,
@@ -133,7 +149,8 @@ impl StatsAccumulators {
             &mut self.sums,
             &mut self.histogram,
             &mut self.positions,
-            &words_i
+            &words_i,
+            &offsets_ptr
         )
     }
 

@@ -70,7 +70,7 @@ impl<'a> Search<'a> {
         let statistics = workload
             .captured_points
             .iter()
-            .map(|p| p.accumulator_bytes(workload.sequences, workload.seq_len))
+            .map(|p| p.accumulator_bytes(workload.sequences, workload.sequences * workload.seq_len))
             .sum();
         Search {
             inventory,

@@ -4,7 +4,8 @@
 //! maximum is never bootstrapped).
 
 use super::resample::quantile;
-use super::statistics::{PointStatistics, histogram_bin_start};
+use super::statistics::{PointStatistics, histogram_bin_start, weighted_tokens};
+use crate::sequences::Sequences;
 use serde::{Deserialize, Serialize};
 
 /// Where a per-dimension quantity sits across dimensions.
@@ -75,7 +76,7 @@ pub struct Distribution {
 /// Kurtosis of the per-dimension RMS with sequences weighted by `weights`.
 pub fn rms_kurtosis(stats: &PointStatistics, weights: &[u32]) -> f64 {
     let (width, plane) = (stats.width, stats.sequences * stats.width);
-    let tokens: f64 = weights.iter().map(|&w| w as f64).sum::<f64>() * stats.seq_len as f64;
+    let tokens = stats.weighted_tokens(weights);
     let mut square_sums = vec![0f64; width];
     for (s, &w) in weights.iter().enumerate() {
         if w == 0 {
@@ -107,7 +108,7 @@ pub fn rms_kurtosis(stats: &PointStatistics, weights: &[u32]) -> f64 {
 /// sequences x width.
 pub struct RmsKurtosisResampler {
     sequences: usize,
-    seq_len: usize,
+    rows: Sequences,
     width: usize,
     /// `(sequences)`: r_s.
     row_sums: Vec<f64>,
@@ -132,7 +133,7 @@ impl RmsKurtosisResampler {
         }
         RmsKurtosisResampler {
             sequences,
-            seq_len: stats.seq_len,
+            rows: stats.rows.clone(),
             width,
             row_sums,
             gram,
@@ -141,8 +142,7 @@ impl RmsKurtosisResampler {
 
     /// [`rms_kurtosis`] with sequence weights `weights`.
     pub fn kurtosis(&self, weights: &[u32]) -> f64 {
-        let tokens: f64 = weights.iter().map(|&w| w as f64).sum::<f64>() * self.seq_len as f64;
-        let tokens = tokens.max(1.0);
+        let tokens = weighted_tokens(&self.rows, weights).max(1.0);
         let mut sum_m = 0.0;
         let mut sum_m2 = 0.0;
         for s in 0..self.sequences {
@@ -196,7 +196,7 @@ impl Distribution {
         let (width, sequences) = (stats.width, stats.sequences);
         let plane = sequences * width;
         // Finite values per dimension.
-        let mut n = vec![(sequences * stats.seq_len) as f64; width];
+        let mut n = vec![stats.tokens() as f64; width];
         for (i, &bad) in stats.non_finite.iter().enumerate() {
             n[i % width] -= bad as f64;
         }

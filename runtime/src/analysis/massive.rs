@@ -15,6 +15,7 @@
 
 use super::attribution::ExpertAttribution;
 use super::magnitudes::SequenceMagnitudes;
+use crate::sequences::Sequences;
 use serde::{Deserialize, Serialize};
 
 /// Magnitude a massive activation exceeds.
@@ -233,14 +234,14 @@ impl MassiveFinds {
     }
 
     /// Keeps the MoE inputs of the tokens found since the last call (a micro-batch of
-    /// sequences `first_sequence..`, `seq_len` tokens each) that rank among the
+    /// sequences `first_sequence..` with rows `spans`, offsets from 0) that rank among the
     /// [`MASSIVE_ATTRIBUTED`] largest so far; `input_row(r)` gives micro-batch row `r`'s
     /// input. The tokens of the largest [`MASSIVE_ATTRIBUTED`] values are among the kept
     /// ones whatever the micro-batch size.
     pub fn keep_inputs<E>(
         &mut self,
         first_sequence: usize,
-        seq_len: usize,
+        spans: &Sequences,
         mut input_row: impl FnMut(usize) -> Result<Vec<f32>, E>,
     ) -> Result<(), E> {
         let mut awaiting = std::mem::take(&mut self.awaiting);
@@ -260,7 +261,7 @@ impl MassiveFinds {
             {
                 break;
             }
-            let row = (token.sequence - first_sequence) * seq_len + token.position;
+            let row = spans.start(token.sequence - first_sequence) + token.position;
             self.inputs.push(TokenInput {
                 sequence: token.sequence,
                 position: token.position,
@@ -358,7 +359,9 @@ mod tests {
                 finds.scan_row(&row, s, 1, 0.01);
             }
             finds
-                .keep_inputs(first, 2, |r| Ok::<_, ()>(vec![(first * 2 + r) as f32]))
+                .keep_inputs(first, &Sequences::uniform(sequences, 2), |r| {
+                    Ok::<_, ()>(vec![(first * 2 + r) as f32])
+                })
                 .unwrap();
         };
         let kept = |batch: usize| {

@@ -4,6 +4,7 @@
 
 use super::magnitudes::LayerMagnitudes;
 use super::massive::{MassiveFinds, MassiveReading, MassiveValue};
+use crate::sequences::Sequences;
 use serde::{Deserialize, Serialize};
 
 /// Where a token sits in its sequence, as Sun et al. describe massive activations.
@@ -78,10 +79,10 @@ pub struct MassiveReadingSummary {
 
 /// The workload's tokens, for token strings and positions.
 pub struct TokenInfo<'a> {
-    /// `(sequences, seq_len)`.
+    /// `(tokens)`: every sequence's ids, one after the other.
     pub token_ids: &'a [u32],
-    /// Tokens per sequence.
-    pub seq_len: usize,
+    /// Where each sequence's tokens sit.
+    pub rows: &'a Sequences,
     /// A token's text.
     pub text: &'a dyn Fn(u32) -> String,
 }
@@ -96,16 +97,18 @@ pub fn is_delimiter(text: &str) -> bool {
 }
 
 impl TokenInfo<'_> {
-    /// The first delimiter's position of `sequence` after position 0.
+    /// The first delimiter's position of `sequence` after position 0 (the record's own first
+    /// token for sequences of their own lengths).
     pub fn first_delimiter(&self, sequence: usize) -> Option<usize> {
-        let ids = &self.token_ids[sequence * self.seq_len..(sequence + 1) * self.seq_len];
+        let ids = &self.token_ids[self.rows.span(sequence)];
         (1..ids.len()).find(|&t| is_delimiter(&(self.text)(ids[t])))
     }
 
     /// Every sequence's first delimiter (the attention-sink statistics' second key).
     pub fn first_delimiters(&self) -> Vec<Option<usize>> {
-        let sequences = self.token_ids.len() / self.seq_len.max(1);
-        (0..sequences).map(|s| self.first_delimiter(s)).collect()
+        (0..self.rows.count())
+            .map(|s| self.first_delimiter(s))
+            .collect()
     }
 }
 
@@ -134,7 +137,7 @@ impl TokenInfo<'_> {
 
     /// A value as the report lists it.
     fn entry(&self, value: &MassiveValue, position_kind: PositionKind) -> MassiveEntry {
-        let token_id = self.token_ids[value.sequence * self.seq_len + value.position];
+        let token_id = self.token_ids[self.rows.start(value.sequence) + value.position];
         MassiveEntry {
             value: value.clone(),
             token_id,

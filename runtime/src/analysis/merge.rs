@@ -11,6 +11,7 @@ use super::massive::{MASSIVE_ATTRIBUTED, MassiveFinds, MassiveReading};
 use super::router::RouterSummary;
 use super::sinks::SinkSummary;
 use crate::error::{Result, RuntimeError};
+use crate::sequences::Sequences;
 
 /// One shard's part: its first sequence in the union and its values.
 pub struct Part<'a, T> {
@@ -42,10 +43,10 @@ fn concat<T: Copy>(
 /// The statistics of the union of `parts` (consecutive, in order).
 pub fn merge_statistics(parts: &[Part<PointStatistics>]) -> Result<PointStatistics> {
     let first = parts[0].value;
-    let (width, seq_len) = (first.width, first.seq_len);
+    let width = first.width;
     if parts.iter().any(|p| {
         p.value.width != width
-            || p.value.seq_len != seq_len
+            || p.value.uniform_len() != first.uniform_len()
             || p.value.threshold.to_bits() != first.threshold.to_bits()
             || p.value.positions.is_empty() != first.positions.is_empty()
             || p.value.histogram.len() != first.histogram.len()
@@ -53,6 +54,7 @@ pub fn merge_statistics(parts: &[Part<PointStatistics>]) -> Result<PointStatisti
         return Err(mismatch("statistics shapes"));
     }
     let sequences: usize = parts.iter().map(|p| p.value.sequences).sum();
+    let rows = Sequences::from_lengths(parts.iter().flat_map(|p| p.value.rows.lengths()));
     // sums: (4, sequences, width) — each moment's rows concatenated.
     let mut sums = Vec::with_capacity(4 * sequences * width);
     for moment in 0..4 {
@@ -69,7 +71,7 @@ pub fn merge_statistics(parts: &[Part<PointStatistics>]) -> Result<PointStatisti
     }
     let positions = match first.positions.is_empty() {
         true => Vec::new(),
-        false => merge_positions(parts, width, sequences * seq_len),
+        false => merge_positions(parts, width, rows.tokens()),
     };
     let massive = match first.massive {
         None => None,
@@ -77,7 +79,7 @@ pub fn merge_statistics(parts: &[Part<PointStatistics>]) -> Result<PointStatisti
     };
     Ok(PointStatistics {
         sequences,
-        seq_len,
+        rows,
         width,
         threshold: first.threshold,
         max_abs: concat(parts, width, |s| &s.max_abs),
@@ -92,15 +94,15 @@ pub fn merge_statistics(parts: &[Part<PointStatistics>]) -> Result<PointStatisti
     })
 }
 
-/// Position bits `(width, words)` of the union: a shard's token `t` is the union's
-/// `first_sequence * seq_len + t`.
+/// Position bits `(width, words)` of the union: a part's token `t` is the union's token
+/// `t` plus the tokens of the parts before it.
 fn merge_positions(parts: &[Part<PointStatistics>], width: usize, tokens: usize) -> Vec<u32> {
     let words = PointStatistics::words_for(tokens);
     let mut out = vec![0u32; width * words];
+    let mut offset = 0;
     for p in parts {
         let s = p.value;
-        let (own_words, offset) = (s.position_words(), p.first_sequence * s.seq_len);
-        let own_tokens = s.sequences * s.seq_len;
+        let (own_words, own_tokens) = (s.position_words(), s.tokens());
         for d in 0..width {
             let row = &s.positions[d * own_words..(d + 1) * own_words];
             for (w, &bits) in row.iter().enumerate() {
@@ -116,6 +118,7 @@ fn merge_positions(parts: &[Part<PointStatistics>], width: usize, tokens: usize)
                 }
             }
         }
+        offset += own_tokens;
     }
     out
 }

@@ -156,7 +156,7 @@ pub fn outlier_group_report(
     resamples: &[Vec<u32>],
     batches: usize,
 ) -> OutlierGroupReport {
-    let total_positions = (counts.sequences * counts.seq_len) as f64;
+    let total_positions = counts.rows.tokens() as f64;
     // Per-layer sets: dimensions at >= 6% of the layer's positions.
     let per_layer: Vec<BTreeSet<usize>> = counts
         .layer_positions

@@ -13,7 +13,8 @@
 //! Everything is computed from per-sequence counts, so a bootstrap resample (sequence
 //! multiplicities) evaluates the same definitions on resampled data.
 
-use super::statistics::PointStatistics;
+use super::statistics::{PointStatistics, weighted_tokens};
+use crate::sequences::Sequences;
 use serde::{Deserialize, Serialize};
 
 /// Fraction of layers a dimension must reach the threshold in.
@@ -101,8 +102,8 @@ pub struct OutlierCounts {
     pub points_per_layer: usize,
     /// Sequences.
     pub sequences: usize,
-    /// Tokens per sequence.
-    pub seq_len: usize,
+    /// Where each sequence's tokens sit.
+    pub rows: Sequences,
     /// Hidden width.
     pub width: usize,
     /// Per layer and dimension: positions (all sequences) where a point of the layer reaches
@@ -160,13 +161,13 @@ impl OutlierCounts {
     /// the same points).
     pub fn add_layer(&mut self, points: &[&PointStatistics]) {
         let first = points[0];
-        let (sequences, seq_len, width) = (first.sequences, first.seq_len, first.width);
+        let (sequences, width) = (first.sequences, first.width);
         let words = first.position_words();
         if self.layers == 0 {
             *self = OutlierCounts {
                 points_per_layer: points.len(),
                 sequences,
-                seq_len,
+                rows: first.rows.clone(),
                 width,
                 max_abs: vec![0.0; width],
                 count_ge: vec![0; width],
@@ -217,7 +218,8 @@ impl OutlierCounts {
             }
             let row = &or[d * words..(d + 1) * words];
             for s in 0..sequences {
-                let n = popcount_range(row, s * seq_len, (s + 1) * seq_len);
+                let span = first.rows.span(s);
+                let n = popcount_range(row, span.start, span.end);
                 per_sequence[s * width + d] = n;
                 positions[d] += n as u64;
             }
@@ -231,7 +233,7 @@ impl OutlierCounts {
     /// under the looser of the two layer readings (resampling sequences can only take
     /// layers away).
     pub fn finish(&mut self) {
-        let (sequences, width, seq_len) = (self.sequences, self.width, self.seq_len);
+        let (sequences, width, rows) = (self.sequences, self.width, &self.rows);
         let words = self.union_bits.len() / width.max(1);
         let affected = |unit: &Vec<u32>, d: usize| (0..sequences).any(|s| unit[s * width + d] > 0);
         let column =
@@ -253,8 +255,9 @@ impl OutlierCounts {
                     dim: d,
                     sublayer: self.sublayer_counts.iter().map(|u| column(u, d)).collect(),
                     layer: self.layer_counts.iter().map(|u| column(u, d)).collect(),
-                    union: (0..sequences)
-                        .map(|s| popcount_range(row, s * seq_len, (s + 1) * seq_len))
+                    union: rows
+                        .spans()
+                        .map(|span| popcount_range(row, span.start, span.end))
                         .collect(),
                 }
             })
@@ -289,7 +292,7 @@ impl OutlierCounts {
                 .map(|(&c, &w)| c as u64 * w as u64)
                 .sum()
         };
-        let positions = weights.iter().map(|&w| w as u64).sum::<u64>() * self.seq_len as u64;
+        let positions = weighted_tokens(&self.rows, weights) as u64;
         let unit_counts: Vec<u64> = units.iter().map(|u| weighted(u)).collect();
         let affected: Vec<u64> = unit_counts.iter().copied().filter(|&n| n > 0).collect();
         let layer_fraction = affected.len() as f64 / units.len().max(1) as f64;

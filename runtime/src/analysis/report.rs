@@ -53,13 +53,31 @@ pub struct ReportData {
     pub name: String,
     /// Sequences analysed.
     pub num_sequences: usize,
-    /// Tokens per sequence.
+    /// Tokens per sequence (with `--per-record`, the longest record's).
     pub seq_len: usize,
-    /// Documents the sequences were packed from.
+    /// Documents the sequences were packed from (with `--per-record`, the records).
     pub documents: usize,
     /// With `--shard`: which shard of the packed data the sequences are.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shard: Option<ReportShard>,
+    /// With `--per-record`: one sequence per record, each of its own length.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_record: Option<ReportRecords>,
+}
+
+/// The records of a `--per-record` analysis (statistics count their real tokens only).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReportRecords {
+    /// Tokens of all the records.
+    pub tokens: usize,
+    /// The shortest record's tokens.
+    pub shortest: usize,
+    /// The longest record's tokens.
+    pub longest: usize,
+    /// Records cut at `max_length`.
+    pub truncated: usize,
+    /// `--max-length` as applied.
+    pub max_length: usize,
 }
 
 /// A shard's place in the whole packed data (or a merge of consecutive shards').

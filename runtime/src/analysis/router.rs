@@ -9,6 +9,7 @@
 use crate::arch::RouterScoring;
 use crate::capture::Routing;
 use crate::cpu::router::{choose_sigmoid, sigmoid};
+use crate::sequences::Sequences;
 use serde::{Deserialize, Serialize};
 
 /// Bins of the per-token entropy histogram, over [0, ln E].
@@ -180,12 +181,17 @@ impl RouterSummary {
         }
     }
 
-    /// Records a micro-batch of routing decisions for sequences `first_sequence..` of
-    /// `seq_len` tokens (replacing what an earlier attempt at them recorded).
-    pub fn add(&mut self, routing: &Routing, first_sequence: usize, seq_len: usize) {
+    /// Records a micro-batch of routing decisions for whole sequences `first_sequence..` of
+    /// the workload's `rows` (replacing what an earlier attempt at them recorded).
+    pub fn add(&mut self, routing: &Routing, first_sequence: usize, rows: &Sequences) {
         let (experts, top_k) = (routing.num_experts, routing.top_k);
         let tokens = routing.experts.len() / top_k;
-        let sequences = tokens / seq_len.max(1);
+        let base = rows.start(first_sequence);
+        let sequences = rows.sequence_of(base + tokens) - first_sequence;
+        let span = |s: usize| {
+            let r = rows.span(first_sequence + s);
+            r.start - base..r.end - base
+        };
         if self.per_sequence.len() < first_sequence + sequences {
             self.per_sequence
                 .resize(first_sequence + sequences, SequenceRouting::default());
@@ -196,9 +202,9 @@ impl RouterSummary {
                 tokens_per_expert: vec![0; experts],
                 entropy_sum: 0.0,
                 entropy_histogram: vec![0; ENTROPY_BINS],
-                unbiased: unbiased_choice(routing, s * seq_len..(s + 1) * seq_len),
+                unbiased: unbiased_choice(routing, span(s)),
             };
-            for t in s * seq_len..(s + 1) * seq_len {
+            for t in span(s) {
                 for &e in &routing.experts[t * top_k..(t + 1) * top_k] {
                     entry.tokens_per_expert[e as usize] += 1;
                 }
@@ -267,8 +273,9 @@ mod tests {
             scoring: RouterScoring::Softmax,
         };
         let mut summary = RouterSummary::empty_like(&routing);
-        summary.add(&routing, 0, 2);
-        summary.add(&routing, 0, 2); // the same micro-batch again
+        let rows = Sequences::uniform(2, 2);
+        summary.add(&routing, 0, &rows);
+        summary.add(&routing, 0, &rows); // the same micro-batch again
         assert_eq!(summary.tokens, 4);
         assert_eq!(summary.tokens_per_expert, vec![1, 0, 3]);
         assert_eq!(summary.per_sequence[1].tokens_per_expert, vec![0, 0, 2]);
@@ -278,6 +285,11 @@ mod tests {
             summary.per_sequence[0].entropy_histogram[ENTROPY_BINS - 1],
             2
         );
+        // Records of 1 and 3 tokens: each its own tokens.
+        let mut ragged = RouterSummary::empty_like(&routing);
+        ragged.add(&routing, 0, &Sequences::from_lengths([1, 3]));
+        assert_eq!(ragged.per_sequence[0].tokens_per_expert, vec![1, 0, 0]);
+        assert_eq!(ragged.per_sequence[1].tokens_per_expert, vec![0, 0, 3]);
     }
 
     #[test]
@@ -297,7 +309,7 @@ mod tests {
             },
         };
         let mut summary = RouterSummary::empty_like(&routing);
-        summary.add(&routing, 0, 2);
+        summary.add(&routing, 0, &Sequences::uniform(1, 2));
         let unbiased = summary.per_sequence[0].unbiased.as_ref().unwrap();
         assert_eq!(unbiased.tokens_per_expert, vec![1, 1, 0, 0]);
         assert_eq!(
@@ -317,7 +329,7 @@ mod tests {
             ..routing
         };
         let mut summary = RouterSummary::empty_like(&softmax);
-        summary.add(&softmax, 0, 2);
+        summary.add(&softmax, 0, &Sequences::uniform(1, 2));
         assert!(summary.per_sequence[0].unbiased.is_none());
     }
 }

@@ -41,8 +41,8 @@ impl SinkSummary {
     /// Adds one micro-batch's mass, sequence after sequence (the same order whatever the
     /// micro-batch size).
     pub fn add(&mut self, mass: &SinkMass) {
-        for sequence in mass.mass.chunks_exact(mass.heads) {
-            self.add_sequence(sequence, mass.queries, mass.learned);
+        for (sequence, &queries) in mass.mass.chunks_exact(mass.heads).zip(&mass.queries) {
+            self.add_sequence(sequence, queries, mass.learned);
         }
     }
 
@@ -187,7 +187,7 @@ mod tests {
         // 2 sequences x 2 heads, 4 queries each.
         summary.add(&SinkMass {
             heads: 2,
-            queries: 4,
+            queries: vec![4, 4],
             learned: false,
             mass: vec![
                 [3.0, 0.5, 0.0],
@@ -209,7 +209,7 @@ mod tests {
         let mut learned = SinkSummary::default();
         learned.add(&SinkMass {
             heads: 1,
-            queries: 2,
+            queries: vec![2],
             learned: true,
             mass: vec![[1.0, 0.2, 0.4]],
         });

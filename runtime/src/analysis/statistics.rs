@@ -8,6 +8,7 @@
 use super::magnitudes::{SequenceMagnitudes, lower_median_magnitude, top_magnitudes};
 use super::massive::MassiveFinds;
 use super::point_summary::{DimMax, PointSummary};
+use crate::sequences::Sequences;
 use layerstream_planner::statistics::{CapturedPoint, HISTOGRAM_BINS};
 
 /// Accumulated statistics, each per-entry array `(sequences, width)` row-major.
@@ -15,8 +16,8 @@ use layerstream_planner::statistics::{CapturedPoint, HISTOGRAM_BINS};
 pub struct PointStatistics {
     /// Sequences of the workload.
     pub sequences: usize,
-    /// Tokens per sequence.
-    pub seq_len: usize,
+    /// Where each sequence's tokens sit: one length (packed data) or each record's own.
+    pub rows: Sequences,
     /// Hidden width of the point.
     pub width: usize,
     /// Threshold the counts use.
@@ -36,11 +37,19 @@ pub struct PointStatistics {
     /// Finite |x| per [`histogram_bin`], `(HISTOGRAM_BINS)`.
     pub histogram: Vec<u64>,
     /// Positions of the values >= threshold, `(width, position_words)`: bit `t % 32` of word
-    /// `t / 32` of a dimension's row for the workload's token `t` (sequence * seq_len +
-    /// position). Empty when the point does not keep positions.
+    /// `t / 32` of a dimension's row for the workload's token `t` (the sequence's first row
+    /// + position). Empty when the point does not keep positions.
     pub positions: Vec<u32>,
     /// Massive activations, for the point that looks for them (`resid_post`).
     pub massive: Option<MassiveFinds>,
+}
+
+/// Tokens of `rows`' sequences counted `weights` times each (integers, exact in f64).
+pub fn weighted_tokens(rows: &Sequences, weights: &[u32]) -> f64 {
+    rows.lengths()
+        .zip(weights)
+        .map(|(len, &w)| w as u64 * len as u64)
+        .sum::<u64>() as f64
 }
 
 /// The histogram bin of a finite magnitude: 0 below 2^-24, then the exponent and the top
@@ -68,13 +77,20 @@ pub fn histogram_bin_start(bin: usize) -> f64 {
 }
 
 impl PointStatistics {
-    /// Zeroed statistics for `point` (its width and what it keeps).
+    /// Zeroed statistics for `point` (its width and what it keeps) of `sequences` sequences
+    /// of `seq_len` tokens.
     pub fn new(sequences: usize, seq_len: usize, point: CapturedPoint, threshold: f32) -> Self {
+        Self::of_rows(Sequences::uniform(sequences, seq_len), point, threshold)
+    }
+
+    /// Zeroed statistics for `point` of the sequences `rows` (each of its own length).
+    pub fn of_rows(rows: Sequences, point: CapturedPoint, threshold: f32) -> Self {
+        let sequences = rows.count();
         let n = sequences * point.width;
-        let words = Self::words_for(sequences * seq_len);
+        let words = Self::words_for(rows.tokens());
         PointStatistics {
             sequences,
-            seq_len,
+            rows,
             width: point.width,
             threshold,
             max_abs: vec![0.0; n],
@@ -103,17 +119,38 @@ impl PointStatistics {
         if self.positions.is_empty() {
             0
         } else {
-            Self::words_for(self.sequences * self.seq_len)
+            Self::words_for(self.tokens())
         }
     }
 
-    /// Adds `values (sequences * seq_len, width)` of sequences `first_sequence..`, as the
+    /// Tokens of all the sequences.
+    pub fn tokens(&self) -> usize {
+        self.rows.tokens()
+    }
+
+    /// The length every sequence has, if they all have one.
+    pub fn uniform_len(&self) -> Option<usize> {
+        self.rows.uniform_len()
+    }
+
+    /// Tokens of the sequences counted `weights` times each (a bootstrap resample).
+    pub fn weighted_tokens(&self, weights: &[u32]) -> f64 {
+        weighted_tokens(&self.rows, weights)
+    }
+
+    /// Adds `values (rows, width)` of whole sequences `first_sequence..`, as the
     /// `stats_accumulate_kernel` does on the GPU (and the host's massive-activation scan).
     pub fn accumulate(&mut self, values: &[f32], first_sequence: usize) {
-        let (width, seq_len) = (self.width, self.seq_len);
+        let width = self.width;
         let plane = self.sequences * width;
         let words = self.position_words();
-        for (offset, sequence) in values.chunks_exact(seq_len * width).enumerate() {
+        let mut rest = values;
+        let mut offset = 0;
+        while !rest.is_empty() {
+            let len = self.rows.len_of(first_sequence + offset);
+            let (sequence, after) = rest.split_at(len * width);
+            rest = after;
+            let first_row = self.rows.start(first_sequence + offset);
             let row0 = (first_sequence + offset) * width;
             // The primary massive reading compares with the whole sequence's median.
             let sequence_median = self.massive.as_mut().map_or(0.0, |massive| {
@@ -126,7 +163,7 @@ impl PointStatistics {
                 magnitudes.median
             });
             for (position, token) in sequence.chunks_exact(width).enumerate() {
-                let global = (first_sequence + offset) * seq_len + position;
+                let global = first_row + position;
                 for (d, &value) in token.iter().enumerate() {
                     let slot = row0 + d;
                     if !value.is_finite() {
@@ -154,6 +191,7 @@ impl PointStatistics {
                     massive.scan_row(token, first_sequence + offset, position, sequence_median);
                 }
             }
+            offset += 1;
         }
     }
 
@@ -188,7 +226,7 @@ impl PointStatistics {
         PointSummary {
             max_abs: per_dim.iter().fold(0.0, |m, &x| m.max(x)),
             count_ge_threshold: self.count_ge.iter().sum(),
-            numel: (self.sequences * self.seq_len * self.width) as u64,
+            numel: (self.tokens() * self.width) as u64,
             non_finite: self.non_finite.iter().sum(),
             top_dims: dims,
         }

@@ -21,6 +21,7 @@ use crate::analysis::report::{
 };
 use crate::error::{Result, RuntimeError};
 use crate::executor::StartPoint;
+use crate::sequences::Sequences;
 use layerstream_planner::progress::{
     FileProblem, PROGRESS_SCHEMA_VERSION, Progress, identity_differences, unix_now,
 };
@@ -192,17 +193,16 @@ impl AnalysisFolder {
         }
     }
 
-    /// The observer that writes each finished layer's files.
-    /// The observer that records each finished layer (on a writer thread). Hidden states
-    /// are written when `hidden_interval` has passed since the last ones (zero: after every
-    /// layer); layer results after every layer.
+    /// The observer that records each finished layer of a workload of sequences `rows` (on a
+    /// writer thread). Hidden states are written when `hidden_interval` has passed since the
+    /// last ones (zero: after every layer); layer results after every layer.
     pub fn observer(
         &mut self,
         hidden_width: usize,
-        seq_len: usize,
+        rows: Sequences,
         hidden_interval: Duration,
     ) -> CheckpointObserver<'_> {
-        CheckpointObserver::new(self, hidden_width, seq_len, hidden_interval)
+        CheckpointObserver::new(self, hidden_width, rows, hidden_interval)
     }
 
     /// Assembles report.json from the finished layers' files, one layer at a time (so a

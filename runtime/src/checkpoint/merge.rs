@@ -12,6 +12,7 @@ use crate::analysis::PointStatistics;
 use crate::analysis::merge::{Part, merge_router, merge_sinks, merge_statistics};
 use crate::capture::CapturePoint;
 use crate::error::{Result, RuntimeError};
+use crate::sequences::Sequences;
 use layerstream_planner::progress::Progress;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
@@ -252,14 +253,9 @@ pub fn write_merged(
         keep_hidden: false,
     };
     let mut folder = AnalysisFolder::open(out, identity, &plan.layers, num_layers, options)?;
-    let seq_len: usize = shards[0]
-        .progress
-        .settings
-        .get("seq_len")
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
     {
-        let mut observer = folder.observer(hidden_width, seq_len, Duration::MAX);
+        // Merged layers are recorded whole: no micro-batch's routing arrives here.
+        let mut observer = folder.observer(hidden_width, Sequences::default(), Duration::MAX);
         for &layer in &plan.layers {
             let (statistics, router, sinks) = merge_layer(shards, layer)?;
             observer.record_layer(layer, statistics, router, sinks)?;

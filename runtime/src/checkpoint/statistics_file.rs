@@ -9,6 +9,7 @@
 use crate::analysis::PointStatistics;
 use crate::capture::CapturePoint;
 use crate::error::{Result, RuntimeError};
+use crate::sequences::Sequences;
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use std::collections::{BTreeMap, HashMap};
@@ -104,16 +105,21 @@ pub fn statistics_bytes(statistics: &BTreeMap<CapturePoint, PointStatistics>) ->
         })
         .collect::<Result<Vec<_>>>()?;
     let first = statistics.values().next();
-    let metadata = HashMap::from([
-        (
-            "threshold".to_string(),
-            first.map_or(0.0, |s| s.threshold).to_string(),
-        ),
-        (
-            "seq_len".to_string(),
-            first.map_or(0, |s| s.seq_len).to_string(),
-        ),
-    ]);
+    let mut metadata = HashMap::from([(
+        "threshold".to_string(),
+        first.map_or(0.0, |s| s.threshold).to_string(),
+    )]);
+    // Sequences of one length keep the one number; records of their own lengths list them.
+    match first.map(|s| (s.uniform_len(), &s.rows)) {
+        Some((None, rows)) => {
+            let lengths: Vec<String> = rows.lengths().map(|l| l.to_string()).collect();
+            metadata.insert("sequence_lengths".to_string(), lengths.join(","));
+        }
+        other => {
+            let len = other.and_then(|(len, _)| len).unwrap_or(0);
+            metadata.insert("seq_len".to_string(), len.to_string());
+        }
+    }
     let bytes = safetensors::serialize(views, Some(metadata))
         .map_err(|e| RuntimeError::internal(format!("statistics: {e}")))?;
     with_sorted_header(bytes)
@@ -154,7 +160,22 @@ pub fn read_statistics(path: &Path) -> Result<BTreeMap<CapturePoint, PointStatis
             .and_then(|v| v.parse().ok())
             .ok_or_else(|| bad(format!("metadata has no {key}; run with --restart")))
     };
-    let (threshold, seq_len) = (number("threshold")? as f32, number("seq_len")? as usize);
+    let threshold = number("threshold")? as f32;
+    let lengths: Option<Vec<usize>> = match metadata.get("sequence_lengths") {
+        Some(list) => Some(
+            list.split(',')
+                .map(|l| {
+                    l.parse()
+                        .map_err(|_| bad(format!("sequence_lengths: {l:?}")))
+                })
+                .collect::<Result<_>>()?,
+        ),
+        None => None,
+    };
+    let seq_len = match lengths {
+        Some(_) => 0,
+        None => number("seq_len")? as usize,
+    };
     let mut statistics = BTreeMap::new();
     for point in CapturePoint::ACTIVATIONS {
         let Ok(max_abs) = tensors.tensor(&format!("{point}.max_abs")) else {
@@ -183,7 +204,19 @@ pub fn read_statistics(path: &Path) -> Result<BTreeMap<CapturePoint, PointStatis
                 .collect()
         };
         let shape = point.statistics_shape(width);
-        let mut s = PointStatistics::new(sequences, seq_len, shape, threshold);
+        let rows = match &lengths {
+            Some(lengths) if lengths.len() == sequences => {
+                Sequences::from_lengths(lengths.iter().copied())
+            }
+            Some(lengths) => {
+                return Err(bad(format!(
+                    "{} sequence lengths for {sequences} sequences; run with --restart",
+                    lengths.len()
+                )));
+            }
+            None => Sequences::uniform(sequences, seq_len),
+        };
+        let mut s = PointStatistics::of_rows(rows, shape, threshold);
         s.max_abs = u32s(max_abs.data().to_vec())
             .into_iter()
             .map(f32::from_bits)

@@ -17,6 +17,7 @@ use crate::analysis::sinks::SinkSummary;
 use crate::capture::{CapturePoint, Routing, SinkMass};
 use crate::error::{Result, RuntimeError};
 use crate::executor::RunObserver;
+use crate::sequences::Sequences;
 use crossbeam::channel::{Sender, bounded};
 use layerstream_planner::progress::{FileRecord, HiddenRecord, LayerRecord, Progress, unix_now};
 use std::collections::BTreeMap;
@@ -62,7 +63,8 @@ pub struct CheckpointObserver<'a> {
     statistics: BTreeMap<CapturePoint, PointStatistics>,
     routers: BTreeMap<usize, RouterSummary>,
     sinks: BTreeMap<usize, SinkSummary>,
-    seq_len: usize,
+    /// The workload's sequences (routing decisions are kept per sequence).
+    rows: Sequences,
     activations: Option<ActivationSaver>,
     hidden_states: Option<HiddenJob>,
     hidden_width: usize,
@@ -190,7 +192,7 @@ impl<'a> CheckpointObserver<'a> {
     pub(super) fn new(
         folder: &'a mut AnalysisFolder,
         hidden_width: usize,
-        seq_len: usize,
+        rows: Sequences,
         hidden_interval: Duration,
     ) -> Self {
         // Up to four layers may wait, bounded in memory: while the writer is behind (each
@@ -225,7 +227,7 @@ impl<'a> CheckpointObserver<'a> {
             statistics: BTreeMap::new(),
             routers: BTreeMap::new(),
             sinks: BTreeMap::new(),
-            seq_len,
+            rows,
             activations: None,
             hidden_states: None,
             hidden_width,
@@ -341,7 +343,7 @@ impl RunObserver for CheckpointObserver<'_> {
         self.routers
             .entry(layer)
             .or_insert_with(|| RouterSummary::empty_like(routing))
-            .add(routing, first_sequence, self.seq_len);
+            .add(routing, first_sequence, &self.rows);
     }
 
     fn on_attention_sinks(&mut self, layer: usize, _first_sequence: usize, mass: &SinkMass) {

@@ -34,6 +34,8 @@ pub(crate) struct CpuCapture<'a> {
     pub layer: usize,
     /// The micro-batch's first sequence in the workload.
     pub first_sequence: usize,
+    /// Sequences in the micro-batch.
+    pub sequences: usize,
     /// The layer's statistics so far, per point.
     pub statistics: &'a mut BTreeMap<CapturePoint, PointStatistics>,
 }
@@ -144,7 +146,7 @@ impl BlockOps for CpuOps<'_, '_> {
         if let Some(c) = capture {
             let mass = SinkMass {
                 heads: shape.heads,
-                queries: shape.batch.longest(),
+                queries: shape.batch.lengths().collect(),
                 learned: learned_sinks.is_some(),
                 mass,
             };
@@ -324,11 +326,11 @@ impl BlockOps for CpuOps<'_, '_> {
         let Some(c) = &mut self.capture else {
             return Ok(());
         };
-        let (sequences, seq_len) = (c.request.num_sequences(), c.request.seq_len());
+        let rows = &c.request.sequences;
         c.statistics
             .entry(point)
             .or_insert_with(|| {
-                PointStatistics::new(sequences, seq_len, point.statistics_shape(width), threshold)
+                PointStatistics::of_rows(rows.clone(), point.statistics_shape(width), threshold)
             })
             .accumulate(self.buffers.get(values), c.first_sequence);
         Ok(())
@@ -353,7 +355,11 @@ impl BlockOps for CpuOps<'_, '_> {
         {
             let values = self.buffers.get(values);
             let rows = |r: usize| Ok::<_, Infallible>(values[r * width..(r + 1) * width].to_vec());
-            let Ok(()) = massive.keep_inputs(c.first_sequence, c.request.seq_len(), rows);
+            let spans = c
+                .request
+                .sequences
+                .slice(c.first_sequence..c.first_sequence + c.sequences);
+            let Ok(()) = massive.keep_inputs(c.first_sequence, &spans, rows);
         }
         Ok(())
     }

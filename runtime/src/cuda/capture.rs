@@ -11,8 +11,10 @@ use crate::capture::CapturePoint;
 use crate::error::{Result, RuntimeError};
 use crate::executor::{CaptureMode, RunObserver, RunRequest};
 use crate::plan::point_width;
+use crate::sequences::Sequences;
 use layerstream_kernels::Gpu;
 use layerstream_kernels::cudarc::driver::{CudaSlice, CudaView};
+use layerstream_kernels::ops::attention::RaggedRows;
 use layerstream_kernels::ops::magnitudes::{self, MedianScratch};
 use layerstream_kernels::ops::stats::{self, StatsAccumulators};
 use std::collections::BTreeMap;
@@ -37,7 +39,7 @@ pub(crate) fn statistics_accumulators(
             continue;
         }
         let shape = point.statistics_shape(width);
-        let bytes = shape.accumulator_bytes(request.num_sequences(), request.seq_len());
+        let bytes = shape.accumulator_bytes(request.num_sequences(), request.tokens());
         let reservation = budget.reserve(&format!("layer {layer}'s {point} statistics"), bytes)?;
         let tokens = request.tokens();
         let words = if shape.positions {
@@ -108,7 +110,7 @@ pub(crate) fn download_statistics(
             point,
             PointStatistics {
                 sequences: accumulator.total_sequences,
-                seq_len: request.seq_len(),
+                rows: request.sequences.clone(),
                 width: accumulator.width,
                 threshold: *threshold,
                 max_abs: host.max_abs,
@@ -137,31 +139,54 @@ const _: () = assert!(
             == layerstream_planner::statistics::MEDIAN_SCRATCH_SEQUENCES
 );
 
+/// Each sequence's median |x| of a micro-batch `values (tokens, width)` with rows `spans`:
+/// one call for sequences of one length, one per sequence otherwise.
+fn sequence_medians(
+    gpu: &Gpu,
+    values: &CudaView<f32>,
+    width: usize,
+    spans: &Sequences,
+    device: &mut DeviceMagnitudes,
+) -> Result<Vec<f32>> {
+    if let Some(len) = spans.uniform_len() {
+        let count = spans.count();
+        return Ok(magnitudes::sequence_median_abs(
+            gpu,
+            values,
+            count,
+            len * width,
+            &mut device.median,
+        )?);
+    }
+    let mut medians = Vec::with_capacity(spans.count());
+    for rows in spans.spans() {
+        let one = values.slice(rows.start * width..rows.end * width);
+        let median =
+            magnitudes::sequence_median_abs(gpu, &one, 1, rows.len() * width, &mut device.median)?;
+        medians.push(median[0]);
+    }
+    Ok(medians)
+}
+
 /// Looks for massive activations in a micro-batch `values (tokens, width)` of sequences
-/// `first_sequence..`: each token's top three |x| and each sequence's median |x| on the
-/// device, then only the rows that can hold one are copied to the host and scanned there
-/// (the CPU backend's code).
+/// `first_sequence..` (rows `spans`): each token's top three |x| and each sequence's median
+/// |x| on the device, then only the rows that can hold one are copied to the host and
+/// scanned there (the CPU backend's code).
 fn find_massive(
     gpu: &Gpu,
     values: &CudaView<f32>,
-    (width, seq_len, first_sequence): (usize, usize, usize),
+    (width, spans, first_sequence): (usize, &Sequences, usize),
     device: &mut DeviceMagnitudes,
     massive: &mut MassiveFinds,
 ) -> Result<()> {
     let tokens = values.len() / width;
-    let sequences = tokens / seq_len;
     magnitudes::row_top3_abs(gpu, values, tokens, width, &mut device.row_top)?;
     let row_top = gpu.stream.clone_dtoh(&device.row_top.slice(..3 * tokens))?;
-    let medians = magnitudes::sequence_median_abs(
-        gpu,
-        values,
-        sequences,
-        seq_len * width,
-        &mut device.median,
-    )?;
+    let medians = sequence_medians(gpu, values, width, spans, device)?;
     for (s, &median) in medians.iter().enumerate() {
         let mut top = [0f32; 3];
-        for row in row_top[3 * s * seq_len..3 * (s + 1) * seq_len].chunks_exact(3) {
+        let rows = spans.span(s);
+        for row in row_top[3 * rows.start..3 * rows.end].chunks_exact(3) {
             row.iter().for_each(|&m| insert_top(&mut top, m));
         }
         massive.add_sequence(SequenceMagnitudes {
@@ -186,11 +211,11 @@ fn find_massive(
                 .stream
                 .clone_dtoh(&values.slice(r * width..(r + 1) * width))?,
         };
-        let sequence = r / seq_len;
+        let sequence = spans.sequence_of(r);
         massive.scan_row(
             &row,
             first_sequence + sequence,
-            r % seq_len,
+            r - spans.start(sequence),
             medians[sequence],
         );
     }
@@ -211,11 +236,21 @@ pub(crate) struct CudaCapture<'a> {
     pub first_sequence: usize,
     /// Sequences in the micro-batch.
     pub sequences: usize,
+    /// `(sequences + 1)`: the workload's row offsets from the micro-batch's first sequence
+    /// (sequences of their own lengths; `None` for packed data).
+    pub offsets: Option<CudaView<'a, i32>>,
     /// The layer's device accumulators, per point.
     pub accumulators: &'a mut BTreeMap<CapturePoint, Accumulator>,
 }
 
 impl CudaCapture<'_> {
+    /// The micro-batch's sequences, offsets from 0.
+    fn spans(&self) -> Sequences {
+        self.request
+            .sequences
+            .slice(self.first_sequence..self.first_sequence + self.sequences)
+    }
+
     /// Copies `values (rows, width)` at `point` to the host for the observer.
     pub fn hand_over(
         &mut self,
@@ -238,6 +273,7 @@ impl CudaCapture<'_> {
         width: usize,
         threshold: f32,
     ) -> Result<()> {
+        let spans = self.spans();
         let accumulator = self.accumulators.get_mut(&point).ok_or_else(|| {
             RuntimeError::internal(format!(
                 "no accumulator for {point} of layer {}: they are made before the layer's first micro-batch",
@@ -245,6 +281,10 @@ impl CudaCapture<'_> {
             ))
         })?;
         debug_assert_eq!(accumulator.stats.width, width);
+        let ragged = self.offsets.as_ref().map(|offsets| RaggedRows {
+            offsets,
+            rows: values.len() / width,
+        });
         accumulator.stats.accumulate(
             self.gpu,
             values,
@@ -252,12 +292,18 @@ impl CudaCapture<'_> {
             self.request.seq_len(),
             self.first_sequence,
             threshold,
+            ragged,
         )?;
         if let (Some(massive), Some(device)) =
             (&mut accumulator.massive, &mut accumulator.magnitudes)
         {
-            let shape = (width, self.request.seq_len(), self.first_sequence);
-            find_massive(self.gpu, values, shape, device, massive)?;
+            find_massive(
+                self.gpu,
+                values,
+                (width, &spans, self.first_sequence),
+                device,
+                massive,
+            )?;
         }
         Ok(())
     }
@@ -272,7 +318,11 @@ impl CudaCapture<'_> {
             return Ok(());
         };
         let stream = &self.gpu.stream;
-        massive.keep_inputs(self.first_sequence, self.request.seq_len(), |r| {
+        let spans = self
+            .request
+            .sequences
+            .slice(self.first_sequence..self.first_sequence + self.sequences);
+        massive.keep_inputs(self.first_sequence, &spans, |r| {
             Ok::<_, RuntimeError>(stream.clone_dtoh(&values.slice(r * width..(r + 1) * width))?)
         })
     }

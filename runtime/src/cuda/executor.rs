@@ -376,6 +376,9 @@ impl LayerRunner for CudaRunner<'_, '_> {
             layer,
             first_sequence,
             sequences,
+            offsets: self
+                .ragged
+                .map(|(_, offsets)| offsets.slice(first_sequence..first_sequence + sequences + 1)),
             accumulators: &mut state.accumulators,
         };
         let batch = DeviceMicroBatch {

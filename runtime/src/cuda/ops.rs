@@ -177,10 +177,11 @@ impl BlockOps for CudaOps<'_, '_, '_> {
             sublayer_out,
             ..
         } = &mut self.buffers;
-        if delimiters.is_some() && sink_scratch_len(&dims) > sublayer_out.len() {
+        let scratch_len = sink_scratch_len(&dims, shape.batch.tokens());
+        if delimiters.is_some() && scratch_len > sublayer_out.len() {
             return Err(RuntimeError::internal(format!(
                 "the attention-sink scratch ({} floats) does not fit SublayerOut ({})",
-                sink_scratch_len(&dims),
+                scratch_len,
                 sublayer_out.len()
             )));
         }
@@ -210,9 +211,9 @@ impl BlockOps for CudaOps<'_, '_, '_> {
         if let Some(c) = capture {
             let mass = SinkMass {
                 heads: shape.heads,
-                queries: shape.batch.longest(),
+                queries: shape.batch.lengths().collect(),
                 learned: learned.is_some(),
-                mass: reduce_sink_mass(self.gpu, sublayer_out, &dims)?,
+                mass: reduce_sink_mass(self.gpu, sublayer_out, &dims, ragged)?,
             };
             c.observer
                 .on_attention_sinks(c.layer, c.first_sequence, &mass);

@@ -306,11 +306,6 @@ impl RunRequest {
                 ));
             }
         }
-        if self.sequences.uniform_len().is_none() && self.collects_statistics() {
-            return Err(RuntimeError::InvalidRequest(
-                "statistics and attention-sink captures need sequences of one length (per-record analysis is not built yet); score per record, or pack the data".into(),
-            ));
-        }
         if let Some(start) = &self.start {
             let expected = self.sequences.tokens() * spec.hidden_size;
             let given = start.hidden_states.len()?;
