@@ -208,3 +208,144 @@ fn empty_data_files_are_refused() {
         .to_string();
     assert!(err.contains("has no text"), "{err}");
 }
+
+/// A long text encoded in pieces on several threads gives the tokens of encoding it whole,
+/// for every fixture's tokenizer and the embedded default's; the byte-level BPE ones are cut
+/// (the check around each cut keeps them exact), SentencePiece ones that prefix every text
+/// may keep their text whole.
+#[test]
+fn a_long_text_encoded_in_pieces_gives_the_whole_texts_tokens() {
+    use layerstream_runtime::data::parallel_encode::encode_in_pieces;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let text = std::fs::read_to_string(root.join("cli/assets/default-data.txt")).unwrap();
+    // Blank lines, runs of spaces and a long line without breaks, at piece edges too.
+    let text = format!(
+        "{}\n\n   \n{}\n{}",
+        &text[..200_000],
+        "x".repeat(70_000),
+        &text[200_000..]
+    );
+    let mut models: Vec<std::path::PathBuf> = layerstream_tests::FIXTURES
+        .iter()
+        .map(|f| fixture_model(f))
+        .collect();
+    models.push(root.join("cli/assets/default-model"));
+    let mut cut_somewhere = 0;
+    for dir in models {
+        let model = Model::open(&dir).unwrap();
+        let tokenizer = TextTokenizer::load(&model.dir, &model.config).unwrap();
+        let whole = tokenizer.encode(&text).unwrap();
+        let pieces = encode_in_pieces(&tokenizer, &text, 3, 16 << 10).unwrap();
+        assert!(pieces.ids == whole, "{}: tokens differ", dir.display());
+        eprintln!("{}: {} cuts", dir.display(), pieces.cuts);
+        if pieces.cuts > 10 {
+            cut_somewhere += 1;
+        }
+    }
+    assert!(
+        cut_somewhere >= 2,
+        "byte-level tokenizers are cut: {cut_somewhere}"
+    );
+}
+
+/// A tokenizer that prefixes every text it encodes (SentencePiece's `▁`, prepended always)
+/// and does not split at line breaks: encoding two sides of a cut apart gives other tokens,
+/// so the check keeps the text whole and the tokens are the whole text's.
+#[test]
+fn a_tokenizer_that_prefixes_every_text_is_not_cut() {
+    use layerstream_runtime::data::parallel_encode::encode_in_pieces;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let text = std::fs::read_to_string(root.join("cli/assets/default-data.txt")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(root.join("cli/assets/default-model")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+    }
+    let path = dir.path().join("tokenizer.json");
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let first_free = json["added_tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_u64().unwrap())
+        .max()
+        .unwrap()
+        + 1;
+    let mut vocab = serde_json::Map::new();
+    vocab.insert("[UNK]".into(), first_free.into());
+    for word in text.split(' ').take(5000) {
+        let next = first_free + vocab.len() as u64;
+        vocab.entry(format!("▁{word}")).or_insert(next.into());
+    }
+    json["pre_tokenizer"] = serde_json::json!({"type": "Metaspace", "replacement": "▁", "prepend_scheme": "always", "split": true});
+    json["model"] = serde_json::json!({"type": "WordLevel", "vocab": vocab, "unk_token": "[UNK]"});
+    json["decoder"] = serde_json::Value::Null;
+    std::fs::write(&path, serde_json::to_vec(&json).unwrap()).unwrap();
+    let model = Model::open(dir.path()).unwrap();
+    let tokenizer = TextTokenizer::load(&model.dir, &model.config).unwrap();
+    let whole = tokenizer.encode(&text).unwrap();
+    let pieces = encode_in_pieces(&tokenizer, &text, 3, 16 << 10).unwrap();
+    assert_eq!(pieces.cuts, 0, "every cut changes this tokenizer's tokens");
+    assert!(pieces.ids == whole);
+    // Without the check, the pieces' tokens would differ.
+    let cut = 16_384 + text[16_384..].find('\n').unwrap();
+    let mut apart = tokenizer.encode(&text[..cut]).unwrap();
+    apart.extend(tokenizer.encode(&text[cut..]).unwrap());
+    assert!(apart != whole, "a cut would change the tokens");
+}
+
+/// Documents encoded in batches on all cores give the stream of encoding them one after the
+/// other (`doc EOS doc EOS ...`), over several batches and with a document too long to batch.
+#[test]
+fn batched_documents_pack_as_one_after_the_other() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let text = std::fs::read_to_string(root.join("cli/assets/default-data.txt")).unwrap();
+    let mut docs: Vec<String> = Vec::new();
+    for round in 0..12 {
+        docs.extend(text.split("\n\n").map(|p| format!("{round} {p}")));
+        if round == 5 {
+            docs.push(text.repeat(3)); // over 1 MiB: encoded alone
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("docs.jsonl");
+    let lines: Vec<String> = docs
+        .iter()
+        .map(|d| serde_json::json!({ "text": d }).to_string())
+        .collect();
+    std::fs::write(&path, lines.join("\n")).unwrap();
+    let tokenizer = tokenizer("llama3");
+    // One after the other, as the definition says.
+    let encoded: Vec<Vec<u32>> = docs
+        .iter()
+        .filter(|d| !d.trim().is_empty())
+        .map(|d| tokenizer.encode(d).unwrap())
+        .collect();
+    let prefix = &tokenizer.sequence_prefix;
+    let total: usize = encoded.iter().map(|e| e.len() + 1).sum();
+    // Most of the data: every batch but the last and the long document are needed.
+    let seq_len = 2048;
+    let sequences = total * 9 / 10 / (seq_len - prefix.len());
+    let packed = pack_documents(&path, "text", &tokenizer, sequences, seq_len).unwrap();
+    let needed = sequences * (seq_len - prefix.len());
+    let (mut stream, mut used) = (Vec::new(), 0);
+    for ids in encoded {
+        stream.extend(ids);
+        stream.push(tokenizer.eos_id);
+        used += 1;
+        if stream.len() >= needed {
+            break;
+        }
+    }
+    assert!(
+        used > docs.len() / 2,
+        "the batches and the long document are reached"
+    );
+    let expect: Vec<u32> = stream[..needed]
+        .chunks_exact(seq_len - prefix.len())
+        .flat_map(|c| prefix.iter().chain(c).copied().collect::<Vec<_>>())
+        .collect();
+    assert_eq!(packed.documents_used, used);
+    assert!(packed.token_ids == expect, "token ids differ");
+}

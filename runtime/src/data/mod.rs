@@ -3,6 +3,7 @@
 
 pub mod documents;
 pub mod packing;
+pub mod parallel_encode;
 pub mod records;
 pub mod sources;
 pub mod tokenizer;

@@ -7,6 +7,7 @@
 //! padded; a stream too short for the request is an error that says how many tokens there were.
 
 use super::documents::for_each_document;
+use super::parallel_encode::{encode_each, encode_on_all_cores, encode_threads};
 use super::tokenizer::TextTokenizer;
 use crate::error::{Result, RuntimeError};
 use std::ops::ControlFlow;
@@ -28,6 +29,9 @@ pub struct PackedTokens {
 /// Tokens of look-ahead dropped when only a prefix of a long document is tokenized, so the
 /// tokens kept are those the whole document gives.
 const PREFIX_SAFETY_TOKENS: usize = 64;
+
+/// Bytes of text first tokenized per token needed.
+const BYTES_PER_TOKEN_GUESS: usize = 6;
 
 /// Reads documents from `path` and packs `num_sequences` sequences of `seq_len` tokens.
 pub fn pack_documents(
@@ -57,18 +61,18 @@ pub fn pack_documents(
     })? - num_sequences * prefix.len();
     // Grown as documents arrive: a request larger than the data fails on the token count,
     // not on allocating room for it.
-    let mut stream: Vec<u32> = Vec::with_capacity(needed.min(1 << 24) + 1);
-    let documents_used = for_each_document(path, text_field, |text| {
-        let remaining = needed - stream.len();
-        stream.extend(encode_enough(tokenizer, text, remaining)?);
-        stream.push(tokenizer.eos_id);
-        Ok(if stream.len() >= needed {
-            ControlFlow::Break(())
-        } else {
-            ControlFlow::Continue(())
-        })
-    })?;
-    if documents_used == 0 {
+    let mut stream = DocumentStream {
+        tokenizer,
+        needed,
+        ids: Vec::with_capacity(needed.min(1 << 24) + 1),
+        batch: Vec::new(),
+        batch_bytes: 0,
+        used: 0,
+    };
+    let documents_read = for_each_document(path, text_field, |text| stream.add(text))?;
+    stream.flush()?;
+    let (documents_used, stream) = (stream.used, stream.ids);
+    if documents_read == 0 {
         return Err(RuntimeError::Data {
             path: path.to_path_buf(),
             message: "has no text (no non-empty document); give a file with text in it".into(),
@@ -101,19 +105,93 @@ pub fn pack_documents(
     })
 }
 
+/// Documents shorter than this are encoded in batches, several on all cores at once; longer
+/// ones alone, cut into pieces on all cores ([`encode_on_all_cores`]).
+const BATCHED_DOCUMENT_BYTES: usize = 1 << 20;
+
+/// Text of the documents waiting in a batch before it is encoded.
+const BATCH_BYTES: usize = 4 << 20;
+
+/// The token stream the documents make (`doc1 EOS doc2 EOS ...`), documents encoded in batches
+/// on all cores and taken in order until `needed` tokens are there.
+struct DocumentStream<'t> {
+    tokenizer: &'t TextTokenizer,
+    needed: usize,
+    /// The stream so far.
+    ids: Vec<u32>,
+    /// Documents read and not yet encoded.
+    batch: Vec<String>,
+    batch_bytes: usize,
+    /// Documents whose tokens are in the stream.
+    used: usize,
+}
+
+impl DocumentStream<'_> {
+    fn full(&self) -> bool {
+        self.ids.len() >= self.needed
+    }
+
+    /// Takes the next document; breaks once the stream holds enough tokens.
+    fn add(&mut self, text: &str) -> Result<ControlFlow<()>> {
+        if text.len() >= BATCHED_DOCUMENT_BYTES {
+            self.flush()?;
+            if !self.full() {
+                let remaining = self.needed - self.ids.len();
+                let ids = encode_enough(self.tokenizer, text, remaining)?;
+                self.push(ids);
+            }
+        } else {
+            self.batch_bytes += text.len();
+            self.batch.push(text.to_string());
+            if self.batch_bytes >= BATCH_BYTES {
+                self.flush()?;
+            }
+        }
+        Ok(match self.full() {
+            true => ControlFlow::Break(()),
+            false => ControlFlow::Continue(()),
+        })
+    }
+
+    /// Encodes the waiting documents and appends them in order, as many as the stream needs.
+    fn flush(&mut self) -> Result<()> {
+        let batch = std::mem::take(&mut self.batch);
+        self.batch_bytes = 0;
+        if self.full() || batch.is_empty() {
+            return Ok(());
+        }
+        let texts: Vec<&str> = batch.iter().map(String::as_str).collect();
+        for ids in encode_each(self.tokenizer, &texts, encode_threads())? {
+            self.push(ids);
+            if self.full() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, ids: Vec<u32>) {
+        self.ids.extend(ids);
+        self.ids.push(self.tokenizer.eos_id);
+        self.used += 1;
+    }
+}
+
 /// Tokens of `text`, or of a prefix of it long enough to give at least `needed` tokens
 /// (a multi-gigabyte `.txt` is not tokenized whole to use its first pages).
 fn encode_enough(tokenizer: &TextTokenizer, text: &str, needed: usize) -> Result<Vec<u32>> {
+    // About 4 bytes per token in English text: 6 is rarely short (then doubled), and
+    // encodes little more than is kept.
     let mut prefix_bytes = needed
         .saturating_add(PREFIX_SAFETY_TOKENS)
-        .saturating_mul(16)
+        .saturating_mul(BYTES_PER_TOKEN_GUESS)
         .max(1 << 16);
     loop {
         if prefix_bytes >= text.len() {
-            return tokenizer.encode(text);
+            return encode_on_all_cores(tokenizer, text);
         }
         let cut = whitespace_boundary(text, prefix_bytes);
-        let mut ids = tokenizer.encode(&text[..cut])?;
+        let mut ids = encode_on_all_cores(tokenizer, &text[..cut])?;
         if ids.len() >= needed.saturating_add(PREFIX_SAFETY_TOKENS) {
             ids.truncate(ids.len() - PREFIX_SAFETY_TOKENS);
             return Ok(ids);
