@@ -228,17 +228,56 @@ pub struct MassiveOverview {
     pub largest: Option<(usize, MassiveEntry)>,
 }
 
-/// Builds the report from the finished layers, read one at a time by `load(layer)`.
+/// A layer's files and what can be computed from them alone.
+type LoadedLayer = (
+    LayerReport,
+    BTreeMap<CapturePoint, PointStatistics>,
+    BTreeMap<String, PointAnalysis>,
+    Option<RouterAnalysis>,
+);
+
+/// Statistics bytes of the layers read at once (each thread reads and analyses one).
+const PARALLEL_LAYER_BYTES: u64 = 2 << 30;
+
+/// Reads layer `layer` with `load` and analyses each of its points and its router.
+fn load_layer(
+    layer: usize,
+    load: &(impl Fn(usize) -> crate::error::Result<LayerFiles> + Sync),
+    resamples: &[Vec<u32>],
+) -> crate::error::Result<LoadedLayer> {
+    let (report, statistics) = load(layer)?;
+    let points = report
+        .points
+        .iter()
+        .filter_map(|(name, summary)| {
+            let point: CapturePoint = name.parse().ok()?;
+            let stats = statistics.get(&point)?;
+            Some((
+                name.clone(),
+                PointAnalysis::of(stats, summary.clone(), resamples),
+            ))
+        })
+        .collect();
+    let router = report
+        .router
+        .as_ref()
+        .map(|r| RouterAnalysis::of(r, resamples));
+    Ok((report, statistics, points, router))
+}
+
+/// A layer's summary and statistics, as `load(layer)` gives them.
+pub type LayerFiles = (LayerReport, BTreeMap<CapturePoint, PointStatistics>);
+
+/// Builds the report from the finished layers, read by `load(layer)`: several layers at a
+/// time on their own threads (as many as the CPU's threads, within [`PARALLEL_LAYER_BYTES`]
+/// of statistics), then taken in layer order, so the report does not depend on it.
 pub fn assemble_report(
     model: ReportModel,
     data: ReportData,
     settings: AnalysisSettings,
     layers: &[usize],
     tokens: &TokenInfo,
-    mut load: impl FnMut(
-        usize,
-    )
-        -> crate::error::Result<(LayerReport, BTreeMap<CapturePoint, PointStatistics>)>,
+    load: impl Fn(usize) -> crate::error::Result<LayerFiles> + Sync,
 ) -> crate::error::Result<ActivationReport> {
     let resamples = resample_weights(
         data.num_sequences,
@@ -252,44 +291,48 @@ pub fn assemble_report(
     let mixer_of = |layer: usize| model.layer_mixers.get(layer).cloned();
     let mut analysed = Vec::new();
     let mut looked_for_massive = false;
-    for &layer in layers {
-        let (report, statistics) = load(layer)?;
-        let ln: Vec<&PointStatistics> = [CapturePoint::Ln1, CapturePoint::Ln2]
-            .iter()
-            .filter_map(|p| statistics.get(p))
-            .collect();
-        if !ln.is_empty() {
-            ln_counts.add_layer(&ln);
-        }
-        if let Some(o) = statistics.get(&CapturePoint::AttnInO) {
-            let (counts, of) = o_counts.entry(mixer_of(layer)).or_default();
-            counts.add_layer(&[o]);
-            of.push(layer);
-        }
-        let points = report
-            .points
-            .iter()
-            .filter_map(|(name, summary)| {
-                let point: CapturePoint = name.parse().ok()?;
-                let stats = statistics.get(&point)?;
-                Some((
-                    name.clone(),
-                    PointAnalysis::of(stats, summary.clone(), &resamples),
-                ))
-            })
-            .collect();
-        looked_for_massive |= report.massive.is_some();
-        analysed.push(LayerAnalysis {
-            layer,
-            points,
-            router: report
-                .router
-                .as_ref()
-                .map(|r| RouterAnalysis::of(r, &resamples)),
-            massive: report.massive.as_ref().map(|m| LayerMassive::of(m, tokens)),
-            attention_sinks: report.sinks.as_ref().map(SinkAnalysis::of),
-            mixer: mixer_of(layer),
+    // About 80 bytes per (sequence, dimension) per point; four points.
+    let layer_bytes = (data.num_sequences * model.hidden_size) as u64 * 80 * 4;
+    let at_once = (PARALLEL_LAYER_BYTES / layer_bytes.max(1))
+        .clamp(1, crate::cpu::threads::default_thread_count() as u64) as usize;
+    for group in layers.chunks(at_once) {
+        let loaded: Vec<crate::error::Result<LoadedLayer>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = group
+                .iter()
+                .map(|&layer| {
+                    let (load, resamples) = (&load, &resamples);
+                    scope.spawn(move || load_layer(layer, load, resamples))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("a layer's analysis does not panic"))
+                .collect()
         });
+        for (&layer, result) in group.iter().zip(loaded) {
+            let (report, statistics, points, router) = result?;
+            let ln: Vec<&PointStatistics> = [CapturePoint::Ln1, CapturePoint::Ln2]
+                .iter()
+                .filter_map(|p| statistics.get(p))
+                .collect();
+            if !ln.is_empty() {
+                ln_counts.add_layer(&ln);
+            }
+            if let Some(o) = statistics.get(&CapturePoint::AttnInO) {
+                let (counts, of) = o_counts.entry(mixer_of(layer)).or_default();
+                counts.add_layer(&[o]);
+                of.push(layer);
+            }
+            looked_for_massive |= report.massive.is_some();
+            analysed.push(LayerAnalysis {
+                layer,
+                points,
+                router,
+                massive: report.massive.as_ref().map(|m| LayerMassive::of(m, tokens)),
+                attention_sinks: report.sinks.as_ref().map(SinkAnalysis::of),
+                mixer: mixer_of(layer),
+            });
+        }
     }
     let mut outlier_features = Vec::new();
     let groups = std::iter::once((ln_counts, vec!["ln1", "ln2"], None, Vec::new())).chain(

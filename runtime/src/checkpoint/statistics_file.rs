@@ -185,20 +185,20 @@ pub fn read_statistics(path: &Path) -> Result<BTreeMap<CapturePoint, PointStatis
         let field = |name: &str| {
             tensors
                 .tensor(&format!("{point}.{name}"))
-                .map(|t| t.data().to_vec())
+                .map(|t| t.data())
                 .map_err(|e| bad(format!("{point}.{name}: {e}")))
         };
-        let u64s = |b: Vec<u8>| -> Vec<u64> {
+        let u64s = |b: &[u8]| -> Vec<u64> {
             b.chunks_exact(8)
                 .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
                 .collect()
         };
-        let f64s = |b: Vec<u8>| -> Vec<f64> {
+        let f64s = |b: &[u8]| -> Vec<f64> {
             b.chunks_exact(8)
                 .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
                 .collect()
         };
-        let u32s = |b: Vec<u8>| -> Vec<u32> {
+        let u32s = |b: &[u8]| -> Vec<u32> {
             b.chunks_exact(4)
                 .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
                 .collect()
@@ -217,7 +217,7 @@ pub fn read_statistics(path: &Path) -> Result<BTreeMap<CapturePoint, PointStatis
             None => Sequences::uniform(sequences, seq_len),
         };
         let mut s = PointStatistics::of_rows(rows, shape, threshold);
-        s.max_abs = u32s(max_abs.data().to_vec())
+        s.max_abs = u32s(max_abs.data())
             .into_iter()
             .map(f32::from_bits)
             .collect();
