@@ -274,7 +274,8 @@ impl WeightStore {
         }
     }
 
-    /// Writes the embedding row of each token into `hidden (tokens, hidden_size)`.
+    /// Writes the embedding row of each token into `hidden (tokens, hidden_size)`, rows
+    /// gathered on the CPU's threads.
     pub fn embed_tokens(
         &self,
         embedding: &TensorEntry,
@@ -282,15 +283,26 @@ impl WeightStore {
         hidden: &mut [f32], // (tokens, hidden_size)
     ) -> Result<()> {
         let (vocab, width) = (embedding.shape[0], embedding.shape[1]);
-        for (&token, row) in token_ids.iter().zip(hidden.chunks_exact_mut(width)) {
-            if token as usize >= vocab {
-                return Err(RuntimeError::InvalidRequest(format!(
-                    "token id {token} is outside the embedding {} of {vocab} rows; the tokenizer does not belong to this model",
-                    embedding.name
-                )));
-            }
-            self.read_rows_f32(embedding, token as usize, row);
+        if let Some(&token) = token_ids.iter().find(|&&t| t as usize >= vocab) {
+            return Err(RuntimeError::InvalidRequest(format!(
+                "token id {token} is outside the embedding {} of {vocab} rows; the tokenizer does not belong to this model",
+                embedding.name
+            )));
         }
+        let threads = crate::cpu::threads::default_thread_count();
+        let rows_per_chunk = token_ids.len().div_ceil(4 * threads).max(64);
+        let rows = &mut hidden[..token_ids.len() * width];
+        crate::cpu::threads::for_each_chunk_mut(
+            rows,
+            rows_per_chunk * width,
+            threads,
+            |i, chunk| {
+                let tokens = &token_ids[i * rows_per_chunk..];
+                for (&token, row) in tokens.iter().zip(chunk.chunks_exact_mut(width)) {
+                    self.read_rows_f32(embedding, token as usize, row);
+                }
+            },
+        );
         Ok(())
     }
 
