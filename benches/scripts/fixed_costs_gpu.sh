@@ -8,7 +8,7 @@
 mkdir -p /tmp/tb && tar xJf "$1" -C /tmp/tb
 export LD_LIBRARY_PATH=/usr/local/cuda-13.0/targets/x86_64-linux/lib LAYERSTREAM_KERNEL_CACHE=/tmp/kc
 nproc
-timeout 200 bash benches/scripts/tokenize_speed.sh /tmp/tb/layerstream-tokseq /tmp/tb/layerstream /tmp/tkw 30 cuda
+timeout 150 bash benches/scripts/tokenize_speed.sh /tmp/tb/layerstream-tokseq /tmp/tb/layerstream /tmp/tkw 20 cuda
 (time python3 benches/scripts/make_random_model.py olmoe-1b-7b /tmp/olmoe) 2>&1 | tail -4
 for round in 1 2; do for name in tokseq new; do
   bin=/tmp/tb/layerstream; [ $name = tokseq ] && bin=/tmp/tb/layerstream-tokseq
