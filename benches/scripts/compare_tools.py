@@ -8,7 +8,11 @@ runs, with a warm page cache and, with --cold, after evicting the checkpoint fro
 - layerstream: `analyze --vram 8GiB --points ln1,ln2,resid_post` (every layer);
 - transformers: the whole model on the GPU, the same captures through forward hooks
   (`hf_capture.py`);
-- accelerate: `device_map="auto"` with `max_memory` 8 GiB on the GPU (`hf_capture.py --offload`).
+- accelerate: `device_map="auto"` with `max_memory` 8 GiB on the GPU (`hf_capture.py --offload`);
+- nnsight (issue 19, goal 4): `LanguageModel(..., device_map="auto")` and `.trace()` saving both
+  layernorm outputs per batch of `--nnsight-batch` sequences (`nnsight_capture.py`), the whole
+  model (`nnsight`) and with `max_memory` 8 GiB (`nnsight-offload`); its wheels travel to the GPU
+  machine (`nnsight_wheels.sh`).
 
 Every run is its own process: wall time is process start to exit (report written); peak
 device memory is NVML's used memory sampled every 2 ms from this process, minus the used memory
@@ -18,7 +22,8 @@ run cut short keeps what it measured; `render` turns the file into the results t
 Usage:
   compare_tools.py run --layerstream BIN --benches BIN --work DIR --out OUT_DIR
                        --workload olmoe-1b-7b[:LAYERS|:disk] [--workload ...] [--cold [--cold-tools T]]
-                       [--tools layerstream,transformers,accelerate] [--num-samples 16]
+                       [--tools layerstream,transformers,accelerate,nnsight,nnsight-offload]
+                       [--nnsight-batch 4] [--num-samples 16]
                        [--seq-len 2048] [--vram 8GiB] [--device cuda]
   compare_tools.py render OUT_DIR/results.jsonl [...]   (markdown on stdout)
 `:disk` cuts the shape to as many layers as the free disk holds (Qwen3-30B-A3B).
@@ -149,6 +154,11 @@ def run_tool(tool, args, model_dir, tokens, out_dir, handle):
                    "--out", os.path.join(args.work, "ls-out"), "--restart"]
         if args.device == "cuda":
             command += ["--vram", args.vram]
+    elif tool.startswith("nnsight"):
+        command = [sys.executable, os.path.join(HERE, "nnsight_capture.py"), model_dir, tokens, n, t,
+                   os.path.join(args.work, f"{tool}.json"), "--batch", str(args.nnsight_batch)]
+        if tool == "nnsight-offload":
+            command += ["--max-memory", args.vram]
     else:
         command = [sys.executable, os.path.join(HERE, "hf_capture.py"), model_dir, tokens, n, t,
                    os.path.join(args.work, f"{tool}.json")]
@@ -296,6 +306,7 @@ def main():
     parser.add_argument("--cold", action="store_true")
     parser.add_argument("--cold-tools", default=None, help="tools for the cold runs (default: --tools)")
     parser.add_argument("--num-samples", type=int, default=16)
+    parser.add_argument("--nnsight-batch", type=int, default=4)
     parser.add_argument("--seq-len", type=int, default=2048)
     parser.add_argument("--vram", default="8GiB")
     parser.add_argument("--device", default="cuda")
