@@ -16,6 +16,7 @@ On the GPU machine nnsight and the packages it needs that the image lacks travel
 """
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -24,7 +25,8 @@ STARTED = time.time()
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-THRESHOLD = 6.0
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from hf_capture import Statistics  # noqa: E402
 
 
 def main():
@@ -53,7 +55,7 @@ def main():
     load_seconds = time.time() - load_started
 
     layers = model.model.layers
-    max_abs, count_ge = {}, {}
+    stats = Statistics()
     trace_started = time.time()
     with torch.no_grad():
         for first in range(0, args.num_samples, args.batch):
@@ -64,13 +66,7 @@ def main():
                     saved.append(((index, "ln1"), layer.input_layernorm.output.save()))
                     saved.append(((index, "ln2"), layer.post_attention_layernorm.output.save()))
             for key, value in saved:
-                x = value.detach().float().reshape(-1, value.shape[-1]).abs()
-                m, c = x.amax(dim=0), (x >= THRESHOLD).sum(dim=0)
-                if key in max_abs:
-                    torch.maximum(max_abs[key], m, out=max_abs[key])
-                    count_ge[key] += c
-                else:
-                    max_abs[key], count_ge[key] = m, c
+                stats.add(key, value)
     if cuda:
         torch.cuda.synchronize()
     trace_seconds = time.time() - trace_started
@@ -83,11 +79,7 @@ def main():
         "seconds_per_sequence": trace_seconds / args.num_samples,
         "in_process_seconds": time.time() - STARTED,
         "torch_peak_allocated_bytes": torch.cuda.max_memory_allocated() if cuda else 0,
-        "checksum": {
-            "sum_of_max_abs": sum(float(v.sum()) for v in max_abs.values()),
-            "count_ge_threshold": sum(int(v.sum()) for v in count_ge.values()),
-            "points": len(max_abs),
-        },
+        "checksum": stats.checksum(),
         "nnsight": nnsight.__version__,
         "torch": torch.__version__,
     }

@@ -6,16 +6,15 @@
 
 mod common;
 
+use common::planted::{PLANTED_DIM, default_model, plant_massive_rows};
 use common::{assert_fails_with, assert_succeeds, layerstream};
 use layerstream_runtime::Model;
 use layerstream_runtime::data::TextTokenizer;
-use layerstream_tests::edit_tensors;
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::path::Path;
 
-const D: usize = 10;
-const HIDDEN: usize = 128;
+const D: usize = PLANTED_DIM;
 /// Records of different lengths (each at least 4 tokens, so its median is not the planted
 /// row's).
 const TEXTS: [&str; 4] = [
@@ -24,10 +23,6 @@ const TEXTS: [&str; 4] = [
     "A short one here.",
     "Layer by layer the weights arrive, and every record goes through each before the next one comes; nothing is padded and nothing is packed.",
 ];
-
-fn default_model() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/default-model")
-}
 
 /// Each record's first token as the CLI tokenizes it (the tokenizer's prefix, then the text).
 fn first_tokens() -> Vec<u32> {
@@ -51,28 +46,6 @@ fn write_records(path: &Path) {
     std::fs::write(path, lines.join("\n") + "\n").unwrap();
 }
 
-/// The default model with the residual stream the embedding at every layer and `tokens`'
-/// embedding rows 50 everywhere and 30,000 at dimension D.
-fn plant(dir: &Path, tokens: &BTreeSet<u32>) {
-    std::fs::create_dir_all(dir).unwrap();
-    for entry in std::fs::read_dir(default_model()).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
-    }
-    edit_tensors(dir, |name, _, values| {
-        if name.ends_with("o_proj.weight") || name.ends_with("down_proj.weight") {
-            values.fill(0.0);
-        }
-        if name == "model.embed_tokens.weight" {
-            for &token in tokens {
-                let row = &mut values[token as usize * HIDDEN..(token as usize + 1) * HIDDEN];
-                row.fill(50.0);
-                row[D] = 30_000.0;
-            }
-        }
-    });
-}
-
 #[test]
 fn massive_activations_sit_at_each_records_own_first_token() {
     let home = tempfile::tempdir().unwrap();
@@ -81,7 +54,7 @@ fn massive_activations_sit_at_each_records_own_first_token() {
     let firsts = first_tokens();
     let planted: BTreeSet<u32> = firsts.iter().copied().collect();
     let model = home.path().join("planted");
-    plant(&model, &planted);
+    plant_massive_rows(&model, &planted);
     let args = [
         "analyze",
         "--per-record",

@@ -9,15 +9,15 @@
 
 mod common;
 
+use common::planted::{PLANTED_DIM, plant_massive_rows};
 use common::{assert_succeeds, layerstream};
-use layerstream_tests::{assert_report_matches_reference, edit_tensors};
+use layerstream_tests::assert_report_matches_reference;
 use safetensors::SafeTensors;
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::path::Path;
 
-const D: usize = 10;
-const HIDDEN: usize = 128;
+const D: usize = PLANTED_DIM;
 const WORKLOAD: [&str; 4] = ["--num-samples", "3", "--seq-len", "256"];
 
 /// The workload's token ids, from a saved-activations run of the unedited model.
@@ -42,27 +42,6 @@ fn workload_tokens(home: &Path) -> Vec<u32> {
         .collect()
 }
 
-fn plant(dir: &Path, first_tokens: &BTreeSet<u32>) {
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/default-model");
-    std::fs::create_dir_all(dir).unwrap();
-    for entry in std::fs::read_dir(&source).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
-    }
-    edit_tensors(dir, |name, _, values| {
-        if name.ends_with("o_proj.weight") || name.ends_with("down_proj.weight") {
-            values.fill(0.0);
-        }
-        if name == "model.embed_tokens.weight" {
-            for &token in first_tokens {
-                let row = &mut values[token as usize * HIDDEN..(token as usize + 1) * HIDDEN];
-                row.fill(50.0);
-                row[D] = 30_000.0;
-            }
-        }
-    });
-}
-
 #[test]
 fn a_large_first_token_is_massive_by_the_sequence_median_not_by_its_own() {
     let home = tempfile::tempdir().unwrap();
@@ -74,7 +53,7 @@ fn a_large_first_token_is_massive_by_the_sequence_median_not_by_its_own() {
         "the planted tokens are few: {planted}"
     );
     let model = home.path().join("planted");
-    plant(&model, &first);
+    plant_massive_rows(&model, &first);
     let mut args = vec![
         "analyze",
         "--model",

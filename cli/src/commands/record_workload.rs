@@ -22,6 +22,19 @@ pub struct RecordData {
     pub prepared: Vec<PreparedRecord>,
 }
 
+impl RecordData {
+    /// The records as the workload's sequences and their token ids, one after the other.
+    pub fn sequences(&self) -> (Sequences, Vec<u32>) {
+        let rows = Sequences::from_lengths(self.prepared.iter().map(|r| r.tokens.len()));
+        let token_ids = self
+            .prepared
+            .iter()
+            .flat_map(|r| r.tokens.iter().copied())
+            .collect();
+        (rows, token_ids)
+    }
+}
+
 /// Reads and tokenizes the records of `--data`; empty data, a record that cannot be read
 /// and a `--max-length` above the model's are errors.
 pub fn read_prepared(
@@ -77,12 +90,7 @@ pub fn record_workload(
         id: None,
     };
     let data = read_prepared(model, workload, records, &fields, None, &tokenizer)?;
-    let rows = Sequences::from_lengths(data.prepared.iter().map(|r| r.tokens.len()));
-    let token_ids: Vec<u32> = data
-        .prepared
-        .iter()
-        .flat_map(|r| r.tokens.iter().copied())
-        .collect();
+    let (rows, token_ids) = data.sequences();
     let truncated = data.prepared.iter().filter(|r| r.truncated).count();
     eprintln!(
         "{} records ({} tokens, {}-{} each{}) from {}",

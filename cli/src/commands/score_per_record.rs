@@ -10,7 +10,6 @@ use crate::args::ScoreArgs;
 use crate::chat_template;
 use anyhow::{Context, Result, bail};
 use layerstream_planner::write_atomically;
-use layerstream_runtime::Sequences;
 use layerstream_runtime::checkpoint::records_fingerprint;
 use layerstream_runtime::data::TextTokenizer;
 use layerstream_runtime::top_logprobs::TopLogprobs;
@@ -50,11 +49,7 @@ pub fn score_per_record(args: &ScoreArgs, named: &NamedModel) -> Result<()> {
         completion: args.completion_field.as_deref(),
         id: args.id_field.as_deref(),
     };
-    let RecordData {
-        path: data,
-        max_length,
-        prepared,
-    } = read_prepared(
+    let records = read_prepared(
         model,
         &args.workload,
         &args.records,
@@ -62,11 +57,12 @@ pub fn score_per_record(args: &ScoreArgs, named: &NamedModel) -> Result<()> {
         template.as_ref(),
         &tokenizer,
     )?;
-    let sequences = Sequences::from_lengths(prepared.iter().map(|r| r.tokens.len()));
-    let token_ids: Vec<u32> = prepared
-        .iter()
-        .flat_map(|r| r.tokens.iter().copied())
-        .collect();
+    let (sequences, token_ids) = records.sequences();
+    let RecordData {
+        path: data,
+        max_length,
+        prepared,
+    } = records;
     eprintln!(
         "scoring {} records ({} tokens, the longest {}) with {}",
         sequences.count(),

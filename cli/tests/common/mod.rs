@@ -191,6 +191,7 @@ fn write_sparse_safetensors(dir: &Path, shapes: &[(String, Vec<usize>)]) -> u64 
 
 /// [`write_sparse_safetensors`] with a dtype per tensor (`BF16` or `U8`).
 pub mod glm;
+pub mod planted;
 pub mod qwen3_next;
 
 /// Writes a sparse `model.safetensors` of `(name, dtype, shape)` tensors in `dir`; returns

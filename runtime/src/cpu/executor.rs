@@ -257,7 +257,7 @@ impl LayerRunner for CpuRunner<'_> {
             request: self.request,
             layer,
             first_sequence,
-            sequences,
+            spans: &spans,
             statistics: &mut state.statistics,
         };
         let accumulator = state

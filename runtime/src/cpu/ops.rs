@@ -34,8 +34,8 @@ pub(crate) struct CpuCapture<'a> {
     pub layer: usize,
     /// The micro-batch's first sequence in the workload.
     pub first_sequence: usize,
-    /// Sequences in the micro-batch.
-    pub sequences: usize,
+    /// The micro-batch's sequences, offsets from 0.
+    pub spans: &'a Sequences,
     /// The layer's statistics so far, per point.
     pub statistics: &'a mut BTreeMap<CapturePoint, PointStatistics>,
 }
@@ -355,11 +355,7 @@ impl BlockOps for CpuOps<'_, '_> {
         {
             let values = self.buffers.get(values);
             let rows = |r: usize| Ok::<_, Infallible>(values[r * width..(r + 1) * width].to_vec());
-            let spans = c
-                .request
-                .sequences
-                .slice(c.first_sequence..c.first_sequence + c.sequences);
-            let Ok(()) = massive.keep_inputs(c.first_sequence, &spans, rows);
+            let Ok(()) = massive.keep_inputs(c.first_sequence, c.spans, rows);
         }
         Ok(())
     }

@@ -234,8 +234,8 @@ pub(crate) struct CudaCapture<'a> {
     pub layer: usize,
     /// The micro-batch's first sequence in the workload.
     pub first_sequence: usize,
-    /// Sequences in the micro-batch.
-    pub sequences: usize,
+    /// The micro-batch's sequences, offsets from 0.
+    pub spans: &'a Sequences,
     /// `(sequences + 1)`: the workload's row offsets from the micro-batch's first sequence
     /// (sequences of their own lengths; `None` for packed data).
     pub offsets: Option<CudaView<'a, i32>>,
@@ -244,13 +244,6 @@ pub(crate) struct CudaCapture<'a> {
 }
 
 impl CudaCapture<'_> {
-    /// The micro-batch's sequences, offsets from 0.
-    fn spans(&self) -> Sequences {
-        self.request
-            .sequences
-            .slice(self.first_sequence..self.first_sequence + self.sequences)
-    }
-
     /// Copies `values (rows, width)` at `point` to the host for the observer.
     pub fn hand_over(
         &mut self,
@@ -273,7 +266,7 @@ impl CudaCapture<'_> {
         width: usize,
         threshold: f32,
     ) -> Result<()> {
-        let spans = self.spans();
+        let spans = self.spans;
         let accumulator = self.accumulators.get_mut(&point).ok_or_else(|| {
             RuntimeError::internal(format!(
                 "no accumulator for {point} of layer {}: they are made before the layer's first micro-batch",
@@ -288,7 +281,7 @@ impl CudaCapture<'_> {
         accumulator.stats.accumulate(
             self.gpu,
             values,
-            self.sequences,
+            spans.count(),
             self.request.seq_len(),
             self.first_sequence,
             threshold,
@@ -300,7 +293,7 @@ impl CudaCapture<'_> {
             find_massive(
                 self.gpu,
                 values,
-                (width, &spans, self.first_sequence),
+                (width, spans, self.first_sequence),
                 device,
                 massive,
             )?;
@@ -310,6 +303,7 @@ impl CudaCapture<'_> {
 
     /// Keeps the MoE inputs `(rows, width)` of tokens holding massive activations.
     pub fn keep_moe_input(&mut self, values: &CudaView<f32>, width: usize) -> Result<()> {
+        let spans = self.spans;
         let Some(massive) = self
             .accumulators
             .get_mut(&CapturePoint::ResidPost)
@@ -318,11 +312,7 @@ impl CudaCapture<'_> {
             return Ok(());
         };
         let stream = &self.gpu.stream;
-        let spans = self
-            .request
-            .sequences
-            .slice(self.first_sequence..self.first_sequence + self.sequences);
-        massive.keep_inputs(self.first_sequence, &spans, |r| {
+        massive.keep_inputs(self.first_sequence, spans, |r| {
             Ok::<_, RuntimeError>(stream.clone_dtoh(&values.slice(r * width..(r + 1) * width))?)
         })
     }

@@ -375,7 +375,7 @@ impl LayerRunner for CudaRunner<'_, '_> {
             request,
             layer,
             first_sequence,
-            sequences,
+            spans: &spans,
             offsets: self
                 .ragged
                 .map(|(_, offsets)| offsets.slice(first_sequence..first_sequence + sequences + 1)),
