@@ -23,7 +23,7 @@ Usage:
   compare_tools.py run --layerstream BIN --benches BIN --work DIR --out OUT_DIR
                        --workload olmoe-1b-7b[:LAYERS|:disk] [--workload ...] [--cold [--cold-tools T]]
                        [--tools layerstream,transformers,accelerate,nnsight,nnsight-offload]
-                       [--nnsight-batch 4] [--num-samples 16]
+                       [--nnsight-batch 4] [--hf-batch 1] [--num-samples 16]
                        [--seq-len 2048] [--vram 8GiB] [--device cuda]
   compare_tools.py render OUT_DIR/results.jsonl [...]   (markdown on stdout)
 `:disk` cuts the shape to as many layers as the free disk holds (Qwen3-30B-A3B).
@@ -149,7 +149,7 @@ def parse_layerstream(stdout, stderr):
 def run_tool(tool, args, model_dir, tokens, out_dir, handle):
     n, t = str(args.num_samples), str(args.seq_len)
     if tool == "layerstream":
-        command = [args.layerstream, "analyze", "--model", model_dir, "--data", DATA, "--device", args.device,
+        command = [args.layerstream, "analyze", "--model", model_dir, "--data", args.data, "--device", args.device,
                    "--points", "ln1,ln2,resid_post", "--num-samples", n, "--seq-len", t,
                    "--out", os.path.join(args.work, "ls-out"), "--restart"]
         if args.device == "cuda":
@@ -164,6 +164,8 @@ def run_tool(tool, args, model_dir, tokens, out_dir, handle):
                    os.path.join(args.work, f"{tool}.json")]
         if tool == "accelerate":
             command += ["--offload", args.vram]
+        else:
+            command += ["--batch", str(args.hf_batch)]
     peak, result, seconds = measure_run(handle, command)
     row = {"tool": tool, "command": " ".join(command), "wall_seconds": seconds, "peak_device_bytes": peak,
            "exit": result.returncode}
@@ -201,7 +203,7 @@ def run(args):
         with open(os.path.join(model_dir, "config.json")) as f:
             num_layers = json.load(f)["num_hidden_layers"]
         tokens = os.path.join(args.work, "tokens.u32")
-        subprocess.run([args.benches, "tokens", model_dir, DATA, str(args.num_samples), str(args.seq_len), tokens],
+        subprocess.run([args.benches, "tokens", model_dir, args.data, str(args.num_samples), str(args.seq_len), tokens],
                        check=True)
         base = {"shape": shape, "layers": num_layers, "model_bytes": model_bytes(model_dir),
                 "num_samples": args.num_samples, "seq_len": args.seq_len, "vram": args.vram,
@@ -307,6 +309,8 @@ def main():
     parser.add_argument("--cold-tools", default=None, help="tools for the cold runs (default: --tools)")
     parser.add_argument("--num-samples", type=int, default=16)
     parser.add_argument("--nnsight-batch", type=int, default=4)
+    parser.add_argument("--data", default=DATA, help="text for the workload (default: the embedded text)")
+    parser.add_argument("--hf-batch", type=int, default=1, help="sequences per forward call of transformers")
     parser.add_argument("--seq-len", type=int, default=2048)
     parser.add_argument("--vram", default="8GiB")
     parser.add_argument("--device", default="cuda")

@@ -60,6 +60,7 @@ def main():
     parser.add_argument("seq_len", type=int)
     parser.add_argument("out")
     parser.add_argument("--offload", default=None, help="GPU memory for accelerate, e.g. 8GiB")
+    parser.add_argument("--batch", type=int, default=1, help="sequences per forward call")
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     ids = np.fromfile(args.tokens, dtype="<u4").reshape(args.num_samples, args.seq_len)
@@ -106,8 +107,9 @@ def main():
     first_device = "cuda" if device == "cuda" else "cpu"
     forward_started = time.time()
     with torch.no_grad():
-        for row in ids:
-            input_ids = torch.from_numpy(row.astype(np.int64)).unsqueeze(0).to(first_device)
+        for first in range(0, args.num_samples, args.batch):
+            rows = ids[first:first + args.batch]
+            input_ids = torch.from_numpy(rows.astype(np.int64)).to(first_device)
             # Only the hidden states are needed: stop before the LM head (every peer hooks
             # the layers; the logits are not part of the analysis).
             model.model(input_ids=input_ids, use_cache=False)
@@ -118,6 +120,7 @@ def main():
     result = {
         "tool": "accelerate" if args.offload else "transformers",
         "offload": args.offload,
+        "batch": args.batch,
         "load_seconds": load_seconds,
         "forward_seconds": forward_seconds,
         "seconds_per_sequence": forward_seconds / args.num_samples,

@@ -10,6 +10,10 @@ use crate::inventory::{Inventory, TensorClass};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
+/// Device micro-batch buffers of hidden states kept in pinned host memory: the next one is
+/// uploaded and the last one downloaded while the current one computes.
+pub const HIDDEN_SLOTS: usize = 3;
+
 /// Bytes of each region.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 pub struct Regions {
@@ -17,10 +21,11 @@ pub struct Regions {
     pub staging: u64,
     /// Converted weights.
     pub converted: u64,
-    /// Hidden states (whole workload or one micro-batch).
+    /// Hidden states: the whole workload, [`HIDDEN_SLOTS`] micro-batches (pinned host
+    /// placement: one uploading, one computing, one downloading) or one (disk).
     pub hidden: u64,
     /// Feed-forward outputs of layers whose experts are split over several parts, placed
-    /// like the hidden states (whole workload or one micro-batch); 0 when none is.
+    /// like the hidden states (and as many micro-batches); 0 when none is.
     pub accumulator: u64,
     /// Decoder block buffers.
     pub activations: u64,

@@ -3,7 +3,7 @@
 //! Every candidate is priced by its regions; the first placement with an arrangement that
 //! fits wins.
 
-use super::regions::{Regions, ScratchFor, ScratchManifest, head_bytes};
+use super::regions::{HIDDEN_SLOTS, Regions, ScratchFor, ScratchManifest, head_bytes};
 use super::shapes::{HiddenPlacement, LayerShapes, Workload};
 use crate::format::GemmDtype;
 use crate::inventory::Inventory;
@@ -144,7 +144,8 @@ impl<'a> Search<'a> {
         };
         let workload_rows = match placement {
             HiddenPlacement::Device => self.tokens,
-            HiddenPlacement::PinnedHost | HiddenPlacement::Disk => rows as u64,
+            HiddenPlacement::PinnedHost => (HIDDEN_SLOTS * rows) as u64,
+            HiddenPlacement::Disk => rows as u64,
         };
         let largest =
             |f: fn(&Bytes) -> u64| units.iter().flatten().map(|(_, b)| f(b)).max().unwrap_or(0);

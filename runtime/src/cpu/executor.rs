@@ -22,6 +22,7 @@ use crate::workload_buffer::WorkloadBuffer;
 use layerstream_planner::memory::{HiddenPlacement, LayerShapes, ScratchFor, ScratchManifest};
 use layerstream_planner::split::{LayerPart, needs_accumulator};
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::sync::Arc;
 
 /// Runs a validated request on the CPU.
@@ -239,8 +240,8 @@ impl LayerRunner for CpuRunner<'_> {
         (_, weights): &Self::Weights,
         (_, scratch): &mut Self::Scratch,
         state: &mut CpuLayer,
-        first_sequence: usize,
-        sequences: usize,
+        (first_sequence, sequences): (usize, usize),
+        _upcoming: Option<Range<usize>>,
         observer: &mut dyn RunObserver,
     ) -> Result<()> {
         let d = self.model.spec.hidden_size;

@@ -31,9 +31,10 @@ use layerstream_kernels::Gpu;
 use layerstream_kernels::cudarc::driver::result::memcpy_htod_async;
 use layerstream_kernels::cudarc::driver::sys::CUevent_flags;
 use layerstream_kernels::cudarc::driver::{CudaEvent, CudaSlice, CudaStream, DevicePtrMut};
-use layerstream_planner::memory::{HiddenPlacement, LayerShapes};
+use layerstream_planner::memory::{HIDDEN_SLOTS, HiddenPlacement, LayerShapes};
 use layerstream_planner::split::{LayerPart, needs_accumulator};
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -55,10 +56,11 @@ pub fn run(
     let placement = request.hidden_placement;
     let all = &request.sequences;
     let batch_elements = all.largest_batch(0..all.count(), micro_batch) * d;
-    let hidden_bytes = if placement.off_device() {
-        batch_elements * 4
-    } else {
-        tokens * d * 4
+    // The device copies: the workload, or micro-batch slots (`HiddenStates`).
+    let hidden_bytes = match placement {
+        HiddenPlacement::Device => tokens * d * 4,
+        HiddenPlacement::PinnedHost => HIDDEN_SLOTS * batch_elements * 4,
+        HiddenPlacement::Disk => batch_elements * 4,
     };
     let _hidden_reservation =
         budget.reserve("the workload's hidden states", hidden_bytes as u64)?;
@@ -349,8 +351,8 @@ impl LayerRunner for CudaRunner<'_, '_> {
         weights: &DeviceLayer,
         scratch: &mut DeviceScratch,
         state: &mut CudaLayer,
-        first_sequence: usize,
-        sequences: usize,
+        (first_sequence, sequences): (usize, usize),
+        upcoming: Option<Range<usize>>,
         observer: &mut dyn RunObserver,
     ) -> Result<()> {
         let (gpu, request) = (self.gpu, self.request);
@@ -399,6 +401,15 @@ impl LayerRunner for CudaRunner<'_, '_> {
             scratch,
             capture,
         )?;
+        // The next micro-batch's inputs go up while this one computes (pinned host memory).
+        if let Some(next) = upcoming {
+            let rows = all.rows(next);
+            let next_range = rows.start * d..rows.end * d;
+            self.hidden_states.prefetch(gpu, next_range.clone())?;
+            if let (Some((_, states)), true) = (&mut *self.ff_accumulator, accumulates) {
+                states.prefetch(gpu, next_range)?;
+            }
+        }
         if let (Some((_, states)), true) = (&mut *self.ff_accumulator, accumulates) {
             states.end(gpu, range.clone())?;
         }

@@ -91,7 +91,7 @@ impl HeadRun<'_> {
         for sequences in batches(all, micro_batch) {
             let first_sequence = sequences.start;
             let tokens = all.rows(sequences.clone());
-            let batch = hidden_states.begin(gpu, tokens.start * d..tokens.end * d)?;
+            let batch = hidden_states.read(gpu, tokens.start * d..tokens.end * d)?;
             let batch = batch.as_view();
             let ids = &request.token_ids[tokens.clone()];
             match request.final_stage {
@@ -174,7 +174,7 @@ impl HeadRun<'_> {
             let head = DeviceHead::upload_rows(gpu, model, self.compute, part.clone())?;
             for (index, sequences) in batches.iter().enumerate() {
                 let tokens = all.rows(sequences.clone());
-                let batch = hidden_states.begin(gpu, tokens.start * d..tokens.end * d)?;
+                let batch = hidden_states.read(gpu, tokens.start * d..tokens.end * d)?;
                 let batch = batch.as_view();
                 head.update_running(gpu, &batch, &targets[index], &mut running[index], scratch)?;
                 if k > 0 {

@@ -1,8 +1,10 @@
 //! Where the workload's hidden states live on a GPU run: on the device for the whole run, or
 //! one micro-batch on the device at a time with the rest in pinned host memory (the planner's
-//! `pinned_host` placement, when they do not fit next to a layer) or in a mapped file (`disk`,
-//! when they do not fit the host budget either).
+//! `pinned_host` placement, when they do not fit next to a layer; micro-batches pass through
+//! [`Slots`], uploaded and downloaded beside the kernels) or in a mapped file (`disk`, when
+//! they do not fit the host budget either; copied on the compute stream).
 
+use super::hidden_slots::Slots;
 use crate::error::Result;
 use crate::layer_end::HiddenSnapshot;
 use crate::workload_buffer::WorkloadBuffer;
@@ -18,12 +20,13 @@ use std::path::Path;
 pub enum HiddenStates {
     /// All on the device.
     Device(CudaSlice<f32>),
-    /// In pinned host memory; `batch` holds the micro-batch being computed.
+    /// In pinned host memory; `slots` hold the micro-batches being uploaded, computed and
+    /// downloaded.
     Host {
         /// `(num_sequences * seq_len, hidden)`.
         host: PinnedHostSlice<f32>,
-        /// `(micro-batch rows, hidden)`.
-        batch: CudaSlice<f32>,
+        /// `HIDDEN_SLOTS x (micro-batch rows, hidden)`.
+        slots: Slots,
     },
     /// In a mapped file; `batch` holds the micro-batch being computed.
     Disk {
@@ -60,7 +63,7 @@ impl HiddenStates {
             }
             HiddenPlacement::PinnedHost => HiddenStates::Host {
                 host: pinned_copy(gpu, values.as_slice())?,
-                batch: batch_buffer(gpu, batch_elements)?,
+                slots: Slots::new(gpu, batch_elements)?,
             },
             HiddenPlacement::Disk => {
                 debug_assert!(values.on_disk());
@@ -87,7 +90,7 @@ impl HiddenStates {
             }
             HiddenPlacement::PinnedHost => HiddenStates::Host {
                 host: pinned_copy(gpu, &vec![0f32; len])?,
-                batch: batch_buffer(gpu, batch_elements)?,
+                slots: Slots::new(gpu, batch_elements)?,
             },
             HiddenPlacement::Disk => HiddenStates::Disk {
                 file: WorkloadBuffer::zeros_in(spill, name, len)?,
@@ -96,11 +99,12 @@ impl HiddenStates {
         })
     }
 
-    /// A device view of elements `range`, uploaded first when they live off the device.
+    /// A device view of elements `range`, uploaded first when they live off the device (or
+    /// taken from its [`HiddenStates::prefetch`]); [`HiddenStates::end`] follows.
     pub fn begin(&mut self, gpu: &Gpu, range: Range<usize>) -> Result<CudaViewMut<'_, f32>> {
         let (source, batch) = match self {
             HiddenStates::Device(all) => return Ok(all.slice_mut(range)),
-            HiddenStates::Host { host, batch } => (&host.as_slice()?[range], batch),
+            HiddenStates::Host { host, slots } => return slots.begin(gpu, host.as_slice()?, range),
             HiddenStates::Disk { file, batch } => (&file.as_slice()[range], batch),
         };
         let mut view = batch.slice_mut(..source.len());
@@ -108,11 +112,32 @@ impl HiddenStates {
         Ok(view)
     }
 
-    /// Writes elements `range` back after [`HiddenStates::begin`] (nothing to do on the device).
+    /// A device view of elements `range` for kernels that only read it (no
+    /// [`HiddenStates::end`]: nothing is written back).
+    pub fn read(&mut self, gpu: &Gpu, range: Range<usize>) -> Result<CudaViewMut<'_, f32>> {
+        match self {
+            HiddenStates::Host { host, slots } => slots.read(gpu, host.as_slice()?, range),
+            _ => self.begin(gpu, range),
+        }
+    }
+
+    /// Starts uploading elements `range` for the next [`HiddenStates::begin`] while the
+    /// current micro-batch computes (pinned host memory only; elsewhere nothing to do).
+    pub fn prefetch(&mut self, gpu: &Gpu, range: Range<usize>) -> Result<()> {
+        match self {
+            HiddenStates::Host { host, slots } => slots.prefetch(gpu, host.as_slice()?, range),
+            HiddenStates::Device(_) | HiddenStates::Disk { .. } => Ok(()),
+        }
+    }
+
+    /// Writes elements `range` back after [`HiddenStates::begin`] (nothing to do on the
+    /// device; queued beside the next micro-batch's kernels from pinned host memory).
     pub fn end(&mut self, gpu: &Gpu, range: Range<usize>) -> Result<()> {
         let (destination, batch) = match self {
             HiddenStates::Device(_) => return Ok(()),
-            HiddenStates::Host { host, batch } => (&mut host.as_mut_slice()?[range], batch),
+            HiddenStates::Host { host, slots } => {
+                return slots.finish(gpu, host.as_mut_slice()?, range);
+            }
             HiddenStates::Disk { file, batch } => (&mut file.as_mut_slice()[range], batch),
         };
         let n = destination.len();
@@ -128,8 +153,9 @@ impl HiddenStates {
                 values: Cow::Owned(gpu.stream.clone_dtoh(all)?),
                 in_file: false,
             }),
-            HiddenStates::Host { host, .. } => {
+            HiddenStates::Host { host, slots } => {
                 gpu.stream.synchronize()?;
+                slots.synchronize()?;
                 Ok(HiddenSnapshot {
                     values: Cow::Borrowed(host.as_slice()?),
                     in_file: false,

@@ -8,6 +8,7 @@ pub mod executor;
 mod head;
 mod head_run;
 mod hidden;
+mod hidden_slots;
 mod layer;
 mod linear;
 mod moe;

@@ -33,7 +33,9 @@ pub(crate) trait LayerRunner {
     /// The buffers of micro-batches of up to `rows` tokens (an out-of-memory error halves
     /// the micro-batch).
     fn make_scratch(&mut self, layer: usize, rows: usize) -> Result<Self::Scratch>;
-    /// Runs `part` of `layer` on sequences `first_sequence..first_sequence + sequences`.
+    /// Runs `part` of `layer` on `batch`: `(first_sequence, sequences)`;
+    /// `upcoming`: the sequences of the part's next micro-batch, if any (a backend may
+    /// start moving their inputs meanwhile).
     #[allow(clippy::too_many_arguments)]
     fn run_micro_batch(
         &mut self,
@@ -42,8 +44,8 @@ pub(crate) trait LayerRunner {
         weights: &Self::Weights,
         scratch: &mut Self::Scratch,
         state: &mut Self::LayerState,
-        first_sequence: usize,
-        sequences: usize,
+        batch: (usize, usize),
+        upcoming: Option<Range<usize>>,
         observer: &mut dyn RunObserver,
     ) -> Result<()>;
     /// Finishes `layer`: its results go to the observer.
@@ -104,14 +106,17 @@ pub(crate) fn run_layers<R: LayerRunner>(
                 while next_sequence < sequences.end {
                     crate::stop::check_stop()?;
                     let batch = all.batch_from(next_sequence, sequences.end, micro_batch);
+                    let after = next_sequence + batch;
+                    let upcoming = (after < sequences.end)
+                        .then(|| after..after + all.batch_from(after, sequences.end, micro_batch));
                     runner.run_micro_batch(
                         layer,
                         part,
                         &weights,
                         buffers,
                         &mut state,
-                        next_sequence,
-                        batch,
+                        (next_sequence, batch),
+                        upcoming,
                         observer,
                     )?;
                     next_sequence += batch;
