@@ -8,7 +8,7 @@ use half::bf16;
 use layerstream_kernels::Gpu;
 use layerstream_kernels::cudarc::driver::{CudaSlice, DeviceRepr, ValidAsZeroBits};
 use layerstream_kernels::ops::convert::{
-    StoredDtype, in_major_columns, mxfp4_dequantize, strided_to_f32,
+    self, StoredDtype, in_major_columns, mxfp4_dequantize, strided_to_f32,
 };
 use layerstream_kernels::ops::elementwise::{self, GatedActivation};
 use layerstream_kernels::ops::moe::{self, RouterKernelScoring};
@@ -211,6 +211,40 @@ fn clamped_swiglu_matches_the_cpu() {
         .map(|&b| bf16::from_bits(b).to_f32())
         .collect();
     assert_all_close("clamped swiglu bf16", &got, &expect, 1e-6, 1.0 / 128.0);
+    // Both at once: the f32 values of the in-place kernel, and their bf16 bits exactly.
+    for activation in [activation, GatedActivation::Silu] {
+        let mut separate = gate_d.clone();
+        elementwise::gated_activation(
+            &gpu,
+            &mut separate.as_view_mut(),
+            &up_d.as_view(),
+            activation,
+        )
+        .unwrap();
+        let mut converted = zeros::<u16>(&gpu, n);
+        convert::f32_to_bf16(&gpu, &separate.as_view(), &mut converted.as_view_mut()).unwrap();
+        let mut both = gate_d.clone();
+        let mut both_bf16 = zeros::<u16>(&gpu, n);
+        elementwise::gated_activation_with_bf16(
+            &gpu,
+            &mut both.as_view_mut(),
+            &up_d.as_view(),
+            &mut both_bf16.as_view_mut(),
+            activation,
+        )
+        .unwrap();
+        let name = format!("{activation:?} with bf16");
+        assert_eq!(
+            bits(&download(&gpu, &both)),
+            bits(&download(&gpu, &separate)),
+            "{name}"
+        );
+        assert_eq!(
+            download(&gpu, &both_bf16),
+            download(&gpu, &converted),
+            "{name} bf16"
+        );
+    }
 }
 
 #[test]

@@ -98,9 +98,11 @@ pub struct RunArgs {
     /// CPU threads (default: LAYERSTREAM_THREADS, else all cores).
     #[arg(long, value_name = "N", value_parser = parse_count)]
     pub threads: Option<usize>,
-    /// Tokens per micro-batch: sequences go through a layer in groups of about this many tokens.
-    #[arg(long, value_name = "TOKENS", default_value_t = 8192, value_parser = parse_count)]
-    pub micro_batch_tokens: usize,
+    /// Tokens per micro-batch: sequences go through a layer in groups of about this many
+    /// tokens (default 8192; with --vram the plan takes the largest that fits up to 65536:
+    /// larger GEMMs, each expert of a MoE layer sees more rows).
+    #[arg(long, value_name = "TOKENS", value_parser = parse_count)]
+    pub micro_batch_tokens: Option<usize>,
     /// Output folder; created if missing.
     #[arg(long, value_name = "DIR", default_value = "layerstream-out")]
     pub out: PathBuf,
@@ -337,9 +339,10 @@ pub struct EstimateArgs {
     /// bf16, or f32 (a T4).
     #[arg(long, value_name = "DTYPE", default_value = "auto", value_parser = parse_compute)]
     pub compute_dtype: ComputeChoice,
-    /// Tokens per micro-batch to aim for; the plan takes the largest that fits, up to this.
-    #[arg(long, value_name = "TOKENS", default_value_t = 8192, value_parser = parse_count)]
-    pub micro_batch_tokens: usize,
+    /// Tokens per micro-batch to aim for; the plan takes the largest that fits, up to this
+    /// (default 65536).
+    #[arg(long, value_name = "TOKENS", value_parser = parse_count)]
+    pub micro_batch_tokens: Option<usize>,
     #[command(flatten)]
     pub plan: PlanArgs,
     /// Print JSON (schema: docs/estimate-json.md).
@@ -468,4 +471,18 @@ pub struct InspectArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+impl RunArgs {
+    /// `--micro-batch-tokens` of a run without a plan (default: the CPU's 8192).
+    pub fn micro_batch_tokens(&self) -> usize {
+        self.micro_batch_tokens
+            .unwrap_or(layerstream_planner::UNPLANNED_MICRO_BATCH_TOKENS)
+    }
+
+    /// `--micro-batch-tokens` a plan aims for (default 65536: the budget decides).
+    pub fn planned_micro_batch_tokens(&self) -> usize {
+        self.micro_batch_tokens
+            .unwrap_or(layerstream_planner::PLANNED_MICRO_BATCH_TOKENS)
+    }
 }

@@ -1,5 +1,5 @@
 // Causal grouped-query attention on tensor cores (sm_80+): flash-attention-2 style, bf16
-// operands, f32 accumulation and softmax. A block of 4 warps takes 64 consecutive query rows
+// operands, f32 accumulation and softmax. A block of 8 warps takes 128 consecutive query rows
 // of one head of one sequence (16 rows per warp) and walks the keys in tiles of 64 staged in
 // shared memory as bf16; S = Q K^T and O += P V are `mma.sync.m16n8k16` products, the online
 // softmax runs on the S fragments in registers, and P is reused as the A operand of P V
@@ -21,7 +21,7 @@
 // rows g and g + 8, columns 2c, 2c + 1 and 8 + 2c, 8 + 2c + 1; B (16 x 8) holds rows (k) 2c,
 // 2c + 1 and 8 + 2c, 8 + 2c + 1 of column g; C (16 x 8) holds rows g and g + 8, columns 2c and
 // 2c + 1.
-#define MMA_WARPS 4
+#define MMA_WARPS 8
 #define MMA_ROWS (16 * MMA_WARPS)
 #define MMA_KEYS 64
 #define MMA_MAX_HEAD_DIM 128
@@ -111,24 +111,33 @@ extern "C" __global__ void attention_mma_kernel(
     for (int tile = key_begin; tile <= block_last; tile += MMA_KEYS) {
         __syncthreads();  // the previous tile is consumed
         // Stage K (row-major) and V (transposed) of keys tile .. tile + 63 as bf16; keys past
-        // the sequence are zeros (and masked below).
+        // the sequence are zeros (and masked below). K: a warp reads consecutive dimensions
+        // of one key (coalesced) and writes them consecutively. V: a warp takes 32 key pairs
+        // of one group of four dimensions, so each lane writes two keys of a dimension as one
+        // word and the warp's words are consecutive (no bank conflicts on the transpose).
         const int quads = head_dim / 4;
         for (int idx = threadIdx.x; idx < MMA_KEYS * quads; idx += blockDim.x) {
             const int j = idx / quads, d = (idx - j * quads) * 4;
-            float4 kv = make_float4(0.0f, 0.0f, 0.0f, 0.0f), vv = kv;
+            float4 kv = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
             if (tile + j < len) {
-                const unsigned long long src =
-                    (base_row + tile + j) * kv_width + (unsigned long long)kv_head * head_dim + d;
-                kv = *reinterpret_cast<const float4*>(k + src);
-                vv = *reinterpret_cast<const float4*>(v + src);
+                kv = *reinterpret_cast<const float4*>(
+                    k + (base_row + tile + j) * kv_width + (unsigned long long)kv_head * head_dim + d);
             }
             u32* k_dst = reinterpret_cast<u32*>(k_tile + j * k_stride + d);
             k_dst[0] = pack_bf16(kv.x, kv.y);
             k_dst[1] = pack_bf16(kv.z, kv.w);
-            v_t[(d + 0) * v_stride + j] = f32_to_bf16(vv.x);
-            v_t[(d + 1) * v_stride + j] = f32_to_bf16(vv.y);
-            v_t[(d + 2) * v_stride + j] = f32_to_bf16(vv.z);
-            v_t[(d + 3) * v_stride + j] = f32_to_bf16(vv.w);
+        }
+        for (int idx = threadIdx.x; idx < (MMA_KEYS / 2) * quads; idx += blockDim.x) {
+            const int pair = idx % (MMA_KEYS / 2), d = (idx / (MMA_KEYS / 2)) * 4;
+            const int j = 2 * pair;
+            float4 v0 = make_float4(0.0f, 0.0f, 0.0f, 0.0f), v1 = v0;
+            const unsigned long long column = (unsigned long long)kv_head * head_dim + d;
+            if (tile + j < len) v0 = *reinterpret_cast<const float4*>(v + (base_row + tile + j) * kv_width + column);
+            if (tile + j + 1 < len) v1 = *reinterpret_cast<const float4*>(v + (base_row + tile + j + 1) * kv_width + column);
+            *reinterpret_cast<u32*>(v_t + (d + 0) * v_stride + j) = pack_bf16(v0.x, v1.x);
+            *reinterpret_cast<u32*>(v_t + (d + 1) * v_stride + j) = pack_bf16(v0.y, v1.y);
+            *reinterpret_cast<u32*>(v_t + (d + 2) * v_stride + j) = pack_bf16(v0.z, v1.z);
+            *reinterpret_cast<u32*>(v_t + (d + 3) * v_stride + j) = pack_bf16(v0.w, v1.w);
         }
         __syncthreads();
         // Causal: a warp whose last row precedes the tile sees none of it; a window that ends

@@ -26,6 +26,19 @@ extern "C" __global__ void gated_activation_bf16_kernel(
     if (i < n) out[i] = f32_to_bf16(gated(gate[i], up[i], clamped, limit, alpha));
 }
 
+// gate = gated(gate, up), and out = bf16 of it: the activation kept in f32 and the next
+// GEMM's bf16 input, in one pass
+extern "C" __global__ void gated_activation_dual_kernel(
+    float* gate, const float* up, u16* out, unsigned long long n, int clamped, float limit,
+    float alpha) {
+    ELEMENT_INDEX;
+    if (i < n) {
+        const float y = gated(gate[i], up[i], clamped, limit, alpha);
+        gate[i] = y;
+        out[i] = f32_to_bf16(y);
+    }
+}
+
 // acc += x
 extern "C" __global__ void add_kernel(float* acc, const float* x, unsigned long long n) {
     ELEMENT_INDEX;

@@ -15,4 +15,6 @@ pub mod statistics;
 pub use atomic::{write_atomically, write_atomically_with};
 pub use budget::{ByteSize, ParseByteSizeError};
 pub use inventory::{ExpertSlot, Inventory, TensorClass, TensorDtype, TensorEntry};
-pub use micro_batch::micro_batch_sequences;
+pub use micro_batch::{
+    PLANNED_MICRO_BATCH_TOKENS, UNPLANNED_MICRO_BATCH_TOKENS, micro_batch_sequences,
+};

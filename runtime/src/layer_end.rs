@@ -77,14 +77,22 @@ pub(crate) fn initial_hidden_states(
     let len = request.tokens() * model.spec.hidden_size;
     let spill = request.spill_dir.as_deref().filter(|_| on_disk);
     let mut buffer = WorkloadBuffer::zeros_in(spill, "hidden_states.f32", len)?;
-    match &request.start {
-        Some(start) => start.hidden_states.fill(buffer.as_mut_slice())?,
-        // Only the embedding rows the workload uses are read from the mapped file.
-        None => model.weights.embed_tokens(
-            model.embedding(),
-            &request.token_ids,
-            buffer.as_mut_slice(),
-        )?,
-    }
+    fill_initial_hidden_states(model, request, buffer.as_mut_slice())?;
     Ok(buffer)
+}
+
+/// Writes the hidden states the run starts from into `values (tokens, hidden)`: the
+/// embedding rows of the workload's tokens, or the checkpoint's states.
+pub(crate) fn fill_initial_hidden_states(
+    model: &Model,
+    request: &RunRequest,
+    values: &mut [f32],
+) -> Result<()> {
+    match &request.start {
+        Some(start) => start.hidden_states.fill(values),
+        // Only the embedding rows the workload uses are read from the mapped file.
+        None => model
+            .weights
+            .embed_tokens(model.embedding(), &request.token_ids, values),
+    }
 }

@@ -80,7 +80,7 @@ pub fn analyze(args: &AnalyzeArgs) -> Result<()> {
             &args.points,
             false,
             args.run.compute_dtype,
-            args.run.micro_batch_tokens,
+            args.run.planned_micro_batch_tokens(),
             &args.plan,
         )?),
     };
@@ -127,7 +127,7 @@ pub fn analyze(args: &AnalyzeArgs) -> Result<()> {
     let micro_batch_tokens = match (&plan, workload.rows.uniform_len()) {
         (_, Some(len)) => micro_batch * len,
         (Some(_), None) => micro_batch * planned_len,
-        (None, None) => args.run.micro_batch_tokens,
+        (None, None) => args.run.micro_batch_tokens(),
     };
     let identity = run_identity(&named, args, &workload, &points, &backend, micro_batch);
     let options = FolderOptions {

@@ -367,7 +367,8 @@ pub fn estimate(args: &EstimateArgs) -> Result<()> {
         &args.points,
         args.score,
         args.compute_dtype,
-        args.micro_batch_tokens,
+        args.micro_batch_tokens
+            .unwrap_or(layerstream_planner::PLANNED_MICRO_BATCH_TOKENS),
         &args.plan,
     )?;
     if args.json {

@@ -246,6 +246,6 @@ pub fn micro_batch_sequences(args: &RunArgs, workload: &Workload) -> usize {
     layerstream_planner::micro_batch_sequences(
         workload.packed.num_sequences,
         workload.packed.seq_len,
-        args.micro_batch_tokens,
+        args.micro_batch_tokens(),
     )
 }

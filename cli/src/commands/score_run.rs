@@ -86,7 +86,7 @@ pub fn run_scoring(
             "resid_post",
             true,
             args.run.compute_dtype,
-            args.run.micro_batch_tokens,
+            args.run.planned_micro_batch_tokens(),
             &args.plan,
         )?),
     };
@@ -102,10 +102,10 @@ pub fn run_scoring(
             len * layerstream_planner::micro_batch_sequences(
                 count,
                 len,
-                args.run.micro_batch_tokens,
+                args.run.micro_batch_tokens(),
             )
         }
-        (None, None) => args.run.micro_batch_tokens,
+        (None, None) => args.run.micro_batch_tokens(),
     };
     let num_layers = model.spec.num_layers;
     let all_layers: BTreeSet<usize> = (0..num_layers).collect();

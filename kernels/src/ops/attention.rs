@@ -10,7 +10,7 @@ use crate::sources::{ATTENTION, ATTENTION_MMA};
 use cudarc::driver::{CudaView, CudaViewMut, DevicePtr, DevicePtrMut, LaunchConfig};
 
 /// Query rows per block of the tensor-core kernel (`MMA_ROWS`).
-const MMA_ROWS_PER_BLOCK: usize = 64;
+const MMA_ROWS_PER_BLOCK: usize = 128;
 /// Keys per shared-memory tile of the tensor-core kernel (`MMA_KEYS`).
 const MMA_KEYS: usize = 64;
 /// Largest head the tensor-core kernel takes (`MMA_MAX_HEAD_DIM`).

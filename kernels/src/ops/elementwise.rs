@@ -83,6 +83,35 @@ pub fn gated_activation_to_bf16(
     )
 }
 
+/// `gate = act(gate, up)` and `out = bf16(gate)` in one pass: the values `gated_activation`
+/// then `f32_to_bf16` give.
+pub fn gated_activation_with_bf16(
+    gpu: &Gpu,
+    gate: &mut CudaViewMut<f32>,
+    up: &CudaView<f32>,
+    out: &mut CudaViewMut<u16>,
+    activation: GatedActivation,
+) -> Result<()> {
+    let n = up.len();
+    check_len("gated activation gate", gate, n)?;
+    check_len("gated activation out", out, n)?;
+    let n64 = n as u64;
+    let (clamped, limit, alpha) = activation.arguments();
+    launch!(
+        gpu,
+        ELEMENTWISE,
+        "gated_activation_dual_kernel",
+        grid_for(n),
+        gate,
+        up,
+        out,
+        &n64,
+        &clamped,
+        &limit,
+        &alpha
+    )
+}
+
 /// `acc += x`.
 pub fn add(gpu: &Gpu, acc: &mut CudaViewMut<f32>, x: &CudaView<f32>) -> Result<()> {
     let n = x.len();

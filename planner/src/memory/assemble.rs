@@ -46,19 +46,35 @@ pub fn plan(
     let smallest = *heads.last().expect("the whole head");
     for head_rows in heads {
         search.head_rows = head_rows;
-        for placement in [
-            HiddenPlacement::Device,
-            HiddenPlacement::PinnedHost,
-            HiddenPlacement::Disk,
-        ] {
-            if let Some((units, sequences)) = search.choose(placement) {
-                return Ok(memory_plan(&search, &units, sequences, placement, budget));
-            }
+        if let Some((units, sequences, placement)) = choose_placement(&search) {
+            return Ok(memory_plan(&search, &units, sequences, placement, budget));
         }
     }
     // What the smallest arrangement needs, with the head at its smallest.
     search.head_rows = smallest;
     Err(refusal(&search))
+}
+
+/// Where the hidden states live: on the device when that leaves the target micro-batch (or
+/// pinned host memory gives less than twice its micro-batch), else in pinned host memory,
+/// whose micro-batches move over PCIe beside the kernels (`HIDDEN_SLOTS`), else in a file.
+/// Small micro-batches cost more than the copies: a MoE layer's experts see few rows each.
+fn choose_placement(search: &Search) -> Option<(Units, usize, HiddenPlacement)> {
+    let device = search.choose(HiddenPlacement::Device);
+    if let Some((units, sequences)) = &device
+        && *sequences >= search.target
+    {
+        return Some((units.clone(), *sequences, HiddenPlacement::Device));
+    }
+    let host = search.choose(HiddenPlacement::PinnedHost);
+    match (device, host) {
+        (Some((units, d)), Some((_, h))) if h < 2 * d => Some((units, d, HiddenPlacement::Device)),
+        (_, Some((units, h))) => Some((units, h, HiddenPlacement::PinnedHost)),
+        (Some((units, d)), None) => Some((units, d, HiddenPlacement::Device)),
+        (None, None) => search
+            .choose(HiddenPlacement::Disk)
+            .map(|(units, d)| (units, d, HiddenPlacement::Disk)),
+    }
 }
 
 /// The fewest vocabulary rows the output head is split into (smaller parts would spend the

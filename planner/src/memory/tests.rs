@@ -203,7 +203,10 @@ fn hidden_states_move_to_the_host_when_they_do_not_fit() {
     // download), a file one (copied on the compute stream).
     let batch_bytes = |sequences: usize| (sequences * 2048 * 1024 * 4) as u64;
     let slots = HIDDEN_SLOTS as u64;
-    assert_eq!(host.regions.hidden, slots * batch_bytes(host.micro_batch_sequences));
+    assert_eq!(
+        host.regions.hidden,
+        slots * batch_bytes(host.micro_batch_sequences)
+    );
     assert_eq!(disk.regions.hidden, batch_bytes(disk.micro_batch_sequences));
     assert!(disk.peak_bytes <= budget);
     assert_eq!(disk.disk_bytes, whole_hidden);

@@ -169,6 +169,34 @@ impl LoadMetrics {
     }
 }
 
+/// One sequence's routing: its rows `tokens` of `routing`.
+fn sequence_routing(routing: &Routing, tokens: std::ops::Range<usize>) -> SequenceRouting {
+    let (experts, top_k) = (routing.num_experts, routing.top_k);
+    let ln_experts = (experts as f64).ln();
+    let mut entry = SequenceRouting {
+        tokens_per_expert: vec![0; experts],
+        entropy_sum: 0.0,
+        entropy_histogram: vec![0; ENTROPY_BINS],
+        unbiased: unbiased_choice(routing, tokens.clone()),
+    };
+    for t in tokens {
+        for &e in &routing.experts[t * top_k..(t + 1) * top_k] {
+            entry.tokens_per_expert[e as usize] += 1;
+        }
+        let logits = &routing.logits[t * experts..(t + 1) * experts];
+        let entropy = router_entropy(logits, routing.scoring);
+        entry.entropy_sum += entropy;
+        let fraction = if ln_experts > 0.0 {
+            entropy / ln_experts
+        } else {
+            0.0
+        };
+        let bin = ((fraction * ENTROPY_BINS as f64) as usize).min(ENTROPY_BINS - 1);
+        entry.entropy_histogram[bin] += 1;
+    }
+    entry
+}
+
 impl RouterSummary {
     /// An empty summary for a router like `routing`'s.
     pub fn empty_like(routing: &Routing) -> Self {
@@ -196,29 +224,28 @@ impl RouterSummary {
             self.per_sequence
                 .resize(first_sequence + sequences, SequenceRouting::default());
         }
-        let ln_experts = (experts as f64).ln();
-        for s in 0..sequences {
-            let mut entry = SequenceRouting {
-                tokens_per_expert: vec![0; experts],
-                entropy_sum: 0.0,
-                entropy_histogram: vec![0; ENTROPY_BINS],
-                unbiased: unbiased_choice(routing, span(s)),
-            };
-            for t in span(s) {
-                for &e in &routing.experts[t * top_k..(t + 1) * top_k] {
-                    entry.tokens_per_expert[e as usize] += 1;
-                }
-                let logits = &routing.logits[t * experts..(t + 1) * experts];
-                let entropy = router_entropy(logits, routing.scoring);
-                entry.entropy_sum += entropy;
-                let fraction = if ln_experts > 0.0 {
-                    entropy / ln_experts
-                } else {
-                    0.0
-                };
-                let bin = ((fraction * ENTROPY_BINS as f64) as usize).min(ENTROPY_BINS - 1);
-                entry.entropy_histogram[bin] += 1;
-            }
+        // Sequences are independent: computed on all cores (the GPU waits for this between
+        // micro-batches), each entry the same as one after the other.
+        let threads = crate::cpu::threads::default_thread_count().clamp(1, sequences.max(1));
+        let per_thread = sequences.div_ceil(threads).max(1);
+        let entries: Vec<SequenceRouting> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..sequences)
+                .step_by(per_thread)
+                .map(|first| {
+                    let last = (first + per_thread).min(sequences);
+                    scope.spawn(move || {
+                        (first..last)
+                            .map(|s| sequence_routing(routing, span(s)))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|w| w.join().expect("a router summary thread panicked (a bug)"))
+                .collect()
+        });
+        for (s, entry) in entries.into_iter().enumerate() {
             self.per_sequence[first_sequence + s] = entry;
         }
         self.tokens_per_expert = vec![0; experts];

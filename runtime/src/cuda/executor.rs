@@ -21,7 +21,7 @@ use crate::executor::layer_loop::{LayerRunner, run_layers};
 use crate::executor::{
     FinalStage, MemoryUse, RunObserver, RunRequest, RunSummary, TransferSummary,
 };
-use crate::layer_end::{finish_layer, initial_hidden_states};
+use crate::layer_end::{fill_initial_hidden_states, finish_layer, initial_hidden_states};
 use crate::model::Model;
 use crate::plan::{dominant_weight_dtype, layer_shapes};
 use crate::sequences::Sequences;
@@ -66,8 +66,18 @@ pub fn run(
         budget.reserve("the workload's hidden states", hidden_bytes as u64)?;
     // Embedding rows are gathered on the host from the mapped file: only the rows the
     // workload uses are read, instead of sending the whole table to the device.
-    let initial = initial_hidden_states(model, request, placement == HiddenPlacement::Disk)?;
-    let mut hidden_states = HiddenStates::new(gpu, initial, placement, batch_elements)?;
+    let mut hidden_states = match placement {
+        HiddenPlacement::PinnedHost => {
+            HiddenStates::pinned(gpu, tokens * d, batch_elements, |values| {
+                fill_initial_hidden_states(model, request, values)
+            })?
+        }
+        HiddenPlacement::Device | HiddenPlacement::Disk => {
+            let on_disk = placement == HiddenPlacement::Disk;
+            let initial = initial_hidden_states(model, request, on_disk)?;
+            HiddenStates::new(gpu, initial, placement, batch_elements)?
+        }
+    };
     timeline::mark(|| "embeddings on the device".into());
     let inv_freq = gpu.stream.clone_htod(&spec.rope.inv_freq)?;
     let ragged = ragged_rows(gpu, &request.sequences, &budget)?;

@@ -5,8 +5,10 @@
 //! they do not fit the host budget either; copied on the compute stream).
 
 use super::hidden_slots::Slots;
+use crate::cpu::threads::default_thread_count;
 use crate::error::Result;
 use crate::layer_end::HiddenSnapshot;
+use crate::timeline;
 use crate::workload_buffer::WorkloadBuffer;
 use layerstream_kernels::Gpu;
 use layerstream_kernels::cudarc::driver::{CudaSlice, CudaViewMut, PinnedHostSlice};
@@ -41,11 +43,31 @@ fn batch_buffer(gpu: &Gpu, batch_elements: usize) -> Result<CudaSlice<f32>> {
     Ok(gpu.stream.alloc_zeros::<f32>(batch_elements.max(1))?)
 }
 
-fn pinned_copy(gpu: &Gpu, values: &[f32]) -> Result<PinnedHostSlice<f32>> {
-    // SAFETY: every element is written just below, before any read.
-    let mut host = unsafe { gpu.context.alloc_pinned::<f32>(values.len().max(1)) }?;
-    host.as_mut_slice()?[..values.len()].copy_from_slice(values);
+/// Page-locked host memory of `len` values, cached (cudarc's `alloc_pinned` is
+/// write-combined, which the host reads back slowly: checkpoints read these values),
+/// written by `fill` (on the host's threads where it can).
+fn pinned_with(
+    gpu: &Gpu,
+    len: usize,
+    fill: impl FnOnce(&mut [f32]) -> Result<()>,
+) -> Result<PinnedHostSlice<f32>> {
+    // SAFETY: `fill` writes every element before any read (flags 0: cached, not portable).
+    let mut host = unsafe { gpu.context.alloc_pinned_with_flags::<f32>(len.max(1), 0) }?;
+    timeline::mark(|| format!("{:.2} GB of pinned host memory", len as f64 * 4e-9));
+    fill(&mut host.as_mut_slice()?[..len])?;
     Ok(host)
+}
+
+/// Zeros in `values`, written on all cores.
+fn zero_on_all_cores(values: &mut [f32]) -> Result<()> {
+    let threads = default_thread_count().max(1);
+    let chunk = values.len().div_ceil(threads).max(1);
+    std::thread::scope(|scope| {
+        for part in values.chunks_mut(chunk) {
+            scope.spawn(|| part.fill(0.0));
+        }
+    });
+    Ok(())
 }
 
 impl HiddenStates {
@@ -62,7 +84,10 @@ impl HiddenStates {
                 HiddenStates::Device(gpu.stream.clone_htod(values.as_slice())?)
             }
             HiddenPlacement::PinnedHost => HiddenStates::Host {
-                host: pinned_copy(gpu, values.as_slice())?,
+                host: pinned_with(gpu, values.as_slice().len(), |host| {
+                    host.copy_from_slice(values.as_slice());
+                    Ok(())
+                })?,
                 slots: Slots::new(gpu, batch_elements)?,
             },
             HiddenPlacement::Disk => {
@@ -72,6 +97,20 @@ impl HiddenStates {
                     batch: batch_buffer(gpu, batch_elements)?,
                 }
             }
+        })
+    }
+
+    /// `len` values in pinned host memory written by `fill` (the embedding rows gathered
+    /// straight into it, without a copy of the workload first).
+    pub fn pinned(
+        gpu: &Gpu,
+        len: usize,
+        batch_elements: usize,
+        fill: impl FnOnce(&mut [f32]) -> Result<()>,
+    ) -> Result<Self> {
+        Ok(HiddenStates::Host {
+            host: pinned_with(gpu, len, fill)?,
+            slots: Slots::new(gpu, batch_elements)?,
         })
     }
 
@@ -89,7 +128,7 @@ impl HiddenStates {
                 HiddenStates::Device(gpu.stream.alloc_zeros::<f32>(len.max(1))?)
             }
             HiddenPlacement::PinnedHost => HiddenStates::Host {
-                host: pinned_copy(gpu, &vec![0f32; len])?,
+                host: pinned_with(gpu, len, zero_on_all_cores)?,
                 slots: Slots::new(gpu, batch_elements)?,
             },
             HiddenPlacement::Disk => HiddenStates::Disk {

@@ -203,6 +203,7 @@ pub(crate) fn run_part(
             },
         },
         delta: &mut s.delta,
+        bf16_holds: None,
         bf16: &mut s.bf16,
         moe: s.moe.as_mut(),
         hidden_size: d,

@@ -5,8 +5,8 @@
 use super::capture::CudaCapture;
 use super::delta_net;
 use super::layer::DeltaScratch;
-use super::linear::{Bf16Scratch, linear};
-use super::moe::{self, MoeBuffers, activate};
+use super::linear::{Bf16Scratch, linear, linear_bf16_input};
+use super::moe::{self, MoeBuffers, activate, kernel_activation};
 use super::weights::DeviceLayer;
 use crate::arch::DeltaNetSpec;
 use crate::arch::{Activation, MoeSpec, SharedExpertSpec, WeightRole};
@@ -22,7 +22,7 @@ use layerstream_kernels::ops::attention::{
     AttentionDims, RaggedRows, SinkScratch, causal_attention, reduce_sink_mass, sink_scratch_len,
 };
 use layerstream_kernels::ops::elementwise::GateKind;
-use layerstream_kernels::ops::{elementwise, norm, rope};
+use layerstream_kernels::ops::{convert, elementwise, norm, rope};
 use std::ops::Range;
 
 /// A micro-batch of sequences of their own lengths, on the device.
@@ -48,6 +48,10 @@ pub(crate) struct CudaOps<'a, 'v, 'c> {
     pub buffers: BufferSet<CudaViewMut<'v, f32>>,
     /// bf16 copies of GEMM inputs.
     pub bf16: &'a mut Bf16Scratch,
+    /// The buffer and element count whose bf16 copy `bf16` holds: consecutive GEMMs of one
+    /// input (q, k and v; gate and up) convert it once, and the gated activation writes its
+    /// bf16 copy for the down projection in the same pass. Every other op forgets it.
+    pub bf16_holds: Option<(Buf, usize)>,
     /// The MoE buffers, for models with MoE layers.
     pub moe: Option<&'a mut MoeBuffers>,
     /// The Gated DeltaNet's chunk buffers and state.
@@ -81,6 +85,7 @@ impl BlockOps for CudaOps<'_, '_, '_> {
     }
 
     fn rms_norm(&mut self, input: Buf, weight: WeightRole, out: Buf, eps: f32) -> Result<()> {
+        self.bf16_holds = None;
         let w = self.weights.vector(weight);
         let rows = self.rows(input, w.len());
         let ([input], out) = self.buffers.split([input], out);
@@ -89,6 +94,7 @@ impl BlockOps for CudaOps<'_, '_, '_> {
     }
 
     fn rms_norm_in_place(&mut self, values: Buf, weight: WeightRole, eps: f32) -> Result<()> {
+        self.bf16_holds = None;
         let w = self.weights.vector(weight);
         let rows = self.rows(values, w.len());
         let values = self.buffers.get(values);
@@ -106,22 +112,49 @@ impl BlockOps for CudaOps<'_, '_, '_> {
         out_features: usize,
     ) -> Result<()> {
         let rows = self.rows(input, in_features);
+        let n = rows * in_features;
         let bias = bias.and_then(|b| self.weights.maybe_vector(b));
-        let ([input], out) = self.buffers.split([input], out);
-        linear(
+        let w = self.weights.matrix(weight);
+        let ([input_values], out_values) = self.buffers.split([input], out);
+        if !w.is_bf16() {
+            if self.bf16_holds.is_some_and(|(held, _)| held == out) {
+                self.bf16_holds = None;
+            }
+            return linear(
+                self.gpu,
+                &input_values.as_view(),
+                &w,
+                bias,
+                out_values,
+                rows,
+                in_features,
+                out_features,
+                self.bf16,
+            );
+        }
+        if self.bf16_holds != Some((input, n)) {
+            let mut copy = self.bf16.first(n)?;
+            convert::f32_to_bf16(self.gpu, &input_values.slice(..n), &mut copy)?;
+            self.bf16_holds = Some((input, n));
+        }
+        let x = self.bf16.first(n)?;
+        linear_bf16_input(
             self.gpu,
-            &input.as_view(),
-            &self.weights.matrix(weight),
-            bias,
-            out,
+            &x.as_view(),
+            &w,
+            out_values,
             rows,
             in_features,
             out_features,
-            self.bf16,
-        )
+        )?;
+        if let Some(bias) = bias {
+            elementwise::add_bias(self.gpu, out_values, &bias.as_view())?;
+        }
+        Ok(())
     }
 
     fn clamp(&mut self, values: Buf, limit: f32) -> Result<()> {
+        self.bf16_holds = None;
         elementwise::clamp(self.gpu, self.buffers.get(values), limit)?;
         Ok(())
     }
@@ -133,6 +166,7 @@ impl BlockOps for CudaOps<'_, '_, '_> {
         head_dim: usize,
         batch: &Sequences,
     ) -> Result<()> {
+        self.bf16_holds = None;
         let rows = self.rows(values, heads * head_dim);
         let values = self.buffers.get(values);
         let inv_freq = self.inv_freq.as_view();
@@ -152,6 +186,7 @@ impl BlockOps for CudaOps<'_, '_, '_> {
     }
 
     fn attention(&mut self, shape: AttentionShape<'_>, sinks: bool) -> Result<()> {
+        self.bf16_holds = None;
         let dims = AttentionDims {
             sequences: shape.batch.count(),
             seq_len: shape.batch.longest(),
@@ -222,17 +257,35 @@ impl BlockOps for CudaOps<'_, '_, '_> {
     }
 
     fn gated_activation(&mut self, gate: Buf, up: Buf, activation: Activation) -> Result<()> {
-        let ([up], gate) = self.buffers.split([up], gate);
-        activate(self.gpu, gate, &up.as_view(), activation)
+        let bf16_down = self.weights.has(WeightRole::DownProj)
+            && self.weights.matrix(WeightRole::DownProj).is_bf16();
+        let ([up_values], gate_values) = self.buffers.split([up], gate);
+        if !bf16_down {
+            self.bf16_holds = None;
+            return activate(self.gpu, gate_values, &up_values.as_view(), activation);
+        }
+        let n = up_values.len();
+        let mut copy = self.bf16.first(n)?;
+        elementwise::gated_activation_with_bf16(
+            self.gpu,
+            gate_values,
+            &up_values.as_view(),
+            &mut copy,
+            kernel_activation(activation),
+        )?;
+        self.bf16_holds = Some((gate, n));
+        Ok(())
     }
 
     fn add(&mut self, accumulator: Buf, addend: Buf) -> Result<()> {
+        self.bf16_holds = None;
         let ([addend], accumulator) = self.buffers.split([addend], accumulator);
         elementwise::add(self.gpu, accumulator, &addend.as_view())?;
         Ok(())
     }
 
     fn route(&mut self, input: Buf, spec: &MoeSpec) -> Result<()> {
+        self.bf16_holds = None;
         let (gpu, weights, hidden) = (self.gpu, self.weights, self.hidden_size);
         let tokens = self.rows(input, hidden);
         let buffers = self.moe.as_deref_mut().ok_or_else(no_moe_buffers)?;
@@ -250,6 +303,7 @@ impl BlockOps for CudaOps<'_, '_, '_> {
         activation: Activation,
         out: Buf,
     ) -> Result<()> {
+        self.bf16_holds = None;
         let (gpu, weights, hidden) = (self.gpu, self.weights, self.hidden_size);
         let buffers = self.moe.as_deref_mut().ok_or_else(no_moe_buffers)?;
         let ([x], out) = self.buffers.split([input], out);
@@ -274,6 +328,7 @@ impl BlockOps for CudaOps<'_, '_, '_> {
         activation: Activation,
         out: Buf,
     ) -> Result<()> {
+        self.bf16_holds = None;
         let (gpu, weights, hidden) = (self.gpu, self.weights, self.hidden_size);
         let buffers = self.moe.as_deref_mut().ok_or_else(no_moe_buffers)?;
         let ([x], out) = self.buffers.split([input], out);
@@ -291,11 +346,13 @@ impl BlockOps for CudaOps<'_, '_, '_> {
     }
 
     fn regroup(&mut self, input: Buf, out: Buf, layout: &Regroup) -> Result<()> {
+        self.bf16_holds = None;
         let ([input], out) = self.buffers.split([input], out);
         delta_net::regroup(self.gpu, &input.as_view(), out, layout)
     }
 
     fn gate_activation(&mut self, values: Buf, activation: GateActivation) -> Result<()> {
+        self.bf16_holds = None;
         let kind = match activation {
             GateActivation::Sigmoid => GateKind::Sigmoid,
             GateActivation::Silu => GateKind::Silu,
@@ -305,6 +362,7 @@ impl BlockOps for CudaOps<'_, '_, '_> {
     }
 
     fn multiply(&mut self, values: Buf, gate: Buf) -> Result<()> {
+        self.bf16_holds = None;
         let ([gate], values) = self.buffers.split([gate], values);
         elementwise::multiply(self.gpu, values, &gate.as_view())?;
         Ok(())
@@ -317,6 +375,7 @@ impl BlockOps for CudaOps<'_, '_, '_> {
         delta: &DeltaNetSpec,
         batch: &Sequences,
     ) -> Result<()> {
+        self.bf16_holds = None;
         let channels = delta.shapes(batch.longest()).conv_channels();
         let ([input], out) = self.buffers.split([input], out);
         let shape = (channels, delta.conv_kernel);
@@ -324,6 +383,7 @@ impl BlockOps for CudaOps<'_, '_, '_> {
     }
 
     fn delta_rule(&mut self, shape: DeltaRuleShape<'_>) -> Result<()> {
+        self.bf16_holds = None;
         let reads = [Buf::Q, Buf::K, Buf::V, Buf::Beta, Buf::Decay];
         let (inputs, core) = self.buffers.split(reads, Buf::DeltaCore);
         let longest = self.longest;
@@ -346,11 +406,13 @@ impl BlockOps for CudaOps<'_, '_, '_> {
         _head_width: usize,
         eps: f32,
     ) -> Result<()> {
+        self.bf16_holds = None;
         let (inputs, out) = self.buffers.split([values, gate], out);
         delta_net::gated_rms_norm(self.gpu, self.weights, inputs, out, eps)
     }
 
     fn hand_over(&mut self, point: CapturePoint, values: Buf, width: usize) -> Result<()> {
+        self.bf16_holds = None;
         match &mut self.capture {
             Some(capture) => capture.hand_over(point, &self.buffers.get(values).as_view(), width),
             None => Ok(()),
@@ -364,6 +426,7 @@ impl BlockOps for CudaOps<'_, '_, '_> {
         width: usize,
         threshold: f32,
     ) -> Result<()> {
+        self.bf16_holds = None;
         match &mut self.capture {
             Some(capture) => {
                 let values = self.buffers.get(values).as_view();
@@ -374,6 +437,7 @@ impl BlockOps for CudaOps<'_, '_, '_> {
     }
 
     fn hand_over_routing(&mut self) -> Result<()> {
+        self.bf16_holds = None;
         let (spec, tokens) = self.routed.as_ref().ok_or_else(|| {
             RuntimeError::internal("the routing was captured before the router ran")
         })?;
@@ -386,6 +450,7 @@ impl BlockOps for CudaOps<'_, '_, '_> {
     }
 
     fn keep_moe_input(&mut self, values: Buf, width: usize) -> Result<()> {
+        self.bf16_holds = None;
         match &mut self.capture {
             Some(capture) => capture.keep_moe_input(&self.buffers.get(values).as_view(), width),
             None => Ok(()),
