@@ -16,7 +16,7 @@ for t in ${TESTS:-$(cd "$b" && ls gpu_* 2>/dev/null)}; do
   LAYERSTREAM_REQUIRE_GPU=1 LAYERSTREAM_FIXTURES=$here/tests/fixtures timeout 200 "$b/$t" --test-threads 1 >"$out/$t.log" 2>&1
   echo "$t exit $? $(grep -E '^test result' "$out/$t.log" | tail -1)"
 done
-timeout 240 bash "$here/benches/scripts/same_reports.sh" "$b/layerstream-base" "$b/layerstream" /tmp/ls-same --device cuda \
+timeout "${SAME_TIMEOUT:-150}" bash "$here/benches/scripts/same_reports.sh" "$b/layerstream-base" "$b/layerstream" /tmp/ls-same --device cuda \
   >"$out/same_reports.log" 2>&1
 echo "same_reports (cuda) exit $?: $(tail -1 "$out/same_reports.log")"
 BIG=${BIG:-256} BIG_BINS="base:$b/layerstream-base new:$b/layerstream" LAYERS=${LAYERS:-2} SEQS=${SEQS:-16} \

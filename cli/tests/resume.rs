@@ -165,6 +165,20 @@ fn resume_after_kill_gives_identical_report_and_recomputes_nothing_finished() {
 /// With the default 30 s between hidden-state checkpoints a short run keeps none: a killed
 /// run starts from the embeddings again, runs finished layers forward without recomputing
 /// their results, and gives the same report.
+/// After the model's last layer an analysis writes no hidden states (nothing comes after
+/// it): with checkpoints after every layer, the newest is after the one before.
+#[test]
+fn no_hidden_checkpoint_after_the_models_last_layer() {
+    let setup = Setup::new();
+    let out = setup.home.path().join("out");
+    assert_succeeds(&setup.run(&out, &[]));
+    let progress = progress(&out).unwrap();
+    let layers = progress["times_computed"].as_object().unwrap().len();
+    let hidden = progress["hidden"].as_array().unwrap();
+    let after: Vec<u64> = hidden.iter().map(|h| h["after_layer"].as_u64().unwrap()).collect();
+    assert_eq!(after, vec![layers as u64 - 2], "{progress}");
+}
+
 #[test]
 fn resume_without_hidden_checkpoints_recomputes_no_finished_results() {
     let mut setup = Setup::new();

@@ -6,7 +6,7 @@ use crate::analysis::PointStatistics;
 use crate::analysis::attribution::attribute_massive;
 use crate::capture::CapturePoint;
 use crate::error::Result;
-use crate::executor::{MemoryUse, RunObserver, RunRequest};
+use crate::executor::{FinalStage, MemoryUse, RunObserver, RunRequest};
 use crate::model::Model;
 use crate::workload_buffer::WorkloadBuffer;
 use std::borrow::Cow;
@@ -37,7 +37,11 @@ pub(crate) fn finish_layer<'a>(
     for (point, stats) in statistics {
         observer.take_statistics(layer, point, stats);
     }
-    if request.checkpoint_hidden_states && observer.wants_hidden_states(layer) {
+    // After the model's last layer an analysis needs no hidden states (nothing comes after
+    // it); scoring keeps them for the head.
+    let nothing_after =
+        layer + 1 == model.spec.num_layers && request.final_stage == FinalStage::None;
+    if request.checkpoint_hidden_states && !nothing_after && observer.wants_hidden_states(layer) {
         let snapshot = hidden_states()?;
         observer.on_hidden_states(layer, &snapshot.values, snapshot.in_file);
     }

@@ -22,9 +22,22 @@ use crossbeam::channel::{Sender, bounded};
 use layerstream_planner::progress::{FileRecord, HiddenRecord, LayerRecord, Progress, unix_now};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+/// A hidden-state checkpoint waits at least this many times as long as the last one took
+/// (copy and write), so checkpoints take at most about a tenth of the run: a workload's
+/// hidden states can be tens of GB.
+const CHECKPOINT_COST_FACTOR: u32 = 9;
+
+/// Whether hidden states are due `elapsed` after the last ones: an interval of zero asks
+/// for them after every layer; otherwise the interval has passed, and so has
+/// [`CHECKPOINT_COST_FACTOR`] times what the last checkpoint took.
+fn wants_checkpoint(elapsed: Duration, interval: Duration, last_cost: Duration) -> bool {
+    interval.is_zero() || elapsed >= interval.max(last_cost * CHECKPOINT_COST_FACTOR)
+}
 
 /// What one save of progress.json recorded: the layers whose files it names now, and the
 /// layer after which hidden states were checkpointed (if any).
@@ -70,6 +83,9 @@ pub struct CheckpointObserver<'a> {
     hidden_width: usize,
     hidden_interval: Duration,
     last_hidden: Instant,
+    /// Nanoseconds the last hidden-state checkpoint took: the copy here plus the writer
+    /// thread's write.
+    hidden_cost: Arc<AtomicU64>,
     jobs: Option<Sender<LayerJob>>,
     writer: Option<JoinHandle<Progress>>,
     failure: Arc<Mutex<Option<RuntimeError>>>,
@@ -77,6 +93,8 @@ pub struct CheckpointObserver<'a> {
 }
 
 struct Writer {
+    /// Where the time of each hidden-state write is added (see `CheckpointObserver`).
+    hidden_cost: Arc<AtomicU64>,
     dir: PathBuf,
     progress: Progress,
     keep_hidden: bool,
@@ -167,13 +185,19 @@ impl Writer {
         let mut obsolete: Vec<FileRecord> = Vec::new();
         if let Some(hidden) = hidden_states {
             let file = match hidden {
-                HiddenJob::Values(values) => write_hidden(
-                    &self.dir,
-                    &hidden_path(layer),
-                    &values,
-                    self.hidden_width,
-                    layer,
-                )?,
+                HiddenJob::Values(values) => {
+                    let started = Instant::now();
+                    let file = write_hidden(
+                        &self.dir,
+                        &hidden_path(layer),
+                        &values,
+                        self.hidden_width,
+                        layer,
+                    )?;
+                    let nanos = started.elapsed().as_nanos() as u64;
+                    self.hidden_cost.fetch_add(nanos, Ordering::Relaxed);
+                    file
+                }
                 HiddenJob::Written(file) => file,
             };
             if !self.keep_hidden {
@@ -201,7 +225,9 @@ impl<'a> CheckpointObserver<'a> {
         let (jobs, queue) = bounded::<LayerJob>(4);
         let failure = Arc::new(Mutex::new(None));
         let written = Arc::new(Mutex::new(None));
+        let hidden_cost = Arc::new(AtomicU64::new(0));
         let mut writer = Writer {
+            hidden_cost: Arc::clone(&hidden_cost),
             dir: folder.dir().to_path_buf(),
             progress: folder.progress().clone(),
             keep_hidden: folder.keep_hidden(),
@@ -233,6 +259,7 @@ impl<'a> CheckpointObserver<'a> {
             hidden_width,
             hidden_interval,
             last_hidden: Instant::now(),
+            hidden_cost,
             jobs: Some(jobs),
             writer: Some(handle),
             failure,
@@ -351,13 +378,21 @@ impl RunObserver for CheckpointObserver<'_> {
     }
 
     fn wants_hidden_states(&mut self, _layer: usize) -> bool {
-        self.last_hidden.elapsed() >= self.hidden_interval
+        wants_checkpoint(
+            self.last_hidden.elapsed(),
+            self.hidden_interval,
+            Duration::from_nanos(self.hidden_cost.load(Ordering::Relaxed)),
+        )
     }
 
     fn on_hidden_states(&mut self, layer: usize, hidden_states: &[f32], in_file: bool) {
-        self.last_hidden = Instant::now();
+        let started = Instant::now();
+        self.last_hidden = started;
         if !in_file {
             self.hidden_states = Some(HiddenJob::Values(hidden_states.to_vec()));
+            // The writer thread adds its write's time to the copy's.
+            let nanos = started.elapsed().as_nanos() as u64;
+            self.hidden_cost.store(nanos, Ordering::Relaxed);
             return;
         }
         let written = write_hidden(
@@ -367,6 +402,8 @@ impl RunObserver for CheckpointObserver<'_> {
             self.hidden_width,
             layer,
         );
+        let nanos = started.elapsed().as_nanos() as u64;
+        self.hidden_cost.store(nanos, Ordering::Relaxed);
         match written {
             Ok(file) => self.hidden_states = Some(HiddenJob::Written(file)),
             Err(error) => self.record_failure(error),
@@ -393,5 +430,23 @@ impl RunObserver for CheckpointObserver<'_> {
 
     fn take_failure(&mut self) -> Option<RuntimeError> {
         self.failure.lock().expect("not poisoned").take()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_costly_checkpoint_spaces_the_next_ones_out() {
+        let s = Duration::from_secs;
+        // Zero: after every layer, whatever they cost.
+        assert!(wants_checkpoint(s(0), s(0), s(100)));
+        // Cheap checkpoints: the interval decides.
+        assert!(!wants_checkpoint(s(29), s(30), s(1)));
+        assert!(wants_checkpoint(s(30), s(30), s(1)));
+        // A 10 s checkpoint (tens of GB): the next one after 90 s, not 30.
+        assert!(!wants_checkpoint(s(60), s(30), s(10)));
+        assert!(wants_checkpoint(s(90), s(30), s(10)));
     }
 }
