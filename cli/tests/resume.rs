@@ -175,7 +175,10 @@ fn no_hidden_checkpoint_after_the_models_last_layer() {
     let progress = progress(&out).unwrap();
     let layers = progress["times_computed"].as_object().unwrap().len();
     let hidden = progress["hidden"].as_array().unwrap();
-    let after: Vec<u64> = hidden.iter().map(|h| h["after_layer"].as_u64().unwrap()).collect();
+    let after: Vec<u64> = hidden
+        .iter()
+        .map(|h| h["after_layer"].as_u64().unwrap())
+        .collect();
     assert_eq!(after, vec![layers as u64 - 2], "{progress}");
 }
 
