@@ -199,15 +199,11 @@ fn hidden_states_move_to_the_host_when_they_do_not_fit() {
     )
     .unwrap();
     assert_eq!(disk.hidden_placement, HiddenPlacement::Disk);
-    // Pinned host memory keeps three micro-batch slots on the device (upload, compute,
-    // download), a file one (copied on the compute stream).
-    let batch_bytes = |sequences: usize| (sequences * 2048 * 1024 * 4) as u64;
-    let slots = HIDDEN_SLOTS as u64;
-    assert_eq!(
-        host.regions.hidden,
-        slots * batch_bytes(host.micro_batch_sequences)
-    );
-    assert_eq!(disk.regions.hidden, batch_bytes(disk.micro_batch_sequences));
+    // Pinned host memory keeps three micro-batch slots on the device, a file one.
+    let batch = |sequences: usize| (sequences * 2048 * 1024 * 4) as u64;
+    let host_batch = batch(host.micro_batch_sequences);
+    assert_eq!(host.regions.hidden, HIDDEN_SLOTS as u64 * host_batch);
+    assert_eq!(disk.regions.hidden, batch(disk.micro_batch_sequences));
     assert!(disk.peak_bytes <= budget);
     assert_eq!(disk.disk_bytes, whole_hidden);
     assert_eq!(disk.host_bytes, disk.regions.staging);
