@@ -26,6 +26,8 @@
 
 mod assemble;
 mod mixer_buffers;
+#[cfg(test)]
+mod placement_tests;
 mod regions;
 mod report;
 mod search;

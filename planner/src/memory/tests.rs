@@ -12,7 +12,7 @@ fn last_name(refs: &[GroupTensor]) -> String {
 use std::path::PathBuf;
 
 /// A dense 4-layer model: hidden 1024, MLP 4096, bf16, vocabulary 32000.
-fn dense() -> (Inventory, Vec<LayerShapes>) {
+pub(super) fn dense() -> (Inventory, Vec<LayerShapes>) {
     let mut tensors = Vec::new();
     let mut add = |name: String, shape: Vec<usize>| {
         let numel: usize = shape.iter().product();
@@ -75,7 +75,7 @@ fn dense() -> (Inventory, Vec<LayerShapes>) {
     )
 }
 
-fn workload() -> Workload {
+pub(super) fn workload() -> Workload {
     Workload {
         sequences: 16,
         seq_len: 2048,
