@@ -10,10 +10,6 @@ use crate::inventory::{Inventory, TensorClass};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
-/// Device micro-batch buffers of hidden states kept in pinned host memory: the next one is
-/// uploaded and the last one downloaded while the current one computes.
-pub const HIDDEN_SLOTS: usize = 3;
-
 /// Bytes of each region.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 pub struct Regions {
@@ -21,8 +17,8 @@ pub struct Regions {
     pub staging: u64,
     /// Converted weights.
     pub converted: u64,
-    /// Hidden states: the whole workload, [`HIDDEN_SLOTS`] micro-batches (pinned host
-    /// placement: one uploading, one computing, one downloading) or one (disk).
+    /// Hidden states: the whole workload or micro-batches of it
+    /// ([`super::HiddenPlacement::device_rows`]).
     pub hidden: u64,
     /// Feed-forward outputs of layers whose experts are split over several parts, placed
     /// like the hidden states (and as many micro-batches); 0 when none is.

@@ -3,7 +3,7 @@
 //! Every candidate is priced by its regions; the first placement with an arrangement that
 //! fits wins.
 
-use super::regions::{HIDDEN_SLOTS, Regions, ScratchFor, ScratchManifest, head_bytes};
+use super::regions::{Regions, ScratchFor, ScratchManifest, head_bytes};
 use super::shapes::{HiddenPlacement, LayerShapes, Workload};
 use crate::format::GemmDtype;
 use crate::inventory::Inventory;
@@ -142,11 +142,7 @@ impl<'a> Search<'a> {
             true => head_bytes(self.inventory, self.gemm, rows, self.head_rows),
             false => 0,
         };
-        let workload_rows = match placement {
-            HiddenPlacement::Device => self.tokens,
-            HiddenPlacement::PinnedHost => (HIDDEN_SLOTS * rows) as u64,
-            HiddenPlacement::Disk => rows as u64,
-        };
+        let workload_rows = placement.device_rows(rows, self.tokens as usize) as u64;
         let largest =
             |f: fn(&Bytes) -> u64| units.iter().flatten().map(|(_, b)| f(b)).max().unwrap_or(0);
         Regions {

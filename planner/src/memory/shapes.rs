@@ -124,16 +124,27 @@ pub struct Workload {
 pub enum HiddenPlacement {
     /// On the device for the whole run.
     Device,
-    /// In pinned host memory, one micro-batch on the device at a time.
+    /// In pinned host memory, [`HIDDEN_SLOTS`] micro-batches on the device (the next one
+    /// uploading, one computing, the last one downloading).
     PinnedHost,
     /// In a file in the output folder, mapped into memory (the OS pages it in and out), one
     /// micro-batch on the device at a time: when they do not fit the host budget either.
     Disk,
 }
 
+/// Device micro-batch buffers of hidden states kept in pinned host memory: the next one is
+/// uploaded and the last one downloaded while the current one computes.
+pub const HIDDEN_SLOTS: usize = 3;
+
 impl HiddenPlacement {
-    /// Whether the device holds only one micro-batch of them.
-    pub fn off_device(self) -> bool {
-        self != HiddenPlacement::Device
+    /// Rows of hidden states the device holds: the whole workload's `workload_rows`, or
+    /// micro-batches of `micro_batch_rows` ([`HIDDEN_SLOTS`] from pinned host memory, one
+    /// from a file).
+    pub fn device_rows(self, micro_batch_rows: usize, workload_rows: usize) -> usize {
+        match self {
+            HiddenPlacement::Device => workload_rows,
+            HiddenPlacement::PinnedHost => HIDDEN_SLOTS * micro_batch_rows,
+            HiddenPlacement::Disk => micro_batch_rows,
+        }
     }
 }

@@ -124,36 +124,18 @@ impl RmsKurtosisResampler {
         let row = |s: usize| &stats.sums[plane + s * width..plane + (s + 1) * width];
         let row_sums = (0..sequences).map(|s| row(s).iter().sum()).collect();
         // G's upper triangle by rows on all cores (sequences^2 x width / 2 products: the
-        // report's largest cost at thousands of sequences), rows dealt out in turn so the
-        // threads' triangles are alike; each product the same sum as one after the other.
-        let dots = |s: usize| -> Vec<f64> {
-            (s..sequences)
-                .map(|t| row(s).iter().zip(row(t)).map(|(a, b)| a * b).sum())
-                .collect()
-        };
-        let threads = crate::cpu::threads::default_thread_count().clamp(1, sequences.max(1));
-        let upper: Vec<(usize, Vec<f64>)> = std::thread::scope(|scope| {
-            let workers: Vec<_> = (0..threads)
-                .map(|first| {
-                    let dots = &dots;
-                    scope.spawn(move || {
-                        (first..sequences)
-                            .step_by(threads)
-                            .map(|s| (s, dots(s)))
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect();
-            workers
-                .into_iter()
-                .flat_map(|w| w.join().expect("a Gram matrix thread panicked (a bug)"))
-                .collect()
-        });
+        // report's largest cost at thousands of sequences), each product the same sum as one
+        // after the other; then mirrored.
         let mut gram = vec![0f64; sequences * sequences];
-        for (s, row_dots) in upper {
-            for (t, dot) in (s..sequences).zip(row_dots) {
-                gram[s * sequences + t] = dot;
-                gram[t * sequences + s] = dot;
+        let threads = crate::cpu::threads::default_thread_count();
+        crate::cpu::threads::for_each_chunk_mut(&mut gram, sequences, threads, |s, g_row| {
+            for (t, g) in g_row.iter_mut().enumerate().skip(s) {
+                *g = row(s).iter().zip(row(t)).map(|(a, b)| a * b).sum();
+            }
+        });
+        for s in 0..sequences {
+            for t in 0..s {
+                gram[s * sequences + t] = gram[t * sequences + s];
             }
         }
         RmsKurtosisResampler {

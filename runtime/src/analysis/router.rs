@@ -226,28 +226,11 @@ impl RouterSummary {
         }
         // Sequences are independent: computed on all cores (the GPU waits for this between
         // micro-batches), each entry the same as one after the other.
-        let threads = crate::cpu::threads::default_thread_count().clamp(1, sequences.max(1));
-        let per_thread = sequences.div_ceil(threads).max(1);
-        let entries: Vec<SequenceRouting> = std::thread::scope(|scope| {
-            let workers: Vec<_> = (0..sequences)
-                .step_by(per_thread)
-                .map(|first| {
-                    let last = (first + per_thread).min(sequences);
-                    scope.spawn(move || {
-                        (first..last)
-                            .map(|s| sequence_routing(routing, span(s)))
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect();
-            workers
-                .into_iter()
-                .flat_map(|w| w.join().expect("a router summary thread panicked (a bug)"))
-                .collect()
+        let entries = &mut self.per_sequence[first_sequence..first_sequence + sequences];
+        let threads = crate::cpu::threads::default_thread_count();
+        crate::cpu::threads::for_each_chunk_mut(entries, 1, threads, |s, entry| {
+            entry[0] = sequence_routing(routing, span(s));
         });
-        for (s, entry) in entries.into_iter().enumerate() {
-            self.per_sequence[first_sequence + s] = entry;
-        }
         self.tokens_per_expert = vec![0; experts];
         self.tokens = 0;
         for entry in &self.per_sequence {

@@ -31,7 +31,7 @@ use layerstream_kernels::Gpu;
 use layerstream_kernels::cudarc::driver::result::memcpy_htod_async;
 use layerstream_kernels::cudarc::driver::sys::CUevent_flags;
 use layerstream_kernels::cudarc::driver::{CudaEvent, CudaSlice, CudaStream, DevicePtrMut};
-use layerstream_planner::memory::{HIDDEN_SLOTS, HiddenPlacement, LayerShapes};
+use layerstream_planner::memory::{HiddenPlacement, LayerShapes};
 use layerstream_planner::split::{LayerPart, needs_accumulator};
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -55,13 +55,10 @@ pub fn run(
     let budget = Budget::new(request.memory_budget);
     let placement = request.hidden_placement;
     let all = &request.sequences;
-    let batch_elements = all.largest_batch(0..all.count(), micro_batch) * d;
+    let batch_rows = all.largest_batch(0..all.count(), micro_batch);
+    let batch_elements = batch_rows * d;
     // The device copies: the workload, or micro-batch slots (`HiddenStates`).
-    let hidden_bytes = match placement {
-        HiddenPlacement::Device => tokens * d * 4,
-        HiddenPlacement::PinnedHost => HIDDEN_SLOTS * batch_elements * 4,
-        HiddenPlacement::Disk => batch_elements * 4,
-    };
+    let hidden_bytes = placement.device_rows(batch_rows, tokens) * d * 4;
     let _hidden_reservation =
         budget.reserve("the workload's hidden states", hidden_bytes as u64)?;
     // Embedding rows are gathered on the host from the mapped file: only the rows the

@@ -5,7 +5,7 @@
 //! they do not fit the host budget either; copied on the compute stream).
 
 use super::hidden_slots::Slots;
-use crate::cpu::threads::default_thread_count;
+use crate::cpu::threads::{default_thread_count, for_each_chunk_mut};
 use crate::error::Result;
 use crate::layer_end::HiddenSnapshot;
 use crate::timeline;
@@ -60,13 +60,9 @@ fn pinned_with(
 
 /// Zeros in `values`, written on all cores.
 fn zero_on_all_cores(values: &mut [f32]) -> Result<()> {
-    let threads = default_thread_count().max(1);
-    let chunk = values.len().div_ceil(threads).max(1);
-    std::thread::scope(|scope| {
-        for part in values.chunks_mut(chunk) {
-            scope.spawn(|| part.fill(0.0));
-        }
-    });
+    let threads = default_thread_count();
+    let chunk = values.len().div_ceil(threads.max(1));
+    for_each_chunk_mut(values, chunk, threads, |_, part| part.fill(0.0));
     Ok(())
 }
 
@@ -83,13 +79,13 @@ impl HiddenStates {
             HiddenPlacement::Device => {
                 HiddenStates::Device(gpu.stream.clone_htod(values.as_slice())?)
             }
-            HiddenPlacement::PinnedHost => HiddenStates::Host {
-                host: pinned_with(gpu, values.as_slice().len(), |host| {
-                    host.copy_from_slice(values.as_slice());
+            HiddenPlacement::PinnedHost => {
+                let values = values.as_slice();
+                HiddenStates::pinned(gpu, values.len(), batch_elements, |host| {
+                    host.copy_from_slice(values);
                     Ok(())
-                })?,
-                slots: Slots::new(gpu, batch_elements)?,
-            },
+                })?
+            }
             HiddenPlacement::Disk => {
                 debug_assert!(values.on_disk());
                 HiddenStates::Disk {
@@ -127,10 +123,9 @@ impl HiddenStates {
             HiddenPlacement::Device => {
                 HiddenStates::Device(gpu.stream.alloc_zeros::<f32>(len.max(1))?)
             }
-            HiddenPlacement::PinnedHost => HiddenStates::Host {
-                host: pinned_with(gpu, len, zero_on_all_cores)?,
-                slots: Slots::new(gpu, batch_elements)?,
-            },
+            HiddenPlacement::PinnedHost => {
+                HiddenStates::pinned(gpu, len, batch_elements, zero_on_all_cores)?
+            }
             HiddenPlacement::Disk => HiddenStates::Disk {
                 file: WorkloadBuffer::zeros_in(spill, name, len)?,
                 batch: batch_buffer(gpu, batch_elements)?,

@@ -34,9 +34,10 @@ pub struct Slots {
     upload: Arc<CudaStream>,
     download: Arc<CudaStream>,
     /// Per slot: its last download has finished (the slot may be written again).
-    released: Vec<Option<CudaEvent>>,
-    /// Host ranges written by recent downloads, oldest first.
-    downloads: VecDeque<(Range<usize>, CudaEvent)>,
+    released: Vec<Option<Arc<CudaEvent>>>,
+    /// Host ranges written by recent downloads, oldest first (a download's event is also its
+    /// slot's `released`).
+    downloads: VecDeque<(Range<usize>, Arc<CudaEvent>)>,
     /// Whether downloads older than `downloads` were forgotten.
     forgotten: bool,
     /// The micro-batch between `begin` and `finish`: its slot and host range.
@@ -121,7 +122,7 @@ impl Slots {
     /// Ends the last [`Slots::read`]: its slot is free after the compute stream's work so far.
     fn close_read(&mut self, gpu: &Gpu) -> Result<()> {
         if let Some(slot) = self.reading.take() {
-            self.released[slot] = Some(gpu.stream.record_event(None)?);
+            self.released[slot] = Some(Arc::new(gpu.stream.record_event(None)?));
         }
         Ok(())
     }
@@ -215,8 +216,8 @@ impl Slots {
         })?;
         self.download
             .memcpy_dtoh(&self.buffers[slot].slice(..n), destination)?;
-        let downloaded = self.download.record_event(None)?;
-        self.released[slot] = Some(self.download.record_event(None)?);
+        let downloaded = Arc::new(self.download.record_event(None)?);
+        self.released[slot] = Some(Arc::clone(&downloaded));
         self.downloads.push_back((range, downloaded));
         if self.downloads.len() > REMEMBERED_DOWNLOADS {
             self.downloads.pop_front();

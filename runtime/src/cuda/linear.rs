@@ -18,6 +18,13 @@ impl Bf16Scratch {
         Bf16Scratch { buffer }
     }
 
+    /// Writes the bf16 copy of `x`'s first `n` elements into its first `n`.
+    pub fn convert(&mut self, gpu: &Gpu, x: &CudaView<f32>, n: usize) -> Result<()> {
+        let mut copy = self.first(n)?;
+        convert::f32_to_bf16(gpu, &x.slice(..n), &mut copy)?;
+        Ok(())
+    }
+
     /// Its first `n` elements, for a GEMM input made in bf16 directly.
     pub fn first(&mut self, n: usize) -> Result<CudaViewMut<'_, u16>> {
         if self.buffer.len() < n {
@@ -62,27 +69,37 @@ pub fn linear(
     out_features: usize,
     scratch: &mut Bf16Scratch,
 ) -> Result<()> {
+    if w.is_bf16() {
+        scratch.convert(gpu, x, rows * in_features)?;
+    }
+    linear_converted(
+        gpu,
+        x,
+        w,
+        bias,
+        y,
+        (rows, in_features, out_features),
+        scratch,
+    )
+}
+
+/// [`linear`] with `x`'s bf16 copy already in `scratch` when `w` is bf16 (consecutive GEMMs
+/// of one input convert it once).
+pub fn linear_converted(
+    gpu: &Gpu,
+    x: &CudaView<f32>,
+    w: &MatrixRows,
+    bias: Option<&CudaSlice<f32>>,
+    y: &mut CudaViewMut<f32>,
+    (rows, in_features, out_features): (usize, usize, usize),
+    scratch: &mut Bf16Scratch,
+) -> Result<()> {
     match w {
         MatrixRows::F32(w) => gemm::linear_f32(gpu, x, w, y, rows, in_features, out_features)?,
         MatrixRows::Bf16(w) => {
-            let n = rows * in_features;
-            if scratch.buffer.len() < n {
-                return Err(RuntimeError::internal(format!(
-                    "bf16 scratch of {} elements for a ({rows} x {in_features}) GEMM input (a sizing bug)",
-                    scratch.buffer.len()
-                )));
-            }
-            let mut x_bf16 = scratch.buffer.slice_mut(..n);
-            convert::f32_to_bf16(gpu, &x.slice(..n), &mut x_bf16)?;
-            gemm::linear_bf16(
-                gpu,
-                &x_bf16.as_view(),
-                w,
-                y,
-                rows,
-                in_features,
-                out_features,
-            )?;
+            let x_bf16 = scratch.first(rows * in_features)?;
+            let x_bf16 = x_bf16.as_view();
+            gemm::linear_bf16(gpu, &x_bf16, w, y, rows, in_features, out_features)?;
         }
     }
     if let Some(bias) = bias {

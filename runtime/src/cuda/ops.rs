@@ -5,7 +5,7 @@
 use super::capture::CudaCapture;
 use super::delta_net;
 use super::layer::DeltaScratch;
-use super::linear::{Bf16Scratch, linear, linear_bf16_input};
+use super::linear::{Bf16Scratch, linear_converted};
 use super::moe::{self, MoeBuffers, activate, kernel_activation};
 use super::weights::DeviceLayer;
 use crate::arch::DeltaNetSpec;
@@ -22,7 +22,7 @@ use layerstream_kernels::ops::attention::{
     AttentionDims, RaggedRows, SinkScratch, causal_attention, reduce_sink_mass, sink_scratch_len,
 };
 use layerstream_kernels::ops::elementwise::GateKind;
-use layerstream_kernels::ops::{convert, elementwise, norm, rope};
+use layerstream_kernels::ops::{elementwise, norm, rope};
 use std::ops::Range;
 
 /// A micro-batch of sequences of their own lengths, on the device.
@@ -116,41 +116,17 @@ impl BlockOps for CudaOps<'_, '_, '_> {
         let bias = bias.and_then(|b| self.weights.maybe_vector(b));
         let w = self.weights.matrix(weight);
         let ([input_values], out_values) = self.buffers.split([input], out);
-        if !w.is_bf16() {
-            if self.bf16_holds.is_some_and(|(held, _)| held == out) {
-                self.bf16_holds = None;
+        if w.is_bf16() {
+            if self.bf16_holds != Some((input, n)) {
+                self.bf16.convert(self.gpu, &input_values.as_view(), n)?;
+                self.bf16_holds = Some((input, n));
             }
-            return linear(
-                self.gpu,
-                &input_values.as_view(),
-                &w,
-                bias,
-                out_values,
-                rows,
-                in_features,
-                out_features,
-                self.bf16,
-            );
+        } else if self.bf16_holds.is_some_and(|(held, _)| held == out) {
+            self.bf16_holds = None;
         }
-        if self.bf16_holds != Some((input, n)) {
-            let mut copy = self.bf16.first(n)?;
-            convert::f32_to_bf16(self.gpu, &input_values.slice(..n), &mut copy)?;
-            self.bf16_holds = Some((input, n));
-        }
-        let x = self.bf16.first(n)?;
-        linear_bf16_input(
-            self.gpu,
-            &x.as_view(),
-            &w,
-            out_values,
-            rows,
-            in_features,
-            out_features,
-        )?;
-        if let Some(bias) = bias {
-            elementwise::add_bias(self.gpu, out_values, &bias.as_view())?;
-        }
-        Ok(())
+        let shape = (rows, in_features, out_features);
+        let x = input_values.as_view();
+        linear_converted(self.gpu, &x, &w, bias, out_values, shape, self.bf16)
     }
 
     fn clamp(&mut self, values: Buf, limit: f32) -> Result<()> {
