@@ -111,7 +111,8 @@ fn sequence_medians_are_exact() {
 #[test]
 fn attention_sink_mass_matches_the_cpu() {
     use layerstream_kernels::ops::attention::{
-        AttentionDims, SinkScratch, causal_attention, reduce_sink_mass, sink_scratch_len,
+        AttentionDims, F16Guard, MmaOperands, SinkScratch, causal_attention, reduce_sink_mass,
+        sink_scratch_len,
     };
     use layerstream_runtime::cpu::attention::{
         self as cpu_attention, AttentionExtras, AttentionShape,
@@ -130,8 +131,15 @@ fn attention_sink_mass_matches_the_cpu() {
         (70, 256, Some(40)),
         (33, 80, None),
     ] {
-        for (tensor_cores, learned) in [(false, false), (true, false), (false, true), (true, true)]
-        {
+        use MmaOperands::{Bf16, F16, Off};
+        for (operands, learned) in [
+            (Off, false),
+            (Bf16, false),
+            (F16, false),
+            (Off, true),
+            (Bf16, true),
+            (F16, true),
+        ] {
             let dims = AttentionDims {
                 sequences: 3,
                 seq_len,
@@ -140,17 +148,18 @@ fn attention_sink_mass_matches_the_cpu() {
                 head_dim,
                 sliding_window: window,
                 scale: (head_dim as f32).powf(-0.5),
-                tensor_cores,
+                operands,
             };
             let on_tensor_cores = dims.uses_tensor_cores(&gpu);
             let rows = 3 * seq_len;
             let round = |x: Vec<f32>| -> Vec<f32> {
-                match on_tensor_cores {
-                    true => x
+                match (on_tensor_cores, operands) {
+                    (true, Bf16) => x
                         .iter()
                         .map(|&v| half::bf16::from_f32(v).to_f32())
                         .collect(),
-                    false => x,
+                    (true, F16) => x.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect(),
+                    _ => x,
                 }
             };
             let q = round(random_values(rows * 4 * head_dim, 12, 2.0));
@@ -196,7 +205,14 @@ fn attention_sink_mass_matches_the_cpu() {
                 scratch: &mut scratch_view,
                 delimiters: &as_i32,
             };
-            let run = |out: &mut CudaSlice<f32>, sinks| {
+            let mut flags = gpu.stream.alloc_zeros::<u32>(3).unwrap();
+            let mut totals = gpu.stream.alloc_zeros::<u64>(3).unwrap();
+            let mut run = |out: &mut CudaSlice<f32>, sinks| {
+                let (mut flags, mut totals) = (flags.as_view_mut(), totals.as_view_mut());
+                let guard = (operands == F16).then_some(F16Guard {
+                    flags: &mut flags,
+                    totals: &mut totals,
+                });
                 causal_attention(
                     &gpu,
                     &qd.as_view(),
@@ -207,14 +223,17 @@ fn attention_sink_mass_matches_the_cpu() {
                     learned.then_some(&learned_view),
                     sinks,
                     None,
+                    guard,
                 )
                 .unwrap()
             };
             run(&mut out, Some(sinks));
             run(&mut plain, None);
             let what = format!(
-                "T={seq_len} d={head_dim} w={window:?} tensor cores {on_tensor_cores} learned {learned}"
+                "T={seq_len} d={head_dim} w={window:?} {operands:?} on tensor cores {on_tensor_cores} learned {learned}"
             );
+            // Values of a few units: nothing for the f16 guard to recompute.
+            assert_eq!(gpu.stream.clone_dtoh(&totals).unwrap(), [0, 0, 0], "{what}");
             let got_out = gpu.stream.clone_dtoh(&out).unwrap();
             assert_eq!(
                 got_out,

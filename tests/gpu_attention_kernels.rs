@@ -5,7 +5,9 @@
 //! LAYERSTREAM_REQUIRE_GPU=1 it fails instead.
 
 use layerstream_kernels::Gpu;
-use layerstream_kernels::ops::attention::{AttentionDims, RaggedRows, causal_attention};
+use layerstream_kernels::ops::attention::{
+    AttentionDims, F16Guard, MmaOperands, RaggedRows, causal_attention,
+};
 use layerstream_kernels::ops::rope;
 use layerstream_runtime::{Sequences, cpu};
 use layerstream_tests::device::{download, upload, zeros};
@@ -77,7 +79,7 @@ fn check_attention(
         head_dim,
         sliding_window: window,
         scale: (head_dim as f32).powf(-0.5),
-        tensor_cores: false,
+        operands: MmaOperands::Off,
     };
     let rows = batch.tokens();
     let q = random_values(rows * 4 * head_dim, 12, 2.0);
@@ -96,11 +98,19 @@ fn check_attention(
     let offsets = upload(gpu, &offsets);
     let offsets = offsets.slice(range.start..range.end + 1);
     let what = format!("T {:?} d={head_dim} w={window:?}", batch.offsets());
-    let run = |dims: AttentionDims, q: &[f32], k: &[f32], v: &[f32]| {
+    // The output, and the f16 guard's totals (zeros for the other kernels).
+    let run_counting = |dims: AttentionDims, q: &[f32], k: &[f32], v: &[f32]| {
         let mut out = zeros(gpu, q.len());
         let ragged = ragged.then_some(RaggedRows {
             offsets: &offsets,
             rows,
+        });
+        let mut flags = gpu.stream.alloc_zeros::<u32>(dims.sequences).unwrap();
+        let mut totals = gpu.stream.alloc_zeros::<u64>(3).unwrap();
+        let (mut flags_view, mut totals_view) = (flags.as_view_mut(), totals.as_view_mut());
+        let guard = (dims.operands == MmaOperands::F16).then_some(F16Guard {
+            flags: &mut flags_view,
+            totals: &mut totals_view,
         });
         causal_attention(
             gpu,
@@ -112,10 +122,12 @@ fn check_attention(
             None,
             None,
             ragged,
+            guard,
         )
         .unwrap();
-        download(gpu, &out)
+        (download(gpu, &out), gpu.stream.clone_dtoh(&totals).unwrap())
     };
+    let run = |dims: AttentionDims, q: &[f32], k: &[f32], v: &[f32]| run_counting(dims, q, k, v).0;
     let mut expect = vec![0f32; q.len()];
     cpu::attention::causal_attention(&q, &k, &v, &mut expect, shape, 2, Default::default());
     assert_matches_reference(
@@ -128,7 +140,7 @@ fn check_attention(
     // the CPU on the same bf16-rounded q, k, v: what is left is the rounding of the
     // probabilities (< 2^-8 relative) and the order of the sums.
     let tensor = AttentionDims {
-        tensor_cores: true,
+        operands: MmaOperands::Bf16,
         ..dims
     };
     let rounded = |x: &[f32]| -> Vec<f32> {
@@ -159,6 +171,63 @@ fn check_attention(
         );
     }
     assert_all_close(&what, &run(tensor, &q, &k, &v), &expect_bf16, 0.02, 0.01);
+
+    // f16 operands (the T4 path; sm_75+) against the CPU on f16-rounded q, k, v: 3 more
+    // mantissa bits than bf16.
+    let f16 = AttentionDims {
+        operands: MmaOperands::F16,
+        ..dims
+    };
+    let to_f16 =
+        |x: &[f32]| -> Vec<f32> { x.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect() };
+    let (qh, kh, vh) = (to_f16(&q), to_f16(&k), to_f16(&v));
+    let mut expect_f16 = vec![0f32; q.len()];
+    cpu::attention::causal_attention(&qh, &kh, &vh, &mut expect_f16, shape, 2, Default::default());
+    let on_tensor_cores = f16.uses_tensor_cores(gpu);
+    assert_eq!(
+        on_tensor_cores,
+        head_dim.is_multiple_of(16) && head_dim <= 128,
+        "f16 {what}"
+    );
+    let (got, totals) = run_counting(f16, &q, &k, &v);
+    assert_all_close(&format!("f16 {what}"), &got, &expect_f16, 0.005, 0.003);
+    assert_eq!(totals, [0, 0, 0], "f16 {what}: nothing to recompute");
+
+    // A key of the last sequence beyond f16's range: that sequence (every head) is
+    // recomputed in f32 and counted once; the others stay f16.
+    if !on_tensor_cores {
+        return;
+    }
+    let last = batch.count() - 1;
+    let last_rows = batch.offsets()[last]..batch.offsets()[last + 1];
+    let mut k_big = k.clone();
+    k_big[last_rows.start * 2 * head_dim + 3] = 70000.0;
+    let mut expect_big = vec![0f32; q.len()];
+    cpu::attention::causal_attention(
+        &q,
+        &k_big,
+        &v,
+        &mut expect_big,
+        shape,
+        2,
+        Default::default(),
+    );
+    let (got, totals) = run_counting(f16, &q, &k_big, &v);
+    assert_eq!(totals, [0, 1, 0], "f16 {what}: one sequence recomputed");
+    let width = 4 * head_dim;
+    let split = last_rows.start * width;
+    assert_matches_reference(
+        &format!("f16 {what}, the recomputed sequence"),
+        &got[split..],
+        &expect_big[split..],
+    );
+    assert_all_close(
+        &format!("f16 {what}, the other sequences"),
+        &got[..split],
+        &expect_f16[..split],
+        0.005,
+        0.003,
+    );
 }
 
 #[test]

@@ -3,60 +3,20 @@
 //! says it skipped; with LAYERSTREAM_REQUIRE_GPU=1 it fails instead.
 
 use layerstream_planner::memory::HiddenPlacement;
-use layerstream_runtime::Sequences;
 use layerstream_runtime::analysis::attribution::ExpertAttribution;
 use layerstream_runtime::backend::Backend;
 use layerstream_runtime::cpu::CpuBackend;
-use layerstream_runtime::cuda::{ComputeChoice, CudaBackend};
-use layerstream_runtime::{CaptureMode, CapturePoint, FinalStage, Model, RunRequest, run};
-use layerstream_tests::bf16_peer::{assert_no_worse_than_the_bf16_peer, has_bf16_peer};
-use layerstream_tests::near_ties::NearTieFlips;
+use layerstream_runtime::cuda::ComputeChoice;
+use layerstream_runtime::{CaptureMode, CapturePoint, FinalStage, Model, run};
+use layerstream_tests::gpu_run::{
+    SIXTEEN_BIT_FIXTURES, assert_16bit_run_matches_pytorch, cuda, request,
+};
 use layerstream_tests::record_statistics::{KeepStatistics, assert_statistics_close};
 use layerstream_tests::{
     FIXTURES, KeepEverything, OPTIONAL_REFERENCE_POINTS, REFERENCE_POINTS, Reference,
-    assert_all_close, assert_matches_reference, fixture_model, gpu_or_skip, nmse,
-    plant_massive_expert, split_every_layer,
+    assert_all_close, assert_matches_reference, fixture_model, plant_massive_expert,
+    split_every_layer,
 };
-use std::collections::BTreeMap;
-use std::sync::Arc;
-
-fn cuda(compute: ComputeChoice, test: &str) -> Option<Backend> {
-    let gpu = gpu_or_skip(test)?;
-    Some(Backend::Cuda(CudaBackend {
-        gpu: Arc::new(gpu),
-        compute,
-    }))
-}
-
-fn request(
-    reference: &Reference,
-    layers: usize,
-    mode: CaptureMode,
-    final_stage: FinalStage,
-    micro_batch: usize,
-) -> RunRequest {
-    RunRequest {
-        token_ids: reference.input_ids.clone(),
-        // Sequence 0's delimiter early, the others' late (beyond the sliding windows).
-        first_delimiters: (0..reference.num_sequences)
-            .map(|s| Some(if s == 0 { 5 } else { reference.seq_len - 3 }))
-            .collect(),
-        sequences: Sequences::uniform(reference.num_sequences, reference.seq_len),
-        capture_layers: (0..layers).collect(),
-        capture_points: CapturePoint::ALL.to_vec(),
-        capture_mode: mode,
-        final_stage,
-        top_logprobs: None,
-        head_vocab_rows: None,
-        micro_batch_tokens: micro_batch * reference.seq_len,
-        start: None,
-        checkpoint_hidden_states: false,
-        hidden_placement: HiddenPlacement::Device,
-        spill_dir: None,
-        memory_budget: None,
-        split_layers: BTreeMap::new(),
-    }
-}
 
 #[test]
 fn every_family_matches_pytorch_on_cuda_in_f32() {
@@ -165,78 +125,8 @@ fn bf16_fixtures_match_pytorch_within_bf16_tolerance() {
     // fixture's attention and router are f32, which bf16 compute rounds: its bf16 run differs
     // from the f32 reference by that rounding, not by the MXFP4 path, which is checked exactly
     // in f32 above and per element against the CPU in `gpu_gpt_oss_kernels.rs`.
-    for name in ["llama3", "mixtral", "gpt_oss_bf16", "qwen3_next_bf16"] {
-        let reference = Reference::load(name);
-        let model = Model::open(&fixture_model(name)).unwrap();
-        let layers = model.spec.num_layers;
-        let mut kept = KeepEverything::default();
-        run(
-            &model,
-            &request(
-                &reference,
-                layers,
-                CaptureMode::Activations,
-                FinalStage::Logits,
-                2,
-            ),
-            &backend,
-            &mut kept,
-        )
-        .unwrap();
-        if has_bf16_peer(&reference) {
-            assert_no_worse_than_the_bf16_peer(name, &reference, &kept, layers);
-            continue;
-        }
-        for (layer, routing) in &kept.routing {
-            let expected = &reference
-                .get(&format!("blocks.{layer}.router.logits"))
-                .values;
-            let scale = expected.iter().fold(0f32, |m, x| m.max(x.abs()));
-            let worst = routing
-                .logits
-                .iter()
-                .zip(expected)
-                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-            eprintln!(
-                "bf16 {name} layer {layer}: router logits max |x| {scale:.3}, largest error {worst:.4}"
-            );
-        }
-        let flips = NearTieFlips::find(&reference, &kept, layers, &format!("bf16 {name}"));
-        let mut worst = 0f64;
-        for layer in 0..layers {
-            for point in REFERENCE_POINTS {
-                let key = point.full_name(layer);
-                let after_router = matches!(point, CapturePoint::MlpOut | CapturePoint::ResidPost);
-                let got = flips.kept_rows(&kept.captures[&key], layer, after_router);
-                let expected = flips.kept_rows(&reference.get(&key).values, layer, after_router);
-                let scale = expected.iter().fold(0f32, |m, x| m.max(x.abs()));
-                assert_all_close(
-                    &format!("bf16 {name} {key}"),
-                    &got,
-                    &expected,
-                    0.03 * scale,
-                    0.05,
-                );
-                worst = worst.max(nmse(&got, &expected));
-            }
-        }
-        let logits = flips.kept_logit_rows(&reference.get("logits").values);
-        let got_logits = flips.kept_logit_rows(&kept.logits);
-        let scale = logits.iter().fold(0f32, |m, x| m.max(x.abs()));
-        assert_all_close(
-            &format!("bf16 {name} logits"),
-            &got_logits,
-            &logits,
-            0.03 * scale,
-            0.05,
-        );
-        worst = worst.max(nmse(&got_logits, &logits));
-        eprintln!(
-            "bf16 {name}: near-tie router flips (layer, token) {:?}",
-            flips.flipped
-        );
-        eprintln!("bf16 {name}: worst NMSE {worst:.2e}");
-        assert!(worst < 1e-3, "bf16 {name}: NMSE {worst}");
+    for name in SIXTEEN_BIT_FIXTURES {
+        assert_16bit_run_matches_pytorch(&backend, name, "bf16");
     }
 }
 

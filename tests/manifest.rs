@@ -27,8 +27,9 @@ fn cpu_micro_batch_buffers_are_exactly_the_manifest_for_every_fixture_and_layer(
                     manifest.total_bytes(),
                     "{fixture} layer {layer}, {rows} rows: allocated vs manifest"
                 );
-                // The GPU manifest adds exactly the bf16 copies of GEMM inputs and the
-                // chunked delta rule's buffers (f32).
+                // The GPU manifest adds exactly the 16-bit copies of GEMM inputs, the f16
+                // overflow guard (u32: a count, then 3 per row) and the chunked delta rule's
+                // buffers (f32).
                 use layerstream_planner::memory::BufferName::*;
                 let gpu = ScratchManifest::for_layer(shapes, rows, ScratchFor::Gpu);
                 let chunked: usize = [
@@ -47,7 +48,9 @@ fn cpu_micro_batch_buffers_are_exactly_the_manifest_for_every_fixture_and_layer(
                 .sum();
                 assert_eq!(
                     gpu.total_bytes() - manifest.total_bytes(),
-                    2 * gpu.count(Bf16Inputs) as u64 + 4 * chunked as u64,
+                    2 * gpu.count(Bf16Inputs) as u64
+                        + 4 * chunked as u64
+                        + 4 * (1 + 3 * rows) as u64,
                     "{fixture} layer {layer}"
                 );
             }

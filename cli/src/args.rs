@@ -91,8 +91,10 @@ pub struct RunArgs {
     /// Backend: auto (CUDA when usable, else CPU), cpu, or cuda.
     #[arg(long, value_name = "DEVICE", default_value = "auto", value_parser = parse_device)]
     pub device: DeviceChoice,
-    /// GEMM arithmetic on a GPU: auto (bf16 for bf16 checkpoints on GPUs with bf16
-    /// arithmetic, else f32), bf16, or f32 (the path a T4 takes; works on any GPU).
+    /// GEMM and attention arithmetic on a GPU: auto (bf16 for bf16 checkpoints on GPUs
+    /// with bf16 arithmetic, else f32), bf16, f16 (f16 tensor cores with f32 accumulation,
+    /// for T4s and other sm_75 GPUs; values beyond f16's range are recomputed in f32 and
+    /// counted), or f32 (works on any GPU).
     #[arg(long, value_name = "DTYPE", default_value = "auto", value_parser = parse_compute)]
     pub compute_dtype: ComputeChoice,
     /// CPU threads (default: LAYERSTREAM_THREADS, else all cores).
@@ -336,7 +338,7 @@ pub struct EstimateArgs {
     #[arg(long)]
     pub score: bool,
     /// GEMM arithmetic: auto (bf16 for bf16 checkpoints, as on a GPU with bf16 arithmetic),
-    /// bf16, or f32 (a T4).
+    /// bf16, f16 (a T4's tensor cores: bf16 checkpoints converted to f16), or f32.
     #[arg(long, value_name = "DTYPE", default_value = "auto", value_parser = parse_compute)]
     pub compute_dtype: ComputeChoice,
     /// Tokens per micro-batch to aim for; the plan takes the largest that fits, up to this

@@ -474,3 +474,56 @@ fn a_score_plan_splits_an_output_head_that_does_not_fit() {
     ));
     assert!(text.contains("split by vocabulary rows"), "{text}");
 }
+
+/// The T4 path's plan (`--compute-dtype f16`): bf16 matrices are converted to f16 (2 bytes
+/// each, beside the bf16 bytes they come from), so a layer converts about its streamed bytes;
+/// bf16 compute uses them in place and f32 converts them to twice the bytes.
+#[test]
+fn an_f16_plan_converts_bf16_matrices_to_f16_and_says_so() {
+    let home = tempfile::tempdir().unwrap();
+    let model = fixture_model_path("llama3");
+    let plan = |dtype: &str| -> Value {
+        let args = [
+            "estimate",
+            "--model",
+            &model,
+            "--num-samples",
+            "4",
+            "--seq-len",
+            "64",
+            "--vram",
+            "2GiB",
+            "--json",
+            "--compute-dtype",
+            dtype,
+        ];
+        serde_json::from_str(&assert_succeeds(&layerstream(&args, home.path()))).unwrap()
+    };
+    let converted = |e: &Value| {
+        e["plan"]["layers"][0]["parts"][0]["converted_bytes"]
+            .as_u64()
+            .unwrap()
+    };
+    let streamed = |e: &Value| e["plan"]["layers"][0]["weight_bytes"].as_u64().unwrap();
+    let (f16, bf16, f32) = (plan("f16"), plan("bf16"), plan("f32"));
+    assert_eq!(f16["gemm_dtype"], "f16");
+    assert_eq!(bf16["gemm_dtype"], "bf16");
+    let (c16, cb16, c32) = (converted(&f16), converted(&bf16), converted(&f32));
+    assert!(cb16 < streamed(&bf16) / 4, "bf16 in place: {cb16}");
+    assert!(
+        c16 > streamed(&f16) * 9 / 10 && c16 < streamed(&f16) * 11 / 10,
+        "f16: about the streamed bytes, {c16} of {}",
+        streamed(&f16)
+    );
+    assert!(c32 > c16 * 19 / 10, "f32: twice f16's, {c32} against {c16}");
+    let bad = layerstream(
+        &["estimate", "--model", &model, "--compute-dtype", "f8"],
+        home.path(),
+    );
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("choose auto, bf16, f16 or f32"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+}

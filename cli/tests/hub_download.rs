@@ -213,6 +213,9 @@ fn estimate_and_inspect_read_only_the_headers() {
                 "64",
                 "--vram",
                 "1GiB",
+                // A fixed host budget: 80% of the memory available moves between the runs.
+                "--ram",
+                "16GiB",
             ][..],
             extra,
         ]

@@ -7,6 +7,9 @@
 // Shared memory (floats): k_tile[key_tile][head_dim + 1] (padded: lanes read different keys),
 // v_tile[key_tile][head_dim], q_rows[ATTN_WARPS][head_dim].
 //
+// `only_sequences` not null: blocks of sequences whose flag is 0 do nothing (the f16 path
+// recomputes in f32 the sequences whose operands overflowed f16).
+//
 // Learned sinks (`learned_sinks` not null, GPT-OSS): one logit per query head joins every
 // row's softmax as an extra column and is dropped after it (the normaliser grows, the output
 // shrinks).
@@ -34,7 +37,8 @@ __device__ __forceinline__ int sink_delimiter(const float* sinks, int sequences,
 extern "C" __global__ void attention_kernel(
     const float* q, const float* k, const float* v, float* out,
     int seq_len, int heads, int kv_heads, int head_dim, int key_tile, int window, float scale,
-    const float* learned_sinks, float* sinks, int want_sinks, const int* offsets) {
+    const float* learned_sinks, float* sinks, int want_sinks, const int* offsets,
+    const u32* only_sequences, unsigned long long* totals) {
     extern __shared__ float shared[];
     const int k_stride = head_dim + 1;
     float* k_tile = shared;
@@ -55,6 +59,12 @@ extern "C" __global__ void attention_kernel(
         ? (unsigned long long)(offsets[sequence] - offsets[0])
         : (unsigned long long)sequence * seq_len;
     const int len = offsets != nullptr ? offsets[sequence + 1] - offsets[sequence] : seq_len;
+    // The f16 path's fix-up (half_guard.cu): only the sequences the tensor-core kernel flagged,
+    // each counted once in totals[1].
+    if (only_sequences != nullptr) {
+        if (only_sequences[sequence] == 0u) return;
+        if (blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x == 0) atomicAdd(&totals[1], 1ull);
+    }
     if (first_query >= len) return;  // the whole block is past this sequence's end
     const bool active = query < len;
 

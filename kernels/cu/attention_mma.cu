@@ -1,5 +1,5 @@
-// Causal grouped-query attention on tensor cores (sm_80+): flash-attention-2 style, bf16
-// operands, f32 accumulation and softmax. A block of 8 warps takes 128 consecutive query rows
+// Causal grouped-query attention on tensor cores: flash-attention-2 style, bf16 (sm_80+) or
+// f16 (sm_75+, the T4 path) operands, f32 accumulation and softmax. A block of 8 warps takes 128 consecutive query rows
 // of one head of one sequence (16 rows per warp) and walks the keys in tiles of 64 staged in
 // shared memory as bf16; S = Q K^T and O += P V are `mma.sync.m16n8k16` products, the online
 // softmax runs on the S fragments in registers, and P is reused as the A operand of P V
@@ -31,6 +31,20 @@ __device__ __forceinline__ u32 pack_bf16(float low, float high) {
     return (u32)f32_to_bf16(low) | ((u32)f32_to_bf16(high) << 16);
 }
 
+// Two f32 -> f16 packed; `overflow` set when a finite value became +-inf (half_guard.cu).
+__device__ __forceinline__ u32 pack_f16(float low, float high, bool& overflow) {
+    const u16 l = f32_to_f16(low), h = f32_to_f16(high);
+    overflow |= f16_overflowed(low, l) || f16_overflowed(high, h);
+    return (u32)l | ((u32)h << 16);
+}
+
+// The operand pack of the kernel's element type (F16: f16 with the overflow check).
+template <bool F16>
+__device__ __forceinline__ u32 pack_operands(float low, float high, bool& overflow) {
+    if (F16) return pack_f16(low, high, overflow);
+    return pack_bf16(low, high);
+}
+
 __device__ __forceinline__ void mma_bf16_16x8x16(float* c, const u32* a, u32 b0, u32 b1) {
 #if __CUDA_ARCH__ >= 800
     asm volatile(
@@ -41,11 +55,47 @@ __device__ __forceinline__ void mma_bf16_16x8x16(float* c, const u32* a, u32 b0,
 #endif
 }
 
-extern "C" __global__ void attention_mma_kernel(
+// The same product with f16 operands: one m16n8k16 on sm_80+, two m16n8k8 on sm_75 (the
+// k16 A fragment's registers 0-1 and B's register 0 are the first k8 product's, 2-3 and 1 the
+// second's; C is laid out alike).
+__device__ __forceinline__ void mma_f16_16x8x16(float* c, const u32* a, u32 b0, u32 b1) {
+#if __CUDA_ARCH__ >= 800
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
+        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#elif __CUDA_ARCH__ >= 750
+    asm volatile(
+        "mma.sync.aligned.m16n8k8.row.col.f32.f16.f16.f32 "
+        "{%0, %1, %2, %3}, {%4, %5}, {%6}, {%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(b0));
+    asm volatile(
+        "mma.sync.aligned.m16n8k8.row.col.f32.f16.f16.f32 "
+        "{%0, %1, %2, %3}, {%4, %5}, {%6}, {%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[2]), "r"(a[3]), "r"(b1));
+#endif
+}
+
+template <bool F16>
+__device__ __forceinline__ void mma_16x8x16(float* c, const u32* a, u32 b0, u32 b1) {
+    if (F16) mma_f16_16x8x16(c, a, b0, b1);
+    else mma_bf16_16x8x16(c, a, b0, b1);
+}
+
+// F16: a block that rounds a finite Q, K or V value to +-inf in f16 flags its sequence in
+// `overflow_sequences` (zeroed by the caller); attention.cu's kernel then recomputes that
+// sequence in f32 (half_guard.cu).
+template <bool F16>
+__device__ __forceinline__ void attention_mma(
     const float* q, const float* k, const float* v, float* out,
     int seq_len, int heads, int kv_heads, int head_dim, int window, float scale,
-    const float* learned_sinks, float* sinks, int want_sinks, const int* offsets) {
+    const float* learned_sinks, float* sinks, int want_sinks, const int* offsets,
+    u32* overflow_sequences) {
     extern __shared__ u16 mma_shared[];
+    bool overflow = false;
     const int k_stride = head_dim + 8;
     const int v_stride = MMA_KEYS + 8;
     u16* k_tile = mma_shared;
@@ -86,10 +136,10 @@ extern "C" __global__ void attention_mma_kernel(
                 const float* r = q + (base_row + row_hi) * q_width + (unsigned long long)head * head_dim;
                 hi[0] = r[d0]; hi[1] = r[d0 + 1]; hi[2] = r[d0 + 8]; hi[3] = r[d0 + 9];
             }
-            q_frag[kc][0] = pack_bf16(lo[0], lo[1]);
-            q_frag[kc][1] = pack_bf16(hi[0], hi[1]);
-            q_frag[kc][2] = pack_bf16(lo[2], lo[3]);
-            q_frag[kc][3] = pack_bf16(hi[2], hi[3]);
+            q_frag[kc][0] = pack_operands<F16>(lo[0], lo[1], overflow);
+            q_frag[kc][1] = pack_operands<F16>(hi[0], hi[1], overflow);
+            q_frag[kc][2] = pack_operands<F16>(lo[2], lo[3], overflow);
+            q_frag[kc][3] = pack_operands<F16>(hi[2], hi[3], overflow);
         }
     }
     float o[MMA_MAX_HEAD_DIM / 8][4];
@@ -124,8 +174,8 @@ extern "C" __global__ void attention_mma_kernel(
                     k + (base_row + tile + j) * kv_width + (unsigned long long)kv_head * head_dim + d);
             }
             u32* k_dst = reinterpret_cast<u32*>(k_tile + j * k_stride + d);
-            k_dst[0] = pack_bf16(kv.x, kv.y);
-            k_dst[1] = pack_bf16(kv.z, kv.w);
+            k_dst[0] = pack_operands<F16>(kv.x, kv.y, overflow);
+            k_dst[1] = pack_operands<F16>(kv.z, kv.w, overflow);
         }
         for (int idx = threadIdx.x; idx < (MMA_KEYS / 2) * quads; idx += blockDim.x) {
             const int pair = idx % (MMA_KEYS / 2), d = (idx / (MMA_KEYS / 2)) * 4;
@@ -134,10 +184,10 @@ extern "C" __global__ void attention_mma_kernel(
             const unsigned long long column = (unsigned long long)kv_head * head_dim + d;
             if (tile + j < len) v0 = *reinterpret_cast<const float4*>(v + (base_row + tile + j) * kv_width + column);
             if (tile + j + 1 < len) v1 = *reinterpret_cast<const float4*>(v + (base_row + tile + j + 1) * kv_width + column);
-            *reinterpret_cast<u32*>(v_t + (d + 0) * v_stride + j) = pack_bf16(v0.x, v1.x);
-            *reinterpret_cast<u32*>(v_t + (d + 1) * v_stride + j) = pack_bf16(v0.y, v1.y);
-            *reinterpret_cast<u32*>(v_t + (d + 2) * v_stride + j) = pack_bf16(v0.z, v1.z);
-            *reinterpret_cast<u32*>(v_t + (d + 3) * v_stride + j) = pack_bf16(v0.w, v1.w);
+            *reinterpret_cast<u32*>(v_t + (d + 0) * v_stride + j) = pack_operands<F16>(v0.x, v1.x, overflow);
+            *reinterpret_cast<u32*>(v_t + (d + 1) * v_stride + j) = pack_operands<F16>(v0.y, v1.y, overflow);
+            *reinterpret_cast<u32*>(v_t + (d + 2) * v_stride + j) = pack_operands<F16>(v0.z, v1.z, overflow);
+            *reinterpret_cast<u32*>(v_t + (d + 3) * v_stride + j) = pack_operands<F16>(v0.w, v1.w, overflow);
         }
         __syncthreads();
         // Causal: a warp whose last row precedes the tile sees none of it; a window that ends
@@ -156,7 +206,7 @@ extern "C" __global__ void attention_mma_kernel(
                 if (kc < chunks) {
                     const u32 b0 = *reinterpret_cast<const u32*>(key_row + kc * 16);
                     const u32 b1 = *reinterpret_cast<const u32*>(key_row + kc * 16 + 8);
-                    mma_bf16_16x8x16(s[n], q_frag[kc], b0, b1);
+                    mma_16x8x16<F16>(s[n], q_frag[kc], b0, b1);
                 }
             }
         }
@@ -225,17 +275,18 @@ extern "C" __global__ void attention_mma_kernel(
 #pragma unroll
         for (int kk = 0; kk < MMA_KEYS / 16; kk++) {
             u32 p_frag[4];
-            p_frag[0] = pack_bf16(s[2 * kk][0], s[2 * kk][1]);
-            p_frag[1] = pack_bf16(s[2 * kk][2], s[2 * kk][3]);
-            p_frag[2] = pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-            p_frag[3] = pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+            // Probabilities are at most 1: nothing to overflow.
+            p_frag[0] = pack_operands<F16>(s[2 * kk][0], s[2 * kk][1], overflow);
+            p_frag[1] = pack_operands<F16>(s[2 * kk][2], s[2 * kk][3], overflow);
+            p_frag[2] = pack_operands<F16>(s[2 * kk + 1][0], s[2 * kk + 1][1], overflow);
+            p_frag[3] = pack_operands<F16>(s[2 * kk + 1][2], s[2 * kk + 1][3], overflow);
 #pragma unroll
             for (int t = 0; t < MMA_MAX_HEAD_DIM / 8; t++) {
                 if (t < dim_tiles) {
                     const u16* dim_row = v_t + (t * 8 + g) * v_stride + kk * 16 + 2 * c;
                     const u32 b0 = *reinterpret_cast<const u32*>(dim_row);
                     const u32 b1 = *reinterpret_cast<const u32*>(dim_row + 8);
-                    mma_bf16_16x8x16(o[t], p_frag, b0, b1);
+                    mma_16x8x16<F16>(o[t], p_frag, b0, b1);
                 }
             }
         }
@@ -303,4 +354,22 @@ extern "C" __global__ void attention_mma_kernel(
             }
         }
     }
+    if (F16 && overflow) atomicExch(&overflow_sequences[sequence], 1u);
+}
+
+extern "C" __global__ void attention_mma_kernel(
+    const float* q, const float* k, const float* v, float* out,
+    int seq_len, int heads, int kv_heads, int head_dim, int window, float scale,
+    const float* learned_sinks, float* sinks, int want_sinks, const int* offsets) {
+    attention_mma<false>(q, k, v, out, seq_len, heads, kv_heads, head_dim, window, scale,
+                         learned_sinks, sinks, want_sinks, offsets, nullptr);
+}
+
+extern "C" __global__ void attention_mma_f16_kernel(
+    const float* q, const float* k, const float* v, float* out,
+    int seq_len, int heads, int kv_heads, int head_dim, int window, float scale,
+    const float* learned_sinks, float* sinks, int want_sinks, const int* offsets,
+    u32* overflow_sequences) {
+    attention_mma<true>(q, k, v, out, seq_len, heads, kv_heads, head_dim, window, scale,
+                        learned_sinks, sinks, want_sinks, offsets, overflow_sequences);
 }

@@ -27,6 +27,19 @@ __device__ __forceinline__ float f16_to_f32(u16 bits) {
     return out;
 }
 
+// Round to nearest even (cvt.rn): finite values of magnitude >= 65520 become +-inf.
+__device__ __forceinline__ u16 f32_to_f16(float value) {
+    u16 out;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(out) : "f"(value));
+    return out;
+}
+
+// Whether a finite f32 became +-inf in f16 (`bits` its conversion): the values the f16
+// path's overflow guard recomputes in f32. NaN and infinities are not overflows.
+__device__ __forceinline__ bool f16_overflowed(float value, u16 bits) {
+    return (bits & 0x7fffu) == 0x7c00u && fabsf(value) != INFINITY;
+}
+
 __device__ __forceinline__ float warp_sum(float value) {
     for (int offset = 16; offset > 0; offset >>= 1) {
         value += __shfl_xor_sync(0xffffffffu, value, offset);

@@ -10,6 +10,9 @@
 
 __device__ __forceinline__ float load_weight(float x) { return x; }
 __device__ __forceinline__ float load_weight(u16 x) { return bf16_to_f32(x); }
+// f16 weight bits (the f16 path), told apart from bf16 by type.
+struct F16Weight { u16 bits; };
+__device__ __forceinline__ float load_weight(F16Weight x) { return f16_to_f32(x.bits); }
 
 // out[row, c] = silu(sum_j w[c, j] in[row - kernel + 1 + j, c]) within each sequence.
 template <typename W>
@@ -39,6 +42,13 @@ extern "C" __global__ void causal_conv_silu_bf16_kernel(
     const float* in, const u16* weight, float* out, unsigned long long n, int channels, int kernel,
     int seq_len) {
     causal_conv_silu<u16>(in, weight, out, n, channels, kernel, seq_len);
+}
+
+extern "C" __global__ void causal_conv_silu_f16_kernel(
+    const float* in, const u16* weight, float* out, unsigned long long n, int channels, int kernel,
+    int seq_len) {
+    causal_conv_silu<F16Weight>(in, reinterpret_cast<const F16Weight*>(weight), out, n, channels,
+                                kernel, seq_len);
 }
 
 // One thread per (sequence, value head, chunk): g_t = -exp(A_log) softplus(a_t + dt_bias)

@@ -1,4 +1,4 @@
-//! NVRTC: CUDA C source -> cubin for one GPU architecture.
+//! NVRTC: CUDA C source -> cubin for one GPU architecture, or PTX for a virtual one.
 
 use crate::error::{KernelError, Result};
 use crate::sources::ModuleSource;
@@ -26,6 +26,29 @@ pub fn nvrtc_version() -> Result<(i32, i32)> {
 
 /// Compiles `module` for `arch` (e.g. `sm_90`) and returns the cubin.
 pub fn compile_to_cubin(module: &ModuleSource, arch: &str) -> Result<Vec<u8>> {
+    compile(module, arch, |program| {
+        // SAFETY: `compile` hands over a successfully compiled, live program.
+        unsafe { cubin(program) }
+    })
+}
+
+/// Compiles `module` for a virtual `arch` (e.g. `compute_75`) and returns the PTX text: the
+/// driver compiles it for whatever GPU loads it, so a newer GPU can run the code an older
+/// architecture gets (`LAYERSTREAM_KERNEL_ARCH`, see `Gpu::open`).
+pub fn compile_to_ptx(module: &ModuleSource, arch: &str) -> Result<String> {
+    compile(module, arch, |program| {
+        // SAFETY: as above.
+        let chars = unsafe { result::get_ptx(program) }.map_err(|e| e.0)?;
+        let text: String = chars.iter().map(|&c| c as u8 as char).collect();
+        Ok(text.trim_end_matches('\0').to_string())
+    })
+}
+
+fn compile<T>(
+    module: &ModuleSource,
+    arch: &str,
+    output: impl FnOnce(sys::nvrtcProgram) -> Result<T, sys::nvrtcResult>,
+) -> Result<T> {
     if !nvrtc_available() {
         return Err(KernelError::NoNvrtc);
     }
@@ -48,7 +71,7 @@ pub fn compile_to_cubin(module: &ModuleSource, arch: &str) -> Result<Vec<u8>> {
         let compiled = result::compile_program(program, &options);
         let outcome = match compiled {
             Ok(()) => {
-                cubin(program).map_err(|e| compile_error(format!("cannot read the cubin: {e:?}")))
+                output(program).map_err(|e| compile_error(format!("cannot read the output: {e:?}")))
             }
             Err(_) => {
                 let log = result::get_program_log(program)

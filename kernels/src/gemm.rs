@@ -72,18 +72,46 @@ pub fn linear_bf16(
     in_features: usize,
     out_features: usize,
 ) -> Result<()> {
-    check(
-        rows,
-        in_features,
-        out_features,
-        x_bf16.len(),
-        w_bf16.len(),
-        y.len(),
-    )?;
+    let shape = (rows, in_features, out_features);
+    linear_16bit(
+        gpu,
+        sys::cudaDataType::CUDA_R_16BF,
+        x_bf16,
+        w_bf16,
+        y,
+        shape,
+    )
+}
+
+/// f16 x f16 -> f32 GEMM with f32 accumulation (tensor cores from sm_70: the T4 path);
+/// `x_f16` and `w_f16` are f16 bit patterns.
+pub fn linear_f16(
+    gpu: &Gpu,
+    x_f16: &CudaView<u16>,
+    w_f16: &CudaView<u16>,
+    y: &mut CudaViewMut<f32>,
+    rows: usize,
+    in_features: usize,
+    out_features: usize,
+) -> Result<()> {
+    let shape = (rows, in_features, out_features);
+    linear_16bit(gpu, sys::cudaDataType::CUDA_R_16F, x_f16, w_f16, y, shape)
+}
+
+/// `y = x w^T` with both operands in the 16-bit type `operands`, f32 out and accumulation.
+fn linear_16bit(
+    gpu: &Gpu,
+    operands: sys::cudaDataType,
+    x: &CudaView<u16>,
+    w: &CudaView<u16>,
+    y: &mut CudaViewMut<f32>,
+    (rows, in_features, out_features): (usize, usize, usize),
+) -> Result<()> {
+    check(rows, in_features, out_features, x.len(), w.len(), y.len())?;
     let (alpha, beta) = (1.0f32, 0.0f32);
     let stream = &gpu.stream;
-    let (x_ptr, _x) = x_bf16.device_ptr(stream);
-    let (w_ptr, _w) = w_bf16.device_ptr(stream);
+    let (x_ptr, _x) = x.device_ptr(stream);
+    let (w_ptr, _w) = w.device_ptr(stream);
     let (y_ptr, _y) = y.device_ptr_mut(stream);
     // SAFETY: as in linear_f32; the dtypes given match the buffers.
     unsafe {
@@ -96,10 +124,10 @@ pub fn linear_bf16(
             in_features as i32,
             (&alpha as *const f32).cast::<c_void>(),
             w_ptr as *const c_void,
-            sys::cudaDataType::CUDA_R_16BF,
+            operands,
             in_features as i32,
             x_ptr as *const c_void,
-            sys::cudaDataType::CUDA_R_16BF,
+            operands,
             in_features as i32,
             (&beta as *const f32).cast::<c_void>(),
             y_ptr as *mut c_void,

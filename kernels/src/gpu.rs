@@ -1,7 +1,7 @@
 //! One GPU: context, compute stream, cuBLAS handle and the compiled modules.
 
 use crate::cache::KernelCache;
-use crate::compile::{compile_to_cubin, nvrtc_available, nvrtc_version};
+use crate::compile::{compile_to_cubin, compile_to_ptx, nvrtc_available, nvrtc_version};
 use crate::error::{KernelError, Result};
 use crate::sources::ModuleSource;
 use cudarc::cublas::CudaBlas;
@@ -26,6 +26,10 @@ pub struct Gpu {
     pub arch: String,
     /// NVRTC version.
     pub nvrtc: (i32, i32),
+    /// `LAYERSTREAM_KERNEL_ARCH`: kernels compiled as PTX for this older architecture and
+    /// run through the driver's JIT, so that a newer GPU runs (and tests) the code paths an
+    /// older one gets (`75`: a T4's); every arithmetic choice then follows it.
+    pub kernel_arch: Option<(i32, i32)>,
     cache: KernelCache,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     functions: Mutex<HashMap<(&'static str, &'static str), CudaFunction>>,
@@ -80,6 +84,7 @@ impl Gpu {
         let blas = CudaBlas::new(stream.clone())?;
         let compute_capability = context.compute_capability()?;
         let name = context.name()?;
+        let kernel_arch = kernel_arch_from_env(compute_capability)?;
         Ok(Gpu {
             arch: format!("sm_{}{}", compute_capability.0, compute_capability.1),
             nvrtc: nvrtc_version()?,
@@ -88,16 +93,23 @@ impl Gpu {
             blas,
             compute_capability,
             name,
+            kernel_arch,
             cache: KernelCache::from_env(),
             modules: Mutex::new(HashMap::new()),
             functions: Mutex::new(HashMap::new()),
         })
     }
 
-    /// Whether the GPU does bf16 arithmetic (compute capability 8.0 and newer); a T4
-    /// (sm_75) does not, so bf16 weights compute in f32 there.
+    /// The compute capability the kernels are compiled for: the GPU's, or the older one
+    /// `LAYERSTREAM_KERNEL_ARCH` names.
+    pub fn kernel_capability(&self) -> (i32, i32) {
+        self.kernel_arch.unwrap_or(self.compute_capability)
+    }
+
+    /// Whether the kernels do bf16 arithmetic (compute capability 8.0 and newer); a T4
+    /// (sm_75) does not, so bf16 weights compute in f16 or f32 there.
     pub fn has_bf16_math(&self) -> bool {
-        self.compute_capability.0 >= 8
+        self.kernel_capability().0 >= 8
     }
 
     /// A kernel of `module`, compiling (or loading from the cache) the module on first use.
@@ -131,6 +143,15 @@ impl Gpu {
         if let Some(m) = self.modules.lock().expect("not poisoned").get(module.name) {
             return Ok(m.clone());
         }
+        if let Some((major, minor)) = self.kernel_arch {
+            let ptx = compile_to_ptx(&module, &format!("compute_{major}{minor}"))?;
+            let loaded = self.context.load_module(Ptx::from_src(ptx))?;
+            self.modules
+                .lock()
+                .expect("not poisoned")
+                .insert(module.name, loaded.clone());
+            return Ok(loaded);
+        }
         let source = module.full_source();
         let entry = KernelCache::entry_name(module.name, &source, &self.arch, self.nvrtc);
         let loaded = match self.cache.load(&entry) {
@@ -153,5 +174,28 @@ impl Gpu {
         let loaded = self.context.load_module(Ptx::from_binary(cubin.clone()))?;
         self.cache.store(entry, &cubin);
         Ok(loaded)
+    }
+}
+
+/// `LAYERSTREAM_KERNEL_ARCH` (`75`, `sm_75` or `compute_75`): an architecture no newer than
+/// the GPU's to compile the kernels for.
+fn kernel_arch_from_env(device: (i32, i32)) -> Result<Option<(i32, i32)>> {
+    let Ok(text) = std::env::var("LAYERSTREAM_KERNEL_ARCH") else {
+        return Ok(None);
+    };
+    let digits = text
+        .trim()
+        .trim_start_matches("compute_")
+        .trim_start_matches("sm_");
+    let parsed = match (digits.len(), digits.parse::<i32>()) {
+        (2 | 3, Ok(n)) => Some((n / 10, n % 10)),
+        _ => None,
+    };
+    match parsed {
+        Some(arch) if arch <= device && arch >= (7, 5) => Ok(Some(arch)),
+        _ => Err(KernelError::Unsupported(format!(
+            "LAYERSTREAM_KERNEL_ARCH={text}: give an architecture from 75 up to this GPU's ({}{}), e.g. 75 for a T4's kernels",
+            device.0, device.1
+        ))),
     }
 }

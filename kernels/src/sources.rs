@@ -39,7 +39,7 @@ pub const ROPE: ModuleSource = module!("rope");
 pub const ELEMENTWISE: ModuleSource = module!("elementwise");
 /// Flash-style causal attention.
 pub const ATTENTION: ModuleSource = module!("attention");
-/// Causal attention on tensor cores (bf16 operands, sm_80+).
+/// Causal attention on tensor cores (bf16 operands on sm_80+, f16 on sm_75+).
 pub const ATTENTION_MMA: ModuleSource = module!("attention_mma");
 /// MoE routing, permutation, unpermutation.
 pub const MOE: ModuleSource = module!("moe");
@@ -54,8 +54,11 @@ pub const DELTA_NET: ModuleSource = module!("delta_net");
 /// Online log-sum-exp for next-token NLL.
 pub const LOSS: ModuleSource = module!("loss");
 
+/// The f16 path's overflow guard: guarded conversion, f32 fix-up of overflowing rows.
+pub const HALF_GUARD: ModuleSource = module!("half_guard");
+
 /// Every module.
-pub const ALL_MODULES: [ModuleSource; 11] = [
+pub const ALL_MODULES: [ModuleSource; 12] = [
     CONVERT,
     NORM,
     ROPE,
@@ -67,4 +70,5 @@ pub const ALL_MODULES: [ModuleSource; 11] = [
     MAGNITUDES,
     LOSS,
     DELTA_NET,
+    HALF_GUARD,
 ];

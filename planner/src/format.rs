@@ -21,6 +21,8 @@ pub fn align(bytes: u64) -> u64 {
 pub enum GemmDtype {
     /// bf16 matrices.
     Bf16,
+    /// f16 matrices (the T4 path).
+    F16,
     /// f32 matrices.
     F32,
 }
@@ -29,7 +31,7 @@ impl GemmDtype {
     /// Bytes per element.
     pub fn size_bytes(self) -> u64 {
         match self {
-            GemmDtype::Bf16 => 2,
+            GemmDtype::Bf16 | GemmDtype::F16 => 2,
             GemmDtype::F32 => 4,
         }
     }
@@ -103,6 +105,7 @@ impl WeightFormat {
         matches!(
             (self, gemm),
             (WeightFormat::Dense(TensorDtype::Bf16), GemmDtype::Bf16)
+                | (WeightFormat::Dense(TensorDtype::F16), GemmDtype::F16)
                 | (WeightFormat::Dense(TensorDtype::F32), GemmDtype::F32)
         )
     }
@@ -350,6 +353,11 @@ mod tests {
         );
         let bf16 = WeightFormat::Dense(TensorDtype::Bf16);
         assert_eq!(bf16.converted_bytes(64, 64, GemmDtype::Bf16), 0);
+        // The f16 path uses f16 checkpoints in place and converts bf16 ones to 2 bytes.
+        let f16 = WeightFormat::Dense(TensorDtype::F16);
+        assert_eq!(f16.converted_bytes(64, 64, GemmDtype::F16), 0);
+        assert_eq!(bf16.converted_bytes(64, 64, GemmDtype::F16), 64 * 64 * 2);
+        assert_eq!(f16.converted_bytes(64, 64, GemmDtype::Bf16), 64 * 64 * 2);
         assert_eq!(bf16.stored_bytes(64, 64), (64 * 64 * 2, 0));
     }
 

@@ -5,6 +5,7 @@
 pub mod bf16_peer;
 pub mod device;
 mod edit;
+pub mod gpu_run;
 pub mod near_ties;
 pub mod record_statistics;
 pub mod records;

@@ -71,6 +71,7 @@ pub fn make_estimate(
     let gemm = match compute {
         ComputeChoice::F32 => GemmDtype::F32,
         ComputeChoice::Bf16 => GemmDtype::Bf16,
+        ComputeChoice::F16 => GemmDtype::F16,
         ComputeChoice::Auto if dominant_weight_dtype(model) == TensorDtype::Bf16 => GemmDtype::Bf16,
         ComputeChoice::Auto => GemmDtype::F32,
     };

@@ -221,6 +221,12 @@ pub fn print_transfer(summary: &RunSummary) {
             layerstream_planner::ByteSize(peak)
         );
     }
+    if let Some(f16) = summary.f16_overflow {
+        eprintln!(
+            "f16 compute: {} GEMM rows and {} attention sequences held values beyond f16's range and were recomputed in f32 (the layers computed in this run)",
+            f16.gemm_rows, f16.attention_sequences
+        );
+    }
 }
 
 /// Creates the output folder, proves it can be written and takes its lock (refused while

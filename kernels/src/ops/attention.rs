@@ -1,5 +1,6 @@
-//! Flash-style causal attention: f32 on CUDA cores (`attention.cu`), or bf16 operands with
-//! f32 accumulation on tensor cores (`attention_mma.cu`, sm_80+). Either can also write the
+//! Flash-style causal attention: f32 on CUDA cores (`attention.cu`), or bf16 (sm_80+) or f16
+//! (sm_75+) operands with f32 accumulation on tensor cores (`attention_mma.cu`); f16 with an
+//! overflow guard that recomputes in f32 the sequences whose operands do not fit f16. Either can also write the
 //! attention-sink probabilities (on key 0 and each sequence's first delimiter) per query
 //! into a scratch buffer, summed per (sequence, head) by [`reduce_sink_mass`].
 
@@ -38,20 +39,44 @@ pub struct AttentionDims {
     pub sliding_window: Option<usize>,
     /// Score scale.
     pub scale: f32,
-    /// Products in bf16 on tensor cores (f32 accumulation and softmax) where the GPU has
-    /// them and the head fits (`head_dim` a multiple of 16, at most [`MMA_MAX_HEAD_DIM`]);
-    /// f32 throughout otherwise.
-    pub tensor_cores: bool,
+    /// The products' operands on tensor cores (f32 accumulation and softmax) where the GPU
+    /// has them and the head fits (`head_dim` a multiple of 16, at most
+    /// [`MMA_MAX_HEAD_DIM`]); f32 throughout otherwise.
+    pub operands: MmaOperands,
+}
+
+/// What the attention products take on tensor cores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MmaOperands {
+    /// None: f32 on CUDA cores.
+    Off,
+    /// bf16 (sm_80+).
+    Bf16,
+    /// f16 (sm_75+), with the overflow guard ([`F16Guard`]).
+    F16,
 }
 
 impl AttentionDims {
     /// Whether the tensor-core kernel runs for these dims on `gpu`.
     pub fn uses_tensor_cores(&self, gpu: &Gpu) -> bool {
-        self.tensor_cores
-            && gpu.has_bf16_math()
-            && self.head_dim.is_multiple_of(16)
-            && self.head_dim <= MMA_MAX_HEAD_DIM
+        let arch = match self.operands {
+            MmaOperands::Off => return false,
+            MmaOperands::Bf16 => gpu.has_bf16_math(),
+            MmaOperands::F16 => gpu.compute_capability >= (7, 5),
+        };
+        arch && self.head_dim.is_multiple_of(16) && self.head_dim <= MMA_MAX_HEAD_DIM
     }
+}
+
+/// The f16 attention's overflow guard: a flag per sequence of the call, zeroed here, set by
+/// the tensor-core kernel where a Q, K or V value of the sequence becomes +-inf in f16; the
+/// flagged sequences are then recomputed by the f32 kernel, each counted in `totals[1]`
+/// (`half_guard.cu`'s totals). No host synchronisation.
+pub struct F16Guard<'a, 'b> {
+    /// At least `sequences` flags.
+    pub flags: &'a mut CudaViewMut<'b, u32>,
+    /// The run's overflow totals (3).
+    pub totals: &'a mut CudaViewMut<'b, u64>,
 }
 
 /// Probabilities per query in the sink scratch: key 0, the delimiter, the learned sink.
@@ -88,7 +113,7 @@ pub struct RaggedRows<'a, 'b> {
 /// `learned_sinks (heads)`: a logit per head appended to every row's softmax and dropped
 /// after it. With `sinks`, every query's probability on key 0, on its sequence's delimiter
 /// and on the learned sink too. With `ragged`, the sequences have their own lengths (each
-/// attends within itself; no sinks then).
+/// attends within itself; no sinks then). f16 operands need `guard`.
 #[allow(clippy::too_many_arguments)]
 pub fn causal_attention(
     gpu: &Gpu,
@@ -100,6 +125,7 @@ pub fn causal_attention(
     learned_sinks: Option<&CudaView<f32>>,
     sinks: Option<SinkScratch>,
     ragged: Option<RaggedRows>,
+    guard: Option<F16Guard>,
 ) -> Result<()> {
     let AttentionDims {
         sequences,
@@ -108,7 +134,6 @@ pub fn causal_attention(
         kv_heads,
         head_dim,
         sliding_window,
-        scale,
         ..
     } = dims;
     if head_dim > MAX_HEAD_DIM || kv_heads == 0 || heads % kv_heads != 0 {
@@ -171,86 +196,186 @@ pub fn causal_attention(
             pointer
         }
     };
-    if dims.uses_tensor_cores(gpu) {
-        let shared_u16 = MMA_KEYS * (head_dim + 8) + head_dim * (MMA_KEYS + 8);
-        let config = LaunchConfig {
-            grid_dim: (
-                seq_len.div_ceil(MMA_ROWS_PER_BLOCK) as u32,
-                heads as u32,
-                sequences as u32,
-            ),
-            block_dim: (32 * (MMA_ROWS_PER_BLOCK / 16) as u32, 1, 1),
-            shared_mem_bytes: (shared_u16 * 2) as u32,
-        };
-        let (seq_i, heads_i, kv_i, dim_i) = (
-            seq_len as i32,
-            heads as i32,
-            kv_heads as i32,
-            head_dim as i32,
-        );
-        // K and V rows are read as float4: whole buffers (offset 0) of a width that is a
-        // multiple of 16 are aligned.
-        return launch!(
+    let args = KernelArgs {
+        q,
+        k,
+        v,
+        dims,
+        window,
+        learned_ptr,
+        sink_ptr,
+        want_sinks,
+        offsets_ptr,
+    };
+    if !dims.uses_tensor_cores(gpu) {
+        return f32_attention(gpu, &args, out, None);
+    }
+    if dims.operands == MmaOperands::Bf16 {
+        return mma_attention(gpu, &args, out, None);
+    }
+    let Some(F16Guard { flags, totals }) = guard else {
+        return Err(KernelError::Unsupported(
+            "f16 attention without its overflow guard".into(),
+        ));
+    };
+    check_len("attention f16 flags", &*flags, sequences)?;
+    check_len("attention f16 totals", &*totals, 3)?;
+    let mut flags = flags.slice_mut(..sequences);
+    gpu.stream.memset_zeros(&mut flags)?;
+    let (flags_ptr, _flags_guard) = flags.device_ptr_mut(&gpu.stream);
+    let (totals_ptr, _totals_guard) = totals.device_ptr_mut(&gpu.stream);
+    mma_attention(gpu, &args, out, Some(flags_ptr))?;
+    // The sequences flagged, again in f32 (the other blocks return at once).
+    f32_attention(gpu, &args, out, Some((flags_ptr, totals_ptr)))
+}
+
+/// What both attention kernels take besides the output.
+struct KernelArgs<'a, 'b> {
+    q: &'a CudaView<'b, f32>,
+    k: &'a CudaView<'b, f32>,
+    v: &'a CudaView<'b, f32>,
+    dims: AttentionDims,
+    window: i32,
+    learned_ptr: u64,
+    sink_ptr: u64,
+    want_sinks: i32,
+    offsets_ptr: u64,
+}
+
+/// The tensor-core kernel; `overflow_flags`: the f16 kernel, flagging sequences there.
+fn mma_attention(
+    gpu: &Gpu,
+    a: &KernelArgs,
+    out: &mut CudaViewMut<f32>,
+    overflow_flags: Option<u64>,
+) -> Result<()> {
+    let d = &a.dims;
+    let shared_u16 = MMA_KEYS * (d.head_dim + 8) + d.head_dim * (MMA_KEYS + 8);
+    let config = LaunchConfig {
+        grid_dim: (
+            d.seq_len.div_ceil(MMA_ROWS_PER_BLOCK) as u32,
+            d.heads as u32,
+            d.sequences as u32,
+        ),
+        block_dim: (32 * (MMA_ROWS_PER_BLOCK / 16) as u32, 1, 1),
+        shared_mem_bytes: (shared_u16 * 2) as u32,
+    };
+    let (seq_i, heads_i, kv_i, dim_i) = (
+        d.seq_len as i32,
+        d.heads as i32,
+        d.kv_heads as i32,
+        d.head_dim as i32,
+    );
+    // K and V rows are read as float4: whole buffers (offset 0) of a width that is a
+    // multiple of 16 are aligned.
+    let KernelArgs {
+        q,
+        k,
+        v,
+        window,
+        learned_ptr,
+        sink_ptr,
+        want_sinks,
+        offsets_ptr,
+        ..
+    } = a;
+    match overflow_flags {
+        None => launch!(
             gpu,
             ATTENTION_MMA,
             "attention_mma_kernel",
             config,
-            q,
-            k,
-            v,
+            *q,
+            *k,
+            *v,
             out,
             &seq_i,
             &heads_i,
             &kv_i,
             &dim_i,
-            &window,
-            &scale,
-            &learned_ptr,
-            &sink_ptr,
-            &want_sinks,
-            &offsets_ptr
-        );
+            window,
+            &d.scale,
+            learned_ptr,
+            sink_ptr,
+            want_sinks,
+            offsets_ptr
+        ),
+        Some(flags_ptr) => launch!(
+            gpu,
+            ATTENTION_MMA,
+            "attention_mma_f16_kernel",
+            config,
+            *q,
+            *k,
+            *v,
+            out,
+            &seq_i,
+            &heads_i,
+            &kv_i,
+            &dim_i,
+            window,
+            &d.scale,
+            learned_ptr,
+            sink_ptr,
+            want_sinks,
+            offsets_ptr,
+            &flags_ptr
+        ),
     }
+}
+
+/// The f32 kernel; `only_flagged`: (flags, totals) of the f16 guard, recomputing only the
+/// flagged sequences.
+fn f32_attention(
+    gpu: &Gpu,
+    a: &KernelArgs,
+    out: &mut CudaViewMut<f32>,
+    only_flagged: Option<(u64, u64)>,
+) -> Result<()> {
+    let d = &a.dims;
     // 32 keys per tile while the tiles fit in 48 KiB of shared memory, 16 beyond.
-    let key_tile: usize = if head_dim <= 128 { 32 } else { 16 };
+    let key_tile: usize = if d.head_dim <= 128 { 32 } else { 16 };
     let shared_floats =
-        key_tile * (head_dim + 1) + key_tile * head_dim + QUERY_ROWS_PER_BLOCK * head_dim;
+        key_tile * (d.head_dim + 1) + key_tile * d.head_dim + QUERY_ROWS_PER_BLOCK * d.head_dim;
     let config = LaunchConfig {
         grid_dim: (
-            seq_len.div_ceil(QUERY_ROWS_PER_BLOCK) as u32,
-            heads as u32,
-            sequences as u32,
+            d.seq_len.div_ceil(QUERY_ROWS_PER_BLOCK) as u32,
+            d.heads as u32,
+            d.sequences as u32,
         ),
         block_dim: (32 * QUERY_ROWS_PER_BLOCK as u32, 1, 1),
         shared_mem_bytes: (shared_floats * 4) as u32,
     };
     let (seq_i, heads_i, kv_i, dim_i, tile_i) = (
-        seq_len as i32,
-        heads as i32,
-        kv_heads as i32,
-        head_dim as i32,
+        d.seq_len as i32,
+        d.heads as i32,
+        d.kv_heads as i32,
+        d.head_dim as i32,
         key_tile as i32,
     );
+    let (flags_ptr, totals_ptr) = only_flagged.unwrap_or((0, 0));
     launch!(
         gpu,
         ATTENTION,
         "attention_kernel",
         config,
-        q,
-        k,
-        v,
+        a.q,
+        a.k,
+        a.v,
         out,
         &seq_i,
         &heads_i,
         &kv_i,
         &dim_i,
         &tile_i,
-        &window,
-        &scale,
-        &learned_ptr,
-        &sink_ptr,
-        &want_sinks,
-        &offsets_ptr
+        &a.window,
+        &d.scale,
+        &a.learned_ptr,
+        &a.sink_ptr,
+        &a.want_sinks,
+        &a.offsets_ptr,
+        &flags_ptr,
+        &totals_ptr
     )
 }
 

@@ -21,6 +21,8 @@ pub enum ConvWeight<'a> {
     F32(CudaView<'a, f32>),
     /// bf16 bit patterns.
     Bf16(CudaView<'a, u16>),
+    /// f16 bit patterns (the f16 path).
+    F16(CudaView<'a, u16>),
 }
 
 /// `out (rows, channels) = silu(causal depthwise conv(input))` per sequence of `seq_len`.
@@ -53,12 +55,16 @@ pub fn causal_conv_silu(
                 &t
             )
         }
-        ConvWeight::Bf16(w) => {
+        ConvWeight::Bf16(w) | ConvWeight::F16(w) => {
             check_len("conv weight", w, channels * kernel)?;
+            let name = match weight {
+                ConvWeight::F16(_) => "causal_conv_silu_f16_kernel",
+                _ => "causal_conv_silu_bf16_kernel",
+            };
             launch!(
                 gpu,
                 DELTA_NET,
-                "causal_conv_silu_bf16_kernel",
+                name,
                 grid_for(n),
                 input,
                 w,

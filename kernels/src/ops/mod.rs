@@ -5,6 +5,7 @@ pub mod attention;
 pub mod convert;
 pub mod delta_net;
 pub mod elementwise;
+pub mod half_guard;
 pub mod loss;
 pub mod magnitudes;
 pub mod moe;

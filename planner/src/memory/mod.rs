@@ -39,8 +39,8 @@ pub use crate::format::{GemmDtype, TENSOR_ALIGN};
 pub use assemble::{HEAD_MIN_ROWS, plan};
 pub use mixer_buffers::BlockWidths;
 pub use regions::{
-    BufferName, ElementType, Regions, ScratchFor, ScratchManifest, activation_bytes, head_bytes,
-    head_logits_chunk, head_shape, layer_weight_bytes,
+    BufferName, ElementType, Regions, ScratchFor, ScratchManifest, activation_bytes,
+    half_guard_len, head_bytes, head_logits_chunk, head_shape, layer_weight_bytes,
 };
 pub use report::{LayerPlan, MemoryPlan, PartPlan, PlanError};
 pub use shapes::{

@@ -57,7 +57,7 @@ pub enum ElementType {
     F32,
     /// 32-bit unsigned (expert indices, counts, positions).
     U32,
-    /// bfloat16 (GEMM inputs).
+    /// bfloat16 or f16 (GEMM inputs).
     Bf16,
 }
 
@@ -90,8 +90,14 @@ pub enum BufferName {
     Gate,
     /// `(rows, dense intermediate)`.
     Up,
-    /// `(rows, widest GEMM input)` in bf16: GEMM inputs converted for bf16 weights (GPU).
+    /// `(rows, widest GEMM input)` in bf16 or f16: GEMM inputs converted for 16-bit weights
+    /// (GPU).
     Bf16Inputs,
+    /// `(1 + 3 rows)` u32: the f16 path's overflow guard (the count and list of rows of a GEMM
+    /// input holding values beyond f16's range, a flag per row, a flag per sequence of an
+    /// attention call; GPU).
+    HalfGuard,
+
     /// `(rows, experts)`: router logits.
     RouterLogits,
     /// `(rows, top_k)`: chosen experts.
@@ -168,6 +174,7 @@ impl BufferName {
                 | BufferName::Gate
                 | BufferName::Up
                 | BufferName::Bf16Inputs
+                | BufferName::HalfGuard
                 | BufferName::Projected
                 | BufferName::MixerGate
                 | BufferName::Mixed
@@ -194,7 +201,8 @@ impl BufferName {
             BufferName::ChosenExperts
             | BufferName::Positions
             | BufferName::ExpertCounts
-            | BufferName::ExpertOffsets => ElementType::U32,
+            | BufferName::ExpertOffsets
+            | BufferName::HalfGuard => ElementType::U32,
             _ => ElementType::F32,
         }
     }
@@ -266,6 +274,7 @@ impl ScratchManifest {
         }
         if backend == ScratchFor::Gpu {
             counts.insert(Bf16Inputs, rows * widest_input);
+            counts.insert(HalfGuard, half_guard_len(rows));
         }
         ScratchManifest { counts }
     }
@@ -378,7 +387,15 @@ pub fn head_bytes(
         + 4 * rows * width
         + 4 * rows * chunk
         + 2 * rows * width
+        + 4 * half_guard_len(rows as usize) as u64
         + running
+}
+
+/// u32 elements of the f16 path's overflow guard for micro-batches of `rows` tokens (the
+/// manifest's `HalfGuard`): the count, the listed rows and a flag per row of a GEMM input, a
+/// flag per sequence of an attention call.
+pub fn half_guard_len(rows: usize) -> usize {
+    1 + 3 * rows
 }
 
 #[cfg(test)]

@@ -65,6 +65,7 @@ pub(crate) fn causal_conv_silu(
     let weight = match weights.matrix(WeightRole::DeltaConv) {
         MatrixRows::F32(w) => ConvWeight::F32(w),
         MatrixRows::Bf16(w) => ConvWeight::Bf16(w),
+        MatrixRows::F16(w) => ConvWeight::F16(w),
     };
     for (rows, _, len) in runs(batch, batch.longest()) {
         let values = rows.start * channels..rows.end * channels;

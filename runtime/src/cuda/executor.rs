@@ -2,29 +2,28 @@
 //! layer's weights are uploaded once and every micro-batch runs through them; statistics
 //! accumulate on the device and cross to the host once per layer and capture point.
 
-use super::ComputeDtype;
 use super::CudaBackend;
 use super::capture::{Accumulator, CudaCapture, download_statistics, statistics_accumulators};
 use super::head_run::HeadRun;
 use super::hidden::HiddenStates;
 use super::layer::{DeviceMicroBatch, DeviceScratch, run_part};
-use super::ops::RaggedDevice;
+use super::ops::{RaggedDevice, ragged_rows};
 use super::staging::{
     LayerLayout, StagedLayer, StagingBuffer, part_layout, read_layers, staging_buffers,
 };
 use super::weights::{DeviceLayer, FreeStaging};
+use super::{ComputeDtype, f16_overflow};
 use crate::allocation::{Budget, Reservation};
 use crate::capture::CapturePoint;
 use crate::cpu::threads::default_thread_count;
 use crate::error::{Result, RuntimeError};
 use crate::executor::layer_loop::{LayerRunner, run_layers};
 use crate::executor::{
-    FinalStage, MemoryUse, RunObserver, RunRequest, RunSummary, TransferSummary,
+    F16Overflow, FinalStage, MemoryUse, RunObserver, RunRequest, RunSummary, TransferSummary,
 };
 use crate::layer_end::{fill_initial_hidden_states, finish_layer, initial_hidden_states};
 use crate::model::Model;
 use crate::plan::{dominant_weight_dtype, layer_shapes};
-use crate::sequences::Sequences;
 use crate::timeline;
 use crossbeam::channel::{Receiver, Sender, bounded};
 use layerstream_kernels::Gpu;
@@ -126,6 +125,11 @@ pub fn run(
                 false => Some(uploads.first(&mut transfers)?),
             };
             let mut runner = CudaRunner {
+                half_totals: match compute {
+                    ComputeDtype::F16 => Some(f16_overflow::new_totals(gpu)?),
+                    _ => None,
+                },
+                f16_overflow: &mut summary.f16_overflow,
                 gpu,
                 model,
                 request,
@@ -171,44 +175,13 @@ pub fn run(
             compute,
             budget: &budget,
         };
-        head.run(&mut hidden_states, micro_batch, observer)?;
+        if let Some(counts) = head.run(&mut hidden_states, micro_batch, observer)? {
+            summary.f16_overflow.get_or_insert_default().add(counts);
+        }
     }
     gpu.stream.synchronize()?;
     summary.peak_reserved_bytes = Some(budget.peak());
     Ok(summary)
-}
-
-/// For sequences of their own lengths: every row's position in its sequence and the row
-/// offsets on the device, reserved against the budget.
-struct RaggedOnDevice {
-    _reservation: Reservation,
-    /// `(tokens)`.
-    positions: CudaSlice<i32>,
-    /// `(sequences + 1)`.
-    offsets: CudaSlice<i32>,
-}
-
-/// The workload's [`RaggedOnDevice`] (`None` for packed data, whose kernels compute
-/// positions and offsets from the one length).
-fn ragged_rows(
-    gpu: &Gpu,
-    sequences: &Sequences,
-    budget: &Arc<Budget>,
-) -> Result<Option<RaggedOnDevice>> {
-    if sequences.uniform_len().is_some() {
-        return Ok(None);
-    }
-    let bytes = 4 * (sequences.tokens() + sequences.count() + 1) as u64;
-    let reservation = budget.reserve("the sequences' row positions and offsets", bytes)?;
-    let positions: Vec<i32> = sequences.positions().iter().map(|&p| p as i32).collect();
-    let offsets: Vec<i32> = sequences.offsets().iter().map(|&o| o as i32).collect();
-    let positions = gpu.stream.clone_htod(&positions)?;
-    let offsets = gpu.stream.clone_htod(&offsets)?;
-    Ok(Some(RaggedOnDevice {
-        _reservation: reservation,
-        positions,
-        offsets,
-    }))
 }
 
 /// The feed-forward output of layers whose experts are split over several parts, for the
@@ -294,6 +267,10 @@ struct CudaRunner<'a, 'u> {
     next_index: usize,
     upload_count: usize,
     layers_to_run: usize,
+    /// f16 compute: the overflow totals of the layer running (`f16_overflow.rs`).
+    half_totals: Option<CudaSlice<u64>>,
+    /// Their sum over the layers run.
+    f16_overflow: &'a mut Option<F16Overflow>,
 }
 
 impl LayerRunner for CudaRunner<'_, '_> {
@@ -336,6 +313,7 @@ impl LayerRunner for CudaRunner<'_, '_> {
             &layout,
             self.compute,
             self.budget,
+            self.half_totals.as_mut(),
         )?;
         detail(self.gpu, || format!("layer {layer}: weights ready"))?;
         // The next layer (or part) goes up on the copy stream while this one computes.
@@ -396,7 +374,9 @@ impl LayerRunner for CudaRunner<'_, '_> {
             ragged,
             longest: all.longest(),
         };
-        run_part(
+        // The guard's kernels add to the layer's totals (f16 compute).
+        scratch.half.totals = self.half_totals.take();
+        let ran = run_part(
             gpu,
             &self.model.spec,
             layer,
@@ -407,7 +387,9 @@ impl LayerRunner for CudaRunner<'_, '_> {
             accumulator.as_mut(),
             scratch,
             capture,
-        )?;
+        );
+        self.half_totals = scratch.half.totals.take();
+        ran?;
         // The next micro-batch's inputs go up while this one computes (pinned host memory).
         if let Some(next) = upcoming {
             let rows = all.rows(next);
@@ -435,6 +417,14 @@ impl LayerRunner for CudaRunner<'_, '_> {
         let gpu = self.gpu;
         let statistics = download_statistics(gpu, self.request, &state.accumulators)?;
         drop(state);
+        if let Some(totals) = &mut self.half_totals {
+            let what = format!("layer {layer}");
+            let counts = f16_overflow::take_totals(gpu, totals, &what)?;
+            if let Some(line) = f16_overflow::notice(&what, counts) {
+                observer.on_notice(&line);
+            }
+            self.f16_overflow.get_or_insert_default().add(counts);
+        }
         detail(gpu, || format!("layer {layer}: statistics downloaded"))?;
         let hidden_states = &*self.hidden_states;
         let snapshot = || hidden_states.snapshot(gpu);

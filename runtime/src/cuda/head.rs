@@ -1,17 +1,22 @@
-//! Final norm and LM head on the device, in vocabulary chunks; next-token NLL through an
+//! Final norm and LM head on the device (uploaded whole or by vocabulary rows, in the GEMM
+//! dtype), in vocabulary chunks; next-token NLL through an
 //! online log-sum-exp kernel, so no `(rows, vocab)` buffer exists and only three numbers
 //! per token come back to the host.
 
 use super::ComputeDtype;
-use super::linear::{Bf16Scratch, linear};
-use super::weights::{DeviceMatrix, upload_matrix_rows};
-use crate::error::Result;
+use super::linear::{HalfScratch, linear};
+use super::weights::DeviceMatrix;
+use crate::error::{Result, RuntimeError};
 use crate::model::Model;
 use crate::sequences::Sequences;
+use crate::weights::WeightStore;
+use crate::weights::dtype::convert_to_f32;
+use half::bf16;
 use layerstream_kernels::Gpu;
 use layerstream_kernels::cudarc::driver::{CudaSlice, CudaView};
 use layerstream_kernels::ops::{loss, norm};
 use layerstream_planner::memory::head_logits_chunk;
+use layerstream_planner::{TensorDtype, TensorEntry};
 
 /// The output head on the device: all of it, or a range of its vocabulary rows (a head
 /// split because it does not fit next to the micro-batch).
@@ -96,7 +101,7 @@ impl DeviceHead {
         gpu: &Gpu,
         hidden: &CudaView<f32>,
         rows: usize,
-        scratch: &mut Bf16Scratch,
+        scratch: &mut HalfScratch,
         mut visit: impl FnMut(usize, &CudaSlice<f32>, usize) -> Result<()>,
     ) -> Result<()> {
         let alloc = |n: usize| gpu.stream.alloc_zeros::<f32>(n.max(1));
@@ -137,7 +142,7 @@ impl DeviceHead {
         gpu: &Gpu,
         hidden: &CudaView<f32>,
         rows: usize,
-        scratch: &mut Bf16Scratch,
+        scratch: &mut HalfScratch,
     ) -> Result<Vec<f32>> {
         let vocab = self.vocab;
         let mut all = vec![0f32; rows * vocab];
@@ -161,7 +166,7 @@ impl DeviceHead {
         hidden: &CudaView<f32>,
         token_ids: &[u32],
         batch: &Sequences,
-        scratch: &mut Bf16Scratch,
+        scratch: &mut HalfScratch,
     ) -> Result<Vec<f32>> {
         let targets = next_tokens(token_ids, batch);
         let mut running = RunningLogSumExp::new(token_ids.len());
@@ -177,7 +182,7 @@ impl DeviceHead {
         hidden: &CudaView<f32>,
         targets: &[u32],
         running: &mut RunningLogSumExp,
-        scratch: &mut Bf16Scratch,
+        scratch: &mut HalfScratch,
     ) -> Result<()> {
         let rows = targets.len();
         let targets_device = gpu.stream.clone_htod(targets)?;
@@ -210,5 +215,83 @@ pub fn nll_of(targets: &[u32], running: &RunningLogSumExp) -> Vec<f32> {
     (0..targets.len())
         .filter(|&r| targets[r] != u32::MAX)
         .map(|r| (running.log_norm(r) - running.target[r] as f64) as f32)
+        .collect()
+}
+
+/// Uploads rows `rows` of a matrix in the GEMM dtype (a part of a split output head).
+pub fn upload_matrix_rows(
+    gpu: &Gpu,
+    store: &WeightStore,
+    entry: &TensorEntry,
+    compute: ComputeDtype,
+    rows: std::ops::Range<usize>,
+) -> Result<DeviceMatrix> {
+    let width: usize = entry.shape[1..].iter().product();
+    let bytes = store.bytes(entry);
+    let bytes = match (
+        rows.start,
+        rows.end == entry.shape[0],
+        entry.dtype.size_bytes(),
+    ) {
+        (0, true, _) => bytes,
+        (_, _, Some(size)) => &bytes[rows.start * width * size..rows.end * width * size],
+        (_, _, None) => {
+            return Err(RuntimeError::InvalidRequest(format!(
+                "{}: the output head is stored as {:?}; it can be split by vocabulary rows only in f32, f16 or bf16",
+                entry.name, entry.dtype
+            )));
+        }
+    };
+    let numel = rows.len() * width;
+    Ok(match (compute, entry.dtype) {
+        (ComputeDtype::Bf16, TensorDtype::Bf16) => {
+            let bits: Vec<u16> = bytes
+                .chunks_exact(2)
+                .map(|b| u16::from_le_bytes([b[0], b[1]]))
+                .collect();
+            DeviceMatrix::Bf16(gpu.stream.clone_htod(&bits)?)
+        }
+        (ComputeDtype::Bf16, _) => {
+            let mut values = vec![0f32; numel];
+            convert_to_f32(entry.dtype, bytes, &mut values);
+            let bits: Vec<u16> = values
+                .iter()
+                .map(|&v| bf16::from_f32(v).to_bits())
+                .collect();
+            DeviceMatrix::Bf16(gpu.stream.clone_htod(&bits)?)
+        }
+        (ComputeDtype::F32, _) => {
+            let mut values = vec![0f32; numel];
+            convert_to_f32(entry.dtype, bytes, &mut values);
+            DeviceMatrix::F32(gpu.stream.clone_htod(&values)?)
+        }
+        (ComputeDtype::F16, _) => {
+            let mut values = vec![0f32; numel];
+            convert_to_f32(entry.dtype, bytes, &mut values);
+            let bits = f16_bits(&values).map_err(|at| {
+                RuntimeError::InvalidRequest(format!(
+                    "{}: value {} (element {at}) is beyond f16's range (65504); run with --compute-dtype f32{}",
+                    entry.name,
+                    values[at],
+                    if entry.dtype == TensorDtype::Bf16 { " or bf16" } else { "" }
+                ))
+            })?;
+            DeviceMatrix::F16(gpu.stream.clone_htod(&bits)?)
+        }
+    })
+}
+
+/// f16 bit patterns of `values`, or the index of the first finite value beyond f16's range.
+fn f16_bits(values: &[f32]) -> std::result::Result<Vec<u16>, usize> {
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            let h = half::f16::from_f32(v);
+            match h.is_infinite() && v.is_finite() {
+                true => Err(i),
+                false => Ok(h.to_bits()),
+            }
+        })
         .collect()
 }

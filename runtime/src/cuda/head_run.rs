@@ -5,13 +5,13 @@
 //! uploaded one part at a time, layer-major: every micro-batch goes through a part before the
 //! next is uploaded, each row's running log-sum-exp and the top candidates kept on the host.
 
-use super::ComputeDtype;
 use super::head::{DeviceHead, RunningLogSumExp, next_tokens, nll_of};
 use super::hidden::HiddenStates;
-use super::linear::Bf16Scratch;
+use super::linear::HalfScratch;
+use super::{ComputeDtype, f16_overflow};
 use crate::allocation::Budget;
 use crate::error::Result;
-use crate::executor::{FinalStage, RunObserver, RunRequest};
+use crate::executor::{F16Overflow, FinalStage, RunObserver, RunRequest};
 use crate::model::Model;
 use crate::sequences::Sequences;
 use crate::top_logprobs::top_k_logprobs;
@@ -43,12 +43,13 @@ fn batches(all: &Sequences, micro_batch: usize) -> Vec<Range<usize>> {
 }
 
 impl HeadRun<'_> {
+    /// Runs the head; f16 compute returns what its overflow guard recomputed.
     pub fn run(
         &self,
         hidden_states: &mut HiddenStates,
         micro_batch: usize,
         observer: &mut dyn RunObserver,
-    ) -> Result<()> {
+    ) -> Result<Option<F16Overflow>> {
         let (model, request, budget) = (self.model, self.request, self.budget);
         let all = &request.sequences;
         let rows = all.largest_batch(0..all.count(), micro_batch);
@@ -63,17 +64,34 @@ impl HeadRun<'_> {
         );
         let _head_reservation = budget.reserve("the output head", head_bytes)?;
         let d = model.spec.hidden_size;
-        let mut scratch = Bf16Scratch::new(self.gpu.stream.alloc_zeros::<u16>(rows * d)?);
+        let mut scratch = HalfScratch::new(
+            self.gpu.stream.alloc_zeros::<u16>(rows * d)?,
+            self.gpu
+                .stream
+                .alloc_zeros::<u32>(memory::half_guard_len(rows))?,
+        );
+        if self.compute == ComputeDtype::F16 {
+            scratch.totals = Some(f16_overflow::new_totals(self.gpu)?);
+        }
         match split {
-            None => self.whole(hidden_states, micro_batch, observer, &mut scratch),
+            None => self.whole(hidden_states, micro_batch, observer, &mut scratch)?,
             Some(vocab_rows) => self.split(
                 hidden_states,
                 micro_batch,
                 vocab_rows,
                 observer,
                 &mut scratch,
-            ),
+            )?,
         }
+        let Some(totals) = &mut scratch.totals else {
+            return Ok(None);
+        };
+        let what = "the output head";
+        let counts = f16_overflow::take_totals(self.gpu, totals, what)?;
+        if let Some(line) = f16_overflow::notice(what, counts) {
+            observer.on_notice(&line);
+        }
+        Ok(Some(counts))
     }
 
     /// The whole head on the device, every micro-batch once.
@@ -82,7 +100,7 @@ impl HeadRun<'_> {
         hidden_states: &mut HiddenStates,
         micro_batch: usize,
         observer: &mut dyn RunObserver,
-        scratch: &mut Bf16Scratch,
+        scratch: &mut HalfScratch,
     ) -> Result<()> {
         let (gpu, model, request) = (self.gpu, self.model, self.request);
         let head = DeviceHead::upload(gpu, model, self.compute)?;
@@ -146,7 +164,7 @@ impl HeadRun<'_> {
         micro_batch: usize,
         vocab_rows: usize,
         observer: &mut dyn RunObserver,
-        scratch: &mut Bf16Scratch,
+        scratch: &mut HalfScratch,
     ) -> Result<()> {
         let (gpu, model, request) = (self.gpu, self.model, self.request);
         let all = &request.sequences;

@@ -2,7 +2,7 @@
 //! block (`block/`) over the CUDA ops (`ops.rs`).
 
 use super::capture::CudaCapture;
-use super::linear::Bf16Scratch;
+use super::linear::HalfScratch;
 use super::moe::MoeBuffers;
 use super::ops::CudaOps;
 use super::ops::RaggedDevice;
@@ -35,8 +35,8 @@ pub struct DeviceScratch {
     dense_width: usize,
     mixer: MixerBuffers<CudaSlice<f32>>, // gated attention's and DeltaNet's block buffers
     delta: DeltaScratch,
-    /// bf16 copies of GEMM inputs, `(rows, widest input)`.
-    pub bf16: Bf16Scratch,
+    /// 16-bit copies of GEMM inputs, `(rows, widest input)`, and the f16 overflow guard.
+    pub half: HalfScratch,
     moe: Option<MoeBuffers>,
     _reservation: Reservation,
 }
@@ -90,9 +90,11 @@ impl DeviceScratch {
                 out: f32s(DeltaChunkOut)?,
                 state: f32s(DeltaState)?,
             },
-            bf16: Bf16Scratch::new(
+            half: HalfScratch::new(
                 gpu.stream
                     .alloc_zeros::<u16>(manifest.count(Bf16Inputs).max(1))?,
+                gpu.stream
+                    .alloc_zeros::<u32>(manifest.count(HalfGuard).max(1))?,
             ),
             moe: match manifest.lists(RouterLogits) {
                 true => Some(MoeBuffers::new(gpu, &manifest)?),
@@ -204,7 +206,7 @@ pub(crate) fn run_part(
         },
         delta: &mut s.delta,
         bf16_holds: None,
-        bf16: &mut s.bf16,
+        half: &mut s.half,
         moe: s.moe.as_mut(),
         hidden_size: d,
         longest,

@@ -5,6 +5,7 @@
 mod capture;
 mod delta_net;
 pub mod executor;
+mod f16_overflow;
 mod head;
 mod head_run;
 mod hidden;
@@ -22,11 +23,15 @@ use layerstream_planner::TensorDtype;
 use std::fmt;
 use std::sync::Arc;
 
-/// Arithmetic of the GEMMs (everything else is f32).
+/// Arithmetic of the GEMMs and attention products (everything else is f32).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ComputeDtype {
     /// bf16 weights and bf16-rounded inputs, f32 accumulation and output.
     Bf16,
+    /// f16 weights and f16-rounded inputs, f32 accumulation and output (the T4 path: f16
+    /// tensor cores from sm_75). Rows whose inputs do not fit f16 are recomputed in f32
+    /// and counted (`half_guard.cu`).
+    F16,
     /// f32 throughout (bf16 / f16 weights converted to f32).
     F32,
 }
@@ -36,6 +41,7 @@ impl ComputeDtype {
     pub fn gemm(self) -> layerstream_planner::memory::GemmDtype {
         match self {
             ComputeDtype::Bf16 => layerstream_planner::memory::GemmDtype::Bf16,
+            ComputeDtype::F16 => layerstream_planner::memory::GemmDtype::F16,
             ComputeDtype::F32 => layerstream_planner::memory::GemmDtype::F32,
         }
     }
@@ -50,6 +56,8 @@ pub enum ComputeChoice {
     Auto,
     /// bf16 GEMMs (refused on GPUs without bf16 arithmetic).
     Bf16,
+    /// f16 GEMMs and attention with the overflow guard (sm_75+).
+    F16,
     /// f32 GEMMs on any GPU: the path a T4 takes, testable on newer cards.
     F32,
 }
@@ -60,9 +68,10 @@ impl std::str::FromStr for ComputeChoice {
         match s {
             "auto" => Ok(ComputeChoice::Auto),
             "bf16" => Ok(ComputeChoice::Bf16),
+            "f16" => Ok(ComputeChoice::F16),
             "f32" => Ok(ComputeChoice::F32),
             other => Err(format!(
-                "unknown compute dtype {other:?}; choose auto, bf16 or f32"
+                "unknown compute dtype {other:?}; choose auto, bf16, f16 or f32"
             )),
         }
     }
@@ -114,6 +123,7 @@ impl CudaBackend {
         match self.compute {
             ComputeChoice::F32 => ComputeDtype::F32,
             ComputeChoice::Bf16 => ComputeDtype::Bf16,
+            ComputeChoice::F16 => ComputeDtype::F16,
             ComputeChoice::Auto
                 if weight_dtype == TensorDtype::Bf16 && self.gpu.has_bf16_math() =>
             {

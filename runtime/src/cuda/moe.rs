@@ -4,7 +4,7 @@
 //! expert order, optional sigmoid-gated shared expert. Buffers are taken with the
 //! micro-batch's other buffers, sized as the planner's `moe` region.
 
-use super::linear::{Bf16Scratch, linear, linear_bf16_input};
+use super::linear::{HalfScratch, linear, linear_bf16_input};
 use super::weights::DeviceLayer;
 use crate::arch::{Activation, MoeSpec, RouterScoring, SharedExpertSpec, WeightRole};
 use crate::capture::Routing;
@@ -126,7 +126,7 @@ pub fn route(
     spec: &MoeSpec,
     hidden: usize,
     buffers: &mut MoeBuffers,
-    bf16: &mut Bf16Scratch,
+    half: &mut HalfScratch,
 ) -> Result<()> {
     let tokens = x.len() / hidden;
     let (experts, top_k) = (spec.num_experts, spec.top_k);
@@ -141,7 +141,7 @@ pub fn route(
         tokens,
         hidden,
         experts,
-        bf16,
+        half,
     )?;
     let mut chosen = b.chosen.slice_mut(..tokens * top_k);
     let mut chosen_weights = b.weights.slice_mut(..tokens * top_k);
@@ -219,7 +219,7 @@ pub fn experts(
     activation: Activation,
     out: &mut CudaViewMut<f32>,
     buffers: &mut MoeBuffers,
-    bf16: &mut Bf16Scratch,
+    half: &mut HalfScratch,
 ) -> Result<()> {
     use WeightRole::*;
     let tokens = x.len() / hidden;
@@ -256,7 +256,7 @@ pub fn experts(
             let up_w = weights.matrix(ExpertUp(expert));
             linear_bf16_input(gpu, &rows_in, &up_w, &mut u, n, hidden, inter)?;
             add_bias(gpu, weights, ExpertUpBias(expert), &mut u)?;
-            let mut activated = bf16.first(n * inter)?;
+            let mut activated = half.first(n * inter)?;
             elementwise::gated_activation_to_bf16(
                 gpu,
                 &g.as_view(),
@@ -282,7 +282,7 @@ pub fn experts(
             n,
             hidden,
             inter,
-            bf16,
+            half,
         )?;
         linear(
             gpu,
@@ -293,7 +293,7 @@ pub fn experts(
             n,
             hidden,
             inter,
-            bf16,
+            half,
         )?;
         activate(gpu, &mut g, &u.as_view(), activation)?;
         let mut y = b.expert_out.slice_mut(start * hidden..(start + n) * hidden);
@@ -306,7 +306,7 @@ pub fn experts(
             n,
             inter,
             hidden,
-            bf16,
+            half,
         )?;
     }
     moe::unpermute(
@@ -395,7 +395,7 @@ pub fn add_shared_expert(
     hidden: usize,
     out: &mut CudaViewMut<f32>,
     buffers: &mut MoeBuffers,
-    bf16: &mut Bf16Scratch,
+    half: &mut HalfScratch,
 ) -> Result<()> {
     use WeightRole::*;
     let tokens = x.len() / hidden;
@@ -417,7 +417,7 @@ pub fn add_shared_expert(
             tokens,
             hidden,
             s_inter,
-            bf16,
+            half,
         )?;
         linear(
             gpu,
@@ -428,7 +428,7 @@ pub fn add_shared_expert(
             tokens,
             hidden,
             s_inter,
-            bf16,
+            half,
         )?;
         activate(gpu, &mut sg, &su.as_view(), activation)?;
         linear(
@@ -440,7 +440,7 @@ pub fn add_shared_expert(
             tokens,
             s_inter,
             hidden,
-            bf16,
+            half,
         )?;
         if shared.sigmoid_gate {
             let mut gate_logits = s.gate_logits.slice_mut(..tokens);
@@ -453,7 +453,7 @@ pub fn add_shared_expert(
                 tokens,
                 hidden,
                 1,
-                bf16,
+                half,
             )?;
             moe::sigmoid_gated_add(
                 gpu,

@@ -5,9 +5,10 @@
 use super::capture::CudaCapture;
 use super::delta_net;
 use super::layer::DeltaScratch;
-use super::linear::{Bf16Scratch, linear_converted};
+use super::linear::{HalfScratch, linear_converted};
 use super::moe::{self, MoeBuffers, activate, kernel_activation};
-use super::weights::DeviceLayer;
+use super::weights::{DeviceLayer, MatrixRows};
+use crate::allocation::{Budget, Reservation};
 use crate::arch::DeltaNetSpec;
 use crate::arch::{Activation, MoeSpec, SharedExpertSpec, WeightRole};
 use crate::block::{
@@ -19,11 +20,13 @@ use crate::sequences::Sequences;
 use layerstream_kernels::Gpu;
 use layerstream_kernels::cudarc::driver::{CudaSlice, CudaView, CudaViewMut};
 use layerstream_kernels::ops::attention::{
-    AttentionDims, RaggedRows, SinkScratch, causal_attention, reduce_sink_mass, sink_scratch_len,
+    AttentionDims, F16Guard, MmaOperands, RaggedRows, SinkScratch, causal_attention,
+    reduce_sink_mass, sink_scratch_len,
 };
 use layerstream_kernels::ops::elementwise::GateKind;
 use layerstream_kernels::ops::{elementwise, norm, rope};
 use std::ops::Range;
+use std::sync::Arc;
 
 /// A micro-batch of sequences of their own lengths, on the device.
 pub(crate) struct RaggedDevice<'a> {
@@ -32,6 +35,39 @@ pub(crate) struct RaggedDevice<'a> {
     /// `(sequences + 1)`: the workload's row offsets of the micro-batch's sequences and the
     /// one after (kernels subtract the first).
     pub offsets: CudaView<'a, i32>,
+}
+
+/// For sequences of their own lengths: every row's position in its sequence and the row
+/// offsets on the device, reserved against the budget.
+pub(super) struct RaggedOnDevice {
+    _reservation: Reservation,
+    /// `(tokens)`.
+    pub positions: CudaSlice<i32>,
+    /// `(sequences + 1)`.
+    pub offsets: CudaSlice<i32>,
+}
+
+/// The workload's [`RaggedOnDevice`] (`None` for packed data, whose kernels compute
+/// positions and offsets from the one length).
+pub(super) fn ragged_rows(
+    gpu: &Gpu,
+    sequences: &Sequences,
+    budget: &Arc<Budget>,
+) -> Result<Option<RaggedOnDevice>> {
+    if sequences.uniform_len().is_some() {
+        return Ok(None);
+    }
+    let bytes = 4 * (sequences.tokens() + sequences.count() + 1) as u64;
+    let reservation = budget.reserve("the sequences' row positions and offsets", bytes)?;
+    let positions: Vec<i32> = sequences.positions().iter().map(|&p| p as i32).collect();
+    let offsets: Vec<i32> = sequences.offsets().iter().map(|&o| o as i32).collect();
+    let positions = gpu.stream.clone_htod(&positions)?;
+    let offsets = gpu.stream.clone_htod(&offsets)?;
+    Ok(Some(RaggedOnDevice {
+        _reservation: reservation,
+        positions,
+        offsets,
+    }))
 }
 
 /// One micro-batch of one layer part on the GPU.
@@ -46,12 +82,13 @@ pub(crate) struct CudaOps<'a, 'v, 'c> {
     pub rope_scaling: f32,
     /// The micro-batch's buffers.
     pub buffers: BufferSet<CudaViewMut<'v, f32>>,
-    /// bf16 copies of GEMM inputs.
-    pub bf16: &'a mut Bf16Scratch,
-    /// The buffer and element count whose bf16 copy `bf16` holds: consecutive GEMMs of one
-    /// input (q, k and v; gate and up) convert it once, and the gated activation writes its
-    /// bf16 copy for the down projection in the same pass. Every other op forgets it.
-    pub bf16_holds: Option<(Buf, usize)>,
+    /// 16-bit copies of GEMM inputs and the f16 overflow guard.
+    pub half: &'a mut HalfScratch,
+    /// The buffer, element count and 16-bit type (f16: `true`) whose copy `half` holds:
+    /// consecutive GEMMs of one input (q, k and v; gate and up) convert it once (an f16 copy
+    /// with its overflow guard), and the gated activation writes its bf16 copy for the down
+    /// projection in the same pass. Every other op forgets it.
+    pub bf16_holds: Option<(Buf, usize, bool)>,
     /// The MoE buffers, for models with MoE layers.
     pub moe: Option<&'a mut MoeBuffers>,
     /// The Gated DeltaNet's chunk buffers and state.
@@ -116,17 +153,20 @@ impl BlockOps for CudaOps<'_, '_, '_> {
         let bias = bias.and_then(|b| self.weights.maybe_vector(b));
         let w = self.weights.matrix(weight);
         let ([input_values], out_values) = self.buffers.split([input], out);
-        if w.is_bf16() {
-            if self.bf16_holds != Some((input, n)) {
-                self.bf16.convert(self.gpu, &input_values.as_view(), n)?;
-                self.bf16_holds = Some((input, n));
+        if w.is_half() {
+            let held = (input, n, w.is_f16());
+            if self.bf16_holds != Some(held) {
+                let shape = (rows, in_features);
+                self.half
+                    .convert(self.gpu, &input_values.as_view(), shape, &w)?;
+                self.bf16_holds = Some(held);
             }
-        } else if self.bf16_holds.is_some_and(|(held, _)| held == out) {
+        } else if self.bf16_holds.is_some_and(|(held, _, _)| held == out) {
             self.bf16_holds = None;
         }
         let shape = (rows, in_features, out_features);
         let x = input_values.as_view();
-        linear_converted(self.gpu, &x, &w, bias, out_values, shape, self.bf16)
+        linear_converted(self.gpu, &x, &w, bias, out_values, shape, self.half)
     }
 
     fn clamp(&mut self, values: Buf, limit: f32) -> Result<()> {
@@ -171,8 +211,12 @@ impl BlockOps for CudaOps<'_, '_, '_> {
             head_dim: shape.head_dim,
             sliding_window: shape.sliding_window,
             scale: shape.scale,
-            // bf16 GEMM weights: the attention products in bf16 too (f32 compute stays f32).
-            tensor_cores: self.weights.matrix(WeightRole::QProj).is_bf16(),
+            // The attention products in the GEMMs' 16-bit type (f32 compute stays f32).
+            operands: match self.weights.matrix(WeightRole::QProj) {
+                MatrixRows::Bf16(_) => MmaOperands::Bf16,
+                MatrixRows::F16(_) => MmaOperands::F16,
+                MatrixRows::F32(_) => MmaOperands::Off,
+            },
         };
         let capture = self.capture.as_mut().filter(|_| sinks);
         let delimiters: Option<Vec<i32>> = capture.as_ref().map(|c| {
@@ -208,6 +252,13 @@ impl BlockOps for CudaOps<'_, '_, '_> {
             offsets: &r.offsets,
             rows: shape.batch.tokens(),
         });
+        let mut f16_guard = match dims.operands {
+            MmaOperands::F16 => Some(self.half.attention_guard()?),
+            _ => None,
+        };
+        let guard = f16_guard
+            .as_mut()
+            .map(|(flags, totals)| F16Guard { flags, totals });
         causal_attention(
             self.gpu,
             &q.as_view(),
@@ -218,6 +269,7 @@ impl BlockOps for CudaOps<'_, '_, '_> {
             learned.as_ref(),
             scratch,
             ragged,
+            guard,
         )?;
         if let Some(c) = capture {
             let mass = SinkMass {
@@ -241,7 +293,7 @@ impl BlockOps for CudaOps<'_, '_, '_> {
             return activate(self.gpu, gate_values, &up_values.as_view(), activation);
         }
         let n = up_values.len();
-        let mut copy = self.bf16.first(n)?;
+        let mut copy = self.half.first(n)?;
         elementwise::gated_activation_with_bf16(
             self.gpu,
             gate_values,
@@ -249,7 +301,7 @@ impl BlockOps for CudaOps<'_, '_, '_> {
             &mut copy,
             kernel_activation(activation),
         )?;
-        self.bf16_holds = Some((gate, n));
+        self.bf16_holds = Some((gate, n, false));
         Ok(())
     }
 
@@ -266,7 +318,7 @@ impl BlockOps for CudaOps<'_, '_, '_> {
         let tokens = self.rows(input, hidden);
         let buffers = self.moe.as_deref_mut().ok_or_else(no_moe_buffers)?;
         let x = self.buffers.get(input).as_view();
-        moe::route(gpu, &x, weights, spec, hidden, buffers, self.bf16)?;
+        moe::route(gpu, &x, weights, spec, hidden, buffers, self.half)?;
         self.routed = Some((spec.clone(), tokens));
         Ok(())
     }
@@ -293,7 +345,7 @@ impl BlockOps for CudaOps<'_, '_, '_> {
             activation,
             out,
             buffers,
-            self.bf16,
+            self.half,
         )
     }
 
@@ -317,7 +369,7 @@ impl BlockOps for CudaOps<'_, '_, '_> {
             hidden,
             out,
             buffers,
-            self.bf16,
+            self.half,
         )
     }
 

@@ -8,10 +8,7 @@ use super::staging::{LayerLayout, StagedTensor};
 use crate::allocation::{Budget, Reservation};
 use crate::arch::{Layout, WeightRole};
 use crate::error::{Result, RuntimeError};
-use crate::weights::WeightStore;
-use crate::weights::dtype::convert_to_f32;
 use crossbeam::channel::Sender;
-use half::bf16;
 use layerstream_kernels::Gpu;
 use layerstream_kernels::cudarc::driver::{
     CudaEvent, CudaSlice, CudaStream, CudaView, ValidAsZeroBits,
@@ -20,8 +17,9 @@ use layerstream_kernels::ops::convert::{
     self, MatrixElement, StoredDtype, f32_to_bf16, fp8_dequantize, half_to_f32, mxfp4_dequantize,
 };
 use layerstream_kernels::ops::elementwise::add_scalar;
+use layerstream_kernels::ops::half_guard::weights_to_f16;
+use layerstream_planner::TensorDtype;
 use layerstream_planner::format::{GemmDtype, WeightFormat, converted_bytes};
-use layerstream_planner::{TensorDtype, TensorEntry};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -31,6 +29,8 @@ pub enum DeviceMatrix {
     F32(CudaSlice<f32>),
     /// bf16 bit patterns.
     Bf16(CudaSlice<u16>),
+    /// f16 bit patterns (the f16 path).
+    F16(CudaSlice<u16>),
 }
 
 /// A view of matrix rows in the GEMM dtype.
@@ -39,12 +39,24 @@ pub enum MatrixRows<'a> {
     F32(CudaView<'a, f32>),
     /// bf16 rows.
     Bf16(CudaView<'a, u16>),
+    /// f16 rows.
+    F16(CudaView<'a, u16>),
 }
 
 impl MatrixRows<'_> {
     /// Whether the GEMMs with it run in bf16.
     pub fn is_bf16(&self) -> bool {
         matches!(self, MatrixRows::Bf16(_))
+    }
+
+    /// Whether the GEMMs with it run in f16 (with the overflow guard).
+    pub fn is_f16(&self) -> bool {
+        matches!(self, MatrixRows::F16(_))
+    }
+
+    /// Whether its GEMMs take a 16-bit copy of their input.
+    pub fn is_half(&self) -> bool {
+        !matches!(self, MatrixRows::F32(_))
     }
 }
 
@@ -55,6 +67,7 @@ impl DeviceMatrix {
         match self {
             DeviceMatrix::F32(m) => MatrixRows::F32(m.slice(range)),
             DeviceMatrix::Bf16(m) => MatrixRows::Bf16(m.slice(range)),
+            DeviceMatrix::F16(m) => MatrixRows::F16(m.slice(range)),
         }
     }
 
@@ -63,6 +76,7 @@ impl DeviceMatrix {
         match self {
             DeviceMatrix::F32(m) => MatrixRows::F32(m.as_view()),
             DeviceMatrix::Bf16(m) => MatrixRows::Bf16(m.as_view()),
+            DeviceMatrix::F16(m) => MatrixRows::F16(m.as_view()),
         }
     }
 }
@@ -111,7 +125,8 @@ impl Drop for DeviceLayer {
 impl DeviceLayer {
     /// Builds a layer (or split part) from its uploaded bytes (`raw`, laid out as `layout`),
     /// converting with kernels on the compute stream, which first waits for `uploaded` (the
-    /// event after the upload on the copy stream).
+    /// event after the upload on the copy stream). f16 compute counts weight values beyond
+    /// f16's range in `f16_totals[2]`.
     #[allow(clippy::too_many_arguments)]
     pub fn from_staged(
         gpu: &Gpu,
@@ -121,6 +136,7 @@ impl DeviceLayer {
         layout: &LayerLayout,
         compute: ComputeDtype,
         budget: &Arc<Budget>,
+        mut f16_totals: Option<&mut CudaSlice<u64>>,
     ) -> Result<Self> {
         let gemm = compute.gemm();
         let converted_bytes: u64 = layout.tensors.iter().map(|t| converted(t, gemm)).sum();
@@ -135,7 +151,15 @@ impl DeviceLayer {
             if let Some((format, scales)) = &tensor.scales {
                 let scales = raw.slice(scales.range());
                 let matrix = dequantize(gpu, tensor, *format, (&bytes, &scales), compute)?;
-                matrices.insert(tensor.role, Placed::Converted(matrix));
+                matrices.insert(
+                    tensor.role,
+                    Placed::Converted(for_compute(
+                        gpu,
+                        compute,
+                        matrix,
+                        f16_totals.as_deref_mut(),
+                    )?),
+                );
                 continue;
             }
             if tensor.shape.len() == 1 {
@@ -150,9 +174,15 @@ impl DeviceLayer {
                 continue;
             }
             let placed = match (compute, tensor.dtype, tensor.layout) {
-                (_, _, Layout::InMajorColumns { stride, offset }) => Placed::Converted(
-                    in_major_columns(gpu, &bytes, tensor, (stride, offset), compute)?,
-                ),
+                (_, _, Layout::InMajorColumns { stride, offset }) => {
+                    let matrix = in_major_columns(gpu, &bytes, tensor, (stride, offset), compute)?;
+                    Placed::Converted(for_compute(
+                        gpu,
+                        compute,
+                        matrix,
+                        f16_totals.as_deref_mut(),
+                    )?)
+                }
                 (_, _, Layout::Rows { .. }) => {
                     return Err(RuntimeError::internal(format!(
                         "{:?}: every other row of a dense matrix is no layout a family uses",
@@ -160,6 +190,7 @@ impl DeviceLayer {
                     )));
                 }
                 (ComputeDtype::Bf16, TensorDtype::Bf16, Layout::AsStored)
+                | (ComputeDtype::F16, TensorDtype::F16, Layout::AsStored)
                 | (ComputeDtype::F32, TensorDtype::F32, Layout::AsStored) => {
                     Placed::InPlace(tensor.values.offset, n, tensor.dtype)
                 }
@@ -169,6 +200,19 @@ impl DeviceLayer {
                 (ComputeDtype::Bf16, _, Layout::AsStored) => Placed::Converted(DeviceMatrix::Bf16(
                     device_to_bf16(gpu, &bytes, tensor.dtype, n)?,
                 )),
+                (ComputeDtype::F16, _, Layout::AsStored) => {
+                    let totals = f16_totals.as_deref_mut().ok_or_else(no_totals)?;
+                    let stored = stored_dtype(tensor.dtype);
+                    let mut out = gpu.stream.alloc_zeros::<u16>(n)?;
+                    weights_to_f16(
+                        gpu,
+                        &bytes,
+                        stored,
+                        &mut out.as_view_mut(),
+                        &mut totals.as_view_mut(),
+                    )?;
+                    Placed::Converted(DeviceMatrix::F16(out))
+                }
             };
             matrices.insert(tensor.role, placed);
         }
@@ -198,6 +242,7 @@ impl DeviceLayer {
                     .slice(*offset..);
                 match dtype {
                     TensorDtype::Bf16 => MatrixRows::Bf16(reinterpret(&bytes, *n)),
+                    TensorDtype::F16 => MatrixRows::F16(reinterpret(&bytes, *n)),
                     _ => MatrixRows::F32(reinterpret(&bytes, *n)),
                 }
             }
@@ -296,7 +341,10 @@ fn dequantize(
     };
     Ok(match compute {
         ComputeDtype::Bf16 => DeviceMatrix::Bf16(quantized.dequantize_into::<u16>(gpu, n)?),
-        ComputeDtype::F32 => DeviceMatrix::F32(quantized.dequantize_into::<f32>(gpu, n)?),
+        // f16: through f32 (one matrix at a time), then `to_f16`.
+        ComputeDtype::F32 | ComputeDtype::F16 => {
+            DeviceMatrix::F32(quantized.dequantize_into::<f32>(gpu, n)?)
+        }
     })
 }
 
@@ -386,7 +434,7 @@ fn in_major_columns(
         ComputeDtype::Bf16 => {
             DeviceMatrix::Bf16(columns_into::<u16>(gpu, (bytes, dtype), n, shape, picked)?)
         }
-        ComputeDtype::F32 => {
+        ComputeDtype::F32 | ComputeDtype::F16 => {
             DeviceMatrix::F32(columns_into::<f32>(gpu, (bytes, dtype), n, shape, picked)?)
         }
     })
@@ -450,52 +498,33 @@ fn device_to_bf16(
     Ok(out)
 }
 
-/// Uploads rows `rows` of a matrix in the GEMM dtype (a part of a split output head).
-pub fn upload_matrix_rows(
+/// On the f16 path, an f32 matrix (a quantized or in-major weight) as f16, counting values
+/// beyond f16's range in `totals[2]`; other matrices as they are.
+fn for_compute(
     gpu: &Gpu,
-    store: &WeightStore,
-    entry: &TensorEntry,
     compute: ComputeDtype,
-    rows: std::ops::Range<usize>,
+    matrix: DeviceMatrix,
+    totals: Option<&mut CudaSlice<u64>>,
 ) -> Result<DeviceMatrix> {
-    let width: usize = entry.shape[1..].iter().product();
-    let bytes = store.bytes(entry);
-    let bytes = match (
-        rows.start,
-        rows.end == entry.shape[0],
-        entry.dtype.size_bytes(),
-    ) {
-        (0, true, _) => bytes,
-        (_, _, Some(size)) => &bytes[rows.start * width * size..rows.end * width * size],
-        (_, _, None) => {
-            return Err(RuntimeError::InvalidRequest(format!(
-                "{}: the output head is stored as {:?}; it can be split by vocabulary rows only in f32, f16 or bf16",
-                entry.name, entry.dtype
-            )));
-        }
+    let (ComputeDtype::F16, DeviceMatrix::F32(values)) = (compute, &matrix) else {
+        return Ok(matrix);
     };
-    let numel = rows.len() * width;
-    Ok(match (compute, entry.dtype) {
-        (ComputeDtype::Bf16, TensorDtype::Bf16) => {
-            let bits: Vec<u16> = bytes
-                .chunks_exact(2)
-                .map(|b| u16::from_le_bytes([b[0], b[1]]))
-                .collect();
-            DeviceMatrix::Bf16(gpu.stream.clone_htod(&bits)?)
-        }
-        (ComputeDtype::Bf16, _) => {
-            let mut values = vec![0f32; numel];
-            convert_to_f32(entry.dtype, bytes, &mut values);
-            let bits: Vec<u16> = values
-                .iter()
-                .map(|&v| bf16::from_f32(v).to_bits())
-                .collect();
-            DeviceMatrix::Bf16(gpu.stream.clone_htod(&bits)?)
-        }
-        (ComputeDtype::F32, _) => {
-            let mut values = vec![0f32; numel];
-            convert_to_f32(entry.dtype, bytes, &mut values);
-            DeviceMatrix::F32(gpu.stream.clone_htod(&values)?)
-        }
-    })
+    let totals = totals.ok_or_else(no_totals)?;
+    let n = values.len();
+    let mut out = gpu.stream.alloc_zeros::<u16>(n)?;
+    // SAFETY: the f32 buffer's bytes, read as bytes.
+    let bytes = unsafe { values.as_view().transmute::<u8>(4 * n) }
+        .expect("an f32 buffer holds 4 bytes per value");
+    weights_to_f16(
+        gpu,
+        &bytes,
+        StoredDtype::F32,
+        &mut out.as_view_mut(),
+        &mut totals.as_view_mut(),
+    )?;
+    Ok(DeviceMatrix::F16(out))
+}
+
+fn no_totals() -> RuntimeError {
+    RuntimeError::internal("f16 weights converted without the run's overflow totals")
 }

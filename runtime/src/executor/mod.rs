@@ -408,4 +408,25 @@ pub struct RunSummary {
     /// Most device bytes reserved at once for the run's regions (without the context
     /// overhead), on a GPU.
     pub peak_reserved_bytes: Option<u64>,
+    /// f16 compute: what its overflow guard recomputed in f32 over the layers (and head) this
+    /// run computed.
+    pub f16_overflow: Option<F16Overflow>,
+}
+
+/// What the f16 path's overflow guard recomputed in f32: values beyond f16's range (65504)
+/// are the outlier features a study looks for, so they are counted, never rounded to inf.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct F16Overflow {
+    /// GEMM output rows recomputed (a row counts once per GEMM it feeds).
+    pub gemm_rows: u64,
+    /// Attention calls' sequences recomputed (every head of the sequence).
+    pub attention_sequences: u64,
+}
+
+impl F16Overflow {
+    /// The two counts added.
+    pub fn add(&mut self, other: F16Overflow) {
+        self.gemm_rows += other.gemm_rows;
+        self.attention_sequences += other.attention_sequences;
+    }
 }
