@@ -357,10 +357,13 @@ __device__ __forceinline__ void attention_mma(
     if (F16 && overflow) atomicExch(&overflow_sequences[sequence], 1u);
 }
 
+// Both entry points take the same arguments (one launch path); the bf16 kernel ignores
+// `overflow_sequences` (null).
 extern "C" __global__ void attention_mma_kernel(
     const float* q, const float* k, const float* v, float* out,
     int seq_len, int heads, int kv_heads, int head_dim, int window, float scale,
-    const float* learned_sinks, float* sinks, int want_sinks, const int* offsets) {
+    const float* learned_sinks, float* sinks, int want_sinks, const int* offsets,
+    u32* overflow_sequences) {
     attention_mma<false>(q, k, v, out, seq_len, heads, kv_heads, head_dim, window, scale,
                          learned_sinks, sinks, want_sinks, offsets, nullptr);
 }

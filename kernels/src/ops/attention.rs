@@ -279,49 +279,31 @@ fn mma_attention(
         offsets_ptr,
         ..
     } = a;
-    match overflow_flags {
-        None => launch!(
-            gpu,
-            ATTENTION_MMA,
-            "attention_mma_kernel",
-            config,
-            *q,
-            *k,
-            *v,
-            out,
-            &seq_i,
-            &heads_i,
-            &kv_i,
-            &dim_i,
-            window,
-            &d.scale,
-            learned_ptr,
-            sink_ptr,
-            want_sinks,
-            offsets_ptr
-        ),
-        Some(flags_ptr) => launch!(
-            gpu,
-            ATTENTION_MMA,
-            "attention_mma_f16_kernel",
-            config,
-            *q,
-            *k,
-            *v,
-            out,
-            &seq_i,
-            &heads_i,
-            &kv_i,
-            &dim_i,
-            window,
-            &d.scale,
-            learned_ptr,
-            sink_ptr,
-            want_sinks,
-            offsets_ptr,
-            &flags_ptr
-        ),
-    }
+    let (name, flags_ptr) = match overflow_flags {
+        None => ("attention_mma_kernel", 0u64),
+        Some(flags_ptr) => ("attention_mma_f16_kernel", flags_ptr),
+    };
+    launch!(
+        gpu,
+        ATTENTION_MMA,
+        name,
+        config,
+        *q,
+        *k,
+        *v,
+        out,
+        &seq_i,
+        &heads_i,
+        &kv_i,
+        &dim_i,
+        window,
+        &d.scale,
+        learned_ptr,
+        sink_ptr,
+        want_sinks,
+        offsets_ptr,
+        &flags_ptr
+    )
 }
 
 /// The f32 kernel; `only_flagged`: (flags, totals) of the f16 guard, recomputing only the

@@ -205,7 +205,7 @@ pub(crate) fn run_part(
             },
         },
         delta: &mut s.delta,
-        bf16_holds: None,
+        half_holds: None,
         half: &mut s.half,
         moe: s.moe.as_mut(),
         hidden_size: d,

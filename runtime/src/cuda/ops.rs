@@ -88,7 +88,7 @@ pub(crate) struct CudaOps<'a, 'v, 'c> {
     /// consecutive GEMMs of one input (q, k and v; gate and up) convert it once (an f16 copy
     /// with its overflow guard), and the gated activation writes its bf16 copy for the down
     /// projection in the same pass. Every other op forgets it.
-    pub bf16_holds: Option<(Buf, usize, bool)>,
+    pub half_holds: Option<(Buf, usize, bool)>,
     /// The MoE buffers, for models with MoE layers.
     pub moe: Option<&'a mut MoeBuffers>,
     /// The Gated DeltaNet's chunk buffers and state.
@@ -122,7 +122,7 @@ impl BlockOps for CudaOps<'_, '_, '_> {
     }
 
     fn rms_norm(&mut self, input: Buf, weight: WeightRole, out: Buf, eps: f32) -> Result<()> {
-        self.bf16_holds = None;
+        self.half_holds = None;
         let w = self.weights.vector(weight);
         let rows = self.rows(input, w.len());
         let ([input], out) = self.buffers.split([input], out);
@@ -131,7 +131,7 @@ impl BlockOps for CudaOps<'_, '_, '_> {
     }
 
     fn rms_norm_in_place(&mut self, values: Buf, weight: WeightRole, eps: f32) -> Result<()> {
-        self.bf16_holds = None;
+        self.half_holds = None;
         let w = self.weights.vector(weight);
         let rows = self.rows(values, w.len());
         let values = self.buffers.get(values);
@@ -155,14 +155,14 @@ impl BlockOps for CudaOps<'_, '_, '_> {
         let ([input_values], out_values) = self.buffers.split([input], out);
         if w.is_half() {
             let held = (input, n, w.is_f16());
-            if self.bf16_holds != Some(held) {
+            if self.half_holds != Some(held) {
                 let shape = (rows, in_features);
                 self.half
                     .convert(self.gpu, &input_values.as_view(), shape, &w)?;
-                self.bf16_holds = Some(held);
+                self.half_holds = Some(held);
             }
-        } else if self.bf16_holds.is_some_and(|(held, _, _)| held == out) {
-            self.bf16_holds = None;
+        } else if self.half_holds.is_some_and(|(held, _, _)| held == out) {
+            self.half_holds = None;
         }
         let shape = (rows, in_features, out_features);
         let x = input_values.as_view();
@@ -170,7 +170,7 @@ impl BlockOps for CudaOps<'_, '_, '_> {
     }
 
     fn clamp(&mut self, values: Buf, limit: f32) -> Result<()> {
-        self.bf16_holds = None;
+        self.half_holds = None;
         elementwise::clamp(self.gpu, self.buffers.get(values), limit)?;
         Ok(())
     }
@@ -182,7 +182,7 @@ impl BlockOps for CudaOps<'_, '_, '_> {
         head_dim: usize,
         batch: &Sequences,
     ) -> Result<()> {
-        self.bf16_holds = None;
+        self.half_holds = None;
         let rows = self.rows(values, heads * head_dim);
         let values = self.buffers.get(values);
         let inv_freq = self.inv_freq.as_view();
@@ -202,7 +202,7 @@ impl BlockOps for CudaOps<'_, '_, '_> {
     }
 
     fn attention(&mut self, shape: AttentionShape<'_>, sinks: bool) -> Result<()> {
-        self.bf16_holds = None;
+        self.half_holds = None;
         let dims = AttentionDims {
             sequences: shape.batch.count(),
             seq_len: shape.batch.longest(),
@@ -289,7 +289,7 @@ impl BlockOps for CudaOps<'_, '_, '_> {
             && self.weights.matrix(WeightRole::DownProj).is_bf16();
         let ([up_values], gate_values) = self.buffers.split([up], gate);
         if !bf16_down {
-            self.bf16_holds = None;
+            self.half_holds = None;
             return activate(self.gpu, gate_values, &up_values.as_view(), activation);
         }
         let n = up_values.len();
@@ -301,19 +301,19 @@ impl BlockOps for CudaOps<'_, '_, '_> {
             &mut copy,
             kernel_activation(activation),
         )?;
-        self.bf16_holds = Some((gate, n, false));
+        self.half_holds = Some((gate, n, false));
         Ok(())
     }
 
     fn add(&mut self, accumulator: Buf, addend: Buf) -> Result<()> {
-        self.bf16_holds = None;
+        self.half_holds = None;
         let ([addend], accumulator) = self.buffers.split([addend], accumulator);
         elementwise::add(self.gpu, accumulator, &addend.as_view())?;
         Ok(())
     }
 
     fn route(&mut self, input: Buf, spec: &MoeSpec) -> Result<()> {
-        self.bf16_holds = None;
+        self.half_holds = None;
         let (gpu, weights, hidden) = (self.gpu, self.weights, self.hidden_size);
         let tokens = self.rows(input, hidden);
         let buffers = self.moe.as_deref_mut().ok_or_else(no_moe_buffers)?;
@@ -331,7 +331,7 @@ impl BlockOps for CudaOps<'_, '_, '_> {
         activation: Activation,
         out: Buf,
     ) -> Result<()> {
-        self.bf16_holds = None;
+        self.half_holds = None;
         let (gpu, weights, hidden) = (self.gpu, self.weights, self.hidden_size);
         let buffers = self.moe.as_deref_mut().ok_or_else(no_moe_buffers)?;
         let ([x], out) = self.buffers.split([input], out);
@@ -356,7 +356,7 @@ impl BlockOps for CudaOps<'_, '_, '_> {
         activation: Activation,
         out: Buf,
     ) -> Result<()> {
-        self.bf16_holds = None;
+        self.half_holds = None;
         let (gpu, weights, hidden) = (self.gpu, self.weights, self.hidden_size);
         let buffers = self.moe.as_deref_mut().ok_or_else(no_moe_buffers)?;
         let ([x], out) = self.buffers.split([input], out);
@@ -374,13 +374,13 @@ impl BlockOps for CudaOps<'_, '_, '_> {
     }
 
     fn regroup(&mut self, input: Buf, out: Buf, layout: &Regroup) -> Result<()> {
-        self.bf16_holds = None;
+        self.half_holds = None;
         let ([input], out) = self.buffers.split([input], out);
         delta_net::regroup(self.gpu, &input.as_view(), out, layout)
     }
 
     fn gate_activation(&mut self, values: Buf, activation: GateActivation) -> Result<()> {
-        self.bf16_holds = None;
+        self.half_holds = None;
         let kind = match activation {
             GateActivation::Sigmoid => GateKind::Sigmoid,
             GateActivation::Silu => GateKind::Silu,
@@ -390,7 +390,7 @@ impl BlockOps for CudaOps<'_, '_, '_> {
     }
 
     fn multiply(&mut self, values: Buf, gate: Buf) -> Result<()> {
-        self.bf16_holds = None;
+        self.half_holds = None;
         let ([gate], values) = self.buffers.split([gate], values);
         elementwise::multiply(self.gpu, values, &gate.as_view())?;
         Ok(())
@@ -403,7 +403,7 @@ impl BlockOps for CudaOps<'_, '_, '_> {
         delta: &DeltaNetSpec,
         batch: &Sequences,
     ) -> Result<()> {
-        self.bf16_holds = None;
+        self.half_holds = None;
         let channels = delta.shapes(batch.longest()).conv_channels();
         let ([input], out) = self.buffers.split([input], out);
         let shape = (channels, delta.conv_kernel);
@@ -411,7 +411,7 @@ impl BlockOps for CudaOps<'_, '_, '_> {
     }
 
     fn delta_rule(&mut self, shape: DeltaRuleShape<'_>) -> Result<()> {
-        self.bf16_holds = None;
+        self.half_holds = None;
         let reads = [Buf::Q, Buf::K, Buf::V, Buf::Beta, Buf::Decay];
         let (inputs, core) = self.buffers.split(reads, Buf::DeltaCore);
         let longest = self.longest;
@@ -434,13 +434,13 @@ impl BlockOps for CudaOps<'_, '_, '_> {
         _head_width: usize,
         eps: f32,
     ) -> Result<()> {
-        self.bf16_holds = None;
+        self.half_holds = None;
         let (inputs, out) = self.buffers.split([values, gate], out);
         delta_net::gated_rms_norm(self.gpu, self.weights, inputs, out, eps)
     }
 
     fn hand_over(&mut self, point: CapturePoint, values: Buf, width: usize) -> Result<()> {
-        self.bf16_holds = None;
+        self.half_holds = None;
         match &mut self.capture {
             Some(capture) => capture.hand_over(point, &self.buffers.get(values).as_view(), width),
             None => Ok(()),
@@ -454,7 +454,7 @@ impl BlockOps for CudaOps<'_, '_, '_> {
         width: usize,
         threshold: f32,
     ) -> Result<()> {
-        self.bf16_holds = None;
+        self.half_holds = None;
         match &mut self.capture {
             Some(capture) => {
                 let values = self.buffers.get(values).as_view();
@@ -465,7 +465,7 @@ impl BlockOps for CudaOps<'_, '_, '_> {
     }
 
     fn hand_over_routing(&mut self) -> Result<()> {
-        self.bf16_holds = None;
+        self.half_holds = None;
         let (spec, tokens) = self.routed.as_ref().ok_or_else(|| {
             RuntimeError::internal("the routing was captured before the router ran")
         })?;
@@ -478,7 +478,7 @@ impl BlockOps for CudaOps<'_, '_, '_> {
     }
 
     fn keep_moe_input(&mut self, values: Buf, width: usize) -> Result<()> {
-        self.bf16_holds = None;
+        self.half_holds = None;
         match &mut self.capture {
             Some(capture) => capture.keep_moe_input(&self.buffers.get(values).as_view(), width),
             None => Ok(()),
