@@ -111,8 +111,8 @@ fn sequence_medians_are_exact() {
 #[test]
 fn attention_sink_mass_matches_the_cpu() {
     use layerstream_kernels::ops::attention::{
-        AttentionDims, F16Guard, MmaOperands, SinkScratch, causal_attention, reduce_sink_mass,
-        sink_scratch_len,
+        AttentionDims, F16Guard, MmaOperands, SinkScratch, TensorCoreScratch, causal_attention,
+        reduce_sink_mass, sink_scratch_len, tensor_core_kv_len,
     };
     use layerstream_runtime::cpu::attention::{
         self as cpu_attention, AttentionExtras, AttentionShape,
@@ -207,12 +207,19 @@ fn attention_sink_mass_matches_the_cpu() {
             };
             let mut flags = gpu.stream.alloc_zeros::<u32>(3).unwrap();
             let mut totals = gpu.stream.alloc_zeros::<u64>(3).unwrap();
+            let mut kv = gpu
+                .stream
+                .alloc_zeros::<u16>(tensor_core_kv_len(&dims, dims.sequences * dims.seq_len))
+                .unwrap();
             let mut run = |out: &mut CudaSlice<f32>, sinks| {
                 let (mut flags, mut totals) = (flags.as_view_mut(), totals.as_view_mut());
+                let mut kv = kv.as_view_mut();
                 let guard = (operands == F16).then_some(F16Guard {
                     flags: &mut flags,
                     totals: &mut totals,
                 });
+                let tensor_cores = (operands != MmaOperands::Off)
+                    .then_some(TensorCoreScratch { kv: &mut kv, guard });
                 causal_attention(
                     &gpu,
                     &qd.as_view(),
@@ -223,7 +230,7 @@ fn attention_sink_mass_matches_the_cpu() {
                     learned.then_some(&learned_view),
                     sinks,
                     None,
-                    guard,
+                    tensor_cores,
                 )
                 .unwrap()
             };

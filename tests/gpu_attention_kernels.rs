@@ -6,7 +6,8 @@
 
 use layerstream_kernels::Gpu;
 use layerstream_kernels::ops::attention::{
-    AttentionDims, F16Guard, MmaOperands, RaggedRows, causal_attention,
+    AttentionDims, F16Guard, MmaOperands, RaggedRows, TensorCoreScratch, causal_attention,
+    tensor_core_kv_len,
 };
 use layerstream_kernels::ops::rope;
 use layerstream_runtime::{Sequences, cpu};
@@ -107,10 +108,16 @@ fn check_attention(
         });
         let mut flags = gpu.stream.alloc_zeros::<u32>(dims.sequences).unwrap();
         let mut totals = gpu.stream.alloc_zeros::<u64>(3).unwrap();
+        let mut kv = zeros::<u16>(gpu, tensor_core_kv_len(&dims, rows));
         let (mut flags_view, mut totals_view) = (flags.as_view_mut(), totals.as_view_mut());
+        let mut kv_view = kv.as_view_mut();
         let guard = (dims.operands == MmaOperands::F16).then_some(F16Guard {
             flags: &mut flags_view,
             totals: &mut totals_view,
+        });
+        let tensor_cores = (dims.operands != MmaOperands::Off).then_some(TensorCoreScratch {
+            kv: &mut kv_view,
+            guard,
         });
         causal_attention(
             gpu,
@@ -122,7 +129,7 @@ fn check_attention(
             None,
             None,
             ragged,
-            guard,
+            tensor_cores,
         )
         .unwrap();
         (download(gpu, &out), gpu.stream.clone_dtoh(&totals).unwrap())
@@ -193,41 +200,54 @@ fn check_attention(
     assert_all_close(&format!("f16 {what}"), &got, &expect_f16, 0.005, 0.003);
     assert_eq!(totals, [0, 0, 0], "f16 {what}: nothing to recompute");
 
-    // A key of the last sequence beyond f16's range: that sequence (every head) is
-    // recomputed in f32 and counted once; the others stay f16.
+    // A key of the last sequence, a value of the first, a key of the middle one beyond
+    // f16's range: that
+    // sequence (every head) is recomputed in f32 and counted once; the others stay f16.
     if !on_tensor_cores {
         return;
     }
-    let last = batch.count() - 1;
-    let last_rows = batch.offsets()[last]..batch.offsets()[last + 1];
-    let mut k_big = k.clone();
-    k_big[last_rows.start * 2 * head_dim + 3] = 70000.0;
-    let mut expect_big = vec![0f32; q.len()];
-    cpu::attention::causal_attention(
-        &q,
-        &k_big,
-        &v,
-        &mut expect_big,
-        shape,
-        2,
-        Default::default(),
-    );
-    let (got, totals) = run_counting(f16, &q, &k_big, &v);
-    assert_eq!(totals, [0, 1, 0], "f16 {what}: one sequence recomputed");
     let width = 4 * head_dim;
-    let split = last_rows.start * width;
-    assert_matches_reference(
-        &format!("f16 {what}, the recomputed sequence"),
-        &got[split..],
-        &expect_big[split..],
-    );
-    assert_all_close(
-        &format!("f16 {what}, the other sequences"),
-        &got[..split],
-        &expect_f16[..split],
-        0.005,
-        0.003,
-    );
+    let last = batch.count() - 1;
+    for (sequence, in_keys) in [(last, true), (0, false), (last / 2, true)] {
+        let rows_of = batch.offsets()[sequence]..batch.offsets()[sequence + 1];
+        let (mut k_big, mut v_big) = (k.clone(), v.clone());
+        let planted = if in_keys { &mut k_big } else { &mut v_big };
+        // The first row of the last sequence's keys; the last row of the first's values.
+        let row = if in_keys {
+            rows_of.start
+        } else {
+            rows_of.end - 1
+        };
+        planted[row * 2 * head_dim + 3] = 70000.0;
+        let mut expect_big = vec![0f32; q.len()];
+        cpu::attention::causal_attention(
+            &q,
+            &k_big,
+            &v_big,
+            &mut expect_big,
+            shape,
+            2,
+            Default::default(),
+        );
+        let (got, totals) = run_counting(f16, &q, &k_big, &v_big);
+        let which = format!("f16 {what}, sequence {sequence} (in keys {in_keys})");
+        assert_eq!(totals, [0, 1, 0], "{which}: one sequence recomputed");
+        let span = rows_of.start * width..rows_of.end * width;
+        assert_matches_reference(
+            &format!("{which}, the recomputed sequence"),
+            &got[span.clone()],
+            &expect_big[span.clone()],
+        );
+        for others in [0..span.start, span.end..got.len()] {
+            assert_all_close(
+                &format!("{which}, the other sequences"),
+                &got[others.clone()],
+                &expect_f16[others],
+                0.005,
+                0.003,
+            );
+        }
+    }
 }
 
 #[test]
@@ -240,6 +260,9 @@ fn attention_matches_cpu_for_every_shape_and_window() {
         (7, 64, None),
         (100, 128, None),
         (100, 128, Some(5)),
+        // Several key tiles: the staging of the next tile beside this one's products.
+        (300, 128, None),
+        (260, 64, Some(90)),
         (70, 256, Some(40)),
         (33, 80, None),
     ] {

@@ -1,14 +1,18 @@
 // Causal grouped-query attention on tensor cores: flash-attention-2 style, bf16 (sm_80+) or
 // f16 (sm_75+, the T4 path) operands, f32 accumulation and softmax. A block of 8 warps takes 128 consecutive query rows
 // of one head of one sequence (16 rows per warp) and walks the keys in tiles of 64 staged in
-// shared memory as bf16; S = Q K^T and O += P V are `mma.sync.m16n8k16` products, the online
+// shared memory; S = Q K^T and O += P V are `mma.sync.m16n8k16` products, the online
 // softmax runs on the S fragments in registers, and P is reused as the A operand of P V
 // without leaving registers. `window` > 0 limits position p to keys p - window + 1 ..= p.
 //
-// head_dim: a multiple of 16, at most MMA_MAX_HEAD_DIM. Shared memory (u16):
-// k_tile[MMA_KEYS][head_dim + 8], v_t[head_dim][MMA_KEYS + 8] (V transposed: the B operand
-// of P V wants consecutive keys). The +8 padding spreads a warp's fragment loads over all
-// banks.
+// K and V arrive already in the operand type (`attention_kv_kernel` below converts them once
+// per call, not once per query block). On sm_80+ the next key tile is staged with `cp.async`
+// while this one is multiplied (two stages); sm_75 stages one tile at a time with plain loads.
+//
+// head_dim: a multiple of 16, at most MMA_MAX_HEAD_DIM. Shared memory (u16), per stage:
+// k_tile[MMA_KEYS][head_dim + 8], v_tile[MMA_KEYS][head_dim + 8], both row-major; P V's B
+// operand (consecutive keys of one dimension) comes from `ldmatrix.trans`. The +8 padding
+// spreads a warp's fragment loads and ldmatrix rows over all banks.
 //
 // Learned sinks (`learned_sinks` not null): one logit per query head joins each row's
 // softmax (in log2 units, unscaled by `scale`) and is dropped after it.
@@ -25,6 +29,56 @@
 #define MMA_ROWS (16 * MMA_WARPS)
 #define MMA_KEYS 64
 #define MMA_MAX_HEAD_DIM 128
+#if __CUDA_ARCH__ >= 800
+#define MMA_STAGES 2
+#else
+#define MMA_STAGES 1
+#endif
+
+// Shared-memory address of a generic pointer into shared memory.
+__device__ __forceinline__ u32 shared_address(const void* pointer) {
+    u32 address;
+    asm("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }"
+        : "=r"(address)
+        : "l"(pointer));
+    return address;
+}
+
+// 16 bytes global -> shared, zeros where !valid (`source` must still be a valid address).
+// sm_80+: asynchronous (cp.async, waited on with cp_async_wait); sm_75: a plain copy.
+__device__ __forceinline__ void copy_16_bytes(void* destination, const void* source, bool valid) {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n"
+                 :
+                 : "r"(shared_address(destination)), "l"(source), "r"(valid ? 16 : 0));
+#else
+    const uint4 value = valid ? *reinterpret_cast<const uint4*>(source) : make_uint4(0u, 0u, 0u, 0u);
+    *reinterpret_cast<uint4*>(destination) = value;
+#endif
+}
+
+__device__ __forceinline__ void cp_async_commit() {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+
+// Waits until at most `N` committed groups are in flight.
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+#endif
+}
+
+// Four 8x8 b16 matrices from shared memory, transposed: lanes 8i .. 8i + 7 give the row
+// addresses of matrix i, and register i of lane l holds rows 2 (l % 4), 2 (l % 4) + 1 of
+// column l / 4 of matrix i (an m16n8k16 B fragment when the rows are k).
+__device__ __forceinline__ void ldmatrix_x4_trans(u32* r, const u16* row) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(shared_address(row)));
+}
 
 // Two f32 -> bf16 (round to nearest even) packed: `low` in bits 0-15.
 __device__ __forceinline__ u32 pack_bf16(float low, float high) {
@@ -88,18 +142,17 @@ __device__ __forceinline__ void mma_16x8x16(float* c, const u32* a, u32 b0, u32 
 // F16: a block that rounds a finite Q, K or V value to +-inf in f16 flags its sequence in
 // `overflow_sequences` (zeroed by the caller); attention.cu's kernel then recomputes that
 // sequence in f32 (half_guard.cu).
+// k16, v16: K and V in the operand type, `(rows, kv_heads * head_dim)`.
 template <bool F16>
 __device__ __forceinline__ void attention_mma(
-    const float* q, const float* k, const float* v, float* out,
+    const float* q, const u16* k16, const u16* v16, float* out,
     int seq_len, int heads, int kv_heads, int head_dim, int window, float scale,
     const float* learned_sinks, float* sinks, int want_sinks, const int* offsets,
     u32* overflow_sequences) {
-    extern __shared__ u16 mma_shared[];
+    extern __shared__ __align__(16) u16 mma_shared[];
     bool overflow = false;
-    const int k_stride = head_dim + 8;
-    const int v_stride = MMA_KEYS + 8;
-    u16* k_tile = mma_shared;
-    u16* v_t = k_tile + MMA_KEYS * k_stride;
+    const int stride = head_dim + 8;  // of a staged K or V row
+    const int stage_len = 2 * MMA_KEYS * stride;  // K then V of one tile
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int g = lane >> 2, c = lane & 3;
@@ -158,137 +211,148 @@ __device__ __forceinline__ void attention_mma(
     const int block_last = min(block_first + MMA_ROWS, len) - 1;
     const int warp_last = min(warp_first + 15, len - 1);
     const int key_begin = window > 0 ? max(0, block_first - window + 1) / MMA_KEYS * MMA_KEYS : 0;
+    // Stages keys tile .. tile + 63 of K and V into stage `buffer`; keys past the sequence
+    // are zeros (and masked below). Each thread copies 16-byte pieces of whole rows.
+    const int pieces = head_dim / 8;  // 16-byte pieces of a head's row
+    const unsigned long long kv_column = (unsigned long long)kv_head * head_dim;
+    auto stage = [&](int tile, int buffer) {
+        u16* k_tile = mma_shared + buffer * stage_len;
+        u16* v_tile = k_tile + MMA_KEYS * stride;
+        for (int idx = threadIdx.x; idx < MMA_KEYS * pieces; idx += blockDim.x) {
+            const int j = idx / pieces, d = (idx - j * pieces) * 8;
+            const bool valid = tile + j < len;
+            const unsigned long long at =
+                valid ? (base_row + tile + j) * kv_width + kv_column + d : 0;
+            copy_16_bytes(k_tile + j * stride + d, k16 + at, valid);
+            copy_16_bytes(v_tile + j * stride + d, v16 + at, valid);
+        }
+        cp_async_commit();
+    };
+    int buffer = 0;
+    if (MMA_STAGES == 2) stage(key_begin, 0);
     for (int tile = key_begin; tile <= block_last; tile += MMA_KEYS) {
-        __syncthreads();  // the previous tile is consumed
-        // Stage K (row-major) and V (transposed) of keys tile .. tile + 63 as bf16; keys past
-        // the sequence are zeros (and masked below). K: a warp reads consecutive dimensions
-        // of one key (coalesced) and writes them consecutively. V: a warp takes 32 key pairs
-        // of one group of four dimensions, so each lane writes two keys of a dimension as one
-        // word and the warp's words are consecutive (no bank conflicts on the transpose).
-        const int quads = head_dim / 4;
-        for (int idx = threadIdx.x; idx < MMA_KEYS * quads; idx += blockDim.x) {
-            const int j = idx / quads, d = (idx - j * quads) * 4;
-            float4 kv = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-            if (tile + j < len) {
-                kv = *reinterpret_cast<const float4*>(
-                    k + (base_row + tile + j) * kv_width + (unsigned long long)kv_head * head_dim + d);
+        if (MMA_STAGES == 2) {
+            // The next tile's copies go out before this one is waited on.
+            if (tile + MMA_KEYS <= block_last) {
+                stage(tile + MMA_KEYS, buffer ^ 1);
+                cp_async_wait<1>();
+            } else {
+                cp_async_wait<0>();
             }
-            u32* k_dst = reinterpret_cast<u32*>(k_tile + j * k_stride + d);
-            k_dst[0] = pack_operands<F16>(kv.x, kv.y, overflow);
-            k_dst[1] = pack_operands<F16>(kv.z, kv.w, overflow);
+        } else {
+            __syncthreads();  // the previous tile is consumed
+            stage(tile, 0);
         }
-        for (int idx = threadIdx.x; idx < (MMA_KEYS / 2) * quads; idx += blockDim.x) {
-            const int pair = idx % (MMA_KEYS / 2), d = (idx / (MMA_KEYS / 2)) * 4;
-            const int j = 2 * pair;
-            float4 v0 = make_float4(0.0f, 0.0f, 0.0f, 0.0f), v1 = v0;
-            const unsigned long long column = (unsigned long long)kv_head * head_dim + d;
-            if (tile + j < len) v0 = *reinterpret_cast<const float4*>(v + (base_row + tile + j) * kv_width + column);
-            if (tile + j + 1 < len) v1 = *reinterpret_cast<const float4*>(v + (base_row + tile + j + 1) * kv_width + column);
-            *reinterpret_cast<u32*>(v_t + (d + 0) * v_stride + j) = pack_operands<F16>(v0.x, v1.x, overflow);
-            *reinterpret_cast<u32*>(v_t + (d + 1) * v_stride + j) = pack_operands<F16>(v0.y, v1.y, overflow);
-            *reinterpret_cast<u32*>(v_t + (d + 2) * v_stride + j) = pack_operands<F16>(v0.z, v1.z, overflow);
-            *reinterpret_cast<u32*>(v_t + (d + 3) * v_stride + j) = pack_operands<F16>(v0.w, v1.w, overflow);
-        }
-        __syncthreads();
+        __syncthreads();  // this tile is staged
+        const u16* k_tile = mma_shared + buffer * stage_len;
+        const u16* v_tile = k_tile + MMA_KEYS * stride;
         // Causal: a warp whose last row precedes the tile sees none of it; a window that ends
         // before the tile starts for its first row too.
-        if (tile > warp_last) continue;
-        if (window > 0 && tile + MMA_KEYS - 1 <= warp_first - window) continue;
-
-        // S = Q K^T for 64 keys: 8 n-tiles of 8 keys.
-        float s[MMA_KEYS / 8][4];
+        const bool sees_tile =
+            tile <= warp_last && !(window > 0 && tile + MMA_KEYS - 1 <= warp_first - window);
+        if (sees_tile) {
+            // S = Q K^T for 64 keys: 8 n-tiles of 8 keys.
+            float s[MMA_KEYS / 8][4];
 #pragma unroll
-        for (int n = 0; n < MMA_KEYS / 8; n++) {
-            s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
-            const u16* key_row = k_tile + (n * 8 + g) * k_stride + 2 * c;
+            for (int n = 0; n < MMA_KEYS / 8; n++) {
+                s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+                const u16* key_row = k_tile + (n * 8 + g) * stride + 2 * c;
 #pragma unroll
-            for (int kc = 0; kc < MMA_MAX_HEAD_DIM / 16; kc++) {
-                if (kc < chunks) {
-                    const u32 b0 = *reinterpret_cast<const u32*>(key_row + kc * 16);
-                    const u32 b1 = *reinterpret_cast<const u32*>(key_row + kc * 16 + 8);
-                    mma_16x8x16<F16>(s[n], q_frag[kc], b0, b1);
+                for (int kc = 0; kc < MMA_MAX_HEAD_DIM / 16; kc++) {
+                    if (kc < chunks) {
+                        const u32 b0 = *reinterpret_cast<const u32*>(key_row + kc * 16);
+                        const u32 b1 = *reinterpret_cast<const u32*>(key_row + kc * 16 + 8);
+                        mma_16x8x16<F16>(s[n], q_frag[kc], b0, b1);
+                    }
                 }
             }
-        }
-        // Mask, scale to log2 units, and the tile's row maxima.
-        float tile_max_lo = -INFINITY, tile_max_hi = -INFINITY;
+            // Mask, scale to log2 units, and the tile's row maxima.
+            float tile_max_lo = -INFINITY, tile_max_hi = -INFINITY;
 #pragma unroll
-        for (int n = 0; n < MMA_KEYS / 8; n++) {
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int key = tile + n * 8 + 2 * c + (e & 1);
-                const int row = e < 2 ? row_lo : row_hi;
-                const bool visible = key <= row && key < len && (window <= 0 || key > row - window);
-                s[n][e] = visible ? s[n][e] * scale_log2 : -INFINITY;
-            }
-            tile_max_lo = fmaxf(tile_max_lo, fmaxf(s[n][0], s[n][1]));
-            tile_max_hi = fmaxf(tile_max_hi, fmaxf(s[n][2], s[n][3]));
-            if (want_sinks) {
+            for (int n = 0; n < MMA_KEYS / 8; n++) {
 #pragma unroll
                 for (int e = 0; e < 4; e++) {
                     const int key = tile + n * 8 + 2 * c + (e & 1);
-                    if (key == 0) {
-                        if (e < 2) first_lo = s[n][e]; else first_hi = s[n][e];
-                    }
-                    if (key == delimiter) {
-                        if (e < 2) delim_lo = s[n][e]; else delim_hi = s[n][e];
+                    const int row = e < 2 ? row_lo : row_hi;
+                    const bool visible = key <= row && key < len && (window <= 0 || key > row - window);
+                    s[n][e] = visible ? s[n][e] * scale_log2 : -INFINITY;
+                }
+                tile_max_lo = fmaxf(tile_max_lo, fmaxf(s[n][0], s[n][1]));
+                tile_max_hi = fmaxf(tile_max_hi, fmaxf(s[n][2], s[n][3]));
+                if (want_sinks) {
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        const int key = tile + n * 8 + 2 * c + (e & 1);
+                        if (key == 0) {
+                            if (e < 2) first_lo = s[n][e]; else first_hi = s[n][e];
+                        }
+                        if (key == delimiter) {
+                            if (e < 2) delim_lo = s[n][e]; else delim_hi = s[n][e];
+                        }
                     }
                 }
             }
-        }
-        // The four threads of a quad hold one row.
-        tile_max_lo = fmaxf(tile_max_lo, __shfl_xor_sync(0xffffffffu, tile_max_lo, 1));
-        tile_max_lo = fmaxf(tile_max_lo, __shfl_xor_sync(0xffffffffu, tile_max_lo, 2));
-        tile_max_hi = fmaxf(tile_max_hi, __shfl_xor_sync(0xffffffffu, tile_max_hi, 1));
-        tile_max_hi = fmaxf(tile_max_hi, __shfl_xor_sync(0xffffffffu, tile_max_hi, 2));
-        const float new_lo = fmaxf(max_lo, tile_max_lo), new_hi = fmaxf(max_hi, tile_max_hi);
-        // A row with no visible key yet keeps max -inf: use 0 so exp2 gives 0, not NaN.
-        const float use_lo = new_lo == -INFINITY ? 0.0f : new_lo;
-        const float use_hi = new_hi == -INFINITY ? 0.0f : new_hi;
-        const float correction_lo = exp2f(max_lo - use_lo), correction_hi = exp2f(max_hi - use_hi);
-        max_lo = new_lo;
-        max_hi = new_hi;
-        float row_sum_lo = 0.0f, row_sum_hi = 0.0f;
+            // The four threads of a quad hold one row.
+            tile_max_lo = fmaxf(tile_max_lo, __shfl_xor_sync(0xffffffffu, tile_max_lo, 1));
+            tile_max_lo = fmaxf(tile_max_lo, __shfl_xor_sync(0xffffffffu, tile_max_lo, 2));
+            tile_max_hi = fmaxf(tile_max_hi, __shfl_xor_sync(0xffffffffu, tile_max_hi, 1));
+            tile_max_hi = fmaxf(tile_max_hi, __shfl_xor_sync(0xffffffffu, tile_max_hi, 2));
+            const float new_lo = fmaxf(max_lo, tile_max_lo), new_hi = fmaxf(max_hi, tile_max_hi);
+            // A row with no visible key yet keeps max -inf: use 0 so exp2 gives 0, not NaN.
+            const float use_lo = new_lo == -INFINITY ? 0.0f : new_lo;
+            const float use_hi = new_hi == -INFINITY ? 0.0f : new_hi;
+            const float correction_lo = exp2f(max_lo - use_lo), correction_hi = exp2f(max_hi - use_hi);
+            max_lo = new_lo;
+            max_hi = new_hi;
+            float row_sum_lo = 0.0f, row_sum_hi = 0.0f;
 #pragma unroll
-        for (int n = 0; n < MMA_KEYS / 8; n++) {
-            s[n][0] = exp2f(s[n][0] - use_lo);
-            s[n][1] = exp2f(s[n][1] - use_lo);
-            s[n][2] = exp2f(s[n][2] - use_hi);
-            s[n][3] = exp2f(s[n][3] - use_hi);
-            row_sum_lo += s[n][0] + s[n][1];
-            row_sum_hi += s[n][2] + s[n][3];
-        }
-        row_sum_lo += __shfl_xor_sync(0xffffffffu, row_sum_lo, 1);
-        row_sum_lo += __shfl_xor_sync(0xffffffffu, row_sum_lo, 2);
-        row_sum_hi += __shfl_xor_sync(0xffffffffu, row_sum_hi, 1);
-        row_sum_hi += __shfl_xor_sync(0xffffffffu, row_sum_hi, 2);
-        sum_lo = sum_lo * correction_lo + row_sum_lo;
-        sum_hi = sum_hi * correction_hi + row_sum_hi;
-#pragma unroll
-        for (int t = 0; t < MMA_MAX_HEAD_DIM / 8; t++) {
-            o[t][0] *= correction_lo;
-            o[t][1] *= correction_lo;
-            o[t][2] *= correction_hi;
-            o[t][3] *= correction_hi;
-        }
-        // O += P V: P's C fragments of keys 16kk .. 16kk + 15 are the A fragment of chunk kk.
-#pragma unroll
-        for (int kk = 0; kk < MMA_KEYS / 16; kk++) {
-            u32 p_frag[4];
-            // Probabilities are at most 1: nothing to overflow.
-            p_frag[0] = pack_operands<F16>(s[2 * kk][0], s[2 * kk][1], overflow);
-            p_frag[1] = pack_operands<F16>(s[2 * kk][2], s[2 * kk][3], overflow);
-            p_frag[2] = pack_operands<F16>(s[2 * kk + 1][0], s[2 * kk + 1][1], overflow);
-            p_frag[3] = pack_operands<F16>(s[2 * kk + 1][2], s[2 * kk + 1][3], overflow);
+            for (int n = 0; n < MMA_KEYS / 8; n++) {
+                s[n][0] = exp2f(s[n][0] - use_lo);
+                s[n][1] = exp2f(s[n][1] - use_lo);
+                s[n][2] = exp2f(s[n][2] - use_hi);
+                s[n][3] = exp2f(s[n][3] - use_hi);
+                row_sum_lo += s[n][0] + s[n][1];
+                row_sum_hi += s[n][2] + s[n][3];
+            }
+            row_sum_lo += __shfl_xor_sync(0xffffffffu, row_sum_lo, 1);
+            row_sum_lo += __shfl_xor_sync(0xffffffffu, row_sum_lo, 2);
+            row_sum_hi += __shfl_xor_sync(0xffffffffu, row_sum_hi, 1);
+            row_sum_hi += __shfl_xor_sync(0xffffffffu, row_sum_hi, 2);
+            sum_lo = sum_lo * correction_lo + row_sum_lo;
+            sum_hi = sum_hi * correction_hi + row_sum_hi;
 #pragma unroll
             for (int t = 0; t < MMA_MAX_HEAD_DIM / 8; t++) {
-                if (t < dim_tiles) {
-                    const u16* dim_row = v_t + (t * 8 + g) * v_stride + kk * 16 + 2 * c;
-                    const u32 b0 = *reinterpret_cast<const u32*>(dim_row);
-                    const u32 b1 = *reinterpret_cast<const u32*>(dim_row + 8);
-                    mma_16x8x16<F16>(o[t], p_frag, b0, b1);
+                o[t][0] *= correction_lo;
+                o[t][1] *= correction_lo;
+                o[t][2] *= correction_hi;
+                o[t][3] *= correction_hi;
+            }
+            // O += P V: P's C fragments of keys 16kk .. 16kk + 15 are the A fragment of chunk kk.
+#pragma unroll
+            for (int kk = 0; kk < MMA_KEYS / 16; kk++) {
+                u32 p_frag[4];
+                // Probabilities are at most 1: nothing to overflow.
+                p_frag[0] = pack_operands<F16>(s[2 * kk][0], s[2 * kk][1], overflow);
+                p_frag[1] = pack_operands<F16>(s[2 * kk][2], s[2 * kk][3], overflow);
+                p_frag[2] = pack_operands<F16>(s[2 * kk + 1][0], s[2 * kk + 1][1], overflow);
+                p_frag[3] = pack_operands<F16>(s[2 * kk + 1][2], s[2 * kk + 1][3], overflow);
+                // B fragments of two dimension tiles per ldmatrix: lanes 0-7 address keys 0-7 and
+                // lanes 8-15 keys 8-15 of tile t, lanes 16-31 the same keys of tile t + 1.
+                const u16* v_rows = v_tile + (kk * 16 + (lane & 7) + (lane & 8)) * stride + (lane >> 4) * 8;
+#pragma unroll
+                for (int t = 0; t < MMA_MAX_HEAD_DIM / 8; t += 2) {
+                    if (t < dim_tiles) {
+                        u32 b[4];
+                        ldmatrix_x4_trans(b, v_rows + t * 8);
+                        mma_16x8x16<F16>(o[t], p_frag, b[0], b[1]);
+                        mma_16x8x16<F16>(o[t + 1], p_frag, b[2], b[3]);
+                    }
                 }
             }
+        }
+        if (MMA_STAGES == 2) {
+            __syncthreads();  // every warp is done with this buffer before it is refilled
+            buffer ^= 1;
         }
     }
     // The learned sink joins the normaliser (rows past the sequence are never written).
@@ -359,20 +423,69 @@ __device__ __forceinline__ void attention_mma(
 
 // Both entry points take the same arguments (one launch path); the bf16 kernel ignores
 // `overflow_sequences` (null).
-extern "C" __global__ void attention_mma_kernel(
-    const float* q, const float* k, const float* v, float* out,
+extern "C" __global__ void __launch_bounds__(32 * MMA_WARPS) attention_mma_kernel(
+    const float* q, const u16* k16, const u16* v16, float* out,
     int seq_len, int heads, int kv_heads, int head_dim, int window, float scale,
     const float* learned_sinks, float* sinks, int want_sinks, const int* offsets,
     u32* overflow_sequences) {
-    attention_mma<false>(q, k, v, out, seq_len, heads, kv_heads, head_dim, window, scale,
+    attention_mma<false>(q, k16, v16, out, seq_len, heads, kv_heads, head_dim, window, scale,
                          learned_sinks, sinks, want_sinks, offsets, nullptr);
 }
 
-extern "C" __global__ void attention_mma_f16_kernel(
-    const float* q, const float* k, const float* v, float* out,
+extern "C" __global__ void __launch_bounds__(32 * MMA_WARPS) attention_mma_f16_kernel(
+    const float* q, const u16* k16, const u16* v16, float* out,
     int seq_len, int heads, int kv_heads, int head_dim, int window, float scale,
     const float* learned_sinks, float* sinks, int want_sinks, const int* offsets,
     u32* overflow_sequences) {
-    attention_mma<true>(q, k, v, out, seq_len, heads, kv_heads, head_dim, window, scale,
+    attention_mma<true>(q, k16, v16, out, seq_len, heads, kv_heads, head_dim, window, scale,
                         learned_sinks, sinks, want_sinks, offsets, overflow_sequences);
+}
+
+// K and V `(rows, kv_width)` f32 -> their operand-type copies k16, v16 (same layout), four
+// values per thread (`quads` = rows * kv_width / 4). F16: a finite value that becomes +-inf
+// flags its sequence in `overflow_sequences` (rows as attention_mma's: sequence s at
+// s * seq_len, or at offsets[s] - offsets[0] of `sequences` + 1 offsets).
+template <bool F16>
+__device__ __forceinline__ void attention_kv(
+    const float* k, const float* v, u16* k16, u16* v16, unsigned long long quads, int kv_width,
+    int seq_len, const int* offsets, int sequences, u32* overflow_sequences) {
+    for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < quads;
+         i += (unsigned long long)gridDim.x * blockDim.x) {
+        const float4 a = reinterpret_cast<const float4*>(k)[i];
+        const float4 b = reinterpret_cast<const float4*>(v)[i];
+        bool overflow = false;
+        reinterpret_cast<uint2*>(k16)[i] =
+            make_uint2(pack_operands<F16>(a.x, a.y, overflow), pack_operands<F16>(a.z, a.w, overflow));
+        reinterpret_cast<uint2*>(v16)[i] =
+            make_uint2(pack_operands<F16>(b.x, b.y, overflow), pack_operands<F16>(b.z, b.w, overflow));
+        if (F16 && overflow) {
+            const int row = (int)(i * 4 / kv_width);
+            int sequence = 0;
+            if (offsets == nullptr) {
+                sequence = row / seq_len;
+            } else {
+                // The last sequence whose first row is at or before `row`.
+                int low = 0, high = sequences - 1;
+                while (low < high) {
+                    const int middle = (low + high + 1) / 2;
+                    if (offsets[middle] - offsets[0] <= row) low = middle; else high = middle - 1;
+                }
+                sequence = low;
+            }
+            atomicExch(&overflow_sequences[sequence], 1u);
+        }
+    }
+}
+
+extern "C" __global__ void attention_kv_bf16_kernel(
+    const float* k, const float* v, u16* k16, u16* v16, unsigned long long quads, int kv_width,
+    int seq_len, const int* offsets, int sequences, u32* overflow_sequences) {
+    attention_kv<false>(k, v, k16, v16, quads, kv_width, seq_len, offsets, sequences, nullptr);
+}
+
+extern "C" __global__ void attention_kv_f16_kernel(
+    const float* k, const float* v, u16* k16, u16* v16, unsigned long long quads, int kv_width,
+    int seq_len, const int* offsets, int sequences, u32* overflow_sequences) {
+    attention_kv<true>(k, v, k16, v16, quads, kv_width, seq_len, offsets, sequences,
+                       overflow_sequences);
 }

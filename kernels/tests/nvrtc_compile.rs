@@ -76,6 +76,22 @@ fn f16_attention_runs_on_tensor_cores_from_sm_75() {
         kernel_body(&ampere, "attention_mma_kernel")
             .contains("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32")
     );
+    // K/V tiles: asynchronous copies on sm_80+ (none on sm_75, which has no cp.async), P V's
+    // B operands through ldmatrix.trans on both.
+    for name in ["attention_mma_kernel", "attention_mma_f16_kernel"] {
+        let body = kernel_body(&ampere, name);
+        assert!(body.contains("cp.async.cg.shared.global"), "{name} sm_80");
+        assert!(body.contains("cp.async.wait_group 1"), "{name} sm_80");
+        assert!(
+            body.contains("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16"),
+            "{name} sm_80"
+        );
+    }
+    assert!(!f16_t4.contains("cp.async"), "cp.async needs sm_80");
+    assert!(f16_t4.contains("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16"));
+    for name in ["attention_kv_bf16_kernel", "attention_kv_f16_kernel"] {
+        kernel_body(&t4, name);
+    }
     let guard = compile_to_ptx(&HALF_GUARD, "compute_75").unwrap();
     for name in [
         "f32_to_f16_guarded_kernel",

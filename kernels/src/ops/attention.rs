@@ -1,13 +1,15 @@
 //! Flash-style causal attention: f32 on CUDA cores (`attention.cu`), or bf16 (sm_80+) or f16
-//! (sm_75+) operands with f32 accumulation on tensor cores (`attention_mma.cu`); f16 with an
-//! overflow guard that recomputes in f32 the sequences whose operands do not fit f16. Either can also write the
+//! (sm_75+) operands with f32 accumulation on tensor cores (`attention_mma.cu`, K and V
+//! converted once per call into a 16-bit scratch); f16 with an overflow guard that recomputes
+//! in f32 the sequences whose operands do not fit f16. Either can also write the
 //! attention-sink probabilities (on key 0 and each sequence's first delimiter) per query
 //! into a scratch buffer, summed per (sequence, head) by [`reduce_sink_mass`].
 
-use super::{check_len, launch};
+use super::{check_len, grid_for, launch};
 use crate::error::{KernelError, Result};
 use crate::gpu::Gpu;
 use crate::sources::{ATTENTION, ATTENTION_MMA};
+use cudarc::driver::sys::CUfunction_attribute;
 use cudarc::driver::{CudaView, CudaViewMut, DevicePtr, DevicePtrMut, LaunchConfig};
 
 /// Query rows per block of the tensor-core kernel (`MMA_ROWS`).
@@ -16,6 +18,8 @@ const MMA_ROWS_PER_BLOCK: usize = 128;
 const MMA_KEYS: usize = 64;
 /// Largest head the tensor-core kernel takes (`MMA_MAX_HEAD_DIM`).
 pub const MMA_MAX_HEAD_DIM: usize = 128;
+/// Shared memory a block may use without opting in.
+const DEFAULT_SHARED_BYTES: usize = 48 * 1024;
 
 /// Query rows per block (one warp each); must match `ATTN_WARPS` in attention.cu.
 const QUERY_ROWS_PER_BLOCK: usize = 8;
@@ -69,14 +73,28 @@ impl AttentionDims {
 }
 
 /// The f16 attention's overflow guard: a flag per sequence of the call, zeroed here, set by
-/// the tensor-core kernel where a Q, K or V value of the sequence becomes +-inf in f16; the
-/// flagged sequences are then recomputed by the f32 kernel, each counted in `totals[1]`
-/// (`half_guard.cu`'s totals). No host synchronisation.
+/// the K/V conversion and the tensor-core kernel where a Q, K or V value of the sequence
+/// becomes +-inf in f16; the flagged sequences are then recomputed by the f32 kernel, each
+/// counted in `totals[1]` (`half_guard.cu`'s totals). No host synchronisation.
 pub struct F16Guard<'a, 'b> {
     /// At least `sequences` flags.
     pub flags: &'a mut CudaViewMut<'b, u32>,
     /// The run's overflow totals (3).
     pub totals: &'a mut CudaViewMut<'b, u64>,
+}
+
+/// What the tensor-core kernel needs besides its operands.
+pub struct TensorCoreScratch<'a, 'b> {
+    /// At least [`tensor_core_kv_len`] elements: K then V in the operand type.
+    pub kv: &'a mut CudaViewMut<'b, u16>,
+    /// f16 operands: the overflow guard.
+    pub guard: Option<F16Guard<'a, 'b>>,
+}
+
+/// Elements of the tensor-core kernel's K/V scratch over `rows` rows: K and V
+/// `(rows, kv_heads * head_dim)` each.
+pub fn tensor_core_kv_len(dims: &AttentionDims, rows: usize) -> usize {
+    2 * rows * dims.kv_heads * dims.head_dim
 }
 
 /// Probabilities per query in the sink scratch: key 0, the delimiter, the learned sink.
@@ -113,7 +131,8 @@ pub struct RaggedRows<'a, 'b> {
 /// `learned_sinks (heads)`: a logit per head appended to every row's softmax and dropped
 /// after it. With `sinks`, every query's probability on key 0, on its sequence's delimiter
 /// and on the learned sink too. With `ragged`, the sequences have their own lengths (each
-/// attends within itself; no sinks then). f16 operands need `guard`.
+/// attends within itself; no sinks then). Tensor-core operands need `tensor_cores` (f16 ones
+/// its guard).
 #[allow(clippy::too_many_arguments)]
 pub fn causal_attention(
     gpu: &Gpu,
@@ -125,7 +144,7 @@ pub fn causal_attention(
     learned_sinks: Option<&CudaView<f32>>,
     sinks: Option<SinkScratch>,
     ragged: Option<RaggedRows>,
-    guard: Option<F16Guard>,
+    tensor_cores: Option<TensorCoreScratch>,
 ) -> Result<()> {
     let AttentionDims {
         sequences,
@@ -210,8 +229,18 @@ pub fn causal_attention(
     if !dims.uses_tensor_cores(gpu) {
         return f32_attention(gpu, &args, out, None);
     }
+    let Some(TensorCoreScratch { kv, guard }) = tensor_cores else {
+        return Err(KernelError::Unsupported(
+            "tensor-core attention without its K/V scratch".into(),
+        ));
+    };
+    check_len(
+        "attention K/V scratch",
+        &*kv,
+        tensor_core_kv_len(&dims, rows),
+    )?;
     if dims.operands == MmaOperands::Bf16 {
-        return mma_attention(gpu, &args, out, None);
+        return mma_attention(gpu, &args, kv, rows, out, None);
     }
     let Some(F16Guard { flags, totals }) = guard else {
         return Err(KernelError::Unsupported(
@@ -224,7 +253,7 @@ pub fn causal_attention(
     gpu.stream.memset_zeros(&mut flags)?;
     let (flags_ptr, _flags_guard) = flags.device_ptr_mut(&gpu.stream);
     let (totals_ptr, _totals_guard) = totals.device_ptr_mut(&gpu.stream);
-    mma_attention(gpu, &args, out, Some(flags_ptr))?;
+    mma_attention(gpu, &args, kv, rows, out, Some(flags_ptr))?;
     // The sequences flagged, again in f32 (the other blocks return at once).
     f32_attention(gpu, &args, out, Some((flags_ptr, totals_ptr)))
 }
@@ -242,15 +271,54 @@ struct KernelArgs<'a, 'b> {
     offsets_ptr: u64,
 }
 
-/// The tensor-core kernel; `overflow_flags`: the f16 kernel, flagging sequences there.
+/// K and V into `kv` in the operand type, then the tensor-core kernel; `overflow_flags`: the
+/// f16 kernels, flagging sequences there.
 fn mma_attention(
     gpu: &Gpu,
     a: &KernelArgs,
+    kv: &mut CudaViewMut<u16>,
+    rows: usize,
     out: &mut CudaViewMut<f32>,
     overflow_flags: Option<u64>,
 ) -> Result<()> {
     let d = &a.dims;
-    let shared_u16 = MMA_KEYS * (d.head_dim + 8) + d.head_dim * (MMA_KEYS + 8);
+    let kv_width = d.kv_heads * d.head_dim;
+    let (flags_ptr, convert, attend) = match overflow_flags {
+        None => (0u64, "attention_kv_bf16_kernel", "attention_mma_kernel"),
+        Some(flags) => (flags, "attention_kv_f16_kernel", "attention_mma_f16_kernel"),
+    };
+    let (mut k16, mut v16) = kv.split_at_mut(rows * kv_width);
+    let quads = (rows * kv_width / 4) as u64;
+    let (kv_width_i, seq_i, sequences_i) = (kv_width as i32, d.seq_len as i32, d.sequences as i32);
+    launch!(
+        gpu,
+        ATTENTION_MMA,
+        convert,
+        grid_for(rows * kv_width / 4),
+        a.k,
+        a.v,
+        &mut k16,
+        &mut v16,
+        &quads,
+        &kv_width_i,
+        &seq_i,
+        &a.offsets_ptr,
+        &sequences_i,
+        &flags_ptr
+    )?;
+    // Two stages of K and V tiles where cp.async overlaps them (sm_80+), one on sm_75.
+    let stages = if gpu.kernel_capability() >= (8, 0) {
+        2
+    } else {
+        1
+    };
+    let shared_bytes = stages * 2 * MMA_KEYS * (d.head_dim + 8) * 2;
+    if shared_bytes > DEFAULT_SHARED_BYTES {
+        gpu.function(ATTENTION_MMA, attend)?.set_attribute(
+            CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            shared_bytes as i32,
+        )?;
+    }
     let config = LaunchConfig {
         grid_dim: (
             d.seq_len.div_ceil(MMA_ROWS_PER_BLOCK) as u32,
@@ -258,50 +326,30 @@ fn mma_attention(
             d.sequences as u32,
         ),
         block_dim: (32 * (MMA_ROWS_PER_BLOCK / 16) as u32, 1, 1),
-        shared_mem_bytes: (shared_u16 * 2) as u32,
+        shared_mem_bytes: shared_bytes as u32,
     };
-    let (seq_i, heads_i, kv_i, dim_i) = (
-        d.seq_len as i32,
-        d.heads as i32,
-        d.kv_heads as i32,
-        d.head_dim as i32,
-    );
-    // K and V rows are read as float4: whole buffers (offset 0) of a width that is a
-    // multiple of 16 are aligned.
-    let KernelArgs {
-        q,
-        k,
-        v,
-        window,
-        learned_ptr,
-        sink_ptr,
-        want_sinks,
-        offsets_ptr,
-        ..
-    } = a;
-    let (name, flags_ptr) = match overflow_flags {
-        None => ("attention_mma_kernel", 0u64),
-        Some(flags_ptr) => ("attention_mma_f16_kernel", flags_ptr),
-    };
+    let (heads_i, kv_i, dim_i) = (d.heads as i32, d.kv_heads as i32, d.head_dim as i32);
+    // K and V rows are copied 16 bytes at a time: the scratch starts aligned (offset 0), V at
+    // rows * kv_width elements, and a head's row is a multiple of 32 bytes.
     launch!(
         gpu,
         ATTENTION_MMA,
-        name,
+        attend,
         config,
-        *q,
-        *k,
-        *v,
+        a.q,
+        &mut k16,
+        &mut v16,
         out,
         &seq_i,
         &heads_i,
         &kv_i,
         &dim_i,
-        window,
+        &a.window,
         &d.scale,
-        learned_ptr,
-        sink_ptr,
-        want_sinks,
-        offsets_ptr,
+        &a.learned_ptr,
+        &a.sink_ptr,
+        &a.want_sinks,
+        &a.offsets_ptr,
         &flags_ptr
     )
 }

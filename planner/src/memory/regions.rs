@@ -3,8 +3,8 @@
 //! (`DeviceScratch`, `MoeBuffers` on CUDA, `LayerScratch` on the CPU) and whose sum they
 //! reserve, so the plan and the allocation cannot drift apart.
 
-use super::LayerShapes;
 use super::mixer_buffers::{BlockWidths, delta_net_buffers};
+use super::{LayerShapes, MixerShapes};
 use crate::format::{GemmDtype, align, tensor_bytes};
 use crate::inventory::{Inventory, TensorClass};
 use serde::Serialize;
@@ -90,8 +90,8 @@ pub enum BufferName {
     Gate,
     /// `(rows, dense intermediate)`.
     Up,
-    /// `(rows, widest GEMM input)` in bf16 or f16: GEMM inputs converted for 16-bit weights
-    /// (GPU).
+    /// `(rows, widest GEMM input)` in bf16 or f16: GEMM inputs converted for 16-bit weights,
+    /// and K then V for the tensor-core attention (`(rows, 2 kv_width)`, when wider; GPU).
     Bf16Inputs,
     /// `(1 + 3 rows)` u32: the f16 path's overflow guard (the count and list of rows of a GEMM
     /// input holding values beyond f16's range, a flag per row, a flag per sequence of an
@@ -242,6 +242,10 @@ impl ScratchManifest {
             counts.insert(name, count);
         }
         let mut widest_input = d.max(widths.attn).max(dense);
+        if let MixerShapes::Attention { .. } = shapes.mixer {
+            // The tensor-core attention's K and V share the GEMM inputs' 16-bit scratch.
+            widest_input = widest_input.max(2 * shapes.kv_width);
+        }
         if let Some(m) = shapes.moe {
             let (e, k) = (m.experts, m.top_k);
             widest_input = widest_input

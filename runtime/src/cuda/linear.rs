@@ -9,8 +9,9 @@ use layerstream_kernels::ops::half_guard::{self, guard_len};
 use layerstream_kernels::ops::{convert, elementwise};
 use layerstream_kernels::{Gpu, gemm};
 
-/// Space for 16-bit (bf16 or f16) copies of GEMM inputs, `(rows, widest input)`, and the
-/// f16 path's overflow guard, taken with the micro-batch's other buffers.
+/// Space for 16-bit (bf16 or f16) copies of GEMM inputs, `(rows, widest input)` (also the
+/// tensor-core attention's K and V), and the f16 path's overflow guard, taken with the
+/// micro-batch's other buffers.
 pub struct HalfScratch {
     buffer: CudaSlice<u16>,
     /// `(1 + 3 rows)`: `half_guard.cu`'s guard of the last f16 conversion (count, listed
@@ -75,16 +76,36 @@ impl HalfScratch {
         Ok(self.buffer.slice_mut(..n))
     }
 
-    /// The flags of an f16 attention call over up to `rows` sequences, and the totals.
-    pub fn attention_guard(&mut self) -> Result<(CudaViewMut<'_, u32>, CudaViewMut<'_, u64>)> {
+    /// The tensor-core attention's K/V scratch (the buffer's first `kv_len` elements) and, for
+    /// f16 operands, the flags of the call's sequences and the totals.
+    #[allow(clippy::type_complexity)]
+    pub fn attention(
+        &mut self,
+        kv_len: usize,
+        f16: bool,
+    ) -> Result<(
+        CudaViewMut<'_, u16>,
+        Option<(CudaViewMut<'_, u32>, CudaViewMut<'_, u64>)>,
+    )> {
         let rows = self.guard_rows();
-        let totals = self
-            .totals
+        let HalfScratch {
+            buffer,
+            guard,
+            totals,
+        } = self;
+        if buffer.len() < kv_len {
+            return Err(scratch_too_small(buffer.len(), kv_len));
+        }
+        let kv = buffer.slice_mut(..kv_len);
+        if !f16 {
+            return Ok((kv, None));
+        }
+        let totals = totals
             .as_mut()
             .ok_or_else(|| RuntimeError::internal("f16 attention without the run's totals"))?;
         Ok((
-            self.guard.slice_mut(guard_len(rows)..),
-            totals.as_view_mut(),
+            kv,
+            Some((guard.slice_mut(guard_len(rows)..), totals.as_view_mut())),
         ))
     }
 }

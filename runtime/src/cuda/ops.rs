@@ -20,8 +20,8 @@ use crate::sequences::Sequences;
 use layerstream_kernels::Gpu;
 use layerstream_kernels::cudarc::driver::{CudaSlice, CudaView, CudaViewMut};
 use layerstream_kernels::ops::attention::{
-    AttentionDims, F16Guard, MmaOperands, RaggedRows, SinkScratch, causal_attention,
-    reduce_sink_mass, sink_scratch_len,
+    AttentionDims, F16Guard, MmaOperands, RaggedRows, SinkScratch, TensorCoreScratch,
+    causal_attention, reduce_sink_mass, sink_scratch_len, tensor_core_kv_len,
 };
 use layerstream_kernels::ops::elementwise::GateKind;
 use layerstream_kernels::ops::{elementwise, norm, rope};
@@ -252,13 +252,21 @@ impl BlockOps for CudaOps<'_, '_, '_> {
             offsets: &r.offsets,
             rows: shape.batch.tokens(),
         });
-        let mut f16_guard = match dims.operands {
-            MmaOperands::F16 => Some(self.half.attention_guard()?),
-            _ => None,
+        // The tensor-core kernel's 16-bit K and V go in the GEMM inputs' scratch (free until
+        // o_proj's input is converted).
+        let mut scratch16 = match dims.uses_tensor_cores(self.gpu) {
+            true => Some(self.half.attention(
+                tensor_core_kv_len(&dims, shape.batch.tokens()),
+                dims.operands == MmaOperands::F16,
+            )?),
+            false => None,
         };
-        let guard = f16_guard
-            .as_mut()
-            .map(|(flags, totals)| F16Guard { flags, totals });
+        let tensor_cores = scratch16.as_mut().map(|(kv, f16_guard)| TensorCoreScratch {
+            kv,
+            guard: f16_guard
+                .as_mut()
+                .map(|(flags, totals)| F16Guard { flags, totals }),
+        });
         causal_attention(
             self.gpu,
             &q.as_view(),
@@ -269,7 +277,7 @@ impl BlockOps for CudaOps<'_, '_, '_> {
             learned.as_ref(),
             scratch,
             ragged,
-            guard,
+            tensor_cores,
         )?;
         if let Some(c) = capture {
             let mass = SinkMass {
