@@ -4,11 +4,14 @@
 #  1. The f16 tests, and the attention/analysis kernel tests, natively and with
 #     LAYERSTREAM_KERNEL_ARCH=75 (the kernels a T4 gets: PTX for compute_75 through the
 #     driver's JIT, so an H100/H200 runs the sm_75 code paths, two m16n8k8 per product).
-#  2. Every fixture analysed with bf16 and with f16 (both builds of the kernels): the outlier
-#     features and massive activations of report.json must be the same (f16_reports.py).
-#  3. Speed, SEQS x 2048 on an OLMoE-1B-7B-shaped LAYERS-layer cut: f32 and f16 with the
-#     T4's kernels (goal: f16 >= 4x f32), and bf16 and f16 natively.
-#   [SEQS=64] [LAYERS=2] f16_check_gpu.sh BINS_TAR OUT
+#  2. Every fixture analysed with bf16, f16 (both builds of the kernels) and f32: the outlier
+#     features and massive activations of report.json must be the same for bf16 and f16;
+#     where not, f16_reports.py says which agrees with f32.
+#  3. Speed, SEQS x 2048 on LAYERS-layer cuts of SHAPES: f32 and f16 with the T4's kernels
+#     (goal: f16 >= 4x f32), and bf16 and f16 natively; the time of the last layer (from the
+#     timeline: weights ready to layer done) and the wall time.
+#   [PARTS="tests fixtures speed"] [FIXTURES="<every fixture>"] [SEQS=64] [LAYERS=2]
+#   [SHAPES="olmoe-1b-7b llama-3.1-8b"] f16_check_gpu.sh BINS_TAR OUT
 set -u
 tar=$1 out=$2
 here=$(cd "$(dirname "$0")/../.." && pwd)
@@ -24,12 +27,17 @@ tests() {  # $1: label, then env assignments
     echo "$label $t exit $? $(grep -E '^test result' "$out/$t-$label.log" | tail -1)"
   done
 }
-tests native LAYERSTREAM_KERNEL_CACHE=/tmp/ls-kc
-tests sm75 LAYERSTREAM_KERNEL_ARCH=75
+parts=${PARTS:-tests fixtures speed}
+if [[ " $parts " == *" tests "* ]]; then
+  tests native LAYERSTREAM_KERNEL_CACHE=/tmp/ls-kc
+  tests sm75 LAYERSTREAM_KERNEL_ARCH=75
+fi
 bin=$b/layerstream
 for dir in "$here"/tests/fixtures/*/model; do
+  [[ " $parts " == *" fixtures "* ]] || break
   name=$(basename "$(dirname "$dir")")
-  for mode in bf16 f16 f16-sm75; do
+  [ -z "${FIXTURES:-}" ] || [[ " $FIXTURES " == *" $name "* ]] || continue
+  for mode in bf16 f16 f16-sm75 f32; do
     dtype=${mode%-sm75} arch=
     [ "$mode" = f16-sm75 ] && arch=75
     env ${arch:+LAYERSTREAM_KERNEL_ARCH=$arch} "$bin" analyze --model "$dir" --num-samples 4 --seq-len 64 \
@@ -37,15 +45,22 @@ for dir in "$here"/tests/fixtures/*/model; do
       --out "/tmp/ls-f16/$name-$mode" >"$out/analyze-$name-$mode.log" 2>&1 || echo "FAILED $name $mode"
   done
 done
-python3 "$here/benches/scripts/f16_reports.py" /tmp/ls-f16 | tee "$out/f16_reports.txt"
-python3 "$here/benches/scripts/make_random_model.py" olmoe-1b-7b /tmp/olmoe --layers "${LAYERS:-2}" >/dev/null
+[[ " $parts " == *" fixtures "* ]] && python3 "$here/benches/scripts/f16_reports.py" /tmp/ls-f16 | tee "$out/f16_reports.txt"
+[[ " $parts " == *" speed "* ]] || exit 0
 python3 -c "import sys, pathlib; print(pathlib.Path(sys.argv[1]).read_text() * 30)" "$here/cli/assets/default-data.txt" > /tmp/ls-f16-data.txt
-for mode in f32-sm75 f16-sm75 bf16 f16; do
-  dtype=${mode%-sm75} arch=
-  case $mode in *-sm75) arch=75 ;; esac
-  /usr/bin/time -f "$mode wall %e s" env ${arch:+LAYERSTREAM_KERNEL_ARCH=$arch} LAYERSTREAM_TIMELINE=1 "$bin" analyze \
-    --model /tmp/olmoe --data /tmp/ls-f16-data.txt --num-samples "${SEQS:-64}" --seq-len 2048 --vram 8GiB \
-    --points ln1,ln2,resid_post --device cuda --compute-dtype "$dtype" --out "/tmp/ls-speed-$mode" --restart \
-    --progress none >"$out/speed-$mode.log" 2>&1
-  echo "$mode: $(grep -E 'wall|layer 1 done|f16 compute' "$out/speed-$mode.log" | tr '\n' ' ')"
+last=$(( ${LAYERS:-2} - 1 ))
+for shape in ${SHAPES:-olmoe-1b-7b llama-3.1-8b}; do
+  python3 "$here/benches/scripts/make_random_model.py" "$shape" "/tmp/m-$shape" --layers "${LAYERS:-2}" >/dev/null 2>&1
+  for mode in f32-sm75 f16-sm75 bf16 f16; do
+    dtype=${mode%-sm75} arch=
+    case $mode in *-sm75) arch=75 ;; esac
+    log=$out/speed-$shape-$mode.log
+    /usr/bin/time -f "wall %e s" env ${arch:+LAYERSTREAM_KERNEL_ARCH=$arch} LAYERSTREAM_TIMELINE=1 "$bin" analyze \
+      --model "/tmp/m-$shape" --data /tmp/ls-f16-data.txt --num-samples "${SEQS:-64}" --seq-len 2048 --vram 8GiB \
+      --points ln1,ln2,resid_post --device cuda --compute-dtype "$dtype" --out "/tmp/ls-speed-$shape-$mode" --restart \
+      --progress none >"$log" 2>&1
+    ready=$(grep -E "layer $last: weights ready" "$log" | awk '{print $2}')
+    done_at=$(grep -E "layer $last done" "$log" | awk '{print $2}')
+    echo "$shape $mode: layer $last $(python3 -c "print(f'{float(\"$done_at\") - float(\"$ready\"):.3f}')" 2>/dev/null) s, $(grep -E '^wall' "$log"), $(grep -cE 'sequences from' "$log") micro-batches; $(grep -E 'f16 compute' "$log")"
+  done
 done

@@ -92,9 +92,9 @@ pub struct RunArgs {
     #[arg(long, value_name = "DEVICE", default_value = "auto", value_parser = parse_device)]
     pub device: DeviceChoice,
     /// GEMM and attention arithmetic on a GPU: auto (bf16 for bf16 checkpoints on GPUs
-    /// with bf16 arithmetic, else f32), bf16, f16 (f16 tensor cores with f32 accumulation,
-    /// for T4s and other sm_75 GPUs; values beyond f16's range are recomputed in f32 and
-    /// counted), or f32 (works on any GPU).
+    /// with bf16 arithmetic; f16 for bf16 and f16 checkpoints on T4s and other sm_75 GPUs;
+    /// else f32), bf16, f16 (f16 tensor cores with f32 accumulation; values beyond f16's
+    /// range are recomputed in f32 and counted), or f32 (works on any GPU).
     #[arg(long, value_name = "DTYPE", default_value = "auto", value_parser = parse_compute)]
     pub compute_dtype: ComputeChoice,
     /// CPU threads (default: LAYERSTREAM_THREADS, else all cores).

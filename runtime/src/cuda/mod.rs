@@ -51,7 +51,9 @@ impl ComputeDtype {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ComputeChoice {
     /// bf16 when the checkpoint's weights are bf16 and the GPU does bf16 arithmetic
-    /// (compute capability 8.0+); f32 otherwise (f32 / f16 checkpoints, a T4).
+    /// (compute capability 8.0+); f16 for bf16 and f16 checkpoints on GPUs without bf16
+    /// arithmetic but with f16 tensor cores (sm_75: a T4); f32 otherwise (f32 checkpoints,
+    /// f16 checkpoints on sm_80+, GPUs before sm_75).
     #[default]
     Auto,
     /// bf16 GEMMs (refused on GPUs without bf16 arithmetic).
@@ -120,16 +122,59 @@ impl CudaBackend {
 
     /// The GEMM arithmetic for a checkpoint whose matrices are mostly `weight_dtype`.
     pub fn compute_dtype(&self, weight_dtype: TensorDtype) -> ComputeDtype {
-        match self.compute {
-            ComputeChoice::F32 => ComputeDtype::F32,
-            ComputeChoice::Bf16 => ComputeDtype::Bf16,
-            ComputeChoice::F16 => ComputeDtype::F16,
-            ComputeChoice::Auto
-                if weight_dtype == TensorDtype::Bf16 && self.gpu.has_bf16_math() =>
-            {
-                ComputeDtype::Bf16
-            }
-            ComputeChoice::Auto => ComputeDtype::F32,
+        resolve_compute(self.compute, weight_dtype, self.gpu.kernel_capability())
+    }
+}
+
+/// What `choice` computes in for `weight_dtype` weights on a GPU whose kernels are built for
+/// compute capability `capability`.
+pub fn resolve_compute(
+    choice: ComputeChoice,
+    weight_dtype: TensorDtype,
+    capability: (i32, i32),
+) -> ComputeDtype {
+    let half_checkpoint = matches!(weight_dtype, TensorDtype::Bf16 | TensorDtype::F16);
+    match choice {
+        ComputeChoice::F32 => ComputeDtype::F32,
+        ComputeChoice::Bf16 => ComputeDtype::Bf16,
+        ComputeChoice::F16 => ComputeDtype::F16,
+        ComputeChoice::Auto if weight_dtype == TensorDtype::Bf16 && capability >= (8, 0) => {
+            ComputeDtype::Bf16
+        }
+        // A T4: f16 tensor cores with the overflow guard for 16-bit checkpoints.
+        ComputeChoice::Auto if half_checkpoint && ((7, 5)..(8, 0)).contains(&capability) => {
+            ComputeDtype::F16
+        }
+        ComputeChoice::Auto => ComputeDtype::F32,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_computes_16_bit_checkpoints_in_f16_on_a_t4_and_bf16_from_sm_80() {
+        use ComputeDtype as D;
+        use TensorDtype::{Bf16, F16, F32};
+        let auto = |weights, capability| resolve_compute(ComputeChoice::Auto, weights, capability);
+        assert_eq!(auto(Bf16, (7, 5)), D::F16);
+        assert_eq!(auto(F16, (7, 5)), D::F16);
+        assert_eq!(auto(F32, (7, 5)), D::F32);
+        assert_eq!(
+            auto(Bf16, (7, 0)),
+            D::F32,
+            "no f16 tensor-core kernels before sm_75"
+        );
+        assert_eq!(auto(Bf16, (8, 0)), D::Bf16);
+        assert_eq!(auto(Bf16, (9, 0)), D::Bf16);
+        assert_eq!(auto(F16, (9, 0)), D::F32);
+        for (choice, dtype) in [
+            (ComputeChoice::F32, D::F32),
+            (ComputeChoice::Bf16, D::Bf16),
+            (ComputeChoice::F16, D::F16),
+        ] {
+            assert_eq!(resolve_compute(choice, Bf16, (7, 5)), dtype);
         }
     }
 }
