@@ -297,6 +297,27 @@ fn damaged_hidden_states_are_not_resumed_from_and_extending_layers_reuses_finish
     assert!(times_computed(&out).iter().all(|&(_, n)| n == 1));
 }
 
+/// A finished run's re-run (to write the report again) reads no hidden states: they are
+/// checked against their record only when a run is about to start from them, so damaging
+/// them changes nothing here (the test above has the run that needs them).
+#[test]
+fn a_finished_runs_rerun_reads_no_hidden_states() {
+    let setup = Setup::new();
+    let out = setup.home.path().join("out");
+    assert_succeeds(&setup.run(&out, &["--layers", "0-5"]));
+    let first = report(&out);
+    flip_byte(&out.join("hidden/after_layer_5.safetensors"));
+    let again = setup.run(&out, &["--layers", "0-5"]);
+    assert_succeeds(&again);
+    assert!(
+        !stderr(&again).contains("after_layer_5"),
+        "{}",
+        stderr(&again)
+    );
+    assert_eq!(report(&out), first);
+    assert!(times_computed(&out).iter().all(|&(_, n)| n == 1));
+}
+
 #[test]
 fn damaged_progress_file_is_recovered_from_the_layer_records() {
     let setup = Setup::new();

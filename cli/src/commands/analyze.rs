@@ -173,7 +173,11 @@ pub fn analyze(args: &AnalyzeArgs) -> Result<()> {
         dump.as_ref(),
     ));
     let tokens = workload.rows.tokens();
-    let start = folder.start_point(&to_compute, tokens, model.spec.hidden_size)?;
+    let mut notes = Vec::new();
+    let start = folder.start_point(&to_compute, tokens, model.spec.hidden_size, &mut notes)?;
+    for note in notes {
+        eprintln!("{note}");
+    }
     let tokenizer = TextTokenizer::load(&model.dir, &model.config)?;
     let text = |id: u32| tokenizer.token_text(id);
     let first_delimiters = TokenInfo {

@@ -124,7 +124,11 @@ pub fn run_scoring(
     // The head needs the hidden states after the last layer: it counts as one more layer.
     let mut wanted = folder.layers_to_compute(&all_layers);
     wanted.insert(num_layers);
-    let start = folder.start_point(&wanted, all.tokens(), d)?;
+    let mut notes = Vec::new();
+    let start = folder.start_point(&wanted, all.tokens(), d, &mut notes)?;
+    for note in notes {
+        eprintln!("{note}");
+    }
     let planned = planned_run(plan.as_ref(), &backend, &args.plan);
     let request = RunRequest {
         token_ids: job.token_ids,

@@ -168,28 +168,49 @@ impl AnalysisFolder {
     }
 
     /// Where to start so that `to_compute` can be computed: after the latest kept hidden
-    /// states that come before its first layer, or from the embeddings.
+    /// states that come before its first layer, or from the embeddings. Hidden states are
+    /// checked against their record here, when they are about to be used (not when the folder
+    /// is opened: a finished run's re-run reads none of them); damaged or missing ones are
+    /// dropped with a note in `notes`, and the next earlier ones tried.
     pub fn start_point(
-        &self,
+        &mut self,
         to_compute: &BTreeSet<usize>,
         tokens: usize,
         width: usize,
+        notes: &mut Vec<String>,
     ) -> Result<Option<StartPoint>> {
         let Some(&first) = to_compute.first() else {
             return Ok(None);
         };
-        let best = self
-            .progress
-            .hidden
-            .iter()
-            .filter(|h| h.after_layer < first)
-            .max_by_key(|h| h.after_layer);
-        match best {
-            None => Ok(None),
-            Some(record) => Ok(Some(StartPoint {
-                first_layer: record.after_layer + 1,
-                hidden_states: hidden_source(&self.dir, &record.file.path, tokens, width)?,
-            })),
+        loop {
+            let best = self
+                .progress
+                .hidden
+                .iter()
+                .enumerate()
+                .filter(|(_, h)| h.after_layer < first)
+                .max_by_key(|(_, h)| h.after_layer)
+                .map(|(index, _)| index);
+            let Some(index) = best else {
+                return Ok(None);
+            };
+            let record = &self.progress.hidden[index];
+            match record.file.verify(&self.dir) {
+                Ok(()) => {
+                    return Ok(Some(StartPoint {
+                        first_layer: record.after_layer + 1,
+                        hidden_states: hidden_source(&self.dir, &record.file.path, tokens, width)?,
+                    }));
+                }
+                Err(problem) => {
+                    notes.push(format!(
+                        "{} {}; not resuming from it",
+                        record.file.path,
+                        describe(problem)
+                    ));
+                    self.progress.hidden.remove(index);
+                }
+            }
         }
     }
 
@@ -273,17 +294,22 @@ pub(super) fn save_progress(dir: &Path, progress: &Progress) -> Result<()> {
     write_file(dir, PROGRESS_FILE, &json).map(|_| ())
 }
 
-/// Keeps what a previous run finished and can still be trusted.
+/// How a file's problem reads in a note.
+fn describe(problem: FileProblem) -> &'static str {
+    match problem {
+        FileProblem::Missing => "is missing",
+        FileProblem::Damaged => "is damaged (checksum differs)",
+    }
+}
+
+/// Keeps what a previous run finished and can still be trusted (the layers' files checked
+/// now, hidden states when they are about to be used).
 fn resume(dir: &Path, old: Progress, fresh: Progress, notes: &mut Vec<String>) -> Progress {
     let mut progress = fresh;
     progress.runs = old.runs + 1;
     progress.times_computed = old.times_computed;
     progress.started_unix = old.started_unix;
     progress.outputs = old.outputs;
-    let describe = |problem: FileProblem| match problem {
-        FileProblem::Missing => "is missing",
-        FileProblem::Damaged => "is damaged (checksum differs)",
-    };
     for (layer, record) in old.layers {
         match record
             .files
@@ -300,16 +326,8 @@ fn resume(dir: &Path, old: Progress, fresh: Progress, notes: &mut Vec<String>) -
             )),
         }
     }
-    for hidden in old.hidden {
-        match hidden.file.verify(dir) {
-            Ok(()) => progress.hidden.push(hidden),
-            Err(problem) => notes.push(format!(
-                "{} {}; not resuming from it",
-                hidden.file.path,
-                describe(problem)
-            )),
-        }
-    }
+    // Checked when one is about to be used (`start_point`).
+    progress.hidden = old.hidden;
     let done: Vec<String> = progress.layers.keys().map(usize::to_string).collect();
     notes.push(format!(
         "resuming {}: {} layer(s) already finished{}",
