@@ -187,15 +187,19 @@ impl OutlierCounts {
                     .any(|p| (0..sequences).any(|s| p.count_ge[s * width + d] > 0))
             })
             .collect();
-        let mut or = vec![0u32; width * words];
+        // The points' position bits OR-ed, `(marked, words)`: a row per marked dimension.
+        let mut or = vec![0u32; marked.len() * words];
         let mut layer_max = vec![0f32; width];
         for p in points {
             for (d, m) in p.max_abs_per_dim().into_iter().enumerate() {
                 layer_max[d] = layer_max[d].max(m);
             }
-            for &d in &marked {
+            for (i, &d) in marked.iter().enumerate() {
                 let row = d * words..(d + 1) * words;
-                for (o, &b) in or[row.clone()].iter_mut().zip(&p.positions[row]) {
+                for (o, &b) in or[i * words..(i + 1) * words]
+                    .iter_mut()
+                    .zip(&p.positions[row])
+                {
                     *o |= b;
                 }
             }
@@ -211,12 +215,14 @@ impl OutlierCounts {
         }
         let mut per_sequence = vec![0u32; sequences * width];
         let mut positions = vec![0u64; width];
-        for &d in &marked {
-            let bits = d * words..(d + 1) * words;
-            for (u, &b) in self.union_bits[bits.clone()].iter_mut().zip(&or[bits]) {
+        for (i, &d) in marked.iter().enumerate() {
+            let row = &or[i * words..(i + 1) * words];
+            for (u, &b) in self.union_bits[d * words..(d + 1) * words]
+                .iter_mut()
+                .zip(row)
+            {
                 *u |= b;
             }
-            let row = &or[d * words..(d + 1) * words];
             for s in 0..sequences {
                 let span = first.rows.span(s);
                 let n = popcount_range(row, span.start, span.end);

@@ -216,17 +216,28 @@ pub fn read_statistics(path: &Path) -> Result<BTreeMap<CapturePoint, PointStatis
             }
             None => Sequences::uniform(sequences, seq_len),
         };
-        let mut s = PointStatistics::of_rows(rows, shape, threshold);
-        s.max_abs = u32s(max_abs.data())
-            .into_iter()
-            .map(f32::from_bits)
-            .collect();
-        s.count_ge = u64s(field("count_ge")?);
-        s.count_pos_ge = u64s(field("count_pos_ge")?);
-        s.sum_abs_ge = f64s(field("sum_abs_ge")?);
-        s.non_finite = u64s(field("non_finite")?);
-        s.sums = f64s(field("sums")?);
-        s.histogram = u64s(field("histogram")?);
+        // Built from the file's fields directly (not zeroed first and then replaced).
+        let mut s = PointStatistics {
+            sequences,
+            rows,
+            width: shape.width,
+            threshold,
+            max_abs: u32s(max_abs.data())
+                .into_iter()
+                .map(f32::from_bits)
+                .collect(),
+            count_ge: u64s(field("count_ge")?),
+            count_pos_ge: u64s(field("count_pos_ge")?),
+            sum_abs_ge: f64s(field("sum_abs_ge")?),
+            non_finite: u64s(field("non_finite")?),
+            sums: f64s(field("sums")?),
+            histogram: u64s(field("histogram")?),
+            positions: Vec::new(),
+            massive: None,
+        };
+        if shape.positions {
+            s.positions = vec![0; shape.width * PointStatistics::words_for(s.tokens())];
+        }
         let words = s.position_words();
         if words > 0 {
             let dims = u32s(field("position_dims")?);
@@ -237,7 +248,6 @@ pub fn read_statistics(path: &Path) -> Result<BTreeMap<CapturePoint, PointStatis
                     .copy_from_slice(&bits[i * words..(i + 1) * words]);
             }
         }
-        s.massive = None;
         statistics.insert(point, s);
     }
     Ok(statistics)
