@@ -135,8 +135,13 @@ fn check_attention(
         (download(gpu, &out), gpu.stream.clone_dtoh(&totals).unwrap())
     };
     let run = |dims: AttentionDims, q: &[f32], k: &[f32], v: &[f32]| run_counting(dims, q, k, v).0;
-    let mut expect = vec![0f32; q.len()];
-    cpu::attention::causal_attention(&q, &k, &v, &mut expect, shape, 2, Default::default());
+    // The CPU's attention of q, k, v.
+    let reference = |q: &[f32], k: &[f32], v: &[f32]| {
+        let mut out = vec![0f32; q.len()];
+        cpu::attention::causal_attention(q, k, v, &mut out, shape, 2, Default::default());
+        out
+    };
+    let expect = reference(&q, &k, &v);
     assert_matches_reference(
         &format!("attention {what}"),
         &run(dims, &q, &k, &v),
@@ -155,17 +160,7 @@ fn check_attention(
             .map(|&v| half::bf16::from_f32(v).to_f32())
             .collect()
     };
-    let (qr, kr, vr) = (rounded(&q), rounded(&k), rounded(&v));
-    let mut expect_bf16 = vec![0f32; q.len()];
-    cpu::attention::causal_attention(
-        &qr,
-        &kr,
-        &vr,
-        &mut expect_bf16,
-        shape,
-        2,
-        Default::default(),
-    );
+    let expect_bf16 = reference(&rounded(&q), &rounded(&k), &rounded(&v));
     let what = format!(
         "attention on tensor cores ({}) {what}",
         tensor.uses_tensor_cores(gpu)
@@ -187,9 +182,7 @@ fn check_attention(
     };
     let to_f16 =
         |x: &[f32]| -> Vec<f32> { x.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect() };
-    let (qh, kh, vh) = (to_f16(&q), to_f16(&k), to_f16(&v));
-    let mut expect_f16 = vec![0f32; q.len()];
-    cpu::attention::causal_attention(&qh, &kh, &vh, &mut expect_f16, shape, 2, Default::default());
+    let expect_f16 = reference(&to_f16(&q), &to_f16(&k), &to_f16(&v));
     let on_tensor_cores = f16.uses_tensor_cores(gpu);
     assert_eq!(
         on_tensor_cores,
@@ -201,8 +194,8 @@ fn check_attention(
     assert_eq!(totals, [0, 0, 0], "f16 {what}: nothing to recompute");
 
     // A key of the last sequence, a value of the first, a key of the middle one beyond
-    // f16's range: that
-    // sequence (every head) is recomputed in f32 and counted once; the others stay f16.
+    // f16's range: that sequence (every head) is recomputed in f32 and counted once; the
+    // others stay f16.
     if !on_tensor_cores {
         return;
     }
@@ -212,23 +205,14 @@ fn check_attention(
         let rows_of = batch.offsets()[sequence]..batch.offsets()[sequence + 1];
         let (mut k_big, mut v_big) = (k.clone(), v.clone());
         let planted = if in_keys { &mut k_big } else { &mut v_big };
-        // The first row of the last sequence's keys; the last row of the first's values.
+        // A key in the sequence's first row, a value in its last.
         let row = if in_keys {
             rows_of.start
         } else {
             rows_of.end - 1
         };
         planted[row * 2 * head_dim + 3] = 70000.0;
-        let mut expect_big = vec![0f32; q.len()];
-        cpu::attention::causal_attention(
-            &q,
-            &k_big,
-            &v_big,
-            &mut expect_big,
-            shape,
-            2,
-            Default::default(),
-        );
+        let expect_big = reference(&q, &k_big, &v_big);
         let (got, totals) = run_counting(f16, &q, &k_big, &v_big);
         let which = format!("f16 {what}, sequence {sequence} (in keys {in_keys})");
         assert_eq!(totals, [0, 1, 0], "{which}: one sequence recomputed");

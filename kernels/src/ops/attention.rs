@@ -294,7 +294,7 @@ fn mma_attention(
         gpu,
         ATTENTION_MMA,
         convert,
-        grid_for(rows * kv_width / 4),
+        grid_for(quads as usize),
         a.k,
         a.v,
         &mut k16,
