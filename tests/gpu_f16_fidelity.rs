@@ -39,15 +39,7 @@ fn sixteen_bit_fixtures_match_pytorch_in_f16() {
 /// would be +-inf and everything after them NaN.
 #[test]
 fn values_beyond_f16_are_recomputed_in_f32_and_counted() {
-    let Some(backend) = cuda(ComputeChoice::F16, "cuda f16 overflow") else {
-        return;
-    };
-    let dir = tempfile::tempdir().unwrap();
-    for entry in std::fs::read_dir(fixture_model("llama3")).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
-    }
-    edit_tensors(dir.path(), |name, shape, values| {
+    let plant = |name: &str, shape: &[usize], values: &mut [f32]| {
         if name == "model.layers.0.mlp.gate_proj.weight"
             || name == "model.layers.0.mlp.up_proj.weight"
         {
@@ -55,9 +47,78 @@ fn values_beyond_f16_are_recomputed_in_f32_and_counted() {
             values[..inputs].fill(0.0);
             values[0] = 1000.0;
         }
-    });
+    };
+    // Some rows, not all.
+    let some = |rows: u64, _: &KeepEverything, tokens: usize| rows > 0 && rows < tokens as u64;
+    planted_f16_run_matches_cpu("llama3", None, plant, some);
+}
+
+/// OLMoE's layer 0 planted so that the experts' input dimension 0 is `z = 5e4 x_0` (beyond
+/// f16 wherever `|x_0| > 1.31`, 40 of the 64 tokens: the guarded gather lists those tokens and
+/// every expert's gate and up fix-ups recompute them) and each expert's intermediate value 0
+/// is about `silu(z) z` (beyond f16 wherever `z > 256`: the guarded activation lists those rows
+/// for the down projection). Every token takes all 8 experts (no top-k choice that f16
+/// rounding could flip) and the router ignores dimension 0. Rows recomputed: the router's and
+/// 8 experts' gate and up rows of each token beyond range, plus the down projections' rows.
+#[test]
+fn moe_experts_recompute_values_beyond_f16_in_f32() {
+    let all_experts = Some(("num_experts_per_tok", serde_json::json!(8)));
+    let plant = |name: &str, shape: &[usize], values: &mut [f32]| {
+        let inputs = shape.last().copied().unwrap_or(0);
+        if name == "model.layers.0.post_attention_layernorm.weight" {
+            values[0] = 5.0e4;
+        } else if name == "model.layers.0.mlp.gate.weight" {
+            values.iter_mut().step_by(inputs).for_each(|v| *v = 0.0);
+        } else if name.starts_with("model.layers.0.mlp.experts.")
+            && (name.ends_with("gate_proj.weight") || name.ends_with("up_proj.weight"))
+        {
+            values[..inputs].fill(0.0);
+            values[0] = 1.0;
+        }
+    };
+    let expected = |rows: u64, on_cpu: &KeepEverything, tokens: usize| {
+        let beyond = on_cpu.captures["blocks.0.ln2"]
+            .chunks(64)
+            .filter(|row| row.iter().any(|v| v.abs() >= 65520.0))
+            .count() as u64;
+        eprintln!("olmoe: {beyond} of {tokens} expert input rows beyond f16");
+        let at_least = beyond * (1 + 8 * 2);
+        beyond > 0
+            && beyond < tokens as u64
+            && rows >= at_least
+            && rows <= at_least + 8 * tokens as u64
+    };
+    planted_f16_run_matches_cpu("olmoe", all_experts, plant, expected);
+}
+
+/// Runs fixture `name` (its config's `config_edit` key set, its tensors edited by `edit`) in
+/// f16 on the GPU and in f32 on the CPU: `recomputed` accepts the count of GEMM rows
+/// recomputed given the tokens, and every capture and the logits are the same within 3% of
+/// each tensor's scale and NMSE < 1e-3.
+fn planted_f16_run_matches_cpu(
+    name: &str,
+    config_edit: Option<(&str, serde_json::Value)>,
+    edit: impl FnMut(&str, &[usize], &mut [f32]),
+    recomputed: impl Fn(u64, &KeepEverything, usize) -> bool,
+) {
+    let Some(backend) = cuda(ComputeChoice::F16, "cuda f16 overflow") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(fixture_model(name)).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+    }
+    if let Some((key, value)) = config_edit {
+        let path = dir.path().join("config.json");
+        let mut config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        config[key] = value;
+        std::fs::write(&path, config.to_string()).unwrap();
+    }
+    edit_tensors(dir.path(), edit);
     let model = Model::open(dir.path()).unwrap();
-    let reference = Reference::load("llama3");
+    let reference = Reference::load(name);
     let layers = model.spec.num_layers;
     let req = request(
         &reference,
@@ -73,18 +134,27 @@ fn values_beyond_f16_are_recomputed_in_f32_and_counted() {
     let counts = summary.f16_overflow.expect("an f16 run counts");
     let tokens = reference.num_sequences * reference.seq_len;
     assert!(
-        counts.gemm_rows > 0 && counts.gemm_rows < tokens as u64,
-        "some rows, not all, recomputed: {counts:?} of {tokens} tokens"
+        recomputed(counts.gemm_rows, &on_cpu, tokens),
+        "{name}: rows recomputed {counts:?} of {tokens} tokens"
     );
-    eprintln!("planted: {counts:?} of {tokens} tokens");
+    eprintln!("{name} planted: {counts:?} of {tokens} tokens");
+    for (layer, routing) in &on_cpu.routing {
+        assert_eq!(
+            routing.experts, on_gpu.routing[layer].experts,
+            "{name} layer {layer}: the same experts"
+        );
+    }
     let mut keys: Vec<&String> = on_cpu.captures.keys().collect();
     keys.sort();
     for key in keys {
         let (got, expected) = (&on_gpu.captures[key], &on_cpu.captures[key]);
         let scale = expected.iter().fold(0f32, |m, x| m.max(x.abs()));
-        assert!(scale.is_finite(), "{key}: the CPU's values are finite");
+        assert!(
+            scale.is_finite(),
+            "{name} {key}: the CPU's values are finite"
+        );
         assert_all_close(
-            &format!("f16 planted {key}"),
+            &format!("f16 planted {name} {key}"),
             got,
             expected,
             0.03 * scale,
@@ -92,13 +162,13 @@ fn values_beyond_f16_are_recomputed_in_f32_and_counted() {
         );
         assert!(
             nmse(got, expected) < 1e-3,
-            "{key}: NMSE {}",
+            "{name} {key}: NMSE {}",
             nmse(got, expected)
         );
     }
     let scale = on_cpu.logits.iter().fold(0f32, |m, x| m.max(x.abs()));
     assert_all_close(
-        "f16 planted logits",
+        &format!("f16 planted {name} logits"),
         &on_gpu.logits,
         &on_cpu.logits,
         0.03 * scale,

@@ -10,8 +10,10 @@
 #  3. Speed, SEQS x 2048 on LAYERS-layer cuts of SHAPES: f32 and f16 with the T4's kernels
 #     (goal: f16 >= 4x f32), and bf16 and f16 natively; the time of the last layer (from the
 #     timeline: weights ready to layer done) and the wall time.
+#     SPEED_BIN (a binary of BINS_TAR, e.g. the build before) and SPEED_MODES choose what runs.
 #   [PARTS="tests fixtures speed"] [FIXTURES="<every fixture>"] [SEQS=64] [LAYERS=2]
-#   [SHAPES="olmoe-1b-7b llama-3.1-8b"] f16_check_gpu.sh BINS_TAR OUT
+#   [SHAPES="olmoe-1b-7b llama-3.1-8b"] [SPEED_BIN=layerstream] [SPEED_MODES="f32-sm75 f16-sm75 bf16 f16"]
+#   [MORE_TESTS=...] f16_check_gpu.sh BINS_TAR OUT
 set -u
 tar=$1 out=$2
 here=$(cd "$(dirname "$0")/../.." && pwd)
@@ -50,17 +52,18 @@ done
 python3 -c "import sys, pathlib; print(pathlib.Path(sys.argv[1]).read_text() * 30)" "$here/cli/assets/default-data.txt" > /tmp/ls-f16-data.txt
 last=$(( ${LAYERS:-2} - 1 ))
 for shape in ${SHAPES:-olmoe-1b-7b llama-3.1-8b}; do
-  python3 "$here/benches/scripts/make_random_model.py" "$shape" "/tmp/m-$shape" --layers "${LAYERS:-2}" >/dev/null 2>&1
-  for mode in f32-sm75 f16-sm75 bf16 f16; do
+  [ -f "/tmp/m-$shape/config.json" ] ||
+    python3 "$here/benches/scripts/make_random_model.py" "$shape" "/tmp/m-$shape" --layers "${LAYERS:-2}" >/dev/null 2>&1
+  for mode in ${SPEED_MODES:-f32-sm75 f16-sm75 bf16 f16}; do
     dtype=${mode%-sm75} arch=
     case $mode in *-sm75) arch=75 ;; esac
-    log=$out/speed-$shape-$mode.log
-    /usr/bin/time -f "wall %e s" env ${arch:+LAYERSTREAM_KERNEL_ARCH=$arch} LAYERSTREAM_TIMELINE=1 "$bin" analyze \
+    log=$out/speed-${SPEED_BIN:-layerstream}-$shape-$mode.log
+    /usr/bin/time -f "wall %e s" env ${arch:+LAYERSTREAM_KERNEL_ARCH=$arch} LAYERSTREAM_TIMELINE=1 "$b/${SPEED_BIN:-layerstream}" analyze \
       --model "/tmp/m-$shape" --data /tmp/ls-f16-data.txt --num-samples "${SEQS:-64}" --seq-len 2048 --vram 8GiB \
       --points ln1,ln2,resid_post --device cuda --compute-dtype "$dtype" --out "/tmp/ls-speed-$shape-$mode" --restart \
       --progress none >"$log" 2>&1
     ready=$(grep -E "layer $last: weights ready" "$log" | awk '{print $2}')
     done_at=$(grep -E "layer $last done" "$log" | awk '{print $2}')
-    echo "$shape $mode: layer $last $(python3 -c "print(f'{float(\"$done_at\") - float(\"$ready\"):.3f}')" 2>/dev/null) s, $(grep -E '^wall' "$log"), $(grep -cE 'sequences from' "$log") micro-batches; $(grep -E 'f16 compute' "$log")"
+    echo "${SPEED_BIN:-layerstream} $shape $mode: layer $last $(python3 -c "print(f'{float(\"$done_at\") - float(\"$ready\"):.3f}')" 2>/dev/null) s, $(grep -E '^wall' "$log"), $(grep -cE 'sequences from' "$log") micro-batches; $(grep -E 'f16 compute' "$log")"
   done
 done

@@ -39,6 +39,24 @@ extern "C" __global__ void gated_activation_dual_kernel(
     }
 }
 
+// gate = gated(gate, up) and out = f16 of it (the next GEMM's f16 input) in one pass, listing
+// in guard (half_guard.cu's layout; zeroed by the caller) each row of the (rows, cols) matrix
+// holding a finite value beyond f16's range
+extern "C" __global__ void gated_activation_f16_guarded_kernel(
+    float* gate, const float* up, u16* out, unsigned long long n, int cols, int rows, u32* guard,
+    int clamped, float limit, float alpha) {
+    ELEMENT_INDEX;
+    if (i >= n) return;
+    const float y = gated(gate[i], up[i], clamped, limit, alpha);
+    const u16 bits = f32_to_f16(y);
+    gate[i] = y;
+    out[i] = bits;
+    if (f16_overflowed(y, bits)) {
+        const u32 row = (u32)(i / (unsigned long long)cols);
+        if (atomicExch(&guard[1 + rows + row], 1u) == 0u) guard[1 + atomicAdd(&guard[0], 1u)] = row;
+    }
+}
+
 // acc += x
 extern "C" __global__ void add_kernel(float* acc, const float* x, unsigned long long n) {
     ELEMENT_INDEX;

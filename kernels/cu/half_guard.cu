@@ -41,9 +41,24 @@ extern "C" __global__ void f16_weights_kernel(
     if (f16_overflowed(value, bits)) atomicAdd(&totals[2], 1ull);
 }
 
-// For each row r the guard lists: y[r] (out_features) = x[r] (in_features) . w^T in f32, w
-// (out_features, in_features) f16 bits, overwriting what the f16 GEMM wrote (before any bias).
-// A warp per output column at a time, lanes over the inputs; block (0, 0) adds the count to
+// y_row (out_features) = x_row (in_features) . w^T in f32, w (out_features, in_features) f16
+// bits: a warp per output column at a time, lanes over the inputs, the grid's warps over the
+// columns.
+__device__ __forceinline__ void recompute_row_f32(
+    const float* x_row, const u16* w, float* y_row, int in_features, int out_features) {
+    const int warps = blockDim.x >> 5, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    for (int column = blockIdx.x * warps + warp; column < out_features;
+         column += gridDim.x * warps) {
+        const u16* w_row = w + (unsigned long long)column * in_features;
+        float sum = 0.0f;
+        for (int d = lane; d < in_features; d += 32) sum += x_row[d] * f16_to_f32(w_row[d]);
+        sum = warp_sum(sum);
+        if (lane == 0) y_row[column] = sum;
+    }
+}
+
+// For each row r the guard lists: y[r] (out_features) = x[r] (in_features) . w^T in f32,
+// overwriting what the f16 GEMM wrote (before any bias). Block (0, 0) adds the count to
 // totals[0].
 extern "C" __global__ void f16_overflow_rows_kernel(
     const float* x, const u16* w, float* y, int in_features, int out_features, const u32* guard,
@@ -51,17 +66,34 @@ extern "C" __global__ void f16_overflow_rows_kernel(
     const u32 count = guard[0];
     if (count == 0u) return;
     if (blockIdx.x == 0 && threadIdx.x == 0) atomicAdd(&totals[0], (unsigned long long)count);
-    const int warps = blockDim.x >> 5, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     for (u32 listed = 0; listed < count; listed++) {
         const unsigned long long row = guard[1 + listed];
-        const float* x_row = x + row * in_features;
-        for (int column = blockIdx.x * warps + warp; column < out_features;
-             column += gridDim.x * warps) {
-            const u16* w_row = w + (unsigned long long)column * in_features;
-            float sum = 0.0f;
-            for (int d = lane; d < in_features; d += 32) sum += x_row[d] * f16_to_f32(w_row[d]);
-            sum = warp_sum(sum);
-            if (lane == 0) y[row * out_features + column] = sum;
+        recompute_row_f32(x + row * in_features, w, y + row * out_features, in_features,
+                          out_features);
+    }
+}
+
+// The experts' fix-up: the guard lists tokens of x (tokens, in_features), as
+// expert_gather_f16_kernel (moe.cu) wrote it; every assignment a = t * top_k + j of a listed
+// token t whose grouped row positions[a] lies in this expert's rows [start, start + n) gets
+// y[positions[a] - start] (out_features) = x[t] . w^T in f32, overwriting the f16 GEMM's row
+// (before any bias). Block (0, 0) adds the rows recomputed to totals[0].
+extern "C" __global__ void f16_overflow_expert_rows_kernel(
+    const float* x, const u16* w, float* y, int in_features, int out_features, const u32* guard,
+    const u32* positions, int top_k, u32 start, u32 n, unsigned long long* totals) {
+    const u32 count = guard[0];
+    if (count == 0u) return;
+    unsigned long long recomputed = 0;
+    for (u32 listed = 0; listed < count; listed++) {
+        const unsigned long long token = guard[1 + listed];
+        for (int j = 0; j < top_k; j++) {
+            const u32 row = positions[token * top_k + j];
+            if (row < start || row - start >= n) continue;
+            recomputed++;
+            recompute_row_f32(x + token * in_features, w,
+                              y + (unsigned long long)(row - start) * out_features, in_features,
+                              out_features);
         }
     }
+    if (blockIdx.x == 0 && threadIdx.x == 0 && recomputed > 0) atomicAdd(&totals[0], recomputed);
 }

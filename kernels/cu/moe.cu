@@ -181,6 +181,29 @@ extern "C" __global__ void expert_gather_bf16_kernel(
     for (int d = threadIdx.x; d < width; d += blockDim.x) dst[d] = f32_to_bf16(src[d]);
 }
 
+// gathered[positions[a]] = f16(x[a / top_k]): the f16 expert GEMMs' inputs, gathered and
+// converted in one pass, listing in guard (half_guard.cu's layout, over the tokens: the count,
+// the listed tokens, a flag per token; zeroed by the caller) each token whose row holds a
+// finite value beyond f16's range.
+extern "C" __global__ void expert_gather_f16_kernel(
+    const float* x, const u32* positions, int assignments, int top_k, int width, u16* gathered,
+    u32* guard) {
+    int a = blockIdx.x;
+    if (a >= assignments) return;
+    const int tokens = assignments / top_k;
+    const u32 token = (u32)(a / top_k);
+    const float* src = x + (unsigned long long)token * width;
+    u16* dst = gathered + (unsigned long long)positions[a] * width;
+    for (int d = threadIdx.x; d < width; d += blockDim.x) {
+        const float value = src[d];
+        const u16 bits = f32_to_f16(value);
+        dst[d] = bits;
+        if (f16_overflowed(value, bits) && atomicExch(&guard[1 + tokens + token], 1u) == 0u) {
+            guard[1 + atomicAdd(&guard[0], 1u)] = token;
+        }
+    }
+}
+
 // out[t] = sum over t's experts in [first_expert, end_expert), in ascending expert order, of
 // weight * expert_out[position]; with accumulate the sum starts from out[t] instead of 0, so
 // the expert groups of a split layer add up to exactly the unsplit sum. One block per token:

@@ -112,6 +112,45 @@ pub fn gated_activation_with_bf16(
     )
 }
 
+/// `gate (rows, cols) = act(gate, up)` and `out = f16(gate)` in one pass, with `guard`
+/// (`half_guard::guard_len(rows)`, reset first) listing each row holding a value beyond f16's
+/// range: the f16 path's guarded input of the next GEMM.
+pub fn gated_activation_f16_guarded(
+    gpu: &Gpu,
+    gate: &mut CudaViewMut<f32>,
+    up: &CudaView<f32>,
+    out: &mut CudaViewMut<u16>,
+    (rows, cols): (usize, usize),
+    guard: &mut CudaViewMut<u32>,
+    activation: GatedActivation,
+) -> Result<()> {
+    let n = rows * cols;
+    check_len("gated activation gate", gate, n)?;
+    check_len("gated activation up", up, n)?;
+    check_len("gated activation out", out, n)?;
+    let guard_len = super::half_guard::guard_len(rows);
+    check_len("f16 guard", guard, guard_len)?;
+    gpu.stream.memset_zeros(&mut guard.slice_mut(..guard_len))?;
+    let (n64, cols_i, rows_i) = (n as u64, cols as i32, rows as i32);
+    let (clamped, limit, alpha) = activation.arguments();
+    launch!(
+        gpu,
+        ELEMENTWISE,
+        "gated_activation_f16_guarded_kernel",
+        grid_for(n),
+        gate,
+        up,
+        out,
+        &n64,
+        &cols_i,
+        &rows_i,
+        guard,
+        &clamped,
+        &limit,
+        &alpha
+    )
+}
+
 /// `acc += x`.
 pub fn add(gpu: &Gpu, acc: &mut CudaViewMut<f32>, x: &CudaView<f32>) -> Result<()> {
     let n = x.len();

@@ -129,3 +129,57 @@ pub fn f16_overflow_rows(
         totals
     )
 }
+
+/// The experts' fix-up: `guard` lists tokens of `x (tokens, in)` (as
+/// [`super::moe::gather_by_expert_f16_guarded`] wrote it); every assignment of a listed token
+/// grouped in this expert's rows `rows` (of the grouped order, `positions (tokens * top_k)`)
+/// gets `y[positions[a] - rows.start] (out) = x[token] . w^T` in f32, replacing the f16 GEMM's
+/// row of `y (rows.len(), out)`; the rows recomputed are added to `totals[0]`.
+#[allow(clippy::too_many_arguments)]
+pub fn f16_overflow_expert_rows(
+    gpu: &Gpu,
+    x: &CudaView<f32>,
+    w: &CudaView<u16>,
+    y: &mut CudaViewMut<f32>,
+    (in_features, out_features): (usize, usize),
+    guard: &CudaView<u32>,
+    positions: &CudaView<u32>,
+    top_k: usize,
+    rows: std::ops::Range<usize>,
+    totals: &mut CudaViewMut<u64>,
+) -> Result<()> {
+    let tokens = x.len() / in_features.max(1);
+    check_len("f16 expert fix-up positions", positions, tokens * top_k)?;
+    check_len("f16 expert fix-up weight", w, out_features * in_features)?;
+    check_len("f16 expert fix-up out", y, rows.len() * out_features)?;
+    check_len("f16 expert guard", guard, guard_len(tokens))?;
+    check_len("f16 totals", totals, TOTALS)?;
+    let config = LaunchConfig {
+        grid_dim: (
+            out_features.div_ceil(8).clamp(1, FIX_UP_BLOCKS) as u32,
+            1,
+            1,
+        ),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let (in_i, out_i, k_i) = (in_features as i32, out_features as i32, top_k as i32);
+    let (start, n) = (rows.start as u32, rows.len() as u32);
+    launch!(
+        gpu,
+        HALF_GUARD,
+        "f16_overflow_expert_rows_kernel",
+        config,
+        x,
+        w,
+        y,
+        &in_i,
+        &out_i,
+        guard,
+        positions,
+        &k_i,
+        &start,
+        &n,
+        totals
+    )
+}

@@ -192,6 +192,41 @@ pub fn gather_by_expert_bf16(
     )
 }
 
+/// `gathered[positions[a]] = f16(x[a / top_k])`: token rows grouped by expert, as the expert
+/// GEMMs' f16 inputs, with `guard` (`half_guard::guard_len(tokens)`, reset first) listing each
+/// token whose row holds a value beyond f16's range (the experts' fix-up reads it).
+pub fn gather_by_expert_f16_guarded(
+    gpu: &Gpu,
+    x: &CudaView<f32>,
+    positions: &CudaView<u32>,
+    top_k: usize,
+    width: usize,
+    gathered: &mut CudaViewMut<u16>,
+    guard: &mut CudaViewMut<u32>,
+) -> Result<()> {
+    let n = positions.len();
+    let tokens = n / top_k;
+    check_len("gathered", gathered, n * width)?;
+    check_len("gather x", x, tokens * width)?;
+    let guard_len = super::half_guard::guard_len(tokens);
+    check_len("f16 expert guard", guard, guard_len)?;
+    gpu.stream.memset_zeros(&mut guard.slice_mut(..guard_len))?;
+    let (n_i, k_i, w_i) = (n as i32, top_k as i32, width as i32);
+    launch!(
+        gpu,
+        MOE,
+        "expert_gather_f16_kernel",
+        block_per_row(n, 128),
+        x,
+        positions,
+        &n_i,
+        &k_i,
+        &w_i,
+        gathered,
+        guard
+    )
+}
+
 /// Either gather: `kernel` writes rows of `T` (f32 or bf16 bits).
 fn gather_rows<T: DeviceRepr>(
     gpu: &Gpu,

@@ -76,6 +76,29 @@ impl HalfScratch {
         Ok(self.buffer.slice_mut(..n))
     }
 
+    /// The first `rows * cols` elements and the guard of `rows` rows, for an f16 GEMM input
+    /// (rows, cols) a fused kernel writes with its guard (then [`linear_converted`]).
+    pub fn f16_input(
+        &mut self,
+        rows: usize,
+        cols: usize,
+    ) -> Result<(CudaViewMut<'_, u16>, CudaViewMut<'_, u32>)> {
+        let capacity = self.guard_rows();
+        if rows > capacity {
+            return Err(RuntimeError::internal(format!(
+                "an f16 guard for {capacity} rows given {rows} (a sizing bug)"
+            )));
+        }
+        let HalfScratch { buffer, guard, .. } = self;
+        if buffer.len() < rows * cols {
+            return Err(scratch_too_small(buffer.len(), rows * cols));
+        }
+        Ok((
+            buffer.slice_mut(..rows * cols),
+            guard.slice_mut(..guard_len(rows)),
+        ))
+    }
+
     /// The tensor-core attention's K/V scratch (the buffer's first `kv_len` elements) and, for
     /// f16 operands, the flags of the call's sequences and the totals.
     #[allow(clippy::type_complexity)]

@@ -5,6 +5,7 @@
 mod capture;
 mod delta_net;
 pub mod executor;
+mod expert_mlps;
 mod f16_overflow;
 mod head;
 mod head_run;

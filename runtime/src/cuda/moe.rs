@@ -4,7 +4,8 @@
 //! expert order, optional sigmoid-gated shared expert. Buffers are taken with the
 //! micro-batch's other buffers, sized as the planner's `moe` region.
 
-use super::linear::{HalfScratch, linear, linear_bf16_input};
+use super::expert_mlps::{ExpertInput, ExpertRows, run_experts as run_experts_mlps};
+use super::linear::{HalfScratch, linear};
 use super::weights::DeviceLayer;
 use crate::arch::{Activation, MoeSpec, RouterScoring, SharedExpertSpec, WeightRole};
 use crate::capture::Routing;
@@ -20,16 +21,16 @@ use std::ops::Range;
 
 /// The MoE buffers of micro-batches of up to `rows` tokens.
 pub struct MoeBuffers {
-    logits: CudaSlice<f32>,     // (rows, experts)
-    chosen: CudaSlice<u32>,     // (rows, top_k)
-    weights: CudaSlice<f32>,    // (rows, top_k)
-    counts: CudaSlice<u32>,     // (experts)
-    offsets: CudaSlice<u32>,    // (experts)
-    positions: CudaSlice<u32>,  // (rows, top_k)
-    gathered: CudaSlice<f32>,   // (rows * top_k, hidden), grouped by expert
-    expert_out: CudaSlice<f32>, // (rows * top_k, hidden), grouped by expert
-    gate: CudaSlice<f32>,       // (rows, expert_intermediate): an expert sees a token at most once
-    up: CudaSlice<f32>,         // (rows, expert_intermediate)
+    logits: CudaSlice<f32>,                // (rows, experts)
+    chosen: CudaSlice<u32>,                // (rows, top_k)
+    weights: CudaSlice<f32>,               // (rows, top_k)
+    counts: CudaSlice<u32>,                // (experts)
+    offsets: CudaSlice<u32>,               // (experts)
+    pub(super) positions: CudaSlice<u32>,  // (rows, top_k)
+    pub(super) gathered: CudaSlice<f32>,   // (rows * top_k, hidden), grouped by expert
+    pub(super) expert_out: CudaSlice<f32>, // (rows * top_k, hidden), grouped by expert
+    pub(super) gate: CudaSlice<f32>, // (rows, expert_intermediate): an expert sees a token at most once
+    pub(super) up: CudaSlice<f32>,   // (rows, expert_intermediate)
     shared: Option<SharedBuffers>,
 }
 
@@ -192,19 +193,6 @@ pub fn kernel_activation(activation: Activation) -> GatedActivation {
     }
 }
 
-/// `y += bias` when the layer has one for `role`.
-fn add_bias(
-    gpu: &Gpu,
-    weights: &DeviceLayer,
-    role: WeightRole,
-    y: &mut CudaViewMut<f32>,
-) -> Result<()> {
-    if let Some(bias) = weights.maybe_vector(role) {
-        elementwise::add_bias(gpu, y, &bias.as_view())?;
-    }
-    Ok(())
-}
-
 /// Routed experts `run_experts` of the last [`route`] on `x (tokens, hidden)`, their
 /// weighted outputs unpermuted into `out (tokens, hidden)` in ascending expert order (the
 /// first part of a layer overwrites `out`, later ones add to it).
@@ -221,94 +209,31 @@ pub fn experts(
     buffers: &mut MoeBuffers,
     half: &mut HalfScratch,
 ) -> Result<()> {
-    use WeightRole::*;
     let tokens = x.len() / hidden;
-    let (top_k, inter) = (spec.top_k, spec.expert_intermediate);
+    let top_k = spec.top_k;
     let assignments = tokens * top_k;
     let b = buffers;
-
-    let bf16_experts = weights.matrix(ExpertGate(run_experts.start)).is_bf16();
-    let (counts, offsets) = group_by_expert(gpu, x, b, top_k, hidden, bf16_experts)?;
-    // SAFETY: as above; the bf16 rows were written by gather_by_expert_bf16.
-    let gathered_bf16 = bf16_experts.then(|| {
-        unsafe { b.gathered.transmute::<u16>(assignments * hidden) }
-            .expect("the f32 gather buffer holds its bf16 copy")
-    });
-
-    for (expert, (&count, &offset)) in counts
+    let (counts, offsets) = group_by_expert(gpu, b, assignments)?;
+    let groups: Vec<ExpertRows> = counts
         .iter()
         .zip(&offsets)
         .enumerate()
         .take(run_experts.end)
         .skip(run_experts.start)
-    {
-        let (n, start) = (count as usize, offset as usize);
-        if n == 0 {
-            continue;
-        }
-        if let Some(gathered) = &gathered_bf16 {
-            let rows_in = gathered.slice(start * hidden..(start + n) * hidden);
-            let mut g = b.gate.slice_mut(..n * inter);
-            let mut u = b.up.slice_mut(..n * inter);
-            let gate_w = weights.matrix(ExpertGate(expert));
-            linear_bf16_input(gpu, &rows_in, &gate_w, &mut g, n, hidden, inter)?;
-            add_bias(gpu, weights, ExpertGateBias(expert), &mut g)?;
-            let up_w = weights.matrix(ExpertUp(expert));
-            linear_bf16_input(gpu, &rows_in, &up_w, &mut u, n, hidden, inter)?;
-            add_bias(gpu, weights, ExpertUpBias(expert), &mut u)?;
-            let mut activated = half.first(n * inter)?;
-            elementwise::gated_activation_to_bf16(
-                gpu,
-                &g.as_view(),
-                &u.as_view(),
-                &mut activated,
-                kernel_activation(activation),
-            )?;
-            let mut y = b.expert_out.slice_mut(start * hidden..(start + n) * hidden);
-            let down_w = weights.matrix(ExpertDown(expert));
-            linear_bf16_input(gpu, &activated.as_view(), &down_w, &mut y, n, inter, hidden)?;
-            add_bias(gpu, weights, ExpertDownBias(expert), &mut y)?;
-            continue;
-        }
-        let rows_in = b.gathered.slice(start * hidden..(start + n) * hidden);
-        let mut g = b.gate.slice_mut(..n * inter);
-        let mut u = b.up.slice_mut(..n * inter);
-        linear(
-            gpu,
-            &rows_in,
-            &weights.matrix(ExpertGate(expert)),
-            weights.maybe_vector(ExpertGateBias(expert)),
-            &mut g,
-            n,
-            hidden,
-            inter,
-            half,
-        )?;
-        linear(
-            gpu,
-            &rows_in,
-            &weights.matrix(ExpertUp(expert)),
-            weights.maybe_vector(ExpertUpBias(expert)),
-            &mut u,
-            n,
-            hidden,
-            inter,
-            half,
-        )?;
-        activate(gpu, &mut g, &u.as_view(), activation)?;
-        let mut y = b.expert_out.slice_mut(start * hidden..(start + n) * hidden);
-        linear(
-            gpu,
-            &g.as_view(),
-            &weights.matrix(ExpertDown(expert)),
-            weights.maybe_vector(ExpertDownBias(expert)),
-            &mut y,
-            n,
-            inter,
-            hidden,
-            half,
-        )?;
-    }
+        .filter(|(_, (count, _))| **count > 0)
+        .map(|(expert, (&count, &offset))| {
+            (expert, offset as usize..offset as usize + count as usize)
+        })
+        .collect();
+    let input = ExpertInput {
+        x,
+        weights,
+        hidden,
+        inter: spec.expert_intermediate,
+        top_k,
+        activation,
+    };
+    run_experts_mlps(gpu, &input, &groups, b, half)?;
     moe::unpermute(
         gpu,
         &b.expert_out.slice(..assignments * hidden),
@@ -324,18 +249,14 @@ pub fn experts(
     Ok(())
 }
 
-/// Groups the assignments of the last [`route`] by expert (counts, the one small copy to
-/// the host, offsets, each assignment's grouped row) and gathers `x (tokens, hidden)` into
-/// the grouped rows, in bf16 when the experts' GEMMs are. Returns the counts and offsets.
+/// Groups the `assignments` of the last [`route`] by expert: counts, the one small copy to
+/// the host, offsets, each assignment's grouped row (`positions`). Returns the counts and
+/// offsets.
 fn group_by_expert(
     gpu: &Gpu,
-    x: &CudaView<f32>,
     b: &mut MoeBuffers,
-    top_k: usize,
-    hidden: usize,
-    bf16_experts: bool,
+    assignments: usize,
 ) -> Result<(Vec<u32>, Vec<u32>)> {
-    let assignments = x.len() / hidden * top_k;
     let chosen = b.chosen.slice(..assignments);
     gpu.stream.memset_zeros(&mut b.counts)?;
     moe::count_per_expert(gpu, &chosen, &mut b.counts.as_view_mut())?;
@@ -351,25 +272,6 @@ fn group_by_expert(
     gpu.stream.memcpy_htod(&offsets, &mut b.offsets)?;
     let mut positions = b.positions.slice_mut(..assignments);
     moe::expert_positions(gpu, &chosen, &b.offsets.as_view(), &mut positions)?;
-    if bf16_experts {
-        // bf16 GEMMs: rows are gathered straight into bf16, once for every expert (in the
-        // first half of the f32 gather buffer's bytes), and each expert's activation is
-        // written in bf16 for its down projection: 4 launches per expert instead of 7, the
-        // same values.
-        // SAFETY: `gathered` holds `assignments * hidden` f32, twice the bytes needed.
-        let mut gathered = unsafe { b.gathered.transmute_mut::<u16>(assignments * hidden) }
-            .expect("the f32 gather buffer holds its bf16 copy");
-        moe::gather_by_expert_bf16(gpu, x, &positions.as_view(), top_k, hidden, &mut gathered)?;
-    } else {
-        moe::gather_by_expert(
-            gpu,
-            x,
-            &positions.as_view(),
-            top_k,
-            hidden,
-            &mut b.gathered.slice_mut(..assignments * hidden),
-        )?;
-    }
     Ok((counts, offsets))
 }
 
