@@ -139,8 +139,21 @@ fn planted_f16_run_matches_cpu(
     );
     eprintln!("{name} planted: {counts:?} of {tokens} tokens");
     for (layer, routing) in &on_cpu.routing {
+        // The same set of experts per token (their order by logit may differ at near-ties;
+        // outputs are summed in expert order).
+        let sets = |experts: &[u32]| -> Vec<Vec<u32>> {
+            experts
+                .chunks(routing.top_k)
+                .map(|c| {
+                    let mut c = c.to_vec();
+                    c.sort_unstable();
+                    c
+                })
+                .collect()
+        };
         assert_eq!(
-            routing.experts, on_gpu.routing[layer].experts,
+            sets(&routing.experts),
+            sets(&on_gpu.routing[layer].experts),
             "{name} layer {layer}: the same experts"
         );
     }
