@@ -293,23 +293,51 @@ impl BlockOps for CudaOps<'_, '_, '_> {
     }
 
     fn gated_activation(&mut self, gate: Buf, up: Buf, activation: Activation) -> Result<()> {
-        let bf16_down = self.weights.has(WeightRole::DownProj)
-            && self.weights.matrix(WeightRole::DownProj).is_bf16();
+        let weights = self.weights;
+        let down = weights
+            .has(WeightRole::DownProj)
+            .then(|| weights.matrix(WeightRole::DownProj));
         let ([up_values], gate_values) = self.buffers.split([up], gate);
-        if !bf16_down {
-            self.half_holds = None;
-            return activate(self.gpu, gate_values, &up_values.as_view(), activation);
-        }
         let n = up_values.len();
-        let mut copy = self.half.first(n)?;
-        elementwise::gated_activation_with_bf16(
-            self.gpu,
-            gate_values,
-            &up_values.as_view(),
-            &mut copy,
-            kernel_activation(activation),
-        )?;
-        self.half_holds = Some((gate, n, false));
+        let kind = kernel_activation(activation);
+        match down {
+            Some(MatrixRows::Bf16(_)) => {
+                let mut copy = self.half.first(n)?;
+                elementwise::gated_activation_with_bf16(
+                    self.gpu,
+                    gate_values,
+                    &up_values.as_view(),
+                    &mut copy,
+                    kind,
+                )?;
+                self.half_holds = Some((gate, n, false));
+            }
+            Some(MatrixRows::F16(w)) => {
+                // The down projection's guarded f16 input in the same pass.
+                let inter = w.len() / self.hidden_size.max(1);
+                if inter == 0 || n % inter != 0 {
+                    return Err(RuntimeError::internal(format!(
+                        "a gated activation of {n} values for a down projection {inter} wide"
+                    )));
+                }
+                let rows = n / inter;
+                let (mut copy, mut guard) = self.half.f16_input(rows, inter)?;
+                elementwise::gated_activation_f16_guarded(
+                    self.gpu,
+                    gate_values,
+                    &up_values.as_view(),
+                    &mut copy,
+                    (rows, inter),
+                    &mut guard,
+                    kind,
+                )?;
+                self.half_holds = Some((gate, n, true));
+            }
+            _ => {
+                self.half_holds = None;
+                activate(self.gpu, gate_values, &up_values.as_view(), activation)?;
+            }
+        }
         Ok(())
     }
 
