@@ -39,7 +39,7 @@ fn routing(tokens: usize, top_k: usize, experts: usize) -> (Vec<usize>, Vec<u32>
     let mut chosen = Vec::with_capacity(tokens * top_k);
     for t in 0..tokens {
         let first = (t * 7 + t / 3) % experts;
-        chosen.extend((0..top_k).map(|j| (first + j * 2 + j / 2) % experts));
+        chosen.extend((0..top_k).map(|j| (first + j + j / 2) % experts));
     }
     for t in 0..tokens {
         let mine = &chosen[t * top_k..(t + 1) * top_k];
