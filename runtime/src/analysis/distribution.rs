@@ -129,8 +129,14 @@ impl RmsKurtosisResampler {
         let mut gram = vec![0f64; sequences * sequences];
         let threads = crate::cpu::threads::default_thread_count();
         crate::cpu::threads::for_each_chunk_mut(&mut gram, sequences, threads, |s, g_row| {
-            for (t, g) in g_row.iter_mut().enumerate().skip(s) {
-                *g = row(s).iter().zip(row(t)).map(|(a, b)| a * b).sum();
+            let mut t = s;
+            while t + LANES <= sequences {
+                let rows: [&[f64]; LANES] = std::array::from_fn(|j| row(t + j));
+                g_row[t..t + LANES].copy_from_slice(&dots_in_order(row(s), rows));
+                t += LANES;
+            }
+            for (t, g) in g_row.iter_mut().enumerate().skip(t) {
+                *g = dots_in_order(row(s), [row(t)])[0];
             }
         });
         for s in 0..sequences {
@@ -150,20 +156,26 @@ impl RmsKurtosisResampler {
     /// [`rms_kurtosis`] with sequence weights `weights`.
     pub fn kurtosis(&self, weights: &[u32]) -> f64 {
         let tokens = weighted_tokens(&self.rows, weights).max(1.0);
+        let w: Vec<f64> = weights.iter().map(|&w| w as f64).collect();
+        let drawn: Vec<usize> = (0..self.sequences).filter(|&s| weights[s] != 0).collect();
+        let g = |s: usize| &self.gram[s * self.sequences..(s + 1) * self.sequences];
+        // (G w)_s for each drawn s, LANES rows at a time; then summed in s order.
+        let mut gw = Vec::with_capacity(drawn.len());
+        for group in drawn.chunks(LANES) {
+            match group.try_into() {
+                Ok(group) => {
+                    let group: [usize; LANES] = group;
+                    gw.extend(dots_in_order(&w, group.map(g)));
+                }
+                Err(_) => gw.extend(group.iter().map(|&s| dots_in_order(&w, [g(s)])[0])),
+            }
+        }
         let mut sum_m = 0.0;
         let mut sum_m2 = 0.0;
-        for s in 0..self.sequences {
-            let ws = weights[s] as f64;
-            if ws == 0.0 {
-                continue;
-            }
+        for (&s, gw_s) in drawn.iter().zip(gw) {
+            let ws = w[s];
             sum_m += ws * self.row_sums[s];
-            let g = &self.gram[s * self.sequences..(s + 1) * self.sequences];
-            sum_m2 += ws
-                * g.iter()
-                    .zip(weights)
-                    .map(|(&x, &w)| x * w as f64)
-                    .sum::<f64>();
+            sum_m2 += ws * gw_s;
         }
         let (m2, m4) = (sum_m / tokens, sum_m2 / (tokens * tokens));
         let n = self.width as f64;
@@ -172,6 +184,23 @@ impl RmsKurtosisResampler {
         }
         (m4 / n) / ((m2 / n) * (m2 / n))
     }
+}
+
+/// Rows [`dots_in_order`] takes at once.
+const LANES: usize = 4;
+
+/// `out[j] = sum_d a[d] * rows[j][d]`, each sum in index order from -0.0: bit for bit what
+/// `a.iter().zip(rows[j]).map(|(x, y)| x * y).sum::<f64>()` gives, one after the other (the
+/// report does not change), with the N sums' dependency chains interleaved.
+fn dots_in_order<const N: usize>(a: &[f64], rows: [&[f64]; N]) -> [f64; N] {
+    let rows = rows.map(|r| &r[..a.len()]);
+    let mut sums = [-0.0f64; N];
+    for (d, &x) in a.iter().enumerate() {
+        for (sum, r) in sums.iter_mut().zip(&rows) {
+            *sum += x * r[d];
+        }
+    }
+    sums
 }
 
 /// Median of the histogram's values, interpolated linearly within its bin.
@@ -293,6 +322,40 @@ mod tests {
             );
         }
         assert!(resampler.kurtosis(&[0, 0, 0, 0, 0]).is_nan());
+    }
+
+    #[test]
+    fn interleaved_dot_products_are_the_plain_sums_bit_for_bit() {
+        let values = |n: usize, seed: usize| -> Vec<f64> {
+            (0..n)
+                .map(|i| {
+                    let v = ((i * 7919 + seed * 104_729) % 1013) as f64 / 97.0 - 5.0;
+                    v * 10f64.powi((i % 9) as i32 - 4)
+                })
+                .collect()
+        };
+        for n in [0, 1, 5, 64, 1031] {
+            let a = values(n, 1);
+            let rows: Vec<Vec<f64>> = (2..6).map(|seed| values(n, seed)).collect();
+            let plain: Vec<f64> = rows
+                .iter()
+                .map(|r| a.iter().zip(r).map(|(x, y)| x * y).sum::<f64>())
+                .collect();
+            let four = dots_in_order(&a, std::array::from_fn::<_, 4, _>(|j| &rows[j][..]));
+            let one = dots_in_order(&a, [&rows[2][..]]);
+            for j in 0..4 {
+                assert_eq!(four[j].to_bits(), plain[j].to_bits(), "n {n} row {j}");
+            }
+            assert_eq!(one[0].to_bits(), plain[2].to_bits(), "n {n}");
+        }
+        // All products -0.0: the sum is -0.0, as Iterator::sum gives.
+        let zero = [0.0, 0.0];
+        let negative = [-1.0, -2.0];
+        let plain: f64 = zero.iter().zip(&negative).map(|(x, y)| x * y).sum();
+        assert_eq!(
+            dots_in_order(&zero, [&negative[..]])[0].to_bits(),
+            plain.to_bits()
+        );
     }
 
     #[test]
