@@ -4,7 +4,9 @@
 //! the cut: tokenizers that prefix every text they encode (SentencePiece's `▁`) or merge
 //! tokens across line breaks fail the check and keep their text whole there. The check
 //! relies on tokenization being local (a regex pre-tokenizer's pieces are short), so a
-//! window of [`CHECK_WINDOW_BYTES`] on each side decides what the whole text does.
+//! window of [`CHECK_WINDOW_BYTES`] on each side decides what the whole text does. The cuts
+//! are searched on all cores too: each check encodes a few kilobytes, and a text has about 4
+//! pieces per core, so one after the other the checks grew with the cores.
 
 use super::tokenizer::TextTokenizer;
 use crate::error::Result;
@@ -57,31 +59,56 @@ fn cut_keeps_tokens(tokenizer: &TextTokenizer, text: &str, cut: usize) -> Result
     Ok(whole == apart)
 }
 
-/// Cut positions about every `piece_bytes`: a line break after a character that is not
-/// whitespace (so a run of whitespace is never split), where [`cut_keeps_tokens`] holds.
-fn find_cuts(tokenizer: &TextTokenizer, text: &str, piece_bytes: usize) -> Result<Vec<usize>> {
+/// The first line break at or after `target` (after a character that is not whitespace, so a
+/// run of whitespace is never split) where [`cut_keeps_tokens`] holds, trying at most
+/// [`CANDIDATES_PER_CUT`] of them.
+fn cut_after(tokenizer: &TextTokenizer, text: &str, target: usize) -> Result<Option<usize>> {
     let bytes = text.as_bytes();
-    let mut cuts = Vec::new();
-    let mut target = piece_bytes;
-    while target + piece_bytes / 2 < text.len() {
-        let mut at = target;
-        let mut tried = 0;
-        while tried < CANDIDATES_PER_CUT {
-            let Some(offset) = bytes[at..].iter().position(|&b| b == b'\n') else {
-                break;
-            };
-            let cut = at + offset;
-            at = cut + 1;
-            if cut == 0 || bytes[cut - 1].is_ascii_whitespace() || cut + 1 >= text.len() {
-                continue;
-            }
-            tried += 1;
-            if cut_keeps_tokens(tokenizer, text, cut)? {
-                cuts.push(cut);
-                break;
-            }
+    let mut at = target;
+    let mut tried = 0;
+    while tried < CANDIDATES_PER_CUT {
+        let Some(offset) = bytes[at..].iter().position(|&b| b == b'\n') else {
+            break;
+        };
+        let cut = at + offset;
+        at = cut + 1;
+        if cut == 0 || bytes[cut - 1].is_ascii_whitespace() || cut + 1 >= text.len() {
+            continue;
         }
-        target = at.max(target + piece_bytes);
+        tried += 1;
+        if cut_keeps_tokens(tokenizer, text, cut)? {
+            return Ok(Some(cut));
+        }
+    }
+    Ok(None)
+}
+
+/// Cut positions about every `piece_bytes` ([`cut_after`] each multiple of it), searched on
+/// `threads` threads, in increasing order (a search that ran past the next one's cut drops it).
+fn find_cuts(
+    tokenizer: &TextTokenizer,
+    text: &str,
+    piece_bytes: usize,
+    threads: usize,
+) -> Result<Vec<usize>> {
+    let targets: Vec<usize> = (1..)
+        .map(|i| i * piece_bytes)
+        .take_while(|target| target + piece_bytes / 2 < text.len())
+        .collect();
+    let mut found: Vec<Result<Option<usize>>> = targets.iter().map(|_| Ok(None)).collect();
+    let chunk = targets.len().div_ceil(threads.max(1)).max(1);
+    crate::cpu::threads::for_each_chunk_mut(&mut found, chunk, threads, |index, slots| {
+        for (i, slot) in slots.iter_mut().enumerate() {
+            *slot = cut_after(tokenizer, text, targets[index * chunk + i]);
+        }
+    });
+    let mut cuts: Vec<usize> = Vec::with_capacity(found.len());
+    for cut in found {
+        if let Some(cut) = cut?
+            && cuts.last().is_none_or(|&last| cut > last)
+        {
+            cuts.push(cut);
+        }
     }
     Ok(cuts)
 }
@@ -100,7 +127,7 @@ pub fn encode_in_pieces(
             cuts: 0,
         });
     }
-    let cuts = find_cuts(tokenizer, text, piece_bytes)?;
+    let cuts = find_cuts(tokenizer, text, piece_bytes, threads)?;
     let bounds: Vec<usize> = std::iter::once(0)
         .chain(cuts.iter().copied())
         .chain(std::iter::once(text.len()))
