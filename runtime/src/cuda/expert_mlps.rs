@@ -18,11 +18,17 @@ use std::ops::Range;
 
 /// What every expert's MLP shares: the block input `x (tokens, hidden)` and its shapes.
 pub struct ExpertInput<'a> {
+    /// `(tokens, hidden)`: the block input the experts' rows are gathered from.
     pub x: &'a CudaView<'a, f32>,
+    /// The layer part's weights on the device.
     pub weights: &'a DeviceLayer,
+    /// Width of the hidden states.
     pub hidden: usize,
+    /// Width of an expert's intermediate activation.
     pub inter: usize,
+    /// Experts per token.
     pub top_k: usize,
+    /// The experts' gated activation.
     pub activation: Activation,
 }
 
