@@ -6,22 +6,15 @@
 //! range. Run once as is and once with LAYERSTREAM_KERNEL_ARCH=75 (the T4's code paths).
 //! Without a GPU each test says it skipped; with LAYERSTREAM_REQUIRE_GPU=1 it fails instead.
 
-use half::f16;
 use layerstream_kernels::gemm;
 use layerstream_kernels::ops::elementwise::{GatedActivation, gated_activation_f16_guarded};
 use layerstream_kernels::ops::half_guard::{TOTALS, f16_overflow_expert_rows, guard_len};
 use layerstream_kernels::ops::moe::gather_by_expert_f16_guarded;
 use layerstream_runtime::cpu;
 use layerstream_tests::device::{download, upload, zeros};
-use layerstream_tests::{assert_matches_reference, gpu_or_skip, random_values};
-
-fn f16_bits(values: &[f32]) -> Vec<u16> {
-    values.iter().map(|&v| f16::from_f32(v).to_bits()).collect()
-}
-
-fn from_f16_bits(bits: &[u16]) -> Vec<f32> {
-    bits.iter().map(|&b| f16::from_bits(b).to_f32()).collect()
-}
+use layerstream_tests::{
+    assert_matches_reference, f16_bits, from_f16_bits, gpu_or_skip, random_values,
+};
 
 /// The listed entries of a guard (sorted).
 fn listed(guard: &[u32]) -> Vec<usize> {

@@ -6,7 +6,7 @@
 //! through the driver's JIT). Without a GPU each test says it skipped; with
 //! LAYERSTREAM_REQUIRE_GPU=1 it fails instead.
 
-use half::{bf16, f16};
+use half::bf16;
 use layerstream_kernels::gemm;
 use layerstream_kernels::ops::convert::StoredDtype;
 use layerstream_kernels::ops::half_guard::{
@@ -14,15 +14,9 @@ use layerstream_kernels::ops::half_guard::{
 };
 use layerstream_runtime::cpu;
 use layerstream_tests::device::{download, upload, zeros};
-use layerstream_tests::{assert_matches_reference, gpu_or_skip, random_values};
-
-fn f16_bits(values: &[f32]) -> Vec<u16> {
-    values.iter().map(|&v| f16::from_f32(v).to_bits()).collect()
-}
-
-fn from_f16_bits(bits: &[u16]) -> Vec<f32> {
-    bits.iter().map(|&b| f16::from_bits(b).to_f32()).collect()
-}
+use layerstream_tests::{
+    assert_matches_reference, f16_bits, from_f16_bits, gpu_or_skip, random_values,
+};
 
 #[test]
 fn a_guarded_f16_gemm_recomputes_exactly_the_rows_beyond_range_in_f32() {

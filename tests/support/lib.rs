@@ -367,6 +367,21 @@ pub fn gpu_or_skip(test: &str) -> Option<layerstream_kernels::Gpu> {
     }
 }
 
+/// f16 bits of each value (round to nearest even, as the device converts).
+pub fn f16_bits(values: &[f32]) -> Vec<u16> {
+    values
+        .iter()
+        .map(|&v| half::f16::from_f32(v).to_bits())
+        .collect()
+}
+
+/// The values of f16 bits.
+pub fn from_f16_bits(bits: &[u16]) -> Vec<f32> {
+    bits.iter()
+        .map(|&b| half::f16::from_bits(b).to_f32())
+        .collect()
+}
+
 /// Deterministic pseudo-random values in `[-scale, scale)`; a different `seed` per input.
 pub fn random_values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
     let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;

@@ -89,6 +89,19 @@ pub fn weights_to_f16(
 /// guard lists no row.
 const FIX_UP_BLOCKS: usize = 64;
 
+/// The fix-ups' launch: warps over the output columns, at most [`FIX_UP_BLOCKS`] blocks.
+fn fix_up_config(out_features: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (
+            out_features.div_ceil(8).clamp(1, FIX_UP_BLOCKS) as u32,
+            1,
+            1,
+        ),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
 /// For each row `guard` lists: `y[row] (out) = x[row] (in) . w^T` in f32 (`w (out, in)` f16
 /// bits), replacing the f16 GEMM's row; the count is added to `totals[0]`.
 pub fn f16_overflow_rows(
@@ -105,21 +118,12 @@ pub fn f16_overflow_rows(
     check_len("f16 fix-up out", y, rows * out_features)?;
     check_len("f16 guard", guard, guard_len(rows))?;
     check_len("f16 totals", totals, TOTALS)?;
-    let config = LaunchConfig {
-        grid_dim: (
-            out_features.div_ceil(8).clamp(1, FIX_UP_BLOCKS) as u32,
-            1,
-            1,
-        ),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    };
     let (in_i, out_i) = (in_features as i32, out_features as i32);
     launch!(
         gpu,
         HALF_GUARD,
         "f16_overflow_rows_kernel",
-        config,
+        fix_up_config(out_features),
         x,
         w,
         y,
@@ -154,22 +158,13 @@ pub fn f16_overflow_expert_rows(
     check_len("f16 expert fix-up out", y, rows.len() * out_features)?;
     check_len("f16 expert guard", guard, guard_len(tokens))?;
     check_len("f16 totals", totals, TOTALS)?;
-    let config = LaunchConfig {
-        grid_dim: (
-            out_features.div_ceil(8).clamp(1, FIX_UP_BLOCKS) as u32,
-            1,
-            1,
-        ),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    };
     let (in_i, out_i, k_i) = (in_features as i32, out_features as i32, top_k as i32);
     let (start, n) = (rows.start as u32, rows.len() as u32);
     launch!(
         gpu,
         HALF_GUARD,
         "f16_overflow_expert_rows_kernel",
-        config,
+        fix_up_config(out_features),
         x,
         w,
         y,

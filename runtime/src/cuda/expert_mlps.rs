@@ -84,17 +84,13 @@ fn bf16_experts(
         activation,
     } = *input;
     let assignments = x.len() / hidden * top_k;
-    {
-        // SAFETY: `gathered` holds `assignments * hidden` f32, twice the bytes of the bf16 rows
-        // (in its first half); any bits are valid u16.
-        let mut gathered = unsafe { b.gathered.transmute_mut::<u16>(assignments * hidden) }
-            .ok_or_else(|| RuntimeError::internal("the f32 gather buffer holds no bf16 copy"))?;
-        let positions = b.positions.slice(..assignments);
-        moe::gather_by_expert_bf16(gpu, x, &positions, top_k, hidden, &mut gathered)?;
-    }
-    // SAFETY: as above; the bf16 rows were written by the gather.
-    let gathered = unsafe { b.gathered.transmute::<u16>(assignments * hidden) }
+    // SAFETY: `gathered` holds `assignments * hidden` f32, twice the bytes of the bf16 rows
+    // (in its first half); any bits are valid u16.
+    let mut gathered = unsafe { b.gathered.transmute_mut::<u16>(assignments * hidden) }
         .ok_or_else(|| RuntimeError::internal("the f32 gather buffer holds no bf16 copy"))?;
+    let positions = b.positions.slice(..assignments);
+    moe::gather_by_expert_bf16(gpu, x, &positions, top_k, hidden, &mut gathered)?;
+    let gathered = gathered.as_view();
     for (expert, rows) in groups {
         let (expert, n) = (*expert, rows.len());
         let rows_in = gathered.slice(rows.start * hidden..rows.end * hidden);

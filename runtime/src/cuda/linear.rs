@@ -47,23 +47,12 @@ impl HalfScratch {
         w: &MatrixRows,
     ) -> Result<()> {
         let n = rows * cols;
-        let capacity = self.guard_rows();
-        let is_f16 = w.is_f16();
-        let HalfScratch { buffer, guard, .. } = self;
-        if buffer.len() < n {
-            return Err(scratch_too_small(buffer.len(), n));
-        }
-        let mut copy = buffer.slice_mut(..n);
-        if !is_f16 {
+        if !w.is_f16() {
+            let mut copy = self.first(n)?;
             convert::f32_to_bf16(gpu, &x.slice(..n), &mut copy)?;
             return Ok(());
         }
-        if rows > capacity {
-            return Err(RuntimeError::internal(format!(
-                "an f16 guard for {capacity} rows given {rows} (a sizing bug)"
-            )));
-        }
-        let mut guard = guard.slice_mut(..guard_len(rows));
+        let (mut copy, mut guard) = self.f16_input(rows, cols)?;
         half_guard::f32_to_f16_guarded(gpu, &x.slice(..n), &mut copy, (rows, cols), &mut guard)?;
         Ok(())
     }
@@ -84,14 +73,14 @@ impl HalfScratch {
         cols: usize,
     ) -> Result<(CudaViewMut<'_, u16>, CudaViewMut<'_, u32>)> {
         let capacity = self.guard_rows();
+        let HalfScratch { buffer, guard, .. } = self;
+        if buffer.len() < rows * cols {
+            return Err(scratch_too_small(buffer.len(), rows * cols));
+        }
         if rows > capacity {
             return Err(RuntimeError::internal(format!(
                 "an f16 guard for {capacity} rows given {rows} (a sizing bug)"
             )));
-        }
-        let HalfScratch { buffer, guard, .. } = self;
-        if buffer.len() < rows * cols {
-            return Err(scratch_too_small(buffer.len(), rows * cols));
         }
         Ok((
             buffer.slice_mut(..rows * cols),
