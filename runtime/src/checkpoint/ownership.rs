@@ -15,17 +15,27 @@ use std::path::Path;
 const RUN_FOLDERS: [&str; 5] = ["layers", "hidden", "plots", "activations", "work"];
 
 /// Refuses a folder that holds files but no run: a new run would overwrite its report.json
-/// and the like. The lock (taken before) and the write probe are the run's own.
+/// and the like. The lock (taken before), the write probe, the temp files of a run's atomic
+/// writes (a run killed while writing its first progress.json leaves only that) and empty
+/// run sub-folders are the run's own.
 pub(super) fn refuse_foreign_folder(dir: &Path) -> Result<()> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Ok(());
+    };
+    let empty_run_folder = |name: &str| {
+        RUN_FOLDERS.contains(&name)
+            && std::fs::read_dir(dir.join(name)).is_ok_and(|mut inside| inside.next().is_none())
     };
     let mut found: Vec<String> = entries
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         // `shards/`: the shard folders of an `analyze --devices` run, merged into this one.
         .filter(|name| {
-            name != LOCK_FILE && !name.starts_with(WRITE_PROBE_PREFIX) && name != "shards"
+            name != LOCK_FILE
+                && !name.starts_with(WRITE_PROBE_PREFIX)
+                && name != "shards"
+                && !is_run_temp_name(".", name)
+                && !empty_run_folder(name)
         })
         .collect();
     if found.is_empty() {
@@ -165,5 +175,23 @@ mod tests {
         assert!(!is_run_temp_name("layers", ".layer_x.json.tmp-1"));
         assert!(!is_run_file_name("hidden", "my_states.safetensors"));
         assert!(is_run_file_name("layers", "layer_10.safetensors"));
+    }
+
+    /// A run killed while writing its first progress.json leaves only the temp file (and
+    /// perhaps its empty sub-folders): running the same command again must start, not refuse
+    /// the folder; anything else there is still refused.
+    #[test]
+    fn a_folder_with_only_a_killed_first_write_is_not_foreign() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(".progress.json.tmp-12144"), b"{").unwrap();
+        std::fs::create_dir(dir.path().join("layers")).unwrap();
+        refuse_foreign_folder(dir.path()).unwrap();
+        std::fs::write(dir.path().join("layers/notes.txt"), b"mine").unwrap();
+        let refused = refuse_foreign_folder(dir.path()).unwrap_err().to_string();
+        assert!(refused.contains("layers"), "{refused}");
+        std::fs::remove_file(dir.path().join("layers/notes.txt")).unwrap();
+        std::fs::write(dir.path().join(".notes.txt.tmp-1"), b"mine").unwrap();
+        let refused = refuse_foreign_folder(dir.path()).unwrap_err().to_string();
+        assert!(refused.contains(".notes.txt.tmp-1"), "{refused}");
     }
 }
