@@ -70,26 +70,10 @@ if has speed; then
     grep -E "^== .*(base|new):|timeline|identical|hidden_placement|micro_batch" | head -60
 fi
 if has same && [ -x "$b/layerstream-base" ]; then
-  timeout 240 bash "$here/benches/scripts/same_reports.sh" "$b/layerstream-base" "$b/layerstream" /tmp/ls-same-bf16 \
+  timeout 150 bash "$here/benches/scripts/same_reports.sh" "$b/layerstream-base" "$b/layerstream" /tmp/ls-same-bf16 \
     --device cuda 2>&1 | tail -3
-  timeout 240 bash "$here/benches/scripts/same_reports.sh" "$b/layerstream-base" "$b/layerstream" /tmp/ls-same-f16 \
+  timeout 150 bash "$here/benches/scripts/same_reports.sh" "$b/layerstream-base" "$b/layerstream" /tmp/ls-same-f16 \
     --device cuda --compute-dtype f16 2>&1 | tail -3
-fi
-if has detail; then
-  ncu=$(command -v ncu || ls /usr/local/cuda*/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
-  for entry in ${DETAIL_BINS:-layerstream}; do
-    model=$(model_for llama-3.1-8b)
-    timeout 300 "$ncu" --kernel-name regex:attention_mma --launch-skip 1 --launch-count 1 --set detailed \
-      "$b/$entry" analyze --model "$model" --data "$data" --device cuda --vram 8GiB --points ln1,ln2,resid_post \
-      --num-samples 16 --seq-len 2048 --out "$work/detail-$entry" --restart --progress none >"$out/detail-$entry.txt" 2>&1
-    echo "== ncu detail $entry exit $?"
-    grep -E "Duration|Compute \(SM\) Throughput|Memory Throughput|Registers Per Thread|Achieved Occupancy|Theoretical Occupancy|Shared Memory Configuration Size|Block Limit|Local Memory|Issue Slots Busy|Executed Ipc A|L1/TEX Hit|Bank" \
-      "$out/detail-$entry.txt" | head -30
-  done
-fi
-if has profile; then
-  LAYERS=2 SEQS=16 SHAPES="${SHAPES:-llama-3.1-8b olmoe-1b-7b}" NCU_TIMEOUT=240 \
-    bash "$here/benches/scripts/profile_layers.sh" "$b/layerstream" "$work" 2>&1 | head -80
 fi
 if has scale; then
   model="$work/olmoe-scale"
@@ -106,4 +90,20 @@ if has scale; then
     grep -E "timeline" "$out/scale-$n.log" | grep -vE "sequences from" | tail -40
     du -sh "$work/scale-$n/layers" 2>/dev/null
   done
+fi
+if has detail; then
+  ncu=$(command -v ncu || ls /usr/local/cuda*/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+  for entry in ${DETAIL_BINS:-layerstream}; do
+    model=$(model_for llama-3.1-8b)
+    timeout 300 "$ncu" --kernel-name regex:attention_mma --launch-skip 1 --launch-count 1 --set detailed \
+      "$b/$entry" analyze --model "$model" --data "$data" --device cuda --vram 8GiB --points ln1,ln2,resid_post \
+      --num-samples 16 --seq-len 2048 --out "$work/detail-$entry" --restart --progress none >"$out/detail-$entry.txt" 2>&1
+    echo "== ncu detail $entry exit $?"
+    grep -E "Duration|Compute \(SM\) Throughput|Memory Throughput|Registers Per Thread|Achieved Occupancy|Theoretical Occupancy|Shared Memory Configuration Size|Block Limit|Local Memory|Issue Slots Busy|Executed Ipc A|L1/TEX Hit|Bank" \
+      "$out/detail-$entry.txt" | head -30
+  done
+fi
+if has profile; then
+  LAYERS=2 SEQS=16 SHAPES="${SHAPES:-llama-3.1-8b olmoe-1b-7b}" NCU_TIMEOUT=240 \
+    bash "$here/benches/scripts/profile_layers.sh" "$b/layerstream" "$work" 2>&1 | head -80
 fi
