@@ -7,6 +7,7 @@ use layerstream_kernels::cudarc::driver::CudaSlice;
 use layerstream_kernels::ops::magnitudes::{self, MEDIAN_SCRATCH_SEQUENCES, MedianScratch};
 use layerstream_kernels::ops::stats;
 use layerstream_runtime::analysis::magnitudes::{lower_median_magnitude, top_magnitudes};
+use layerstream_runtime::analysis::position_bits::PositionBits;
 use layerstream_tests::{gpu_or_skip, random_values};
 
 fn upload(gpu: &Gpu, values: &[f32]) -> CudaSlice<f32> {
@@ -310,7 +311,11 @@ fn statistics_accumulate_like_the_cpu_summary() {
         "positive >= threshold"
     );
     assert_eq!(host.histogram, reference.histogram, "|x| histogram");
-    assert_eq!(host.positions, reference.positions, "position bits");
+    assert_eq!(
+        PositionBits::from_dense(width, reference.position_words(), &host.positions),
+        reference.positions,
+        "position bits"
+    );
     assert!(host.positions.iter().any(|&w| w != 0));
     for (i, (got, expect)) in host
         .sum_abs_ge
@@ -390,7 +395,11 @@ fn ragged_statistics_accumulate_like_the_cpu() {
     let mut reference = layerstream_runtime::analysis::PointStatistics::of_rows(rows, shape, 6.0);
     reference.accumulate(&x, 0);
     assert!(host.positions.iter().any(|&w| w != 0));
-    assert_eq!(host.positions, reference.positions, "position bits");
+    assert_eq!(
+        PositionBits::from_dense(width, reference.position_words(), &host.positions),
+        reference.positions,
+        "position bits"
+    );
     assert_eq!(host.histogram, reference.histogram, "|x| histogram");
     assert_eq!(host.max_abs, reference.max_abs, "max |x|");
     assert_eq!(host.count_ge, reference.count_ge, "count >= threshold");

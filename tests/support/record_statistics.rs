@@ -11,6 +11,7 @@
 use crate::{FIXTURES, Reference, assert_matches_reference, fixture_model, nmse};
 use layerstream_planner::memory::HiddenPlacement;
 use layerstream_runtime::analysis::PointStatistics;
+use layerstream_runtime::analysis::position_bits::PositionBits;
 use layerstream_runtime::backend::Backend;
 use layerstream_runtime::capture::{Routing, SinkMass};
 use layerstream_runtime::{
@@ -203,15 +204,16 @@ fn assert_record_entries(
             *total += count;
         }
         // Position bits: the record's token t is the workload's rows.start(s) + t.
-        let (words, own_words) = (all.position_words(), part.position_words());
+        let words = all.position_words();
         for d in (0..w).filter(|_| words > 0) {
             for t in 0..rows.len_of(s) {
                 let u = rows.start(s) + t;
-                let bit =
-                    |bits: &[u32], words: usize, i: usize| bits[d * words + i / 32] >> (i % 32) & 1;
+                let bit = |bits: &PositionBits, i: usize| {
+                    bits.row(d).map_or(0, |row| row[i / 32] >> (i % 32) & 1)
+                };
                 assert_eq!(
-                    bit(&all.positions, words, u),
-                    bit(&part.positions, own_words, t),
+                    bit(&all.positions, u),
+                    bit(&part.positions, t),
                     "{what} record {s} dim {d} position {t}"
                 );
             }
@@ -227,8 +229,8 @@ fn assert_record_entries(
     }
     assert_eq!(all.histogram, histogram, "{what}: histogram");
     assert_eq!(
-        all.positions.is_empty(),
-        parts[0].positions.is_empty(),
+        all.positions.is_kept(),
+        parts[0].positions.is_kept(),
         "{what}"
     );
 }
@@ -303,7 +305,12 @@ pub fn assert_statistics_close(
             "{what}: histogram moved {moved} of {} values",
             cs.numel
         );
-        let ones = |bits: &[u32]| bits.iter().map(|w| w.count_ones() as u64).sum::<u64>();
+        let ones = |bits: &PositionBits| {
+            bits.held_rows()
+                .flat_map(|(_, row)| row.iter())
+                .map(|w| w.count_ones() as u64)
+                .sum::<u64>()
+        };
         let bits_diff = ones(&c.positions).abs_diff(ones(&g.positions));
         assert!(
             bits_diff <= flips,

@@ -8,6 +8,7 @@
 use super::PointStatistics;
 use super::magnitudes::SequenceMagnitudes;
 use super::massive::{MASSIVE_ATTRIBUTED, MassiveFinds, MassiveReading};
+use super::position_bits::PositionBits;
 use super::router::RouterSummary;
 use super::sinks::SinkSummary;
 use crate::error::{Result, RuntimeError};
@@ -48,7 +49,7 @@ pub fn merge_statistics(parts: &[Part<PointStatistics>]) -> Result<PointStatisti
         p.value.width != width
             || p.value.uniform_len() != first.uniform_len()
             || p.value.threshold.to_bits() != first.threshold.to_bits()
-            || p.value.positions.is_empty() != first.positions.is_empty()
+            || p.value.positions.is_kept() != first.positions.is_kept()
             || p.value.histogram.len() != first.histogram.len()
     }) {
         return Err(mismatch("statistics shapes"));
@@ -69,9 +70,9 @@ pub fn merge_statistics(parts: &[Part<PointStatistics>]) -> Result<PointStatisti
             *total += count;
         }
     }
-    let positions = match first.positions.is_empty() {
-        true => Vec::new(),
-        false => merge_positions(parts, width, rows.tokens()),
+    let positions = match first.positions.is_kept() {
+        false => PositionBits::new(width, 0),
+        true => merge_positions(parts, width, rows.tokens()),
     };
     let massive = match first.massive {
         None => None,
@@ -96,15 +97,13 @@ pub fn merge_statistics(parts: &[Part<PointStatistics>]) -> Result<PointStatisti
 
 /// Position bits `(width, words)` of the union: a part's token `t` is the union's token
 /// `t` plus the tokens of the parts before it.
-fn merge_positions(parts: &[Part<PointStatistics>], width: usize, tokens: usize) -> Vec<u32> {
-    let words = PointStatistics::words_for(tokens);
-    let mut out = vec![0u32; width * words];
+fn merge_positions(parts: &[Part<PointStatistics>], width: usize, tokens: usize) -> PositionBits {
+    let mut out = PositionBits::new(width, PointStatistics::words_for(tokens));
     let mut offset = 0;
     for p in parts {
         let s = p.value;
-        let (own_words, own_tokens) = (s.position_words(), s.tokens());
-        for d in 0..width {
-            let row = &s.positions[d * own_words..(d + 1) * own_words];
+        let own_tokens = s.tokens();
+        for (d, row) in s.positions.held_rows() {
             for (w, &bits) in row.iter().enumerate() {
                 let mut bits = bits;
                 while bits != 0 {
@@ -112,8 +111,7 @@ fn merge_positions(parts: &[Part<PointStatistics>], width: usize, tokens: usize)
                     bits &= bits - 1;
                     let t = w * 32 + b;
                     if t < own_tokens {
-                        let u = offset + t;
-                        out[d * words + u / 32] |= 1 << (u % 32);
+                        out.set(d, offset + t);
                     }
                 }
             }

@@ -13,6 +13,7 @@ pub mod non_finite;
 pub mod outlier_report;
 pub mod outliers;
 pub mod point_summary;
+pub mod position_bits;
 pub mod report;
 pub mod resample;
 pub mod router;

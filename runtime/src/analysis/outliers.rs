@@ -13,6 +13,7 @@
 //! Everything is computed from per-sequence counts, so a bootstrap resample (sequence
 //! multiplicities) evaluates the same definitions on resampled data.
 
+use super::position_bits::PositionBits;
 use super::statistics::{PointStatistics, weighted_tokens};
 use crate::sequences::Sequences;
 use serde::{Deserialize, Serialize};
@@ -124,7 +125,7 @@ pub struct OutlierCounts {
     /// `(layers, sequences * width)`: positions where a point of the layer reaches it.
     layer_counts: Vec<Vec<u32>>,
     /// `(width, words)`: positions where any layer reaches it.
-    union_bits: Vec<u32>,
+    union_bits: PositionBits,
     candidates: Vec<DimCounts>,
 }
 
@@ -173,7 +174,7 @@ impl OutlierCounts {
                 count_ge: vec![0; width],
                 count_pos_ge: vec![0; width],
                 sum_abs_ge: vec![0.0; width],
-                union_bits: vec![0; width * words],
+                union_bits: PositionBits::new(width, words),
                 ..OutlierCounts::default()
             };
         }
@@ -195,11 +196,10 @@ impl OutlierCounts {
                 layer_max[d] = layer_max[d].max(m);
             }
             for (i, &d) in marked.iter().enumerate() {
-                let row = d * words..(d + 1) * words;
-                for (o, &b) in or[i * words..(i + 1) * words]
-                    .iter_mut()
-                    .zip(&p.positions[row])
-                {
+                let Some(row) = p.positions.row(d) else {
+                    continue;
+                };
+                for (o, &b) in or[i * words..(i + 1) * words].iter_mut().zip(row) {
                     *o |= b;
                 }
             }
@@ -217,12 +217,7 @@ impl OutlierCounts {
         let mut positions = vec![0u64; width];
         for (i, &d) in marked.iter().enumerate() {
             let row = &or[i * words..(i + 1) * words];
-            for (u, &b) in self.union_bits[d * words..(d + 1) * words]
-                .iter_mut()
-                .zip(row)
-            {
-                *u |= b;
-            }
+            self.union_bits.set_row(d, row);
             for s in 0..sequences {
                 let span = first.rows.span(s);
                 let n = popcount_range(row, span.start, span.end);
@@ -240,7 +235,8 @@ impl OutlierCounts {
     /// layers away).
     pub fn finish(&mut self) {
         let (sequences, width, rows) = (self.sequences, self.width, &self.rows);
-        let words = self.union_bits.len() / width.max(1);
+        // A dimension without a row has no position at the threshold.
+        let no_bits = vec![0u32; self.union_bits.words()];
         let affected = |unit: &Vec<u32>, d: usize| (0..sequences).any(|s| unit[s * width + d] > 0);
         let column =
             |unit: &Vec<u32>, d: usize| (0..sequences).map(|s| unit[s * width + d]).collect();
@@ -256,7 +252,7 @@ impl OutlierCounts {
                     || sublayers as f64 >= MIN_LAYER_FRACTION * self.sublayer_counts.len() as f64
             })
             .map(|d| {
-                let row = &self.union_bits[d * words..(d + 1) * words];
+                let row = self.union_bits.row(d).unwrap_or(&no_bits);
                 DimCounts {
                     dim: d,
                     sublayer: self.sublayer_counts.iter().map(|u| column(u, d)).collect(),
@@ -270,7 +266,7 @@ impl OutlierCounts {
             .collect();
         self.sublayer_counts = Vec::new();
         self.layer_counts = Vec::new();
-        self.union_bits = Vec::new();
+        self.union_bits = PositionBits::default();
     }
 
     /// The dimensions that can be outliers in some resample.

@@ -8,6 +8,7 @@
 use super::magnitudes::{SequenceMagnitudes, lower_median_magnitude, top_magnitudes};
 use super::massive::MassiveFinds;
 use super::point_summary::{DimMax, PointSummary};
+use super::position_bits::PositionBits;
 use crate::sequences::Sequences;
 use layerstream_planner::statistics::{CapturedPoint, HISTOGRAM_BINS};
 
@@ -38,8 +39,9 @@ pub struct PointStatistics {
     pub histogram: Vec<u64>,
     /// Positions of the values >= threshold, `(width, position_words)`: bit `t % 32` of word
     /// `t / 32` of a dimension's row for the workload's token `t` (the sequence's first row
-    /// + position). Empty when the point does not keep positions.
-    pub positions: Vec<u32>,
+    /// plus the position); only the rows with a bit are held. Not kept (no words) when the
+    /// point does not keep positions.
+    pub positions: PositionBits,
     /// Massive activations, for the point that looks for them (`resid_post`).
     pub massive: Option<MassiveFinds>,
 }
@@ -100,11 +102,7 @@ impl PointStatistics {
             non_finite: vec![0; n],
             sums: vec![0.0; 4 * n],
             histogram: vec![0; HISTOGRAM_BINS],
-            positions: if point.positions {
-                vec![0; point.width * words]
-            } else {
-                Vec::new()
-            },
+            positions: PositionBits::new(point.width, if point.positions { words } else { 0 }),
             massive: point.magnitudes.then(MassiveFinds::default),
         }
     }
@@ -116,11 +114,7 @@ impl PointStatistics {
 
     /// Words per dimension in [`Self::positions`] (0 when positions are not kept).
     pub fn position_words(&self) -> usize {
-        if self.positions.is_empty() {
-            0
-        } else {
-            Self::words_for(self.tokens())
-        }
+        self.positions.words()
     }
 
     /// Tokens of all the sequences.
@@ -178,7 +172,7 @@ impl PointStatistics {
                         self.count_pos_ge[slot] += (value > 0.0) as u64;
                         self.sum_abs_ge[slot] += magnitude as f64;
                         if words > 0 {
-                            self.positions[d * words + global / 32] |= 1 << (global % 32);
+                            self.positions.set(d, global);
                         }
                     }
                     let (v, v2) = (value as f64, (value as f64) * (value as f64));
@@ -257,7 +251,10 @@ mod tests {
         assert_eq!(stats.sum_abs_ge, vec![0.0, 6.0, 7.5, 6.5, 0.0, 0.0]);
         assert_eq!(stats.non_finite, vec![0, 0, 0, 0, 0, 1]);
         // Positions: dim 0 at token 2, dim 1 at token 0, dim 2 at token 1.
-        assert_eq!(stats.positions, vec![0b100, 0b001, 0b010]);
+        assert_eq!(
+            stats.positions,
+            PositionBits::from_dense(3, 1, &[0b100, 0b001, 0b010])
+        );
         // sum of x^2 of sequence 0, dimension 1: 36 + 9.
         assert_eq!(stats.sums[6 + 1], 45.0);
         assert_eq!(stats.histogram.iter().sum::<u64>(), 11);

@@ -19,14 +19,16 @@ use crate::analysis::massive_report::TokenInfo;
 use crate::analysis::report::{
     ActivationReport, AnalysisSettings, ReportData, ReportModel, assemble_report,
 };
+use crate::cpu::threads::default_thread_count;
 use crate::error::{Result, RuntimeError};
 use crate::executor::StartPoint;
 use crate::sequences::Sequences;
 use layerstream_planner::progress::{
-    FileProblem, PROGRESS_SCHEMA_VERSION, Progress, identity_differences, unix_now,
+    FileProblem, FileRecord, PROGRESS_SCHEMA_VERSION, Progress, identity_differences, unix_now,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// The progress file's name.
@@ -310,18 +312,14 @@ fn resume(dir: &Path, old: Progress, fresh: Progress, notes: &mut Vec<String>) -
     progress.times_computed = old.times_computed;
     progress.started_unix = old.started_unix;
     progress.outputs = old.outputs;
-    for (layer, record) in old.layers {
-        match record
-            .files
-            .iter()
-            .find_map(|f| f.verify(dir).err().map(|p| (f, p)))
-        {
+    let problems = first_problems(dir, old.layers.values().map(|r| &r.files[..]).collect());
+    for ((layer, record), problem) in old.layers.into_iter().zip(problems) {
+        match problem {
             None => {
                 progress.layers.insert(layer, record);
             }
-            Some((file, problem)) => notes.push(format!(
-                "layer {layer}: {} {}; computing the layer again",
-                file.path,
+            Some((path, problem)) => notes.push(format!(
+                "layer {layer}: {path} {}; computing the layer again",
                 describe(problem)
             )),
         }
@@ -340,6 +338,45 @@ fn resume(dir: &Path, old: Progress, fresh: Progress, notes: &mut Vec<String>) -
         }
     ));
     progress
+}
+
+/// A recorded file's path and what is wrong with it.
+type FileFault = (String, FileProblem);
+
+/// Each list's first file that is missing or damaged (its path), in the lists' order; the
+/// lists are checked on all cores (verifying hashes every byte: a layer's statistics reach
+/// hundreds of MB, and one core took most of a re-run's time on them).
+fn first_problems(dir: &Path, lists: Vec<&[FileRecord]>) -> Vec<Option<FileFault>> {
+    let next = AtomicUsize::new(0);
+    let threads = default_thread_count().clamp(1, lists.len().max(1));
+    let checked: Vec<Vec<(usize, Option<FileFault>)>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut mine = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(files) = lists.get(i) else {
+                            return mine;
+                        };
+                        let problem = files
+                            .iter()
+                            .find_map(|f| f.verify(dir).err().map(|p| (f.path.clone(), p)));
+                        mine.push((i, problem));
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("verifying files does not panic"))
+            .collect()
+    });
+    let mut problems = vec![None; lists.len()];
+    for (i, problem) in checked.into_iter().flatten() {
+        problems[i] = problem;
+    }
+    problems
 }
 
 /// Refuses a previous run of another schema or identity, saying what differs.
@@ -421,4 +458,40 @@ fn recover(
         old.times_computed.insert(layer, record.times_computed);
     }
     Ok(resume(dir, old, fresh, notes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Checked on several threads, each list's first bad file comes back at its own index.
+    #[test]
+    fn first_problems_keeps_the_lists_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let records: Vec<FileRecord> = (0..6)
+            .map(|i| write_file(dir.path(), &format!("f{i}"), &[i as u8; 100]).unwrap())
+            .collect();
+        std::fs::write(dir.path().join("f1"), [9u8; 100]).unwrap();
+        std::fs::remove_file(dir.path().join("f4")).unwrap();
+        let lists: Vec<&[FileRecord]> = vec![
+            &records[0..1],
+            &records[0..2],
+            &records[2..4],
+            &records[3..5],
+            &[],
+            &records[4..6],
+        ];
+        let problems = first_problems(dir.path(), lists);
+        assert_eq!(
+            problems,
+            [
+                None,
+                Some(("f1".into(), FileProblem::Damaged)),
+                None,
+                Some(("f4".into(), FileProblem::Missing)),
+                None,
+                Some(("f4".into(), FileProblem::Missing)),
+            ]
+        );
+    }
 }

@@ -7,6 +7,7 @@
 //! `{point}.positions` U32 `(n, words)`. Metadata: threshold, seq_len.
 
 use crate::analysis::PointStatistics;
+use crate::analysis::position_bits::PositionBits;
 use crate::capture::CapturePoint;
 use crate::error::{Result, RuntimeError};
 use crate::sequences::Sequences;
@@ -69,17 +70,12 @@ pub fn statistics_bytes(statistics: &BTreeMap<CapturePoint, PointStatistics>) ->
         );
         let words = s.position_words();
         if words > 0 {
-            let dims: Vec<u32> = (0..s.width)
-                .filter(|&d| {
-                    s.positions[d * words..(d + 1) * words]
-                        .iter()
-                        .any(|&w| w != 0)
-                })
-                .map(|d| d as u32)
-                .collect();
-            let bits: Vec<u32> = dims
-                .iter()
-                .flat_map(|&d| s.positions[d as usize * words..(d as usize + 1) * words].to_vec())
+            // Every held row has a bit (rows of zeros are never held).
+            let dims: Vec<u32> = s.positions.held_rows().map(|(d, _)| d as u32).collect();
+            let bits: Vec<u32> = s
+                .positions
+                .held_rows()
+                .flat_map(|(_, row)| row.iter().copied())
                 .collect();
             let n = dims.len();
             add(
@@ -232,20 +228,27 @@ pub fn read_statistics(path: &Path) -> Result<BTreeMap<CapturePoint, PointStatis
             non_finite: u64s(field("non_finite")?),
             sums: f64s(field("sums")?),
             histogram: u64s(field("histogram")?),
-            positions: Vec::new(),
+            positions: PositionBits::default(),
             massive: None,
         };
-        if shape.positions {
-            s.positions = vec![0; shape.width * PointStatistics::words_for(s.tokens())];
-        }
-        let words = s.position_words();
+        let words = match shape.positions {
+            true => PointStatistics::words_for(s.tokens()),
+            false => 0,
+        };
+        s.positions = PositionBits::new(shape.width, words);
         if words > 0 {
             let dims = u32s(field("position_dims")?);
             let bits = u32s(field("positions")?);
-            for (i, &d) in dims.iter().enumerate() {
-                let d = d as usize;
-                s.positions[d * words..(d + 1) * words]
-                    .copy_from_slice(&bits[i * words..(i + 1) * words]);
+            if bits.len() != dims.len() * words || dims.iter().any(|&d| d as usize >= shape.width) {
+                return Err(bad(format!(
+                    "{point}.positions: {} words for {} dimensions of {words} words (width {})",
+                    bits.len(),
+                    dims.len(),
+                    shape.width
+                )));
+            }
+            for (d, row) in dims.iter().zip(bits.chunks_exact(words)) {
+                s.positions.set_row(*d as usize, row);
             }
         }
         statistics.insert(point, s);

@@ -6,6 +6,7 @@
 use super::moe::DeviceRouting;
 use crate::allocation::{Budget, Reservation};
 use crate::analysis::magnitudes::{SequenceMagnitudes, insert_top};
+use crate::analysis::position_bits::PositionBits;
 use crate::analysis::{MassiveFinds, PointStatistics};
 use crate::capture::CapturePoint;
 use crate::error::{Result, RuntimeError};
@@ -120,7 +121,11 @@ pub(crate) fn download_statistics(
                 non_finite: host.non_finite,
                 sums: host.sums,
                 histogram: host.histogram,
-                positions: host.positions,
+                positions: PositionBits::from_dense(
+                    accumulator.width,
+                    accumulator.position_words,
+                    &host.positions,
+                ),
                 massive: massive.clone(),
             },
         );
