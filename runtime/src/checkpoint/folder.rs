@@ -19,7 +19,7 @@ use crate::analysis::massive_report::TokenInfo;
 use crate::analysis::report::{
     ActivationReport, AnalysisSettings, ReportData, ReportModel, assemble_report,
 };
-use crate::cpu::threads::default_thread_count;
+use crate::cpu::threads::{default_thread_count, for_each_chunk_mut};
 use crate::error::{Result, RuntimeError};
 use crate::executor::StartPoint;
 use crate::sequences::Sequences;
@@ -28,7 +28,6 @@ use layerstream_planner::progress::{
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// The progress file's name.
@@ -347,35 +346,12 @@ type FileFault = (String, FileProblem);
 /// lists are checked on all cores (verifying hashes every byte: a layer's statistics reach
 /// hundreds of MB, and one core took most of a re-run's time on them).
 fn first_problems(dir: &Path, lists: Vec<&[FileRecord]>) -> Vec<Option<FileFault>> {
-    let next = AtomicUsize::new(0);
-    let threads = default_thread_count().clamp(1, lists.len().max(1));
-    let checked: Vec<Vec<(usize, Option<FileFault>)>> = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..threads)
-            .map(|_| {
-                scope.spawn(|| {
-                    let mut mine = Vec::new();
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(files) = lists.get(i) else {
-                            return mine;
-                        };
-                        let problem = files
-                            .iter()
-                            .find_map(|f| f.verify(dir).err().map(|p| (f.path.clone(), p)));
-                        mine.push((i, problem));
-                    }
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .map(|w| w.join().expect("verifying files does not panic"))
-            .collect()
-    });
     let mut problems = vec![None; lists.len()];
-    for (i, problem) in checked.into_iter().flatten() {
-        problems[i] = problem;
-    }
+    for_each_chunk_mut(&mut problems, 1, default_thread_count(), |i, slot| {
+        slot[0] = lists[i]
+            .iter()
+            .find_map(|f| f.verify(dir).err().map(|p| (f.path.clone(), p)));
+    });
     problems
 }
 

@@ -96,11 +96,8 @@ fn find_cuts(
         .take_while(|target| target + piece_bytes / 2 < text.len())
         .collect();
     let mut found: Vec<Result<Option<usize>>> = targets.iter().map(|_| Ok(None)).collect();
-    let chunk = targets.len().div_ceil(threads.max(1)).max(1);
-    crate::cpu::threads::for_each_chunk_mut(&mut found, chunk, threads, |index, slots| {
-        for (i, slot) in slots.iter_mut().enumerate() {
-            *slot = cut_after(tokenizer, text, targets[index * chunk + i]);
-        }
+    crate::cpu::threads::for_each_chunk_mut(&mut found, 1, threads, |i, slot| {
+        slot[0] = cut_after(tokenizer, text, targets[i]);
     });
     let mut cuts: Vec<usize> = Vec::with_capacity(found.len());
     for cut in found {
