@@ -5,8 +5,9 @@
 
 /// Position bits `(width, words)`: bit `t % 32` of word `t / 32` of dimension `d`'s row for
 /// the workload's token `t`. A row is held once any of its bits is set; absent rows are
-/// zeros. `words == 0`: the point keeps no positions.
-#[derive(Debug, Clone, Default)]
+/// zeros, and a held row is never all zeros (so equal bits are equal values). `words == 0`:
+/// the point keeps no positions.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct PositionBits {
     words: usize,
     /// `(width)`: each dimension's row `(words)`, where it has a bit.
@@ -77,19 +78,6 @@ impl PositionBits {
             Some(row) => row.iter_mut().zip(bits).for_each(|(o, &b)| *o |= b),
             empty => *empty = Some(bits.into()),
         }
-    }
-}
-
-/// Equal when the same bits are set (rows held or not).
-impl PartialEq for PositionBits {
-    fn eq(&self, other: &Self) -> bool {
-        let zero = |row: Option<&[u32]>| row.is_none_or(|r| r.iter().all(|&w| w == 0));
-        self.words == other.words
-            && self.rows.len() == other.rows.len()
-            && (0..self.rows.len()).all(|d| match (self.row(d), other.row(d)) {
-                (Some(a), Some(b)) => a == b,
-                (a, b) => zero(a) && zero(b),
-            })
     }
 }
 
